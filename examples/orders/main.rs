@@ -1,0 +1,182 @@
+//! The quick start: an order flow on the in-memory backend, no server needed.
+//!
+//! `CreateOrder` -> `OrderCreated` -> the async `OrderSummaries` perspective,
+//! plus an event receptor that "sends" a confirmation. Run it with
+//! `cargo run --example orders`.
+
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use uuid::Uuid;
+use whizbang_core::{
+    perspective, receptor, Command, Context, Error, Event, FromServices, LensQuery, Receptor,
+    Result, Runtime, Services,
+};
+
+// ---- messages -------------------------------------------------------------
+
+/// Place an order; returns the new order's id (the state the caller needs).
+#[derive(Command, Serialize, Deserialize, Debug)]
+#[command(output = Uuid)]
+struct CreateOrder {
+    customer: String,
+    lines: Vec<(String, u32, i64)>, // (sku, quantity, unit price in cents)
+}
+
+/// Ship an order that exists.
+#[derive(Command, Serialize, Deserialize, Debug)]
+struct ShipOrder {
+    order_id: Uuid,
+}
+
+#[derive(Event, Serialize, Deserialize, Debug, Clone)]
+#[event(name = "orders.created")]
+struct OrderCreated {
+    #[stream_key]
+    order_id: Uuid,
+    customer: String,
+    total_cents: i64,
+    items: u32,
+}
+
+#[derive(Event, Serialize, Deserialize, Debug, Clone)]
+#[event(name = "orders.shipped")]
+struct OrderShipped {
+    #[stream_key]
+    order_id: Uuid,
+}
+
+// ---- the write side ---------------------------------------------------------
+
+#[derive(Default)]
+struct OrderDesk;
+
+#[receptor]
+impl Receptor<CreateOrder> for OrderDesk {
+    async fn handle(&self, cmd: CreateOrder, cx: &mut Context) -> Result<Uuid> {
+        if cmd.lines.is_empty() {
+            return Err(Error::rejected("an order needs at least one line"));
+        }
+        let order_id = Uuid::now_v7();
+        let total_cents = cmd.lines.iter().map(|(_, q, p)| i64::from(*q) * p).sum();
+        let items = cmd.lines.iter().map(|(_, q, _)| q).sum();
+        cx.emit(OrderCreated { order_id, customer: cmd.customer, total_cents, items })?;
+        Ok(order_id)
+    }
+}
+
+#[receptor]
+impl Receptor<ShipOrder> for OrderDesk {
+    async fn handle(&self, cmd: ShipOrder, cx: &mut Context) -> Result<()> {
+        // Optimistic concurrency: ship only an order that exists (version >= 1).
+        let version = cx.stream_version(cmd.order_id.into()).await?;
+        if version == 0 {
+            return Err(Error::rejected(format!("order {} does not exist", cmd.order_id)));
+        }
+        cx.emit_expecting(
+            OrderShipped { order_id: cmd.order_id },
+            whizbang_core::ExpectedVersion::Exact(version),
+        )?;
+        Ok(())
+    }
+}
+
+/// A service the confirmation receptor needs, offered with `RuntimeBuilder::service`.
+#[derive(Default)]
+struct Outbox {
+    sent: AtomicU32,
+}
+
+/// An event receptor: reacts to `OrderCreated`.
+struct ConfirmationMailer {
+    outbox: Arc<Outbox>,
+}
+
+impl FromServices for ConfirmationMailer {
+    fn from_services(services: &Services) -> Result<Self> {
+        Ok(Self { outbox: services.require::<Outbox>("ConfirmationMailer")? })
+    }
+}
+
+#[receptor]
+impl Receptor<OrderCreated> for ConfirmationMailer {
+    async fn handle(&self, e: OrderCreated, _cx: &mut Context) -> Result<()> {
+        self.outbox.sent.fetch_add(1, Ordering::SeqCst);
+        println!("  mailer    : confirmation queued for {} (order {})", e.customer, short(e.order_id));
+        Ok(())
+    }
+}
+
+// ---- the read side -----------------------------------------------------------
+
+#[derive(Default, Clone, Serialize, Deserialize, Debug)]
+struct OrderSummary {
+    customer: String,
+    total_cents: i64,
+    items: u32,
+    status: String,
+}
+
+struct OrderSummaries;
+
+/// Async: applied by the background runner, so reads may lag the writes.
+#[perspective(model = OrderSummary, mode = async)]
+impl OrderSummaries {
+    fn created(s: &mut OrderSummary, e: &OrderCreated) {
+        s.customer.clone_from(&e.customer);
+        s.total_cents = e.total_cents;
+        s.items = e.items;
+        s.status = "created".into();
+    }
+    fn shipped(s: &mut OrderSummary, _: &OrderShipped) {
+        s.status = "shipped".into();
+    }
+}
+
+fn short(id: Uuid) -> String {
+    id.to_string()[..8].to_owned()
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let outbox = Arc::new(Outbox::default());
+    let runtime = Runtime::builder().shared_service(Arc::clone(&outbox)).build()?;
+    println!("whizbang quick start: orders, in memory\n");
+
+    let scope = runtime.scope();
+    println!("> send CreateOrder {{ customer: ada, 2 x book @ 12.50, 1 x pen @ 3.00 }}");
+    let order = scope
+        .send(CreateOrder {
+            customer: "ada".into(),
+            lines: vec![("book".into(), 2, 1250), ("pen".into(), 1, 300)],
+        })
+        .await?;
+    println!("  desk      : order {} created, returned to the caller", short(order));
+    println!("> send ShipOrder");
+    scope.send(ShipOrder { order_id: order }).await?;
+    println!("  desk      : order {} shipped", short(order));
+    scope.complete().await?;
+    println!("  scope     : completed, {} events appended", runtime.event_store().stream_version(order.into()).await?);
+
+    println!("> send CreateOrder with no lines");
+    match runtime.scope().send(CreateOrder { customer: "bo".into(), lines: vec![] }).await {
+        Err(e) => println!("  desk      : rejected: {e}"),
+        Ok(_) => unreachable!("an empty order is rejected"),
+    }
+
+    // The summary is async: wait for the runner, then read it through the lens.
+    runtime.wait_idle().await;
+    let summary = runtime.lens::<OrderSummaries>().get(order.into()).await?;
+    let summary = summary.ok_or_else(|| Error::rejected("summary missing"))?;
+    println!(
+        "\nread model OrderSummaries[{}] = {} item(s), {}.{:02} total, {} for {}",
+        short(order),
+        summary.items,
+        summary.total_cents / 100,
+        summary.total_cents % 100,
+        summary.status,
+        summary.customer,
+    );
+    println!("confirmations sent: {}", outbox.sent.load(Ordering::SeqCst));
+    Ok(())
+}

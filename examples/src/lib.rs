@@ -1,0 +1,1 @@
+//! Runnable whizbang services: see `orders/main.rs` (`cargo run --example orders`).

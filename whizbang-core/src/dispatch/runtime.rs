@@ -1,0 +1,257 @@
+use super::scope::Scope;
+use super::ErasedReceptor;
+use crate::error::{Error, Result};
+use crate::lens::Lens;
+use crate::message::MessageKind;
+use crate::perspective::engine::{ApplyListener, Engine};
+use crate::perspective::runner::PerspectiveRunner;
+use crate::perspective::Perspective;
+use crate::registry::{ReceptorRegistration, Registry};
+use crate::services::Services;
+use crate::store::memory::{MemoryEventStore, MemoryPerspectiveStore};
+use crate::store::{EventStore, PerspectiveStore};
+use std::any::TypeId;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+pub(crate) type Route = (Arc<dyn ErasedReceptor>, &'static ReceptorRegistration);
+
+pub(crate) struct RuntimeInner {
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) commands: HashMap<TypeId, Route>,
+    pub(crate) event_receptors: HashMap<&'static str, Vec<Route>>,
+    pub(crate) services: Services,
+    pub(crate) engine: Engine,
+    pub(crate) runner: PerspectiveRunner,
+}
+
+/// The running system: routing tables, receptors, backends and services.
+/// Cheap to clone (shared). Open a [`Scope`] per unit of work.
+///
+/// ```
+/// # use whizbang_core::Runtime;
+/// # #[derive(whizbang_core::Command, serde::Serialize, serde::Deserialize)] struct Ping;
+/// # #[derive(Default)] struct R;
+/// # #[whizbang_core::receptor] impl whizbang_core::Receptor<Ping> for R {
+/// #   async fn handle(&self, _: Ping, _: &mut whizbang_core::Context) -> whizbang_core::Result<()> { Ok(()) } }
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> whizbang_core::Result<()> {
+/// let runtime = Runtime::in_memory()?;
+/// let scope = runtime.scope();
+/// scope.send(Ping).await?;
+/// scope.complete().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Runtime {
+    pub(crate) inner: Arc<RuntimeInner>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("receptors", &self.inner.registry.receptors().len())
+            .field("perspectives", &self.inner.registry.perspectives().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// A builder, with in-memory backends until you set others.
+    #[must_use]
+    pub fn builder() -> RuntimeBuilder {
+        RuntimeBuilder::default()
+    }
+
+    /// A runtime on in-memory backends with every registered handler.
+    ///
+    /// # Errors
+    /// See [`RuntimeBuilder::build`].
+    pub fn in_memory() -> Result<Runtime> {
+        Runtime::builder().build()
+    }
+
+    /// Opens a unit of work.
+    #[must_use]
+    pub fn scope(&self) -> Scope {
+        Scope::new(self.clone())
+    }
+
+    /// The routing tables.
+    #[must_use]
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.inner.registry
+    }
+
+    /// The services receptors are built from.
+    #[must_use]
+    pub fn services(&self) -> &Services {
+        &self.inner.services
+    }
+
+    /// A lens over perspective `P`'s read models.
+    #[must_use]
+    pub fn lens<P: Perspective>(&self) -> Lens<P> {
+        self.inner.services.lens::<P>()
+    }
+
+    /// The async perspective runner.
+    #[must_use]
+    pub fn runner(&self) -> &PerspectiveRunner {
+        &self.inner.runner
+    }
+
+    /// Waits until no perspective work is queued or running: async catch-ups and
+    /// the flushes of scopes dropped without completing.
+    pub async fn wait_idle(&self) {
+        self.inner.runner.wait_idle().await;
+    }
+
+    /// The event store.
+    #[must_use]
+    pub fn event_store(&self) -> &Arc<dyn EventStore> {
+        self.inner.services.event_store()
+    }
+
+    #[allow(dead_code)] // the sync tracker subscribes here
+    pub(crate) fn add_apply_listener(&self, listener: Arc<dyn ApplyListener>) {
+        self.inner
+            .engine
+            .listeners
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(listener);
+    }
+}
+
+/// Builds a [`Runtime`]: backends, services, registry.
+pub struct RuntimeBuilder {
+    registry: Option<Arc<Registry>>,
+    event_store: Option<Arc<dyn EventStore>>,
+    perspective_store: Option<Arc<dyn PerspectiveStore>>,
+    services: Vec<Box<dyn FnOnce(&mut Services) + Send>>,
+    concurrency: usize,
+}
+
+impl Default for RuntimeBuilder {
+    fn default() -> Self {
+        RuntimeBuilder {
+            registry: None,
+            event_store: None,
+            perspective_store: None,
+            services: Vec::new(),
+            concurrency: 16,
+        }
+    }
+}
+
+impl std::fmt::Debug for RuntimeBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeBuilder")
+            .field("services", &self.services.len())
+            .field("concurrency", &self.concurrency)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RuntimeBuilder {
+    /// Uses this event store (default: in memory).
+    #[must_use]
+    pub fn event_store(mut self, store: impl EventStore) -> Self {
+        self.event_store = Some(Arc::new(store));
+        self
+    }
+
+    /// Uses this perspective store (default: in memory).
+    #[must_use]
+    pub fn perspective_store(mut self, store: impl PerspectiveStore) -> Self {
+        self.perspective_store = Some(Arc::new(store));
+        self
+    }
+
+    /// Offers a service to receptors (see [`FromServices`](crate::FromServices)).
+    #[must_use]
+    pub fn service<T: Send + Sync + 'static>(self, value: T) -> Self {
+        self.shared_service(Arc::new(value))
+    }
+
+    /// Offers an already shared service.
+    #[must_use]
+    pub fn shared_service<T: Send + Sync + 'static>(mut self, value: Arc<T>) -> Self {
+        self.services.push(Box::new(move |s| s.insert_arc(value)));
+        self
+    }
+
+    /// Uses this registry instead of everything registered in the binary.
+    #[must_use]
+    pub fn registry(mut self, registry: Arc<Registry>) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// How many (perspective, stream) catch-ups the async runner runs at once (default 16).
+    #[must_use]
+    pub fn runner_concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// Builds the runtime: checks the registry, constructs every receptor from the
+    /// services, starts the async perspective runner.
+    ///
+    /// # Errors
+    /// [`Error::NoTokioRuntime`] outside tokio; registry errors
+    /// ([`Error::DuplicateReceptor`], [`Error::NoRoutesRegistered`], ..);
+    /// [`Error::MissingService`] when a receptor needs a service not offered.
+    pub fn build(self) -> Result<Runtime> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| Error::NoTokioRuntime)?;
+        let registry = match self.registry {
+            Some(r) => r,
+            None => Registry::global()?,
+        };
+        let event_store = self
+            .event_store
+            .unwrap_or_else(|| Arc::new(MemoryEventStore::new()));
+        let perspective_store = self
+            .perspective_store
+            .unwrap_or_else(|| Arc::new(MemoryPerspectiveStore::new()));
+        let mut services = Services::new(Arc::clone(&event_store), Arc::clone(&perspective_store));
+        for add in self.services {
+            add(&mut services);
+        }
+        let mut commands = HashMap::new();
+        let mut event_receptors: HashMap<&'static str, Vec<Route>> = HashMap::new();
+        for reg in registry.receptors() {
+            let receptor = (reg.build)(&services)?;
+            match reg.message_kind {
+                MessageKind::Command => {
+                    commands.insert((reg.message_type)(), (receptor, *reg));
+                }
+                MessageKind::Event => event_receptors
+                    .entry(reg.message_name)
+                    .or_default()
+                    .push((receptor, *reg)),
+            }
+        }
+        let engine = Engine {
+            events: event_store,
+            perspectives: perspective_store,
+            listeners: Arc::new(RwLock::new(Vec::new())),
+        };
+        let runner = PerspectiveRunner::new(engine.clone(), self.concurrency, handle);
+        tracing::debug!(
+            receptors = registry.receptors().len(),
+            perspectives = registry.perspectives().len(),
+            "whizbang runtime built"
+        );
+        Ok(Runtime {
+            inner: Arc::new(RuntimeInner {
+                registry,
+                commands,
+                event_receptors,
+                services,
+                engine,
+                runner,
+            }),
+        })
+    }
+}

@@ -1,0 +1,291 @@
+use super::context::Context;
+use super::runtime::Runtime;
+use crate::error::{Error, Result};
+use crate::message::{Command, Event, EventId, MessageId, Metadata};
+use crate::perspective::invoker::{self, Invoker};
+use crate::store::{StoredEvent, StreamAppend};
+use std::any::TypeId;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
+use tracing::Instrument;
+
+/// How deep events may cascade through event receptors before it is called a cycle.
+const CASCADE_LIMIT: usize = 32;
+
+pub(crate) struct ScopeShared {
+    pub(crate) runtime: Runtime,
+    pub(crate) scope_id: MessageId,
+    pub(crate) invoker: Invoker,
+    pub(crate) emitted: Mutex<Vec<EmittedEvent>>,
+}
+
+/// One event a scope emitted: what the scoped tracker records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EmittedEvent {
+    /// The event.
+    pub event_id: EventId,
+    /// Its stream.
+    pub stream_id: crate::StreamId,
+    /// Its stream version.
+    pub stream_version: u64,
+    /// Its wire name.
+    pub event_type: std::borrow::Cow<'static, str>,
+}
+
+/// One unit of work (a request, an inbound message).
+///
+/// Commands sent and events published through a scope are appended at once;
+/// their perspectives are applied when the scope completes: inline ones before
+/// [`complete`](Scope::complete) returns, async ones by the runner. A scope
+/// dropped without completing still flushes (on a spawned task) and logs a warning.
+pub struct Scope {
+    pub(crate) shared: Arc<ScopeShared>,
+}
+
+impl std::fmt::Debug for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scope")
+            .field("scope_id", &self.shared.scope_id)
+            .field("queued", &self.shared.invoker.queued_len())
+            .finish()
+    }
+}
+
+impl Scope {
+    pub(crate) fn new(runtime: Runtime) -> Scope {
+        Scope {
+            shared: Arc::new(ScopeShared {
+                runtime,
+                scope_id: MessageId::new(),
+                invoker: Invoker::default(),
+                emitted: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// The scope's id; the correlation id of what it sends.
+    #[must_use]
+    pub fn id(&self) -> MessageId {
+        self.shared.scope_id
+    }
+
+    /// The runtime this scope belongs to.
+    #[must_use]
+    pub fn runtime(&self) -> &Runtime {
+        &self.shared.runtime
+    }
+
+    /// Sends a command to its receptor and returns the receptor's output.
+    /// The events the receptor emitted are appended (all or nothing), cascaded to
+    /// event receptors and queued for perspectives.
+    ///
+    /// # Errors
+    /// [`Error::NoReceptor`], [`Error::ScopeCompleted`], [`Error::Concurrency`],
+    /// the receptor's own error (its events are then not appended), or an error
+    /// from an event receptor in the cascade.
+    pub async fn send<C: Command>(&self, command: C) -> Result<C::Output> {
+        self.shared.invoker.ensure_open()?;
+        let Some((receptor, reg)) = self.shared.runtime.inner.commands.get(&TypeId::of::<C>()) else {
+            return Err(Error::NoReceptor { message_type: C::NAME });
+        };
+        let message_id = MessageId::new();
+        let span = tracing::info_span!(
+            "whizbang.dispatch",
+            message_type = C::NAME,
+            message_id = %message_id,
+            receptor = reg.receptor,
+            scope = %self.shared.scope_id,
+        );
+        async move {
+            let mut cx = Context::for_message::<C>(
+                Arc::clone(&self.shared),
+                message_id,
+                self.shared.scope_id,
+                None,
+                Metadata::default(),
+            );
+            let output = receptor
+                .call(Box::new(command), &mut cx)
+                .instrument(tracing::debug_span!("whizbang.receptor", receptor = reg.receptor))
+                .await?;
+            self.shared.commit(std::mem::take(&mut cx.pending)).await?;
+            output
+                .downcast::<C::Output>()
+                .map(|o| *o)
+                .map_err(|_| Error::InvalidInput(format!("receptor of `{}` returned another type", C::NAME)))
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Publishes an event: appended, cascaded to its receptors, queued for perspectives.
+    ///
+    /// # Errors
+    /// [`Error::Serialization`], [`Error::ScopeCompleted`], or an error from an event receptor.
+    pub async fn publish<E: Event>(&self, event: E) -> Result<EventId> {
+        self.shared.invoker.ensure_open()?;
+        let mut cx = Context::for_message::<E>(
+            Arc::clone(&self.shared),
+            MessageId::new(),
+            self.shared.scope_id,
+            None,
+            Metadata::default(),
+        );
+        let id = cx.emit(event)?;
+        let span = tracing::info_span!("whizbang.dispatch", message_type = E::NAME, event_id = %id);
+        self.shared.commit(std::mem::take(&mut cx.pending)).instrument(span).await?;
+        Ok(id)
+    }
+
+    /// Like [`publish`](Self::publish), requiring the stream to be at `expected`.
+    ///
+    /// # Errors
+    /// As [`publish`](Self::publish), and [`Error::Concurrency`].
+    pub async fn publish_expecting<E: Event>(
+        &self,
+        event: E,
+        expected: crate::ExpectedVersion,
+    ) -> Result<EventId> {
+        self.shared.invoker.ensure_open()?;
+        let mut cx = Context::for_message::<E>(
+            Arc::clone(&self.shared),
+            MessageId::new(),
+            self.shared.scope_id,
+            None,
+            Metadata::default(),
+        );
+        let id = cx.emit_expecting(event, expected)?;
+        self.shared.commit(std::mem::take(&mut cx.pending)).await?;
+        Ok(id)
+    }
+
+    /// Every event this scope has appended so far, in order.
+    #[must_use]
+    pub fn emitted(&self) -> Vec<EmittedEvent> {
+        self.shared.emitted.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Completes the unit of work: inline perspectives apply now, async ones are
+    /// signalled. Afterwards nothing more can be sent through this scope.
+    /// Completing twice is harmless.
+    ///
+    /// # Errors
+    /// [`Error::PerspectiveFailed`] when an inline perspective failed (every
+    /// other perspective was still applied).
+    pub async fn complete(&self) -> Result<()> {
+        match self.shared.invoker.complete() {
+            Some(events) => self.shared.flush(&events).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Whether [`complete`](Self::complete) ran.
+    #[must_use]
+    pub fn is_completed(&self) -> bool {
+        self.shared.invoker.ensure_open().is_err()
+    }
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        let Some(events) = self.shared.invoker.complete() else { return };
+        if events.is_empty() {
+            return;
+        }
+        let shared = Arc::clone(&self.shared);
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                tracing::warn!(
+                    scope = %shared.scope_id,
+                    events = events.len(),
+                    "scope dropped without complete(); flushing its perspectives on a spawned task. \
+                     Call `scope.complete().await` to apply them before you return"
+                );
+                let guard = shared.runtime.inner.runner.track();
+                handle.spawn(async move {
+                    let _guard = guard;
+                    if let Err(e) = shared.flush(&events).await {
+                        tracing::error!(scope = %shared.scope_id, error = %e, "flush of a dropped scope failed");
+                    }
+                });
+            }
+            Err(_) => tracing::error!(
+                scope = %shared.scope_id,
+                events = events.len(),
+                "scope dropped without complete() outside a tokio runtime: its events are stored, \
+                 but its perspectives apply only when another scope touches the same streams"
+            ),
+        }
+    }
+}
+
+impl ScopeShared {
+    async fn flush(&self, events: &[Arc<StoredEvent>]) -> Result<()> {
+        let rt = &self.runtime.inner;
+        invoker::flush(&rt.registry, &rt.engine, &rt.runner, events).await
+    }
+
+    /// Appends what a receptor emitted, records and queues it, then runs the
+    /// event receptors of each event (breadth first), appending what they emit.
+    pub(crate) async fn commit(self: &Arc<Self>, pending: Vec<StreamAppend>) -> Result<()> {
+        let mut work: VecDeque<(Vec<StreamAppend>, usize)> = VecDeque::new();
+        work.push_back((pending, 0));
+        while let Some((pending, depth)) = work.pop_front() {
+            if pending.is_empty() {
+                continue;
+            }
+            if depth > CASCADE_LIMIT {
+                return Err(Error::CascadeTooDeep { limit: CASCADE_LIMIT });
+            }
+            self.invoker.ensure_open()?;
+            let stored = self.runtime.event_store().append(pending).await?;
+            self.record(&stored).await?;
+            for ev in &stored {
+                let Some(routes) = self.runtime.inner.event_receptors.get(&*ev.event_type) else {
+                    continue;
+                };
+                for (receptor, reg) in routes {
+                    let span = tracing::debug_span!(
+                        "whizbang.receptor",
+                        receptor = reg.receptor,
+                        message_type = reg.message_name,
+                        event_id = %ev.event_id,
+                    );
+                    let message = receptor.decode(ev)?;
+                    let mut cx = Context {
+                        scope: Arc::clone(self),
+                        message_id: ev.event_id.into(),
+                        message_type: reg.message_name,
+                        correlation_id: ev.metadata.correlation_id,
+                        causation_id: ev.metadata.causation_id,
+                        metadata: ev.metadata.extra.clone(),
+                        pending: Vec::new(),
+                    };
+                    receptor.call(message, &mut cx).instrument(span).await?;
+                    work.push_back((cx.pending, depth + 1));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Tracks appended events and queues them in the invoker. If the scope
+    /// completed meanwhile (a race with `complete`), they are flushed right
+    /// away rather than dropped.
+    async fn record(&self, stored: &[Arc<StoredEvent>]) -> Result<()> {
+        {
+            let mut emitted = self.emitted.lock().unwrap_or_else(PoisonError::into_inner);
+            emitted.extend(stored.iter().map(|ev| EmittedEvent {
+                event_id: ev.event_id,
+                stream_id: ev.stream_id,
+                stream_version: ev.stream_version,
+                event_type: ev.event_type.clone(),
+            }));
+        }
+        match self.invoker.queue(stored) {
+            Ok(()) => Ok(()),
+            Err(Error::ScopeCompleted) => self.flush(stored).await,
+            Err(e) => Err(e),
+        }
+    }
+}

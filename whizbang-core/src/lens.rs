@@ -1,0 +1,156 @@
+//! Lenses: typed reads of perspective read models.
+//!
+//! This module owns [`LensQuery`], the read side's contract, and [`Lens`], its
+//! implementation over any [`PerspectiveStore`]. It reads only; it never applies.
+
+use crate::error::{Error, Result};
+use crate::message::StreamId;
+use crate::perspective::Perspective;
+use crate::store::{ModelRow, ModelValue, PerspectiveStore};
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+/// A filtered, paged list query over read models of type `M`.
+pub struct ListQuery<M> {
+    filter: Option<Box<dyn Fn(&M) -> bool + Send + Sync>>,
+    offset: usize,
+    limit: Option<usize>,
+}
+
+impl<M> Default for ListQuery<M> {
+    fn default() -> Self {
+        ListQuery { filter: None, offset: 0, limit: None }
+    }
+}
+
+impl<M> std::fmt::Debug for ListQuery<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListQuery")
+            .field("filtered", &self.filter.is_some())
+            .field("offset", &self.offset)
+            .field("limit", &self.limit)
+            .finish()
+    }
+}
+
+impl<M> ListQuery<M> {
+    /// Every model, ordered by id.
+    #[must_use]
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// Keeps only models for which `predicate` holds.
+    #[must_use]
+    pub fn filter(mut self, predicate: impl Fn(&M) -> bool + Send + Sync + 'static) -> Self {
+        self.filter = Some(Box::new(predicate));
+        self
+    }
+
+    /// Skips the first `n` matches.
+    #[must_use]
+    pub fn offset(mut self, n: usize) -> Self {
+        self.offset = n;
+        self
+    }
+
+    /// Returns at most `n` matches.
+    #[must_use]
+    pub fn limit(mut self, n: usize) -> Self {
+        self.limit = Some(n);
+        self
+    }
+
+    /// Whether `model` passes the filter.
+    pub fn matches(&self, model: &M) -> bool {
+        self.filter.as_ref().is_none_or(|f| f(model))
+    }
+}
+
+/// Reads read models of type `M`.
+pub trait LensQuery<M>: Send + Sync {
+    /// The model with this id, if any.
+    fn get(&self, id: StreamId) -> impl Future<Output = Result<Option<M>>> + Send;
+    /// The models matching `query`, ordered by id.
+    fn list(&self, query: ListQuery<M>) -> impl Future<Output = Result<Vec<M>>> + Send;
+}
+
+/// The lens of perspective `P`, over any [`PerspectiveStore`].
+pub struct Lens<P> {
+    store: Arc<dyn PerspectiveStore>,
+    _p: PhantomData<fn() -> P>,
+}
+
+impl<P> Clone for Lens<P> {
+    fn clone(&self) -> Self {
+        Lens { store: Arc::clone(&self.store), _p: PhantomData }
+    }
+}
+
+impl<P: Perspective> std::fmt::Debug for Lens<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lens").field("perspective", &P::NAME).finish()
+    }
+}
+
+impl<P: Perspective> Lens<P> {
+    /// A lens over `store`.
+    #[must_use]
+    pub fn new(store: Arc<dyn PerspectiveStore>) -> Self {
+        Lens { store, _p: PhantomData }
+    }
+
+    fn decode(row: ModelRow) -> Result<P::Model> {
+        match row.model {
+            ModelValue::Typed(m) => m.into_any().downcast::<P::Model>().map(|b| *b).map_err(|_| {
+                Error::InvalidInput(format!("stored model of perspective {} has another type", P::NAME))
+            }),
+            ModelValue::Json(j) => serde_json::from_str(j.get()).map_err(|source| Error::Deserialization {
+                type_name: format!("model of perspective {}", P::NAME),
+                source,
+            }),
+        }
+    }
+
+    /// The model with this id and the stream version it reflects.
+    ///
+    /// # Errors
+    /// A backend or decode error.
+    pub async fn get_versioned(&self, id: StreamId) -> Result<Option<(P::Model, u64)>> {
+        match self.store.load_model(P::NAME, id).await? {
+            Some(row) => {
+                let v = row.version;
+                Ok(Some((Self::decode(row)?, v)))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+impl<P: Perspective> LensQuery<P::Model> for Lens<P> {
+    async fn get(&self, id: StreamId) -> Result<Option<P::Model>> {
+        Ok(self.get_versioned(id).await?.map(|(m, _)| m))
+    }
+
+    async fn list(&self, query: ListQuery<P::Model>) -> Result<Vec<P::Model>> {
+        let rows = self.store.list_models(P::NAME).await?;
+        let mut out = Vec::new();
+        let mut skipped = 0;
+        for row in rows {
+            let m = Self::decode(row)?;
+            if !query.matches(&m) {
+                continue;
+            }
+            if skipped < query.offset {
+                skipped += 1;
+                continue;
+            }
+            out.push(m);
+            if query.limit.is_some_and(|l| out.len() >= l) {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,102 @@
+//! # whizbang
+//!
+//! Event-sourced CQRS for Rust with exact read-your-writes on asynchronous
+//! read models. Receptors handle commands and events; perspectives fold events
+//! into read models; the routing is generated at compile time by attribute
+//! macros and registered with `inventory`.
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use uuid::Uuid;
+//! use whizbang_core::{perspective, receptor, Command, Context, Event, LensQuery, Receptor, Result, Runtime};
+//!
+//! #[derive(Command, Serialize, Deserialize)]
+//! #[command(output = Uuid)]
+//! struct OpenAccount { owner: String }
+//!
+//! #[derive(Event, Serialize, Deserialize)]
+//! struct AccountOpened { #[stream_key] account: Uuid, owner: String }
+//!
+//! #[derive(Default)]
+//! struct Accounts;
+//!
+//! #[receptor]
+//! impl Receptor<OpenAccount> for Accounts {
+//!     async fn handle(&self, cmd: OpenAccount, cx: &mut Context) -> Result<Uuid> {
+//!         let account = Uuid::now_v7();
+//!         cx.emit(AccountOpened { account, owner: cmd.owner })?;
+//!         Ok(account)
+//!     }
+//! }
+//!
+//! #[derive(Default, Clone, Serialize, Deserialize)]
+//! struct AccountView { owner: String }
+//!
+//! struct AccountViews;
+//!
+//! #[perspective(model = AccountView, mode = inline)]
+//! impl AccountViews {
+//!     fn opened(view: &mut AccountView, e: &AccountOpened) {
+//!         view.owner = e.owner.clone();
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<()> {
+//! let runtime = Runtime::in_memory()?;
+//! let scope = runtime.scope();
+//! let id = scope.send(OpenAccount { owner: "ada".into() }).await?;
+//! scope.complete().await?; // inline perspectives apply here
+//! let view = runtime.lens::<AccountViews>().get(id.into()).await?.unwrap();
+//! assert_eq!(view.owner, "ada");
+//! # Ok(()) }
+//! ```
+//!
+//! ## Modules
+//! - [`message`]: commands, events, envelopes, ids.
+//! - [`dispatch`]: the runtime, scopes, receptors and their context.
+//! - [`perspective`]: read-model folds, the inline invoker and the async runner.
+//! - [`lens`]: reading models.
+//! - [`store`]: the storage traits and the in-memory backend.
+//! - [`registry`]: the compile-time routing tables.
+//! - [`services`]: typed services for receptors.
+
+#[allow(unused_extern_crates)] // lets the macros' `::whizbang_core` paths resolve inside this crate
+extern crate self as whizbang_core;
+
+pub mod dispatch;
+pub mod error;
+pub mod lens;
+pub mod message;
+pub mod perspective;
+pub mod registry;
+pub mod services;
+pub mod store;
+
+pub use dispatch::{Context, Receptor, Runtime, RuntimeBuilder, Scope};
+pub use dispatch::EmittedEvent;
+pub use error::{Error, Result};
+pub use lens::{Lens, LensQuery, ListQuery};
+pub use message::{
+    Command, Envelope, Event, EventId, ExpectedVersion, Message, MessageId, MessageKind, Metadata,
+    StreamId, StreamKey,
+};
+pub use perspective::{Model, Perspective, PerspectiveMode};
+pub use registry::Registry;
+pub use services::{FromServices, Services};
+pub use whizbang_macros::{perspective, receptor, Command, Event};
+
+/// Support for generated code. Not a public API: it changes without notice.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::message::{Command, Event, Message, MessageKind, StreamId, StreamKey};
+    pub use crate::perspective::{apply_with, ApplyError, Perspective, PerspectiveMode};
+    pub use crate::registry::{MessageRegistration, PerspectiveRegistration, ReceptorRegistration};
+    pub use crate::store::StoredEvent;
+    pub use crate::dispatch::Receptor;
+    pub use ::core::any::TypeId;
+    pub use ::core::option::Option;
+    pub use ::core::result::Result;
+    pub use ::std::vec::Vec;
+    pub use inventory;
+}

@@ -1,0 +1,153 @@
+//! The background runner for async perspectives.
+//!
+//! Signalled with (perspective, stream) pairs, it brings each up to date on a
+//! tokio task, at most `concurrency` at a time; different streams run in
+//! parallel, one stream's events always apply in order (the store's claim
+//! serialises them). It can be paused, and awaited until idle.
+
+use super::engine::Engine;
+use crate::error::Error;
+use crate::message::StreamId;
+use crate::registry::PerspectiveRegistration;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::sync::{watch, Semaphore};
+
+type Key = (&'static str, StreamId);
+
+struct Shared {
+    engine: Engine,
+    queued: Mutex<HashSet<Key>>,
+    permits: Semaphore,
+    paused: watch::Sender<bool>,
+    in_flight: watch::Sender<usize>,
+    handle: tokio::runtime::Handle,
+}
+
+/// Handle to the async perspective runner of a [`Runtime`](crate::Runtime).
+#[derive(Clone)]
+pub struct PerspectiveRunner {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for PerspectiveRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PerspectiveRunner")
+            .field("paused", &self.is_paused())
+            .field("in_flight", &*self.shared.in_flight.borrow())
+            .finish()
+    }
+}
+
+impl PerspectiveRunner {
+    pub(crate) fn new(engine: Engine, concurrency: usize, handle: tokio::runtime::Handle) -> Self {
+        PerspectiveRunner {
+            shared: Arc::new(Shared {
+                engine,
+                queued: Mutex::new(HashSet::new()),
+                permits: Semaphore::new(concurrency.max(1)),
+                paused: watch::Sender::new(false),
+                in_flight: watch::Sender::new(0),
+                handle,
+            }),
+        }
+    }
+
+    /// Stops applying (work signalled meanwhile waits) until [`resume`](Self::resume).
+    pub fn pause(&self) {
+        self.shared.paused.send_replace(true);
+    }
+
+    /// Resumes applying.
+    pub fn resume(&self) {
+        self.shared.paused.send_replace(false);
+    }
+
+    /// Whether the runner is paused.
+    #[must_use]
+    pub fn is_paused(&self) -> bool {
+        *self.shared.paused.borrow()
+    }
+
+    /// Waits until no work is queued or running.
+    pub async fn wait_idle(&self) {
+        let mut rx = self.shared.in_flight.subscribe();
+        // `wait_for` only errors when the sender is dropped, and we hold it.
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+
+    /// Counts a piece of perspective work done outside the runner (the flush of a
+    /// dropped scope) towards [`wait_idle`](Self::wait_idle) until the guard drops.
+    pub(crate) fn track(&self) -> WorkGuard {
+        self.shared.in_flight.send_modify(|n| *n += 1);
+        WorkGuard { shared: Arc::clone(&self.shared) }
+    }
+
+    /// Asks the runner to bring (`reg`, `stream`) up to date.
+    pub(crate) fn signal(&self, reg: &'static PerspectiveRegistration, stream: StreamId) {
+        let key = (reg.name, stream);
+        if !self
+            .shared
+            .queued
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key)
+        {
+            return; // already queued and not yet started: it will see these events
+        }
+        self.shared.in_flight.send_modify(|n| *n += 1);
+        let shared = Arc::clone(&self.shared);
+        self.shared.handle.spawn(run(shared, reg, stream));
+    }
+}
+
+async fn run(shared: Arc<Shared>, reg: &'static PerspectiveRegistration, stream: StreamId) {
+    let mut attempt = 0u32;
+    loop {
+        let mut paused = shared.paused.subscribe();
+        let _ = paused.wait_for(|p| !*p).await;
+        let Ok(_permit) = shared.permits.acquire().await else { break };
+        if attempt == 0 {
+            // From here on, a new signal for this key queues a new run, which
+            // will read any event appended after our read.
+            shared
+                .queued
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&(reg.name, stream));
+        }
+        match shared.engine.catch_up(reg, stream).await {
+            Ok(_) | Err(Error::PerspectiveFailed { .. }) => break,
+            Err(e) if attempt >= 8 => {
+                tracing::error!(
+                    perspective = reg.name, stream = %stream, error = %e,
+                    "perspective catch-up keeps failing; giving up until the next signal"
+                );
+                break;
+            }
+            Err(e) => {
+                attempt += 1;
+                let delay = Duration::from_millis(50u64.saturating_mul(1 << attempt.min(6)));
+                tracing::warn!(
+                    perspective = reg.name, stream = %stream, error = %e, attempt,
+                    "perspective catch-up failed; retrying in {delay:?}"
+                );
+                drop(_permit);
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+    shared.in_flight.send_modify(|n| *n -= 1);
+}
+
+/// Keeps [`PerspectiveRunner::wait_idle`] waiting while alive.
+pub(crate) struct WorkGuard {
+    shared: Arc<Shared>,
+}
+
+impl Drop for WorkGuard {
+    fn drop(&mut self) {
+        self.shared.in_flight.send_modify(|n| *n -= 1);
+    }
+}

@@ -1,0 +1,318 @@
+//! The compile-time routing tables, collected from `inventory` once.
+//!
+//! The macros emit one const registration record per annotated item; this
+//! module owns those record types and the [`Registry`] built from them:
+//! sorted into a stable order (inventory has none), checked for duplicates,
+//! and indexed by message type. It never calls user code.
+
+use crate::dispatch::{ErasedReceptor, Receptor, ReceptorAdapter};
+use crate::error::{Error, Result};
+use crate::message::{Message, MessageKind};
+use crate::perspective::{AnyModel, ApplyError, Perspective, PerspectiveMode};
+use crate::services::{FromServices, Services};
+use crate::store::StoredEvent;
+use serde_json::value::RawValue;
+use std::any::TypeId;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+/// A receptor, as registered by `#[receptor]`.
+#[derive(Debug)]
+pub struct ReceptorRegistration {
+    /// The receptor type, as written.
+    pub receptor: &'static str,
+    /// The module it was declared in.
+    pub module_path: &'static str,
+    /// The wire name of the message it handles.
+    pub message_name: &'static str,
+    /// Command or event.
+    pub message_kind: MessageKind,
+    /// The `TypeId` of the message.
+    pub message_type: fn() -> TypeId,
+    pub(crate) build: fn(&Services) -> Result<Arc<dyn ErasedReceptor>>,
+}
+
+impl ReceptorRegistration {
+    /// The registration of receptor `R` for message `M`.
+    #[must_use]
+    pub const fn of<R, M>(receptor: &'static str, module_path: &'static str) -> Self
+    where
+        R: Receptor<M> + FromServices,
+        M: Message,
+    {
+        ReceptorRegistration {
+            receptor,
+            module_path,
+            message_name: M::NAME,
+            message_kind: M::KIND,
+            message_type: TypeId::of::<M>,
+            build: ReceptorAdapter::<R, M>::build,
+        }
+    }
+
+    /// `module::Receptor`, for messages.
+    #[must_use]
+    pub fn path(&self) -> String {
+        format!("{}::{}", self.module_path, self.receptor)
+    }
+}
+
+/// A perspective, as registered by `#[perspective]`.
+#[derive(Debug)]
+pub struct PerspectiveRegistration {
+    /// The perspective's name.
+    pub name: &'static str,
+    /// The perspective type, as written.
+    pub type_name: &'static str,
+    /// The module it was declared in.
+    pub module_path: &'static str,
+    /// Inline or async.
+    pub mode: PerspectiveMode,
+    /// Wire names of the event types it handles.
+    pub event_types: &'static [&'static str],
+    /// The `TypeId` of the perspective type.
+    pub perspective_type: fn() -> TypeId,
+    pub(crate) new_model: fn() -> Box<dyn AnyModel>,
+    pub(crate) decode_model: fn(&RawValue) -> Result<Box<dyn AnyModel>, serde_json::Error>,
+    pub(crate) apply: fn(&mut dyn AnyModel, &StoredEvent) -> Result<bool, ApplyError>,
+}
+
+fn new_model<P: Perspective>() -> Box<dyn AnyModel> {
+    Box::new(P::Model::default())
+}
+
+fn decode_model<P: Perspective>(raw: &RawValue) -> Result<Box<dyn AnyModel>, serde_json::Error> {
+    Ok(Box::new(serde_json::from_str::<P::Model>(raw.get())?))
+}
+
+fn erased_apply<P: Perspective>(
+    model: &mut dyn AnyModel,
+    event: &StoredEvent,
+) -> Result<bool, ApplyError> {
+    match model.as_any_mut().downcast_mut::<P::Model>() {
+        Some(m) => P::apply(m, event),
+        None => Err(ApplyError(format!(
+            "perspective {} was handed a model of another type",
+            P::NAME
+        ))),
+    }
+}
+
+impl PerspectiveRegistration {
+    /// The registration of perspective `P`.
+    #[must_use]
+    pub const fn of<P: Perspective>(type_name: &'static str, module_path: &'static str) -> Self {
+        PerspectiveRegistration {
+            name: P::NAME,
+            type_name,
+            module_path,
+            mode: P::MODE,
+            event_types: P::EVENT_TYPES,
+            perspective_type: TypeId::of::<P>,
+            new_model: new_model::<P>,
+            decode_model: decode_model::<P>,
+            apply: erased_apply::<P>,
+        }
+    }
+
+    /// Whether it handles events with this wire name.
+    #[must_use]
+    pub fn handles(&self, event_type: &str) -> bool {
+        self.event_types.iter().any(|t| *t == event_type)
+    }
+}
+
+/// A message type, as registered by `#[derive(Event)]` / `#[derive(Command)]`.
+#[derive(Debug)]
+pub struct MessageRegistration {
+    /// The wire name.
+    pub name: &'static str,
+    /// The Rust type, as written.
+    pub type_name: &'static str,
+    /// The module it was declared in.
+    pub module_path: &'static str,
+    /// Command or event.
+    pub kind: MessageKind,
+    /// Its `TypeId`.
+    pub type_id: fn() -> TypeId,
+}
+
+impl MessageRegistration {
+    /// The registration of message `M`.
+    #[must_use]
+    pub const fn of<M: Message>(type_name: &'static str, module_path: &'static str) -> Self {
+        MessageRegistration {
+            name: M::NAME,
+            type_name,
+            module_path,
+            kind: M::KIND,
+            type_id: TypeId::of::<M>,
+        }
+    }
+}
+
+inventory::collect!(ReceptorRegistration);
+inventory::collect!(PerspectiveRegistration);
+inventory::collect!(MessageRegistration);
+
+/// The routing tables: every receptor, perspective and message type, in a stable order.
+#[derive(Debug)]
+pub struct Registry {
+    receptors: Vec<&'static ReceptorRegistration>,
+    perspectives: Vec<&'static PerspectiveRegistration>,
+    messages: Vec<&'static MessageRegistration>,
+    commands: HashMap<TypeId, &'static ReceptorRegistration>,
+    event_receptors: HashMap<&'static str, Vec<&'static ReceptorRegistration>>,
+    perspectives_by_event: HashMap<&'static str, Vec<&'static PerspectiveRegistration>>,
+    perspectives_by_type: HashMap<TypeId, &'static PerspectiveRegistration>,
+}
+
+static GLOBAL: OnceLock<Arc<Registry>> = OnceLock::new();
+
+impl Registry {
+    /// The registry of everything `inventory` collected in this binary, built once.
+    ///
+    /// # Errors
+    /// [`Error::DuplicateReceptor`], [`Error::DuplicateMessageName`],
+    /// [`Error::DuplicatePerspective`], or [`Error::NoRoutesRegistered`].
+    pub fn global() -> Result<Arc<Registry>> {
+        if let Some(r) = GLOBAL.get() {
+            return Ok(Arc::clone(r));
+        }
+        let built = Registry::from_parts(
+            inventory::iter::<ReceptorRegistration>,
+            inventory::iter::<PerspectiveRegistration>,
+            inventory::iter::<MessageRegistration>,
+        )?;
+        Ok(Arc::clone(GLOBAL.get_or_init(|| Arc::new(built))))
+    }
+
+    /// A registry from explicit registrations (tests, or several runtimes with
+    /// different handler sets in one binary).
+    ///
+    /// # Errors
+    /// As [`Registry::global`].
+    pub fn from_parts(
+        receptors: impl IntoIterator<Item = &'static ReceptorRegistration>,
+        perspectives: impl IntoIterator<Item = &'static PerspectiveRegistration>,
+        messages: impl IntoIterator<Item = &'static MessageRegistration>,
+    ) -> Result<Registry> {
+        let mut receptors: Vec<_> = receptors.into_iter().collect();
+        let mut perspectives: Vec<_> = perspectives.into_iter().collect();
+        let mut messages: Vec<_> = messages.into_iter().collect();
+        if receptors.is_empty() && perspectives.is_empty() {
+            return Err(Error::NoRoutesRegistered);
+        }
+        receptors.sort_by(|a, b| {
+            (a.message_name, a.module_path, a.receptor).cmp(&(b.message_name, b.module_path, b.receptor))
+        });
+        perspectives.sort_by(|a, b| (a.name, a.module_path).cmp(&(b.name, b.module_path)));
+        messages.sort_by(|a, b| (a.name, a.module_path).cmp(&(b.name, b.module_path)));
+
+        for pair in messages.windows(2) {
+            if pair[0].name == pair[1].name && (pair[0].type_id)() != (pair[1].type_id)() {
+                return Err(Error::DuplicateMessageName {
+                    name: pair[0].name,
+                    first: pair[0].type_name,
+                    second: pair[1].type_name,
+                });
+            }
+        }
+        for pair in perspectives.windows(2) {
+            if pair[0].name == pair[1].name {
+                return Err(Error::DuplicatePerspective {
+                    name: pair[0].name,
+                    first: pair[0].type_name,
+                    second: pair[1].type_name,
+                });
+            }
+        }
+
+        let mut commands: HashMap<TypeId, &'static ReceptorRegistration> = HashMap::new();
+        let mut event_receptors: HashMap<&'static str, Vec<_>> = HashMap::new();
+        for r in &receptors {
+            match r.message_kind {
+                MessageKind::Command => {
+                    if let Some(first) = commands.insert((r.message_type)(), r) {
+                        return Err(Error::DuplicateReceptor {
+                            message_type: r.message_name,
+                            first: first.path(),
+                            second: r.path(),
+                        });
+                    }
+                }
+                MessageKind::Event => event_receptors.entry(r.message_name).or_default().push(*r),
+            }
+        }
+        let mut perspectives_by_event: HashMap<&'static str, Vec<_>> = HashMap::new();
+        let mut perspectives_by_type = HashMap::new();
+        for p in &perspectives {
+            for t in p.event_types {
+                perspectives_by_event.entry(*t).or_default().push(*p);
+            }
+            perspectives_by_type.insert((p.perspective_type)(), *p);
+        }
+        Ok(Registry {
+            receptors,
+            perspectives,
+            messages,
+            commands,
+            event_receptors,
+            perspectives_by_event,
+            perspectives_by_type,
+        })
+    }
+
+    /// Every receptor, in stable order (message name, module, receptor).
+    #[must_use]
+    pub fn receptors(&self) -> &[&'static ReceptorRegistration] {
+        &self.receptors
+    }
+
+    /// Every perspective, in stable order (name).
+    #[must_use]
+    pub fn perspectives(&self) -> &[&'static PerspectiveRegistration] {
+        &self.perspectives
+    }
+
+    /// Every message type, in stable order (wire name).
+    #[must_use]
+    pub fn messages(&self) -> &[&'static MessageRegistration] {
+        &self.messages
+    }
+
+    /// The receptor of a command type.
+    #[must_use]
+    pub fn command_receptor(&self, command: TypeId) -> Option<&'static ReceptorRegistration> {
+        self.commands.get(&command).copied()
+    }
+
+    /// The receptors of an event type (by wire name), in stable order.
+    #[must_use]
+    pub fn event_receptors(&self, event_type: &str) -> &[&'static ReceptorRegistration] {
+        self.event_receptors.get(event_type).map_or(&[], Vec::as_slice)
+    }
+
+    /// The perspectives that handle an event type (by wire name), in stable order.
+    #[must_use]
+    pub fn perspectives_for(&self, event_type: &str) -> &[&'static PerspectiveRegistration] {
+        self.perspectives_by_event.get(event_type).map_or(&[], Vec::as_slice)
+    }
+
+    /// The registration of perspective `P`.
+    ///
+    /// # Errors
+    /// [`Error::UnknownPerspective`] when `P` is not registered in this registry.
+    pub fn perspective<P: Perspective>(&self) -> Result<&'static PerspectiveRegistration> {
+        self.perspectives_by_type
+            .get(&TypeId::of::<P>())
+            .copied()
+            .ok_or_else(|| Error::UnknownPerspective { name: P::NAME.to_owned() })
+    }
+
+    /// A perspective by name.
+    #[must_use]
+    pub fn perspective_named(&self, name: &str) -> Option<&'static PerspectiveRegistration> {
+        self.perspectives.iter().copied().find(|p| p.name == name)
+    }
+}

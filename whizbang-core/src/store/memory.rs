@@ -1,0 +1,300 @@
+//! In-memory event and perspective stores: the quick start's backend and the
+//! reference behaviour every other backend is tested against.
+
+use super::{
+    BoxFuture, Checkpoint, EventLocation, EventStore, ModelRow, ModelValue, PerspectiveStore,
+    PerspectiveUnit, StoredEvent, StreamAppend,
+};
+use crate::error::{Error, Result};
+use crate::message::{EventId, StreamId};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks cannot leave them half-written (every
+    // critical section validates before it mutates), so poisoning is ignored.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[derive(Default)]
+struct EventLog {
+    all: Vec<Arc<StoredEvent>>,
+    streams: HashMap<StreamId, Vec<Arc<StoredEvent>>>,
+    by_id: HashMap<EventId, Arc<StoredEvent>>,
+}
+
+/// An event store in memory. Cheap to clone (shared).
+#[derive(Clone, Default)]
+pub struct MemoryEventStore {
+    log: Arc<Mutex<EventLog>>,
+}
+
+impl std::fmt::Debug for MemoryEventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryEventStore")
+            .field("events", &lock(&self.log).all.len())
+            .finish()
+    }
+}
+
+impl MemoryEventStore {
+    /// An empty store.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every event, in global order.
+    #[must_use]
+    pub fn all_events(&self) -> Vec<Arc<StoredEvent>> {
+        lock(&self.log).all.clone()
+    }
+
+    /// Appends synchronously (the async trait method delegates here).
+    ///
+    /// # Errors
+    /// [`Error::Concurrency`] when a stream's version does not match; nothing is appended.
+    pub fn append_now(&self, streams: Vec<StreamAppend>) -> Result<Vec<Arc<StoredEvent>>> {
+        let mut log = lock(&self.log);
+        // Validate everything first: all or nothing.
+        let mut planned: HashMap<StreamId, u64> = HashMap::new();
+        for s in &streams {
+            let current = match planned.get(&s.stream_id) {
+                Some(v) => *v,
+                None => log.streams.get(&s.stream_id).map_or(0, |v| v.len() as u64),
+            };
+            if !s.expected.admits(current) {
+                return Err(Error::Concurrency {
+                    stream: s.stream_id,
+                    expected: s.expected,
+                    actual: current,
+                });
+            }
+            planned.insert(s.stream_id, current + s.events.len() as u64);
+        }
+        for s in &streams {
+            for e in &s.events {
+                if log.by_id.contains_key(&e.event_id) {
+                    return Err(Error::InvalidInput(format!(
+                        "event id {} is already stored; event ids must be unique",
+                        e.event_id
+                    )));
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(streams.iter().map(|s| s.events.len()).sum());
+        for s in streams {
+            for e in s.events {
+                let position = log.all.len() as u64 + 1;
+                let stream = log.streams.entry(s.stream_id).or_default();
+                let stored = Arc::new(StoredEvent {
+                    position,
+                    event_id: e.event_id,
+                    stream_id: s.stream_id,
+                    stream_version: stream.len() as u64 + 1,
+                    event_type: std::borrow::Cow::Borrowed(e.event_type),
+                    data: e.data,
+                    metadata: e.metadata,
+                    typed: e.typed,
+                });
+                stream.push(Arc::clone(&stored));
+                log.by_id.insert(stored.event_id, Arc::clone(&stored));
+                log.all.push(Arc::clone(&stored));
+                out.push(stored);
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl EventStore for MemoryEventStore {
+    fn append(&self, streams: Vec<StreamAppend>) -> BoxFuture<'_, Result<Vec<Arc<StoredEvent>>>> {
+        let r = self.append_now(streams);
+        Box::pin(async move { r })
+    }
+
+    fn read_stream(
+        &self,
+        stream: StreamId,
+        after_version: u64,
+    ) -> BoxFuture<'_, Result<Vec<Arc<StoredEvent>>>> {
+        let events = lock(&self.log)
+            .streams
+            .get(&stream)
+            .map(|s| {
+                let from = usize::try_from(after_version).unwrap_or(usize::MAX).min(s.len());
+                s[from..].to_vec()
+            })
+            .unwrap_or_default();
+        Box::pin(async move { Ok(events) })
+    }
+
+    fn stream_version(&self, stream: StreamId) -> BoxFuture<'_, Result<u64>> {
+        let v = lock(&self.log).streams.get(&stream).map_or(0, |s| s.len() as u64);
+        Box::pin(async move { Ok(v) })
+    }
+
+    fn locate<'a>(&'a self, ids: &'a [EventId]) -> BoxFuture<'a, Result<Vec<EventLocation>>> {
+        let log = lock(&self.log);
+        let found = ids
+            .iter()
+            .filter_map(|id| log.by_id.get(id))
+            .map(|e| EventLocation {
+                event_id: e.event_id,
+                stream_id: e.stream_id,
+                stream_version: e.stream_version,
+            })
+            .collect();
+        drop(log);
+        Box::pin(async move { Ok(found) })
+    }
+}
+
+#[derive(Default)]
+struct Slot {
+    checkpoint: Checkpoint,
+    model: Option<Box<dyn crate::perspective::AnyModel>>,
+}
+
+type SlotRef = Arc<tokio::sync::Mutex<Slot>>;
+
+/// Read models and cursors in memory. Cheap to clone (shared).
+#[derive(Clone, Default)]
+pub struct MemoryPerspectiveStore {
+    slots: Arc<Mutex<HashMap<&'static str, HashMap<StreamId, SlotRef>>>>,
+}
+
+impl std::fmt::Debug for MemoryPerspectiveStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryPerspectiveStore").finish_non_exhaustive()
+    }
+}
+
+impl MemoryPerspectiveStore {
+    /// An empty store.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn slot(&self, perspective: &'static str, stream: StreamId) -> SlotRef {
+        Arc::clone(
+            lock(&self.slots)
+                .entry(perspective)
+                .or_default()
+                .entry(stream)
+                .or_default(),
+        )
+    }
+
+    fn existing(&self, perspective: &str, stream: StreamId) -> Option<SlotRef> {
+        lock(&self.slots)
+            .get(perspective)
+            .and_then(|m| m.get(&stream))
+            .cloned()
+    }
+}
+
+struct MemoryUnit {
+    guard: tokio::sync::OwnedMutexGuard<Slot>,
+}
+
+impl PerspectiveUnit for MemoryUnit {
+    fn checkpoint(&self) -> &Checkpoint {
+        &self.guard.checkpoint
+    }
+
+    fn take_model(&mut self) -> Option<ModelValue> {
+        self.guard.model.take().map(ModelValue::Typed)
+    }
+
+    fn commit(
+        mut self: Box<Self>,
+        model: Option<ModelValue>,
+        checkpoint: Checkpoint,
+    ) -> BoxFuture<'static, Result<()>> {
+        let model = match model {
+            None => None,
+            Some(ModelValue::Typed(m)) => Some(m),
+            Some(ModelValue::Json(_)) => {
+                return Box::pin(async {
+                    Err(Error::InvalidInput(
+                        "the in-memory perspective store keeps typed models; commit \
+                         ModelValue::Typed"
+                            .into(),
+                    ))
+                })
+            }
+        };
+        self.guard.model = model;
+        self.guard.checkpoint = checkpoint;
+        Box::pin(async { Ok(()) })
+    }
+}
+
+fn snapshot(id: StreamId, slot: &Slot) -> Option<ModelRow> {
+    slot.model.as_ref().map(|m| ModelRow {
+        id,
+        version: slot.checkpoint.version,
+        model: ModelValue::Typed(m.clone_box()),
+    })
+}
+
+impl PerspectiveStore for MemoryPerspectiveStore {
+    fn claim<'a>(
+        &'a self,
+        perspective: &'static str,
+        stream: StreamId,
+    ) -> BoxFuture<'a, Result<Box<dyn PerspectiveUnit>>> {
+        let slot = self.slot(perspective, stream);
+        Box::pin(async move {
+            let guard = slot.lock_owned().await;
+            Ok(Box::new(MemoryUnit { guard }) as Box<dyn PerspectiveUnit>)
+        })
+    }
+
+    fn checkpoint<'a>(
+        &'a self,
+        perspective: &'a str,
+        stream: StreamId,
+    ) -> BoxFuture<'a, Result<Checkpoint>> {
+        let slot = self.existing(perspective, stream);
+        Box::pin(async move {
+            Ok(match slot {
+                Some(s) => s.lock().await.checkpoint.clone(),
+                None => Checkpoint::default(),
+            })
+        })
+    }
+
+    fn load_model<'a>(
+        &'a self,
+        perspective: &'a str,
+        id: StreamId,
+    ) -> BoxFuture<'a, Result<Option<ModelRow>>> {
+        let slot = self.existing(perspective, id);
+        Box::pin(async move {
+            Ok(match slot {
+                Some(s) => snapshot(id, &*s.lock().await),
+                None => None,
+            })
+        })
+    }
+
+    fn list_models<'a>(&'a self, perspective: &'a str) -> BoxFuture<'a, Result<Vec<ModelRow>>> {
+        let mut slots: Vec<(StreamId, SlotRef)> = lock(&self.slots)
+            .get(perspective)
+            .map(|m| m.iter().map(|(k, v)| (*k, Arc::clone(v))).collect())
+            .unwrap_or_default();
+        slots.sort_unstable_by_key(|(id, _)| *id);
+        Box::pin(async move {
+            let mut rows = Vec::with_capacity(slots.len());
+            for (id, s) in slots {
+                if let Some(row) = snapshot(id, &*s.lock().await) {
+                    rows.push(row);
+                }
+            }
+            Ok(rows)
+        })
+    }
+}

@@ -1,0 +1,76 @@
+//! The registry's start-up checks, on explicit registrations (the global one is
+//! exercised by every other test binary).
+
+use serde::{Deserialize, Serialize};
+use whizbang_core::registry::{MessageRegistration, ReceptorRegistration};
+use whizbang_core::{receptor, Command, Context, Error, Receptor, Registry, Result, Runtime};
+
+#[derive(Command, Serialize, Deserialize)]
+struct Ship;
+
+#[derive(Default)]
+struct Warehouse;
+#[derive(Default)]
+struct Courier;
+
+#[receptor]
+impl Receptor<Ship> for Warehouse {
+    async fn handle(&self, _: Ship, _: &mut Context) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl Receptor<Ship> for Courier {
+    async fn handle(&self, _: Ship, _: &mut Context) -> Result<()> {
+        Ok(())
+    }
+}
+
+static WAREHOUSE: ReceptorRegistration = ReceptorRegistration::of::<Warehouse, Ship>("Warehouse", "shop::warehouse");
+static COURIER: ReceptorRegistration = ReceptorRegistration::of::<Courier, Ship>("Courier", "shop::courier");
+
+#[test]
+fn two_receptors_for_one_command_is_a_start_up_error_naming_both() {
+    let err = Registry::from_parts([&COURIER, &WAREHOUSE], [], []).unwrap_err();
+    match &err {
+        Error::DuplicateReceptor { message_type, first, second } => {
+            assert_eq!(*message_type, "Ship");
+            // Stable order: by module path, whatever order they were collected in.
+            assert_eq!(first, "shop::courier::Courier");
+            assert_eq!(second, "shop::warehouse::Warehouse");
+        }
+        other => panic!("expected DuplicateReceptor, got {other:?}"),
+    }
+    let again = Registry::from_parts([&WAREHOUSE, &COURIER], [], []).unwrap_err();
+    assert_eq!(err.to_string(), again.to_string(), "collection order does not matter");
+}
+
+#[test]
+fn a_registry_with_no_routes_explains_how_to_link_the_handlers() {
+    let err = Registry::from_parts([], [], []).unwrap_err();
+    assert!(matches!(err, Error::NoRoutesRegistered));
+    assert!(err.to_string().contains("use my_handlers as _;"), "{err}");
+}
+
+#[derive(Command, Serialize, Deserialize)]
+#[command(name = "Ship")]
+struct ShipToo;
+
+static SHIP: MessageRegistration = MessageRegistration::of::<Ship>("Ship", "shop");
+static SHIP_TOO: MessageRegistration = MessageRegistration::of::<ShipToo>("ShipToo", "shop");
+
+#[test]
+fn two_message_types_with_one_wire_name_are_rejected() {
+    let err = Registry::from_parts([&WAREHOUSE], [], [&SHIP, &SHIP_TOO]).unwrap_err();
+    assert!(
+        matches!(err, Error::DuplicateMessageName { name: "Ship", .. }),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_runtime_on_an_explicit_registry_routes_only_what_it_holds() {
+    let registry = std::sync::Arc::new(Registry::from_parts([&WAREHOUSE], [], []).unwrap());
+    let rt = Runtime::builder().registry(registry).build().unwrap();
+    rt.scope().send(Ship).await.unwrap();
+}
