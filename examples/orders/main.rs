@@ -60,7 +60,12 @@ impl Receptor<CreateOrder> for OrderDesk {
         let order_id = Uuid::now_v7();
         let total_cents = cmd.lines.iter().map(|(_, q, p)| i64::from(*q) * p).sum();
         let items = cmd.lines.iter().map(|(_, q, _)| q).sum();
-        cx.emit(OrderCreated { order_id, customer: cmd.customer, total_cents, items })?;
+        cx.emit(OrderCreated {
+            order_id,
+            customer: cmd.customer,
+            total_cents,
+            items,
+        })?;
         Ok(order_id)
     }
 }
@@ -71,10 +76,15 @@ impl Receptor<ShipOrder> for OrderDesk {
         // Optimistic concurrency: ship only an order that exists (version >= 1).
         let version = cx.stream_version(cmd.order_id.into()).await?;
         if version == 0 {
-            return Err(Error::rejected(format!("order {} does not exist", cmd.order_id)));
+            return Err(Error::rejected(format!(
+                "order {} does not exist",
+                cmd.order_id
+            )));
         }
         cx.emit_expecting(
-            OrderShipped { order_id: cmd.order_id },
+            OrderShipped {
+                order_id: cmd.order_id,
+            },
             whizbang_core::ExpectedVersion::Exact(version),
         )?;
         Ok(())
@@ -94,7 +104,9 @@ struct ConfirmationMailer {
 
 impl FromServices for ConfirmationMailer {
     fn from_services(services: &Services) -> Result<Self> {
-        Ok(Self { outbox: services.require::<Outbox>("ConfirmationMailer")? })
+        Ok(Self {
+            outbox: services.require::<Outbox>("ConfirmationMailer")?,
+        })
     }
 }
 
@@ -102,7 +114,11 @@ impl FromServices for ConfirmationMailer {
 impl Receptor<OrderCreated> for ConfirmationMailer {
     async fn handle(&self, e: OrderCreated, _cx: &mut Context) -> Result<()> {
         self.outbox.sent.fetch_add(1, Ordering::SeqCst);
-        println!("  mailer    : confirmation queued for {} (order {})", e.customer, short(e.order_id));
+        println!(
+            "  mailer    : confirmation queued for {} (order {})",
+            e.customer,
+            short(e.order_id)
+        );
         Ok(())
     }
 }
@@ -140,7 +156,9 @@ fn short(id: Uuid) -> String {
 #[tokio::main]
 async fn main() -> Result<()> {
     let outbox = Arc::new(Outbox::default());
-    let runtime = Runtime::builder().shared_service(Arc::clone(&outbox)).build()?;
+    let runtime = Runtime::builder()
+        .shared_service(Arc::clone(&outbox))
+        .build()?;
     println!("whizbang quick start: orders, in memory\n");
 
     let scope = runtime.scope();
@@ -151,15 +169,28 @@ async fn main() -> Result<()> {
             lines: vec![("book".into(), 2, 1250), ("pen".into(), 1, 300)],
         })
         .await?;
-    println!("  desk      : order {} created, returned to the caller", short(order));
+    println!(
+        "  desk      : order {} created, returned to the caller",
+        short(order)
+    );
     println!("> send ShipOrder");
     scope.send(ShipOrder { order_id: order }).await?;
     println!("  desk      : order {} shipped", short(order));
     scope.complete().await?;
-    println!("  scope     : completed, {} events appended", runtime.event_store().stream_version(order.into()).await?);
+    println!(
+        "  scope     : completed, {} events appended",
+        runtime.event_store().stream_version(order.into()).await?
+    );
 
     println!("> send CreateOrder with no lines");
-    match runtime.scope().send(CreateOrder { customer: "bo".into(), lines: vec![] }).await {
+    match runtime
+        .scope()
+        .send(CreateOrder {
+            customer: "bo".into(),
+            lines: vec![],
+        })
+        .await
+    {
         Err(e) => println!("  desk      : rejected: {e}"),
         Ok(_) => unreachable!("an empty order is rejected"),
     }

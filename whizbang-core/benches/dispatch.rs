@@ -35,7 +35,10 @@ struct Desk;
 #[receptor]
 impl Receptor<PlaceOrder> for Desk {
     async fn handle(&self, cmd: PlaceOrder, cx: &mut Context) -> Result<i64> {
-        cx.emit(OrderPlaced { order_id: cmd.order_id, cents: cmd.cents })?;
+        cx.emit(OrderPlaced {
+            order_id: cmd.order_id,
+            cents: cmd.cents,
+        })?;
         Ok(cmd.cents)
     }
 }
@@ -73,13 +76,21 @@ struct Row {
 
 impl HandWritten {
     fn place_order(&self, cmd: PlaceOrder) -> std::result::Result<i64, serde_json::Error> {
-        let event = OrderPlaced { order_id: cmd.order_id, cents: cmd.cents };
+        let event = OrderPlaced {
+            order_id: cmd.order_id,
+            cents: cmd.cents,
+        };
         let data = serde_json::value::to_raw_value(&event)?;
         let version = {
             let mut streams = self.streams.lock().unwrap();
             let stream = streams.entry(event.order_id).or_default();
             let version = stream.len() as u64 + 1;
-            stream.push(Arc::new(Row { event_id: Uuid::now_v7(), version, event_type: "OrderPlaced", data }));
+            stream.push(Arc::new(Row {
+                event_id: Uuid::now_v7(),
+                version,
+                event_type: "OrderPlaced",
+                data,
+            }));
             version
         };
         let mut models = self.models.lock().unwrap();
@@ -99,7 +110,10 @@ fn median(v: &mut [f64]) -> f64 {
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let (rounds, per_round) = if quick { (5, 200) } else { (41, 2_000) };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let runtime = rt.block_on(async { Runtime::in_memory() }).unwrap();
     let hand = HandWritten::default();
 
@@ -108,7 +122,10 @@ fn main() {
     for round in 0..=rounds {
         let start = Instant::now();
         for i in 0..per_round {
-            let cmd = PlaceOrder { order_id: Uuid::now_v7(), cents: i };
+            let cmd = PlaceOrder {
+                order_id: Uuid::now_v7(),
+                cents: i,
+            };
             black_box(hand.place_order(black_box(cmd)).unwrap());
         }
         let b = start.elapsed().as_nanos() as f64 / per_round as f64;
@@ -117,7 +134,10 @@ fn main() {
         rt.block_on(async {
             for i in 0..per_round {
                 let scope = runtime.scope();
-                let cmd = PlaceOrder { order_id: Uuid::now_v7(), cents: i };
+                let cmd = PlaceOrder {
+                    order_id: Uuid::now_v7(),
+                    cents: i,
+                };
                 black_box(scope.send(black_box(cmd)).await.unwrap());
                 scope.complete().await.unwrap();
             }

@@ -11,16 +11,22 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+type Predicate<M> = Box<dyn Fn(&M) -> bool + Send + Sync>;
+
 /// A filtered, paged list query over read models of type `M`.
 pub struct ListQuery<M> {
-    filter: Option<Box<dyn Fn(&M) -> bool + Send + Sync>>,
+    filter: Option<Predicate<M>>,
     offset: usize,
     limit: Option<usize>,
 }
 
 impl<M> Default for ListQuery<M> {
     fn default() -> Self {
-        ListQuery { filter: None, offset: 0, limit: None }
+        ListQuery {
+            filter: None,
+            offset: 0,
+            limit: None,
+        }
     }
 }
 
@@ -84,13 +90,18 @@ pub struct Lens<P> {
 
 impl<P> Clone for Lens<P> {
     fn clone(&self) -> Self {
-        Lens { store: Arc::clone(&self.store), _p: PhantomData }
+        Lens {
+            store: Arc::clone(&self.store),
+            _p: PhantomData,
+        }
     }
 }
 
 impl<P: Perspective> std::fmt::Debug for Lens<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lens").field("perspective", &P::NAME).finish()
+        f.debug_struct("Lens")
+            .field("perspective", &P::NAME)
+            .finish()
     }
 }
 
@@ -98,18 +109,30 @@ impl<P: Perspective> Lens<P> {
     /// A lens over `store`.
     #[must_use]
     pub fn new(store: Arc<dyn PerspectiveStore>) -> Self {
-        Lens { store, _p: PhantomData }
+        Lens {
+            store,
+            _p: PhantomData,
+        }
     }
 
     fn decode(row: ModelRow) -> Result<P::Model> {
         match row.model {
-            ModelValue::Typed(m) => m.into_any().downcast::<P::Model>().map(|b| *b).map_err(|_| {
-                Error::InvalidInput(format!("stored model of perspective {} has another type", P::NAME))
-            }),
-            ModelValue::Json(j) => serde_json::from_str(j.get()).map_err(|source| Error::Deserialization {
-                type_name: format!("model of perspective {}", P::NAME),
-                source,
-            }),
+            ModelValue::Typed(m) => m
+                .into_any()
+                .downcast::<P::Model>()
+                .map(|b| *b)
+                .map_err(|_| {
+                    Error::InvalidInput(format!(
+                        "stored model of perspective {} has another type",
+                        P::NAME
+                    ))
+                }),
+            ModelValue::Json(j) => {
+                serde_json::from_str(j.get()).map_err(|source| Error::Deserialization {
+                    type_name: format!("model of perspective {}", P::NAME),
+                    source,
+                })
+            }
         }
     }
 

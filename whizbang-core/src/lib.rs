@@ -55,7 +55,7 @@
 //! ## Modules
 //! - [`message`]: commands, events, envelopes, ids.
 //! - [`dispatch`]: the runtime, scopes, receptors and their context.
-//! - [`perspective`]: read-model folds, the inline invoker and the async runner.
+//! - [`perspective`](mod@perspective): read-model folds, the inline invoker and the async runner.
 //! - [`lens`]: reading models.
 //! - [`store`]: the storage traits and the in-memory backend.
 //! - [`registry`]: the compile-time routing tables.
@@ -73,8 +73,8 @@ pub mod registry;
 pub mod services;
 pub mod store;
 
-pub use dispatch::{Context, Receptor, Runtime, RuntimeBuilder, Scope};
 pub use dispatch::EmittedEvent;
+pub use dispatch::{Context, Receptor, Runtime, RuntimeBuilder, Scope};
 pub use error::{Error, Result};
 pub use lens::{Lens, LensQuery, ListQuery};
 pub use message::{
@@ -89,11 +89,11 @@ pub use whizbang_macros::{perspective, receptor, Command, Event};
 /// Support for generated code. Not a public API: it changes without notice.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::dispatch::Receptor;
     pub use crate::message::{Command, Event, Message, MessageKind, StreamId, StreamKey};
     pub use crate::perspective::{apply_with, ApplyError, Perspective, PerspectiveMode};
     pub use crate::registry::{MessageRegistration, PerspectiveRegistration, ReceptorRegistration};
     pub use crate::store::StoredEvent;
-    pub use crate::dispatch::Receptor;
     pub use ::core::any::TypeId;
     pub use ::core::option::Option;
     pub use ::core::result::Result;

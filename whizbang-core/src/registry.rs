@@ -118,7 +118,7 @@ impl PerspectiveRegistration {
     /// Whether it handles events with this wire name.
     #[must_use]
     pub fn handles(&self, event_type: &str) -> bool {
-        self.event_types.iter().any(|t| *t == event_type)
+        self.event_types.contains(&event_type)
     }
 }
 
@@ -204,7 +204,11 @@ impl Registry {
             return Err(Error::NoRoutesRegistered);
         }
         receptors.sort_by(|a, b| {
-            (a.message_name, a.module_path, a.receptor).cmp(&(b.message_name, b.module_path, b.receptor))
+            (a.message_name, a.module_path, a.receptor).cmp(&(
+                b.message_name,
+                b.module_path,
+                b.receptor,
+            ))
         });
         perspectives.sort_by(|a, b| (a.name, a.module_path).cmp(&(b.name, b.module_path)));
         messages.sort_by(|a, b| (a.name, a.module_path).cmp(&(b.name, b.module_path)));
@@ -290,13 +294,17 @@ impl Registry {
     /// The receptors of an event type (by wire name), in stable order.
     #[must_use]
     pub fn event_receptors(&self, event_type: &str) -> &[&'static ReceptorRegistration] {
-        self.event_receptors.get(event_type).map_or(&[], Vec::as_slice)
+        self.event_receptors
+            .get(event_type)
+            .map_or(&[], Vec::as_slice)
     }
 
     /// The perspectives that handle an event type (by wire name), in stable order.
     #[must_use]
     pub fn perspectives_for(&self, event_type: &str) -> &[&'static PerspectiveRegistration] {
-        self.perspectives_by_event.get(event_type).map_or(&[], Vec::as_slice)
+        self.perspectives_by_event
+            .get(event_type)
+            .map_or(&[], Vec::as_slice)
     }
 
     /// The registration of perspective `P`.
@@ -307,7 +315,9 @@ impl Registry {
         self.perspectives_by_type
             .get(&TypeId::of::<P>())
             .copied()
-            .ok_or_else(|| Error::UnknownPerspective { name: P::NAME.to_owned() })
+            .ok_or_else(|| Error::UnknownPerspective {
+                name: P::NAME.to_owned(),
+            })
     }
 
     /// A perspective by name.

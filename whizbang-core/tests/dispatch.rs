@@ -38,7 +38,10 @@ struct Carts;
 impl Receptor<OpenCart> for Carts {
     async fn handle(&self, cmd: OpenCart, cx: &mut Context) -> Result<Uuid> {
         let cart = Uuid::now_v7();
-        cx.emit(CartOpened { cart, owner: cmd.owner })?;
+        cx.emit(CartOpened {
+            cart,
+            owner: cmd.owner,
+        })?;
         Ok(cart)
     }
 }
@@ -55,7 +58,10 @@ struct AddItem {
 impl Receptor<AddItem> for Carts {
     async fn handle(&self, cmd: AddItem, cx: &mut Context) -> Result<()> {
         cx.emit_expecting(
-            ItemAdded { cart: cmd.cart, sku: cmd.sku },
+            ItemAdded {
+                cart: cmd.cart,
+                sku: cmd.sku,
+            },
             ExpectedVersion::Exact(cmd.expected_version),
         )?;
         Ok(())
@@ -71,7 +77,10 @@ struct AddThenFail {
 #[receptor]
 impl Receptor<AddThenFail> for Carts {
     async fn handle(&self, cmd: AddThenFail, cx: &mut Context) -> Result<()> {
-        cx.emit(ItemAdded { cart: cmd.cart, sku: "never".into() })?;
+        cx.emit(ItemAdded {
+            cart: cmd.cart,
+            sku: "never".into(),
+        })?;
         Err(Error::rejected("cart is locked"))
     }
 }
@@ -82,7 +91,9 @@ struct Unserializable;
 
 impl Serialize for Unserializable {
     fn serialize<S: Serializer>(&self, _: S) -> std::result::Result<S::Ok, S::Error> {
-        Err(serde::ser::Error::custom("this payload refuses to serialize"))
+        Err(serde::ser::Error::custom(
+            "this payload refuses to serialize",
+        ))
     }
 }
 
@@ -101,7 +112,10 @@ struct EmitPoison {
 #[receptor]
 impl Receptor<EmitPoison> for Carts {
     async fn handle(&self, cmd: EmitPoison, cx: &mut Context) -> Result<()> {
-        cx.emit(Poisoned { cart: cmd.cart, payload: Unserializable })?;
+        cx.emit(Poisoned {
+            cart: cmd.cart,
+            payload: Unserializable,
+        })?;
         Ok(())
     }
 }
@@ -131,7 +145,9 @@ struct ItemCounter {
 
 impl FromServices for ItemCounter {
     fn from_services(services: &Services) -> Result<Self> {
-        Ok(ItemCounter { tally: services.require::<Tally>("ItemCounter")? })
+        Ok(ItemCounter {
+            tally: services.require::<Tally>("ItemCounter")?,
+        })
     }
 }
 
@@ -139,7 +155,10 @@ impl FromServices for ItemCounter {
 impl Receptor<ItemAdded> for ItemCounter {
     async fn handle(&self, e: ItemAdded, cx: &mut Context) -> Result<()> {
         let total = self.tally.0.fetch_add(1, Ordering::SeqCst) + 1;
-        cx.emit(ItemCounted { counter: counter_stream(e.cart), total })?;
+        cx.emit(ItemCounted {
+            counter: counter_stream(e.cart),
+            total,
+        })?;
         Ok(())
     }
 }
@@ -167,15 +186,37 @@ async fn stream_len(rt: &Runtime, cart: Uuid) -> u64 {
 async fn send_returns_the_receptors_output_and_appends_its_events() {
     let (rt, _) = runtime();
     let scope = rt.scope();
-    let cart = scope.send(OpenCart { owner: "ada".into() }).await.unwrap();
+    let cart = scope
+        .send(OpenCart {
+            owner: "ada".into(),
+        })
+        .await
+        .unwrap();
     let events = rt.event_store().read_stream(cart.into(), 0).await.unwrap();
     assert_eq!(events.len(), 1);
-    assert_eq!(events[0].event_type, "carts.opened", "the wire name, not the Rust path");
+    assert_eq!(
+        events[0].event_type, "carts.opened",
+        "the wire name, not the Rust path"
+    );
     assert_eq!(events[0].stream_version, 1);
     let decoded: CartOpened = serde_json::from_str(events[0].data.get()).unwrap();
-    assert_eq!(decoded, CartOpened { cart, owner: "ada".into() });
-    assert_eq!(events[0].event_id.as_uuid().get_version_num(), 7, "event ids are UUID v7");
-    assert_eq!(events[0].metadata.correlation_id, scope.id(), "the scope correlates its work");
+    assert_eq!(
+        decoded,
+        CartOpened {
+            cart,
+            owner: "ada".into()
+        }
+    );
+    assert_eq!(
+        events[0].event_id.as_uuid().get_version_num(),
+        7,
+        "event ids are UUID v7"
+    );
+    assert_eq!(
+        events[0].metadata.correlation_id,
+        scope.id(),
+        "the scope correlates its work"
+    );
     assert_eq!(scope.emitted().len(), 1);
     scope.complete().await.unwrap();
 }
@@ -184,8 +225,19 @@ async fn send_returns_the_receptors_output_and_appends_its_events() {
 async fn a_command_without_receptor_is_a_typed_error_naming_it() {
     let (rt, _) = runtime();
     let err = rt.scope().send(Orphan).await.unwrap_err();
-    assert!(matches!(err, Error::NoReceptor { message_type: "Orphan" }), "{err:?}");
-    assert!(err.to_string().contains("#[receptor]"), "the message says what to do: {err}");
+    assert!(
+        matches!(
+            err,
+            Error::NoReceptor {
+                message_type: "Orphan"
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("#[receptor]"),
+        "the message says what to do: {err}"
+    );
 }
 
 #[tokio::test]
@@ -193,21 +245,44 @@ async fn a_version_conflict_appends_nothing_and_reports_stream_expected_and_actu
     let (rt, seen) = runtime();
     let scope = rt.scope();
     let cart = scope.send(OpenCart { owner: "bo".into() }).await.unwrap();
-    scope.send(AddItem { cart, sku: "a".into(), expected_version: 1 }).await.unwrap();
+    scope
+        .send(AddItem {
+            cart,
+            sku: "a".into(),
+            expected_version: 1,
+        })
+        .await
+        .unwrap();
     let err = scope
-        .send(AddItem { cart, sku: "b".into(), expected_version: 1 })
+        .send(AddItem {
+            cart,
+            sku: "b".into(),
+            expected_version: 1,
+        })
         .await
         .unwrap_err();
     match err {
-        Error::Concurrency { stream, expected, actual } => {
+        Error::Concurrency {
+            stream,
+            expected,
+            actual,
+        } => {
             assert_eq!(stream, StreamId::from(cart));
             assert_eq!(expected, ExpectedVersion::Exact(1));
             assert_eq!(actual, 2);
         }
         other => panic!("expected a concurrency error, got {other:?}"),
     }
-    assert_eq!(stream_len(&rt, cart).await, 2, "the conflicting event was not appended");
-    assert_eq!(seen.load(Ordering::SeqCst), 1, "no receptor saw the rejected event");
+    assert_eq!(
+        stream_len(&rt, cart).await,
+        2,
+        "the conflicting event was not appended"
+    );
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        1,
+        "no receptor saw the rejected event"
+    );
 }
 
 #[tokio::test]
@@ -247,18 +322,42 @@ async fn emitted_events_cascade_to_event_receptors_whose_events_are_appended_too
     let (rt, seen) = runtime();
     let scope = rt.scope();
     let cart = scope.send(OpenCart { owner: "ed".into() }).await.unwrap();
-    scope.send(AddItem { cart, sku: "x".into(), expected_version: 1 }).await.unwrap();
-    scope.send(AddItem { cart, sku: "y".into(), expected_version: 2 }).await.unwrap();
+    scope
+        .send(AddItem {
+            cart,
+            sku: "x".into(),
+            expected_version: 1,
+        })
+        .await
+        .unwrap();
+    scope
+        .send(AddItem {
+            cart,
+            sku: "y".into(),
+            expected_version: 2,
+        })
+        .await
+        .unwrap();
     assert_eq!(seen.load(Ordering::SeqCst), 2);
     let cart_events = rt.event_store().read_stream(cart.into(), 0).await.unwrap();
-    let counted = rt.event_store().read_stream(counter_stream(cart), 0).await.unwrap();
+    let counted = rt
+        .event_store()
+        .read_stream(counter_stream(cart), 0)
+        .await
+        .unwrap();
     assert_eq!(cart_events.len(), 3, "opened + 2 added");
     assert_eq!(counted.len(), 2, "one counted event per added item");
     let last: serde_json::Value = serde_json::from_str(counted[1].data.get()).unwrap();
     assert_eq!(last["total"], 2);
     // Causation: each counted event was caused by its ItemAdded event.
-    assert_eq!(counted[0].metadata.causation_id, Some(cart_events[1].event_id.into()));
-    assert_eq!(counted[1].metadata.causation_id, Some(cart_events[2].event_id.into()));
+    assert_eq!(
+        counted[0].metadata.causation_id,
+        Some(cart_events[1].event_id.into())
+    );
+    assert_eq!(
+        counted[1].metadata.causation_id,
+        Some(cart_events[2].event_id.into())
+    );
     assert_eq!(counted[0].metadata.correlation_id, scope.id());
 }
 
@@ -268,10 +367,19 @@ async fn sending_into_a_completed_scope_is_a_typed_error_and_appends_nothing() {
     let scope = rt.scope();
     scope.complete().await.unwrap();
     assert!(scope.is_completed());
-    let err = scope.send(OpenCart { owner: "fi".into() }).await.unwrap_err();
+    let err = scope
+        .send(OpenCart { owner: "fi".into() })
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::ScopeCompleted), "{err:?}");
     let cart = Uuid::now_v7();
-    let err = scope.publish(CartOpened { cart, owner: "x".into() }).await.unwrap_err();
+    let err = scope
+        .publish(CartOpened {
+            cart,
+            owner: "x".into(),
+        })
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::ScopeCompleted), "{err:?}");
     assert_eq!(stream_len(&rt, cart).await, 0);
 }
@@ -280,7 +388,10 @@ async fn sending_into_a_completed_scope_is_a_typed_error_and_appends_nothing() {
 async fn a_receptor_needing_an_unregistered_service_fails_the_build_naming_both() {
     let err = Runtime::builder().build().unwrap_err();
     match &err {
-        Error::MissingService { type_name, needed_by } => {
+        Error::MissingService {
+            type_name,
+            needed_by,
+        } => {
             assert!(type_name.ends_with("Tally"), "{type_name}");
             assert_eq!(*needed_by, "ItemCounter");
         }
@@ -291,7 +402,10 @@ async fn a_receptor_needing_an_unregistered_service_fails_the_build_naming_both(
 
 #[test]
 fn building_outside_tokio_explains_itself() {
-    let err = Runtime::builder().service(Tally(Arc::default())).build().unwrap_err();
+    let err = Runtime::builder()
+        .service(Tally(Arc::default()))
+        .build()
+        .unwrap_err();
     assert!(matches!(err, Error::NoTokioRuntime), "{err:?}");
 }
 
@@ -301,14 +415,29 @@ async fn publish_expecting_no_stream_rejects_an_existing_stream() {
     let scope = rt.scope();
     let cart = Uuid::now_v7();
     scope
-        .publish_expecting(CartOpened { cart, owner: "a".into() }, ExpectedVersion::NoStream)
+        .publish_expecting(
+            CartOpened {
+                cart,
+                owner: "a".into(),
+            },
+            ExpectedVersion::NoStream,
+        )
         .await
         .unwrap();
     let err = scope
-        .publish_expecting(CartOpened { cart, owner: "b".into() }, ExpectedVersion::NoStream)
+        .publish_expecting(
+            CartOpened {
+                cart,
+                owner: "b".into(),
+            },
+            ExpectedVersion::NoStream,
+        )
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Concurrency { actual: 1, .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::Concurrency { actual: 1, .. }),
+        "{err:?}"
+    );
     assert_eq!(stream_len(&rt, cart).await, 1);
 }
 

@@ -69,11 +69,17 @@ impl AsyncBalances {
 }
 
 fn dep(account: Uuid, seq: u64, cents: i64) -> Deposited {
-    Deposited { account, seq, cents }
+    Deposited {
+        account,
+        seq,
+        cents,
+    }
 }
 
 async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(10), f).await.expect("bounded wait elapsed")
+    tokio::time::timeout(Duration::from_secs(10), f)
+        .await
+        .expect("bounded wait elapsed")
 }
 
 #[test]
@@ -83,7 +89,10 @@ fn generated_metadata_lists_handled_event_types() {
     assert_eq!(InlineBalances::EVENT_TYPES, &["Deposited", "Frozen"]);
     assert_eq!(AsyncBalances::NAME, "balances.async");
     assert_eq!(AsyncBalances::MODE, PerspectiveMode::Async);
-    assert_eq!(AsyncBalances::event_type_ids(), vec![std::any::TypeId::of::<Deposited>()]);
+    assert_eq!(
+        AsyncBalances::event_type_ids(),
+        vec![std::any::TypeId::of::<Deposited>()]
+    );
 }
 
 #[tokio::test]
@@ -95,12 +104,19 @@ async fn inline_perspectives_apply_when_the_scope_completes() {
     scope.publish(Audited { account: a }).await.unwrap();
     scope.publish(dep(a, 2, 50)).await.unwrap();
     let lens = rt.lens::<InlineBalances>();
-    assert_eq!(lens.get(a.into()).await.unwrap(), None, "nothing applies before complete");
+    assert_eq!(
+        lens.get(a.into()).await.unwrap(),
+        None,
+        "nothing applies before complete"
+    );
     scope.complete().await.unwrap();
     let (b, version) = lens.get_versioned(a.into()).await.unwrap().unwrap();
     assert_eq!(b.cents, 150);
     assert_eq!(b.seqs, vec![1, 2]);
-    assert_eq!(version, 3, "the cursor moved past the unhandled Audited event too");
+    assert_eq!(
+        version, 3,
+        "the cursor moved past the unhandled Audited event too"
+    );
 }
 
 #[tokio::test]
@@ -112,7 +128,11 @@ async fn async_perspectives_apply_in_the_background_runner() {
     scope.publish(dep(a, 1, 7)).await.unwrap();
     scope.complete().await.unwrap();
     let lens = rt.lens::<AsyncBalances>();
-    assert_eq!(lens.get(a.into()).await.unwrap(), None, "paused: not applied yet");
+    assert_eq!(
+        lens.get(a.into()).await.unwrap(),
+        None,
+        "paused: not applied yet"
+    );
     rt.runner().resume();
     bounded(rt.wait_idle()).await;
     assert_eq!(lens.get(a.into()).await.unwrap().unwrap().cents, 7);
@@ -129,9 +149,19 @@ async fn a_scope_dropped_without_complete_still_applies_its_perspectives() {
         // dropped here, never completed
     }
     bounded(rt.wait_idle()).await;
-    let inline = rt.lens::<InlineBalances>().get(a.into()).await.unwrap().unwrap();
+    let inline = rt
+        .lens::<InlineBalances>()
+        .get(a.into())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(inline.cents, 11);
-    let asynchronous = rt.lens::<AsyncBalances>().get(a.into()).await.unwrap().unwrap();
+    let asynchronous = rt
+        .lens::<AsyncBalances>()
+        .get(a.into())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(asynchronous.seqs, vec![1, 2]);
 }
 
@@ -141,12 +171,23 @@ async fn a_failing_apply_keeps_the_good_prefix_and_marks_the_stream_failed() {
     let (bad, good) = (Uuid::now_v7(), Uuid::now_v7());
     let scope = rt.scope();
     scope.publish(dep(bad, 1, 10)).await.unwrap();
-    scope.publish(Frozen { account: bad, reason: "fail".into() }).await.unwrap();
+    scope
+        .publish(Frozen {
+            account: bad,
+            reason: "fail".into(),
+        })
+        .await
+        .unwrap();
     scope.publish(dep(bad, 3, 99)).await.unwrap();
     scope.publish(dep(good, 1, 1)).await.unwrap();
     let err = scope.complete().await.unwrap_err();
     match &err {
-        Error::PerspectiveFailed { perspective, stream, version, message } => {
+        Error::PerspectiveFailed {
+            perspective,
+            stream,
+            version,
+            message,
+        } => {
             assert_eq!(*perspective, "InlineBalances");
             assert_eq!(*stream, StreamId::from(bad));
             assert_eq!(*version, 2);
@@ -156,12 +197,23 @@ async fn a_failing_apply_keeps_the_good_prefix_and_marks_the_stream_failed() {
     }
     let lens = rt.lens::<InlineBalances>();
     let (b, v) = lens.get_versioned(bad.into()).await.unwrap().unwrap();
-    assert_eq!((b.cents, b.seqs.clone(), v), (10, vec![1], 1), "the prefix before the failure committed");
-    assert_eq!(lens.get(good.into()).await.unwrap().unwrap().cents, 1, "other streams still applied");
+    assert_eq!(
+        (b.cents, b.seqs.clone(), v),
+        (10, vec![1], 1),
+        "the prefix before the failure committed"
+    );
+    assert_eq!(
+        lens.get(good.into()).await.unwrap().unwrap().cents,
+        1,
+        "other streams still applied"
+    );
     // The failed stream stays failed: a later scope does not skip past the bad event.
     let later = rt.scope();
     later.publish(dep(bad, 4, 1)).await.unwrap();
-    assert!(matches!(later.complete().await, Err(Error::PerspectiveFailed { version: 2, .. })));
+    assert!(matches!(
+        later.complete().await,
+        Err(Error::PerspectiveFailed { version: 2, .. })
+    ));
     assert_eq!(lens.get(bad.into()).await.unwrap().unwrap().cents, 10);
 }
 
@@ -170,7 +222,13 @@ async fn a_panicking_apply_is_caught_and_reported_as_a_failure() {
     let rt = Runtime::in_memory().unwrap();
     let a = Uuid::now_v7();
     let scope = rt.scope();
-    scope.publish(Frozen { account: a, reason: "panic".into() }).await.unwrap();
+    scope
+        .publish(Frozen {
+            account: a,
+            reason: "panic".into(),
+        })
+        .await
+        .unwrap();
     let err = scope.complete().await.unwrap_err();
     assert!(err.to_string().contains("freeze handler blew up"), "{err}");
 }
@@ -200,8 +258,16 @@ async fn one_stream_applies_in_version_order_exactly_once_under_concurrent_scope
         .map(|e| serde_json::from_str::<Deposited>(e.data.get()).unwrap().seq)
         .collect();
     for b in [
-        rt.lens::<InlineBalances>().get(a.into()).await.unwrap().unwrap(),
-        rt.lens::<AsyncBalances>().get(a.into()).await.unwrap().unwrap(),
+        rt.lens::<InlineBalances>()
+            .get(a.into())
+            .await
+            .unwrap()
+            .unwrap(),
+        rt.lens::<AsyncBalances>()
+            .get(a.into())
+            .await
+            .unwrap()
+            .unwrap(),
     ] {
         assert_eq!(b.cents, 200, "every event applied exactly once");
         assert_eq!(b.seqs, expected, "in stream-version order");
@@ -229,7 +295,11 @@ async fn many_streams_apply_in_parallel_and_none_is_lost() {
         bounded(t).await.unwrap();
     }
     bounded(rt.wait_idle()).await;
-    let all = rt.lens::<AsyncBalances>().list(ListQuery::all()).await.unwrap();
+    let all = rt
+        .lens::<AsyncBalances>()
+        .list(ListQuery::all())
+        .await
+        .unwrap();
     assert_eq!(all.len(), 300);
     assert!(all.iter().all(|b| b.cents == 7 && b.seqs == vec![1, 2]));
 }
@@ -246,10 +316,21 @@ async fn lens_lists_filter_page_and_order_by_id() {
     }
     scope.complete().await.unwrap();
     let lens = rt.lens::<InlineBalances>();
-    let even = lens.list(ListQuery::all().filter(|b: &Balance| b.cents % 2 == 0)).await.unwrap();
-    assert_eq!(even.iter().map(|b| b.cents).collect::<Vec<_>>(), vec![2, 4, 6, 8, 10]);
+    let even = lens
+        .list(ListQuery::all().filter(|b: &Balance| b.cents % 2 == 0))
+        .await
+        .unwrap();
+    assert_eq!(
+        even.iter().map(|b| b.cents).collect::<Vec<_>>(),
+        vec![2, 4, 6, 8, 10]
+    );
     let page = lens
-        .list(ListQuery::all().filter(|b: &Balance| b.cents % 2 == 0).offset(1).limit(2))
+        .list(
+            ListQuery::all()
+                .filter(|b: &Balance| b.cents % 2 == 0)
+                .offset(1)
+                .limit(2),
+        )
         .await
         .unwrap();
     assert_eq!(page.iter().map(|b| b.cents).collect::<Vec<_>>(), vec![4, 6]);

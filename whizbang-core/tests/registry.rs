@@ -26,14 +26,20 @@ impl Receptor<Ship> for Courier {
     }
 }
 
-static WAREHOUSE: ReceptorRegistration = ReceptorRegistration::of::<Warehouse, Ship>("Warehouse", "shop::warehouse");
-static COURIER: ReceptorRegistration = ReceptorRegistration::of::<Courier, Ship>("Courier", "shop::courier");
+static WAREHOUSE: ReceptorRegistration =
+    ReceptorRegistration::of::<Warehouse, Ship>("Warehouse", "shop::warehouse");
+static COURIER: ReceptorRegistration =
+    ReceptorRegistration::of::<Courier, Ship>("Courier", "shop::courier");
 
 #[test]
 fn two_receptors_for_one_command_is_a_start_up_error_naming_both() {
     let err = Registry::from_parts([&COURIER, &WAREHOUSE], [], []).unwrap_err();
     match &err {
-        Error::DuplicateReceptor { message_type, first, second } => {
+        Error::DuplicateReceptor {
+            message_type,
+            first,
+            second,
+        } => {
             assert_eq!(*message_type, "Ship");
             // Stable order: by module path, whatever order they were collected in.
             assert_eq!(first, "shop::courier::Courier");
@@ -42,7 +48,11 @@ fn two_receptors_for_one_command_is_a_start_up_error_naming_both() {
         other => panic!("expected DuplicateReceptor, got {other:?}"),
     }
     let again = Registry::from_parts([&WAREHOUSE, &COURIER], [], []).unwrap_err();
-    assert_eq!(err.to_string(), again.to_string(), "collection order does not matter");
+    assert_eq!(
+        err.to_string(),
+        again.to_string(),
+        "collection order does not matter"
+    );
 }
 
 #[test]

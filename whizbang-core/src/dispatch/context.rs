@@ -48,9 +48,16 @@ impl Context {
     ///
     /// # Errors
     /// [`Error::Serialization`] when the event cannot be serialized.
-    pub fn emit_expecting<E: Event>(&mut self, event: E, expected: ExpectedVersion) -> Result<EventId> {
-        let data = serde_json::value::to_raw_value(&event)
-            .map_err(|source| Error::Serialization { type_name: E::NAME, source })?;
+    pub fn emit_expecting<E: Event>(
+        &mut self,
+        event: E,
+        expected: ExpectedVersion,
+    ) -> Result<EventId> {
+        let data =
+            serde_json::value::to_raw_value(&event).map_err(|source| Error::Serialization {
+                type_name: E::NAME,
+                source,
+            })?;
         let stream_id = event.stream_id();
         let event_id = EventId::new();
         let new = NewEvent {
@@ -70,7 +77,11 @@ impl Context {
             Some(last) if last.stream_id == stream_id && expected == ExpectedVersion::Any => {
                 last.events.push(new);
             }
-            _ => self.pending.push(StreamAppend { stream_id, expected, events: vec![new] }),
+            _ => self.pending.push(StreamAppend {
+                stream_id,
+                expected,
+                events: vec![new],
+            }),
         }
         Ok(event_id)
     }

@@ -4,7 +4,7 @@
 //! routing through the [`Registry`](crate::Registry), appending what receptors
 //! emit with optimistic concurrency, cascading events to event receptors, and
 //! queueing them in the scope's perspective invoker. It applies no perspective
-//! itself (that is [`perspective`](crate::perspective)) and stores nothing
+//! itself (that is [`perspective`](mod@crate::perspective)) and stores nothing
 //! itself (that is [`store`](crate::store)).
 
 mod context;
@@ -103,7 +103,10 @@ where
     ) -> BoxFuture<'a, Result<Box<dyn Any + Send>>> {
         Box::pin(async move {
             let message = message.downcast::<M>().map_err(|_| {
-                Error::InvalidInput(format!("message routed to the receptor of `{}` has another type", M::NAME))
+                Error::InvalidInput(format!(
+                    "message routed to the receptor of `{}` has another type",
+                    M::NAME
+                ))
             })?;
             let out = self.receptor.handle(*message, cx).await?;
             Ok(Box::new(out) as Box<dyn Any + Send>)
@@ -113,6 +116,9 @@ where
     fn decode(&self, event: &StoredEvent) -> Result<Box<dyn Any + Send>> {
         serde_json::from_str::<M>(event.data.get())
             .map(|m| Box::new(m) as Box<dyn Any + Send>)
-            .map_err(|source| Error::Deserialization { type_name: event.event_type.to_string(), source })
+            .map_err(|source| Error::Deserialization {
+                type_name: event.event_type.to_string(),
+                source,
+            })
     }
 }

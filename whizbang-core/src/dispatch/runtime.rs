@@ -123,12 +123,14 @@ impl Runtime {
     }
 }
 
+type AddService = Box<dyn FnOnce(&mut Services) + Send>;
+
 /// Builds a [`Runtime`]: backends, services, registry.
 pub struct RuntimeBuilder {
     registry: Option<Arc<Registry>>,
     event_store: Option<Arc<dyn EventStore>>,
     perspective_store: Option<Arc<dyn PerspectiveStore>>,
-    services: Vec<Box<dyn FnOnce(&mut Services) + Send>>,
+    services: Vec<AddService>,
     concurrency: usize,
 }
 

@@ -85,8 +85,11 @@ impl Scope {
     /// from an event receptor in the cascade.
     pub async fn send<C: Command>(&self, command: C) -> Result<C::Output> {
         self.shared.invoker.ensure_open()?;
-        let Some((receptor, reg)) = self.shared.runtime.inner.commands.get(&TypeId::of::<C>()) else {
-            return Err(Error::NoReceptor { message_type: C::NAME });
+        let Some((receptor, reg)) = self.shared.runtime.inner.commands.get(&TypeId::of::<C>())
+        else {
+            return Err(Error::NoReceptor {
+                message_type: C::NAME,
+            });
         };
         let message_id = MessageId::new();
         let span = tracing::info_span!(
@@ -106,13 +109,15 @@ impl Scope {
             );
             let output = receptor
                 .call(Box::new(command), &mut cx)
-                .instrument(tracing::debug_span!("whizbang.receptor", receptor = reg.receptor))
+                .instrument(tracing::debug_span!(
+                    "whizbang.receptor",
+                    receptor = reg.receptor
+                ))
                 .await?;
             self.shared.commit(std::mem::take(&mut cx.pending)).await?;
-            output
-                .downcast::<C::Output>()
-                .map(|o| *o)
-                .map_err(|_| Error::InvalidInput(format!("receptor of `{}` returned another type", C::NAME)))
+            output.downcast::<C::Output>().map(|o| *o).map_err(|_| {
+                Error::InvalidInput(format!("receptor of `{}` returned another type", C::NAME))
+            })
         }
         .instrument(span)
         .await
@@ -133,7 +138,10 @@ impl Scope {
         );
         let id = cx.emit(event)?;
         let span = tracing::info_span!("whizbang.dispatch", message_type = E::NAME, event_id = %id);
-        self.shared.commit(std::mem::take(&mut cx.pending)).instrument(span).await?;
+        self.shared
+            .commit(std::mem::take(&mut cx.pending))
+            .instrument(span)
+            .await?;
         Ok(id)
     }
 
@@ -162,7 +170,11 @@ impl Scope {
     /// Every event this scope has appended so far, in order.
     #[must_use]
     pub fn emitted(&self) -> Vec<EmittedEvent> {
-        self.shared.emitted.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.shared
+            .emitted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Completes the unit of work: inline perspectives apply now, async ones are
@@ -188,7 +200,9 @@ impl Scope {
 
 impl Drop for Scope {
     fn drop(&mut self) {
-        let Some(events) = self.shared.invoker.complete() else { return };
+        let Some(events) = self.shared.invoker.complete() else {
+            return;
+        };
         if events.is_empty() {
             return;
         }
@@ -235,7 +249,9 @@ impl ScopeShared {
                 continue;
             }
             if depth > CASCADE_LIMIT {
-                return Err(Error::CascadeTooDeep { limit: CASCADE_LIMIT });
+                return Err(Error::CascadeTooDeep {
+                    limit: CASCADE_LIMIT,
+                });
             }
             self.invoker.ensure_open()?;
             let stored = self.runtime.event_store().append(pending).await?;

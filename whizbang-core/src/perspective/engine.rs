@@ -122,8 +122,18 @@ impl Engine {
                 // state "everything before the failing event" is rebuilt by replaying
                 // the stream from the start: no copy is paid on the hot path.
                 let good = self.rebuild(reg, stream, version).await?;
-                let failure = CheckpointFailure { version: ev.stream_version, message: message.clone() };
-                unit.commit(good.map(ModelValue::Typed), Checkpoint { version, failure: Some(failure.clone()) }).await?;
+                let failure = CheckpointFailure {
+                    version: ev.stream_version,
+                    message: message.clone(),
+                };
+                unit.commit(
+                    good.map(ModelValue::Typed),
+                    Checkpoint {
+                        version,
+                        failure: Some(failure.clone()),
+                    },
+                )
+                .await?;
                 let report = ApplyReport {
                     perspective: reg.name,
                     stream,
@@ -145,10 +155,19 @@ impl Engine {
         debug_assert_eq!(version, last_version);
         unit.commit(
             Some(ModelValue::Typed(model)),
-            Checkpoint { version, failure: None },
+            Checkpoint {
+                version,
+                failure: None,
+            },
         )
         .await?;
-        let report = ApplyReport { perspective: reg.name, stream, version, applied, failure: None };
+        let report = ApplyReport {
+            perspective: reg.name,
+            stream,
+            version,
+            applied,
+            failure: None,
+        };
         self.notify(&report);
         Ok(Some(report))
     }

@@ -68,7 +68,10 @@ pub(crate) fn touched(
     let mut keys: Vec<(&'static PerspectiveRegistration, StreamId)> = Vec::new();
     for ev in events {
         for p in registry.perspectives_for(&ev.event_type) {
-            if !keys.iter().any(|(k, s)| std::ptr::eq(*k, *p) && *s == ev.stream_id) {
+            if !keys
+                .iter()
+                .any(|(k, s)| std::ptr::eq(*k, *p) && *s == ev.stream_id)
+            {
                 keys.push((p, ev.stream_id));
             }
         }

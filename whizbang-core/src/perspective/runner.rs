@@ -81,7 +81,9 @@ impl PerspectiveRunner {
     /// dropped scope) towards [`wait_idle`](Self::wait_idle) until the guard drops.
     pub(crate) fn track(&self) -> WorkGuard {
         self.shared.in_flight.send_modify(|n| *n += 1);
-        WorkGuard { shared: Arc::clone(&self.shared) }
+        WorkGuard {
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// Asks the runner to bring (`reg`, `stream`) up to date.
@@ -107,7 +109,9 @@ async fn run(shared: Arc<Shared>, reg: &'static PerspectiveRegistration, stream:
     loop {
         let mut paused = shared.paused.subscribe();
         let _ = paused.wait_for(|p| !*p).await;
-        let Ok(_permit) = shared.permits.acquire().await else { break };
+        let Ok(_permit) = shared.permits.acquire().await else {
+            break;
+        };
         if attempt == 0 {
             // From here on, a new signal for this key queues a new run, which
             // will read any event appended after our read.

@@ -122,7 +122,9 @@ impl EventStore for MemoryEventStore {
             .streams
             .get(&stream)
             .map(|s| {
-                let from = usize::try_from(after_version).unwrap_or(usize::MAX).min(s.len());
+                let from = usize::try_from(after_version)
+                    .unwrap_or(usize::MAX)
+                    .min(s.len());
                 s[from..].to_vec()
             })
             .unwrap_or_default();
@@ -130,7 +132,10 @@ impl EventStore for MemoryEventStore {
     }
 
     fn stream_version(&self, stream: StreamId) -> BoxFuture<'_, Result<u64>> {
-        let v = lock(&self.log).streams.get(&stream).map_or(0, |s| s.len() as u64);
+        let v = lock(&self.log)
+            .streams
+            .get(&stream)
+            .map_or(0, |s| s.len() as u64);
         Box::pin(async move { Ok(v) })
     }
 
@@ -166,7 +171,8 @@ pub struct MemoryPerspectiveStore {
 
 impl std::fmt::Debug for MemoryPerspectiveStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryPerspectiveStore").finish_non_exhaustive()
+        f.debug_struct("MemoryPerspectiveStore")
+            .finish_non_exhaustive()
     }
 }
 

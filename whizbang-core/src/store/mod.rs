@@ -9,7 +9,7 @@
 pub mod memory;
 
 use crate::error::Result;
-use crate::message::{EventId, ExpectedVersion, Metadata, MessageId, StreamId};
+use crate::message::{EventId, ExpectedVersion, MessageId, Metadata, StreamId};
 use crate::perspective::AnyModel;
 use serde_json::value::RawValue;
 use std::any::Any;
@@ -191,8 +191,11 @@ pub trait PerspectiveUnit: Send {
     /// Takes the stored model out of the unit (`None` when there is none yet).
     fn take_model(&mut self) -> Option<ModelValue>;
     /// Commits the model and the checkpoint atomically and releases the unit.
-    fn commit(self: Box<Self>, model: Option<ModelValue>, checkpoint: Checkpoint)
-        -> BoxFuture<'static, Result<()>>;
+    fn commit(
+        self: Box<Self>,
+        model: Option<ModelValue>,
+        checkpoint: Checkpoint,
+    ) -> BoxFuture<'static, Result<()>>;
 }
 
 /// Read models, cursors and applied status.

@@ -1,0 +1,129 @@
+//! Attribute and derive macros for whizbang: compile-time routing registered
+//! with `inventory`.
+//!
+//! Use them through `whizbang_core` (or `whizbang`), which re-exports them:
+//! the generated code names `::whizbang_core::__private::..` only. When the
+//! runtime is reached through another path (a renamed dependency, a
+//! re-export), say so with `crate = path` in any macro's arguments.
+//!
+//! This file is a thin door: each macro's parse, check and expand live in
+//! its own module.
+
+mod attr;
+mod ctx;
+mod message;
+mod perspective;
+mod receptor;
+
+#[cfg(test)]
+mod tests;
+
+use proc_macro::TokenStream;
+
+/// Makes a struct an event: a fact stored in the stream named by its
+/// `#[stream_key]` field, registered under its wire name.
+///
+/// - `#[stream_key]` marks exactly one field, whose type implements
+///   `StreamKey` (`Uuid`, `StreamId`, or your own id type).
+/// - `#[event(name = "orders.created")]` sets the wire name (default: the
+///   type name). The wire name is stored with every event: keep it stable.
+/// - `#[event(crate = path)]` names the runtime crate when it is not `::whizbang_core`.
+///
+/// Events must be concrete (non-generic) structs.
+///
+/// ```ignore
+/// use whizbang_core::Event;
+///
+/// #[derive(Event, Serialize, Deserialize)]
+/// #[event(name = "orders.created")]
+/// struct OrderCreated {
+///     #[stream_key]
+///     order_id: Uuid,
+///     total: u64,
+/// }
+/// ```
+#[proc_macro_derive(Event, attributes(event, stream_key))]
+pub fn derive_event(input: TokenStream) -> TokenStream {
+    message::expand_derive_event(input.into()).into()
+}
+
+/// Makes a struct or enum a command: a request handled by exactly one
+/// receptor, which returns the command's output to the caller.
+///
+/// - `#[command(output = Type)]` is what the receptor returns (default `()`).
+/// - `#[command(name = "orders.create")]` sets the wire name (default: the type name).
+/// - `#[command(crate = path)]` names the runtime crate when it is not `::whizbang_core`.
+///
+/// Commands must be concrete (non-generic) types.
+///
+/// ```ignore
+/// use whizbang_core::Command;
+///
+/// #[derive(Command, Serialize, Deserialize)]
+/// #[command(output = OrderSummary)]
+/// struct CreateOrder {
+///     customer: String,
+/// }
+/// ```
+#[proc_macro_derive(Command, attributes(command))]
+pub fn derive_command(input: TokenStream) -> TokenStream {
+    message::expand_derive_command(input.into()).into()
+}
+
+/// Registers an `impl Receptor<M> for T` block, so the runtime routes `M` to `T`.
+///
+/// The impl is emitted unchanged; the receptor type must be concrete (no
+/// `impl<T>`) and is built once per runtime through `FromServices`.
+/// `#[receptor(crate = path)]` names the runtime crate when it is not `::whizbang_core`.
+///
+/// ```ignore
+/// use whizbang_core::{receptor, Context, Receptor, Result};
+///
+/// #[derive(Default)]
+/// struct OrderDesk;
+///
+/// #[receptor]
+/// impl Receptor<CreateOrder> for OrderDesk {
+///     async fn handle(&self, cmd: CreateOrder, cx: &mut Context) -> Result<OrderSummary> {
+///         // ..
+///     }
+/// }
+/// ```
+#[proc_macro_attribute]
+pub fn receptor(args: TokenStream, item: TokenStream) -> TokenStream {
+    receptor::expand_receptor(args.into(), item.into()).into()
+}
+
+/// Makes an inherent impl of apply functions a perspective: a read model
+/// folded from events, one method per event type.
+///
+/// Each method takes `(&mut Model, &Event)` (no `self`) and returns `()` or
+/// `Result<(), E: Display>`. Helper methods in the same impl are marked
+/// `#[perspective(skip)]`.
+///
+/// - `model = M` (required): the read model type.
+/// - `name = ".."`: its stable name (default: the type name).
+/// - `mode = inline | async`: applied when the emitting scope completes, or
+///   in the background (default `async`).
+/// - `crate = path`: the runtime crate when it is not `::whizbang_core`.
+///
+/// ```ignore
+/// use whizbang_core::perspective;
+///
+/// struct OrderViews;
+///
+/// #[perspective(model = OrderView, mode = inline)]
+/// impl OrderViews {
+///     fn created(view: &mut OrderView, e: &OrderCreated) {
+///         view.total = e.total;
+///     }
+///     fn shipped(view: &mut OrderView, _: &OrderShipped) -> Result<(), String> {
+///         view.shipped = true;
+///         Ok(())
+///     }
+/// }
+/// ```
+#[proc_macro_attribute]
+pub fn perspective(args: TokenStream, item: TokenStream) -> TokenStream {
+    perspective::expand_perspective(args.into(), item.into()).into()
+}

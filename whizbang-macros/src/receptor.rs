@@ -1,0 +1,145 @@
+//! `#[receptor]`: registers an `impl Receptor<M> for T` block.
+//!
+//! Parse (arguments and the impl header into a [`ReceptorModel`]; the method
+//! bodies are never looked at), check (a concrete impl of `Receptor<M>`),
+//! expand (the impl unchanged, then one `ReceptorRegistration`).
+
+use crate::attr::{self, Attr};
+use crate::ctx::{self, Ctxt};
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{GenericArgument, ItemImpl, PathArguments, Type};
+
+const USAGE: &str = "#[receptor] goes on an `impl Receptor<M> for T` block";
+
+/// `#[receptor(..)]` on `item`.
+pub(crate) fn expand_receptor(args: TokenStream, item: TokenStream) -> TokenStream {
+    let cx = Ctxt::new();
+    let options = ReceptorOptions::from_args(&cx, args);
+    let Ok(item_impl) = syn::parse2::<ItemImpl>(item.clone()) else {
+        cx.error_spanned_by(&item, USAGE);
+        return emit_errors(item, cx);
+    };
+    let model = ReceptorModel::from_ast(&cx, options, &item_impl);
+    match (cx.is_ok(), model) {
+        (true, Some(model)) => {
+            let registration = model.expand();
+            quote!(#item_impl #registration)
+        }
+        _ => emit_errors(item, cx),
+    }
+}
+
+fn emit_errors(item: TokenStream, cx: Ctxt) -> TokenStream {
+    match cx.check() {
+        Ok(()) => item,
+        Err(err) => ctx::item_with_errors(item, &err),
+    }
+}
+
+/// The macro's own arguments.
+struct ReceptorOptions {
+    krate: syn::Path,
+}
+
+impl ReceptorOptions {
+    fn from_args(cx: &Ctxt, args: TokenStream) -> Self {
+        let mut krate = Attr::none(cx, "crate");
+        attr::parse_args(cx, args, &["crate"], |key, input| {
+            krate.set(key, attr::value::<syn::Path>(input)?);
+            Ok(())
+        });
+        ReceptorOptions {
+            krate: krate.get().unwrap_or_else(attr::default_crate_path),
+        }
+    }
+}
+
+/// A checked `impl Receptor<M> for T`.
+struct ReceptorModel<'a> {
+    options: ReceptorOptions,
+    /// `T`.
+    receptor: &'a Type,
+    /// `M`.
+    message: &'a Type,
+}
+
+impl<'a> ReceptorModel<'a> {
+    fn from_ast(cx: &Ctxt, options: ReceptorOptions, item: &'a ItemImpl) -> Option<Self> {
+        if !item.generics.params.is_empty() {
+            cx.error_spanned_by(
+                &item.generics,
+                "generic receptors cannot be registered: inventory needs one concrete type; \
+                 implement Receptor for a concrete type",
+            );
+        }
+        // `item.attrs` are not touched: other whizbang attributes on the same
+        // impl (`#[await_perspective_sync(..)]`, `#[fire_at(..)]`) are macros of
+        // their own and expand after this one. When they become part of the
+        // receptor, they are parsed here into a field of the model.
+        let message = Self::message_type(cx, item)?;
+        Some(ReceptorModel {
+            options,
+            receptor: &item.self_ty,
+            message,
+        })
+    }
+
+    /// `M` of `impl Receptor<M> for T`, with an error for anything else.
+    fn message_type(cx: &Ctxt, item: &'a ItemImpl) -> Option<&'a Type> {
+        let Some((bang, path, _)) = &item.trait_ else {
+            let (impl_token, self_ty) = (item.impl_token, &item.self_ty);
+            cx.error_spanned_by(
+                quote!(#impl_token #self_ty),
+                format!("{USAGE}, not on an inherent impl"),
+            );
+            return None;
+        };
+        if let Some(bang) = bang {
+            cx.error_spanned_by(bang, format!("{USAGE}, not on a negative impl"));
+            return None;
+        }
+        let Some(last) = path.segments.last().filter(|s| s.ident == "Receptor") else {
+            cx.error_spanned_by(path, format!("{USAGE}; this impl is of another trait"));
+            return None;
+        };
+        let mut types = match &last.arguments {
+            PathArguments::AngleBracketed(args) => args
+                .args
+                .iter()
+                .map(|arg| match arg {
+                    GenericArgument::Type(ty) => Some(ty),
+                    _ => None,
+                })
+                .collect::<Vec<_>>(),
+            _ => Vec::new(),
+        };
+        if let (Some(Some(message)), true) = (types.pop(), types.is_empty()) {
+            return Some(message);
+        }
+        cx.error_spanned_by(
+            last,
+            format!("{USAGE}: `Receptor` takes exactly one message type, `Receptor<M>`"),
+        );
+        None
+    }
+
+    fn expand(&self) -> TokenStream {
+        let krate = &self.options.krate;
+        let receptor = self.receptor;
+        let message = self.message;
+        let type_name = attr::compact(receptor);
+        // Spanned on the receptor type: a missing `FromServices` lands there.
+        let of = quote_spanned! {receptor.span()=>
+            #krate::__private::ReceptorRegistration::of::<#receptor, #message>
+        };
+        quote! {
+            const _: () = {
+                #krate::__private::inventory::submit! {
+                    #of(#type_name, ::core::module_path!())
+                }
+            };
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! Expansion snapshots: the code each macro generates, pretty-printed, so a
+//! change to generated routing is a reviewed diff. The same code is what
+//! `cargo expand` shows users.
+
+use crate::message::{expand_derive_command, expand_derive_event};
+use crate::perspective::expand_perspective;
+use crate::receptor::expand_receptor;
+use proc_macro2::TokenStream;
+use quote::quote;
+
+fn pretty(tokens: TokenStream) -> String {
+    match syn::parse_file(&tokens.to_string()) {
+        Ok(file) => prettyplease::unparse(&file),
+        Err(err) => format!("/* does not parse ({err}) */\n{tokens}"),
+    }
+}
+
+#[test]
+fn derive_event_implements_message_event_and_registers() {
+    let out = expand_derive_event(quote! {
+        #[event(name = "orders.created")]
+        struct OrderCreated {
+            #[stream_key]
+            order_id: Uuid,
+            total: u64,
+        }
+    });
+    insta::assert_snapshot!(pretty(out));
+}
+
+#[test]
+fn derive_event_on_tuple_struct_reads_the_indexed_field() {
+    let out = expand_derive_event(quote! {
+        struct Pinged(u32, #[stream_key] StreamId);
+    });
+    insta::assert_snapshot!(pretty(out));
+}
+
+#[test]
+fn derive_command_implements_message_command_and_registers() {
+    let out = expand_derive_command(quote! {
+        #[command(output = OrderSummary)]
+        struct CreateOrder {
+            customer: String,
+        }
+    });
+    insta::assert_snapshot!(pretty(out));
+}
+
+#[test]
+fn receptor_keeps_the_impl_and_registers_it() {
+    let out = expand_receptor(
+        TokenStream::new(),
+        quote! {
+            impl Receptor<CreateOrder> for OrderDesk {
+                async fn handle(&self, cmd: CreateOrder, cx: &mut Context) -> Result<OrderSummary> {
+                    todo!()
+                }
+            }
+        },
+    );
+    insta::assert_snapshot!(pretty(out));
+}
+
+#[test]
+fn receptor_with_crate_path_uses_it() {
+    let out = expand_receptor(
+        quote!(crate = ::app::wb),
+        quote! {
+            impl wb::Receptor<Ping> for Pinger {
+                async fn handle(&self, _: Ping, _: &mut wb::Context) -> wb::Result<()> {
+                    Ok(())
+                }
+            }
+        },
+    );
+    insta::assert_snapshot!(pretty(out));
+}
+
+#[test]
+fn perspective_routes_each_event_to_its_method() {
+    let out = expand_perspective(
+        quote!(model = OrderView, mode = inline),
+        quote! {
+            impl OrderViews {
+                fn created(view: &mut OrderView, e: &OrderCreated) {
+                    view.total = e.total;
+                }
+                fn shipped(view: &mut OrderView, _: &OrderShipped) -> Result<(), String> {
+                    view.shipped = true;
+                    Ok(())
+                }
+                #[perspective(skip)]
+                fn helper(&self) {}
+            }
+        },
+    );
+    insta::assert_snapshot!(pretty(out));
+}
+
+#[test]
+fn errors_are_collected_and_the_item_is_kept() {
+    let out = expand_perspective(
+        quote!(name = "", colour = blue, mode = inline, mode = async),
+        quote! {
+            impl Views {
+                fn a(m: &mut Model, e: &E1) {}
+                fn b(&self) {}
+            }
+        },
+    );
+    insta::assert_snapshot!(pretty(out));
+}

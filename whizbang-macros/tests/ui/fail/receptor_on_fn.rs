@@ -1,0 +1,6 @@
+use whizbang_macros::receptor;
+
+#[receptor]
+fn handle() {}
+
+fn main() {}

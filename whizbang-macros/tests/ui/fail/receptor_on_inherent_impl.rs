@@ -1,0 +1,10 @@
+use whizbang_macros::receptor;
+
+struct OrderDesk;
+
+#[receptor]
+impl OrderDesk {
+    fn handle(&self) {}
+}
+
+fn main() {}

@@ -1,0 +1,203 @@
+//! PostgreSQL backend for whizbang, built on [`sqlx`].
+//!
+//! This crate owns the database schema: the SQL migrations in the workspace's
+//! top-level `migrations/` folder are embedded at compile time and applied by
+//! [`migrate`]. The schema currently holds the event store (`wh_events`), the
+//! per-stream perspective cursors (`wh_perspective_cursors`) and the
+//! perspective read models (`wh_perspective_rows`).
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), whizbang_postgres::Error> {
+//! let url = std::env::var("DATABASE_URL")
+//!     .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+//! let pool = whizbang_postgres::connect(&url).await?;
+//! whizbang_postgres::migrate(&pool).await?; // safe to call on every start-up
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Errors
+//!
+//! Every fallible function returns [`Error`]. Its `Display` text says what went
+//! wrong and what to do; the underlying [`sqlx`] error is available through
+//! [`std::error::Error::source`], so print the whole chain when reporting.
+
+use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::Connection as _;
+
+pub use sqlx::PgPool;
+
+/// The whizbang schema migrations, embedded from the top-level `migrations/`
+/// folder.
+///
+/// [`migrate`] runs these; the static is public so that tests can hand it to
+/// `#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]`.
+pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+
+/// Errors returned at the `whizbang-postgres` crate boundary.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Opening a connection to PostgreSQL failed.
+    #[error(
+        "could not connect to PostgreSQL at {url}: check that the server is running \
+         and reachable and that the URL (e.g. DATABASE_URL) has the right host, port, \
+         database, user and password"
+    )]
+    Connect {
+        /// The connection URL with any password replaced by `***`.
+        url: String,
+        /// The underlying connection error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Applying the schema migrations failed.
+    #[error(
+        "applying the whizbang schema migrations failed: if a migration that was already \
+         applied has changed, or the database was migrated by a newer whizbang, use a \
+         database that matches this version"
+    )]
+    Migrate(#[from] MigrateError),
+    /// A database operation failed.
+    #[error("PostgreSQL operation failed: see the source error for the server's message")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Connects to PostgreSQL and returns a connection pool with default options.
+///
+/// One connection is opened first on its own, so an unreachable server, bad
+/// credentials or a missing database fail at once with the server's or the
+/// socket's own error. (A pool alone would keep retrying a refused connection
+/// until its acquire timeout and then report only "timed out".) Retry at the
+/// call site if the server may still be starting.
+///
+/// # Errors
+///
+/// [`Error::Connect`] if the URL is invalid or no connection can be opened;
+/// the URL in the error has its password redacted.
+pub async fn connect(url: &str) -> Result<PgPool, Error> {
+    let connect_error = |source| Error::Connect {
+        url: redact_password(url),
+        source,
+    };
+    let options: PgConnectOptions = url.parse().map_err(connect_error)?;
+    PgConnection::connect_with(&options)
+        .await
+        .map_err(connect_error)?
+        .close()
+        .await
+        .map_err(connect_error)?;
+    PgPool::connect_with(options).await.map_err(connect_error)
+}
+
+/// Applies the whizbang schema migrations that the database does not have yet.
+///
+/// Idempotent: already applied migrations are skipped, so it is safe to call
+/// on every start-up. Concurrent callers are serialised by sqlx with an
+/// advisory lock.
+///
+/// # Errors
+///
+/// [`Error::Migrate`] if a migration fails to apply, or if an applied
+/// migration no longer matches the embedded one.
+pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+/// Replaces the password in a connection URL (in the user info or in a
+/// `password=` query parameter) with `***`.
+fn redact_password(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+
+    let mut out = String::with_capacity(url.len());
+    if let Some(scheme) = scheme {
+        out.push_str(scheme);
+        out.push_str("://");
+    }
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            match userinfo.split_once(':') {
+                Some((user, _password)) => {
+                    out.push_str(user);
+                    out.push_str(":***");
+                }
+                None => out.push_str(userinfo),
+            }
+            out.push('@');
+            out.push_str(host);
+        }
+        None => out.push_str(authority),
+    }
+
+    match tail.split_once('?') {
+        Some((path, query)) => {
+            out.push_str(path);
+            out.push('?');
+            let (query, fragment) = match query.split_once('#') {
+                Some((query, fragment)) => (query, Some(fragment)),
+                None => (query, None),
+            };
+            let params: Vec<String> = query
+                .split('&')
+                .map(|param| match param.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                    _ => param.to_owned(),
+                })
+                .collect();
+            out.push_str(&params.join("&"));
+            if let Some(fragment) = fragment {
+                out.push('#');
+                out.push_str(fragment);
+            }
+        }
+        None => out.push_str(tail),
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_password;
+
+    #[test]
+    fn redacts_password_in_user_info() {
+        assert_eq!(
+            redact_password("postgres://alice:s3cr%40t@db.example:5432/app"),
+            "postgres://alice:***@db.example:5432/app"
+        );
+    }
+
+    #[test]
+    fn redacts_password_query_parameter() {
+        assert_eq!(
+            redact_password("postgres://db/app?user=alice&password=s3cret&sslmode=require"),
+            "postgres://db/app?user=alice&password=***&sslmode=require"
+        );
+    }
+
+    #[test]
+    fn leaves_urls_without_password_alone() {
+        for url in [
+            "postgres://postgres@127.0.0.1:5432/postgres",
+            "postgres://127.0.0.1/postgres?sslmode=disable",
+            "postgresql:///app",
+        ] {
+            assert_eq!(redact_password(url), url);
+        }
+    }
+
+    #[test]
+    fn password_containing_at_sign_is_fully_hidden() {
+        let redacted = redact_password("postgres://u:p@ss@host/db");
+        assert_eq!(redacted, "postgres://u:***@host/db");
+    }
+}
