@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::message::StreamId;
 use crate::perspective::Perspective;
 use crate::store::{ModelRow, ModelValue, PerspectiveStore};
+use crate::sync::{PerspectiveSyncAwaiter, PerspectiveSyncOptions};
 use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -81,6 +82,73 @@ pub trait LensQuery<M>: Send + Sync {
     /// The models matching `query`, ordered by id.
     fn list(&self, query: ListQuery<M>) -> impl Future<Output = Result<Vec<M>>> + Send;
 }
+
+/// A lens whose reads first wait until perspective `P` has applied what the
+/// options select (read-your-writes). Made by [`SyncLensExt::with_sync`].
+pub struct SyncedLens<L, P> {
+    lens: L,
+    awaiter: PerspectiveSyncAwaiter,
+    options: PerspectiveSyncOptions,
+    _p: PhantomData<fn() -> P>,
+}
+
+impl<L, P: Perspective> std::fmt::Debug for SyncedLens<L, P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncedLens")
+            .field("perspective", &P::NAME)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<L, P: Perspective> SyncedLens<L, P> {
+    async fn sync(&self) -> Result<()> {
+        let timeout = self.options.timeout;
+        self.awaiter
+            .wait::<P>(self.options.clone())
+            .await?
+            .into_result(timeout)
+    }
+}
+
+impl<M, L, P> LensQuery<M> for SyncedLens<L, P>
+where
+    M: Send,
+    L: LensQuery<M>,
+    P: Perspective,
+{
+    /// Waits for `P`, then reads. A timeout or a perspective failure is an error
+    /// ([`Error::PerspectiveSyncTimeout`], [`Error::PerspectiveFailed`]): you asked
+    /// to see your writes, so stale data is not returned silently.
+    async fn get(&self, id: StreamId) -> Result<Option<M>> {
+        self.sync().await?;
+        self.lens.get(id).await
+    }
+
+    async fn list(&self, query: ListQuery<M>) -> Result<Vec<M>> {
+        self.sync().await?;
+        self.lens.list(query).await
+    }
+}
+
+/// Adds [`with_sync`](SyncLensExt::with_sync) to every lens.
+pub trait SyncLensExt<M>: LensQuery<M> + Sized {
+    /// A lens whose reads first wait until `P` has applied what `options` selects.
+    fn with_sync<P: Perspective>(
+        self,
+        awaiter: &PerspectiveSyncAwaiter,
+        options: impl Into<PerspectiveSyncOptions>,
+    ) -> SyncedLens<Self, P> {
+        SyncedLens {
+            lens: self,
+            awaiter: awaiter.clone(),
+            options: options.into(),
+            _p: PhantomData,
+        }
+    }
+}
+
+impl<M, L: LensQuery<M>> SyncLensExt<M> for L {}
 
 /// The lens of perspective `P`, over any [`PerspectiveStore`].
 pub struct Lens<P> {

@@ -60,6 +60,7 @@
 //! - [`store`]: the storage traits and the in-memory backend.
 //! - [`registry`]: the compile-time routing tables.
 //! - [`services`]: typed services for receptors.
+//! - [`sync`]: waiting until perspectives applied your events (read-your-writes).
 
 #[allow(unused_extern_crates)] // lets the macros' `::whizbang_core` paths resolve inside this crate
 extern crate self as whizbang_core;
@@ -72,11 +73,12 @@ pub mod perspective;
 pub mod registry;
 pub mod services;
 pub mod store;
+pub mod sync;
 
 pub use dispatch::EmittedEvent;
 pub use dispatch::{Context, Receptor, Runtime, RuntimeBuilder, Scope};
 pub use error::{Error, Result};
-pub use lens::{Lens, LensQuery, ListQuery};
+pub use lens::{Lens, LensQuery, ListQuery, SyncLensExt, SyncedLens};
 pub use message::{
     Command, Envelope, Event, EventId, ExpectedVersion, Message, MessageId, MessageKind, Metadata,
     StreamId, StreamKey,
@@ -84,6 +86,9 @@ pub use message::{
 pub use perspective::{Model, Perspective, PerspectiveMode};
 pub use registry::Registry;
 pub use services::{FromServices, Services};
+pub use sync::{
+    PerspectiveSyncAwaiter, PerspectiveSyncOptions, SyncFilter, SyncOutcome, SyncResult,
+};
 pub use whizbang_macros::{perspective, receptor, Command, Event};
 
 /// Support for generated code. Not a public API: it changes without notice.

@@ -13,6 +13,7 @@ mod scope;
 
 pub use context::Context;
 pub use runtime::{Runtime, RuntimeBuilder};
+pub(crate) use scope::ScopeShared;
 pub use scope::{EmittedEvent, Scope};
 
 use crate::error::{Error, Result};

@@ -10,9 +10,13 @@ use crate::registry::{ReceptorRegistration, Registry};
 use crate::services::Services;
 use crate::store::memory::{MemoryEventStore, MemoryPerspectiveStore};
 use crate::store::{EventStore, PerspectiveStore};
+use crate::sync::{
+    PerspectiveSyncAwaiter, StoreSyncBackend, SyncBackend, SyncEventTracker, SyncState,
+};
 use std::any::TypeId;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 pub(crate) type Route = (Arc<dyn ErasedReceptor>, &'static ReceptorRegistration);
 
@@ -23,6 +27,7 @@ pub(crate) struct RuntimeInner {
     pub(crate) services: Services,
     pub(crate) engine: Engine,
     pub(crate) runner: PerspectiveRunner,
+    pub(crate) sync: SyncState,
 }
 
 /// The running system: routing tables, receptors, backends and services.
@@ -106,13 +111,25 @@ impl Runtime {
         self.inner.runner.wait_idle().await;
     }
 
+    /// An awaiter without a scope (filters may not use `current_scope()`).
+    #[must_use]
+    pub fn sync_awaiter(&self) -> PerspectiveSyncAwaiter {
+        PerspectiveSyncAwaiter::new(self.clone(), None)
+    }
+
+    /// The per-process sync tracker.
+    #[must_use]
+    pub fn sync_tracker(&self) -> &Arc<SyncEventTracker> {
+        &self.inner.sync.tracker
+    }
+
     /// The event store.
     #[must_use]
     pub fn event_store(&self) -> &Arc<dyn EventStore> {
         self.inner.services.event_store()
     }
 
-    #[allow(dead_code)] // the sync tracker subscribes here
+    #[allow(dead_code)] // backends with their own wake-ups subscribe here
     pub(crate) fn add_apply_listener(&self, listener: Arc<dyn ApplyListener>) {
         self.inner
             .engine
@@ -132,6 +149,8 @@ pub struct RuntimeBuilder {
     perspective_store: Option<Arc<dyn PerspectiveStore>>,
     services: Vec<AddService>,
     concurrency: usize,
+    sync_backend: Option<Arc<dyn SyncBackend>>,
+    sync_ttl: Duration,
 }
 
 impl Default for RuntimeBuilder {
@@ -142,6 +161,8 @@ impl Default for RuntimeBuilder {
             perspective_store: None,
             services: Vec::new(),
             concurrency: 16,
+            sync_backend: None,
+            sync_ttl: SyncEventTracker::DEFAULT_TTL,
         }
     }
 }
@@ -190,6 +211,21 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Answers sync inquiries with this backend (default: from the stores).
+    #[must_use]
+    pub fn sync_backend(mut self, backend: impl SyncBackend) -> Self {
+        self.sync_backend = Some(Arc::new(backend));
+        self
+    }
+
+    /// How long the sync tracker keeps an entry that was never applied (default 5 min);
+    /// expired entries wake their waiters, which then ask the backend.
+    #[must_use]
+    pub fn sync_ttl(mut self, ttl: Duration) -> Self {
+        self.sync_ttl = ttl;
+        self
+    }
+
     /// How many (perspective, stream) catch-ups the async runner runs at once (default 16).
     #[must_use]
     pub fn runner_concurrency(mut self, n: usize) -> Self {
@@ -234,11 +270,20 @@ impl RuntimeBuilder {
                     .push((receptor, *reg)),
             }
         }
+        let tracker = Arc::new(SyncEventTracker::new(self.sync_ttl));
+        let backend = self.sync_backend.unwrap_or_else(|| {
+            Arc::new(StoreSyncBackend::new(
+                Arc::clone(&event_store),
+                Arc::clone(&perspective_store),
+            ))
+        });
+        let listener: Arc<dyn ApplyListener> = Arc::clone(&tracker) as _;
         let engine = Engine {
             events: event_store,
             perspectives: perspective_store,
-            listeners: Arc::new(RwLock::new(Vec::new())),
+            listeners: Arc::new(RwLock::new(vec![listener])),
         };
+        spawn_sweeper(&handle, &tracker, self.sync_ttl);
         let runner = PerspectiveRunner::new(engine.clone(), self.concurrency, handle);
         tracing::debug!(
             receptors = registry.receptors().len(),
@@ -253,7 +298,28 @@ impl RuntimeBuilder {
                 services,
                 engine,
                 runner,
+                sync: SyncState { tracker, backend },
             }),
         })
     }
+}
+
+/// Sweeps the tracker for expired entries while the runtime lives.
+fn spawn_sweeper(handle: &tokio::runtime::Handle, tracker: &Arc<SyncEventTracker>, ttl: Duration) {
+    let weak = Arc::downgrade(tracker);
+    let period = (ttl / 4).max(Duration::from_millis(10));
+    handle.spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match weak.upgrade() {
+                Some(t) => {
+                    t.sweep();
+                }
+                None => break,
+            }
+        }
+    });
 }

@@ -4,9 +4,10 @@ use crate::error::{Error, Result};
 use crate::message::{Command, Event, EventId, MessageId, Metadata};
 use crate::perspective::invoker::{self, Invoker};
 use crate::store::{StoredEvent, StreamAppend};
+use crate::sync::{PerspectiveSyncAwaiter, PerspectiveSyncOptions, ScopedEventTracker, SyncResult};
 use std::any::TypeId;
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use tracing::Instrument;
 
 /// How deep events may cascade through event receptors before it is called a cycle.
@@ -16,7 +17,6 @@ pub(crate) struct ScopeShared {
     pub(crate) runtime: Runtime,
     pub(crate) scope_id: MessageId,
     pub(crate) invoker: Invoker,
-    pub(crate) emitted: Mutex<Vec<EmittedEvent>>,
 }
 
 /// One event a scope emitted: what the scoped tracker records.
@@ -58,7 +58,6 @@ impl Scope {
                 runtime,
                 scope_id: MessageId::new(),
                 invoker: Invoker::default(),
-                emitted: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -167,14 +166,78 @@ impl Scope {
         Ok(id)
     }
 
+    /// An awaiter bound to this scope: its filters may use `current_scope()`.
+    #[must_use]
+    pub fn sync_awaiter(&self) -> PerspectiveSyncAwaiter {
+        PerspectiveSyncAwaiter::new(self.shared.runtime.clone(), Some(Arc::clone(&self.shared)))
+    }
+
+    /// What this scope emitted.
+    #[must_use]
+    pub fn tracker(&self) -> ScopedEventTracker {
+        ScopedEventTracker::new(self.shared.emitted_snapshot())
+    }
+
+    /// Sends a command, then waits until every perspective that handles the
+    /// events it emitted has applied them (5 s timeout, debugger-aware). Inline
+    /// perspectives apply at once; async ones are signalled now, not at `complete()`.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send), plus [`Error::PerspectiveSyncTimeout`] and
+    /// [`Error::PerspectiveFailed`]. The command's events are stored either way.
+    pub async fn send_and_sync<C: Command>(&self, command: C) -> Result<C::Output> {
+        let options = PerspectiveSyncOptions::default();
+        let timeout = options.timeout;
+        let (output, results) = self.send_and_sync_with(command, options).await?;
+        for r in results {
+            r.into_result(timeout)?;
+        }
+        Ok(output)
+    }
+
+    /// Like [`send_and_sync`](Self::send_and_sync), returning each perspective's
+    /// [`SyncResult`] instead of turning timeouts and failures into errors. The
+    /// options' filter is ignored: the wait is on exactly this command's events.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send).
+    pub async fn send_and_sync_with<C: Command>(
+        &self,
+        command: C,
+        options: PerspectiveSyncOptions,
+    ) -> Result<(C::Output, Vec<SyncResult>)> {
+        let before = self.shared.emitted_len();
+        let output = self.send(command).await?;
+        let mine: Vec<Arc<StoredEvent>> = self.shared.invoker.with_events(|e| e[before..].to_vec());
+        self.shared.flush_queued().await?;
+        let registry = &self.shared.runtime.inner.registry;
+        let awaiter = self.sync_awaiter();
+        let mut results = Vec::new();
+        for (reg, _) in invoker::touched(registry, &mine) {
+            if results
+                .iter()
+                .any(|r: &SyncResult| r.perspective == reg.name)
+            {
+                continue;
+            }
+            let targets = mine
+                .iter()
+                .filter(|e| reg.handles(&e.event_type))
+                .map(|e| (e.event_id, Some(e.stream_id)))
+                .collect();
+            results.push(
+                awaiter
+                    .await_targets(reg, targets, &options, before + mine.len(), mine.len())
+                    .await?,
+            );
+        }
+        Ok((output, results))
+    }
+
     /// Every event this scope has appended so far, in order.
     #[must_use]
     pub fn emitted(&self) -> Vec<EmittedEvent> {
-        self.shared
-            .emitted
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.shared.emitted_snapshot()
     }
 
     /// Completes the unit of work: inline perspectives apply now, async ones are
@@ -234,6 +297,34 @@ impl Drop for Scope {
 }
 
 impl ScopeShared {
+    /// Every event appended through the scope, in order.
+    pub(crate) fn emitted_snapshot(&self) -> Vec<EmittedEvent> {
+        self.invoker.with_events(|events| {
+            events
+                .iter()
+                .map(|ev| EmittedEvent {
+                    event_id: ev.event_id,
+                    stream_id: ev.stream_id,
+                    stream_version: ev.stream_version,
+                    event_type: ev.event_type.clone(),
+                })
+                .collect()
+        })
+    }
+
+    pub(crate) fn emitted_len(&self) -> usize {
+        self.invoker.with_events(<[_]>::len)
+    }
+
+    /// Flushes what is queued now, keeping the scope open.
+    pub(crate) async fn flush_queued(&self) -> Result<()> {
+        let events = self.invoker.take_queued();
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.flush(&events).await
+    }
+
     async fn flush(&self, events: &[Arc<StoredEvent>]) -> Result<()> {
         let rt = &self.runtime.inner;
         invoker::flush(&rt.registry, &rt.engine, &rt.runner, events).await
@@ -289,15 +380,11 @@ impl ScopeShared {
     /// completed meanwhile (a race with `complete`), they are flushed right
     /// away rather than dropped.
     async fn record(&self, stored: &[Arc<StoredEvent>]) -> Result<()> {
-        {
-            let mut emitted = self.emitted.lock().unwrap_or_else(PoisonError::into_inner);
-            emitted.extend(stored.iter().map(|ev| EmittedEvent {
-                event_id: ev.event_id,
-                stream_id: ev.stream_id,
-                stream_version: ev.stream_version,
-                event_type: ev.event_type.clone(),
-            }));
-        }
+        self.runtime
+            .inner
+            .sync
+            .tracker
+            .track(&self.runtime.inner.registry, stored);
         match self.invoker.queue(stored) {
             Ok(()) => Ok(()),
             Err(Error::ScopeCompleted) => self.flush(stored).await,

@@ -12,11 +12,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 #[derive(Default)]
 struct State {
-    queued: Vec<Arc<StoredEvent>>,
+    /// Every event the scope appended, in order; `events[flushed..]` is queued.
+    events: Vec<Arc<StoredEvent>>,
+    flushed: usize,
     completed: bool,
 }
 
-/// Thread-safe queue of the events a scope emitted, in emission order.
+/// Thread-safe log of the events a scope appended, in emission order, and the
+/// queue of those not yet flushed to perspectives.
 #[derive(Default)]
 pub(crate) struct Invoker {
     state: Mutex<State>,
@@ -27,13 +30,14 @@ impl Invoker {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues events; [`Error::ScopeCompleted`] (and nothing queued) once completed.
+    /// Records and queues events; [`Error::ScopeCompleted`] (and nothing queued)
+    /// once completed.
     pub(crate) fn queue(&self, events: &[Arc<StoredEvent>]) -> Result<()> {
         let mut s = self.state();
         if s.completed {
             return Err(Error::ScopeCompleted);
         }
-        s.queued.extend(events.iter().cloned());
+        s.events.extend(events.iter().cloned());
         Ok(())
     }
 
@@ -46,7 +50,21 @@ impl Invoker {
     }
 
     pub(crate) fn queued_len(&self) -> usize {
-        self.state().queued.len()
+        let s = self.state();
+        s.events.len() - s.flushed
+    }
+
+    /// Every event appended through the scope.
+    pub(crate) fn with_events<R>(&self, f: impl FnOnce(&[Arc<StoredEvent>]) -> R) -> R {
+        f(&self.state().events)
+    }
+
+    /// Takes what is queued without completing (a partial flush).
+    pub(crate) fn take_queued(&self) -> Vec<Arc<StoredEvent>> {
+        let mut s = self.state();
+        let from = s.flushed;
+        s.flushed = s.events.len();
+        s.events[from..].to_vec()
     }
 
     /// Marks the scope completed and takes what is queued. `None` when it already was.
@@ -56,7 +74,9 @@ impl Invoker {
             return None;
         }
         s.completed = true;
-        Some(std::mem::take(&mut s.queued))
+        let from = s.flushed;
+        s.flushed = s.events.len();
+        Some(s.events[from..].to_vec())
     }
 }
 

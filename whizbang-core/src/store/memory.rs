@@ -10,6 +10,28 @@ use crate::message::{EventId, StreamId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+/// Hashes UUID-keyed maps cheaply: ids are random (v7) or caller-chosen, and
+/// this in-process backend is for development and tests, not hostile input,
+/// so SipHash's flood resistance buys nothing here and costs on every append.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut buf = [0u8; 8];
+            buf[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(buf))
+                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+}
+
+pub(crate) type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding these locks cannot leave them half-written (every
     // critical section validates before it mutates), so poisoning is ignored.
@@ -19,8 +41,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Default)]
 struct EventLog {
     all: Vec<Arc<StoredEvent>>,
-    streams: HashMap<StreamId, Vec<Arc<StoredEvent>>>,
-    by_id: HashMap<EventId, Arc<StoredEvent>>,
+    streams: IdMap<StreamId, Vec<Arc<StoredEvent>>>,
+    by_id: IdMap<EventId, Arc<StoredEvent>>,
 }
 
 /// An event store in memory. Cheap to clone (shared).
@@ -57,7 +79,7 @@ impl MemoryEventStore {
     pub fn append_now(&self, streams: Vec<StreamAppend>) -> Result<Vec<Arc<StoredEvent>>> {
         let mut log = lock(&self.log);
         // Validate everything first: all or nothing.
-        let mut planned: HashMap<StreamId, u64> = HashMap::new();
+        let mut planned: IdMap<StreamId, u64> = IdMap::default();
         for s in &streams {
             let current = match planned.get(&s.stream_id) {
                 Some(v) => *v,
@@ -148,6 +170,7 @@ impl EventStore for MemoryEventStore {
                 event_id: e.event_id,
                 stream_id: e.stream_id,
                 stream_version: e.stream_version,
+                event_type: e.event_type.clone(),
             })
             .collect();
         drop(log);
@@ -166,7 +189,7 @@ type SlotRef = Arc<tokio::sync::Mutex<Slot>>;
 /// Read models and cursors in memory. Cheap to clone (shared).
 #[derive(Clone, Default)]
 pub struct MemoryPerspectiveStore {
-    slots: Arc<Mutex<HashMap<&'static str, HashMap<StreamId, SlotRef>>>>,
+    slots: Arc<Mutex<HashMap<&'static str, IdMap<StreamId, SlotRef>>>>,
 }
 
 impl std::fmt::Debug for MemoryPerspectiveStore {

@@ -105,7 +105,7 @@ impl std::fmt::Debug for StoredEvent {
 }
 
 /// Where an event sits, for answering "has perspective P applied it?".
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EventLocation {
     /// The event.
     pub event_id: EventId,
@@ -113,6 +113,8 @@ pub struct EventLocation {
     pub stream_id: StreamId,
     /// Its version in the stream.
     pub stream_version: u64,
+    /// Its wire name.
+    pub event_type: std::borrow::Cow<'static, str>,
 }
 
 /// The durable event log.

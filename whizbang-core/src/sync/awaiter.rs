@@ -1,0 +1,416 @@
+//! The awaiter: turns a filter into the exact event ids to wait for, asks the
+//! backend in one batched inquiry, and sleeps on targeted wake-ups until every
+//! id is applied, the perspective fails, or the (debugger-aware) timeout passes.
+
+use super::clock::{ActiveTimer, SyncClock, TokioClock};
+use super::filter::{Candidate, PerspectiveSyncOptions, SyncFilter};
+use super::inquiry::{EventSyncStatus, SyncInquiry};
+use super::SyncState;
+use crate::dispatch::{EmittedEvent, Runtime, ScopeShared};
+use crate::error::{Error, Result};
+use crate::message::{EventId, StreamId};
+use crate::perspective::Perspective;
+use crate::registry::PerspectiveRegistration;
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+use tracing::Instrument;
+
+/// How a wait ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyncOutcome {
+    /// Every awaited event is applied.
+    Synced,
+    /// The timeout passed first.
+    TimedOut,
+    /// There was nothing to wait for.
+    NoPendingEvents,
+    /// The perspective failed on an awaited event's stream.
+    Failed {
+        /// The stream.
+        stream: StreamId,
+        /// The version that failed.
+        version: u64,
+        /// The failure.
+        message: String,
+    },
+}
+
+/// What a wait found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncResult {
+    /// How it ended.
+    pub outcome: SyncOutcome,
+    /// How many events it waited for (ids the perspective handles or that had not arrived).
+    pub events_awaited: usize,
+    /// Active time spent waiting (frozen periods excluded when debugger-aware).
+    pub elapsed: Duration,
+    /// Events the scope had emitted (0 without a scope).
+    pub events_emitted: usize,
+    /// Events the trackers knew about when the filter was applied.
+    pub events_tracked: usize,
+    /// The perspective waited on.
+    pub perspective: &'static str,
+}
+
+impl SyncResult {
+    /// Whether the outcome is [`SyncOutcome::Synced`] or [`SyncOutcome::NoPendingEvents`].
+    #[must_use]
+    pub fn is_synced(&self) -> bool {
+        matches!(
+            self.outcome,
+            SyncOutcome::Synced | SyncOutcome::NoPendingEvents
+        )
+    }
+
+    /// `Ok(())` when synced, else the matching error
+    /// ([`Error::PerspectiveSyncTimeout`] or [`Error::PerspectiveFailed`]).
+    ///
+    /// # Errors
+    /// As described.
+    pub fn into_result(self, timeout: Duration) -> Result<()> {
+        match self.outcome {
+            SyncOutcome::Synced | SyncOutcome::NoPendingEvents => Ok(()),
+            SyncOutcome::TimedOut => Err(Error::PerspectiveSyncTimeout {
+                perspective: self.perspective,
+                timeout,
+            }),
+            SyncOutcome::Failed {
+                stream,
+                version,
+                message,
+            } => Err(Error::PerspectiveFailed {
+                perspective: self.perspective,
+                stream,
+                version,
+                message,
+            }),
+        }
+    }
+}
+
+/// Waits until perspectives have applied the events you care about.
+///
+/// Get one from [`Scope::sync_awaiter`](crate::Scope::sync_awaiter) (filters may
+/// then use [`SyncFilter::current_scope`]) or [`Runtime::sync_awaiter`].
+#[derive(Clone)]
+pub struct PerspectiveSyncAwaiter {
+    runtime: Runtime,
+    scope: Option<Arc<ScopeShared>>,
+}
+
+impl std::fmt::Debug for PerspectiveSyncAwaiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PerspectiveSyncAwaiter")
+            .field("scoped", &self.scope.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// An id to await, with its stream when already known.
+type Target = (EventId, Option<StreamId>);
+
+impl PerspectiveSyncAwaiter {
+    pub(crate) fn new(runtime: Runtime, scope: Option<Arc<ScopeShared>>) -> Self {
+        PerspectiveSyncAwaiter { runtime, scope }
+    }
+
+    fn state(&self) -> &SyncState {
+        &self.runtime.inner.sync
+    }
+
+    /// Waits until `P` has applied every event the filter selects.
+    ///
+    /// With a scope, the scope's queued events are flushed first (inline
+    /// perspectives apply, async ones are signalled) so a wait on your own
+    /// writes can succeed before `complete()`.
+    ///
+    /// # Errors
+    /// [`Error::UnknownPerspective`], [`Error::InvalidInput`] for a filter that
+    /// needs a scope on an awaiter without one, or a backend error. Timeouts and
+    /// failures are outcomes, not errors.
+    pub async fn wait<P: Perspective>(
+        &self,
+        options: impl Into<PerspectiveSyncOptions>,
+    ) -> Result<SyncResult> {
+        let reg = self.runtime.registry().perspective::<P>()?;
+        self.wait_on(reg, &options.into()).await
+    }
+
+    /// Waits on several perspectives at once; every one must sync.
+    ///
+    /// # Errors
+    /// As [`wait`](Self::wait).
+    pub async fn wait_all(
+        &self,
+        perspectives: &[&'static PerspectiveRegistration],
+        options: impl Into<PerspectiveSyncOptions>,
+    ) -> Result<Vec<SyncResult>> {
+        let options = options.into();
+        let waits: Vec<Pin<Box<dyn Future<Output = Result<SyncResult>> + Send + '_>>> =
+            perspectives
+                .iter()
+                .map(|reg| {
+                    Box::pin(self.wait_on(reg, &options))
+                        as Pin<Box<dyn Future<Output = _> + Send + '_>>
+                })
+                .collect();
+        join_all(waits).await.into_iter().collect()
+    }
+
+    /// Waits until `P` has applied the events of `stream` (of `event_types`, or
+    /// every type it handles when empty) appended so far, or exactly
+    /// `event_id_to_await` when given: an id never seen is waited for until it
+    /// arrives and is applied, or the timeout passes; it is never reported synced.
+    ///
+    /// # Errors
+    /// As [`wait`](Self::wait).
+    pub async fn wait_for_stream<P: Perspective>(
+        &self,
+        stream: StreamId,
+        event_types: &[&'static str],
+        event_id_to_await: Option<EventId>,
+        timeout: Duration,
+    ) -> Result<SyncResult> {
+        let reg = self.runtime.registry().perspective::<P>()?;
+        let options = PerspectiveSyncOptions::new(SyncFilter::for_stream(stream)).timeout(timeout);
+        if let Some(id) = event_id_to_await {
+            return self
+                .await_targets(reg, vec![(id, None)], &options, self.emitted_len(), 0)
+                .await;
+        }
+        self.flush_scope().await?;
+        let cursor = self
+            .runtime
+            .inner
+            .services
+            .perspective_store()
+            .checkpoint(reg.name, stream)
+            .await?;
+        let mut targets: Vec<Target> = Vec::new();
+        let events = self
+            .runtime
+            .event_store()
+            .read_stream(stream, cursor.version)
+            .await?;
+        let tracked = events.len();
+        for ev in events {
+            let wanted = if event_types.is_empty() {
+                reg.handles(&ev.event_type)
+            } else {
+                event_types.iter().any(|t| *t == ev.event_type) && reg.handles(&ev.event_type)
+            };
+            if wanted {
+                targets.push((ev.event_id, Some(ev.stream_id)));
+            }
+        }
+        self.await_targets(reg, targets, &options, self.emitted_len(), tracked)
+            .await
+    }
+
+    /// Asks once, without waiting, whether `P` has applied what the filter selects.
+    ///
+    /// # Errors
+    /// As [`wait`](Self::wait).
+    pub async fn is_caught_up<P: Perspective>(
+        &self,
+        options: impl Into<PerspectiveSyncOptions>,
+    ) -> Result<bool> {
+        let options = options.into().timeout(Duration::ZERO);
+        let result = self.wait::<P>(options).await?;
+        Ok(result.is_synced())
+    }
+
+    fn emitted_len(&self) -> usize {
+        self.scope.as_ref().map_or(0, |s| s.emitted_len())
+    }
+
+    async fn flush_scope(&self) -> Result<()> {
+        match &self.scope {
+            Some(s) => s.flush_queued().await,
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) async fn wait_on(
+        &self,
+        reg: &'static PerspectiveRegistration,
+        options: &PerspectiveSyncOptions,
+    ) -> Result<SyncResult> {
+        if options.filter.needs_scope() && self.scope.is_none() {
+            return Err(Error::InvalidInput(format!(
+                "the sync filter for perspective `{}` uses current_scope(), but this awaiter has no \
+                 scope: get the awaiter from `scope.sync_awaiter()`, or filter with for_stream(..) \
+                 or all() instead",
+                reg.name
+            )));
+        }
+        self.flush_scope().await?;
+        let emitted: Vec<EmittedEvent> = self
+            .scope
+            .as_ref()
+            .map(|s| s.emitted_snapshot())
+            .unwrap_or_default();
+        let mut seen: HashSet<EventId> = HashSet::new();
+        let mut candidates: Vec<Candidate> = Vec::with_capacity(emitted.len());
+        for e in &emitted {
+            seen.insert(e.event_id);
+            candidates.push(Candidate {
+                event_id: e.event_id,
+                stream_id: e.stream_id,
+                event_type: e.event_type.clone(),
+                in_scope: true,
+            });
+        }
+        if !matches!(options.filter, SyncFilter::CurrentScope) {
+            for c in self.state().tracker.pending_for(reg.name) {
+                if seen.insert(c.event_id) {
+                    candidates.push(c);
+                }
+            }
+        }
+        let tracked = candidates.len();
+        let targets: Vec<Target> = candidates
+            .into_iter()
+            .filter(|c| reg.handles(&c.event_type) && options.filter.matches(c))
+            .map(|c| (c.event_id, Some(c.stream_id)))
+            .collect();
+        self.await_targets(reg, targets, options, emitted.len(), tracked)
+            .await
+    }
+
+    pub(crate) async fn await_targets(
+        &self,
+        reg: &'static PerspectiveRegistration,
+        targets: Vec<Target>,
+        options: &PerspectiveSyncOptions,
+        events_emitted: usize,
+        events_tracked: usize,
+    ) -> Result<SyncResult> {
+        let span = tracing::debug_span!(
+            "whizbang.sync.wait",
+            perspective = reg.name,
+            events = targets.len(),
+            timeout_ms = u64::try_from(options.timeout.as_millis()).unwrap_or(u64::MAX),
+        );
+        async move {
+            let mut result = SyncResult {
+                outcome: SyncOutcome::NoPendingEvents,
+                events_awaited: 0,
+                elapsed: Duration::ZERO,
+                events_emitted,
+                events_tracked,
+                perspective: reg.name,
+            };
+            if targets.is_empty() {
+                return Ok(result);
+            }
+            let state = self.state();
+            // Register before the first inquiry: an apply that lands between the
+            // inquiry and the sleep leaves a permit in `notify`, never a lost wake-up.
+            let mut waiter = state.tracker.register(reg.name);
+            for (_, stream) in &targets {
+                match stream {
+                    Some(s) => waiter.watch_stream(*s),
+                    None => waiter.watch_any(),
+                };
+            }
+            let clock: Arc<dyn SyncClock> = options
+                .clock
+                .clone()
+                .unwrap_or_else(|| Arc::new(TokioClock::default()));
+            let mut timer = ActiveTimer::start(clock, options.debugger_aware);
+            let inquiry = [SyncInquiry {
+                perspective: reg.name,
+                handled: reg.event_types,
+                event_ids: targets.iter().map(|(id, _)| *id).collect(),
+            }];
+            loop {
+                let answer = state.backend.inquire(&inquiry).await?;
+                let Some(answer) = answer.into_iter().next() else {
+                    return Err(Error::InvalidInput(
+                        "the sync backend answered no inquiry".into(),
+                    ));
+                };
+                let mut learned = false;
+                for (_, status) in &answer.statuses {
+                    learned |= match status {
+                        EventSyncStatus::Pending { stream, .. }
+                        | EventSyncStatus::Failed { stream, .. } => waiter.watch_stream(*stream),
+                        EventSyncStatus::NotArrived => waiter.watch_any(),
+                        EventSyncStatus::Applied | EventSyncStatus::NotApplicable => false,
+                    };
+                }
+                result.events_awaited = answer
+                    .statuses
+                    .iter()
+                    .filter(|(_, s)| *s != EventSyncStatus::NotApplicable)
+                    .count();
+                result.elapsed = timer.active();
+                if let Some(EventSyncStatus::Failed {
+                    stream,
+                    version,
+                    message,
+                }) = answer.failure()
+                {
+                    result.outcome = SyncOutcome::Failed {
+                        stream: *stream,
+                        version: *version,
+                        message: message.clone(),
+                    };
+                    return Ok(result);
+                }
+                if answer.is_fully_synced() {
+                    result.outcome = if result.events_awaited == 0 {
+                        SyncOutcome::NoPendingEvents
+                    } else {
+                        SyncOutcome::Synced
+                    };
+                    return Ok(result);
+                }
+                if learned {
+                    continue; // now registered on a new stream: ask again before sleeping
+                }
+                if timer.active() >= options.timeout {
+                    result.outcome = SyncOutcome::TimedOut;
+                    tracing::debug!(pending = answer.pending_count(), "sync wait timed out");
+                    return Ok(result);
+                }
+                let sleep = timer.next_sleep(options.timeout);
+                tokio::select! {
+                    () = waiter.notify.notified() => {}
+                    () = tokio::time::sleep(sleep) => {}
+                }
+                timer.observe(sleep);
+            }
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// Polls every future to completion; results in input order.
+async fn join_all<'a, T>(mut futures: Vec<Pin<Box<dyn Future<Output = T> + Send + 'a>>>) -> Vec<T> {
+    let mut results: Vec<Option<T>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in futures.iter_mut().enumerate() {
+            if results[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => results[i] = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    results.into_iter().flatten().collect()
+}

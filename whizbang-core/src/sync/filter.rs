@@ -1,0 +1,223 @@
+//! Which events a wait is about: a small filter tree over tracked events.
+
+use crate::error::{Error, Result};
+use crate::message::{Event, StreamId};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::clock::SyncClock;
+
+/// Which tracked events to wait for. Combine with [`and`](Self::and) (intersection)
+/// and [`or`](Self::or) (union); chains fold left: `a.and(b).or(c)` is `(a ∧ b) ∨ c`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyncFilter {
+    /// Events emitted by the current scope.
+    CurrentScope,
+    /// Events of one stream.
+    Stream(StreamId),
+    /// Events of these types (wire names).
+    EventTypes(Vec<&'static str>),
+    /// Every tracked event.
+    All,
+    /// Both filters hold.
+    And(Box<SyncFilter>, Box<SyncFilter>),
+    /// Either filter holds.
+    Or(Box<SyncFilter>, Box<SyncFilter>),
+}
+
+/// A list of event types, for [`SyncFilter::for_event_types`]: one event type or a tuple.
+pub trait EventTypeList {
+    /// The wire names.
+    fn names() -> Vec<&'static str>;
+}
+
+impl<E: Event> EventTypeList for E {
+    fn names() -> Vec<&'static str> {
+        vec![E::NAME]
+    }
+}
+
+macro_rules! tuple_list {
+    ($($t:ident),+) => {
+        impl<$($t: Event),+> EventTypeList for ($($t,)+) {
+            fn names() -> Vec<&'static str> {
+                vec![$($t::NAME),+]
+            }
+        }
+    };
+}
+tuple_list!(A);
+tuple_list!(A, B);
+tuple_list!(A, B, C);
+tuple_list!(A, B, C, D);
+tuple_list!(A, B, C, D, E);
+tuple_list!(A, B, C, D, E, F);
+tuple_list!(A, B, C, D, E, F, G);
+tuple_list!(A, B, C, D, E, F, G, H);
+
+/// One tracked event, as the filter sees it.
+#[derive(Clone, Debug)]
+pub(crate) struct Candidate {
+    pub(crate) event_id: crate::EventId,
+    pub(crate) stream_id: StreamId,
+    pub(crate) event_type: std::borrow::Cow<'static, str>,
+    pub(crate) in_scope: bool,
+}
+
+impl SyncFilter {
+    /// Events emitted by the current scope.
+    #[must_use]
+    pub fn current_scope() -> Self {
+        SyncFilter::CurrentScope
+    }
+
+    /// Events of one stream.
+    #[must_use]
+    pub fn for_stream(stream: impl Into<StreamId>) -> Self {
+        SyncFilter::Stream(stream.into())
+    }
+
+    /// Events of these types: `for_event_types::<OrderCreated>()` or
+    /// `for_event_types::<(OrderCreated, OrderShipped)>()`.
+    #[must_use]
+    pub fn for_event_types<T: EventTypeList>() -> Self {
+        SyncFilter::EventTypes(T::names())
+    }
+
+    /// Events of these wire names.
+    #[must_use]
+    pub fn for_event_type_names(names: &[&'static str]) -> Self {
+        SyncFilter::EventTypes(names.to_vec())
+    }
+
+    /// Every tracked event.
+    #[must_use]
+    pub fn all() -> Self {
+        SyncFilter::All
+    }
+
+    /// Both this and `other`.
+    #[must_use]
+    pub fn and(self, other: SyncFilter) -> Self {
+        SyncFilter::And(Box::new(self), Box::new(other))
+    }
+
+    /// Either this or `other`.
+    #[must_use]
+    pub fn or(self, other: SyncFilter) -> Self {
+        SyncFilter::Or(Box::new(self), Box::new(other))
+    }
+
+    /// Options with this filter and a timeout.
+    #[must_use]
+    pub fn with_timeout(self, timeout: Duration) -> PerspectiveSyncOptions {
+        PerspectiveSyncOptions::new(self).timeout(timeout)
+    }
+
+    /// Whether the filter refers to the current scope somewhere.
+    #[must_use]
+    pub fn needs_scope(&self) -> bool {
+        match self {
+            SyncFilter::CurrentScope => true,
+            SyncFilter::And(a, b) | SyncFilter::Or(a, b) => a.needs_scope() || b.needs_scope(),
+            _ => false,
+        }
+    }
+
+    pub(crate) fn matches(&self, c: &Candidate) -> bool {
+        match self {
+            SyncFilter::CurrentScope => c.in_scope,
+            SyncFilter::Stream(s) => c.stream_id == *s,
+            SyncFilter::EventTypes(ts) => ts.iter().any(|t| *t == c.event_type),
+            SyncFilter::All => true,
+            SyncFilter::And(a, b) => a.matches(c) && b.matches(c),
+            SyncFilter::Or(a, b) => a.matches(c) || b.matches(c),
+        }
+    }
+}
+
+/// How to wait: the filter, the timeout (5 s by default, zero allowed: one
+/// check, no wait) and whether the timeout counts only active time (on by default).
+#[derive(Clone)]
+pub struct PerspectiveSyncOptions {
+    /// Which events.
+    pub filter: SyncFilter,
+    /// How long to wait at most.
+    pub timeout: Duration,
+    /// Count only time the process was running.
+    pub debugger_aware: bool,
+    pub(crate) clock: Option<Arc<dyn SyncClock>>,
+}
+
+impl std::fmt::Debug for PerspectiveSyncOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PerspectiveSyncOptions")
+            .field("filter", &self.filter)
+            .field("timeout", &self.timeout)
+            .field("debugger_aware", &self.debugger_aware)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for PerspectiveSyncOptions {
+    fn default() -> Self {
+        PerspectiveSyncOptions::new(SyncFilter::CurrentScope)
+    }
+}
+
+impl From<SyncFilter> for PerspectiveSyncOptions {
+    fn from(filter: SyncFilter) -> Self {
+        PerspectiveSyncOptions::new(filter)
+    }
+}
+
+impl PerspectiveSyncOptions {
+    /// The default timeout.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// Options for `filter` with the defaults.
+    #[must_use]
+    pub fn new(filter: SyncFilter) -> Self {
+        PerspectiveSyncOptions {
+            filter,
+            timeout: Self::DEFAULT_TIMEOUT,
+            debugger_aware: true,
+            clock: None,
+        }
+    }
+
+    /// Sets the timeout.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sets the timeout in milliseconds, refusing negative values.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a negative timeout.
+    pub fn timeout_ms(self, ms: i64) -> Result<Self> {
+        let ms = u64::try_from(ms).map_err(|_| {
+            Error::InvalidInput(format!(
+                "a sync timeout cannot be negative (got {ms} ms): use 0 to check once without \
+                 waiting, or a positive number of milliseconds"
+            ))
+        })?;
+        Ok(self.timeout(Duration::from_millis(ms)))
+    }
+
+    /// Turns debugger awareness on or off.
+    #[must_use]
+    pub fn debugger_aware(mut self, on: bool) -> Self {
+        self.debugger_aware = on;
+        self
+    }
+
+    /// Uses this clock (tests).
+    #[must_use]
+    pub fn clock(mut self, clock: Arc<dyn SyncClock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+}

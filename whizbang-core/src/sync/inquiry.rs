@@ -1,0 +1,208 @@
+//! Asking a backend which awaited events a perspective has applied.
+//!
+//! One [`SyncInquiry`] per perspective; a backend answers a batch in one call
+//! with a status per event id. [`StoreSyncBackend`] answers from any
+//! [`EventStore`] + [`PerspectiveStore`] pair: an event is applied when the
+//! perspective's cursor on its stream has reached its version. A SQL backend
+//! can answer the same batch in one statement.
+
+use crate::error::Result;
+use crate::message::{EventId, StreamId};
+use crate::store::{BoxFuture, EventStore, PerspectiveStore};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Which of `event_ids` has `perspective` applied?
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncInquiry {
+    /// The perspective's name.
+    pub perspective: &'static str,
+    /// Wire names of the event types it handles.
+    pub handled: &'static [&'static str],
+    /// The ids expected.
+    pub event_ids: Vec<EventId>,
+}
+
+/// Where one awaited event stands for one perspective.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventSyncStatus {
+    /// The perspective has applied it.
+    Applied,
+    /// Stored, not yet applied.
+    Pending {
+        /// Its stream.
+        stream: StreamId,
+        /// Its version.
+        version: u64,
+    },
+    /// Not (yet) in the store: never counted as applied.
+    NotArrived,
+    /// Stored, but the perspective does not handle its type.
+    NotApplicable,
+    /// The perspective failed on its stream at or before it.
+    Failed {
+        /// The stream.
+        stream: StreamId,
+        /// The version that failed.
+        version: u64,
+        /// The failure.
+        message: String,
+    },
+}
+
+/// The answer to one [`SyncInquiry`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncInquiryResult {
+    /// The perspective.
+    pub perspective: &'static str,
+    /// The ids that were asked about.
+    pub expected_ids: Vec<EventId>,
+    /// The status of each, in the order asked.
+    pub statuses: Vec<(EventId, EventSyncStatus)>,
+}
+
+impl SyncInquiryResult {
+    /// Ids the perspective has applied.
+    #[must_use]
+    pub fn processed_ids(&self) -> Vec<EventId> {
+        self.statuses
+            .iter()
+            .filter(|(_, s)| *s == EventSyncStatus::Applied)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Ids still to apply (pending, not arrived, or failed).
+    #[must_use]
+    pub fn pending_ids(&self) -> Vec<EventId> {
+        self.statuses
+            .iter()
+            .filter(|(_, s)| {
+                !matches!(s, EventSyncStatus::Applied | EventSyncStatus::NotApplicable)
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// How many are applied.
+    #[must_use]
+    pub fn processed_count(&self) -> usize {
+        self.processed_ids().len()
+    }
+
+    /// How many are still to apply.
+    #[must_use]
+    pub fn pending_count(&self) -> usize {
+        self.pending_ids().len()
+    }
+
+    /// Every expected id applied; when none was expected, nothing pending.
+    /// Ids the perspective does not handle are not waited for.
+    #[must_use]
+    pub fn is_fully_synced(&self) -> bool {
+        self.pending_count() == 0
+    }
+
+    /// The first failure, if the perspective failed on an awaited event.
+    #[must_use]
+    pub fn failure(&self) -> Option<&EventSyncStatus> {
+        self.statuses
+            .iter()
+            .map(|(_, s)| s)
+            .find(|s| matches!(s, EventSyncStatus::Failed { .. }))
+    }
+}
+
+/// Answers sync inquiries: the part of a backend the awaiter needs.
+pub trait SyncBackend: Send + Sync + 'static {
+    /// Answers every inquiry, one result per inquiry, in order.
+    fn inquire<'a>(
+        &'a self,
+        inquiries: &'a [SyncInquiry],
+    ) -> BoxFuture<'a, Result<Vec<SyncInquiryResult>>>;
+}
+
+/// Answers inquiries from an event store and a perspective store.
+#[derive(Clone)]
+pub struct StoreSyncBackend {
+    events: Arc<dyn EventStore>,
+    perspectives: Arc<dyn PerspectiveStore>,
+}
+
+impl std::fmt::Debug for StoreSyncBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreSyncBackend").finish_non_exhaustive()
+    }
+}
+
+impl StoreSyncBackend {
+    /// A backend over these stores.
+    #[must_use]
+    pub fn new(events: Arc<dyn EventStore>, perspectives: Arc<dyn PerspectiveStore>) -> Self {
+        StoreSyncBackend {
+            events,
+            perspectives,
+        }
+    }
+
+    async fn answer(&self, inquiry: &SyncInquiry) -> Result<SyncInquiryResult> {
+        let located = self.events.locate(&inquiry.event_ids).await?;
+        let by_id: HashMap<EventId, &crate::store::EventLocation> =
+            located.iter().map(|l| (l.event_id, l)).collect();
+        let mut cursors: HashMap<StreamId, crate::store::Checkpoint> = HashMap::new();
+        let mut statuses = Vec::with_capacity(inquiry.event_ids.len());
+        for id in &inquiry.event_ids {
+            let status = match by_id.get(id) {
+                None => EventSyncStatus::NotArrived,
+                Some(loc) if !inquiry.handled.contains(&&*loc.event_type) => {
+                    EventSyncStatus::NotApplicable
+                }
+                Some(loc) => {
+                    if let std::collections::hash_map::Entry::Vacant(slot) =
+                        cursors.entry(loc.stream_id)
+                    {
+                        slot.insert(
+                            self.perspectives
+                                .checkpoint(inquiry.perspective, loc.stream_id)
+                                .await?,
+                        );
+                    }
+                    let cp = &cursors[&loc.stream_id];
+                    match &cp.failure {
+                        Some(f) if f.version <= loc.stream_version => EventSyncStatus::Failed {
+                            stream: loc.stream_id,
+                            version: f.version,
+                            message: f.message.clone(),
+                        },
+                        _ if cp.version >= loc.stream_version => EventSyncStatus::Applied,
+                        _ => EventSyncStatus::Pending {
+                            stream: loc.stream_id,
+                            version: loc.stream_version,
+                        },
+                    }
+                }
+            };
+            statuses.push((*id, status));
+        }
+        Ok(SyncInquiryResult {
+            perspective: inquiry.perspective,
+            expected_ids: inquiry.event_ids.clone(),
+            statuses,
+        })
+    }
+}
+
+impl SyncBackend for StoreSyncBackend {
+    fn inquire<'a>(
+        &'a self,
+        inquiries: &'a [SyncInquiry],
+    ) -> BoxFuture<'a, Result<Vec<SyncInquiryResult>>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(inquiries.len());
+            for q in inquiries {
+                out.push(self.answer(q).await?);
+            }
+            Ok(out)
+        })
+    }
+}

@@ -1,0 +1,36 @@
+//! Perspective synchronization: read-your-writes on async perspectives.
+//!
+//! This module owns the wait: the [`SyncFilter`] that selects events, the
+//! trackers that know what was emitted ([`ScopedEventTracker`]) and what each
+//! perspective still has to apply ([`SyncEventTracker`]), the batched
+//! [`SyncInquiry`] a backend answers, the debugger-aware clock, and the
+//! [`PerspectiveSyncAwaiter`]. It never applies anything and never reports
+//! `Synced` unless the backend says every awaited id is applied: an id never
+//! seen is `NotArrived`, not processed.
+//!
+//! ```
+//! # use whizbang_core::sync::{PerspectiveSyncOptions, SyncFilter};
+//! # use std::time::Duration;
+//! let options = SyncFilter::current_scope().with_timeout(Duration::from_secs(2));
+//! assert!(options.debugger_aware);
+//! ```
+
+mod awaiter;
+mod clock;
+mod filter;
+mod inquiry;
+mod tracker;
+
+pub use awaiter::{PerspectiveSyncAwaiter, SyncOutcome, SyncResult};
+pub use clock::{ManualClock, SyncClock, TokioClock};
+pub use filter::{EventTypeList, PerspectiveSyncOptions, SyncFilter};
+pub use inquiry::{EventSyncStatus, StoreSyncBackend, SyncBackend, SyncInquiry, SyncInquiryResult};
+pub use tracker::{ScopedEventTracker, SyncEventTracker};
+
+use std::sync::Arc;
+
+/// The runtime's sync machinery.
+pub(crate) struct SyncState {
+    pub(crate) tracker: Arc<SyncEventTracker>,
+    pub(crate) backend: Arc<dyn SyncBackend>,
+}

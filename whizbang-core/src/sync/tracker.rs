@@ -1,0 +1,293 @@
+//! Trackers: what a scope emitted ([`ScopedEventTracker`]) and, per process,
+//! what each perspective still has to apply, with targeted wake-ups for the
+//! waiters ([`SyncEventTracker`]).
+//!
+//! Entries leave the process tracker when the perspective applies them; stale
+//! ones (never applied within the time-to-live) expire on a sweep and wake
+//! their waiters, which then ask the backend: the backend, not the tracker, is
+//! the authority on what was applied, so an expired entry is never "synced".
+
+use super::filter::Candidate;
+use crate::dispatch::EmittedEvent;
+use crate::message::{EventId, StreamId};
+use crate::perspective::ApplyReport;
+use crate::registry::Registry;
+use crate::store::StoredEvent;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What one scope emitted, in order.
+#[derive(Clone, Debug, Default)]
+pub struct ScopedEventTracker {
+    events: Vec<EmittedEvent>,
+}
+
+impl ScopedEventTracker {
+    pub(crate) fn new(events: Vec<EmittedEvent>) -> Self {
+        ScopedEventTracker { events }
+    }
+
+    /// The emitted events.
+    #[must_use]
+    pub fn events(&self) -> &[EmittedEvent] {
+        &self.events
+    }
+
+    /// How many.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Whether the scope emitted nothing.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Pending {
+    stream_id: StreamId,
+    event_type: std::borrow::Cow<'static, str>,
+    tracked_at: tokio::time::Instant,
+}
+
+type WaiterSet = HashMap<u64, Arc<Notify>>;
+
+#[derive(Default)]
+struct Waiters {
+    by_stream: HashMap<(&'static str, StreamId), WaiterSet>,
+    any: HashMap<&'static str, WaiterSet>,
+}
+
+/// Per process: for each perspective, the events appended here that it has not
+/// applied yet, and the waiters to wake when it applies something.
+pub struct SyncEventTracker {
+    pending: Mutex<HashMap<&'static str, HashMap<EventId, Pending>>>,
+    waiters: Mutex<Waiters>,
+    next_waiter: AtomicU64,
+    ttl: Duration,
+}
+
+impl std::fmt::Debug for SyncEventTracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncEventTracker")
+            .field("tracked", &self.tracked_count())
+            .field("waiters", &self.waiter_count())
+            .field("ttl", &self.ttl)
+            .finish()
+    }
+}
+
+impl SyncEventTracker {
+    /// The default time-to-live of an entry never applied.
+    pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
+
+    pub(crate) fn new(ttl: Duration) -> Self {
+        SyncEventTracker {
+            pending: Mutex::new(HashMap::new()),
+            waiters: Mutex::new(Waiters::default()),
+            next_waiter: AtomicU64::new(1),
+            ttl,
+        }
+    }
+
+    /// Records freshly appended events for every perspective that handles them.
+    pub(crate) fn track(&self, registry: &Registry, events: &[Arc<StoredEvent>]) {
+        let now = tokio::time::Instant::now();
+        let mut pending = lock(&self.pending);
+        for ev in events {
+            for p in registry.perspectives_for(&ev.event_type) {
+                pending.entry(p.name).or_default().insert(
+                    ev.event_id,
+                    Pending {
+                        stream_id: ev.stream_id,
+                        event_type: ev.event_type.clone(),
+                        tracked_at: now,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The events `perspective` has still to apply, as filter candidates.
+    pub(crate) fn pending_for(&self, perspective: &str) -> Vec<Candidate> {
+        lock(&self.pending)
+            .get(perspective)
+            .map(|m| {
+                m.iter()
+                    .map(|(id, p)| Candidate {
+                        event_id: *id,
+                        stream_id: p.stream_id,
+                        event_type: p.event_type.clone(),
+                        in_scope: false,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Entries tracked, across perspectives.
+    #[must_use]
+    pub fn tracked_count(&self) -> usize {
+        lock(&self.pending).values().map(HashMap::len).sum()
+    }
+
+    /// Waiter registrations, across perspectives and streams.
+    #[must_use]
+    pub fn waiter_count(&self) -> usize {
+        let w = lock(&self.waiters);
+        w.by_stream.values().map(HashMap::len).sum::<usize>()
+            + w.any.values().map(HashMap::len).sum::<usize>()
+    }
+
+    /// Drops entries older than the time-to-live and wakes their waiters.
+    /// Returns how many expired.
+    pub fn sweep(&self) -> usize {
+        let now = tokio::time::Instant::now();
+        let mut expired: Vec<(&'static str, StreamId)> = Vec::new();
+        {
+            let mut pending = lock(&self.pending);
+            for (perspective, entries) in pending.iter_mut() {
+                entries.retain(|_, p| {
+                    let keep = now.duration_since(p.tracked_at) < self.ttl;
+                    if !keep {
+                        expired.push((perspective, p.stream_id));
+                    }
+                    keep
+                });
+            }
+            pending.retain(|_, m| !m.is_empty());
+        }
+        let n = expired.len();
+        if n > 0 {
+            tracing::warn!(
+                expired = n,
+                "sync tracker entries expired unapplied; waking their waiters"
+            );
+        }
+        for (p, s) in expired {
+            self.wake(p, s);
+        }
+        n
+    }
+
+    pub(crate) fn register(self: &Arc<Self>, perspective: &'static str) -> WaiterRegistration {
+        WaiterRegistration {
+            tracker: Arc::clone(self),
+            id: self.next_waiter.fetch_add(1, Ordering::Relaxed),
+            perspective,
+            notify: Arc::new(Notify::new()),
+            streams: Vec::new(),
+            any: false,
+        }
+    }
+
+    fn wake(&self, perspective: &'static str, stream: StreamId) {
+        let w = lock(&self.waiters);
+        if let Some(set) = w.by_stream.get(&(perspective, stream)) {
+            for n in set.values() {
+                n.notify_one();
+            }
+        }
+        if let Some(set) = w.any.get(perspective) {
+            for n in set.values() {
+                n.notify_one();
+            }
+        }
+    }
+
+    /// Called when a perspective committed (or failed) on a stream.
+    pub(crate) fn applied(&self, report: &ApplyReport) {
+        if !report.applied.is_empty() {
+            let mut pending = lock(&self.pending);
+            if let Some(m) = pending.get_mut(report.perspective) {
+                for id in &report.applied {
+                    m.remove(id);
+                }
+                if m.is_empty() {
+                    pending.remove(report.perspective);
+                }
+            }
+        }
+        self.wake(report.perspective, report.stream);
+    }
+}
+
+impl crate::perspective::engine::ApplyListener for SyncEventTracker {
+    fn on_apply(&self, report: &ApplyReport) {
+        self.applied(report);
+    }
+}
+
+/// One waiter's interest, removed from the tracker when dropped (so a
+/// cancelled wait frees its registration at once).
+pub(crate) struct WaiterRegistration {
+    tracker: Arc<SyncEventTracker>,
+    id: u64,
+    perspective: &'static str,
+    pub(crate) notify: Arc<Notify>,
+    streams: Vec<StreamId>,
+    any: bool,
+}
+
+impl WaiterRegistration {
+    /// Wake me when `perspective` applies on `stream`. Returns whether this is new.
+    pub(crate) fn watch_stream(&mut self, stream: StreamId) -> bool {
+        if self.streams.contains(&stream) {
+            return false;
+        }
+        self.streams.push(stream);
+        lock(&self.tracker.waiters)
+            .by_stream
+            .entry((self.perspective, stream))
+            .or_default()
+            .insert(self.id, Arc::clone(&self.notify));
+        true
+    }
+
+    /// Wake me when `perspective` applies anything (for ids not located yet).
+    pub(crate) fn watch_any(&mut self) -> bool {
+        if self.any {
+            return false;
+        }
+        self.any = true;
+        lock(&self.tracker.waiters)
+            .any
+            .entry(self.perspective)
+            .or_default()
+            .insert(self.id, Arc::clone(&self.notify));
+        true
+    }
+}
+
+impl Drop for WaiterRegistration {
+    fn drop(&mut self) {
+        let mut w = lock(&self.tracker.waiters);
+        for s in &self.streams {
+            let key = (self.perspective, *s);
+            if let Some(set) = w.by_stream.get_mut(&key) {
+                set.remove(&self.id);
+                if set.is_empty() {
+                    w.by_stream.remove(&key);
+                }
+            }
+        }
+        if self.any {
+            if let Some(set) = w.any.get_mut(self.perspective) {
+                set.remove(&self.id);
+                if set.is_empty() {
+                    w.any.remove(self.perspective);
+                }
+            }
+        }
+    }
+}
