@@ -207,6 +207,30 @@ pub enum Error {
         timeout: Duration,
     },
 
+    /// A receptor awaits perspective sync from an inline lifecycle stage.
+    #[error(
+        "`{receptor}` awaits perspective sync but fires at the inline stage {stage:?}: waiting there \
+         would deadlock the flush. Use the Detached variant of the stage"
+    )]
+    InlineStageWait {
+        /// The receptor.
+        receptor: String,
+        /// Its stage.
+        stage: crate::LifecycleStage,
+    },
+
+    /// A receptor fires at a stage this runtime cannot reach.
+    #[error(
+        "`{receptor}` fires at {stage:?}, which fires for messages received from other processes \
+         through an inbox; this runtime has no inbox backend yet. Use a distribute or perspective stage"
+    )]
+    UnsupportedStage {
+        /// The receptor.
+        receptor: String,
+        /// Its stage.
+        stage: crate::LifecycleStage,
+    },
+
     /// Invalid input to a whizbang API.
     #[error("{0}")]
     InvalidInput(String),

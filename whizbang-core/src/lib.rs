@@ -76,7 +76,9 @@ pub mod store;
 pub mod sync;
 
 pub use dispatch::EmittedEvent;
-pub use dispatch::{Context, Receptor, Runtime, RuntimeBuilder, Scope};
+pub use dispatch::{
+    Context, LifecycleStage, Receptor, Runtime, RuntimeBuilder, Scope, SyncFire, SyncRequirement,
+};
 pub use error::{Error, Result};
 pub use lens::{Lens, LensQuery, ListQuery, SyncLensExt, SyncedLens};
 pub use message::{
@@ -89,12 +91,12 @@ pub use services::{FromServices, Services};
 pub use sync::{
     PerspectiveSyncAwaiter, PerspectiveSyncOptions, SyncFilter, SyncOutcome, SyncResult,
 };
-pub use whizbang_macros::{perspective, receptor, Command, Event};
+pub use whizbang_macros::{await_perspective_sync, fire_at, perspective, receptor, Command, Event};
 
 /// Support for generated code. Not a public API: it changes without notice.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::dispatch::Receptor;
+    pub use crate::dispatch::{LifecycleStage, Receptor, SyncFire, SyncRequirement};
     pub use crate::message::{Command, Event, Message, MessageKind, StreamId, StreamKey};
     pub use crate::perspective::{apply_with, ApplyError, Perspective, PerspectiveMode};
     pub use crate::registry::{MessageRegistration, PerspectiveRegistration, ReceptorRegistration};

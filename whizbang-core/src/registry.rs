@@ -5,7 +5,7 @@
 //! sorted into a stable order (inventory has none), checked for duplicates,
 //! and indexed by message type. It never calls user code.
 
-use crate::dispatch::{ErasedReceptor, Receptor, ReceptorAdapter};
+use crate::dispatch::{ErasedReceptor, LifecycleStage, Receptor, ReceptorAdapter, SyncRequirement};
 use crate::error::{Error, Result};
 use crate::message::{Message, MessageKind};
 use crate::perspective::{AnyModel, ApplyError, Perspective, PerspectiveMode};
@@ -29,6 +29,10 @@ pub struct ReceptorRegistration {
     pub message_kind: MessageKind,
     /// The `TypeId` of the message.
     pub message_type: fn() -> TypeId,
+    /// The stage set with `#[fire_at]`, if any.
+    pub stage: Option<LifecycleStage>,
+    /// The perspectives to await before it runs (`#[await_perspective_sync]`).
+    pub sync: &'static [SyncRequirement],
     pub(crate) build: fn(&Services) -> Result<Arc<dyn ErasedReceptor>>,
 }
 
@@ -46,7 +50,34 @@ impl ReceptorRegistration {
             message_name: M::NAME,
             message_kind: M::KIND,
             message_type: TypeId::of::<M>,
+            stage: None,
+            sync: &[],
             build: ReceptorAdapter::<R, M>::build,
+        }
+    }
+
+    /// Fires at `stage` (`#[fire_at(stage)]`).
+    #[must_use]
+    pub const fn fire_at(mut self, stage: LifecycleStage) -> Self {
+        self.stage = Some(stage);
+        self
+    }
+
+    /// Awaits these perspectives before running (`#[await_perspective_sync]`).
+    #[must_use]
+    pub const fn awaiting(mut self, sync: &'static [SyncRequirement]) -> Self {
+        self.sync = sync;
+        self
+    }
+
+    /// The stage it runs at: the one set, or the default for its kind
+    /// (`PostDistributeInline`, or `PostDistributeDetached` when it awaits sync).
+    #[must_use]
+    pub fn effective_stage(&self) -> LifecycleStage {
+        match self.stage {
+            Some(s) => s,
+            None if self.sync.is_empty() => LifecycleStage::PostDistributeInline,
+            None => LifecycleStage::PostDistributeDetached,
         }
     }
 
@@ -318,6 +349,12 @@ impl Registry {
             .ok_or_else(|| Error::UnknownPerspective {
                 name: P::NAME.to_owned(),
             })
+    }
+
+    /// A perspective by the `TypeId` of its type.
+    #[must_use]
+    pub fn perspective_by_type(&self, id: TypeId) -> Option<&'static PerspectiveRegistration> {
+        self.perspectives_by_type.get(&id).copied()
     }
 
     /// A perspective by name.

@@ -455,3 +455,24 @@ async fn the_registry_is_in_a_stable_order() {
     assert_eq!(names, sorted);
     assert_eq!(names.len(), 5);
 }
+
+#[tokio::test]
+async fn an_envelopes_ids_and_metadata_reach_the_events_its_command_emits() {
+    let (rt, _) = runtime();
+    let cause = whizbang_core::Envelope::new(OpenCart {
+        owner: "upstream".into(),
+    });
+    let mut envelope = whizbang_core::Envelope::caused_by(OpenCart { owner: "gi".into() }, &cause);
+    envelope.metadata.insert("tenant", "acme");
+    let (message_id, correlation_id) = (envelope.message_id, envelope.correlation_id);
+    let cart = rt.scope().send_envelope(envelope).await.unwrap();
+    let events = rt.event_store().read_stream(cart.into(), 0).await.unwrap();
+    let meta = &events[0].metadata;
+    assert_eq!(meta.correlation_id, correlation_id);
+    assert_eq!(
+        meta.correlation_id, cause.correlation_id,
+        "the conversation continues"
+    );
+    assert_eq!(meta.causation_id, Some(message_id), "caused by the command");
+    assert_eq!(meta.extra.get("tenant"), Some(&serde_json::json!("acme")));
+}

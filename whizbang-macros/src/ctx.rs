@@ -39,6 +39,11 @@ impl Ctxt {
         self.errors.borrow().is_empty()
     }
 
+    /// How many errors have been recorded so far.
+    pub(crate) fn error_count(&self) -> usize {
+        self.errors.borrow().len()
+    }
+
     /// All recorded errors, combined into one (`None` when there are none).
     pub(crate) fn check(self) -> Result<(), syn::Error> {
         let mut errors = self.errors.into_inner().into_iter();

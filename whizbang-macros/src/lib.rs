@@ -11,6 +11,7 @@
 
 mod attr;
 mod ctx;
+mod lifecycle;
 mod message;
 mod perspective;
 mod receptor;
@@ -31,7 +32,7 @@ use proc_macro::TokenStream;
 ///
 /// Events must be concrete (non-generic) structs.
 ///
-/// ```ignore
+/// ```text
 /// use whizbang_core::Event;
 ///
 /// #[derive(Event, Serialize, Deserialize)]
@@ -56,7 +57,7 @@ pub fn derive_event(input: TokenStream) -> TokenStream {
 ///
 /// Commands must be concrete (non-generic) types.
 ///
-/// ```ignore
+/// ```text
 /// use whizbang_core::Command;
 ///
 /// #[derive(Command, Serialize, Deserialize)]
@@ -72,11 +73,12 @@ pub fn derive_command(input: TokenStream) -> TokenStream {
 
 /// Registers an `impl Receptor<M> for T` block, so the runtime routes `M` to `T`.
 ///
-/// The impl is emitted unchanged; the receptor type must be concrete (no
-/// `impl<T>`) and is built once per runtime through `FromServices`.
+/// The impl is emitted unchanged (less the `#[fire_at]` and
+/// `#[await_perspective_sync]` it reads); the receptor type must be concrete
+/// (no `impl<T>`) and is built once per runtime through `FromServices`.
 /// `#[receptor(crate = path)]` names the runtime crate when it is not `::whizbang_core`.
 ///
-/// ```ignore
+/// ```text
 /// use whizbang_core::{receptor, Context, Receptor, Result};
 ///
 /// #[derive(Default)]
@@ -107,7 +109,7 @@ pub fn receptor(args: TokenStream, item: TokenStream) -> TokenStream {
 ///   in the background (default `async`).
 /// - `crate = path`: the runtime crate when it is not `::whizbang_core`.
 ///
-/// ```ignore
+/// ```text
 /// use whizbang_core::perspective;
 ///
 /// struct OrderViews;
@@ -126,4 +128,79 @@ pub fn receptor(args: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn perspective(args: TokenStream, item: TokenStream) -> TokenStream {
     perspective::expand_perspective(args.into(), item.into()).into()
+}
+
+/// Sets the lifecycle stage an event receptor fires at. Goes on a
+/// `#[receptor]` impl, above or below `#[receptor]`.
+///
+/// The stage is one of `whizbang_core::LifecycleStage`: `PreDistribute`,
+/// `PostDistribute`, `PreOutbox`, `PostOutbox`, `PreInbox`, `PostInbox`,
+/// `PrePerspective`, `PostPerspective` or `PostAllPerspectives`, each
+/// followed by `Inline` (in the flow, before it moves on: it must not wait)
+/// or `Detached` (on its own task). Without `#[fire_at]` a receptor runs at
+/// `PostDistributeInline`, or `PostDistributeDetached` when it awaits
+/// perspective sync. An inline stage together with `#[await_perspective_sync]`
+/// is a compile error: the wait would deadlock the flush it waits for.
+///
+/// Above `#[receptor]` it is a macro of its own (import it, or write its
+/// path), which moves itself below `#[receptor]`; below, `#[receptor]` reads
+/// it directly, under any path, and it needs no import.
+///
+/// ```text
+/// use whizbang_core::{receptor, Context, Receptor, Result};
+///
+/// #[receptor]
+/// #[fire_at(PostAllPerspectivesDetached)] // below `#[receptor]`: no import
+/// impl Receptor<OrderShipped> for Mailer {
+///     async fn handle(&self, e: OrderShipped, cx: &mut Context) -> Result<()> {
+///         // ..
+///     }
+/// }
+/// ```
+#[proc_macro_attribute]
+pub fn fire_at(args: TokenStream, item: TokenStream) -> TokenStream {
+    lifecycle::expand_standalone(lifecycle::Helper::FireAt, args.into(), item.into()).into()
+}
+
+/// Makes an event receptor wait until a perspective has applied the events
+/// of the current scope before it runs. Goes on a `#[receptor]` impl, above
+/// or below `#[receptor]`; several of them wait for several perspectives.
+///
+/// - `P` (required, first): the perspective type to await.
+/// - `event_types = [E1, E2]`: the event types to await in the current
+///   scope (default: the incoming event itself).
+/// - `timeout_ms = 2000`: how long to wait, in milliseconds (default 5000;
+///   `0` checks once without waiting).
+/// - `fire = on_success | always`: run only when the perspective synced
+///   (default; otherwise the dispatch fails with a timeout error), or always,
+///   reading the outcome with `Context::sync_results`.
+///
+/// A receptor that awaits runs detached (`PostDistributeDetached` unless
+/// `#[fire_at]` says otherwise): `#[fire_at]` with an inline stage is a
+/// compile error, since the wait would deadlock the flush.
+///
+/// Above `#[receptor]` it is a macro of its own (import it, or write its
+/// path), which moves itself below `#[receptor]`; below, `#[receptor]` reads
+/// it directly, under any path, and it needs no import.
+///
+/// ```text
+/// use whizbang_core::{await_perspective_sync, receptor, Context, Receptor, Result};
+///
+/// #[await_perspective_sync(OrderViews, event_types = [OrderCreated], timeout_ms = 2000)]
+/// #[await_perspective_sync(Stock, fire = always)]
+/// #[receptor]
+/// impl Receptor<OrderCreated> for Invoicer {
+///     async fn handle(&self, e: OrderCreated, cx: &mut Context) -> Result<()> {
+///         // the order view includes `e` here
+///     }
+/// }
+/// ```
+#[proc_macro_attribute]
+pub fn await_perspective_sync(args: TokenStream, item: TokenStream) -> TokenStream {
+    lifecycle::expand_standalone(
+        lifecycle::Helper::AwaitPerspectiveSync,
+        args.into(),
+        item.into(),
+    )
+    .into()
 }

@@ -2,12 +2,14 @@
 //!
 //! Parse (arguments and the impl header into a [`ReceptorModel`]; the method
 //! bodies are never looked at), check (a concrete impl of `Receptor<M>`),
-//! expand (the impl unchanged, then one `ReceptorRegistration`).
+//! expand (the impl, without the `#[fire_at]` / `#[await_perspective_sync]`
+//! it consumed, then one `ReceptorRegistration`).
 
 use crate::attr::{self, Attr};
 use crate::ctx::{self, Ctxt};
+use crate::lifecycle::{self, Lifecycle};
 use proc_macro2::TokenStream;
-use quote::{quote, quote_spanned};
+use quote::{quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned;
 use syn::{GenericArgument, ItemImpl, PathArguments, Type};
 
@@ -17,17 +19,20 @@ const USAGE: &str = "#[receptor] goes on an `impl Receptor<M> for T` block";
 pub(crate) fn expand_receptor(args: TokenStream, item: TokenStream) -> TokenStream {
     let cx = Ctxt::new();
     let options = ReceptorOptions::from_args(&cx, args);
-    let Ok(item_impl) = syn::parse2::<ItemImpl>(item.clone()) else {
+    let Ok(mut item_impl) = syn::parse2::<ItemImpl>(item.clone()) else {
         cx.error_spanned_by(&item, USAGE);
-        return emit_errors(item, cx);
+        return emit_errors(lifecycle::strip_tokens(item), cx);
     };
-    let model = ReceptorModel::from_ast(&cx, options, &item_impl);
-    match (cx.is_ok(), model) {
-        (true, Some(model)) => {
-            let registration = model.expand();
-            quote!(#item_impl #registration)
-        }
-        _ => emit_errors(item, cx),
+    let registration = match ReceptorModel::from_ast(&cx, options, &item_impl) {
+        Some(model) if cx.is_ok() => Some(model.expand()),
+        _ => None,
+    };
+    // The impl is emitted without `#[fire_at]` / `#[await_perspective_sync]`,
+    // even when there are errors: nothing else would expand them.
+    lifecycle::strip(&mut item_impl.attrs);
+    match registration {
+        Some(registration) => quote!(#item_impl #registration),
+        None => emit_errors(item_impl.into_token_stream(), cx),
     }
 }
 
@@ -63,6 +68,8 @@ struct ReceptorModel<'a> {
     receptor: &'a Type,
     /// `M`.
     message: &'a Type,
+    /// `#[fire_at(..)]` and `#[await_perspective_sync(..)]` on the impl.
+    lifecycle: Lifecycle,
 }
 
 impl<'a> ReceptorModel<'a> {
@@ -74,15 +81,16 @@ impl<'a> ReceptorModel<'a> {
                  implement Receptor for a concrete type",
             );
         }
-        // `item.attrs` are not touched: other whizbang attributes on the same
-        // impl (`#[await_perspective_sync(..)]`, `#[fire_at(..)]`) are macros of
-        // their own and expand after this one. When they become part of the
-        // receptor, they are parsed here into a field of the model.
+        // `#[fire_at(..)]` and `#[await_perspective_sync(..)]` below
+        // `#[receptor]` are plain attributes of this impl; written above it,
+        // they have moved themselves below it (see `lifecycle.rs`).
+        let lifecycle = Lifecycle::from_attrs(cx, &item.attrs);
         let message = Self::message_type(cx, item)?;
         Some(ReceptorModel {
             options,
             receptor: &item.self_ty,
             message,
+            lifecycle,
         })
     }
 
@@ -130,6 +138,7 @@ impl<'a> ReceptorModel<'a> {
         let receptor = self.receptor;
         let message = self.message;
         let type_name = attr::compact(receptor);
+        let lifecycle = self.lifecycle.expand(krate);
         // Spanned on the receptor type: a missing `FromServices` lands there.
         let of = quote_spanned! {receptor.span()=>
             #krate::__private::ReceptorRegistration::of::<#receptor, #message>
@@ -137,7 +146,7 @@ impl<'a> ReceptorModel<'a> {
         quote! {
             const _: () = {
                 #krate::__private::inventory::submit! {
-                    #of(#type_name, ::core::module_path!())
+                    #of(#type_name, ::core::module_path!()) #lifecycle
                 }
             };
         }

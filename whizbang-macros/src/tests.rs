@@ -2,6 +2,7 @@
 //! change to generated routing is a reviewed diff. The same code is what
 //! `cargo expand` shows users.
 
+use crate::lifecycle::{expand_standalone, Helper};
 use crate::message::{expand_derive_command, expand_derive_event};
 use crate::perspective::expand_perspective;
 use crate::receptor::expand_receptor;
@@ -70,6 +71,51 @@ fn receptor_with_crate_path_uses_it() {
             impl wb::Receptor<Ping> for Pinger {
                 async fn handle(&self, _: Ping, _: &mut wb::Context) -> wb::Result<()> {
                     Ok(())
+                }
+            }
+        },
+    );
+    insta::assert_snapshot!(pretty(out));
+}
+
+#[test]
+fn receptor_registers_its_stage_and_sync_waits() {
+    let out = expand_receptor(
+        TokenStream::new(),
+        quote! {
+            #[fire_at(PostPerspectiveDetached)]
+            #[whizbang::await_perspective_sync(
+                OrderViews,
+                event_types = [OrderCreated, OrderShipped],
+                timeout_ms = 2000,
+            )]
+            #[doc = "Kept."]
+            #[::await_perspective_sync(Stock, fire = always)]
+            impl Receptor<OrderCreated> for Invoicer {
+                async fn handle(&self, e: OrderCreated, cx: &mut Context) -> Result<()> {
+                    todo!()
+                }
+            }
+        },
+    );
+    insta::assert_snapshot!(pretty(out));
+}
+
+#[test]
+fn lifecycle_attribute_above_receptor_moves_below_it() {
+    // `Stock` was moved before (leading `::`); `OrderViews` goes after it,
+    // ahead of the attribute written below `#[receptor]`.
+    let out = expand_standalone(
+        Helper::AwaitPerspectiveSync,
+        quote!(OrderViews, timeout_ms = 2000),
+        quote! {
+            #[fire_at(PostPerspectiveDetached)]
+            #[whizbang::receptor]
+            #[::await_perspective_sync(Stock)]
+            #[await_perspective_sync(Audit)]
+            impl Receptor<OrderCreated> for Invoicer {
+                async fn handle(&self, e: OrderCreated, cx: &mut Context) -> Result<()> {
+                    todo!()
                 }
             }
         },

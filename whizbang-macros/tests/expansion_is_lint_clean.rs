@@ -10,8 +10,11 @@
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
-use whizbang_core::{Context, Message, Perspective, PerspectiveMode, Receptor, Registry, Result};
-use whizbang_macros::{perspective, receptor, Command, Event};
+use whizbang_core::{
+    Context, LifecycleStage, Message, Perspective, PerspectiveMode, Receptor, Registry, Result,
+    SyncFire,
+};
+use whizbang_macros::{await_perspective_sync, fire_at, perspective, receptor, Command, Event};
 
 #[derive(Command, Serialize, Deserialize)]
 #[command(output = Uuid)]
@@ -82,6 +85,19 @@ impl AccountViews {
     }
 }
 
+#[derive(Default)]
+struct Welcomer;
+
+#[fire_at(PostPerspectiveDetached)]
+#[await_perspective_sync(AccountViews, event_types = [AccountOpened], timeout_ms = 20_000)]
+#[receptor]
+#[await_perspective_sync(AccountViews, fire = always)]
+impl Receptor<AccountOpened> for Welcomer {
+    async fn handle(&self, _: AccountOpened, _: &mut Context) -> Result<()> {
+        Ok(())
+    }
+}
+
 #[test]
 fn generated_impls_name_and_route_every_message() {
     assert_eq!(AccountOpened::NAME, "accounts.opened");
@@ -92,7 +108,20 @@ fn generated_impls_name_and_route_every_message() {
         ["accounts.opened", "AccountClosed"]
     );
     let registry = Registry::global().unwrap();
-    assert_eq!(registry.receptors().len(), 2);
+    assert_eq!(registry.receptors().len(), 3);
+    let welcomer = registry
+        .receptors()
+        .iter()
+        .find(|r| r.receptor == "Welcomer")
+        .unwrap();
+    assert_eq!(
+        welcomer.stage,
+        Some(LifecycleStage::PostPerspectiveDetached)
+    );
+    assert_eq!(welcomer.sync.len(), 2);
+    assert_eq!(welcomer.sync[0].event_types, ["accounts.opened"]);
+    assert_eq!(welcomer.sync[0].timeout_ms, 20_000);
+    assert_eq!(welcomer.sync[1].fire, SyncFire::Always);
     assert_eq!(registry.perspectives().len(), 1);
     assert_eq!(registry.messages().len(), 4);
 }

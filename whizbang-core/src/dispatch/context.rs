@@ -5,6 +5,7 @@ use crate::message::{Event, EventId, ExpectedVersion, Message, MessageId, Metada
 use crate::perspective::Perspective;
 use crate::services::Services;
 use crate::store::{EventMetadata, NewEvent, StreamAppend};
+use crate::sync::SyncResult;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -20,6 +21,7 @@ pub struct Context {
     pub(crate) causation_id: Option<MessageId>,
     pub(crate) metadata: Metadata,
     pub(crate) pending: Vec<StreamAppend>,
+    pub(crate) sync_results: Vec<SyncResult>,
 }
 
 impl std::fmt::Debug for Context {
@@ -90,6 +92,19 @@ impl Context {
     #[must_use]
     pub fn pending_count(&self) -> usize {
         self.pending.iter().map(|s| s.events.len()).sum()
+    }
+
+    /// The outcomes of this receptor's `#[await_perspective_sync]` waits, in
+    /// declaration order (read them with `fire = always`).
+    #[must_use]
+    pub fn sync_results(&self) -> &[SyncResult] {
+        &self.sync_results
+    }
+
+    /// The outcome of the wait on perspective `P`, if this receptor awaited it.
+    #[must_use]
+    pub fn sync_result<P: Perspective>(&self) -> Option<&SyncResult> {
+        self.sync_results.iter().find(|r| r.perspective == P::NAME)
     }
 
     /// The id of the message being handled.
@@ -163,6 +178,7 @@ impl Context {
             causation_id,
             metadata,
             pending: Vec::new(),
+            sync_results: Vec::new(),
         }
     }
 }

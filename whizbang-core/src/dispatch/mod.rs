@@ -8,13 +8,16 @@
 //! itself (that is [`store`](crate::store)).
 
 mod context;
+mod lifecycle;
 mod runtime;
 mod scope;
+mod stage;
 
 pub use context::Context;
 pub use runtime::{Runtime, RuntimeBuilder};
 pub(crate) use scope::ScopeShared;
 pub use scope::{EmittedEvent, Scope};
+pub use stage::{LifecycleStage, SyncFire, SyncRequirement};
 
 use crate::error::{Error, Result};
 use crate::message::Message;

@@ -1,4 +1,5 @@
 use super::scope::Scope;
+use super::stage::LifecycleStage;
 use super::ErasedReceptor;
 use crate::error::{Error, Result};
 use crate::lens::Lens;
@@ -28,6 +29,8 @@ pub(crate) struct RuntimeInner {
     pub(crate) engine: Engine,
     pub(crate) runner: PerspectiveRunner,
     pub(crate) sync: SyncState,
+    /// Whether any receptor fires at a perspective stage (else the flush skips stage lookups).
+    pub(crate) has_flush_stage_receptors: bool,
 }
 
 /// The running system: routing tables, receptors, backends and services.
@@ -258,7 +261,12 @@ impl RuntimeBuilder {
         }
         let mut commands = HashMap::new();
         let mut event_receptors: HashMap<&'static str, Vec<Route>> = HashMap::new();
+        let mut has_flush_stage_receptors = false;
         for reg in registry.receptors() {
+            validate_stage(&registry, reg)?;
+            let stage = reg.effective_stage();
+            has_flush_stage_receptors |= reg.message_kind == MessageKind::Event
+                && !LifecycleStage::AT_APPEND.contains(&stage);
             let receptor = (reg.build)(&services)?;
             match reg.message_kind {
                 MessageKind::Command => {
@@ -299,6 +307,7 @@ impl RuntimeBuilder {
                 engine,
                 runner,
                 sync: SyncState { tracker, backend },
+                has_flush_stage_receptors,
             }),
         })
     }
@@ -322,4 +331,42 @@ fn spawn_sweeper(handle: &tokio::runtime::Handle, tracker: &Arc<SyncEventTracker
             }
         }
     });
+}
+
+/// Start-up checks of a receptor's stage and sync waits.
+fn validate_stage(registry: &Registry, reg: &ReceptorRegistration) -> Result<()> {
+    if reg.message_kind == MessageKind::Command {
+        if let Some(stage) = reg.stage {
+            return Err(Error::InvalidInput(format!(
+                "`{}` handles the command `{}` and has #[fire_at({stage:?})]: lifecycle stages apply to \
+                 event receptors; a command receptor runs when the command is sent. Remove #[fire_at]",
+                reg.path(),
+                reg.message_name
+            )));
+        }
+    }
+    let stage = reg.effective_stage();
+    if reg.message_kind == MessageKind::Event && stage.is_inbox() {
+        return Err(Error::UnsupportedStage {
+            receptor: reg.path(),
+            stage,
+        });
+    }
+    if reg.message_kind == MessageKind::Event && !reg.sync.is_empty() && stage.is_inline() {
+        return Err(Error::InlineStageWait {
+            receptor: reg.path(),
+            stage,
+        });
+    }
+    for req in reg.sync {
+        if registry
+            .perspective_by_type((req.perspective_type)())
+            .is_none()
+        {
+            return Err(Error::UnknownPerspective {
+                name: req.perspective.to_owned(),
+            });
+        }
+    }
+    Ok(())
 }

@@ -1,9 +1,10 @@
 use super::context::Context;
 use super::runtime::Runtime;
+use super::stage::LifecycleStage;
 use crate::error::{Error, Result};
-use crate::message::{Command, Event, EventId, MessageId, Metadata};
+use crate::message::{Command, Envelope, Event, EventId, MessageId, Metadata};
 use crate::perspective::invoker::{self, Invoker};
-use crate::store::{StoredEvent, StreamAppend};
+use crate::store::{BoxFuture, StoredEvent, StreamAppend};
 use crate::sync::{PerspectiveSyncAwaiter, PerspectiveSyncOptions, ScopedEventTracker, SyncResult};
 use std::any::TypeId;
 use std::collections::VecDeque;
@@ -83,6 +84,38 @@ impl Scope {
     /// the receptor's own error (its events are then not appended), or an error
     /// from an event receptor in the cascade.
     pub async fn send<C: Command>(&self, command: C) -> Result<C::Output> {
+        let id = MessageId::new();
+        self.dispatch(command, id, self.shared.scope_id, None, Metadata::default())
+            .await
+    }
+
+    /// Sends a command with the ids and metadata of its envelope: the receptor's
+    /// context and every event it emits carry them (correlation, causation,
+    /// metadata), so a message arriving from elsewhere keeps its conversation.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send).
+    pub async fn send_envelope<C: Command>(&self, envelope: Envelope<C>) -> Result<C::Output> {
+        let Envelope {
+            message_id,
+            correlation_id,
+            causation_id,
+            metadata,
+            message,
+            ..
+        } = envelope;
+        self.dispatch(message, message_id, correlation_id, causation_id, metadata)
+            .await
+    }
+
+    async fn dispatch<C: Command>(
+        &self,
+        command: C,
+        message_id: MessageId,
+        correlation_id: MessageId,
+        causation_id: Option<MessageId>,
+        metadata: Metadata,
+    ) -> Result<C::Output> {
         self.shared.invoker.ensure_open()?;
         let Some((receptor, reg)) = self.shared.runtime.inner.commands.get(&TypeId::of::<C>())
         else {
@@ -90,11 +123,11 @@ impl Scope {
                 message_type: C::NAME,
             });
         };
-        let message_id = MessageId::new();
         let span = tracing::info_span!(
             "whizbang.dispatch",
             message_type = C::NAME,
             message_id = %message_id,
+            correlation_id = %correlation_id,
             receptor = reg.receptor,
             scope = %self.shared.scope_id,
         );
@@ -102,10 +135,16 @@ impl Scope {
             let mut cx = Context::for_message::<C>(
                 Arc::clone(&self.shared),
                 message_id,
-                self.shared.scope_id,
-                None,
-                Metadata::default(),
+                correlation_id,
+                causation_id,
+                metadata,
             );
+            let route = (Arc::clone(receptor), *reg);
+            if !reg.sync.is_empty() {
+                // A command waits on what its scope wrote so far: flush it first.
+                self.shared.flush_queued().await?;
+                cx.sync_results = self.shared.await_requirements(&route, None).await?;
+            }
             let output = receptor
                 .call(Box::new(command), &mut cx)
                 .instrument(tracing::debug_span!(
@@ -317,7 +356,7 @@ impl ScopeShared {
     }
 
     /// Flushes what is queued now, keeping the scope open.
-    pub(crate) async fn flush_queued(&self) -> Result<()> {
+    pub(crate) async fn flush_queued(self: &Arc<Self>) -> Result<()> {
         let events = self.invoker.take_queued();
         if events.is_empty() {
             return Ok(());
@@ -325,55 +364,88 @@ impl ScopeShared {
         self.flush(&events).await
     }
 
-    async fn flush(&self, events: &[Arc<StoredEvent>]) -> Result<()> {
-        let rt = &self.runtime.inner;
-        invoker::flush(&rt.registry, &rt.engine, &rt.runner, events).await
+    /// Flushes `events` to their perspectives, firing the perspective-stage
+    /// receptors around them. Boxed: stage receptors may complete child scopes,
+    /// which flush in turn.
+    pub(crate) fn flush<'a>(
+        self: &'a Arc<Self>,
+        events: &'a [Arc<StoredEvent>],
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let rt = &self.runtime.inner;
+            if !rt.has_flush_stage_receptors {
+                return invoker::flush(&rt.registry, &rt.engine, &rt.runner, events).await;
+            }
+            let mut first_error = None;
+            for ev in events {
+                let before = [
+                    LifecycleStage::PrePerspectiveInline,
+                    LifecycleStage::PrePerspectiveDetached,
+                ];
+                let after = [
+                    LifecycleStage::PostPerspectiveInline,
+                    LifecycleStage::PostPerspectiveDetached,
+                ];
+                let one = std::slice::from_ref(ev);
+                let result = async {
+                    self.fire_in_child(ev, &before).await?;
+                    invoker::flush(&rt.registry, &rt.engine, &rt.runner, one).await?;
+                    self.fire_in_child(ev, &after).await
+                }
+                .await;
+                if let Err(e) = result {
+                    first_error.get_or_insert(e);
+                }
+            }
+            for ev in events {
+                let all = [
+                    LifecycleStage::PostAllPerspectivesInline,
+                    LifecycleStage::PostAllPerspectivesDetached,
+                ];
+                if let Err(e) = self.fire_in_child(ev, &all).await {
+                    first_error.get_or_insert(e);
+                }
+            }
+            first_error.map_or(Ok(()), Err)
+        })
     }
 
     /// Appends what a receptor emitted, records and queues it, then runs the
-    /// event receptors of each event (breadth first), appending what they emit.
-    pub(crate) async fn commit(self: &Arc<Self>, pending: Vec<StreamAppend>) -> Result<()> {
-        let mut work: VecDeque<(Vec<StreamAppend>, usize)> = VecDeque::new();
-        work.push_back((pending, 0));
-        while let Some((pending, depth)) = work.pop_front() {
-            if pending.is_empty() {
-                continue;
-            }
-            if depth > CASCADE_LIMIT {
-                return Err(Error::CascadeTooDeep {
-                    limit: CASCADE_LIMIT,
-                });
-            }
-            self.invoker.ensure_open()?;
-            let stored = self.runtime.event_store().append(pending).await?;
-            self.record(&stored).await?;
-            for ev in &stored {
-                let Some(routes) = self.runtime.inner.event_receptors.get(&*ev.event_type) else {
+    /// event receptors of each event at the append stages (breadth first),
+    /// appending what they emit. Detached receptors go to their own tasks.
+    pub(crate) fn commit(
+        self: &Arc<Self>,
+        pending: Vec<StreamAppend>,
+    ) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let mut work: VecDeque<(Vec<StreamAppend>, usize)> = VecDeque::new();
+            work.push_back((pending, 0));
+            while let Some((pending, depth)) = work.pop_front() {
+                if pending.is_empty() {
                     continue;
-                };
-                for (receptor, reg) in routes {
-                    let span = tracing::debug_span!(
-                        "whizbang.receptor",
-                        receptor = reg.receptor,
-                        message_type = reg.message_name,
-                        event_id = %ev.event_id,
-                    );
-                    let message = receptor.decode(ev)?;
-                    let mut cx = Context {
-                        scope: Arc::clone(self),
-                        message_id: ev.event_id.into(),
-                        message_type: reg.message_name,
-                        correlation_id: ev.metadata.correlation_id,
-                        causation_id: ev.metadata.causation_id,
-                        metadata: ev.metadata.extra.clone(),
-                        pending: Vec::new(),
-                    };
-                    receptor.call(message, &mut cx).instrument(span).await?;
-                    work.push_back((cx.pending, depth + 1));
+                }
+                if depth > CASCADE_LIMIT {
+                    return Err(Error::CascadeTooDeep {
+                        limit: CASCADE_LIMIT,
+                    });
+                }
+                self.invoker.ensure_open()?;
+                let stored = self.runtime.event_store().append(pending).await?;
+                self.record(&stored).await?;
+                for ev in &stored {
+                    for stage in LifecycleStage::AT_APPEND {
+                        for route in self.routes(ev, stage) {
+                            if stage.is_inline() {
+                                work.push_back((self.run_receptor(route, ev).await?, depth + 1));
+                            } else {
+                                self.spawn_detached(route, Arc::clone(ev));
+                            }
+                        }
+                    }
                 }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Tracks appended events and queues them in the invoker. If the scope
@@ -387,7 +459,11 @@ impl ScopeShared {
             .track(&self.runtime.inner.registry, stored);
         match self.invoker.queue(stored) {
             Ok(()) => Ok(()),
-            Err(Error::ScopeCompleted) => self.flush(stored).await,
+            Err(Error::ScopeCompleted) => {
+                // Only reachable through `commit`, which holds an `Arc<Self>`.
+                let rt = &self.runtime.inner;
+                invoker::flush(&rt.registry, &rt.engine, &rt.runner, stored).await
+            }
             Err(e) => Err(e),
         }
     }

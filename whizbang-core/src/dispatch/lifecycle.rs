@@ -1,0 +1,167 @@
+//! Running event receptors at their lifecycle stages, with their sync waits.
+
+use super::context::Context;
+use super::runtime::Route;
+use super::scope::{Scope, ScopeShared};
+use super::stage::{LifecycleStage, SyncFire};
+use crate::error::{Error, Result};
+use crate::store::{StoredEvent, StreamAppend};
+use crate::sync::{PerspectiveSyncAwaiter, PerspectiveSyncOptions, SyncResult};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::Instrument;
+
+impl ScopeShared {
+    /// The receptors of `ev`'s type that fire at `stage`, in registry order.
+    pub(crate) fn routes<'r>(
+        &'r self,
+        ev: &StoredEvent,
+        stage: LifecycleStage,
+    ) -> impl Iterator<Item = &'r Route> + 'r {
+        self.runtime
+            .inner
+            .event_receptors
+            .get(&*ev.event_type)
+            .into_iter()
+            .flatten()
+            .filter(move |(_, reg)| reg.effective_stage() == stage)
+    }
+
+    /// Runs one event receptor on `ev` (after its sync waits) and returns what it emitted.
+    pub(crate) async fn run_receptor(
+        self: &Arc<Self>,
+        route: &Route,
+        ev: &StoredEvent,
+    ) -> Result<Vec<StreamAppend>> {
+        let (receptor, reg) = route;
+        let span = tracing::debug_span!(
+            "whizbang.receptor",
+            receptor = reg.receptor,
+            message_type = reg.message_name,
+            event_id = %ev.event_id,
+        );
+        async move {
+            let message = receptor.decode(ev)?;
+            let mut cx = Context {
+                scope: Arc::clone(self),
+                message_id: ev.event_id.into(),
+                message_type: reg.message_name,
+                correlation_id: ev.metadata.correlation_id,
+                causation_id: ev.metadata.causation_id,
+                metadata: ev.metadata.extra.clone(),
+                pending: Vec::new(),
+                sync_results: Vec::new(),
+            };
+            cx.sync_results = self.await_requirements(route, Some(ev)).await?;
+            receptor.call(message, &mut cx).await?;
+            Ok(cx.pending)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Waits for every `#[await_perspective_sync]` of a receptor. With no event
+    /// types, a requirement awaits the incoming event (`ev`); otherwise the
+    /// scope's events of those types. `OnSuccess` turns a miss into an error.
+    pub(crate) async fn await_requirements(
+        self: &Arc<Self>,
+        route: &Route,
+        ev: Option<&StoredEvent>,
+    ) -> Result<Vec<SyncResult>> {
+        let (_, reg) = route;
+        if reg.sync.is_empty() {
+            return Ok(Vec::new());
+        }
+        let registry = &self.runtime.inner.registry;
+        let awaiter = PerspectiveSyncAwaiter::new(self.runtime.clone(), Some(Arc::clone(self)));
+        let emitted = self.invoker.with_events(<[_]>::to_vec);
+        let mut results = Vec::with_capacity(reg.sync.len());
+        for req in reg.sync {
+            let perspective = registry
+                .perspective_by_type((req.perspective_type)())
+                .ok_or_else(|| Error::UnknownPerspective {
+                    name: req.perspective.to_owned(),
+                })?;
+            let targets = match (req.event_types.is_empty(), ev) {
+                (true, Some(ev)) => vec![(ev.event_id, Some(ev.stream_id))],
+                (true, None) => emitted
+                    .iter()
+                    .filter(|e| perspective.handles(&e.event_type))
+                    .map(|e| (e.event_id, Some(e.stream_id)))
+                    .collect(),
+                (false, _) => emitted
+                    .iter()
+                    .filter(|e| {
+                        req.event_types.contains(&&*e.event_type)
+                            && perspective.handles(&e.event_type)
+                    })
+                    .map(|e| (e.event_id, Some(e.stream_id)))
+                    .collect(),
+            };
+            let timeout = Duration::from_millis(req.timeout_ms);
+            let options = PerspectiveSyncOptions::default().timeout(timeout);
+            let result = awaiter
+                .await_targets(perspective, targets, &options, emitted.len(), emitted.len())
+                .await?;
+            if req.fire == SyncFire::OnSuccess && !result.is_synced() {
+                tracing::warn!(
+                    receptor = reg.receptor, perspective = req.perspective, outcome = ?result.outcome,
+                    "perspective sync did not succeed; the receptor does not run"
+                );
+            }
+            if req.fire == SyncFire::OnSuccess {
+                result.clone().into_result(timeout)?;
+            }
+            results.push(result);
+        }
+        Ok(results)
+    }
+
+    /// Runs a receptor on its own task, in a child scope that completes after it.
+    pub(crate) fn spawn_detached(self: &Arc<Self>, route: &Route, ev: Arc<StoredEvent>) {
+        let guard = self.runtime.inner.runner.track();
+        let parent = Arc::clone(self);
+        let route = route.clone();
+        let task = async move {
+            let _guard = guard;
+            let child = Scope::new(parent.runtime.clone());
+            let result = async {
+                // Waits see the parent's events; what the receptor emits goes to the child.
+                let pending = parent.run_receptor(&route, &ev).await?;
+                child.shared.commit(pending).await?;
+                child.complete().await
+            }
+            .await;
+            if let Err(e) = result {
+                tracing::error!(
+                    receptor = route.1.receptor, event_id = %ev.event_id, error = %e,
+                    "detached receptor failed"
+                );
+            }
+        };
+        tokio::spawn(task);
+    }
+
+    /// Fires the receptors of `ev` at `stages` (flush-time stages): inline ones in a
+    /// child scope completed before returning, detached ones on their own tasks.
+    pub(crate) async fn fire_in_child(
+        self: &Arc<Self>,
+        ev: &Arc<StoredEvent>,
+        stages: &[LifecycleStage],
+    ) -> Result<()> {
+        for stage in stages {
+            let routes: Vec<Route> = self.routes(ev, *stage).cloned().collect();
+            for route in routes {
+                if stage.is_inline() {
+                    let child = Scope::new(self.runtime.clone());
+                    let pending = child.shared.run_receptor(&route, ev).await?;
+                    child.shared.commit(pending).await?;
+                    child.complete().await?;
+                } else {
+                    self.spawn_detached(&route, Arc::clone(ev));
+                }
+            }
+        }
+        Ok(())
+    }
+}

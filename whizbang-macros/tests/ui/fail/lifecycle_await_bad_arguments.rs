@@ -1,0 +1,30 @@
+use serde::{Deserialize, Serialize};
+use whizbang_core::{await_perspective_sync, receptor, Context, Receptor, Result};
+use whizbang_macros::{perspective, Event};
+
+#[derive(Event, Serialize, Deserialize)]
+struct Shipped(#[stream_key] uuid::Uuid);
+
+struct Views;
+
+#[perspective(model = u32)]
+impl Views {
+    fn shipped(count: &mut u32, _: &Shipped) {
+        *count += 1;
+    }
+}
+
+
+#[derive(Default)]
+struct Mailer;
+
+#[await_perspective_sync(Views, timeout = 100, fire = later, timeout_ms = 1, timeout_ms = 2)]
+#[receptor]
+#[await_perspective_sync(timeout_ms = 100)]
+impl Receptor<Shipped> for Mailer {
+    async fn handle(&self, _: Shipped, _: &mut Context) -> Result<()> {
+        Ok(())
+    }
+}
+
+fn main() {}

@@ -1,0 +1,31 @@
+use serde::{Deserialize, Serialize};
+use whizbang_core::{await_perspective_sync, receptor, Context, Receptor, Result};
+use whizbang_macros::{perspective, Event};
+
+#[derive(Event, Serialize, Deserialize)]
+struct Shipped(#[stream_key] uuid::Uuid);
+
+struct Views;
+
+#[perspective(model = u32)]
+impl Views {
+    fn shipped(count: &mut u32, _: &Shipped) {
+        *count += 1;
+    }
+}
+
+
+#[derive(Default)]
+struct Mailer;
+
+#[await_perspective_sync(Views, timeout_ms = -5)]
+#[receptor]
+#[await_perspective_sync(Views, timeout_ms = 1.5)]
+#[await_perspective_sync(Views, timeout_ms = 99999999999999999999999)]
+impl Receptor<Shipped> for Mailer {
+    async fn handle(&self, _: Shipped, _: &mut Context) -> Result<()> {
+        Ok(())
+    }
+}
+
+fn main() {}
