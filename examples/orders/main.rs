@@ -1,7 +1,8 @@
 //! The quick start: an order flow on the in-memory backend, no server needed.
 //!
 //! `CreateOrder` -> `OrderCreated` -> the async `OrderSummaries` perspective,
-//! plus an event receptor that "sends" a confirmation. Run it with
+//! plus an event receptor that "sends" a confirmation once the summary shows
+//! the order. The caller reads its own writes with `send_and_sync`. Run it with
 //! `cargo run --example orders`.
 
 use serde::{Deserialize, Serialize};
@@ -9,8 +10,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use uuid::Uuid;
 use whizbang_core::{
-    perspective, receptor, Command, Context, Error, Event, FromServices, LensQuery, Receptor,
-    Result, Runtime, Services,
+    await_perspective_sync, fire_at, perspective, receptor, Command, Context, Error, Event,
+    FromServices, LensQuery, Receptor, Result, Runtime, Services,
 };
 
 // ---- messages -------------------------------------------------------------
@@ -97,7 +98,9 @@ struct Outbox {
     sent: AtomicU32,
 }
 
-/// An event receptor: reacts to `OrderCreated`.
+/// An event receptor: reacts to `OrderCreated` on its own task once the
+/// `OrderSummaries` perspective has applied that very event, so the summary it
+/// reads is never stale.
 struct ConfirmationMailer {
     outbox: Arc<Outbox>,
 }
@@ -110,12 +113,16 @@ impl FromServices for ConfirmationMailer {
     }
 }
 
+#[fire_at(PostPerspectiveDetached)]
+#[await_perspective_sync(OrderSummaries, timeout_ms = 2000)]
 #[receptor]
 impl Receptor<OrderCreated> for ConfirmationMailer {
-    async fn handle(&self, e: OrderCreated, _cx: &mut Context) -> Result<()> {
+    async fn handle(&self, e: OrderCreated, cx: &mut Context) -> Result<()> {
+        let summary = cx.lens::<OrderSummaries>().get(e.order_id.into()).await?;
+        let items = summary.map_or(0, |s| s.items);
         self.outbox.sent.fetch_add(1, Ordering::SeqCst);
         println!(
-            "  mailer    : confirmation queued for {} (order {})",
+            "  mailer    : summary synced ({items} items); confirmation queued for {} (order {})",
             e.customer,
             short(e.order_id)
         );
@@ -149,6 +156,24 @@ impl OrderSummaries {
     }
 }
 
+fn print_summary(when: &str, order: Uuid, summary: Option<OrderSummary>) {
+    match summary {
+        Some(s) => println!(
+            "  read model: OrderSummaries[{}] {when}: {} item(s), {}.{:02} total, {} for {}",
+            short(order),
+            s.items,
+            s.total_cents / 100,
+            s.total_cents % 100,
+            s.status,
+            s.customer
+        ),
+        None => println!(
+            "  read model: OrderSummaries[{}] {when}: not there yet",
+            short(order)
+        ),
+    }
+}
+
 fn short(id: Uuid) -> String {
     id.to_string()[..8].to_owned()
 }
@@ -162,9 +187,9 @@ async fn main() -> Result<()> {
     println!("whizbang quick start: orders, in memory\n");
 
     let scope = runtime.scope();
-    println!("> send CreateOrder {{ customer: ada, 2 x book @ 12.50, 1 x pen @ 3.00 }}");
+    println!("> send_and_sync CreateOrder {{ customer: ada, 2 x book @ 12.50, 1 x pen @ 3.00 }}");
     let order = scope
-        .send(CreateOrder {
+        .send_and_sync(CreateOrder {
             customer: "ada".into(),
             lines: vec![("book".into(), 2, 1250), ("pen".into(), 1, 300)],
         })
@@ -173,9 +198,14 @@ async fn main() -> Result<()> {
         "  desk      : order {} created, returned to the caller",
         short(order)
     );
-    println!("> send ShipOrder");
-    scope.send(ShipOrder { order_id: order }).await?;
-    println!("  desk      : order {} shipped", short(order));
+    // The summary is async, yet send_and_sync waited for exactly this order's
+    // event to be applied: the caller reads its own write.
+    let lens = runtime.lens::<OrderSummaries>();
+    print_summary("after create", order, lens.get(order.into()).await?);
+
+    println!("> send_and_sync ShipOrder");
+    scope.send_and_sync(ShipOrder { order_id: order }).await?;
+    print_summary("after ship", order, lens.get(order.into()).await?);
     scope.complete().await?;
     println!(
         "  scope     : completed, {} events appended",
@@ -195,19 +225,8 @@ async fn main() -> Result<()> {
         Ok(_) => unreachable!("an empty order is rejected"),
     }
 
-    // The summary is async: wait for the runner, then read it through the lens.
+    // Let the detached mailer finish before reporting.
     runtime.wait_idle().await;
-    let summary = runtime.lens::<OrderSummaries>().get(order.into()).await?;
-    let summary = summary.ok_or_else(|| Error::rejected("summary missing"))?;
-    println!(
-        "\nread model OrderSummaries[{}] = {} item(s), {}.{:02} total, {} for {}",
-        short(order),
-        summary.items,
-        summary.total_cents / 100,
-        summary.total_cents % 100,
-        summary.status,
-        summary.customer,
-    );
     println!("confirmations sent: {}", outbox.sent.load(Ordering::SeqCst));
     Ok(())
 }
