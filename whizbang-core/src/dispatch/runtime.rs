@@ -1,5 +1,4 @@
 use super::scope::Scope;
-use super::stage::LifecycleStage;
 use super::ErasedReceptor;
 use crate::error::{Error, Result};
 use crate::lens::Lens;
@@ -266,7 +265,7 @@ impl RuntimeBuilder {
             validate_stage(&registry, reg)?;
             let stage = reg.effective_stage();
             has_flush_stage_receptors |= reg.message_kind == MessageKind::Event
-                && !LifecycleStage::AT_APPEND.contains(&stage);
+                && !stage.fires_at_append();
             let receptor = (reg.build)(&services)?;
             match reg.message_kind {
                 MessageKind::Command => {

@@ -433,7 +433,7 @@ impl ScopeShared {
                 let stored = self.runtime.event_store().append(pending).await?;
                 self.record(&stored).await?;
                 for ev in &stored {
-                    for stage in LifecycleStage::AT_APPEND {
+                    for stage in LifecycleStage::at_append() {
                         for route in self.routes(ev, stage) {
                             if stage.is_inline() {
                                 work.push_back((self.run_receptor(route, ev).await?, depth + 1));

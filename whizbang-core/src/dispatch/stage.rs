@@ -82,17 +82,17 @@ impl LifecycleStage {
         )
     }
 
-    /// Stages that fire right after an append, in order.
-    pub(crate) const AT_APPEND: [LifecycleStage; 8] = [
-        LifecycleStage::PreDistributeInline,
-        LifecycleStage::PreDistributeDetached,
-        LifecycleStage::PostDistributeInline,
-        LifecycleStage::PostDistributeDetached,
-        LifecycleStage::PreOutboxInline,
-        LifecycleStage::PreOutboxDetached,
-        LifecycleStage::PostOutboxInline,
-        LifecycleStage::PostOutboxDetached,
-    ];
+    /// Whether this stage fires right after an append (distribute and outbox
+    /// stages), rather than at the flush.
+    #[must_use]
+    pub const fn fires_at_append(self) -> bool {
+        (self as u8) < LifecycleStage::PreInboxInline as u8
+    }
+
+    /// The stages that fire right after an append, in order.
+    pub(crate) fn at_append() -> impl Iterator<Item = LifecycleStage> {
+        LifecycleStage::ALL.into_iter().take_while(|s| s.fires_at_append())
+    }
 }
 
 /// Whether a receptor runs when its sync wait did not succeed.
