@@ -264,8 +264,8 @@ impl RuntimeBuilder {
         for reg in registry.receptors() {
             validate_stage(&registry, reg)?;
             let stage = reg.effective_stage();
-            has_flush_stage_receptors |= reg.message_kind == MessageKind::Event
-                && !stage.fires_at_append();
+            has_flush_stage_receptors |=
+                reg.message_kind == MessageKind::Event && !stage.fires_at_append();
             let receptor = (reg.build)(&services)?;
             match reg.message_kind {
                 MessageKind::Command => {
@@ -305,7 +305,11 @@ impl RuntimeBuilder {
                 services,
                 engine,
                 runner,
-                sync: SyncState { tracker, backend },
+                sync: SyncState {
+                    tracker,
+                    backend,
+                    clock: Arc::new(crate::sync::TokioClock::default()),
+                },
                 has_flush_stage_receptors,
             }),
         })

@@ -430,7 +430,15 @@ impl ScopeShared {
                     });
                 }
                 self.invoker.ensure_open()?;
-                let stored = self.runtime.event_store().append(pending).await?;
+                let tracker = &self.runtime.inner.sync.tracker;
+                let tracked = tracker.track_new(&self.runtime.inner.registry, &pending);
+                let stored = match self.runtime.event_store().append(pending).await {
+                    Ok(stored) => stored,
+                    Err(e) => {
+                        tracker.untrack(&tracked);
+                        return Err(e);
+                    }
+                };
                 self.record(&stored).await?;
                 for ev in &stored {
                     for stage in LifecycleStage::at_append() {
@@ -452,11 +460,6 @@ impl ScopeShared {
     /// completed meanwhile (a race with `complete`), they are flushed right
     /// away rather than dropped.
     async fn record(&self, stored: &[Arc<StoredEvent>]) -> Result<()> {
-        self.runtime
-            .inner
-            .sync
-            .tracker
-            .track(&self.runtime.inner.registry, stored);
         match self.invoker.queue(stored) {
             Ok(()) => Ok(()),
             Err(Error::ScopeCompleted) => {

@@ -91,7 +91,9 @@ impl LifecycleStage {
 
     /// The stages that fire right after an append, in order.
     pub(crate) fn at_append() -> impl Iterator<Item = LifecycleStage> {
-        LifecycleStage::ALL.into_iter().take_while(|s| s.fires_at_append())
+        LifecycleStage::ALL
+            .into_iter()
+            .take_while(|s| s.fires_at_append())
     }
 }
 

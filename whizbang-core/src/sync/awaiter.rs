@@ -2,7 +2,7 @@
 //! backend in one batched inquiry, and sleeps on targeted wake-ups until every
 //! id is applied, the perspective fails, or the (debugger-aware) timeout passes.
 
-use super::clock::{ActiveTimer, SyncClock, TokioClock};
+use super::clock::{ActiveTimer, SyncClock};
 use super::filter::{Candidate, PerspectiveSyncOptions, SyncFilter};
 use super::inquiry::{EventSyncStatus, SyncInquiry};
 use super::SyncState;
@@ -249,13 +249,64 @@ impl PerspectiveSyncAwaiter {
             )));
         }
         self.flush_scope().await?;
+        let from_store = self.stream_candidates(reg, &options.filter).await?;
+        let (targets, emitted, tracked) = self.resolve(reg, &options.filter, from_store);
+        self.await_targets(reg, targets, options, emitted, tracked)
+            .await
+    }
+
+    /// The unapplied events of every stream the filter names, read from the
+    /// store (so a `for_stream` wait is exact even for events this process never
+    /// tracked, or whose tracker entries expired).
+    async fn stream_candidates(
+        &self,
+        reg: &'static PerspectiveRegistration,
+        filter: &SyncFilter,
+    ) -> Result<Vec<Candidate>> {
+        let mut streams = Vec::new();
+        filter.streams(&mut streams);
+        let mut out = Vec::new();
+        for stream in streams {
+            let cursor = self
+                .runtime
+                .inner
+                .services
+                .perspective_store()
+                .checkpoint(reg.name, stream)
+                .await?;
+            for ev in self
+                .runtime
+                .event_store()
+                .read_stream(stream, cursor.version)
+                .await?
+            {
+                out.push(Candidate {
+                    event_id: ev.event_id,
+                    stream_id: ev.stream_id,
+                    event_type: ev.event_type.clone(),
+                    in_scope: false,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Turns the filter into the ids to await: the scope's events, the process
+    /// tracker's unapplied ones and `from_store`, filtered, limited to the event
+    /// types the perspective handles. Returns (targets, emitted, tracked).
+    fn resolve(
+        &self,
+        reg: &'static PerspectiveRegistration,
+        filter: &SyncFilter,
+        from_store: Vec<Candidate>,
+    ) -> (Vec<Target>, usize, usize) {
         let emitted: Vec<EmittedEvent> = self
             .scope
             .as_ref()
             .map(|s| s.emitted_snapshot())
             .unwrap_or_default();
-        let mut seen: HashSet<EventId> = HashSet::new();
-        let mut candidates: Vec<Candidate> = Vec::with_capacity(emitted.len());
+        let mut seen: HashSet<EventId> = HashSet::with_capacity(emitted.len());
+        let mut candidates: Vec<Candidate> = Vec::with_capacity(emitted.len() + from_store.len());
         for e in &emitted {
             seen.insert(e.event_id);
             candidates.push(Candidate {
@@ -265,21 +316,23 @@ impl PerspectiveSyncAwaiter {
                 in_scope: true,
             });
         }
-        if !matches!(options.filter, SyncFilter::CurrentScope) {
-            for c in self.state().tracker.pending_for(reg.name) {
-                if seen.insert(c.event_id) {
-                    candidates.push(c);
-                }
+        let tracked = if matches!(filter, SyncFilter::CurrentScope) {
+            Vec::new()
+        } else {
+            self.state().tracker.pending_for(reg.name)
+        };
+        for c in tracked.into_iter().chain(from_store) {
+            if seen.insert(c.event_id) {
+                candidates.push(c);
             }
         }
-        let tracked = candidates.len();
-        let targets: Vec<Target> = candidates
+        let considered = candidates.len();
+        let targets = candidates
             .into_iter()
-            .filter(|c| reg.handles(&c.event_type) && options.filter.matches(c))
+            .filter(|c| reg.handles(&c.event_type) && filter.matches(c))
             .map(|c| (c.event_id, Some(c.stream_id)))
             .collect();
-        self.await_targets(reg, targets, options, emitted.len(), tracked)
-            .await
+        (targets, emitted.len(), considered)
     }
 
     pub(crate) async fn await_targets(
@@ -321,7 +374,7 @@ impl PerspectiveSyncAwaiter {
             let clock: Arc<dyn SyncClock> = options
                 .clock
                 .clone()
-                .unwrap_or_else(|| Arc::new(TokioClock::default()));
+                .unwrap_or_else(|| Arc::clone(&state.clock));
             let mut timer = ActiveTimer::start(clock, options.debugger_aware);
             let inquiry = [SyncInquiry {
                 perspective: reg.name,

@@ -124,6 +124,18 @@ impl SyncFilter {
         }
     }
 
+    /// Every stream the filter names.
+    pub(crate) fn streams(&self, out: &mut Vec<StreamId>) {
+        match self {
+            SyncFilter::Stream(s) if !out.contains(s) => out.push(*s),
+            SyncFilter::And(a, b) | SyncFilter::Or(a, b) => {
+                a.streams(out);
+                b.streams(out);
+            }
+            _ => {}
+        }
+    }
+
     pub(crate) fn matches(&self, c: &Candidate) -> bool {
         match self {
             SyncFilter::CurrentScope => c.in_scope,

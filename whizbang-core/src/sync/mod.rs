@@ -33,4 +33,6 @@ use std::sync::Arc;
 pub(crate) struct SyncState {
     pub(crate) tracker: Arc<SyncEventTracker>,
     pub(crate) backend: Arc<dyn SyncBackend>,
+    /// The default clock, shared by every wait.
+    pub(crate) clock: Arc<dyn SyncClock>,
 }

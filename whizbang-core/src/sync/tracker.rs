@@ -5,14 +5,17 @@
 //! Entries leave the process tracker when the perspective applies them; stale
 //! ones (never applied within the time-to-live) expire on a sweep and wake
 //! their waiters, which then ask the backend: the backend, not the tracker, is
-//! the authority on what was applied, so an expired entry is never "synced".
+//! the authority on what was applied, so a wait that holds an expired id never
+//! reports it synced. After expiry the process no longer knows of those events:
+//! a later unscoped `all()` wait does not include them, while `for_stream`
+//! waits read the stream's unapplied events from the store and stay exact.
 
 use super::filter::Candidate;
 use crate::dispatch::EmittedEvent;
 use crate::message::{EventId, StreamId};
 use crate::perspective::ApplyReport;
 use crate::registry::Registry;
-use crate::store::StoredEvent;
+use crate::store::StreamAppend;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -60,7 +63,8 @@ struct Pending {
     tracked_at: tokio::time::Instant,
 }
 
-type WaiterSet = HashMap<u64, Arc<Notify>>;
+/// Few waiters share one (perspective, stream): a Vec is smaller than a map.
+type WaiterSet = Vec<(u64, Arc<Notify>)>;
 
 #[derive(Default)]
 struct Waiters {
@@ -100,21 +104,49 @@ impl SyncEventTracker {
         }
     }
 
-    /// Records freshly appended events for every perspective that handles them.
-    pub(crate) fn track(&self, registry: &Registry, events: &[Arc<StoredEvent>]) {
+    /// Records events about to be appended, for every perspective that handles
+    /// them. Before the append, so an apply racing the append cannot land before
+    /// the entry exists (it would then never leave). Returns the ids tracked.
+    pub(crate) fn track_new(&self, registry: &Registry, appends: &[StreamAppend]) -> Vec<EventId> {
         let now = tokio::time::Instant::now();
+        let mut tracked = Vec::new();
         let mut pending = lock(&self.pending);
-        for ev in events {
-            for p in registry.perspectives_for(&ev.event_type) {
+        for ev in appends.iter().flat_map(|a| &a.events) {
+            for p in registry.perspectives_for(ev.event_type) {
                 pending.entry(p.name).or_default().insert(
                     ev.event_id,
                     Pending {
                         stream_id: ev.stream_id,
-                        event_type: ev.event_type.clone(),
+                        event_type: std::borrow::Cow::Borrowed(ev.event_type),
                         tracked_at: now,
                     },
                 );
+                tracked.push(ev.event_id);
             }
+        }
+        tracked
+    }
+
+    /// Forgets events whose append failed, waking the waiters that might hold them
+    /// (they ask the backend, which never saw them: `NotArrived`, not synced).
+    pub(crate) fn untrack(&self, ids: &[EventId]) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut touched = Vec::new();
+        {
+            let mut pending = lock(&self.pending);
+            for (perspective, m) in pending.iter_mut() {
+                for id in ids {
+                    if let Some(p) = m.remove(id) {
+                        touched.push((*perspective, p.stream_id));
+                    }
+                }
+            }
+            pending.retain(|_, m| !m.is_empty());
+        }
+        for (p, s) in touched {
+            self.wake(p, s);
         }
     }
 
@@ -145,8 +177,8 @@ impl SyncEventTracker {
     #[must_use]
     pub fn waiter_count(&self) -> usize {
         let w = lock(&self.waiters);
-        w.by_stream.values().map(HashMap::len).sum::<usize>()
-            + w.any.values().map(HashMap::len).sum::<usize>()
+        w.by_stream.values().map(Vec::len).sum::<usize>()
+            + w.any.values().map(Vec::len).sum::<usize>()
     }
 
     /// Drops entries older than the time-to-live and wakes their waiters.
@@ -194,12 +226,12 @@ impl SyncEventTracker {
     fn wake(&self, perspective: &'static str, stream: StreamId) {
         let w = lock(&self.waiters);
         if let Some(set) = w.by_stream.get(&(perspective, stream)) {
-            for n in set.values() {
+            for (_, n) in set {
                 n.notify_one();
             }
         }
         if let Some(set) = w.any.get(perspective) {
-            for n in set.values() {
+            for (_, n) in set {
                 n.notify_one();
             }
         }
@@ -250,7 +282,7 @@ impl WaiterRegistration {
             .by_stream
             .entry((self.perspective, stream))
             .or_default()
-            .insert(self.id, Arc::clone(&self.notify));
+            .push((self.id, Arc::clone(&self.notify)));
         true
     }
 
@@ -264,7 +296,7 @@ impl WaiterRegistration {
             .any
             .entry(self.perspective)
             .or_default()
-            .insert(self.id, Arc::clone(&self.notify));
+            .push((self.id, Arc::clone(&self.notify)));
         true
     }
 }
@@ -275,7 +307,7 @@ impl Drop for WaiterRegistration {
         for s in &self.streams {
             let key = (self.perspective, *s);
             if let Some(set) = w.by_stream.get_mut(&key) {
-                set.remove(&self.id);
+                set.retain(|(id, _)| *id != self.id);
                 if set.is_empty() {
                     w.by_stream.remove(&key);
                 }
@@ -283,7 +315,7 @@ impl Drop for WaiterRegistration {
         }
         if self.any {
             if let Some(set) = w.any.get_mut(self.perspective) {
-                set.remove(&self.id);
+                set.retain(|(id, _)| *id != self.id);
                 if set.is_empty() {
                     w.any.remove(self.perspective);
                 }

@@ -1,0 +1,127 @@
+//! Child process for `tests/sync_sigstop.rs`: waits on an async perspective
+//! with a 2 s timeout while its runner is paused, is frozen by its parent
+//! (SIGSTOP), and resumes its runner 500 ms after the parent says on stdin that
+//! it was continued. Prints `waiting` once the wait is registered, then
+//! `outcome=<Synced|TimedOut|..> elapsed_ms=<active ms>`.
+//!
+//! Usage: `sync_child aware|unaware`
+
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+use uuid::Uuid;
+use whizbang_core::{perspective, Event, PerspectiveSyncOptions, Runtime, SyncFilter, SyncOutcome};
+
+#[derive(Event, Serialize, Deserialize, Debug, Clone)]
+#[event(name = "child.ticked")]
+struct Ticked {
+    #[stream_key]
+    clock: Uuid,
+}
+
+#[derive(Default, Clone, Serialize, Deserialize)]
+struct TickCount {
+    n: u64,
+}
+
+struct Ticks;
+
+#[perspective(model = TickCount, name = "child.ticks")]
+impl Ticks {
+    fn ticked(c: &mut TickCount, _: &Ticked) {
+        c.n += 1;
+    }
+}
+
+const WAIT_TIMEOUT: Duration = Duration::from_secs(2);
+const APPLY_DELAY: Duration = Duration::from_millis(500);
+/// No step of the child may take longer than this.
+const BOUND: Duration = Duration::from_secs(30);
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> ExitCode {
+    let aware = match std::env::args().nth(1).as_deref() {
+        Some("aware") => true,
+        Some("unaware") => false,
+        _ => {
+            eprintln!("usage: sync_child aware|unaware");
+            return ExitCode::from(2);
+        }
+    };
+    match run(aware).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sync_child: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(aware: bool) -> Result<(), String> {
+    let rt = Runtime::in_memory().map_err(|e| e.to_string())?;
+    rt.runner().pause();
+    let scope = rt.scope();
+    scope
+        .publish(Ticked {
+            clock: Uuid::now_v7(),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let options = PerspectiveSyncOptions::new(SyncFilter::current_scope())
+        .timeout(WAIT_TIMEOUT)
+        .debugger_aware(aware);
+    let awaiter = scope.sync_awaiter();
+    let wait = tokio::spawn(async move { awaiter.wait::<Ticks>(options).await });
+
+    // No signal exists for "the waiter registered": poll the tracker, bounded.
+    tokio::time::timeout(BOUND, async {
+        while rt.sync_tracker().waiter_count() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .map_err(|_| "the wait never registered".to_owned())?;
+
+    let (tx, rx) = tokio::sync::oneshot::channel::<String>();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    say("waiting");
+
+    let told = tokio::time::timeout(BOUND, rx)
+        .await
+        .map_err(|_| "never told it was continued".to_owned())?
+        .map_err(|_| "stdin reader vanished".to_owned())?;
+    if told.trim() != "continued" {
+        return Err(format!("unexpected line on stdin: {told:?}"));
+    }
+    tokio::time::sleep(APPLY_DELAY).await;
+    rt.runner().resume();
+
+    let result = tokio::time::timeout(BOUND, wait)
+        .await
+        .map_err(|_| "the wait never ended".to_owned())?
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let outcome = match result.outcome {
+        SyncOutcome::Synced => "Synced".to_owned(),
+        SyncOutcome::TimedOut => "TimedOut".to_owned(),
+        SyncOutcome::NoPendingEvents => "NoPendingEvents".to_owned(),
+        SyncOutcome::Failed { message, .. } => format!("Failed({message})"),
+    };
+    say(&format!(
+        "outcome={outcome} elapsed_ms={}",
+        result.elapsed.as_millis()
+    ));
+    scope.complete().await.map_err(|e| e.to_string())?;
+    Ok(())
+}
