@@ -249,10 +249,23 @@ impl Scope {
         let output = self.send(command).await?;
         let mine: Vec<Arc<StoredEvent>> = self.shared.invoker.with_events(|e| e[before..].to_vec());
         self.shared.flush_queued().await?;
-        let registry = &self.shared.runtime.inner.registry;
+        let rt = &self.shared.runtime.inner;
+        let touched = invoker::touched(&rt.registry, &mine);
+        // Help along: we are about to wait for these async catch-ups anyway, so
+        // run them on this task rather than wait for a runner task to be
+        // scheduled. The store's claim keeps each (perspective, stream) exactly
+        // once and in order; a failure is reported by the wait below.
+        for (reg, stream) in &touched {
+            // A paused runner means "apply nothing": helping along must not bypass it.
+            if reg.mode == crate::PerspectiveMode::Async && !rt.runner.is_paused() {
+                if let Err(e) = rt.engine.catch_up(reg, *stream).await {
+                    tracing::debug!(perspective = reg.name, error = %e, "help-along catch-up failed");
+                }
+            }
+        }
         let awaiter = self.sync_awaiter();
         let mut results = Vec::new();
-        for (reg, _) in invoker::touched(registry, &mine) {
+        for (reg, _) in touched {
             if results
                 .iter()
                 .any(|r: &SyncResult| r.perspective == reg.name)

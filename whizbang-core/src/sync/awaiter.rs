@@ -2,7 +2,7 @@
 //! backend in one batched inquiry, and sleeps on targeted wake-ups until every
 //! id is applied, the perspective fails, or the (debugger-aware) timeout passes.
 
-use super::clock::{ActiveTimer, SyncClock};
+use super::clock::ActiveTimer;
 use super::filter::{Candidate, PerspectiveSyncOptions, SyncFilter};
 use super::inquiry::{EventSyncStatus, SyncInquiry};
 use super::SyncState;
@@ -335,53 +335,67 @@ impl PerspectiveSyncAwaiter {
         (targets, emitted.len(), considered)
     }
 
-    pub(crate) async fn await_targets(
-        &self,
+    pub(crate) fn await_targets<'a>(
+        &'a self,
         reg: &'static PerspectiveRegistration,
         targets: Vec<Target>,
-        options: &PerspectiveSyncOptions,
+        options: &'a PerspectiveSyncOptions,
         events_emitted: usize,
         events_tracked: usize,
-    ) -> Result<SyncResult> {
+    ) -> impl Future<Output = Result<SyncResult>> + Send + 'a {
         let span = tracing::debug_span!(
             "whizbang.sync.wait",
             perspective = reg.name,
             events = targets.len(),
             timeout_ms = u64::try_from(options.timeout.as_millis()).unwrap_or(u64::MAX),
         );
-        async move {
-            let mut result = SyncResult {
-                outcome: SyncOutcome::NoPendingEvents,
-                events_awaited: 0,
-                elapsed: Duration::ZERO,
-                events_emitted,
-                events_tracked,
-                perspective: reg.name,
+        let done = move |outcome, events_awaited, elapsed| SyncResult {
+            outcome,
+            events_awaited,
+            elapsed,
+            events_emitted,
+            events_tracked,
+            perspective: reg.name,
+        };
+        self.wait_loop(reg, targets, options, done).instrument(span)
+    }
+
+    /// The wait itself. Kept lean: thousands of these may sleep at once, so only
+    /// what the sleep needs lives across it.
+    async fn wait_loop(
+        &self,
+        reg: &'static PerspectiveRegistration,
+        targets: Vec<Target>,
+        options: &PerspectiveSyncOptions,
+        done: impl Fn(SyncOutcome, usize, Duration) -> SyncResult,
+    ) -> Result<SyncResult> {
+        if targets.is_empty() {
+            return Ok(done(SyncOutcome::NoPendingEvents, 0, Duration::ZERO));
+        }
+        let state = self.state();
+        // Register before the first inquiry: an apply that lands between the
+        // inquiry and the sleep leaves a permit in `notify`, never a lost wake-up.
+        let mut waiter = state.tracker.register(reg.name);
+        for (_, stream) in &targets {
+            match stream {
+                Some(s) => waiter.watch_stream(*s),
+                None => waiter.watch_any(),
             };
-            if targets.is_empty() {
-                return Ok(result);
-            }
-            let state = self.state();
-            // Register before the first inquiry: an apply that lands between the
-            // inquiry and the sleep leaves a permit in `notify`, never a lost wake-up.
-            let mut waiter = state.tracker.register(reg.name);
-            for (_, stream) in &targets {
-                match stream {
-                    Some(s) => waiter.watch_stream(*s),
-                    None => waiter.watch_any(),
-                };
-            }
-            let clock: Arc<dyn SyncClock> = options
-                .clock
-                .clone()
-                .unwrap_or_else(|| Arc::clone(&state.clock));
-            let mut timer = ActiveTimer::start(clock, options.debugger_aware);
-            let inquiry = [SyncInquiry {
-                perspective: reg.name,
-                handled: reg.event_types,
-                event_ids: targets.iter().map(|(id, _)| *id).collect(),
-            }];
-            loop {
+        }
+        let inquiry = [SyncInquiry {
+            perspective: reg.name,
+            handled: reg.event_types,
+            event_ids: targets.into_iter().map(|(id, _)| id).collect(),
+        }];
+        let clock = options
+            .clock
+            .clone()
+            .unwrap_or_else(|| Arc::clone(&state.clock));
+        let mut timer = ActiveTimer::start(clock, options.debugger_aware);
+        let mut awaited;
+        loop {
+            // Decide in a block so the answer is dropped before the sleep.
+            let step = {
                 let answer = state.backend.inquire(&inquiry).await?;
                 let Some(answer) = answer.into_iter().next() else {
                     return Err(Error::InvalidInput(
@@ -397,52 +411,58 @@ impl PerspectiveSyncAwaiter {
                         EventSyncStatus::Applied | EventSyncStatus::NotApplicable => false,
                     };
                 }
-                result.events_awaited = answer
+                awaited = answer
                     .statuses
                     .iter()
                     .filter(|(_, s)| *s != EventSyncStatus::NotApplicable)
                     .count();
-                result.elapsed = timer.active();
                 if let Some(EventSyncStatus::Failed {
                     stream,
                     version,
                     message,
                 }) = answer.failure()
                 {
-                    result.outcome = SyncOutcome::Failed {
+                    Step::Done(SyncOutcome::Failed {
                         stream: *stream,
                         version: *version,
                         message: message.clone(),
-                    };
-                    return Ok(result);
-                }
-                if answer.is_fully_synced() {
-                    result.outcome = if result.events_awaited == 0 {
+                    })
+                } else if answer.is_fully_synced() {
+                    Step::Done(if awaited == 0 {
                         SyncOutcome::NoPendingEvents
                     } else {
                         SyncOutcome::Synced
-                    };
-                    return Ok(result);
+                    })
+                } else if learned {
+                    Step::AskAgain // now registered on a new stream: ask before sleeping
+                } else {
+                    Step::Sleep
                 }
-                if learned {
-                    continue; // now registered on a new stream: ask again before sleeping
+            };
+            match step {
+                Step::Done(outcome) => return Ok(done(outcome, awaited, timer.active())),
+                Step::AskAgain => continue,
+                Step::Sleep if timer.active() >= options.timeout => {
+                    tracing::debug!("sync wait timed out");
+                    return Ok(done(SyncOutcome::TimedOut, awaited, timer.active()));
                 }
-                if timer.active() >= options.timeout {
-                    result.outcome = SyncOutcome::TimedOut;
-                    tracing::debug!(pending = answer.pending_count(), "sync wait timed out");
-                    return Ok(result);
-                }
-                let sleep = timer.next_sleep(options.timeout);
-                tokio::select! {
-                    () = waiter.notify.notified() => {}
-                    () = tokio::time::sleep(sleep) => {}
-                }
-                timer.observe(sleep);
+                Step::Sleep => {}
             }
+            let sleep = timer.next_sleep(options.timeout);
+            tokio::select! {
+                () = waiter.notify.notified() => {}
+                () = tokio::time::sleep(sleep) => {}
+            }
+            timer.observe(sleep);
         }
-        .instrument(span)
-        .await
     }
+}
+
+/// What one inquiry decided.
+enum Step {
+    Done(SyncOutcome),
+    AskAgain,
+    Sleep,
 }
 
 /// Polls every future to completion; results in input order.

@@ -281,7 +281,7 @@ impl WaiterRegistration {
         lock(&self.tracker.waiters)
             .by_stream
             .entry((self.perspective, stream))
-            .or_default()
+            .or_insert_with(|| Vec::with_capacity(1))
             .push((self.id, Arc::clone(&self.notify)));
         true
     }
