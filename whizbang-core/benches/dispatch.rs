@@ -165,8 +165,22 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn main() {
+    // `cargo bench` passes `--bench`; under `cargo test --all-targets` this runs as a
+    // smoke test (a few iterations, unoptimised): its figures are not measurements.
+    let smoke = !std::env::args().any(|a| a == "--bench");
     let quick = std::env::args().any(|a| a == "--quick");
-    let (rounds, per_round) = if quick { (5, 200) } else { (41, 2_000) };
+    let (rounds, per_round) = if smoke {
+        (1, 20)
+    } else if quick {
+        (5, 200)
+    } else {
+        (41, 2_000)
+    };
+    if smoke {
+        println!(
+            "dispatch bench: smoke run (not under `cargo bench`): figures are not measurements"
+        );
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -493,8 +493,16 @@ async fn million(rt: &Runtime, total: usize, rows: &mut Vec<Row>) {
 }
 
 fn main() {
+    // `cargo bench` passes `--bench`; under `cargo test --all-targets` this runs as a
+    // smoke test (a few iterations, unoptimised): its figures are not measurements.
+    let smoke = !std::env::args().any(|a| a == "--bench");
     let quick = std::env::args().any(|a| a == "--quick");
-    let (samples, rounds, per_round, waiters, events) = if quick {
+    if smoke {
+        println!("sync bench: smoke run (not under `cargo bench`): figures are not measurements");
+    }
+    let (samples, rounds, per_round, waiters, events) = if smoke {
+        (20, 1, 20, 100, 2_000)
+    } else if quick {
         (200, 5, 200, 2_000, 100_000)
     } else {
         (2_000, 21, 1_000, 10_000, 1_000_000)

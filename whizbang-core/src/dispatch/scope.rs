@@ -454,8 +454,16 @@ impl ScopeShared {
                 };
                 self.record(&stored).await?;
                 for ev in &stored {
+                    // One lookup per event; most events have no receptors at all.
+                    let Some(routes) = self.runtime.inner.event_receptors.get(&*ev.event_type)
+                    else {
+                        continue;
+                    };
                     for stage in LifecycleStage::at_append() {
-                        for route in self.routes(ev, stage) {
+                        for route in routes
+                            .iter()
+                            .filter(|(_, reg)| reg.effective_stage() == stage)
+                        {
                             if stage.is_inline() {
                                 work.push_back((self.run_receptor(route, ev).await?, depth + 1));
                             } else {

@@ -198,12 +198,12 @@ impl Engine {
     }
 
     fn notify(&self, report: &ApplyReport) {
+        // Listeners are quick and never call back into the engine: no copy needed.
         let listeners = self
             .listeners
             .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        for l in listeners {
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for l in listeners.iter() {
             l.on_apply(report);
         }
     }

@@ -15,6 +15,7 @@ use crate::dispatch::EmittedEvent;
 use crate::message::{EventId, StreamId};
 use crate::perspective::ApplyReport;
 use crate::registry::Registry;
+use crate::store::memory::IdMap;
 use crate::store::StreamAppend;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -75,7 +76,9 @@ struct Waiters {
 /// Per process: for each perspective, the events appended here that it has not
 /// applied yet, and the waiters to wake when it applies something.
 pub struct SyncEventTracker {
-    pending: Mutex<HashMap<&'static str, HashMap<EventId, Pending>>>,
+    /// Event ids are generated here (UUID v7), never chosen by callers, so the
+    /// cheap id hasher is safe for these maps.
+    pending: Mutex<HashMap<&'static str, IdMap<EventId, Pending>>>,
     waiters: Mutex<Waiters>,
     next_waiter: AtomicU64,
     ttl: Duration,
@@ -170,7 +173,7 @@ impl SyncEventTracker {
     /// Entries tracked, across perspectives.
     #[must_use]
     pub fn tracked_count(&self) -> usize {
-        lock(&self.pending).values().map(HashMap::len).sum()
+        lock(&self.pending).values().map(|m| m.len()).sum()
     }
 
     /// Waiter registrations, across perspectives and streams.
@@ -198,6 +201,9 @@ impl SyncEventTracker {
                 });
             }
             pending.retain(|_, m| !m.is_empty());
+            for m in pending.values_mut() {
+                m.shrink_to_fit();
+            }
         }
         let n = expired.len();
         if n > 0 {
@@ -242,11 +248,10 @@ impl SyncEventTracker {
         if !report.applied.is_empty() {
             let mut pending = lock(&self.pending);
             if let Some(m) = pending.get_mut(report.perspective) {
+                // An emptied map is kept (one per perspective) so the next event
+                // does not reallocate it; the sweep trims them.
                 for id in &report.applied {
                     m.remove(id);
-                }
-                if m.is_empty() {
-                    pending.remove(report.perspective);
                 }
             }
         }
