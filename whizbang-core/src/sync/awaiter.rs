@@ -177,12 +177,12 @@ impl PerspectiveSyncAwaiter {
     ) -> Result<SyncResult> {
         let reg = self.runtime.registry().perspective::<P>()?;
         let options = PerspectiveSyncOptions::new(SyncFilter::for_stream(stream)).timeout(timeout);
+        self.flush_scope().await?;
         if let Some(id) = event_id_to_await {
             return self
                 .await_targets(reg, vec![(id, None)], &options, self.emitted_len(), 0)
                 .await;
         }
-        self.flush_scope().await?;
         let cursor = self
             .runtime
             .inner
