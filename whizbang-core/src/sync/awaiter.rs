@@ -183,19 +183,8 @@ impl PerspectiveSyncAwaiter {
                 .await_targets(reg, vec![(id, None)], &options, self.emitted_len(), 0)
                 .await;
         }
-        let cursor = self
-            .runtime
-            .inner
-            .services
-            .perspective_store()
-            .checkpoint(reg.name, stream)
-            .await?;
         let mut targets: Vec<Target> = Vec::new();
-        let events = self
-            .runtime
-            .event_store()
-            .read_stream(stream, cursor.version)
-            .await?;
+        let events = self.unapplied(reg, stream).await?;
         let tracked = events.len();
         for ev in events {
             let wanted = if event_types.is_empty() {
@@ -255,6 +244,20 @@ impl PerspectiveSyncAwaiter {
             .await
     }
 
+    /// The events of `stream` after `reg`'s cursor: stored, not yet applied.
+    async fn unapplied(
+        &self,
+        reg: &'static PerspectiveRegistration,
+        stream: StreamId,
+    ) -> Result<Vec<Arc<crate::store::StoredEvent>>> {
+        let store = self.runtime.inner.services.perspective_store();
+        let cursor = store.checkpoint(reg.name, stream).await?;
+        self.runtime
+            .event_store()
+            .read_stream(stream, cursor.version)
+            .await
+    }
+
     /// The unapplied events of every stream the filter names, read from the
     /// store (so a `for_stream` wait is exact even for events this process never
     /// tracked, or whose tracker entries expired).
@@ -267,26 +270,17 @@ impl PerspectiveSyncAwaiter {
         filter.streams(&mut streams);
         let mut out = Vec::new();
         for stream in streams {
-            let cursor = self
-                .runtime
-                .inner
-                .services
-                .perspective_store()
-                .checkpoint(reg.name, stream)
-                .await?;
-            for ev in self
-                .runtime
-                .event_store()
-                .read_stream(stream, cursor.version)
-                .await?
-            {
-                out.push(Candidate {
-                    event_id: ev.event_id,
-                    stream_id: ev.stream_id,
-                    event_type: ev.event_type.clone(),
-                    in_scope: false,
-                });
-            }
+            out.extend(
+                self.unapplied(reg, stream)
+                    .await?
+                    .into_iter()
+                    .map(|ev| Candidate {
+                        event_id: ev.event_id,
+                        stream_id: ev.stream_id,
+                        event_type: ev.event_type.clone(),
+                        in_scope: false,
+                    }),
+            );
         }
         Ok(out)
     }
