@@ -291,6 +291,7 @@ impl RuntimeBuilder {
             listeners: Arc::new(RwLock::new(vec![listener])),
         };
         spawn_sweeper(&handle, &tracker, self.sync_ttl);
+        tracker.spawn_timer(&handle);
         let runner = PerspectiveRunner::new(engine.clone(), self.concurrency, handle);
         tracing::debug!(
             receptors = registry.receptors().len(),

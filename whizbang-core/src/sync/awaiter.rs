@@ -443,10 +443,12 @@ impl PerspectiveSyncAwaiter {
                 Step::Sleep => {}
             }
             let sleep = timer.next_sleep(options.timeout);
-            tokio::select! {
-                () = waiter.notify.notified() => {}
-                () = tokio::time::sleep(sleep) => {}
-            }
+            // Woken by an apply on a watched stream, or by the tracker's shared
+            // timer when this slice ends; either way, ask again.
+            state
+                .tracker
+                .alarm(tokio::time::Instant::now() + sleep, &waiter.notify);
+            waiter.notify.notified().await;
             timer.observe(sleep);
         }
     }

@@ -73,8 +73,36 @@ struct Waiters {
     any: HashMap<&'static str, WaiterSet>,
 }
 
+/// A sleeping waiter's wake-up time, in one heap for the whole process.
+struct Alarm {
+    at: tokio::time::Instant,
+    seq: u64,
+    notify: std::sync::Weak<Notify>,
+}
+
+impl PartialEq for Alarm {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Alarm {}
+impl PartialOrd for Alarm {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Alarm {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // Reversed: the heap's top is the earliest alarm.
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
 /// Per process: for each perspective, the events appended here that it has not
 /// applied yet, and the waiters to wake when it applies something.
+///
+/// Sleeping waiters hold no timer of their own: their wake-up times sit in one
+/// heap, served by one timer task, so a waiter costs a `Notified` and a heap slot.
 pub struct SyncEventTracker {
     /// Event ids are generated here (UUID v7), never chosen by callers, so the
     /// cheap id hasher is safe for these maps.
@@ -82,6 +110,9 @@ pub struct SyncEventTracker {
     waiters: Mutex<Waiters>,
     next_waiter: AtomicU64,
     ttl: Duration,
+    alarms: Mutex<std::collections::BinaryHeap<Alarm>>,
+    /// Wakes the timer task when an alarm earlier than all others is set.
+    rearm: Arc<Notify>,
 }
 
 impl std::fmt::Debug for SyncEventTracker {
@@ -104,6 +135,8 @@ impl SyncEventTracker {
             waiters: Mutex::new(Waiters::default()),
             next_waiter: AtomicU64::new(1),
             ttl,
+            alarms: Mutex::new(std::collections::BinaryHeap::new()),
+            rearm: Arc::new(Notify::new()),
         }
     }
 
@@ -216,6 +249,61 @@ impl SyncEventTracker {
             self.wake(p, s);
         }
         n
+    }
+
+    /// Wakes `notify` at `at` (or soon after, if the process was frozen).
+    pub(crate) fn alarm(&self, at: tokio::time::Instant, notify: &Arc<Notify>) {
+        let mut alarms = lock(&self.alarms);
+        let earliest = alarms.peek().is_none_or(|a| at < a.at);
+        let seq = self.next_waiter.fetch_add(1, Ordering::Relaxed);
+        alarms.push(Alarm {
+            at,
+            seq,
+            notify: Arc::downgrade(notify),
+        });
+        drop(alarms);
+        if earliest {
+            self.rearm.notify_one();
+        }
+    }
+
+    /// Fires every alarm that is due; returns when the next one is.
+    fn fire_due(&self) -> Option<tokio::time::Instant> {
+        let now = tokio::time::Instant::now();
+        let mut alarms = lock(&self.alarms);
+        while let Some(a) = alarms.peek() {
+            if a.at > now {
+                return Some(a.at);
+            }
+            if let Some(a) = alarms.pop() {
+                if let Some(n) = a.notify.upgrade() {
+                    n.notify_one();
+                }
+            }
+        }
+        None
+    }
+
+    /// Serves the alarms while the tracker lives (it holds only a weak reference).
+    pub(crate) fn spawn_timer(self: &Arc<Self>, handle: &tokio::runtime::Handle) {
+        let weak = Arc::downgrade(self);
+        let rearm = Arc::clone(&self.rearm);
+        handle.spawn(async move {
+            loop {
+                let next = match weak.upgrade() {
+                    Some(t) => t.fire_due(),
+                    None => return,
+                };
+                // Look again at least every second, so the task ends soon after
+                // the runtime is dropped.
+                let limit = tokio::time::Instant::now() + Duration::from_secs(1);
+                let until = next.map_or(limit, |n| n.min(limit));
+                tokio::select! {
+                    () = rearm.notified() => {}
+                    () = tokio::time::sleep_until(until) => {}
+                }
+            }
+        });
     }
 
     pub(crate) fn register(self: &Arc<Self>, perspective: &'static str) -> WaiterRegistration {
