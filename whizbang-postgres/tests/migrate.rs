@@ -1,7 +1,7 @@
 //! Schema migration tests against a real PostgreSQL server.
 //!
 //! Each `#[sqlx::test]` gets a fresh, empty database created from
-//! `DATABASE_URL` (see `scripts/test`), so the tests run the migrations
+//! `DATABASE_URL` (see `.ci/test`), so the tests run the migrations
 //! themselves (`migrations = false`).
 
 use sqlx::PgPool;
