@@ -349,7 +349,8 @@ async fn an_explicit_event_id_from_another_scope_is_synced_once_applied() {
 
     let runtime = rt.clone();
     let resumer = tokio::spawn(async move {
-        tokio::time::sleep(ms(50)).await;
+        // Resume only once the waiter is registered, so the apply lands while it waits.
+        until(|| runtime.sync_tracker().waiter_count() > 0).await;
         runtime.runner().resume();
     });
     let r = bounded(rt.sync_awaiter().wait_for_stream::<Balances>(
