@@ -193,7 +193,8 @@ async fn main() -> Result<()> {
             customer: "ada".into(),
             lines: vec![("book".into(), 2, 1250), ("pen".into(), 1, 300)],
         })
-        .await?;
+        .await?
+        .into_synced()?;
     println!(
         "  desk      : order {} created, returned to the caller",
         short(order)
@@ -204,7 +205,10 @@ async fn main() -> Result<()> {
     print_summary("after create", order, lens.get(order.into()).await?);
 
     println!("> send_and_sync ShipOrder");
-    scope.send_and_sync(ShipOrder { order_id: order }).await?;
+    scope
+        .send_and_sync(ShipOrder { order_id: order })
+        .await?
+        .into_synced()?;
     print_summary("after ship", order, lens.get(order.into()).await?);
     scope.complete().await?;
     println!(

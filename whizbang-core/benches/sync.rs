@@ -277,7 +277,7 @@ async fn send_round(rt: &Runtime, n: usize, mode: Mode) -> f64 {
         };
         let scope = rt.scope();
         let out = if mode == Mode::SendAndSync {
-            scope.send_and_sync(cmd).await.unwrap()
+            scope.send_and_sync(cmd).await.unwrap().into_output()
         } else {
             scope.send(cmd).await.unwrap()
         };

@@ -5,7 +5,7 @@
 //! [`Error::rejected`] and reach the caller of [`Scope::send`](crate::Scope::send)
 //! unchanged.
 
-use crate::message::{ExpectedVersion, StreamId};
+use crate::message::{EventId, ExpectedVersion, StreamId};
 use std::time::Duration;
 
 /// A boxed error from user code or a backend driver.
@@ -171,11 +171,47 @@ pub enum Error {
     /// Event receptors emitted events that triggered receptors again, too deep.
     #[error(
         "event cascade deeper than {limit} levels (receptors emitting events that trigger \
-         receptors that emit events ..): this is usually a cycle between event receptors"
+         receptors that emit events ..): this is usually a cycle between event receptors. \
+         Nothing of the send was stored"
     )]
     CascadeTooDeep {
         /// The depth limit.
         limit: usize,
+    },
+
+    /// An inline event receptor of a send's cascade failed. Nothing of the send
+    /// was stored: neither the command's events nor any cascade event.
+    #[error(
+        "event receptor `{receptor}` failed on `{event_type}` event {event_id}: {source}. Nothing \
+         of this send was stored: the command's and its cascade's {discarded} events were \
+         discarded. Fix the cause and send again"
+    )]
+    CascadeFailed {
+        /// The receptor that failed (by path).
+        receptor: String,
+        /// The wire name of the event it was handling.
+        event_type: String,
+        /// The id the event would have had (it was never stored).
+        event_id: EventId,
+        /// How many events the send had emitted when it failed (all discarded).
+        discarded: usize,
+        /// The receptor's error.
+        #[source]
+        source: Box<Error>,
+    },
+
+    /// A `send_and_sync` stored the command's events, but a perspective did not
+    /// apply them in time (or failed on them).
+    #[error(
+        "the command's events are stored, but perspective `{perspective}` did not apply them: \
+         {outcome}. Do not send the command again (that would store its events twice): read \
+         the model later, or wait again with a longer timeout"
+    )]
+    NotSynced {
+        /// The perspective that did not sync.
+        perspective: &'static str,
+        /// What happened instead (timed out, failed).
+        outcome: String,
     },
 
     /// The runtime was built outside a tokio runtime.
@@ -253,10 +289,12 @@ impl Error {
         Error::Handler(message.into().into())
     }
 
-    /// If this is a [`Error::Handler`] wrapping an `E`, returns it.
+    /// If this is a [`Error::Handler`] wrapping an `E` (also inside an
+    /// [`Error::CascadeFailed`]), returns it.
     pub fn downcast_handler_ref<E: std::error::Error + 'static>(&self) -> Option<&E> {
         match self {
             Error::Handler(inner) => inner.downcast_ref::<E>(),
+            Error::CascadeFailed { source, .. } => source.downcast_handler_ref::<E>(),
             _ => None,
         }
     }

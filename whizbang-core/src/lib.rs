@@ -77,7 +77,8 @@ pub mod sync;
 
 pub use dispatch::EmittedEvent;
 pub use dispatch::{
-    Context, LifecycleStage, Receptor, Runtime, RuntimeBuilder, Scope, SyncFire, SyncRequirement,
+    Context, DetachedFailure, LifecycleStage, NotSynced, Receptor, Runtime, RuntimeBuilder, Scope,
+    SendAndSync, SyncFire, SyncRequirement,
 };
 pub use error::{Error, Result};
 pub use lens::{Lens, LensQuery, ListQuery, SyncLensExt, SyncedLens};

@@ -278,10 +278,18 @@ async fn a_version_conflict_appends_nothing_and_reports_stream_expected_and_actu
         2,
         "the conflicting event was not appended"
     );
+    // Inline cascade receptors run before the one append of a send, on the
+    // events as they will be stored: the receptor saw the rejected event too,
+    // and whatever it emitted was discarded with it.
     assert_eq!(
         seen.load(Ordering::SeqCst),
-        1,
-        "no receptor saw the rejected event"
+        2,
+        "the inline receptor ran before the append"
+    );
+    assert_eq!(
+        scope.emitted().len(),
+        3,
+        "the rejected send recorded nothing"
     );
 }
 

@@ -916,7 +916,10 @@ async fn a_thousand_concurrent_scopes_each_see_their_own_writes() {
         tasks.push(tokio::spawn(async move {
             let account = accounts[i % accounts.len()];
             let scope = rt.scope();
-            let out = scope.send_and_sync(Deposit { account, cents: 1 }).await?;
+            let out = scope
+                .send_and_sync(Deposit { account, cents: 1 })
+                .await?
+                .into_synced()?;
             // Read-your-writes: this scope's deposit is in the model now.
             let b = rt.lens::<Balances>().get(account.into()).await?;
             scope.complete().await?;
@@ -956,6 +959,8 @@ async fn send_and_sync_returns_the_output_and_the_async_model_is_readable_right_
         cents: 42,
     }))
     .await
+    .unwrap()
+    .into_synced()
     .unwrap();
     assert_eq!(out, 42);
     let b = rt.lens::<Balances>().get(a.into()).await.unwrap().unwrap();
@@ -967,7 +972,7 @@ async fn send_and_sync_with_reports_each_perspective_and_times_out_as_an_outcome
     let rt = Runtime::in_memory().unwrap();
     rt.runner().pause();
     let scope = rt.scope();
-    let (out, results) = bounded(scope.send_and_sync_with(
+    let sent = bounded(scope.send_and_sync_with(
         Deposit {
             account: Uuid::now_v7(),
             cents: 1,
@@ -976,6 +981,7 @@ async fn send_and_sync_with_reports_each_perspective_and_times_out_as_an_outcome
     ))
     .await
     .unwrap();
+    let (out, results) = (sent.output, sent.results);
     assert_eq!(out, 1);
     assert_eq!(results.len(), 1);
     assert_eq!(results[0].perspective, "sync.balances");

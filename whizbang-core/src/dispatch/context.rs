@@ -39,7 +39,8 @@ impl Context {
     /// Emits an event, appended (whatever the stream's version) when the receptor returns `Ok`.
     ///
     /// # Errors
-    /// [`Error::Serialization`] when the event cannot be serialized; nothing is
+    /// [`Error::Serialization`] when the event cannot be serialized, or
+    /// [`Error::Deserialization`] when it does not decode back; nothing is
     /// buffered and the context stays usable.
     pub fn emit<E: Event>(&mut self, event: E) -> Result<EventId> {
         self.emit_expecting(event, ExpectedVersion::Any)
@@ -48,8 +49,14 @@ impl Context {
     /// Emits an event that requires its stream to be at `expected` when appended.
     /// A mismatch fails the whole append with [`Error::Concurrency`].
     ///
+    /// The event is serialized, and what in-process consumers (perspectives,
+    /// event receptors) see is that payload decoded back: exactly what another
+    /// process reads from the store.
+    ///
     /// # Errors
-    /// [`Error::Serialization`] when the event cannot be serialized.
+    /// [`Error::Serialization`] when the event cannot be serialized;
+    /// [`Error::Deserialization`] when its payload does not decode back into
+    /// the event. Nothing is buffered then.
     pub fn emit_expecting<E: Event>(
         &mut self,
         event: E,
@@ -58,6 +65,18 @@ impl Context {
         let data =
             serde_json::value::to_raw_value(&event).map_err(|source| Error::Serialization {
                 type_name: E::NAME,
+                source,
+            })?;
+        // In-process consumers see exactly what another process would decode
+        // from the store (a `#[serde(skip)]` field reads as its default): keep
+        // the decoded value, not the one passed in.
+        let decoded: E =
+            serde_json::from_str(data.get()).map_err(|source| Error::Deserialization {
+                type_name: format!(
+                    "{} (decoding the event just serialized, at emit: its Serialize and \
+                     Deserialize impls disagree; nothing was buffered)",
+                    E::NAME
+                ),
                 source,
             })?;
         let stream_id = event.stream_id();
@@ -73,7 +92,7 @@ impl Context {
                 timestamp: SystemTime::now(),
                 extra: self.metadata.clone(),
             },
-            typed: Some(Arc::new(event)),
+            typed: Some(Arc::new(decoded)),
         };
         match self.pending.last_mut() {
             Some(last) if last.stream_id == stream_id && expected == ExpectedVersion::Any => {

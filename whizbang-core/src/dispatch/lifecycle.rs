@@ -5,11 +5,27 @@ use super::runtime::Route;
 use super::scope::{Scope, ScopeShared};
 use super::stage::{LifecycleStage, SyncFire};
 use crate::error::{Error, Result};
+use crate::message::EventId;
 use crate::store::{StoredEvent, StreamAppend};
 use crate::sync::{PerspectiveSyncAwaiter, PerspectiveSyncOptions, SyncResult};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
+
+/// A detached receptor's failure, handed to the hook set with
+/// [`RuntimeBuilder::on_detached_failure`](crate::RuntimeBuilder::on_detached_failure).
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct DetachedFailure {
+    /// The receptor that failed (module path and type).
+    pub receptor: String,
+    /// The event it was handling.
+    pub event_id: EventId,
+    /// That event's wire name.
+    pub event_type: String,
+    /// What went wrong.
+    pub error: Error,
+}
 
 impl ScopeShared {
     /// The receptors of `ev`'s type that fire at `stage`, in registry order.
@@ -132,11 +148,13 @@ impl ScopeShared {
                 child.complete().await
             }
             .await;
-            if let Err(e) = result {
-                tracing::error!(
-                    receptor = route.1.receptor, event_id = %ev.event_id, error = %e,
-                    "detached receptor failed"
-                );
+            if let Err(error) = result {
+                parent.runtime.report_detached_failure(&DetachedFailure {
+                    receptor: route.1.path(),
+                    event_id: ev.event_id,
+                    event_type: ev.event_type.to_string(),
+                    error,
+                });
             }
         };
         tokio::spawn(task);

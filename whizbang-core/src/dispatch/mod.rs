@@ -11,12 +11,15 @@ mod context;
 mod lifecycle;
 mod runtime;
 mod scope;
+mod send_and_sync;
 mod stage;
 
 pub use context::Context;
+pub use lifecycle::DetachedFailure;
 pub use runtime::{Runtime, RuntimeBuilder};
 pub(crate) use scope::ScopeShared;
 pub use scope::{EmittedEvent, Scope};
+pub use send_and_sync::{NotSynced, SendAndSync};
 pub use stage::{LifecycleStage, SyncFire, SyncRequirement};
 
 use crate::error::{Error, Result};

@@ -1,3 +1,4 @@
+use super::lifecycle::DetachedFailure;
 use super::scope::Scope;
 use super::ErasedReceptor;
 use crate::error::{Error, Result};
@@ -15,6 +16,7 @@ use crate::sync::{
 };
 use std::any::TypeId;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -30,7 +32,14 @@ pub(crate) struct RuntimeInner {
     pub(crate) sync: SyncState,
     /// Whether any receptor fires at a perspective stage (else the flush skips stage lookups).
     pub(crate) has_flush_stage_receptors: bool,
+    /// How many detached receptors failed.
+    pub(crate) detached_failures: AtomicU64,
+    /// Called on each detached receptor failure.
+    pub(crate) on_detached_failure: Option<DetachedFailureHook>,
 }
+
+/// The hook [`RuntimeBuilder::on_detached_failure`] installs.
+pub(crate) type DetachedFailureHook = Arc<dyn Fn(&DetachedFailure) + Send + Sync>;
 
 /// The running system: routing tables, receptors, backends and services.
 /// Cheap to clone (shared). Open a [`Scope`] per unit of work.
@@ -113,6 +122,28 @@ impl Runtime {
         self.inner.runner.wait_idle().await;
     }
 
+    /// How many detached receptors (those at a `..Detached` stage, on their own
+    /// task) have failed since the runtime was built. Each failure is also
+    /// logged and handed to the [`on_detached_failure`](RuntimeBuilder::on_detached_failure)
+    /// hook.
+    #[must_use]
+    pub fn detached_failures(&self) -> u64 {
+        self.inner.detached_failures.load(Ordering::Relaxed)
+    }
+
+    /// Counts, logs and reports a detached receptor's failure.
+    pub(crate) fn report_detached_failure(&self, failure: &DetachedFailure) {
+        tracing::error!(
+            receptor = %failure.receptor, event_id = %failure.event_id,
+            event_type = %failure.event_type, error = %failure.error,
+            "detached receptor failed"
+        );
+        self.inner.detached_failures.fetch_add(1, Ordering::Relaxed);
+        if let Some(hook) = &self.inner.on_detached_failure {
+            hook(failure);
+        }
+    }
+
     /// An awaiter without a scope (filters may not use `current_scope()`).
     #[must_use]
     pub fn sync_awaiter(&self) -> PerspectiveSyncAwaiter {
@@ -153,6 +184,7 @@ pub struct RuntimeBuilder {
     concurrency: usize,
     sync_backend: Option<Arc<dyn SyncBackend>>,
     sync_ttl: Duration,
+    on_detached_failure: Option<DetachedFailureHook>,
 }
 
 impl Default for RuntimeBuilder {
@@ -165,6 +197,7 @@ impl Default for RuntimeBuilder {
             concurrency: 16,
             sync_backend: None,
             sync_ttl: SyncEventTracker::DEFAULT_TTL,
+            on_detached_failure: None,
         }
     }
 }
@@ -225,6 +258,19 @@ impl RuntimeBuilder {
     #[must_use]
     pub fn sync_ttl(mut self, ttl: Duration) -> Self {
         self.sync_ttl = ttl;
+        self
+    }
+
+    /// Calls `hook` each time a detached receptor (one at a `..Detached` stage,
+    /// running on its own task) fails, besides counting it in
+    /// [`Runtime::detached_failures`] and logging it. The hook runs on the
+    /// receptor's task: keep it quick (count, alert, enqueue a retry).
+    #[must_use]
+    pub fn on_detached_failure(
+        mut self,
+        hook: impl Fn(&DetachedFailure) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_detached_failure = Some(Arc::new(hook));
         self
     }
 
@@ -312,6 +358,8 @@ impl RuntimeBuilder {
                     clock: Arc::new(crate::sync::TokioClock::default()),
                 },
                 has_flush_stage_receptors,
+                detached_failures: AtomicU64::new(0),
+                on_detached_failure: self.on_detached_failure,
             }),
         })
     }

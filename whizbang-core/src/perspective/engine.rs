@@ -77,18 +77,31 @@ impl Engine {
         reg: &'static PerspectiveRegistration,
         stream: StreamId,
     ) -> Result<Option<ApplyReport>> {
+        self.catch_up_to(reg, stream, u64::MAX).await
+    }
+
+    /// Like [`catch_up`](Self::catch_up), applying only events up to stream version `upto`.
+    pub(crate) async fn catch_up_to(
+        &self,
+        reg: &'static PerspectiveRegistration,
+        stream: StreamId,
+        upto: u64,
+    ) -> Result<Option<ApplyReport>> {
         let span = tracing::debug_span!(
             "whizbang.perspective.apply",
             perspective = reg.name,
             stream = %stream,
         );
-        self.catch_up_inner(reg, stream).instrument(span).await
+        self.catch_up_inner(reg, stream, upto)
+            .instrument(span)
+            .await
     }
 
     async fn catch_up_inner(
         &self,
         reg: &'static PerspectiveRegistration,
         stream: StreamId,
+        upto: u64,
     ) -> Result<Option<ApplyReport>> {
         let mut unit = self.perspectives.claim(reg.name, stream).await?;
         let checkpoint = unit.checkpoint().clone();
@@ -100,7 +113,8 @@ impl Engine {
                 message: f.message.clone(),
             });
         }
-        let events = self.events.read_stream(stream, checkpoint.version).await?;
+        let mut events = self.events.read_stream(stream, checkpoint.version).await?;
+        events.retain(|e| e.stream_version <= upto);
         let Some(last) = events.last() else {
             return Ok(None);
         };

@@ -8,6 +8,7 @@ use crate::perspective::engine::Engine;
 use crate::perspective::PerspectiveMode;
 use crate::registry::{PerspectiveRegistration, Registry};
 use crate::store::StoredEvent;
+use std::collections::hash_map::{Entry, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
 #[derive(Default)]
@@ -80,26 +81,46 @@ impl Invoker {
     }
 }
 
-/// The (perspective, stream) pairs touched by `events`, in first-emission order.
-pub(crate) fn touched(
+/// The (perspective, stream) pairs touched by `events`, in first-emission
+/// order, each with the highest stream version among those events. Linear in
+/// the events (a set keyed by perspective name and stream).
+fn touched_upto(
     registry: &Registry,
     events: &[Arc<StoredEvent>],
-) -> Vec<(&'static PerspectiveRegistration, StreamId)> {
-    let mut keys: Vec<(&'static PerspectiveRegistration, StreamId)> = Vec::new();
+) -> Vec<(&'static PerspectiveRegistration, StreamId, u64)> {
+    let mut index: HashMap<(&'static str, StreamId), usize> = HashMap::new();
+    let mut keys: Vec<(&'static PerspectiveRegistration, StreamId, u64)> = Vec::new();
     for ev in events {
         for p in registry.perspectives_for(&ev.event_type) {
-            if !keys
-                .iter()
-                .any(|(k, s)| std::ptr::eq(*k, *p) && *s == ev.stream_id)
-            {
-                keys.push((p, ev.stream_id));
+            match index.entry((p.name, ev.stream_id)) {
+                Entry::Occupied(slot) => {
+                    let key = &mut keys[*slot.get()];
+                    key.2 = key.2.max(ev.stream_version);
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(keys.len());
+                    keys.push((p, ev.stream_id, ev.stream_version));
+                }
             }
         }
     }
     keys
 }
 
-/// Applies inline perspectives now and signals the runner for async ones.
+/// The (perspective, stream) pairs touched by `events`, in first-emission order.
+pub(crate) fn touched(
+    registry: &Registry,
+    events: &[Arc<StoredEvent>],
+) -> Vec<(&'static PerspectiveRegistration, StreamId)> {
+    touched_upto(registry, events)
+        .into_iter()
+        .map(|(p, s, _)| (p, s))
+        .collect()
+}
+
+/// Applies inline perspectives now, each up to the highest version of its
+/// stream among `events` (never past them: a later event is flushed on its
+/// own, with its own stages), and signals the runner for async ones.
 /// Every key is attempted; the first failure is returned.
 pub(crate) async fn flush(
     registry: &Registry,
@@ -108,10 +129,10 @@ pub(crate) async fn flush(
     events: &[Arc<StoredEvent>],
 ) -> Result<()> {
     let mut first_error = None;
-    for (reg, stream) in touched(registry, events) {
+    for (reg, stream, upto) in touched_upto(registry, events) {
         match reg.mode {
             PerspectiveMode::Inline => {
-                if let Err(e) = engine.catch_up(reg, stream).await {
+                if let Err(e) = engine.catch_up_to(reg, stream, upto).await {
                     first_error.get_or_insert(e);
                 }
             }
