@@ -2,6 +2,9 @@
 //! applied by one inline perspective, scope opened and completed per message)
 //! against the same work hand-written as direct calls, in the same run.
 //!
+//! Also: one scope that touched 20,000 streams, completed (the flush must be
+//! linear in the streams a scope touched).
+//!
 //! Run: `cargo bench -p whizbang-core --bench dispatch`
 //! Rounds alternate between the two variants so drift hits both alike; the
 //! figure reported is the ratio of the median per-message times.
@@ -250,4 +253,40 @@ fn main() {
         o / d
     );
     println!("  ratio vs B (end to end)        : {:>5.2}x", o / b);
+
+    wide_scope(&rt, &runtime, smoke, quick);
+}
+
+/// One scope touching many streams: the time `complete()` takes to flush them.
+fn wide_scope(rt: &tokio::runtime::Runtime, runtime: &Runtime, smoke: bool, quick: bool) {
+    let (rounds, streams) = if smoke {
+        (1, 200)
+    } else if quick {
+        (3, 20_000)
+    } else {
+        (7, 20_000)
+    };
+    let mut times = Vec::new();
+    for _ in 0..rounds {
+        let scope = runtime.scope();
+        let elapsed = rt.block_on(async {
+            for i in 0..streams {
+                let cmd = PlaceOrder {
+                    order_id: Uuid::now_v7(),
+                    cents: i,
+                };
+                black_box(scope.send(cmd).await.unwrap());
+            }
+            let start = Instant::now();
+            scope.complete().await.unwrap();
+            start.elapsed()
+        });
+        times.push(elapsed.as_secs_f64() * 1e3);
+    }
+    let m = median(&mut times);
+    println!("dispatch: complete() of one scope that touched {streams} streams");
+    println!(
+        "  rounds: {rounds}, median: {m:>8.1} ms ({:>6.0} ns/stream)",
+        m * 1e6 / streams as f64
+    );
 }
