@@ -10,7 +10,7 @@ use std::any::TypeId;
 ///
 /// | point | fires |
 /// | --- | --- |
-/// | `PreDistribute` / `PostDistribute` | right after the append, before / as the default receptors |
+/// | `PreDistribute` / `PostDistribute` | with the append, before / as the default receptors |
 /// | `PreOutbox` / `PostOutbox` | after distribution, where an outbox row is written |
 /// | `PreInbox` / `PostInbox` | for messages received from other processes (needs an inbox backend) |
 /// | `PrePerspective` / `PostPerspective` | at the flush, around the event's perspectives |
@@ -18,6 +18,13 @@ use std::any::TypeId;
 ///
 /// Event receptors without `#[fire_at]` run at `PostDistributeInline`, or at
 /// `PostDistributeDetached` when they await perspective sync.
+///
+/// The inline distribute and outbox stages are a send's cascade: they run
+/// *before* the send's one append, on the events as they will be stored (ids,
+/// payload, metadata; `position` and `stream_version` are not assigned yet and
+/// read 0), and what they emit is appended together with the send's events, or
+/// nothing is when any of them fails. The detached ones start after the append,
+/// on the stored events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[allow(missing_docs)] // the table above documents each point
 pub enum LifecycleStage {
@@ -82,14 +89,14 @@ impl LifecycleStage {
         )
     }
 
-    /// Whether this stage fires right after an append (distribute and outbox
-    /// stages), rather than at the flush.
+    /// Whether this stage fires with an append (distribute and outbox stages:
+    /// inline ones just before it, detached ones after it), rather than at the flush.
     #[must_use]
     pub const fn fires_at_append(self) -> bool {
         (self as u8) < LifecycleStage::PreInboxInline as u8
     }
 
-    /// The stages that fire right after an append, in order.
+    /// The stages that fire with an append, in order.
     pub(crate) fn at_append() -> impl Iterator<Item = LifecycleStage> {
         LifecycleStage::ALL
             .into_iter()
