@@ -118,6 +118,21 @@ pub enum Error {
         source: serde_json::Error,
     },
 
+    /// An event did not decode from the JSON it was just serialized to, so no
+    /// process (this one included) could read it back. Nothing was buffered.
+    #[error(
+        "event `{event_type}` does not decode from its own JSON ({source}): its Serialize and \
+         Deserialize impls disagree, so it could never be read back; nothing was emitted. Make \
+         them agree (for example `#[serde(default)]` on a field that is skipped or renamed)"
+    )]
+    EventRoundTrip {
+        /// The event's wire name.
+        event_type: &'static str,
+        /// The deserializer's error.
+        #[source]
+        source: serde_json::Error,
+    },
+
     /// The scope already completed; nothing more can be queued in it.
     #[error(
         "this scope has already completed and flushed its perspectives; open a new scope \

@@ -678,3 +678,121 @@ async fn concurrent_send_and_sync_on_one_scope_each_wait_on_their_own_events() {
     rt.runner().resume();
     bounded(scope.complete()).await.unwrap();
 }
+
+// ------------------------------------------------ a concurrency conflict in the cascade stores nothing
+
+#[derive(Command, Serialize, Deserialize)]
+struct Reserve {
+    seat: Uuid,
+}
+
+#[derive(Event, Serialize, Deserialize)]
+struct Reserved {
+    #[stream_key]
+    seat: Uuid,
+}
+
+#[derive(Event, Serialize, Deserialize)]
+struct Billed {
+    #[stream_key]
+    bill: Uuid,
+}
+
+#[derive(Default)]
+struct Seats;
+
+#[receptor]
+impl Receptor<Reserve> for Seats {
+    async fn handle(&self, cmd: Reserve, cx: &mut Context) -> Result<()> {
+        cx.emit(Reserved { seat: cmd.seat })?;
+        Ok(())
+    }
+}
+
+/// Emits on the bill stream expecting it new: the second reservation conflicts.
+#[derive(Default)]
+struct Biller;
+
+#[receptor]
+impl Receptor<Reserved> for Biller {
+    async fn handle(&self, _: Reserved, cx: &mut Context) -> Result<()> {
+        cx.emit_expecting(
+            Billed { bill: BILL_STREAM },
+            whizbang_core::ExpectedVersion::NoStream,
+        )?;
+        Ok(())
+    }
+}
+
+const BILL_STREAM: Uuid = Uuid::from_u128(0xB111);
+
+#[tokio::test]
+async fn a_concurrency_conflict_in_the_cascade_stores_nothing_of_the_send() {
+    let rt = Runtime::in_memory().unwrap();
+    let scope = rt.scope();
+    let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
+    scope.send(Reserve { seat: first }).await.unwrap();
+    let err = scope.send(Reserve { seat: second }).await.unwrap_err();
+    assert!(matches!(err, Error::Concurrency { .. }), "{err:?}");
+    assert_eq!(stream_len(&rt, first).await, 1);
+    assert_eq!(
+        stream_len(&rt, second).await,
+        0,
+        "not the command's event either"
+    );
+    assert_eq!(scope.emitted().len(), 2);
+    bounded(scope.complete()).await.unwrap();
+}
+
+// ------------------------------------------------ an event that does not round-trip is refused at emit
+
+#[derive(Command, Serialize, Deserialize)]
+struct EmitOneWay;
+
+#[derive(Event, Serialize, Deserialize)]
+struct OneWay {
+    #[stream_key]
+    stream: Uuid,
+    #[serde(deserialize_with = "never")]
+    value: u32,
+}
+
+fn never<'de, D: serde::Deserializer<'de>>(_: D) -> std::result::Result<u32, D::Error> {
+    Err(serde::de::Error::custom("this field never decodes"))
+}
+
+#[derive(Default)]
+struct OneWays;
+
+#[receptor]
+impl Receptor<EmitOneWay> for OneWays {
+    async fn handle(&self, _: EmitOneWay, cx: &mut Context) -> Result<()> {
+        let err = cx
+            .emit(OneWay {
+                stream: Uuid::now_v7(),
+                value: 1,
+            })
+            .unwrap_err();
+        assert_eq!(cx.pending_count(), 0, "nothing buffered");
+        Err(err)
+    }
+}
+
+#[tokio::test]
+async fn an_event_that_does_not_decode_from_its_own_json_is_refused_at_emit() {
+    let rt = Runtime::in_memory().unwrap();
+    let scope = rt.scope();
+    let err = scope.send(EmitOneWay).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::EventRoundTrip {
+                event_type: "OneWay",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("nothing was emitted"), "{err}");
+    assert!(scope.emitted().is_empty());
+}

@@ -40,7 +40,7 @@ impl Context {
     ///
     /// # Errors
     /// [`Error::Serialization`] when the event cannot be serialized, or
-    /// [`Error::Deserialization`] when it does not decode back; nothing is
+    /// [`Error::EventRoundTrip`] when it does not decode back; nothing is
     /// buffered and the context stays usable.
     pub fn emit<E: Event>(&mut self, event: E) -> Result<EventId> {
         self.emit_expecting(event, ExpectedVersion::Any)
@@ -55,7 +55,7 @@ impl Context {
     ///
     /// # Errors
     /// [`Error::Serialization`] when the event cannot be serialized;
-    /// [`Error::Deserialization`] when its payload does not decode back into
+    /// [`Error::EventRoundTrip`] when its payload does not decode back into
     /// the event. Nothing is buffered then.
     pub fn emit_expecting<E: Event>(
         &mut self,
@@ -71,12 +71,8 @@ impl Context {
         // from the store (a `#[serde(skip)]` field reads as its default): keep
         // the decoded value, not the one passed in.
         let decoded: E =
-            serde_json::from_str(data.get()).map_err(|source| Error::Deserialization {
-                type_name: format!(
-                    "{} (decoding the event just serialized, at emit: its Serialize and \
-                     Deserialize impls disagree; nothing was buffered)",
-                    E::NAME
-                ),
+            serde_json::from_str(data.get()).map_err(|source| Error::EventRoundTrip {
+                event_type: E::NAME,
                 source,
             })?;
         let stream_id = event.stream_id();

@@ -566,6 +566,11 @@ impl FlushRun {
 
 impl Drop for FlushRun {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The step in progress panicked: it cannot be polled again. The
+            // steps after it can still run.
+            self.current = None;
+        }
         if self.current.is_none() && self.plan.is_empty() {
             if let Some(e) = self.first_error.take() {
                 self.shared.record_failure(e);
@@ -575,8 +580,9 @@ impl Drop for FlushRun {
         if self.spawned {
             tracing::error!(
                 scope = %self.shared.scope_id,
-                "a scope's flush task was dropped (the tokio runtime is shutting down): its events \
-                 are stored, but its perspectives apply only when another scope touches the same streams"
+                "a scope's flush task was dropped (it panicked, or the tokio runtime is shutting \
+                 down): its events are stored, but its perspectives apply only when another scope \
+                 touches the same streams"
             );
             return;
         }
