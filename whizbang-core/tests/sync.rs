@@ -196,7 +196,8 @@ async fn a_scope_that_emitted_nothing_has_no_pending_events_at_once() {
     assert_eq!(r.outcome, SyncOutcome::NoPendingEvents);
     assert_eq!(r.events_awaited, 0);
     assert_eq!(r.events_emitted, 0);
-    assert_eq!(r.elapsed, Duration::ZERO);
+    // Only the scope flush before the filter counts: nothing was waited for.
+    assert!(r.elapsed < ms(100), "{:?}", r.elapsed);
     assert!(started.elapsed() < ms(100), "{:?}", started.elapsed());
     assert!(r.is_synced());
 }

@@ -2,15 +2,17 @@
 //! periods when the process was frozen (a breakpoint, SIGSTOP).
 //!
 //! A wait sleeps in slices. When a slice ends much later than planned, the
-//! process was not running: only the planned slice counts. With awareness off,
-//! the wall-clock gap counts. The clock is injectable ([`SyncClock`]) so tests
+//! process was either frozen (only the planned slice counts) or starved of CPU
+//! (the whole gap counts): see [`ActiveTimer`]. With awareness off, the
+//! wall-clock gap counts. The clock is injectable ([`SyncClock`]) so tests
 //! can drive time; the default reads tokio's clock, so paused-time tests work too.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How long one sleep slice of a waiting awaiter lasts at most.
+/// How long one slice of a backend call (flush, inquiry) lasts at most before
+/// the timer looks at the clock.
 pub(crate) const SLICE: Duration = Duration::from_millis(200);
 /// A slice that overran its plan by more than this was a freeze.
 pub(crate) const FREEZE_TOLERANCE: Duration = Duration::from_millis(250);
@@ -67,12 +69,75 @@ impl SyncClock for ManualClock {
     }
 }
 
+/// The first pause between two inquiries of a waiter that heard nothing new.
+pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(5);
+/// The longest pause between two inquiries: doubled from [`BACKOFF_MIN`] up to this.
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// The run-queue wait of this process's threads, summed (Linux:
+/// `/proc/self/task/*/schedstat`, second field, in nanoseconds): time spent
+/// runnable but not running. A stopped process sits on no run queue, so this
+/// grows when the process is starved of CPU, not when it is frozen.
+/// `None` where it cannot be read.
+fn read_run_queue_wait() -> Option<Duration> {
+    let tasks = std::fs::read_dir("/proc/self/task").ok()?;
+    let mut total: u64 = 0;
+    let mut any = false;
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue; // the thread exited meanwhile
+        };
+        if let Some(ns) = stat
+            .split_whitespace()
+            .nth(1)
+            .and_then(|f| f.parse::<u64>().ok())
+        {
+            total = total.saturating_add(ns);
+            any = true;
+        }
+    }
+    any.then(|| Duration::from_nanos(total))
+}
+
+/// How old a shared run-queue reading may be when a sleep slice starts.
+const RUN_QUEUE_REUSE: Duration = Duration::from_millis(50);
+
+/// The run-queue wait at about now: read at most every [`RUN_QUEUE_REUSE`] for
+/// the whole process, however many waiters start a slice. An older baseline only
+/// adds earlier run-queue wait to a slice, which errs towards counting the time.
+fn run_queue_wait_baseline() -> Option<Duration> {
+    static CACHE: std::sync::Mutex<Option<(std::time::Instant, Option<Duration>)>> =
+        std::sync::Mutex::new(None);
+    let now = std::time::Instant::now();
+    let mut cache = CACHE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((at, value)) = *cache {
+        if now.saturating_duration_since(at) < RUN_QUEUE_REUSE {
+            return value;
+        }
+    }
+    let value = read_run_queue_wait();
+    *cache = Some((now, value));
+    value
+}
+
 /// Measures the active time of one wait.
+///
+/// A wait sleeps (or awaits its backend) in slices. A slice that ends more than
+/// [`FREEZE_TOLERANCE`] after its plan either found the process starved of CPU
+/// (its threads waited on a run queue: the time counts) or frozen (a debugger,
+/// SIGSTOP: the process was on no run queue, only the planned slice counts).
+/// The run-queue wait is read from `/proc` (Linux) at the start of a slice,
+/// shared by every waiter of the process, and again only when a slice overran;
+/// where it cannot be read, every overrun counts as a freeze.
 pub(crate) struct ActiveTimer {
     clock: Arc<dyn SyncClock>,
     debugger_aware: bool,
     last: Duration,
     active: Duration,
+    run_queue_at_start: Option<Duration>,
+    backoff: Duration,
 }
 
 impl ActiveTimer {
@@ -83,38 +148,62 @@ impl ActiveTimer {
             debugger_aware,
             last,
             active: Duration::ZERO,
+            run_queue_at_start: if debugger_aware {
+                run_queue_wait_baseline()
+            } else {
+                None
+            },
+            backoff: BACKOFF_MIN,
         }
     }
 
     /// Accounts for the time since the last observation; `planned` is how long
-    /// the waiter meant to sleep (a gap far beyond it was a freeze).
+    /// the waiter meant to sleep (a gap far beyond it was a freeze, unless the
+    /// process's threads spent the overrun waiting for a CPU).
     pub(crate) fn observe(&mut self, planned: Duration) {
         let now = self.clock.now();
         let gap = now.saturating_sub(self.last);
         self.last = now;
-        self.active += if self.debugger_aware && gap > planned + FREEZE_TOLERANCE {
-            tracing::debug!(
-                ?gap,
-                ?planned,
-                "process was frozen; the freeze does not count"
-            );
-            planned
+        let counted = if self.debugger_aware && gap > planned.saturating_add(FREEZE_TOLERANCE) {
+            let overrun = gap - planned;
+            let starved = match (self.run_queue_at_start, read_run_queue_wait()) {
+                (Some(before), Some(after)) => after.saturating_sub(before) >= overrun / 2,
+                _ => false,
+            };
+            if starved {
+                tracing::debug!(
+                    ?gap,
+                    ?planned,
+                    "process was starved of CPU; the time counts"
+                );
+                gap
+            } else {
+                tracing::debug!(
+                    ?gap,
+                    ?planned,
+                    "process was frozen; the freeze does not count"
+                );
+                planned
+            }
         } else {
             gap
         };
+        self.active = self.active.saturating_add(counted);
+        if self.debugger_aware {
+            self.run_queue_at_start = run_queue_wait_baseline();
+        }
     }
 
     pub(crate) fn active(&self) -> Duration {
         self.active
     }
 
-    /// How long to sleep next: a slice, or what is left of `timeout`.
-    pub(crate) fn next_sleep(&self, timeout: Duration) -> Duration {
+    /// How long to sleep before asking again: the backoff (5 ms doubling up to
+    /// 1 s, whatever the debugger flag), or what is left of `timeout`.
+    pub(crate) fn next_sleep(&mut self, timeout: Duration) -> Duration {
         let left = timeout.saturating_sub(self.active);
-        if self.debugger_aware {
-            left.min(SLICE)
-        } else {
-            left
-        }
+        let sleep = left.min(self.backoff);
+        self.backoff = self.backoff.saturating_mul(2).min(BACKOFF_MAX);
+        sleep
     }
 }

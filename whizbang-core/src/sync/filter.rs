@@ -154,9 +154,11 @@ impl SyncFilter {
 pub struct PerspectiveSyncOptions {
     /// Which events.
     pub filter: SyncFilter,
-    /// How long to wait at most.
+    /// How long to wait at most (plus [`SLACK`](Self::SLACK)); `Duration::MAX`
+    /// waits for ever.
     pub timeout: Duration,
-    /// Count only time the process was running.
+    /// Count only time the process was running: a freeze (debugger, SIGSTOP)
+    /// does not count, time starved of CPU does.
     pub debugger_aware: bool,
     pub(crate) clock: Option<Arc<dyn SyncClock>>,
 }
@@ -186,6 +188,13 @@ impl From<SyncFilter> for PerspectiveSyncOptions {
 impl PerspectiveSyncOptions {
     /// The default timeout.
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// How far past its timeout a wait may run: its last backend call (the
+    /// scope flush, a checkpoint read, an inquiry) gets this long to answer,
+    /// so a zero timeout still checks once. Whatever the backend does, a wait
+    /// returns within its timeout plus this slack of active time (a hanging
+    /// backend gives [`SyncOutcome::TimedOut`](crate::SyncOutcome::TimedOut)).
+    pub const SLACK: Duration = Duration::from_millis(50);
 
     /// Options for `filter` with the defaults.
     #[must_use]
