@@ -207,3 +207,68 @@ impl ActiveTimer {
         sleep
     }
 }
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    /// Runs `f` while more threads than cores are busy (they queue for a CPU).
+    /// The threads live until `f` returns: an exited thread's run-queue wait
+    /// leaves `/proc/self/task`.
+    fn while_starved<T>(f: impl FnOnce() -> T) -> T {
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        let stop = Arc::new(AtomicBool::new(false));
+        let hogs: Vec<_> = (0..cores * 2 + 2)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        let out = f();
+        stop.store(true, Ordering::Relaxed);
+        for h in hogs {
+            let _ = h.join();
+        }
+        out
+    }
+
+    #[test]
+    fn an_overrun_spent_on_the_run_queue_counts_and_one_spent_stopped_does_not() {
+        assert!(
+            read_run_queue_wait().is_some(),
+            "/proc/self/task/*/schedstat"
+        );
+        let planned = Duration::from_millis(5);
+        let gap = Duration::from_secs(1);
+
+        // Frozen: the clock jumped, the process waited on no run queue.
+        let clock = ManualClock::new();
+        let mut timer = ActiveTimer::start(Arc::new(clock.clone()), true);
+        clock.advance(gap);
+        timer.observe(planned);
+        assert_eq!(timer.active(), planned, "a freeze counts only the plan");
+
+        // Starved: the overrun was spent waiting for a CPU.
+        std::thread::sleep(RUN_QUEUE_REUSE * 2); // no baseline shared with the freeze
+        let clock = ManualClock::new();
+        let mut timer = ActiveTimer::start(Arc::new(clock.clone()), true);
+        while_starved(|| {
+            std::thread::sleep(Duration::from_millis(400));
+            clock.advance(gap);
+            timer.observe(planned);
+        });
+        assert_eq!(timer.active(), gap, "starved time counts");
+
+        // Awareness off: every gap counts.
+        let clock = ManualClock::new();
+        let mut timer = ActiveTimer::start(Arc::new(clock.clone()), false);
+        clock.advance(gap);
+        timer.observe(planned);
+        assert_eq!(timer.active(), gap);
+    }
+}

@@ -158,7 +158,10 @@ pub struct PerspectiveSyncOptions {
     /// waits for ever.
     pub timeout: Duration,
     /// Count only time the process was running: a freeze (debugger, SIGSTOP)
-    /// does not count, time starved of CPU does.
+    /// does not count, time starved of CPU does (on Linux, told apart by the
+    /// threads' run-queue wait; elsewhere every overrun of a sleep slice by more
+    /// than 250 ms is taken for a freeze). A starved wait ends at its first
+    /// wake-up after the timeout: the timeout plus that wake-up's scheduling delay.
     pub debugger_aware: bool,
     pub(crate) clock: Option<Arc<dyn SyncClock>>,
 }
