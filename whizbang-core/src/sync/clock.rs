@@ -103,22 +103,43 @@ fn read_run_queue_wait() -> Option<Duration> {
 const RUN_QUEUE_REUSE: Duration = Duration::from_millis(50);
 
 /// The run-queue wait at about now: read at most every [`RUN_QUEUE_REUSE`] for
-/// the whole process, however many waiters start a slice. An older baseline only
-/// adds earlier run-queue wait to a slice, which errs towards counting the time.
+/// the whole process, however many waiters start a slice (lock-free; a racing
+/// reader gets the previous sample). An older baseline only adds earlier
+/// run-queue wait to a slice, which errs towards counting the time.
 fn run_queue_wait_baseline() -> Option<Duration> {
-    static CACHE: std::sync::Mutex<Option<(std::time::Instant, Option<Duration>)>> =
-        std::sync::Mutex::new(None);
-    let now = std::time::Instant::now();
-    let mut cache = CACHE
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some((at, value)) = *cache {
-        if now.saturating_duration_since(at) < RUN_QUEUE_REUSE {
-            return value;
-        }
+    /// No sample (or /proc unreadable).
+    const NONE: u64 = u64::MAX;
+    static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    static TAKEN_AT: AtomicU64 = AtomicU64::new(0);
+    static VALUE: AtomicU64 = AtomicU64::new(NONE);
+    static READING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+    let since_origin = |at: std::time::Instant| {
+        let origin = *ORIGIN.get_or_init(|| at);
+        // +1: zero means "never sampled".
+        u64::try_from(at.saturating_duration_since(origin).as_nanos())
+            .unwrap_or(u64::MAX - 1)
+            .saturating_add(1)
+    };
+    let decode = |v: u64| (v != NONE).then(|| Duration::from_nanos(v));
+    let now = since_origin(std::time::Instant::now());
+    let taken = TAKEN_AT.load(Ordering::Acquire);
+    let fresh = u64::try_from(RUN_QUEUE_REUSE.as_nanos()).unwrap_or(u64::MAX);
+    if taken != 0 && now.saturating_sub(taken) < fresh {
+        return decode(VALUE.load(Ordering::Acquire));
+    }
+    if READING.swap(true, Ordering::AcqRel) {
+        return decode(VALUE.load(Ordering::Acquire)); // another waiter is reading
     }
     let value = read_run_queue_wait();
-    *cache = Some((now, value));
+    let encoded = value.map_or(NONE, |d| {
+        u64::try_from(d.as_nanos())
+            .unwrap_or(NONE - 1)
+            .min(NONE - 1)
+    });
+    VALUE.store(encoded, Ordering::Release);
+    TAKEN_AT.store(now, Ordering::Release);
+    READING.store(false, Ordering::Release);
     value
 }
 
