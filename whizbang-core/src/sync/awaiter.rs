@@ -1,6 +1,7 @@
 //! The awaiter: turns a filter into the exact event ids to wait for, asks the
-//! backend in one batched inquiry, and sleeps on targeted wake-ups until every
-//! id is applied, the perspective fails, or the (debugger-aware) timeout passes.
+//! backend in one batched inquiry, and sleeps on targeted wake-ups (or a
+//! bounded backoff) until every id is applied, the perspective fails, or the
+//! (debugger-aware) timeout passes. The timeout bounds every await inside.
 
 use super::clock::{ActiveTimer, SLICE};
 use super::filter::{Candidate, PerspectiveSyncOptions, SyncFilter};
@@ -127,6 +128,15 @@ impl PerspectiveSyncAwaiter {
     /// With a scope, the scope's queued events are flushed first (inline
     /// perspectives apply, async ones are signalled) so a wait on your own
     /// writes can succeed before `complete()`.
+    ///
+    /// The timeout bounds everything the wait does, the flush and every backend
+    /// call included: it returns within the timeout plus
+    /// [`PerspectiveSyncOptions::SLACK`] of active time, whatever the backend
+    /// does. Besides targeted wake-ups, it asks the backend again on a backoff
+    /// (5 ms doubling to 1 s), so an apply made elsewhere (another runtime or
+    /// process over the same stores) is seen within about a second. Events it
+    /// finds stored but not applied by an async perspective are signalled to
+    /// this runtime's runner (a paused runner applies nothing).
     ///
     /// # Errors
     /// [`Error::UnknownPerspective`], [`Error::InvalidInput`] for a filter that
