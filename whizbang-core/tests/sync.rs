@@ -880,11 +880,13 @@ async fn a_frozen_period_counts_when_debugger_awareness_is_off() {
 async fn an_apply_racing_the_waiter_registration_is_never_lost() {
     let rt = Runtime::in_memory().unwrap();
     let a = Uuid::now_v7();
-    // Awareness off: the waiter sleeps the whole timeout in one go, so a lost
-    // wake-up would show as a 10 s wait (not hidden by 200 ms re-checks).
+    // Awareness off and no re-ask before a minute: the waiter sleeps the whole
+    // timeout in one go, so a lost wake-up would show as a 10 s wait (not
+    // hidden by the backoff's re-asks).
     let options = PerspectiveSyncOptions::new(SyncFilter::current_scope())
         .timeout(Duration::from_secs(10))
-        .debugger_aware(false);
+        .debugger_aware(false)
+        .reask_backoff(Duration::from_secs(60), Duration::from_secs(60));
     bounded(async {
         for i in 0..2_000u32 {
             let scope = rt.scope();

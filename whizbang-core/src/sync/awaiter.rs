@@ -133,7 +133,8 @@ impl PerspectiveSyncAwaiter {
     /// call included: it returns within the timeout plus
     /// [`PerspectiveSyncOptions::SLACK`] of active time, whatever the backend
     /// does. Besides targeted wake-ups, it asks the backend again on a backoff
-    /// (5 ms doubling to 1 s), so an apply made elsewhere (another runtime or
+    /// (5 ms doubling to 1 s by default, see
+    /// [`PerspectiveSyncOptions::reask_backoff`]), so an apply made elsewhere (another runtime or
     /// process over the same stores) is seen within about a second. Events it
     /// finds stored but not applied by an async perspective are signalled to
     /// this runtime's runner (a paused runner applies nothing).
@@ -285,7 +286,8 @@ impl PerspectiveSyncAwaiter {
             .clock
             .clone()
             .unwrap_or_else(|| Arc::clone(&self.state().clock));
-        ActiveTimer::start(clock, options.debugger_aware)
+        let (first, max) = options.reask;
+        ActiveTimer::with_backoff(clock, options.debugger_aware, first, max)
     }
 
     /// The events of `stream` after `reg`'s cursor: stored, not yet applied.

@@ -69,11 +69,6 @@ impl SyncClock for ManualClock {
     }
 }
 
-/// The first pause between two inquiries of a waiter that heard nothing new.
-pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(5);
-/// The longest pause between two inquiries: doubled from [`BACKOFF_MIN`] up to this.
-pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(1);
-
 /// The run-queue wait of this process's threads, summed (Linux:
 /// `/proc/self/task/*/schedstat`, second field, in nanoseconds): time spent
 /// runnable but not running. A stopped process sits on no run queue, so this
@@ -159,10 +154,28 @@ pub(crate) struct ActiveTimer {
     active: Duration,
     run_queue_at_start: Option<Duration>,
     backoff: Duration,
+    backoff_max: Duration,
 }
 
 impl ActiveTimer {
+    /// A timer with the default re-ask backoff.
+    #[cfg(test)]
     pub(crate) fn start(clock: Arc<dyn SyncClock>, debugger_aware: bool) -> Self {
+        Self::with_backoff(
+            clock,
+            debugger_aware,
+            super::filter::DEFAULT_REASK.0,
+            super::filter::DEFAULT_REASK.1,
+        )
+    }
+
+    /// A timer whose re-ask pauses run from `min` doubling to `max`.
+    pub(crate) fn with_backoff(
+        clock: Arc<dyn SyncClock>,
+        debugger_aware: bool,
+        min: Duration,
+        max: Duration,
+    ) -> Self {
         let last = clock.now();
         ActiveTimer {
             clock,
@@ -174,7 +187,8 @@ impl ActiveTimer {
             } else {
                 None
             },
-            backoff: BACKOFF_MIN,
+            backoff: min.max(Duration::from_millis(1)),
+            backoff_max: max,
         }
     }
 
@@ -219,12 +233,16 @@ impl ActiveTimer {
         self.active
     }
 
-    /// How long to sleep before asking again: the backoff (5 ms doubling up to
-    /// 1 s, whatever the debugger flag), or what is left of `timeout`.
+    /// How long to sleep before asking again: the backoff (by default 5 ms
+    /// doubling up to 1 s, whatever the debugger flag), or what is left of `timeout`.
     pub(crate) fn next_sleep(&mut self, timeout: Duration) -> Duration {
         let left = timeout.saturating_sub(self.active);
         let sleep = left.min(self.backoff);
-        self.backoff = self.backoff.saturating_mul(2).min(BACKOFF_MAX);
+        self.backoff = self
+            .backoff
+            .saturating_mul(2)
+            .min(self.backoff_max)
+            .max(self.backoff);
         sleep
     }
 }

@@ -164,7 +164,12 @@ pub struct PerspectiveSyncOptions {
     /// wake-up after the timeout: the timeout plus that wake-up's scheduling delay.
     pub debugger_aware: bool,
     pub(crate) clock: Option<Arc<dyn SyncClock>>,
+    pub(crate) reask: (Duration, Duration),
 }
+
+/// The default re-ask backoff of a wait: 5 ms, doubling up to 1 s.
+pub(crate) const DEFAULT_REASK: (Duration, Duration) =
+    (Duration::from_millis(5), Duration::from_secs(1));
 
 impl std::fmt::Debug for PerspectiveSyncOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -172,6 +177,7 @@ impl std::fmt::Debug for PerspectiveSyncOptions {
             .field("filter", &self.filter)
             .field("timeout", &self.timeout)
             .field("debugger_aware", &self.debugger_aware)
+            .field("reask_backoff", &self.reask)
             .finish_non_exhaustive()
     }
 }
@@ -207,6 +213,7 @@ impl PerspectiveSyncOptions {
             timeout: Self::DEFAULT_TIMEOUT,
             debugger_aware: true,
             clock: None,
+            reask: DEFAULT_REASK,
         }
     }
 
@@ -235,6 +242,17 @@ impl PerspectiveSyncOptions {
     #[must_use]
     pub fn debugger_aware(mut self, on: bool) -> Self {
         self.debugger_aware = on;
+        self
+    }
+
+    /// How often a wait asks the backend again when nothing woke it: after
+    /// `first`, doubling up to `max` (default 5 ms doubling to 1 s). This is how
+    /// an apply no wake-up reached (another runtime or process over the same
+    /// stores) is noticed; raise it to spare a remote backend. A `max` below
+    /// `first` is taken as `first`.
+    #[must_use]
+    pub fn reask_backoff(mut self, first: Duration, max: Duration) -> Self {
+        self.reask = (first, max);
         self
     }
 
