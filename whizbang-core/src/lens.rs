@@ -102,12 +102,21 @@ impl<L, P: Perspective> std::fmt::Debug for SyncedLens<L, P> {
 }
 
 impl<L, P: Perspective> SyncedLens<L, P> {
-    async fn sync(&self) -> Result<()> {
+    /// Waits for `P`, then runs `read` within what is left of the timeout (plus
+    /// [`PerspectiveSyncOptions::SLACK`]): the whole read is bounded.
+    async fn synced<T>(&self, read: impl Future<Output = Result<T>>) -> Result<T> {
         let timeout = self.options.timeout;
-        self.awaiter
-            .wait::<P>(self.options.clone())
-            .await?
-            .into_result(timeout)
+        let result = self.awaiter.wait::<P>(self.options.clone()).await?;
+        let left = timeout
+            .saturating_add(PerspectiveSyncOptions::SLACK)
+            .saturating_sub(result.elapsed);
+        result.into_result(timeout)?;
+        tokio::time::timeout(left, read)
+            .await
+            .unwrap_or(Err(Error::PerspectiveSyncTimeout {
+                perspective: P::NAME,
+                timeout,
+            }))
     }
 }
 
@@ -119,15 +128,15 @@ where
 {
     /// Waits for `P`, then reads. A timeout or a perspective failure is an error
     /// ([`Error::PerspectiveSyncTimeout`], [`Error::PerspectiveFailed`]): you asked
-    /// to see your writes, so stale data is not returned silently.
+    /// to see your writes, so stale data is not returned silently. The wait and
+    /// the read together end within the timeout plus
+    /// [`PerspectiveSyncOptions::SLACK`].
     async fn get(&self, id: StreamId) -> Result<Option<M>> {
-        self.sync().await?;
-        self.lens.get(id).await
+        self.synced(self.lens.get(id)).await
     }
 
     async fn list(&self, query: ListQuery<M>) -> Result<Vec<M>> {
-        self.sync().await?;
-        self.lens.list(query).await
+        self.synced(self.lens.list(query)).await
     }
 }
 

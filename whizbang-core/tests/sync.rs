@@ -196,7 +196,8 @@ async fn a_scope_that_emitted_nothing_has_no_pending_events_at_once() {
     assert_eq!(r.outcome, SyncOutcome::NoPendingEvents);
     assert_eq!(r.events_awaited, 0);
     assert_eq!(r.events_emitted, 0);
-    assert_eq!(r.elapsed, Duration::ZERO);
+    // Only the scope flush before the filter counts: nothing was waited for.
+    assert!(r.elapsed < ms(100), "{:?}", r.elapsed);
     assert!(started.elapsed() < ms(100), "{:?}", started.elapsed());
     assert!(r.is_synced());
 }
@@ -245,13 +246,13 @@ async fn tracked_and_applied_events_are_synced() {
     assert_eq!(b.cents, 12, "synced means the model is readable");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn tracked_events_never_applied_time_out_after_the_timeout() {
     let rt = Runtime::in_memory().unwrap();
     rt.runner().pause();
     let scope = rt.scope();
     scope.publish(dep(Uuid::now_v7(), 5)).await.unwrap();
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     let r = bounded(
         scope
             .sync_awaiter()
@@ -302,7 +303,7 @@ async fn is_caught_up_answers_once_without_waiting() {
 
 // ---------------------------------------------- 3. exact event ids
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_event_id_never_seen_is_not_synced_and_times_out() {
     let rt = Runtime::in_memory().unwrap();
     let aw = rt.sync_awaiter();
@@ -556,7 +557,7 @@ async fn a_panicking_apply_wakes_its_waiters_at_once_with_the_panic_message() {
 
 // -------------------------------------------------- 7. cancellation
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_cancelled_wait_ends_at_once_and_frees_its_registration() {
     let rt = Runtime::in_memory().unwrap();
     rt.runner().pause();
@@ -565,7 +566,7 @@ async fn a_cancelled_wait_ends_at_once_and_frees_its_registration() {
     let aw = scope.sync_awaiter();
 
     // The caller's own timeout fires long before the wait's 10 s.
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     let cut = tokio::time::timeout(
         ms(50),
         aw.wait::<Balances>(SyncFilter::current_scope().with_timeout(Duration::from_secs(10))),
@@ -670,7 +671,7 @@ async fn the_tracker_holds_nothing_once_concurrent_writers_on_shared_streams_are
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn stale_tracker_entries_expire_and_their_waiters_are_not_told_synced() {
     let rt = Runtime::builder().sync_ttl(ms(100)).build().unwrap();
     rt.runner().pause();
@@ -690,7 +691,7 @@ async fn stale_tracker_entries_expire_and_their_waiters_are_not_told_synced() {
             .await
     });
     until(|| rt.sync_tracker().waiter_count() > 0).await;
-    // The entry must age past the time-to-live: time itself is the signal here.
+    // The entry must age past the time-to-live (paused time: no real wait).
     tokio::time::sleep(ms(150)).await;
     rt.sync_tracker().sweep(); // the background sweeper may have got there first
     assert_eq!(rt.sync_tracker().tracked_count(), 0);
@@ -705,7 +706,7 @@ async fn stale_tracker_entries_expire_and_their_waiters_are_not_told_synced() {
     assert_eq!(rt.sync_tracker().waiter_count(), 0);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn after_expiry_a_for_stream_wait_still_finds_the_unapplied_event_in_the_store() {
     let rt = Runtime::builder().sync_ttl(ms(50)).build().unwrap();
     rt.runner().pause();
@@ -713,7 +714,7 @@ async fn after_expiry_a_for_stream_wait_still_finds_the_unapplied_event_in_the_s
     let scope = rt.scope();
     scope.publish(Pinged { stream }).await.unwrap();
     scope.complete().await.unwrap();
-    // Time is the signal here: the entry must age past the time-to-live.
+    // The entry must age past the time-to-live (paused time: no real wait).
     tokio::time::sleep(ms(80)).await;
     rt.sync_tracker().sweep();
     assert_eq!(
@@ -820,7 +821,7 @@ async fn and_is_intersection_or_is_union_and_chains_fold_left() {
 
 // ------------------------------------------ 10 (in process). debugger-aware
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_frozen_period_does_not_count_towards_a_debugger_aware_timeout() {
     let rt = Runtime::in_memory().unwrap();
     rt.runner().pause();
@@ -835,15 +836,22 @@ async fn a_frozen_period_does_not_count_towards_a_debugger_aware_timeout() {
     let waiting = tokio::spawn(async move { aw.wait::<Balances>(options).await });
     until(|| rt.sync_tracker().waiter_count() > 0).await;
     clock.advance(Duration::from_secs(10)); // a 10 s "breakpoint"
-    tokio::time::sleep(ms(400)).await; // let a sleep slice end and observe the gap
-    assert!(
-        !waiting.is_finished(),
-        "the freeze must not time the wait out"
-    );
+                                            // Paused time: every sleep slice the waiter has planned for the next 2 s
+                                            // ends, so it observes the 10 s gap while the event is still unapplied.
+                                            // Were the freeze counted, it would time out here.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     rt.runner().resume();
     let r = bounded(waiting).await.unwrap().unwrap();
-    assert_eq!(r.outcome, SyncOutcome::Synced);
-    assert!(r.elapsed < Duration::from_secs(1), "{:?}", r.elapsed);
+    assert_eq!(
+        r.outcome,
+        SyncOutcome::Synced,
+        "the freeze must not time the wait out"
+    );
+    assert!(
+        r.elapsed < Duration::from_secs(1),
+        "the freeze must not count: {:?}",
+        r.elapsed
+    );
 }
 
 #[tokio::test]
@@ -872,11 +880,13 @@ async fn a_frozen_period_counts_when_debugger_awareness_is_off() {
 async fn an_apply_racing_the_waiter_registration_is_never_lost() {
     let rt = Runtime::in_memory().unwrap();
     let a = Uuid::now_v7();
-    // Awareness off: the waiter sleeps the whole timeout in one go, so a lost
-    // wake-up would show as a 10 s wait (not hidden by 200 ms re-checks).
+    // Awareness off and no re-ask before a minute: the waiter sleeps the whole
+    // timeout in one go, so a lost wake-up would show as a 10 s wait (not
+    // hidden by the backoff's re-asks).
     let options = PerspectiveSyncOptions::new(SyncFilter::current_scope())
         .timeout(Duration::from_secs(10))
-        .debugger_aware(false);
+        .debugger_aware(false)
+        .reask_backoff(Duration::from_secs(60), Duration::from_secs(60));
     bounded(async {
         for i in 0..2_000u32 {
             let scope = rt.scope();
@@ -1011,7 +1021,7 @@ async fn a_synced_lens_returns_the_fresh_model_after_a_send() {
     assert_eq!(all.len(), 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_synced_lens_errors_on_timeout_rather_than_returning_stale_data() {
     let rt = Runtime::in_memory().unwrap();
     rt.runner().pause();

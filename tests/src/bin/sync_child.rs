@@ -1,10 +1,11 @@
-//! Child process for `tests/sync_sigstop.rs`: waits on an async perspective
-//! with a 2 s timeout while its runner is paused, is frozen by its parent
-//! (SIGSTOP), and resumes its runner 500 ms after the parent says on stdin that
-//! it was continued. Prints `waiting` once the wait is registered, then
+//! Child process for `tests/sync_sigstop.rs` and `tests/sync_starvation.rs`:
+//! waits on an async perspective with a 2 s timeout (or `timeout_ms`) while its
+//! runner is paused, is frozen by its parent (SIGSTOP), and resumes its runner
+//! 500 ms (or `apply_delay_ms`) after the parent says on stdin that it was
+//! continued. Prints `waiting` once the wait is registered, then
 //! `outcome=<Synced|TimedOut|..> elapsed_ms=<active ms>`.
 //!
-//! Usage: `sync_child aware|unaware`
+//! Usage: `sync_child aware|unaware [timeout_ms apply_delay_ms]`
 
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, Write};
@@ -34,8 +35,8 @@ impl Ticks {
     }
 }
 
-const WAIT_TIMEOUT: Duration = Duration::from_secs(2);
-const APPLY_DELAY: Duration = Duration::from_millis(500);
+const WAIT_TIMEOUT_MS: u64 = 2_000;
+const APPLY_DELAY_MS: u64 = 500;
 /// No step of the child may take longer than this.
 const BOUND: Duration = Duration::from_secs(30);
 
@@ -55,7 +56,20 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(aware).await {
+    let arg = |n: usize, default: u64| match std::env::args().nth(n) {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<u64>()
+            .map_err(|_| format!("not a number of ms: {v:?}")),
+    };
+    let (timeout, delay) = match (arg(2, WAIT_TIMEOUT_MS), arg(3, APPLY_DELAY_MS)) {
+        (Ok(t), Ok(d)) => (Duration::from_millis(t), Duration::from_millis(d)),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("usage: sync_child aware|unaware [timeout_ms apply_delay_ms]: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(aware, timeout, delay).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sync_child: {e}");
@@ -64,7 +78,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(aware: bool) -> Result<(), String> {
+async fn run(aware: bool, timeout: Duration, apply_delay: Duration) -> Result<(), String> {
     let rt = Runtime::in_memory().map_err(|e| e.to_string())?;
     rt.runner().pause();
     let scope = rt.scope();
@@ -75,7 +89,7 @@ async fn run(aware: bool) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let options = PerspectiveSyncOptions::new(SyncFilter::current_scope())
-        .timeout(WAIT_TIMEOUT)
+        .timeout(timeout)
         .debugger_aware(aware);
     let awaiter = scope.sync_awaiter();
     let wait = tokio::spawn(async move { awaiter.wait::<Ticks>(options).await });
@@ -104,7 +118,7 @@ async fn run(aware: bool) -> Result<(), String> {
     if told.trim() != "continued" {
         return Err(format!("unexpected line on stdin: {told:?}"));
     }
-    tokio::time::sleep(APPLY_DELAY).await;
+    tokio::time::sleep(apply_delay).await;
     rt.runner().resume();
 
     let result = tokio::time::timeout(BOUND, wait)

@@ -1,8 +1,9 @@
 //! The awaiter: turns a filter into the exact event ids to wait for, asks the
-//! backend in one batched inquiry, and sleeps on targeted wake-ups until every
-//! id is applied, the perspective fails, or the (debugger-aware) timeout passes.
+//! backend in one batched inquiry, and sleeps on targeted wake-ups (or a
+//! bounded backoff) until every id is applied, the perspective fails, or the
+//! (debugger-aware) timeout passes. The timeout bounds every await inside.
 
-use super::clock::ActiveTimer;
+use super::clock::{ActiveTimer, SLICE};
 use super::filter::{Candidate, PerspectiveSyncOptions, SyncFilter};
 use super::inquiry::{EventSyncStatus, SyncInquiry};
 use super::SyncState;
@@ -128,6 +129,16 @@ impl PerspectiveSyncAwaiter {
     /// perspectives apply, async ones are signalled) so a wait on your own
     /// writes can succeed before `complete()`.
     ///
+    /// The timeout bounds everything the wait does, the flush and every backend
+    /// call included: it returns within the timeout plus
+    /// [`PerspectiveSyncOptions::SLACK`] of active time, whatever the backend
+    /// does. Besides targeted wake-ups, it asks the backend again on a backoff
+    /// (5 ms doubling to 1 s by default, see
+    /// [`PerspectiveSyncOptions::reask_backoff`]), so an apply made elsewhere (another runtime or
+    /// process over the same stores) is seen within about a second. Events it
+    /// finds stored but not applied by an async perspective are signalled to
+    /// this runtime's runner (a paused runner applies nothing).
+    ///
     /// # Errors
     /// [`Error::UnknownPerspective`], [`Error::InvalidInput`] for a filter that
     /// needs a scope on an awaiter without one, or a backend error. Timeouts and
@@ -177,14 +188,24 @@ impl PerspectiveSyncAwaiter {
     ) -> Result<SyncResult> {
         let reg = self.runtime.registry().perspective::<P>()?;
         let options = PerspectiveSyncOptions::new(SyncFilter::for_stream(stream)).timeout(timeout);
-        self.flush_scope().await?;
+        let mut timer = self.timer(&options);
+        let emitted = self.emitted_len();
+        let timed_out =
+            |timer: &ActiveTimer, awaited| Ok(timed_out_result(reg, awaited, timer, emitted, 0));
+        match bounded(&mut timer, options.timeout, self.flush_scope()).await {
+            Some(flushed) => flushed?,
+            None => return timed_out(&timer, usize::from(event_id_to_await.is_some())),
+        }
         if let Some(id) = event_id_to_await {
             return self
-                .await_targets(reg, vec![(id, None)], &options, self.emitted_len(), 0)
+                .await_targets_timed(reg, vec![(id, None)], &options, timer, emitted, 0)
                 .await;
         }
         let mut targets: Vec<Target> = Vec::new();
-        let events = self.unapplied(reg, stream).await?;
+        let events = match bounded(&mut timer, options.timeout, self.unapplied(reg, stream)).await {
+            Some(events) => events?,
+            None => return timed_out(&timer, 0),
+        };
         let tracked = events.len();
         for ev in events {
             let wanted = if event_types.is_empty() {
@@ -196,7 +217,7 @@ impl PerspectiveSyncAwaiter {
                 targets.push((ev.event_id, Some(ev.stream_id)));
             }
         }
-        self.await_targets(reg, targets, &options, self.emitted_len(), tracked)
+        self.await_targets_timed(reg, targets, &options, timer, emitted, tracked)
             .await
     }
 
@@ -237,11 +258,36 @@ impl PerspectiveSyncAwaiter {
                 reg.name
             )));
         }
-        self.flush_scope().await?;
-        let from_store = self.stream_candidates(reg, &options.filter).await?;
+        let mut timer = self.timer(options);
+        let timed_out =
+            |timer: &ActiveTimer| Ok(timed_out_result(reg, 0, timer, self.emitted_len(), 0));
+        match bounded(&mut timer, options.timeout, self.flush_scope()).await {
+            Some(flushed) => flushed?,
+            None => return timed_out(&timer),
+        }
+        let from_store = match bounded(
+            &mut timer,
+            options.timeout,
+            self.stream_candidates(reg, &options.filter),
+        )
+        .await
+        {
+            Some(candidates) => candidates?,
+            None => return timed_out(&timer),
+        };
         let (targets, emitted, tracked) = self.resolve(reg, &options.filter, from_store);
-        self.await_targets(reg, targets, options, emitted, tracked)
+        self.await_targets_timed(reg, targets, options, timer, emitted, tracked)
             .await
+    }
+
+    /// A timer for one wait, on the options' clock (the runtime's by default).
+    fn timer(&self, options: &PerspectiveSyncOptions) -> ActiveTimer {
+        let clock = options
+            .clock
+            .clone()
+            .unwrap_or_else(|| Arc::clone(&self.state().clock));
+        let (first, max) = options.reask;
+        ActiveTimer::with_backoff(clock, options.debugger_aware, first, max)
     }
 
     /// The events of `stream` after `reg`'s cursor: stored, not yet applied.
@@ -329,11 +375,26 @@ impl PerspectiveSyncAwaiter {
         (targets, emitted.len(), considered)
     }
 
+    /// Waits for exactly `targets`, the timeout starting now.
     pub(crate) fn await_targets<'a>(
         &'a self,
         reg: &'static PerspectiveRegistration,
         targets: Vec<Target>,
         options: &'a PerspectiveSyncOptions,
+        events_emitted: usize,
+        events_tracked: usize,
+    ) -> impl Future<Output = Result<SyncResult>> + Send + 'a {
+        let timer = self.timer(options);
+        self.await_targets_timed(reg, targets, options, timer, events_emitted, events_tracked)
+    }
+
+    /// Waits for exactly `targets` with what `timer` has left of the timeout.
+    fn await_targets_timed<'a>(
+        &'a self,
+        reg: &'static PerspectiveRegistration,
+        targets: Vec<Target>,
+        options: &'a PerspectiveSyncOptions,
+        timer: ActiveTimer,
         events_emitted: usize,
         events_tracked: usize,
     ) -> impl Future<Output = Result<SyncResult>> + Send + 'a {
@@ -351,7 +412,8 @@ impl PerspectiveSyncAwaiter {
             events_tracked,
             perspective: reg.name,
         };
-        self.wait_loop(reg, targets, options, done).instrument(span)
+        self.wait_loop(reg, targets, options, timer, done)
+            .instrument(span)
     }
 
     /// The wait itself. Kept lean: thousands of these may sleep at once, so only
@@ -361,10 +423,11 @@ impl PerspectiveSyncAwaiter {
         reg: &'static PerspectiveRegistration,
         targets: Vec<Target>,
         options: &PerspectiveSyncOptions,
+        mut timer: ActiveTimer,
         done: impl Fn(SyncOutcome, usize, Duration) -> SyncResult,
     ) -> Result<SyncResult> {
         if targets.is_empty() {
-            return Ok(done(SyncOutcome::NoPendingEvents, 0, Duration::ZERO));
+            return Ok(done(SyncOutcome::NoPendingEvents, 0, timer.active()));
         }
         let state = self.state();
         // Register before the first inquiry: an apply that lands between the
@@ -381,16 +444,20 @@ impl PerspectiveSyncAwaiter {
             handled: reg.event_types,
             event_ids: targets.into_iter().map(|(id, _)| id).collect(),
         }];
-        let clock = options
-            .clock
-            .clone()
-            .unwrap_or_else(|| Arc::clone(&state.clock));
-        let mut timer = ActiveTimer::start(clock, options.debugger_aware);
-        let mut awaited;
+        let mut awaited = inquiry[0].event_ids.len();
+        // Streams whose runner this wait has signalled (async perspectives only).
+        let mut signalled: Vec<StreamId> = Vec::new();
+        let is_async = reg.mode == crate::PerspectiveMode::Async;
         loop {
             // Decide in a block so the answer is dropped before the sleep.
             let step = {
-                let answer = state.backend.inquire(&inquiry).await?;
+                let Some(answer) =
+                    bounded(&mut timer, options.timeout, state.backend.inquire(&inquiry)).await
+                else {
+                    tracing::debug!("sync wait timed out while the backend was answering");
+                    return Ok(done(SyncOutcome::TimedOut, awaited, timer.active()));
+                };
+                let answer = answer?;
                 let Some(answer) = answer.into_iter().next() else {
                     return Err(Error::InvalidInput(
                         "the sync backend answered no inquiry".into(),
@@ -398,6 +465,15 @@ impl PerspectiveSyncAwaiter {
                 };
                 let mut learned = false;
                 for (_, status) in &answer.statuses {
+                    // The runner learns of stored work from the wait, not only
+                    // from a flush: an event appended by a scope still open, or
+                    // by another process, is applied all the same.
+                    if let EventSyncStatus::Pending { stream, .. } = status {
+                        if is_async && !signalled.contains(stream) {
+                            signalled.push(*stream);
+                            self.runtime.inner.runner.signal(reg, *stream);
+                        }
+                    }
                     learned |= match status {
                         EventSyncStatus::Pending { stream, .. }
                         | EventSyncStatus::Failed { stream, .. } => waiter.watch_stream(*stream),
@@ -444,13 +520,57 @@ impl PerspectiveSyncAwaiter {
             }
             let sleep = timer.next_sleep(options.timeout);
             // Woken by an apply on a watched stream, or by the tracker's shared
-            // timer when this slice ends; either way, ask again.
-            state
-                .tracker
-                .alarm(tokio::time::Instant::now() + sleep, &waiter.notify);
+            // timer when the backoff ends; either way, ask again (an apply no
+            // wake-up reached, e.g. by another process, is seen within the backoff).
+            waiter.alarm(tokio::time::Instant::now() + sleep);
             waiter.notify.notified().await;
+            waiter.disarm();
             timer.observe(sleep);
         }
+    }
+}
+
+/// Runs `work` within what `timer` has left of `timeout` plus
+/// [`PerspectiveSyncOptions::SLACK`], in slices so that a freeze is told from
+/// active time. `None` when the budget ran out first (the work is dropped).
+async fn bounded<F: Future>(
+    timer: &mut ActiveTimer,
+    timeout: Duration,
+    work: F,
+) -> Option<F::Output> {
+    let budget = timeout.saturating_add(PerspectiveSyncOptions::SLACK);
+    let mut work = std::pin::pin!(work);
+    loop {
+        let slice = budget.saturating_sub(timer.active()).min(SLICE);
+        let result = tokio::time::timeout(slice, work.as_mut()).await;
+        timer.observe(slice);
+        match result {
+            Ok(out) => return Some(out),
+            Err(_) if timer.active() >= budget => return None,
+            Err(_) => {}
+        }
+    }
+}
+
+/// A wait that ran out of time before it could ask the backend.
+fn timed_out_result(
+    reg: &'static PerspectiveRegistration,
+    events_awaited: usize,
+    timer: &ActiveTimer,
+    events_emitted: usize,
+    events_tracked: usize,
+) -> SyncResult {
+    tracing::debug!(
+        perspective = reg.name,
+        "sync wait timed out before its inquiry"
+    );
+    SyncResult {
+        outcome: SyncOutcome::TimedOut,
+        events_awaited,
+        elapsed: timer.active(),
+        events_emitted,
+        events_tracked,
+        perspective: reg.name,
     }
 }
 

@@ -154,12 +154,22 @@ impl SyncFilter {
 pub struct PerspectiveSyncOptions {
     /// Which events.
     pub filter: SyncFilter,
-    /// How long to wait at most.
+    /// How long to wait at most (plus [`SLACK`](Self::SLACK)); `Duration::MAX`
+    /// waits for ever.
     pub timeout: Duration,
-    /// Count only time the process was running.
+    /// Count only time the process was running: a freeze (debugger, SIGSTOP)
+    /// does not count, time starved of CPU does (on Linux, told apart by the
+    /// threads' run-queue wait; elsewhere every overrun of a sleep slice by more
+    /// than 250 ms is taken for a freeze). A starved wait ends at its first
+    /// wake-up after the timeout: the timeout plus that wake-up's scheduling delay.
     pub debugger_aware: bool,
     pub(crate) clock: Option<Arc<dyn SyncClock>>,
+    pub(crate) reask: (Duration, Duration),
 }
+
+/// The default re-ask backoff of a wait: 5 ms, doubling up to 1 s.
+pub(crate) const DEFAULT_REASK: (Duration, Duration) =
+    (Duration::from_millis(5), Duration::from_secs(1));
 
 impl std::fmt::Debug for PerspectiveSyncOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -167,6 +177,7 @@ impl std::fmt::Debug for PerspectiveSyncOptions {
             .field("filter", &self.filter)
             .field("timeout", &self.timeout)
             .field("debugger_aware", &self.debugger_aware)
+            .field("reask_backoff", &self.reask)
             .finish_non_exhaustive()
     }
 }
@@ -187,6 +198,13 @@ impl PerspectiveSyncOptions {
     /// The default timeout.
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
+    /// How far past its timeout a wait may run: its last backend call (the
+    /// scope flush, a checkpoint read, an inquiry) gets this long to answer,
+    /// so a zero timeout still checks once. Whatever the backend does, a wait
+    /// returns within its timeout plus this slack of active time (a hanging
+    /// backend gives [`SyncOutcome::TimedOut`](crate::SyncOutcome::TimedOut)).
+    pub const SLACK: Duration = Duration::from_millis(50);
+
     /// Options for `filter` with the defaults.
     #[must_use]
     pub fn new(filter: SyncFilter) -> Self {
@@ -195,6 +213,7 @@ impl PerspectiveSyncOptions {
             timeout: Self::DEFAULT_TIMEOUT,
             debugger_aware: true,
             clock: None,
+            reask: DEFAULT_REASK,
         }
     }
 
@@ -223,6 +242,17 @@ impl PerspectiveSyncOptions {
     #[must_use]
     pub fn debugger_aware(mut self, on: bool) -> Self {
         self.debugger_aware = on;
+        self
+    }
+
+    /// How often a wait asks the backend again when nothing woke it: after
+    /// `first`, doubling up to `max` (default 5 ms doubling to 1 s). This is how
+    /// an apply no wake-up reached (another runtime or process over the same
+    /// stores) is noticed; raise it to spare a remote backend. A `max` below
+    /// `first` is taken as `first`.
+    #[must_use]
+    pub fn reask_backoff(mut self, first: Duration, max: Duration) -> Self {
+        self.reask = (first, max);
         self
     }
 

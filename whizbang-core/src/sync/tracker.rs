@@ -17,9 +17,9 @@ use crate::perspective::ApplyReport;
 use crate::registry::Registry;
 use crate::store::memory::IdMap;
 use crate::store::StreamAppend;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
 
@@ -73,36 +73,15 @@ struct Waiters {
     any: HashMap<&'static str, WaiterSet>,
 }
 
-/// A sleeping waiter's wake-up time, in one heap for the whole process.
-struct Alarm {
-    at: tokio::time::Instant,
-    seq: u64,
-    notify: std::sync::Weak<Notify>,
-}
-
-impl PartialEq for Alarm {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Alarm {}
-impl PartialOrd for Alarm {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Alarm {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        // Reversed: the heap's top is the earliest alarm.
-        (other.at, other.seq).cmp(&(self.at, self.seq))
-    }
-}
+/// Where a sleeping waiter's alarm sits: its wake-up time and a unique sequence number.
+type AlarmKey = (tokio::time::Instant, u64);
 
 /// Per process: for each perspective, the events appended here that it has not
 /// applied yet, and the waiters to wake when it applies something.
 ///
 /// Sleeping waiters hold no timer of their own: their wake-up times sit in one
-/// heap, served by one timer task, so a waiter costs a `Notified` and a heap slot.
+/// ordered map, served by one timer task, so a waiter costs a `Notified` and a
+/// map entry. A waiter that wakes, re-arms or is dropped removes its entry at once.
 pub struct SyncEventTracker {
     /// Event ids are generated here (UUID v7), never chosen by callers, so the
     /// cheap id hasher is safe for these maps.
@@ -110,7 +89,7 @@ pub struct SyncEventTracker {
     waiters: Mutex<Waiters>,
     next_waiter: AtomicU64,
     ttl: Duration,
-    alarms: Mutex<std::collections::BinaryHeap<Alarm>>,
+    alarms: Mutex<BTreeMap<AlarmKey, Weak<Notify>>>,
     /// Wakes the timer task when an alarm earlier than all others is set.
     rearm: Arc<Notify>,
 }
@@ -135,7 +114,7 @@ impl SyncEventTracker {
             waiters: Mutex::new(Waiters::default()),
             next_waiter: AtomicU64::new(1),
             ttl,
-            alarms: Mutex::new(std::collections::BinaryHeap::new()),
+            alarms: Mutex::new(BTreeMap::new()),
             rearm: Arc::new(Notify::new()),
         }
     }
@@ -251,34 +230,50 @@ impl SyncEventTracker {
         n
     }
 
-    /// Wakes `notify` at `at` (or soon after, if the process was frozen).
-    pub(crate) fn alarm(&self, at: tokio::time::Instant, notify: &Arc<Notify>) {
+    /// Wakes `notify` at `at` (or soon after, if the process was frozen),
+    /// replacing the alarm `previous` if any. Returns the new alarm's key.
+    fn set_alarm(
+        &self,
+        previous: Option<AlarmKey>,
+        at: tokio::time::Instant,
+        notify: &Arc<Notify>,
+    ) -> AlarmKey {
+        let key = (at, self.next_waiter.fetch_add(1, Ordering::Relaxed));
         let mut alarms = lock(&self.alarms);
-        let earliest = alarms.peek().is_none_or(|a| at < a.at);
-        let seq = self.next_waiter.fetch_add(1, Ordering::Relaxed);
-        alarms.push(Alarm {
-            at,
-            seq,
-            notify: Arc::downgrade(notify),
-        });
+        if let Some(old) = previous {
+            alarms.remove(&old);
+        }
+        let earliest = alarms.first_key_value().is_none_or(|(k, _)| key < *k);
+        alarms.insert(key, Arc::downgrade(notify));
         drop(alarms);
         if earliest {
             self.rearm.notify_one();
         }
+        key
+    }
+
+    /// Removes an alarm (gone already if it fired).
+    fn remove_alarm(&self, key: AlarmKey) {
+        lock(&self.alarms).remove(&key);
+    }
+
+    /// Alarms set and not yet fired: one per sleeping waiter. A finished or
+    /// dropped wait leaves none behind.
+    #[must_use]
+    pub fn alarm_count(&self) -> usize {
+        lock(&self.alarms).len()
     }
 
     /// Fires every alarm that is due; returns when the next one is.
     fn fire_due(&self) -> Option<tokio::time::Instant> {
         let now = tokio::time::Instant::now();
         let mut alarms = lock(&self.alarms);
-        while let Some(a) = alarms.peek() {
-            if a.at > now {
-                return Some(a.at);
+        while let Some(entry) = alarms.first_entry() {
+            if entry.key().0 > now {
+                return Some(entry.key().0);
             }
-            if let Some(a) = alarms.pop() {
-                if let Some(n) = a.notify.upgrade() {
-                    n.notify_one();
-                }
+            if let Some(n) = entry.remove().upgrade() {
+                n.notify_one();
             }
         }
         None
@@ -314,6 +309,7 @@ impl SyncEventTracker {
             notify: Arc::new(Notify::new()),
             streams: Vec::new(),
             any: false,
+            alarm: None,
         }
     }
 
@@ -362,9 +358,23 @@ pub(crate) struct WaiterRegistration {
     pub(crate) notify: Arc<Notify>,
     streams: Vec<StreamId>,
     any: bool,
+    /// The alarm set by the last [`alarm`](Self::alarm), if it may still be set.
+    alarm: Option<AlarmKey>,
 }
 
 impl WaiterRegistration {
+    /// Wakes me at `at`, replacing my previous alarm.
+    pub(crate) fn alarm(&mut self, at: tokio::time::Instant) {
+        self.alarm = Some(self.tracker.set_alarm(self.alarm, at, &self.notify));
+    }
+
+    /// Removes my alarm, if set (woken early, or done).
+    pub(crate) fn disarm(&mut self) {
+        if let Some(key) = self.alarm.take() {
+            self.tracker.remove_alarm(key);
+        }
+    }
+
     /// Wake me when `perspective` applies on `stream`. Returns whether this is new.
     pub(crate) fn watch_stream(&mut self, stream: StreamId) -> bool {
         if self.streams.contains(&stream) {
@@ -396,6 +406,7 @@ impl WaiterRegistration {
 
 impl Drop for WaiterRegistration {
     fn drop(&mut self) {
+        self.disarm();
         let mut w = lock(&self.tracker.waiters);
         for s in &self.streams {
             let key = (self.perspective, *s);

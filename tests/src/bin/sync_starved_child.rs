@@ -1,0 +1,93 @@
+//! Child process for `tests/sync_starvation.rs`: waits on an async perspective
+//! whose runner is paused (so the wait can only time out), debugger-aware, with
+//! the timeout given, while its parent saturates every core. Prints
+//! `outcome=<Synced|TimedOut|..> elapsed_ms=<active ms> wall_ms=<wall ms>`.
+//!
+//! Usage: `sync_starved_child <timeout_ms>`
+
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+use whizbang_core::{perspective, Event, PerspectiveSyncOptions, Runtime, SyncFilter, SyncOutcome};
+
+#[derive(Event, Serialize, Deserialize, Debug, Clone)]
+#[event(name = "starved.ticked")]
+struct Ticked {
+    #[stream_key]
+    clock: Uuid,
+}
+
+#[derive(Default, Clone, Serialize, Deserialize)]
+struct TickCount {
+    n: u64,
+}
+
+struct Ticks;
+
+#[perspective(model = TickCount, name = "starved.ticks")]
+impl Ticks {
+    fn ticked(c: &mut TickCount, _: &Ticked) {
+        c.n += 1;
+    }
+}
+
+/// No step of the child may take longer than this.
+const BOUND: Duration = Duration::from_secs(60);
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> ExitCode {
+    let Some(timeout) = std::env::args()
+        .nth(1)
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_millis)
+    else {
+        eprintln!("usage: sync_starved_child <timeout_ms>");
+        return ExitCode::from(2);
+    };
+    match run(timeout).await {
+        Ok(line) => {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sync_starved_child: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(timeout: Duration) -> Result<String, String> {
+    let rt = Runtime::in_memory().map_err(|e| e.to_string())?;
+    rt.runner().pause();
+    let scope = rt.scope();
+    scope
+        .publish(Ticked {
+            clock: Uuid::now_v7(),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let options = PerspectiveSyncOptions::new(SyncFilter::current_scope())
+        .timeout(timeout)
+        .debugger_aware(true);
+    let started = Instant::now();
+    let result = tokio::time::timeout(BOUND, scope.sync_awaiter().wait::<Ticks>(options))
+        .await
+        .map_err(|_| "the wait never ended".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let wall = started.elapsed();
+    let outcome = match result.outcome {
+        SyncOutcome::Synced => "Synced".to_owned(),
+        SyncOutcome::TimedOut => "TimedOut".to_owned(),
+        SyncOutcome::NoPendingEvents => "NoPendingEvents".to_owned(),
+        SyncOutcome::Failed { message, .. } => format!("Failed({message})"),
+    };
+    Ok(format!(
+        "outcome={outcome} elapsed_ms={} wall_ms={}",
+        result.elapsed.as_millis(),
+        wall.as_millis()
+    ))
+}
