@@ -56,7 +56,7 @@ use std::sync::Arc;
     label = "no `Receptor<{M}>` impl",
     note = "implement `Receptor<{M}>` for `{Self}` and annotate the impl with #[receptor]"
 )]
-pub trait Receptor<M: Message>: Send + Sync + 'static {
+pub trait Receptor<M: Message>: crate::registry::Registered<M> + Send + Sync + 'static {
     /// Handles the message. Whatever it emits through `cx` is appended only
     /// when it returns `Ok`.
     fn handle(
