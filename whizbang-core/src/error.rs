@@ -43,6 +43,20 @@ pub enum Error {
         second: String,
     },
 
+    /// `Runtime::build()` found command types with no receptor in its registry:
+    /// sending any of them could only fail. Nothing was started.
+    #[error(
+        "{} no receptor: annotate an `impl Receptor<Cmd> for YourType` with #[receptor] for \
+         each, and make sure the crate that holds the receptors is linked \
+         (`use your_handlers as _;`). A runtime that routes only some commands takes an \
+         explicit registry without the others (`RuntimeBuilder::registry`)",
+        command_list(commands)
+    )]
+    CommandsWithoutReceptor {
+        /// The wire names of every such command, in stable (sorted) order.
+        commands: Vec<&'static str>,
+    },
+
     /// Two different message types use the same wire name.
     #[error(
         "message name `{name}` is used by both `{first}` and `{second}`: wire names must be \
@@ -259,5 +273,19 @@ impl Error {
             Error::Handler(inner) => inner.downcast_ref::<E>(),
             _ => None,
         }
+    }
+}
+
+/// "command `A` has" / "commands `A`, `B` have".
+fn command_list(commands: &[&str]) -> String {
+    let names = commands
+        .iter()
+        .map(|c| format!("`{c}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if commands.len() == 1 {
+        format!("command {names} has")
+    } else {
+        format!("commands {names} have")
     }
 }

@@ -336,6 +336,20 @@ impl Registry {
         self.commands.get(&command).copied()
     }
 
+    /// Every command type registered in this registry (by `#[derive(Command)]`)
+    /// that has no receptor in it, in stable order (wire name).
+    /// [`RuntimeBuilder::build`](crate::RuntimeBuilder::build) refuses a
+    /// registry where this is not empty.
+    #[must_use]
+    pub fn commands_without_receptor(&self) -> Vec<&'static MessageRegistration> {
+        self.messages
+            .iter()
+            .copied()
+            .filter(|m| m.kind == MessageKind::Command)
+            .filter(|m| !self.commands.contains_key(&(m.type_id)()))
+            .collect()
+    }
+
     /// The receptors of an event type (by wire name), in stable order.
     #[must_use]
     pub fn event_receptors(&self, event_type: &str) -> &[&'static ReceptorRegistration] {
