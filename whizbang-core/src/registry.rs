@@ -51,7 +51,9 @@ pub struct ReceptorRegistration {
 }
 
 impl ReceptorRegistration {
-    /// The registration of receptor `R` for message `M`.
+    /// The registration of receptor `R` for message `M`. For generated code
+    /// (and tests that build a [`Registry`] by hand).
+    #[doc(hidden)]
     #[must_use]
     pub const fn of<R, M>(receptor: &'static str, module_path: &'static str) -> Self
     where
@@ -70,7 +72,8 @@ impl ReceptorRegistration {
         }
     }
 
-    /// Fires at `stage` (`#[fire_at(stage)]`).
+    /// Fires at `stage` (`#[fire_at(stage)]`). For generated code.
+    #[doc(hidden)]
     #[must_use]
     pub const fn fire_at(mut self, stage: LifecycleStage) -> Self {
         self.stage = Some(stage);
@@ -78,6 +81,8 @@ impl ReceptorRegistration {
     }
 
     /// Awaits these perspectives before running (`#[await_perspective_sync]`).
+    /// For generated code.
+    #[doc(hidden)]
     #[must_use]
     pub const fn awaiting(mut self, sync: &'static [SyncRequirement]) -> Self {
         self.sync = sync;
@@ -144,7 +149,8 @@ fn erased_apply<P: Perspective>(
 }
 
 impl PerspectiveRegistration {
-    /// The registration of perspective `P`.
+    /// The registration of perspective `P`. For generated code.
+    #[doc(hidden)]
     #[must_use]
     pub const fn of<P: Perspective>(type_name: &'static str, module_path: &'static str) -> Self {
         PerspectiveRegistration {
@@ -183,7 +189,8 @@ pub struct MessageRegistration {
 }
 
 impl MessageRegistration {
-    /// The registration of message `M`.
+    /// The registration of message `M`. For generated code.
+    #[doc(hidden)]
     #[must_use]
     pub const fn of<M: Message>(type_name: &'static str, module_path: &'static str) -> Self {
         MessageRegistration {
