@@ -28,7 +28,9 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-/// Handles one message type. Annotate the impl with `#[receptor]` to register it.
+/// Handles one message type. Annotate the impl with `#[receptor]` to register it:
+/// an impl without it would never run, so it does not compile (the hidden
+/// supertrait is implemented by the macro only).
 ///
 /// A command receptor returns the command's output to the caller; an event
 /// receptor returns `()`. Either emits events through its [`Context`].
