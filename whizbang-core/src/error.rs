@@ -6,6 +6,7 @@
 //! unchanged.
 
 use crate::message::{EventId, ExpectedVersion, StreamId};
+use std::fmt;
 use std::time::Duration;
 
 /// A boxed error from user code or a backend driver.
@@ -15,7 +16,11 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in whizbang.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` shows the `Display` sentence too (then the variant and the chain
+/// of causes), so `fn main() -> Result<()>` prints what to do, not only a
+/// variant name.
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A command was sent but no receptor is registered for its type.
@@ -41,6 +46,20 @@ pub enum Error {
         first: String,
         /// The second receptor (by path).
         second: String,
+    },
+
+    /// `Runtime::build()` found command types with no receptor in its registry:
+    /// sending any of them could only fail. Nothing was started.
+    #[error(
+        "{} no receptor: annotate an `impl Receptor<Cmd> for YourType` with #[receptor] for \
+         each, and make sure the crate that holds the receptors is linked \
+         (`use your_handlers as _;`). A runtime that routes only some commands takes an \
+         explicit registry without the others (`RuntimeBuilder::registry`)",
+        command_list(commands)
+    )]
+    CommandsWithoutReceptor {
+        /// The wire names of every such command, in stable (sorted) order.
+        commands: Vec<&'static str>,
     },
 
     /// Two different message types use the same wire name.
@@ -236,11 +255,18 @@ pub enum Error {
     )]
     NoTokioRuntime,
 
-    /// A storage backend failed.
-    #[error("{backend} backend error: {source}")]
+    /// A storage backend failed. Build it with [`Error::backend`].
+    #[error(
+        "the {backend} backend failed to {operation}: {source}. {stored} Check that the \
+         {backend} backend is reachable and its schema is up to date, then retry"
+    )]
     Backend {
-        /// Which backend.
+        /// Which backend (`"postgres"`, `"memory"`).
         backend: &'static str,
+        /// What it was asked to do, as a verb phrase ("append to stream ..").
+        operation: String,
+        /// What the failed call left in storage.
+        stored: Stored,
         /// The driver's error.
         #[source]
         source: BoxError,
@@ -304,6 +330,60 @@ impl Error {
         Error::Handler(message.into().into())
     }
 
+    /// A backend failure: `operation` is what it was asked to do, as a verb
+    /// phrase ("append 3 events to stream ..", "read checkpoints"), and
+    /// `stored` what the failed call left behind.
+    ///
+    /// ```
+    /// # use whizbang_core::{error::Stored, Error};
+    /// let err = Error::backend("postgres", "append to stream 42", Stored::Nothing,
+    ///     std::io::Error::other("connection refused"));
+    /// assert!(err.to_string().contains("Nothing was stored"));
+    /// ```
+    pub fn backend(
+        backend: &'static str,
+        operation: impl Into<String>,
+        stored: Stored,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        Error::Backend {
+            backend,
+            operation: operation.into(),
+            stored,
+            source: source.into(),
+        }
+    }
+
+    /// The variant's name, for `Debug` (exhaustive: a new variant must be named here).
+    fn variant_name(&self) -> &'static str {
+        match self {
+            Error::NoReceptor { .. } => "NoReceptor",
+            Error::DuplicateReceptor { .. } => "DuplicateReceptor",
+            Error::CommandsWithoutReceptor { .. } => "CommandsWithoutReceptor",
+            Error::DuplicateMessageName { .. } => "DuplicateMessageName",
+            Error::DuplicatePerspective { .. } => "DuplicatePerspective",
+            Error::NoRoutesRegistered => "NoRoutesRegistered",
+            Error::Concurrency { .. } => "Concurrency",
+            Error::Serialization { .. } => "Serialization",
+            Error::Deserialization { .. } => "Deserialization",
+            Error::ScopeCompleted => "ScopeCompleted",
+            Error::Handler(_) => "Handler",
+            Error::MissingService { .. } => "MissingService",
+            Error::PerspectiveFailed { .. } => "PerspectiveFailed",
+            Error::UnknownPerspective { .. } => "UnknownPerspective",
+            Error::CascadeTooDeep { .. } => "CascadeTooDeep",
+            Error::NoTokioRuntime => "NoTokioRuntime",
+            Error::Backend { .. } => "Backend",
+            Error::PerspectiveSyncTimeout { .. } => "PerspectiveSyncTimeout",
+            Error::InlineStageWait { .. } => "InlineStageWait",
+            Error::UnsupportedStage { .. } => "UnsupportedStage",
+            Error::InvalidInput(_) => "InvalidInput",
+            Error::CascadeFailed { .. } => "CascadeFailed",
+            Error::NotSynced { .. } => "NotSynced",
+            Error::EventRoundTrip { .. } => "EventRoundTrip",
+        }
+    }
+
     /// If this is a [`Error::Handler`] wrapping an `E` (also inside an
     /// [`Error::CascadeFailed`]), returns it.
     pub fn downcast_handler_ref<E: std::error::Error + 'static>(&self) -> Option<&E> {
@@ -312,5 +392,155 @@ impl Error {
             Error::CascadeFailed { source, .. } => source.downcast_handler_ref::<E>(),
             _ => None,
         }
+    }
+}
+
+/// "command `A` has" / "commands `A`, `B` have".
+fn command_list(commands: &[&str]) -> String {
+    let names = commands
+        .iter()
+        .map(|c| format!("`{c}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if commands.len() == 1 {
+        format!("command {names} has")
+    } else {
+        format!("commands {names} have")
+    }
+}
+
+/// The sentence, the variant, then each cause the sentence does not already
+/// show:
+///
+/// ```text
+/// no receptor is registered for command `Orphan`: annotate ..
+///
+/// (whizbang_core::Error::NoReceptor)
+/// ```
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sentence = self.to_string();
+        write!(
+            f,
+            "{sentence}\n\n(whizbang_core::Error::{})",
+            self.variant_name()
+        )?;
+        let mut shown = sentence;
+        let mut cause = std::error::Error::source(self);
+        while let Some(err) = cause {
+            let text = err.to_string();
+            if !shown.contains(&text) {
+                write!(f, "\ncaused by: {text}")?;
+                shown.push('\n');
+                shown.push_str(&text);
+            }
+            cause = err.source();
+        }
+        Ok(())
+    }
+}
+
+/// What a failed backend call left in storage, so the caller knows whether
+/// retrying can duplicate anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Stored {
+    /// Nothing was written: the call was a read, or its transaction rolled back.
+    Nothing,
+    /// The write may have committed: the connection was lost while committing.
+    Unknown,
+}
+
+impl fmt::Display for Stored {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Stored::Nothing => "Nothing was stored; retrying is safe.",
+            Stored::Unknown => {
+                "The write may or may not have been stored (the connection was lost while \
+                 committing): read the stream before retrying a command that is not idempotent."
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Io(&'static str, Option<Box<Io>>);
+
+    impl fmt::Display for Io {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Io {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    #[test]
+    fn debug_shows_the_display_sentence_then_the_variant() {
+        let err = Error::NoReceptor {
+            message_type: "Orphan",
+        };
+        let debug = format!("{err:?}");
+        assert!(debug.starts_with(&err.to_string()), "{debug}");
+        assert!(debug.contains("#[receptor]"), "says what to do: {debug}");
+        assert!(
+            debug.ends_with("(whizbang_core::Error::NoReceptor)"),
+            "{debug}"
+        );
+        // What `fn main() -> Result<()>` prints on error.
+        let main = format!("Error: {err:?}");
+        assert!(main.contains("no receptor is registered for command `Orphan`"));
+    }
+
+    #[test]
+    fn debug_lists_causes_the_sentence_does_not_already_show() {
+        let inner = Io("connection reset by peer", None);
+        let err = Error::handler(Io("ledger unavailable", Some(Box::new(inner))));
+        let debug = format!("{err:?}");
+        assert_eq!(
+            debug,
+            "ledger unavailable\n\n(whizbang_core::Error::Handler)\n\
+             caused by: connection reset by peer",
+        );
+    }
+
+    #[test]
+    fn backend_errors_say_what_failed_what_was_stored_and_what_to_check() {
+        let err = Error::backend(
+            "postgres",
+            "append 2 events to stream 7",
+            Stored::Nothing,
+            Io("connection refused", None),
+        );
+        let message = err.to_string();
+        assert!(
+            message.starts_with(
+                "the postgres backend failed to append 2 events to stream 7: connection refused."
+            ),
+            "{message}"
+        );
+        assert!(
+            message.contains("Nothing was stored; retrying is safe."),
+            "{message}"
+        );
+        assert!(message.contains("reachable"), "what to check: {message}");
+        let unknown = Error::backend("postgres", "commit", Stored::Unknown, Io("eof", None));
+        assert!(
+            unknown
+                .to_string()
+                .contains("may or may not have been stored"),
+            "{unknown}"
+        );
+        assert!(
+            format!("{unknown:?}").ends_with("(whizbang_core::Error::Backend)"),
+            "the source is in the sentence, not repeated: {unknown:?}"
+        );
     }
 }

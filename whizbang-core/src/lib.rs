@@ -100,7 +100,9 @@ pub mod __private {
     pub use crate::dispatch::{LifecycleStage, Receptor, SyncFire, SyncRequirement};
     pub use crate::message::{Command, Event, Message, MessageKind, StreamId, StreamKey};
     pub use crate::perspective::{apply_with, ApplyError, Perspective, PerspectiveMode};
-    pub use crate::registry::{MessageRegistration, PerspectiveRegistration, ReceptorRegistration};
+    pub use crate::registry::{
+        MessageRegistration, PerspectiveRegistration, ReceptorRegistration, Registered,
+    };
     pub use crate::store::StoredEvent;
     pub use ::core::any::TypeId;
     pub use ::core::option::Option;

@@ -104,7 +104,7 @@ pub enum MessageKind {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a whizbang message",
     label = "not a command or event",
-    note = "add #[derive(whizbang::Command)] or #[derive(whizbang::Event)] to `{Self}`"
+    note = "add #[derive(whizbang_core::Command)] or #[derive(whizbang_core::Event)] to `{Self}`"
 )]
 pub trait Message: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The stable wire name: stored with events, never a Rust type path.
@@ -119,7 +119,7 @@ pub trait Message: Serialize + DeserializeOwned + Send + Sync + 'static {
 /// A fact that happened, stored in the stream named by its `#[stream_key]` field.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an event",
-    note = "add #[derive(whizbang::Event)] to `{Self}` and mark its stream id field with #[stream_key]"
+    note = "add #[derive(whizbang_core::Event)] to `{Self}` and mark its stream id field with #[stream_key]"
 )]
 pub trait Event: Message<Output = ()> {
     /// The stream this event belongs to.
@@ -130,7 +130,7 @@ pub trait Event: Message<Output = ()> {
 /// [`Message::Output`] to the caller.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a command",
-    note = "add #[derive(whizbang::Command)] to `{Self}` (with #[command(output = T)] if it returns a value)"
+    note = "add #[derive(whizbang_core::Command)] to `{Self}` (with #[command(output = T)] if it returns a value)"
 )]
 pub trait Command: Message {}
 

@@ -16,6 +16,20 @@ use std::any::TypeId;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
+/// Proof that `#[receptor]` registered `Self` as the receptor of `M`.
+///
+/// A supertrait of [`Receptor`]: only the macro implements it, so an
+/// `impl Receptor<M> for T` without `#[receptor]` (which would compile and
+/// never run) is a compile error that says what to add.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` implements `Receptor<{M}>` without #[receptor], so it would never run",
+    label = "not registered: add #[receptor] to this impl",
+    note = "add #[receptor] to the `impl Receptor<{M}> for {Self}` block: it registers the receptor \
+            so the runtime routes `{M}` to it"
+)]
+pub trait Registered<M> {}
+
 /// A receptor, as registered by `#[receptor]`.
 #[derive(Debug)]
 pub struct ReceptorRegistration {
@@ -37,7 +51,9 @@ pub struct ReceptorRegistration {
 }
 
 impl ReceptorRegistration {
-    /// The registration of receptor `R` for message `M`.
+    /// The registration of receptor `R` for message `M`. For generated code
+    /// (and tests that build a [`Registry`] by hand).
+    #[doc(hidden)]
     #[must_use]
     pub const fn of<R, M>(receptor: &'static str, module_path: &'static str) -> Self
     where
@@ -56,7 +72,8 @@ impl ReceptorRegistration {
         }
     }
 
-    /// Fires at `stage` (`#[fire_at(stage)]`).
+    /// Fires at `stage` (`#[fire_at(stage)]`). For generated code.
+    #[doc(hidden)]
     #[must_use]
     pub const fn fire_at(mut self, stage: LifecycleStage) -> Self {
         self.stage = Some(stage);
@@ -64,6 +81,8 @@ impl ReceptorRegistration {
     }
 
     /// Awaits these perspectives before running (`#[await_perspective_sync]`).
+    /// For generated code.
+    #[doc(hidden)]
     #[must_use]
     pub const fn awaiting(mut self, sync: &'static [SyncRequirement]) -> Self {
         self.sync = sync;
@@ -130,7 +149,8 @@ fn erased_apply<P: Perspective>(
 }
 
 impl PerspectiveRegistration {
-    /// The registration of perspective `P`.
+    /// The registration of perspective `P`. For generated code.
+    #[doc(hidden)]
     #[must_use]
     pub const fn of<P: Perspective>(type_name: &'static str, module_path: &'static str) -> Self {
         PerspectiveRegistration {
@@ -169,7 +189,8 @@ pub struct MessageRegistration {
 }
 
 impl MessageRegistration {
-    /// The registration of message `M`.
+    /// The registration of message `M`. For generated code.
+    #[doc(hidden)]
     #[must_use]
     pub const fn of<M: Message>(type_name: &'static str, module_path: &'static str) -> Self {
         MessageRegistration {
@@ -320,6 +341,20 @@ impl Registry {
     #[must_use]
     pub fn command_receptor(&self, command: TypeId) -> Option<&'static ReceptorRegistration> {
         self.commands.get(&command).copied()
+    }
+
+    /// Every command type registered in this registry (by `#[derive(Command)]`)
+    /// that has no receptor in it, in stable order (wire name).
+    /// [`RuntimeBuilder::build`](crate::RuntimeBuilder::build) refuses a
+    /// registry where this is not empty.
+    #[must_use]
+    pub fn commands_without_receptor(&self) -> Vec<&'static MessageRegistration> {
+        self.messages
+            .iter()
+            .copied()
+            .filter(|m| m.kind == MessageKind::Command)
+            .filter(|m| !self.commands.contains_key(&(m.type_id)()))
+            .collect()
     }
 
     /// The receptors of an event type (by wire name), in stable order.

@@ -20,6 +20,11 @@ impl Receptor<Ship> for Warehouse {
     }
 }
 
+// Registered by hand below (a second receptor for `Ship` in the global
+// registry would fail every runtime of this binary): stands in for what
+// `#[receptor]` generates.
+impl whizbang_core::__private::Registered<Ship> for Courier {}
+
 impl Receptor<Ship> for Courier {
     async fn handle(&self, _: Ship, _: &mut Context) -> Result<()> {
         Ok(())
@@ -83,4 +88,75 @@ async fn a_runtime_on_an_explicit_registry_routes_only_what_it_holds() {
     let registry = std::sync::Arc::new(Registry::from_parts([&WAREHOUSE], [], []).unwrap());
     let rt = Runtime::builder().registry(registry).build().unwrap();
     rt.scope().send(Ship).await.unwrap();
+}
+
+/// Commands nobody handles (registered by their derive, like every command).
+#[derive(Command, Serialize, Deserialize)]
+struct Orphan;
+
+#[derive(Command, Serialize, Deserialize)]
+#[command(name = "Bounce")]
+struct BounceCheque;
+
+static ORPHAN: MessageRegistration = MessageRegistration::of::<Orphan>("Orphan", "shop");
+static BOUNCE: MessageRegistration =
+    MessageRegistration::of::<BounceCheque>("BounceCheque", "shop");
+
+#[tokio::test]
+async fn build_refuses_every_command_without_receptor_in_one_error() {
+    let registry = Registry::from_parts([&WAREHOUSE], [], [&ORPHAN, &SHIP, &BOUNCE]).unwrap();
+    assert_eq!(
+        registry
+            .commands_without_receptor()
+            .iter()
+            .map(|m| m.name)
+            .collect::<Vec<_>>(),
+        ["Bounce", "Orphan"]
+    );
+    let err = Runtime::builder()
+        .registry(std::sync::Arc::new(registry))
+        .build()
+        .unwrap_err();
+    match &err {
+        Error::CommandsWithoutReceptor { commands } => {
+            assert_eq!(commands, &["Bounce", "Orphan"], "all of them, sorted");
+        }
+        other => panic!("expected CommandsWithoutReceptor, got {other:?}"),
+    }
+    let message = err.to_string();
+    assert!(
+        message.starts_with("commands `Bounce`, `Orphan` have no receptor"),
+        "{message}"
+    );
+    assert!(
+        message.contains("#[receptor]"),
+        "says what to add: {message}"
+    );
+    assert!(
+        message.contains("use your_handlers as _;"),
+        "says how to link the crate: {message}"
+    );
+}
+
+#[tokio::test]
+async fn a_command_outside_the_runtimes_registry_is_a_typed_error_naming_it() {
+    let registry = Registry::from_parts([&WAREHOUSE], [], [&SHIP]).unwrap();
+    let rt = Runtime::builder()
+        .registry(std::sync::Arc::new(registry))
+        .build()
+        .unwrap();
+    let err = rt.scope().send(Orphan).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::NoReceptor {
+                message_type: "Orphan"
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("#[receptor]"),
+        "the message says what to do: {err}"
+    );
 }

@@ -73,6 +73,8 @@ macro_rules! logging_receptor {
                 Ok($name(s.require::<Log>(stringify!($name))?))
             }
         }
+        // Registered by hand (the statics below), as `#[receptor]` would.
+        impl whizbang_core::__private::Registered<Placed> for $name {}
         impl Receptor<Placed> for $name {
             async fn handle(&self, e: Placed, cx: &mut Context) -> Result<()> {
                 let inline = cx
@@ -229,6 +231,9 @@ struct Confirm {
 
 #[derive(Default)]
 struct Confirmer;
+
+// Registered by hand (`CONFIRM` below), as `#[receptor]` would.
+impl whizbang_core::__private::Registered<Confirm> for Confirmer {}
 
 impl Receptor<Confirm> for Confirmer {
     async fn handle(&self, _: Confirm, cx: &mut Context) -> Result<()> {

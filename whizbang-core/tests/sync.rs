@@ -930,17 +930,33 @@ async fn a_thousand_concurrent_scopes_each_see_their_own_writes() {
                 .send_and_sync(Deposit { account, cents: 1 })
                 .await?
                 .into_synced()?;
-            // Read-your-writes: this scope's deposit is in the model now.
-            let b = rt.lens::<Balances>().get(account.into()).await?;
+            // This scope's own deposit: where it landed on the account's stream,
+            // which 20 scopes share (so "some deposit is applied" proves nothing).
+            let own = scope
+                .emitted()
+                .last()
+                .map(|e| (e.stream_id, e.stream_version));
+            // Read-your-writes: the model has applied at least that version.
+            let model = rt.lens::<Balances>().get_versioned(account.into()).await?;
             scope.complete().await?;
-            Ok::<_, Error>((out, b.map(|b| b.events)))
+            Ok::<_, Error>((out, account, own, model.map(|(b, v)| (b.events, v))))
         }));
     }
     let mut synced = 0;
     for t in tasks {
-        let (out, events) = bounded(t).await.unwrap().unwrap();
+        let (out, account, own, model) = bounded(t).await.unwrap().unwrap();
         assert_eq!(out, 1);
-        assert!(events.is_some_and(|n| n >= 1));
+        let (own_stream, own_version) = own.expect("the scope emitted its deposit");
+        assert_eq!(own_stream, StreamId::from(account));
+        let (events, applied) = model.expect("the model exists once the deposit is synced");
+        assert!(
+            applied >= own_version,
+            "the model is at version {applied}, before this scope's own event at {own_version}"
+        );
+        assert_eq!(
+            events, applied,
+            "every event on the stream is a deposit: the model's content matches its version"
+        );
         synced += 1;
     }
     assert_eq!(synced, 1_000);

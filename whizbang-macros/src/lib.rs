@@ -1,10 +1,11 @@
 //! Attribute and derive macros for whizbang: compile-time routing registered
 //! with `inventory`.
 //!
-//! Use them through `whizbang_core` (or `whizbang`), which re-exports them:
-//! the generated code names `::whizbang_core::__private::..` only. When the
-//! runtime is reached through another path (a renamed dependency, a
-//! re-export), say so with `crate = path` in any macro's arguments.
+//! Depend on `whizbang-core`, which re-exports them
+//! (`use whizbang_core::{receptor, Event, ..}`): the generated code names
+//! `::whizbang_core::__private::..` only. When the runtime is reached through
+//! another path (a renamed dependency, a re-export), say so with
+//! `crate = path` in any macro's arguments.
 //!
 //! This file is a thin door: each macro's parse, check and expand live in
 //! its own module.

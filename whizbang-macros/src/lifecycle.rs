@@ -59,7 +59,7 @@ impl Helper {
     }
 
     /// Which helper `attr` is, by the last segment of its path (it may be
-    /// written `fire_at`, `whizbang::fire_at`, `whizbang_core::fire_at`..).
+    /// written `fire_at`, `whizbang_core::fire_at`, `my_reexport::fire_at`..).
     pub(crate) fn of(attr: &Attribute) -> Option<Helper> {
         let last = attr.path().segments.last()?;
         if last.ident == "await_perspective_sync" {

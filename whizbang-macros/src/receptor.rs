@@ -3,13 +3,14 @@
 //! Parse (arguments and the impl header into a [`ReceptorModel`]; the method
 //! bodies are never looked at), check (a concrete impl of `Receptor<M>`),
 //! expand (the impl, without the `#[fire_at]` / `#[await_perspective_sync]`
-//! it consumed, then one `ReceptorRegistration`).
+//! it consumed, then the `Registered<M>` proof only this macro gives and one
+//! `ReceptorRegistration`).
 
 use crate::attr::{self, Attr};
 use crate::ctx::{self, Ctxt};
 use crate::lifecycle::{self, Lifecycle};
 use proc_macro2::TokenStream;
-use quote::{quote, quote_spanned, ToTokens};
+use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{GenericArgument, ItemImpl, PathArguments, Type};
 
@@ -23,16 +24,21 @@ pub(crate) fn expand_receptor(args: TokenStream, item: TokenStream) -> TokenStre
         cx.error_spanned_by(&item, USAGE);
         return emit_errors(lifecycle::strip_tokens(item), cx);
     };
-    let registration = match ReceptorModel::from_ast(&cx, options, &item_impl) {
-        Some(model) if cx.is_ok() => Some(model.expand()),
-        _ => None,
+    let model = ReceptorModel::from_ast(&cx, options, &item_impl);
+    // The `Registered` proof goes out whenever the header is a `Receptor<M>`
+    // impl, even with other errors: the user did write #[receptor], so the
+    // "add #[receptor]" error would only mislead.
+    let registered = model.as_ref().map(|m| m.expand_registered(&item_impl));
+    let registration = match (model, registered) {
+        (Some(model), Some(registered)) if cx.is_ok() => Ok(model.expand(&registered)),
+        (_, registered) => Err(registered.map(|r| quote!(const _: () = { #r };))),
     };
     // The impl is emitted without `#[fire_at]` / `#[await_perspective_sync]`,
     // even when there are errors: nothing else would expand them.
     lifecycle::strip(&mut item_impl.attrs);
     match registration {
-        Some(registration) => quote!(#item_impl #registration),
-        None => emit_errors(item_impl.into_token_stream(), cx),
+        Ok(registration) => quote!(#item_impl #registration),
+        Err(registered) => emit_errors(quote!(#item_impl #registered), cx),
     }
 }
 
@@ -133,7 +139,22 @@ impl<'a> ReceptorModel<'a> {
         None
     }
 
-    fn expand(&self) -> TokenStream {
+    /// `impl Registered<M> for T`: only `#[receptor]` implements this
+    /// supertrait of `Receptor<M>`, so an impl without the attribute (which
+    /// would never run) does not compile. It carries the impl's generics, so
+    /// a generic receptor gets only the error that explains it.
+    fn expand_registered(&self, item: &ItemImpl) -> TokenStream {
+        let krate = &self.options.krate;
+        let (receptor, message) = (self.receptor, self.message);
+        let (impl_generics, _, where_clause) = item.generics.split_for_impl();
+        quote_spanned! {receptor.span()=>
+            impl #impl_generics #krate::__private::Registered<#message> for #receptor
+                #where_clause {}
+        }
+    }
+
+    /// The `Registered` proof and the `ReceptorRegistration`, in one `const _`.
+    fn expand(&self, registered: &TokenStream) -> TokenStream {
         let krate = &self.options.krate;
         let receptor = self.receptor;
         let message = self.message;
@@ -145,6 +166,7 @@ impl<'a> ReceptorModel<'a> {
         };
         quote! {
             const _: () = {
+                #registered
                 #krate::__private::inventory::submit! {
                     #of(#type_name, ::core::module_path!()) #lifecycle
                 }

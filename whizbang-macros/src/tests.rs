@@ -84,7 +84,7 @@ fn receptor_registers_its_stage_and_sync_waits() {
         TokenStream::new(),
         quote! {
             #[fire_at(PostPerspectiveDetached)]
-            #[whizbang::await_perspective_sync(
+            #[whizbang_core::await_perspective_sync(
                 OrderViews,
                 event_types = [OrderCreated, OrderShipped],
                 timeout_ms = 2000,
@@ -110,7 +110,7 @@ fn lifecycle_attribute_above_receptor_moves_below_it() {
         quote!(OrderViews, timeout_ms = 2000),
         quote! {
             #[fire_at(PostPerspectiveDetached)]
-            #[whizbang::receptor]
+            #[whizbang_core::receptor]
             #[::await_perspective_sync(Stock)]
             #[await_perspective_sync(Audit)]
             impl Receptor<OrderCreated> for Invoicer {

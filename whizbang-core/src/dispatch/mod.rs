@@ -31,7 +31,9 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-/// Handles one message type. Annotate the impl with `#[receptor]` to register it.
+/// Handles one message type. Annotate the impl with `#[receptor]` to register it:
+/// an impl without it would never run, so it does not compile (the hidden
+/// supertrait is implemented by the macro only).
 ///
 /// A command receptor returns the command's output to the caller; an event
 /// receptor returns `()`. Either emits events through its [`Context`].
@@ -59,7 +61,7 @@ use std::sync::Arc;
     label = "no `Receptor<{M}>` impl",
     note = "implement `Receptor<{M}>` for `{Self}` and annotate the impl with #[receptor]"
 )]
-pub trait Receptor<M: Message>: Send + Sync + 'static {
+pub trait Receptor<M: Message>: crate::registry::Registered<M> + Send + Sync + 'static {
     /// Handles the message. Whatever it emits through `cx` is appended only
     /// when it returns `Ok`.
     fn handle(

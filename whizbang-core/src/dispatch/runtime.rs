@@ -287,6 +287,8 @@ impl RuntimeBuilder {
     /// # Errors
     /// [`Error::NoTokioRuntime`] outside tokio; registry errors
     /// ([`Error::DuplicateReceptor`], [`Error::NoRoutesRegistered`], ..);
+    /// [`Error::CommandsWithoutReceptor`] listing every command type in the
+    /// registry that no receptor handles;
     /// [`Error::MissingService`] when a receptor needs a service not offered.
     pub fn build(self) -> Result<Runtime> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| Error::NoTokioRuntime)?;
@@ -294,6 +296,12 @@ impl RuntimeBuilder {
             Some(r) => r,
             None => Registry::global()?,
         };
+        let orphans = registry.commands_without_receptor();
+        if !orphans.is_empty() {
+            return Err(Error::CommandsWithoutReceptor {
+                commands: orphans.iter().map(|m| m.name).collect(),
+            });
+        }
         let event_store = self
             .event_store
             .unwrap_or_else(|| Arc::new(MemoryEventStore::new()));

@@ -131,7 +131,8 @@ pub struct SyncRequirement {
 }
 
 impl SyncRequirement {
-    /// The requirement to await perspective `P`.
+    /// The requirement to await perspective `P`. For generated code.
+    #[doc(hidden)]
     #[must_use]
     pub const fn of<P: Perspective>(
         event_types: &'static [&'static str],

@@ -130,6 +130,7 @@ pub trait Perspective: Send + Sync + 'static {
 /// Applies `event` with `f` when it is an `E`. Used by generated perspective code.
 ///
 /// Returns `None` when the event is of another type.
+#[doc(hidden)]
 pub fn apply_with<M, E, R>(
     model: &mut M,
     event: &StoredEvent,
