@@ -5,7 +5,7 @@
 //! [`Error::rejected`] and reach the caller of [`Scope::send`](crate::Scope::send)
 //! unchanged.
 
-use crate::message::{ExpectedVersion, StreamId};
+use crate::message::{EventId, ExpectedVersion, StreamId};
 use std::time::Duration;
 
 /// A boxed error from user code or a backend driver.
@@ -234,6 +234,17 @@ pub enum Error {
     /// Invalid input to a whizbang API.
     #[error("{0}")]
     InvalidInput(String),
+
+    /// An append carried an event id that is already stored, or one id twice.
+    /// Nothing was appended.
+    #[error(
+        "event id {event_id} is already stored or appears twice in this append; nothing was \
+         appended. Event ids must be unique: give every event its own `EventId::new()`"
+    )]
+    DuplicateEventId {
+        /// The id seen twice.
+        event_id: EventId,
+    },
 }
 
 impl Error {

@@ -75,7 +75,9 @@ impl MemoryEventStore {
     /// Appends synchronously (the async trait method delegates here).
     ///
     /// # Errors
-    /// [`Error::Concurrency`] when a stream's version does not match; nothing is appended.
+    /// [`Error::Concurrency`] when a stream's version does not match;
+    /// [`Error::DuplicateEventId`] when an event id is already stored or appears
+    /// twice in `streams`. Nothing is appended either way.
     pub fn append_now(&self, streams: Vec<StreamAppend>) -> Result<Vec<Arc<StoredEvent>>> {
         let mut log = lock(&self.log);
         // Validate everything first: all or nothing.
@@ -94,13 +96,15 @@ impl MemoryEventStore {
             }
             planned.insert(s.stream_id, current + s.events.len() as u64);
         }
+        // One id twice, in the store or within this append, is refused like a
+        // primary key would: nothing is appended.
+        let mut fresh: IdMap<EventId, ()> = IdMap::default();
         for s in &streams {
             for e in &s.events {
-                if log.by_id.contains_key(&e.event_id) {
-                    return Err(Error::InvalidInput(format!(
-                        "event id {} is already stored; event ids must be unique",
-                        e.event_id
-                    )));
+                if log.by_id.contains_key(&e.event_id) || fresh.insert(e.event_id, ()).is_some() {
+                    return Err(Error::DuplicateEventId {
+                        event_id: e.event_id,
+                    });
                 }
             }
         }
