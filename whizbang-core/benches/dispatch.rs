@@ -152,7 +152,7 @@ async fn direct_calls(
         Some(ModelValue::Typed(Box::new(model))),
         Checkpoint {
             version,
-            failure: None,
+            ..Checkpoint::default()
         },
     )
     .await?;

@@ -144,8 +144,9 @@ pub enum Error {
     /// A perspective's apply function failed (returned an error or panicked).
     #[error(
         "perspective `{perspective}` failed on stream {stream} at version {version}: {message}. \
-         Its cursor is marked failed and it applies nothing more on this stream until the \
-         cause is fixed"
+         Its cursor is marked failed and it applies nothing more on this stream until you fix \
+         the cause and call `Runtime::retry_perspective::<P>(stream)`, or skip the event with \
+         `Runtime::skip_failed_event::<P>(stream, reason)`"
     )]
     PerspectiveFailed {
         /// The perspective's name.
@@ -244,6 +245,19 @@ pub enum Error {
     DuplicateEventId {
         /// The id seen twice.
         event_id: EventId,
+    },
+
+    /// A retry or skip was asked of a (perspective, stream) whose cursor has not failed.
+    #[error(
+        "perspective `{perspective}` has not failed on stream {stream}: there is nothing to \
+         retry or skip. Retry and skip apply only to a cursor marked failed (see \
+         `Error::PerspectiveFailed`)"
+    )]
+    PerspectiveNotFailed {
+        /// The perspective.
+        perspective: &'static str,
+        /// The stream.
+        stream: StreamId,
     },
 }
 

@@ -7,7 +7,7 @@ use crate::perspective::AnyModel;
 use crate::registry::PerspectiveRegistration;
 use crate::store::{
     Checkpoint, CheckpointFailure, EventStore, ModelValue, PerspectiveStore, PerspectiveUnit,
-    StoredEvent,
+    SkippedEvent, StoredEvent,
 };
 use std::sync::Arc;
 use tracing::Instrument;
@@ -38,6 +38,15 @@ pub(crate) struct Engine {
     pub(crate) events: Arc<dyn EventStore>,
     pub(crate) perspectives: Arc<dyn PerspectiveStore>,
     pub(crate) listeners: Arc<std::sync::RwLock<Vec<Arc<dyn ApplyListener>>>>,
+}
+
+/// How an operator recovers a failed cursor.
+#[derive(Clone, Debug)]
+pub(crate) enum Recovery {
+    /// Clear the failure and apply again from the failing event.
+    Retry,
+    /// Record the failing event as skipped (with this reason), move past it, go on.
+    Skip(String),
 }
 
 /// Runs user code (model construction, decode, apply), turning a panic into
@@ -101,6 +110,10 @@ fn panic_message(what: &str, p: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+fn is_skipped(checkpoint: &Checkpoint, version: u64) -> bool {
+    !checkpoint.skipped.is_empty() && checkpoint.skipped.iter().any(|s| s.version == version)
+}
+
 impl Engine {
     /// Applies every event of `stream` after the cursor. Returns the report of what
     /// was committed (`None` when there was nothing to do).
@@ -157,8 +170,63 @@ impl Engine {
             .map(Some)
     }
 
+    /// Recovers a failed cursor: clears the failure (recording the failing
+    /// event as skipped for [`Recovery::Skip`]) and catches the stream up, all
+    /// under one claim. Listeners hear of the commit, so waiters wake.
+    pub(crate) async fn recover(
+        &self,
+        reg: &'static PerspectiveRegistration,
+        stream: StreamId,
+        recovery: Recovery,
+    ) -> Result<ApplyReport> {
+        let span = tracing::info_span!(
+            "whizbang.perspective.recover",
+            perspective = reg.name,
+            stream = %stream,
+            ?recovery,
+        );
+        async move {
+            let unit = self.perspectives.claim(reg.name, stream).await?;
+            let mut checkpoint = unit.checkpoint().clone();
+            let Some(failure) = checkpoint.failure.take() else {
+                return Err(Error::PerspectiveNotFailed {
+                    perspective: reg.name,
+                    stream,
+                });
+            };
+            let events = self.events.read_stream(stream, checkpoint.version).await?;
+            if let Recovery::Skip(reason) = recovery {
+                let Some(ev) = events.iter().find(|e| e.stream_version == failure.version) else {
+                    return Err(Error::InvalidInput(format!(
+                        "perspective `{}` failed on stream {stream} at version {}, but the event \
+                         store holds no event at that version after the cursor ({}); nothing \
+                         was skipped. Use retry instead",
+                        reg.name, failure.version, checkpoint.version
+                    )));
+                };
+                tracing::warn!(
+                    event_id = %ev.event_id, version = ev.stream_version, %reason,
+                    "skipping the event a perspective failed on"
+                );
+                checkpoint.skipped.push(SkippedEvent {
+                    version: ev.stream_version,
+                    event_id: ev.event_id,
+                    reason,
+                    failure: failure.message,
+                });
+            } else {
+                tracing::info!(version = failure.version, "retrying a failed perspective");
+            }
+            self.apply_claimed(reg, stream, unit, checkpoint, &events)
+                .await
+        }
+        .instrument(span)
+        .await
+    }
+
     /// Applies `events` (the stream after `checkpoint.version`, in order) under
     /// the claim `unit`, commits model and cursor, and tells the listeners.
+    /// Events recorded as skipped in `checkpoint` are moved past, not applied.
     async fn apply_claimed(
         &self,
         reg: &'static PerspectiveRegistration,
@@ -172,6 +240,11 @@ impl Engine {
         let mut version = checkpoint.version;
         let mut dirty = false;
         for ev in events {
+            if is_skipped(&checkpoint, ev.stream_version) {
+                applied.push(ev.event_id);
+                version = ev.stream_version;
+                continue;
+            }
             let loaded = match model.take() {
                 Some(m) => Ok(m),
                 None => load_model(reg, &mut *unit),
@@ -206,6 +279,7 @@ impl Engine {
             Checkpoint {
                 version,
                 failure: None,
+                skipped: checkpoint.skipped,
             },
         )
         .await?;
@@ -252,7 +326,7 @@ impl Engine {
         // applied to the model in this batch, the stored model is already that
         // state and stays as it is (`None`).
         let good = if dirty {
-            match self.rebuild(reg, stream, version).await {
+            match self.rebuild(reg, stream, version, &checkpoint).await {
                 Ok(m) => Some(m),
                 Err(replay) => {
                     // Only an impure apply fails on replay what it applied before:
@@ -280,6 +354,7 @@ impl Engine {
                 Checkpoint {
                     version,
                     failure: Some(failure.clone()),
+                    skipped: checkpoint.skipped,
                 },
             )
             .await;
@@ -302,13 +377,14 @@ impl Engine {
         }
     }
 
-    /// The model as of stream version `upto` (> 0), by replaying from the start.
-    /// Used only after a failed apply.
+    /// The model as of stream version `upto` (> 0), by replaying from the start,
+    /// leaving out skipped events. Used only after a failed apply.
     async fn rebuild(
         &self,
         reg: &'static PerspectiveRegistration,
         stream: StreamId,
         upto: u64,
+        checkpoint: &Checkpoint,
     ) -> std::result::Result<Box<dyn AnyModel>, String> {
         let events = self
             .events
@@ -319,6 +395,9 @@ impl Engine {
         for ev in events {
             if ev.stream_version > upto {
                 break;
+            }
+            if is_skipped(checkpoint, ev.stream_version) {
+                continue;
             }
             apply_guarded(reg, &mut *model, &ev)?;
         }
@@ -339,9 +418,9 @@ impl Engine {
 
 /// How far a batch got before it failed.
 struct Progress {
-    /// The cursor: the last event applied.
+    /// The cursor: the last event applied (or moved past).
     version: u64,
-    /// The events applied in this batch.
+    /// The events applied (or moved past) in this batch.
     applied: Vec<EventId>,
     /// Whether the model was changed in this batch (it must be rebuilt).
     dirty: bool,

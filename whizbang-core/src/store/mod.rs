@@ -142,10 +142,31 @@ pub trait EventStore: Send + Sync + 'static {
 /// The state of one perspective's progress on one stream.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Checkpoint {
-    /// The highest stream version applied (0 = none).
+    /// The highest stream version applied (0 = none). Skipped events count as
+    /// applied: the cursor moved past them.
     pub version: u64,
-    /// Set when an apply failed; the perspective stops on this stream.
+    /// Set when an apply failed; the perspective stops on this stream until the
+    /// failure is retried or skipped
+    /// ([`Runtime::retry_perspective`](crate::Runtime::retry_perspective),
+    /// [`Runtime::skip_failed_event`](crate::Runtime::skip_failed_event)).
     pub failure: Option<CheckpointFailure>,
+    /// Events an operator skipped on this stream, oldest first. Kept so the
+    /// record of what the model does not reflect survives; replays leave them out.
+    pub skipped: Vec<SkippedEvent>,
+}
+
+/// An event the perspective moved past without applying it, by an operator's decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SkippedEvent {
+    /// Its version in the stream.
+    pub version: u64,
+    /// Its id.
+    pub event_id: EventId,
+    /// Why it was skipped (as given to
+    /// [`Runtime::skip_failed_event`](crate::Runtime::skip_failed_event)).
+    pub reason: String,
+    /// The failure that stopped the perspective on it.
+    pub failure: String,
 }
 
 /// Why a perspective stopped on a stream.
