@@ -81,6 +81,8 @@ impl std::fmt::Display for ApplyError {
 }
 
 /// What an apply method may return: `()` or `Result<(), E: Display>`.
+/// Used by generated perspective code; not part of the public API.
+#[doc(hidden)]
 pub trait ApplyOutput {
     /// Converts to the uniform result.
     ///
@@ -129,7 +131,8 @@ pub trait Perspective: Send + Sync + 'static {
 
 /// Applies `event` with `f` when it is an `E`. Used by generated perspective code.
 ///
-/// Returns `None` when the event is of another type.
+/// Returns `None` when the event is of another type. Not part of the public API.
+#[doc(hidden)]
 pub fn apply_with<M, E, R>(
     model: &mut M,
     event: &StoredEvent,
