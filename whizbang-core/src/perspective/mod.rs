@@ -7,6 +7,13 @@
 //! commit model and cursor together. Inline perspectives run the engine when a
 //! scope completes (the scoped invoker); async ones run it in the background
 //! [`runner`]. It does not route commands and does not know any backend.
+//!
+//! Every call into a perspective's code (its model's `Default` and `Clone`,
+//! decoding, apply) is guarded: an error or a panic marks the cursor of that
+//! (perspective, stream) failed and wakes its waiters with the failure; other
+//! streams go on. An operator recovers it with
+//! [`Runtime::retry_perspective`](crate::Runtime::retry_perspective) or
+//! [`Runtime::skip_failed_event`](crate::Runtime::skip_failed_event).
 
 pub(crate) mod engine;
 pub(crate) mod invoker;
