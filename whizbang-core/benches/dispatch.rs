@@ -155,7 +155,7 @@ async fn direct_calls(
         Some(ModelValue::Typed(Box::new(model))),
         Checkpoint {
             version,
-            failure: None,
+            ..Checkpoint::default()
         },
     )
     .await?;

@@ -178,8 +178,9 @@ pub enum Error {
     /// A perspective's apply function failed (returned an error or panicked).
     #[error(
         "perspective `{perspective}` failed on stream {stream} at version {version}: {message}. \
-         Its cursor is marked failed and it applies nothing more on this stream until the \
-         cause is fixed"
+         Its cursor is marked failed and it applies nothing more on this stream until you fix \
+         the cause and call `Runtime::retry_perspective::<P>(stream)`, or skip the event with \
+         `Runtime::skip_failed_event::<P>(stream, reason)`"
     )]
     PerspectiveFailed {
         /// The perspective's name.
@@ -311,6 +312,30 @@ pub enum Error {
     /// Invalid input to a whizbang API.
     #[error("{0}")]
     InvalidInput(String),
+
+    /// An append carried an event id that is already stored, or one id twice.
+    /// Nothing was appended.
+    #[error(
+        "event id {event_id} is already stored or appears twice in this append; nothing was \
+         appended. Event ids must be unique: give every event its own `EventId::new()`"
+    )]
+    DuplicateEventId {
+        /// The id seen twice.
+        event_id: EventId,
+    },
+
+    /// A retry or skip was asked of a (perspective, stream) whose cursor has not failed.
+    #[error(
+        "perspective `{perspective}` has not failed on stream {stream}: there is nothing to \
+         retry or skip. Retry and skip apply only to a cursor marked failed (see \
+         `Error::PerspectiveFailed`)"
+    )]
+    PerspectiveNotFailed {
+        /// The perspective.
+        perspective: &'static str,
+        /// The stream.
+        stream: StreamId,
+    },
 }
 
 impl Error {
@@ -381,6 +406,8 @@ impl Error {
             Error::CascadeFailed { .. } => "CascadeFailed",
             Error::NotSynced { .. } => "NotSynced",
             Error::EventRoundTrip { .. } => "EventRoundTrip",
+            Error::DuplicateEventId { .. } => "DuplicateEventId",
+            Error::PerspectiveNotFailed { .. } => "PerspectiveNotFailed",
         }
     }
 

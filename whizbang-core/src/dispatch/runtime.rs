@@ -171,6 +171,68 @@ impl Runtime {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(listener);
     }
+
+    /// Retries perspective `P` on `stream` after its cursor failed
+    /// ([`Error::PerspectiveFailed`]): clears the failure, applies the failing
+    /// event again, then the rest of the stream, now (inline and async
+    /// perspectives alike). Fix the cause first: the apply function (a new
+    /// build) or whatever it depends on.
+    ///
+    /// Waiters on the stream are woken: they see `Synced` once their events
+    /// applied, or the new failure when an event fails again.
+    ///
+    /// # Errors
+    /// [`Error::PerspectiveNotFailed`] when the cursor has not failed (nothing
+    /// changes); [`Error::PerspectiveFailed`] when an event fails again (what
+    /// applied before it is committed and the cursor is marked failed at it);
+    /// [`Error::UnknownPerspective`] when `P` is not registered in this runtime;
+    /// backend errors.
+    pub async fn retry_perspective<P: Perspective>(
+        &self,
+        stream: impl Into<crate::StreamId>,
+    ) -> Result<crate::perspective::ApplyReport> {
+        let reg = self.inner.registry.perspective::<P>()?;
+        self.inner
+            .engine
+            .recover(
+                reg,
+                stream.into(),
+                crate::perspective::engine::Recovery::Retry,
+            )
+            .await
+    }
+
+    /// Skips the event perspective `P` failed on in `stream`: records it in the
+    /// cursor's [`Checkpoint::skipped`](crate::store::Checkpoint::skipped) with
+    /// `reason` (and the failure), moves the cursor past it without applying it,
+    /// and applies the rest of the stream now. The model never reflects the
+    /// skipped event; use this when the event cannot be applied and the read
+    /// model may do without it.
+    ///
+    /// Waiters are woken; a wait on the skipped event itself counts it as
+    /// applied (the perspective is past it), so it ends `Synced`.
+    ///
+    /// # Errors
+    /// [`Error::PerspectiveNotFailed`] when the cursor has not failed (nothing
+    /// changes); [`Error::PerspectiveFailed`] when a later event fails (the skip
+    /// and what applied before that event are committed);
+    /// [`Error::UnknownPerspective`] when `P` is not registered in this runtime;
+    /// backend errors.
+    pub async fn skip_failed_event<P: Perspective>(
+        &self,
+        stream: impl Into<crate::StreamId>,
+        reason: impl Into<String>,
+    ) -> Result<crate::perspective::ApplyReport> {
+        let reg = self.inner.registry.perspective::<P>()?;
+        self.inner
+            .engine
+            .recover(
+                reg,
+                stream.into(),
+                crate::perspective::engine::Recovery::Skip(reason.into()),
+            )
+            .await
+    }
 }
 
 type AddService = Box<dyn FnOnce(&mut Services) + Send>;

@@ -3,8 +3,12 @@
 
 use crate::error::{Error, Result};
 use crate::message::{EventId, StreamId};
+use crate::perspective::AnyModel;
 use crate::registry::PerspectiveRegistration;
-use crate::store::{Checkpoint, CheckpointFailure, EventStore, ModelValue, PerspectiveStore};
+use crate::store::{
+    Checkpoint, CheckpointFailure, EventStore, ModelValue, PerspectiveStore, PerspectiveUnit,
+    SkippedEvent, StoredEvent,
+};
 use std::sync::Arc;
 use tracing::Instrument;
 
@@ -36,37 +40,78 @@ pub(crate) struct Engine {
     pub(crate) listeners: Arc<std::sync::RwLock<Vec<Arc<dyn ApplyListener>>>>,
 }
 
+/// How an operator recovers a failed cursor.
+#[derive(Clone, Debug)]
+pub(crate) enum Recovery {
+    /// Clear the failure and apply again from the failing event.
+    Retry,
+    /// Record the failing event as skipped (with this reason), move past it, go on.
+    Skip(String),
+}
+
+/// Runs user code (model construction, decode, apply), turning a panic into
+/// its message so one bad perspective cannot take down the task running it.
+fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .map_err(|panic| panic_message(what, &*panic))
+}
+
 /// Applies one event, turning an error or a panic into its message.
 fn apply_guarded(
     reg: &'static PerspectiveRegistration,
-    model: &mut dyn crate::perspective::AnyModel,
-    ev: &crate::store::StoredEvent,
+    model: &mut dyn AnyModel,
+    ev: &StoredEvent,
 ) -> std::result::Result<(), String> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (reg.apply)(model, ev))) {
+    match guarded("apply", || (reg.apply)(model, ev)) {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(e.0),
-        Err(panic) => Err(panic_message(&*panic)),
+        Err(message) => Err(message),
     }
 }
 
-fn decode(
+/// A fresh model (`Default`), with a panic contained.
+fn new_model(
     reg: &'static PerspectiveRegistration,
-    raw: &serde_json::value::RawValue,
-) -> Result<Box<dyn crate::perspective::AnyModel>> {
-    (reg.decode_model)(raw).map_err(|source| Error::Deserialization {
-        type_name: format!("model of perspective {}", reg.name),
-        source,
+) -> std::result::Result<Box<dyn AnyModel>, String> {
+    guarded("constructing the model (its `Default`)", || {
+        (reg.new_model)()
     })
 }
 
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        format!("apply panicked: {s}")
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        format!("apply panicked: {s}")
-    } else {
-        "apply panicked".to_owned()
+/// The model the unit holds, or a fresh one: every call into user code guarded.
+fn load_model(
+    reg: &'static PerspectiveRegistration,
+    unit: &mut dyn PerspectiveUnit,
+) -> std::result::Result<Box<dyn AnyModel>, String> {
+    match guarded("copying the stored model (its `Clone`)", || {
+        unit.take_model()
+    })? {
+        Some(ModelValue::Typed(m)) => Ok(m),
+        Some(ModelValue::Json(j)) => {
+            guarded("decoding the stored model", || (reg.decode_model)(&j))?.map_err(|e| {
+                format!(
+                    "the stored model of perspective `{}` does not decode: {e}; check that the \
+                     model's serde shape is compatible with what was written",
+                    reg.name
+                )
+            })
+        }
+        None => new_model(reg),
     }
+}
+
+fn panic_message(what: &str, p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        format!("{what} panicked: {s}")
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        format!("{what} panicked: {s}")
+    } else {
+        format!("{what} panicked")
+    }
+}
+
+fn is_skipped(checkpoint: &Checkpoint, version: u64) -> bool {
+    !checkpoint.skipped.is_empty() && checkpoint.skipped.iter().any(|s| s.version == version)
 }
 
 impl Engine {
@@ -80,7 +125,9 @@ impl Engine {
         self.catch_up_to(reg, stream, u64::MAX).await
     }
 
-    /// Like [`catch_up`](Self::catch_up), applying only events up to stream version `upto`.
+    /// Applies the events of `stream` after the cursor up to version `upto`
+    /// (inclusive). Returns the report of what was committed (`None` when there
+    /// was nothing to do).
     pub(crate) async fn catch_up_to(
         &self,
         reg: &'static PerspectiveRegistration,
@@ -103,7 +150,7 @@ impl Engine {
         stream: StreamId,
         upto: u64,
     ) -> Result<Option<ApplyReport>> {
-        let mut unit = self.perspectives.claim(reg.name, stream).await?;
+        let unit = self.perspectives.claim(reg.name, stream).await?;
         let checkpoint = unit.checkpoint().clone();
         if let Some(f) = &checkpoint.failure {
             return Err(Error::PerspectiveFailed {
@@ -115,63 +162,124 @@ impl Engine {
         }
         let mut events = self.events.read_stream(stream, checkpoint.version).await?;
         events.retain(|e| e.stream_version <= upto);
-        let Some(last) = events.last() else {
+        if events.is_empty() {
             return Ok(None);
-        };
-        let last_version = last.stream_version;
-        let mut model = match unit.take_model() {
-            Some(ModelValue::Typed(m)) => m,
-            Some(ModelValue::Json(j)) => decode(reg, &j)?,
-            None => (reg.new_model)(),
-        };
+        }
+        self.apply_claimed(reg, stream, unit, checkpoint, &events)
+            .await
+            .map(Some)
+    }
+
+    /// Recovers a failed cursor: clears the failure (recording the failing
+    /// event as skipped for [`Recovery::Skip`]) and catches the stream up, all
+    /// under one claim. Listeners hear of the commit, so waiters wake.
+    pub(crate) async fn recover(
+        &self,
+        reg: &'static PerspectiveRegistration,
+        stream: StreamId,
+        recovery: Recovery,
+    ) -> Result<ApplyReport> {
+        let span = tracing::info_span!(
+            "whizbang.perspective.recover",
+            perspective = reg.name,
+            stream = %stream,
+            ?recovery,
+        );
+        async move {
+            let unit = self.perspectives.claim(reg.name, stream).await?;
+            let mut checkpoint = unit.checkpoint().clone();
+            let Some(failure) = checkpoint.failure.take() else {
+                return Err(Error::PerspectiveNotFailed {
+                    perspective: reg.name,
+                    stream,
+                });
+            };
+            let events = self.events.read_stream(stream, checkpoint.version).await?;
+            if let Recovery::Skip(reason) = recovery {
+                let Some(ev) = events.iter().find(|e| e.stream_version == failure.version) else {
+                    return Err(Error::InvalidInput(format!(
+                        "perspective `{}` failed on stream {stream} at version {}, but the event \
+                         store holds no event at that version after the cursor ({}); nothing \
+                         was skipped. Use retry instead",
+                        reg.name, failure.version, checkpoint.version
+                    )));
+                };
+                tracing::warn!(
+                    event_id = %ev.event_id, version = ev.stream_version, %reason,
+                    "skipping the event a perspective failed on"
+                );
+                checkpoint.skipped.push(SkippedEvent {
+                    version: ev.stream_version,
+                    event_id: ev.event_id,
+                    reason,
+                    failure: failure.message,
+                });
+            } else {
+                tracing::info!(version = failure.version, "retrying a failed perspective");
+            }
+            self.apply_claimed(reg, stream, unit, checkpoint, &events)
+                .await
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Applies `events` (the stream after `checkpoint.version`, in order) under
+    /// the claim `unit`, commits model and cursor, and tells the listeners.
+    /// Events recorded as skipped in `checkpoint` are moved past, not applied.
+    async fn apply_claimed(
+        &self,
+        reg: &'static PerspectiveRegistration,
+        stream: StreamId,
+        mut unit: Box<dyn PerspectiveUnit>,
+        checkpoint: Checkpoint,
+        events: &[Arc<StoredEvent>],
+    ) -> Result<ApplyReport> {
+        let mut model: Option<Box<dyn AnyModel>> = None;
         let mut applied = Vec::with_capacity(events.len());
         let mut version = checkpoint.version;
-        for ev in &events {
-            if let Err(message) = apply_guarded(reg, &mut *model, ev) {
-                tracing::error!(
-                    event_id = %ev.event_id, version = ev.stream_version, error = %message,
-                    "perspective apply failed; its cursor on this stream is marked failed"
-                );
-                // The model may be half-mutated. Apply functions are pure, so the
-                // state "everything before the failing event" is rebuilt by replaying
-                // the stream from the start: no copy is paid on the hot path.
-                let good = self.rebuild(reg, stream, version).await?;
-                let failure = CheckpointFailure {
-                    version: ev.stream_version,
-                    message: message.clone(),
-                };
-                unit.commit(
-                    good.map(ModelValue::Typed),
-                    Checkpoint {
-                        version,
-                        failure: Some(failure.clone()),
-                    },
-                )
-                .await?;
-                let report = ApplyReport {
-                    perspective: reg.name,
-                    stream,
-                    version,
-                    applied,
-                    failure: Some(failure),
-                };
-                self.notify(&report);
-                return Err(Error::PerspectiveFailed {
-                    perspective: reg.name,
-                    stream,
-                    version: ev.stream_version,
-                    message,
-                });
+        let mut dirty = false;
+        for ev in events {
+            if is_skipped(&checkpoint, ev.stream_version) {
+                applied.push(ev.event_id);
+                version = ev.stream_version;
+                continue;
+            }
+            let loaded = match model.take() {
+                Some(m) => Ok(m),
+                None => load_model(reg, &mut *unit),
+            };
+            let result = loaded.and_then(|m| {
+                let m = model.insert(m);
+                apply_guarded(reg, &mut **m, ev)
+            });
+            if let Err(message) = result {
+                return Err(self
+                    .fail(
+                        reg,
+                        stream,
+                        unit,
+                        checkpoint,
+                        Progress {
+                            version,
+                            applied,
+                            dirty,
+                        },
+                        ev,
+                        message,
+                    )
+                    .await);
             }
             applied.push(ev.event_id);
             version = ev.stream_version;
+            dirty = true;
         }
-        debug_assert_eq!(version, last_version);
         unit.commit(
-            Some(ModelValue::Typed(model)),
+            model.map(ModelValue::Typed),
             Checkpoint {
                 version,
                 failure: None,
+                skipped: checkpoint.skipped,
             },
         )
         .await?;
@@ -183,32 +291,117 @@ impl Engine {
             failure: None,
         };
         self.notify(&report);
-        Ok(Some(report))
+        Ok(report)
     }
 
-    /// The model as of stream version `upto`, by replaying from the start
-    /// (`None` when `upto` is 0). Used only after a failed apply.
+    /// Marks the cursor failed at `ev` after committing what applied before it,
+    /// wakes the listeners, and returns the error for the caller.
+    #[allow(clippy::too_many_arguments)]
+    async fn fail(
+        &self,
+        reg: &'static PerspectiveRegistration,
+        stream: StreamId,
+        unit: Box<dyn PerspectiveUnit>,
+        checkpoint: Checkpoint,
+        progress: Progress,
+        ev: &StoredEvent,
+        message: String,
+    ) -> Error {
+        tracing::error!(
+            event_id = %ev.event_id, version = ev.stream_version, error = %message,
+            "perspective failed; its cursor on this stream is marked failed"
+        );
+        let Progress {
+            mut version,
+            mut applied,
+            dirty,
+        } = progress;
+        let mut failure = CheckpointFailure {
+            version: ev.stream_version,
+            message,
+        };
+        // The model may be half-mutated. Apply functions are pure, so the state
+        // "everything before the failing event" is rebuilt by replaying the stream
+        // from the start: no copy is paid on the hot path. When nothing was
+        // applied to the model in this batch, the stored model is already that
+        // state and stays as it is (`None`).
+        let good = if dirty {
+            match self.rebuild(reg, stream, version, &checkpoint).await {
+                Ok(m) => Some(m),
+                Err(replay) => {
+                    // Only an impure apply fails on replay what it applied before:
+                    // commit nothing of this batch and fail at its first event.
+                    tracing::error!(error = %replay, "replay after a failure failed too");
+                    version = checkpoint.version;
+                    applied.clear();
+                    failure = CheckpointFailure {
+                        version: checkpoint.version + 1,
+                        message: format!(
+                            "{replay} (while rebuilding the model after this failure at \
+                             version {}: {})",
+                            failure.version, failure.message
+                        ),
+                    };
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let committed = unit
+            .commit(
+                good.map(ModelValue::Typed),
+                Checkpoint {
+                    version,
+                    failure: Some(failure.clone()),
+                    skipped: checkpoint.skipped,
+                },
+            )
+            .await;
+        if let Err(e) = committed {
+            return e;
+        }
+        let report = ApplyReport {
+            perspective: reg.name,
+            stream,
+            version,
+            applied,
+            failure: Some(failure.clone()),
+        };
+        self.notify(&report);
+        Error::PerspectiveFailed {
+            perspective: reg.name,
+            stream,
+            version: failure.version,
+            message: failure.message,
+        }
+    }
+
+    /// The model as of stream version `upto` (> 0), by replaying from the start,
+    /// leaving out skipped events. Used only after a failed apply.
     async fn rebuild(
         &self,
         reg: &'static PerspectiveRegistration,
         stream: StreamId,
         upto: u64,
-    ) -> Result<Option<Box<dyn crate::perspective::AnyModel>>> {
-        if upto == 0 {
-            return Ok(None);
-        }
-        let mut model = (reg.new_model)();
-        for ev in self.events.read_stream(stream, 0).await? {
+        checkpoint: &Checkpoint,
+    ) -> std::result::Result<Box<dyn AnyModel>, String> {
+        let events = self
+            .events
+            .read_stream(stream, 0)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut model = new_model(reg)?;
+        for ev in events {
             if ev.stream_version > upto {
                 break;
             }
-            if let Err(message) = apply_guarded(reg, &mut *model, &ev) {
-                // Only an impure apply fails on replay what it applied before.
-                tracing::error!(event_id = %ev.event_id, error = %message, "replay after a failure failed too");
-                break;
+            if is_skipped(checkpoint, ev.stream_version) {
+                continue;
             }
+            apply_guarded(reg, &mut *model, &ev)?;
         }
-        Ok(Some(model))
+        Ok(model)
     }
 
     fn notify(&self, report: &ApplyReport) {
@@ -221,4 +414,14 @@ impl Engine {
             l.on_apply(report);
         }
     }
+}
+
+/// How far a batch got before it failed.
+struct Progress {
+    /// The cursor: the last event applied (or moved past).
+    version: u64,
+    /// The events applied (or moved past) in this batch.
+    applied: Vec<EventId>,
+    /// Whether the model was changed in this batch (it must be rebuilt).
+    dirty: bool,
 }

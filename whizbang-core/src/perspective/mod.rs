@@ -7,6 +7,13 @@
 //! commit model and cursor together. Inline perspectives run the engine when a
 //! scope completes (the scoped invoker); async ones run it in the background
 //! [`runner`]. It does not route commands and does not know any backend.
+//!
+//! Every call into a perspective's code (its model's `Default` and `Clone`,
+//! decoding, apply) is guarded: an error or a panic marks the cursor of that
+//! (perspective, stream) failed and wakes its waiters with the failure; other
+//! streams go on. An operator recovers it with
+//! [`Runtime::retry_perspective`](crate::Runtime::retry_perspective) or
+//! [`Runtime::skip_failed_event`](crate::Runtime::skip_failed_event).
 
 pub(crate) mod engine;
 pub(crate) mod invoker;
@@ -81,6 +88,8 @@ impl std::fmt::Display for ApplyError {
 }
 
 /// What an apply method may return: `()` or `Result<(), E: Display>`.
+/// Used by generated perspective code; not part of the public API.
+#[doc(hidden)]
 pub trait ApplyOutput {
     /// Converts to the uniform result.
     ///
@@ -129,7 +138,7 @@ pub trait Perspective: Send + Sync + 'static {
 
 /// Applies `event` with `f` when it is an `E`. Used by generated perspective code.
 ///
-/// Returns `None` when the event is of another type.
+/// Returns `None` when the event is of another type. Not part of the public API.
 #[doc(hidden)]
 pub fn apply_with<M, E, R>(
     model: &mut M,

@@ -98,13 +98,20 @@ impl PerspectiveRunner {
         {
             return; // already queued and not yet started: it will see these events
         }
-        self.shared.in_flight.send_modify(|n| *n += 1);
+        // The guard moves into the task: however the task ends (done, cancelled
+        // with the tokio runtime, or an unexpected panic), `wait_idle` is released.
+        let guard = self.track();
         let shared = Arc::clone(&self.shared);
-        self.shared.handle.spawn(run(shared, reg, stream));
+        self.shared.handle.spawn(run(shared, reg, stream, guard));
     }
 }
 
-async fn run(shared: Arc<Shared>, reg: &'static PerspectiveRegistration, stream: StreamId) {
+async fn run(
+    shared: Arc<Shared>,
+    reg: &'static PerspectiveRegistration,
+    stream: StreamId,
+    _guard: WorkGuard,
+) {
     let mut attempt = 0u32;
     loop {
         let mut paused = shared.paused.subscribe();
@@ -142,10 +149,10 @@ async fn run(shared: Arc<Shared>, reg: &'static PerspectiveRegistration, stream:
             }
         }
     }
-    shared.in_flight.send_modify(|n| *n -= 1);
 }
 
-/// Keeps [`PerspectiveRunner::wait_idle`] waiting while alive.
+/// Keeps [`PerspectiveRunner::wait_idle`] waiting while alive; dropping it
+/// (also while unwinding) releases it.
 pub(crate) struct WorkGuard {
     shared: Arc<Shared>,
 }

@@ -75,7 +75,9 @@ impl MemoryEventStore {
     /// Appends synchronously (the async trait method delegates here).
     ///
     /// # Errors
-    /// [`Error::Concurrency`] when a stream's version does not match; nothing is appended.
+    /// [`Error::Concurrency`] when a stream's version does not match;
+    /// [`Error::DuplicateEventId`] when an event id is already stored or appears
+    /// twice in `streams`. Nothing is appended either way.
     pub fn append_now(&self, streams: Vec<StreamAppend>) -> Result<Vec<Arc<StoredEvent>>> {
         let mut log = lock(&self.log);
         // Validate everything first: all or nothing.
@@ -94,13 +96,15 @@ impl MemoryEventStore {
             }
             planned.insert(s.stream_id, current + s.events.len() as u64);
         }
+        // One id twice, in the store or within this append, is refused like a
+        // primary key would: nothing is appended.
+        let mut fresh: IdMap<EventId, ()> = IdMap::default();
         for s in &streams {
             for e in &s.events {
-                if log.by_id.contains_key(&e.event_id) {
-                    return Err(Error::InvalidInput(format!(
-                        "event id {} is already stored; event ids must be unique",
-                        e.event_id
-                    )));
+                if log.by_id.contains_key(&e.event_id) || fresh.insert(e.event_id, ()).is_some() {
+                    return Err(Error::DuplicateEventId {
+                        event_id: e.event_id,
+                    });
                 }
             }
         }
@@ -178,13 +182,23 @@ impl EventStore for MemoryEventStore {
     }
 }
 
+/// What readers see of one (perspective, stream): the last commit.
 #[derive(Default)]
-struct Slot {
+struct Committed {
     checkpoint: Checkpoint,
     model: Option<Box<dyn crate::perspective::AnyModel>>,
 }
 
-type SlotRef = Arc<tokio::sync::Mutex<Slot>>;
+/// One (perspective, stream). The claim and the committed state are separate
+/// locks, so readers never wait for a claim: a unit works on a copy of the
+/// model and its commit swaps the new state in under the short std lock.
+#[derive(Default)]
+struct Slot {
+    claim: Arc<tokio::sync::Mutex<()>>,
+    committed: Mutex<Committed>,
+}
+
+type SlotRef = Arc<Slot>;
 
 /// Read models and cursors in memory. Cheap to clone (shared).
 #[derive(Clone, Default)]
@@ -225,20 +239,27 @@ impl MemoryPerspectiveStore {
 }
 
 struct MemoryUnit {
-    guard: tokio::sync::OwnedMutexGuard<Slot>,
+    slot: SlotRef,
+    checkpoint: Checkpoint,
+    _claim: tokio::sync::OwnedMutexGuard<()>,
 }
 
 impl PerspectiveUnit for MemoryUnit {
     fn checkpoint(&self) -> &Checkpoint {
-        &self.guard.checkpoint
+        &self.checkpoint
     }
 
     fn take_model(&mut self) -> Option<ModelValue> {
-        self.guard.model.take().map(ModelValue::Typed)
+        // A copy: the committed model stays readable, and dropping the unit
+        // without committing leaves it as it was.
+        lock(&self.slot.committed)
+            .model
+            .as_ref()
+            .map(|m| ModelValue::Typed(m.clone_box()))
     }
 
     fn commit(
-        mut self: Box<Self>,
+        self: Box<Self>,
         model: Option<ModelValue>,
         checkpoint: Checkpoint,
     ) -> BoxFuture<'static, Result<()>> {
@@ -255,16 +276,27 @@ impl PerspectiveUnit for MemoryUnit {
                 })
             }
         };
-        self.guard.model = model;
-        self.guard.checkpoint = checkpoint;
+        let mut committed = lock(&self.slot.committed);
+        if let Some(m) = model {
+            // The old model drops after the lock is released.
+            let old = committed.model.replace(m);
+            committed.checkpoint = checkpoint;
+            drop(committed);
+            drop(old);
+        } else {
+            committed.checkpoint = checkpoint;
+            drop(committed);
+        }
+        // `self` (and with it the claim) is released here, after the swap.
         Box::pin(async { Ok(()) })
     }
 }
 
 fn snapshot(id: StreamId, slot: &Slot) -> Option<ModelRow> {
-    slot.model.as_ref().map(|m| ModelRow {
+    let committed = lock(&slot.committed);
+    committed.model.as_ref().map(|m| ModelRow {
         id,
-        version: slot.checkpoint.version,
+        version: committed.checkpoint.version,
         model: ModelValue::Typed(m.clone_box()),
     })
 }
@@ -277,8 +309,13 @@ impl PerspectiveStore for MemoryPerspectiveStore {
     ) -> BoxFuture<'a, Result<Box<dyn PerspectiveUnit>>> {
         let slot = self.slot(perspective, stream);
         Box::pin(async move {
-            let guard = slot.lock_owned().await;
-            Ok(Box::new(MemoryUnit { guard }) as Box<dyn PerspectiveUnit>)
+            let claim = Arc::clone(&slot.claim).lock_owned().await;
+            let checkpoint = lock(&slot.committed).checkpoint.clone();
+            Ok(Box::new(MemoryUnit {
+                slot,
+                checkpoint,
+                _claim: claim,
+            }) as Box<dyn PerspectiveUnit>)
         })
     }
 
@@ -287,13 +324,11 @@ impl PerspectiveStore for MemoryPerspectiveStore {
         perspective: &'a str,
         stream: StreamId,
     ) -> BoxFuture<'a, Result<Checkpoint>> {
-        let slot = self.existing(perspective, stream);
-        Box::pin(async move {
-            Ok(match slot {
-                Some(s) => s.lock().await.checkpoint.clone(),
-                None => Checkpoint::default(),
-            })
-        })
+        let cp = self
+            .existing(perspective, stream)
+            .map(|s| lock(&s.committed).checkpoint.clone())
+            .unwrap_or_default();
+        Box::pin(async move { Ok(cp) })
     }
 
     fn load_model<'a>(
@@ -301,13 +336,10 @@ impl PerspectiveStore for MemoryPerspectiveStore {
         perspective: &'a str,
         id: StreamId,
     ) -> BoxFuture<'a, Result<Option<ModelRow>>> {
-        let slot = self.existing(perspective, id);
-        Box::pin(async move {
-            Ok(match slot {
-                Some(s) => snapshot(id, &*s.lock().await),
-                None => None,
-            })
-        })
+        let row = self
+            .existing(perspective, id)
+            .and_then(|s| snapshot(id, &s));
+        Box::pin(async move { Ok(row) })
     }
 
     fn list_models<'a>(&'a self, perspective: &'a str) -> BoxFuture<'a, Result<Vec<ModelRow>>> {
@@ -316,14 +348,10 @@ impl PerspectiveStore for MemoryPerspectiveStore {
             .map(|m| m.iter().map(|(k, v)| (*k, Arc::clone(v))).collect())
             .unwrap_or_default();
         slots.sort_unstable_by_key(|(id, _)| *id);
-        Box::pin(async move {
-            let mut rows = Vec::with_capacity(slots.len());
-            for (id, s) in slots {
-                if let Some(row) = snapshot(id, &*s.lock().await) {
-                    rows.push(row);
-                }
-            }
-            Ok(rows)
-        })
+        let rows = slots
+            .iter()
+            .filter_map(|(id, s)| snapshot(*id, s))
+            .collect();
+        Box::pin(async move { Ok(rows) })
     }
 }

@@ -3,8 +3,9 @@
 //! This module owns the contracts a backend must honour: an [`EventStore`]
 //! that appends with optimistic concurrency, and a [`PerspectiveStore`] whose
 //! [`PerspectiveUnit`] commits a model, its cursor and the applied status as one
-//! atomic unit. It knows nothing about routing; the PostgreSQL crate implements
-//! the same traits.
+//! atomic unit. It knows nothing about routing. These traits are the seam a
+//! storage backend implements; [`memory`] is the reference implementation every
+//! other backend is held to.
 
 pub mod memory;
 
@@ -141,10 +142,31 @@ pub trait EventStore: Send + Sync + 'static {
 /// The state of one perspective's progress on one stream.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Checkpoint {
-    /// The highest stream version applied (0 = none).
+    /// The highest stream version applied (0 = none). Skipped events count as
+    /// applied: the cursor moved past them.
     pub version: u64,
-    /// Set when an apply failed; the perspective stops on this stream.
+    /// Set when an apply failed; the perspective stops on this stream until the
+    /// failure is retried or skipped
+    /// ([`Runtime::retry_perspective`](crate::Runtime::retry_perspective),
+    /// [`Runtime::skip_failed_event`](crate::Runtime::skip_failed_event)).
     pub failure: Option<CheckpointFailure>,
+    /// Events an operator skipped on this stream, oldest first. Kept so the
+    /// record of what the model does not reflect survives; replays leave them out.
+    pub skipped: Vec<SkippedEvent>,
+}
+
+/// An event the perspective moved past without applying it, by an operator's decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SkippedEvent {
+    /// Its version in the stream.
+    pub version: u64,
+    /// Its id.
+    pub event_id: EventId,
+    /// Why it was skipped (as given to
+    /// [`Runtime::skip_failed_event`](crate::Runtime::skip_failed_event)).
+    pub reason: String,
+    /// The failure that stopped the perspective on it.
+    pub failure: String,
 }
 
 /// Why a perspective stopped on a stream.
@@ -186,13 +208,20 @@ pub struct ModelRow {
 
 /// Exclusive work on one (perspective, stream): read the checkpoint and model,
 /// then commit the new model and checkpoint together. Dropping a unit without
-/// committing releases it unchanged.
+/// committing releases it unchanged: the stored model and checkpoint stay as
+/// they were, whether or not [`take_model`](Self::take_model) was called.
+/// Holding a unit never blocks readers: [`PerspectiveStore::checkpoint`],
+/// [`PerspectiveStore::load_model`] and [`PerspectiveStore::list_models`] read
+/// the last committed state without waiting for the claim.
 pub trait PerspectiveUnit: Send {
     /// The checkpoint at claim time.
     fn checkpoint(&self) -> &Checkpoint;
-    /// Takes the stored model out of the unit (`None` when there is none yet).
+    /// The stored model, for the unit to work on (`None` when there is none yet).
+    /// The stored copy is not changed until [`commit`](Self::commit).
     fn take_model(&mut self) -> Option<ModelValue>;
     /// Commits the model and the checkpoint atomically and releases the unit.
+    /// A `model` of `None` leaves the stored model as it is (only the checkpoint
+    /// changes).
     fn commit(
         self: Box<Self>,
         model: Option<ModelValue>,
@@ -209,20 +238,22 @@ pub trait PerspectiveStore: Send + Sync + 'static {
         stream: StreamId,
     ) -> BoxFuture<'a, Result<Box<dyn PerspectiveUnit>>>;
 
-    /// The checkpoint of (`perspective`, `stream`), without claiming.
+    /// The last committed checkpoint of (`perspective`, `stream`). Never waits
+    /// for a claim.
     fn checkpoint<'a>(
         &'a self,
         perspective: &'a str,
         stream: StreamId,
     ) -> BoxFuture<'a, Result<Checkpoint>>;
 
-    /// One read model.
+    /// One read model, as last committed. Never waits for a claim.
     fn load_model<'a>(
         &'a self,
         perspective: &'a str,
         id: StreamId,
     ) -> BoxFuture<'a, Result<Option<ModelRow>>>;
 
-    /// Every read model of a perspective, ordered by id.
+    /// Every read model of a perspective, as last committed, ordered by id.
+    /// Never waits for a claim.
     fn list_models<'a>(&'a self, perspective: &'a str) -> BoxFuture<'a, Result<Vec<ModelRow>>>;
 }
