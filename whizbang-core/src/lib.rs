@@ -86,7 +86,7 @@ pub use message::{
     Command, Envelope, Event, EventId, ExpectedVersion, Message, MessageId, MessageKind, Metadata,
     StreamId, StreamKey,
 };
-pub use perspective::{Model, Perspective, PerspectiveMode};
+pub use perspective::{Model, Perspective, PerspectiveMode, Versioned};
 pub use registry::Registry;
 pub use services::{FromServices, Services};
 pub use sync::{
