@@ -63,34 +63,16 @@ impl Context {
         event: E,
         expected: ExpectedVersion,
     ) -> Result<EventId> {
-        let data =
-            serde_json::value::to_raw_value(&event).map_err(|source| Error::Serialization {
-                type_name: E::NAME,
-                source,
-            })?;
-        // In-process consumers see exactly what another process would decode
-        // from the store (a `#[serde(skip)]` field reads as its default): keep
-        // the decoded value, not the one passed in.
-        let decoded: E =
-            serde_json::from_str(data.get()).map_err(|source| Error::EventRoundTrip {
-                event_type: E::NAME,
-                source,
-            })?;
-        let stream_id = event.stream_id();
-        let event_id = EventId::new();
-        let new = NewEvent {
-            event_id,
-            stream_id,
-            event_type: E::NAME,
-            data,
-            metadata: EventMetadata {
+        let new = encode_event(
+            event,
+            EventMetadata {
                 correlation_id: self.correlation_id,
                 causation_id: Some(self.message_id),
                 timestamp: SystemTime::now(),
                 extra: self.metadata.clone(),
             },
-            typed: Some(Arc::new(decoded)),
-        };
+        )?;
+        let (stream_id, event_id) = (new.stream_id, new.event_id);
         match self.pending.last_mut() {
             Some(last) if last.stream_id == stream_id && expected == ExpectedVersion::Any => {
                 last.events.push(new);
@@ -262,4 +244,27 @@ impl Context {
             sync_results: Vec::new(),
         }
     }
+}
+
+/// Serializes `event` into a [`NewEvent`] with a fresh id. What in-process
+/// consumers (perspectives, event receptors) see is that payload decoded back:
+/// exactly what another process reads from the store (a `#[serde(skip)]` field
+/// reads as its default).
+pub(crate) fn encode_event<E: Event>(event: E, metadata: EventMetadata) -> Result<NewEvent> {
+    let data = serde_json::value::to_raw_value(&event).map_err(|source| Error::Serialization {
+        type_name: E::NAME,
+        source,
+    })?;
+    let decoded: E = serde_json::from_str(data.get()).map_err(|source| Error::EventRoundTrip {
+        event_type: E::NAME,
+        source,
+    })?;
+    Ok(NewEvent {
+        event_id: EventId::new(),
+        stream_id: event.stream_id(),
+        event_type: E::NAME,
+        data,
+        metadata,
+        typed: Some(Arc::new(decoded)),
+    })
 }
