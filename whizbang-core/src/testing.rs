@@ -3,7 +3,7 @@
 //!
 //! [`TestHarness`] builds a runtime on in-memory backends from a CHOSEN SUBSET
 //! of this binary's receptors and perspectives (through
-//! [`Registry::builder`]), so tests in one binary do not run each other's
+//! [`Registry::builder`](crate::Registry::builder)), so tests in one binary do not run each other's
 //! handlers. Given events are stored as the streams' history and applied to
 //! the subset's perspectives, without running any receptor; the command is
 //! sent in one scope, which is completed, and the runtime is left idle. Then
