@@ -79,6 +79,7 @@ use crate::lens::LensQuery;
 use crate::message::{Command, Event, Message, MessageId, StreamId};
 use crate::perspective::Perspective;
 use crate::registry::RegistryBuilder;
+use crate::store::memory::MemoryEventStore;
 use crate::store::{EventMetadata, NewEvent, StreamAppend};
 use crate::{ExpectedVersion, Receptor, Runtime, RuntimeBuilder};
 use std::fmt::{self, Write as _};
@@ -183,7 +184,10 @@ impl TestHarness {
 
     /// Builds the runtime, stores the given events and applies them to the
     /// harness's perspectives, sends `command` in a new scope, completes the
-    /// scope and waits until the runtime is idle (async perspectives applied).
+    /// scope and waits until the runtime is idle (async perspectives applied,
+    /// detached receptors done). The [`Then`] events are every event stored
+    /// from the send on: the command's, its cascade's and those of receptors
+    /// at perspective stages.
     ///
     /// # Errors
     /// Setting up: registry errors ([`RegistryBuilder::build`]), runtime build
@@ -198,26 +202,17 @@ impl TestHarness {
         for configure in self.configure {
             builder = configure(builder);
         }
-        let runtime = builder.build()?;
+        let store = MemoryEventStore::new();
+        let runtime = builder.event_store(store.clone()).build()?;
         let given = self.given.into_iter().collect::<Result<Vec<_>>>()?;
         store_history(&runtime, given).await?;
+        let before = store.all_events().len();
         let scope = runtime.scope();
         let output = scope.send(command).await;
-        let emitted = scope.emitted();
         scope.complete().await?;
         runtime.wait_idle().await;
-        let mut events = Vec::with_capacity(emitted.len());
-        for e in emitted {
-            let stored = runtime
-                .event_store()
-                .read_stream(e.stream_id, e.stream_version.saturating_sub(1))
-                .await?;
-            let Some(ev) = stored.into_iter().find(|s| s.event_id == e.event_id) else {
-                return Err(Error::InvalidInput(format!(
-                    "event {} the command emitted is not in the event store",
-                    e.event_id
-                )));
-            };
+        let mut events = Vec::new();
+        for ev in store.all_events().iter().skip(before) {
             let data =
                 serde_json::from_str(ev.data.get()).map_err(|source| Error::Deserialization {
                     type_name: ev.event_type.to_string(),
@@ -331,8 +326,8 @@ impl fmt::Display for ExpectedEvent {
     }
 }
 
-/// What a command did: its output or error, the events it stored (its
-/// cascade's included), and the runtime, to read models. Made by
+/// What a command did: its output or error, the events stored because of it
+/// (its cascade's and its stage receptors' included), and the runtime, to read models. Made by
 /// [`TestHarness::when`].
 ///
 /// The `expect_*` methods panic with a message that shows expected and
@@ -364,7 +359,8 @@ fn list<T: fmt::Display>(items: &[T]) -> String {
 }
 
 impl<O> Then<O> {
-    /// The events the command stored, in order (its cascade's included).
+    /// The events stored because of the command, in order (its cascade's and
+    /// its stage receptors' included).
     #[must_use]
     pub fn events(&self) -> &[RecordedEvent] {
         &self.events

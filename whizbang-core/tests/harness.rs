@@ -117,6 +117,26 @@ impl Receptor<Shipped> for Labeller {
     }
 }
 
+#[derive(Event, Serialize, Deserialize)]
+#[event(name = "harness.dispatched")]
+struct Dispatched {
+    #[stream_key]
+    order: Uuid,
+}
+
+/// A detached receptor after the perspectives applied `Shipped`.
+#[derive(Default)]
+struct Courier;
+
+#[fire_at(PostPerspectiveDetached)]
+#[receptor]
+impl Receptor<Shipped> for Courier {
+    async fn handle(&self, e: Shipped, cx: &mut Context) -> Result<()> {
+        cx.emit(Dispatched { order: e.order })?;
+        Ok(())
+    }
+}
+
 static PLACED_SEEN: AtomicUsize = AtomicUsize::new(0);
 
 /// Reacts to `Placed`: must not run on given events.
@@ -241,6 +261,24 @@ async fn the_events_of_the_cascade_are_in_the_then_events_in_order() {
     then.expect_events(expected);
     let model = then.model::<Orders>(order).await.unwrap().unwrap();
     assert!(model.shipped && model.labelled);
+}
+
+#[tokio::test(start_paused = true)]
+async fn events_of_detached_stage_receptors_are_in_the_then_events() {
+    let order = Uuid::now_v7();
+    let then = bounded(
+        TestHarness::new()
+            .receptor::<Dock, Ship>()
+            .receptor::<Courier, Shipped>()
+            .perspective::<Orders>()
+            .given(Placed { order, items: 1 })
+            .when(Ship { order }),
+    )
+    .await;
+    then.expect_events([
+        Shipped { order, items: 1 }.into(),
+        Dispatched { order }.into(),
+    ]);
 }
 
 #[tokio::test(start_paused = true)]
