@@ -15,12 +15,14 @@ use crate::message::StreamId;
 use crate::perspective::engine::panic_message;
 use crate::perspective::Perspective;
 use crate::store::EventStore;
+use serde::{Deserialize, Serialize};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// A read model with its id and the stream version it reflects.
 ///
 /// Dereferences to the model, so `list.iter().map(|m| m.field)` reads the
-/// model's fields directly.
+/// model's fields directly. Serializes as `{"id", "version", "model"}` (an
+/// HTTP handler can return it as it is, the version serving as an ETag).
 ///
 /// ```
 /// use whizbang_core::{StreamId, Versioned};
@@ -28,9 +30,13 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 /// let v = Versioned { id: StreamId::from(uuid::Uuid::nil()), version: 3, model: 7_u32 };
 /// assert_eq!(*v + 1, 8); // reads the model
 /// assert_eq!(v.version, 3);
+/// assert_eq!(
+///     serde_json::to_string(&v).unwrap(),
+///     r#"{"id":"00000000-0000-0000-0000-000000000000","version":3,"model":7}"#
+/// );
 /// assert_eq!(v.into_inner(), 7);
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Versioned<M> {
     /// The model's id (its stream).
     pub id: StreamId,
