@@ -139,6 +139,7 @@ impl Runtime {
     /// let scope = runtime.scope();
     /// scope.publish(Deposited { account, cents: 5 }).await?;
     /// scope.publish(Deposited { account, cents: 7 }).await?;
+    /// scope.complete().await?;
     /// let balance = runtime.aggregate::<Balances>(account).await?;
     /// assert_eq!((balance.cents, balance.version), (12, 2));
     /// # Ok(()) }
