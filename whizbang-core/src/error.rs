@@ -193,6 +193,26 @@ pub enum Error {
         message: String,
     },
 
+    /// A live fold ([`Context::aggregate`](crate::Context::aggregate),
+    /// [`Runtime::aggregate`](crate::Runtime::aggregate)) failed: the model's
+    /// `Default` or an apply function returned an error or panicked, or a stored
+    /// event did not decode. Nothing was stored or marked failed.
+    #[error(
+        "perspective `{perspective}` could not fold stream {stream}: the event at version \
+         {version} failed: {message} (version 0: the model's `Default`). Nothing was stored \
+         or marked failed; fix the apply function (or the event's serde shape) and fold again"
+    )]
+    FoldFailed {
+        /// The perspective folded.
+        perspective: &'static str,
+        /// The stream folded.
+        stream: StreamId,
+        /// The stream version of the event that failed (0: the model's `Default`).
+        version: u64,
+        /// The failure message.
+        message: String,
+    },
+
     /// No perspective with this name is registered.
     #[error(
         "no perspective named `{name}` is registered: annotate it with #[perspective(model = ..)] \
@@ -395,6 +415,7 @@ impl Error {
             Error::Handler(_) => "Handler",
             Error::MissingService { .. } => "MissingService",
             Error::PerspectiveFailed { .. } => "PerspectiveFailed",
+            Error::FoldFailed { .. } => "FoldFailed",
             Error::UnknownPerspective { .. } => "UnknownPerspective",
             Error::CascadeTooDeep { .. } => "CascadeTooDeep",
             Error::NoTokioRuntime => "NoTokioRuntime",

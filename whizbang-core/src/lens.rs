@@ -5,7 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::message::StreamId;
-use crate::perspective::Perspective;
+use crate::perspective::{Perspective, Versioned};
 use crate::store::{ModelRow, ModelValue, PerspectiveStore};
 use crate::sync::{PerspectiveSyncAwaiter, PerspectiveSyncOptions};
 use std::future::Future;
@@ -79,8 +79,9 @@ impl<M> ListQuery<M> {
 pub trait LensQuery<M>: Send + Sync {
     /// The model with this id, if any.
     fn get(&self, id: StreamId) -> impl Future<Output = Result<Option<M>>> + Send;
-    /// The models matching `query`, ordered by id.
-    fn list(&self, query: ListQuery<M>) -> impl Future<Output = Result<Vec<M>>> + Send;
+    /// The models matching `query`, ordered by id, each with its id and the
+    /// stream version it reflects ([`Versioned`] dereferences to the model).
+    fn list(&self, query: ListQuery<M>) -> impl Future<Output = Result<Vec<Versioned<M>>>> + Send;
 }
 
 /// A lens whose reads first wait until perspective `P` has applied what the
@@ -135,7 +136,7 @@ where
         self.synced(self.lens.get(id)).await
     }
 
-    async fn list(&self, query: ListQuery<M>) -> Result<Vec<M>> {
+    async fn list(&self, query: ListQuery<M>) -> Result<Vec<Versioned<M>>> {
         self.synced(self.lens.list(query)).await
     }
 }
@@ -233,11 +234,12 @@ impl<P: Perspective> LensQuery<P::Model> for Lens<P> {
         Ok(self.get_versioned(id).await?.map(|(m, _)| m))
     }
 
-    async fn list(&self, query: ListQuery<P::Model>) -> Result<Vec<P::Model>> {
+    async fn list(&self, query: ListQuery<P::Model>) -> Result<Vec<Versioned<P::Model>>> {
         let rows = self.store.list_models(P::NAME).await?;
         let mut out = Vec::new();
         let mut skipped = 0;
         for row in rows {
+            let (id, version) = (row.id, row.version);
             let m = Self::decode(row)?;
             if !query.matches(&m) {
                 continue;
@@ -246,7 +248,11 @@ impl<P: Perspective> LensQuery<P::Model> for Lens<P> {
                 skipped += 1;
                 continue;
             }
-            out.push(m);
+            out.push(Versioned {
+                id,
+                version,
+                model: m,
+            });
             if query.limit.is_some_and(|l| out.len() >= l) {
                 break;
             }

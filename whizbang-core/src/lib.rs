@@ -61,6 +61,7 @@
 //! - [`registry`]: the compile-time routing tables.
 //! - [`services`]: typed services for receptors.
 //! - [`sync`]: waiting until perspectives applied your events (read-your-writes).
+//! - [`testing`]: a given / when / then harness on a chosen subset of handlers.
 
 #[allow(unused_extern_crates)] // lets the macros' `::whizbang_core` paths resolve inside this crate
 extern crate self as whizbang_core;
@@ -74,6 +75,7 @@ pub mod registry;
 pub mod services;
 pub mod store;
 pub mod sync;
+pub mod testing;
 
 pub use dispatch::EmittedEvent;
 pub use dispatch::{
@@ -86,8 +88,8 @@ pub use message::{
     Command, Envelope, Event, EventId, ExpectedVersion, Message, MessageId, MessageKind, Metadata,
     StreamId, StreamKey,
 };
-pub use perspective::{Model, Perspective, PerspectiveMode};
-pub use registry::Registry;
+pub use perspective::{Model, Perspective, PerspectiveMode, Versioned};
+pub use registry::{Registry, RegistryBuilder};
 pub use services::{FromServices, Services};
 pub use sync::{
     PerspectiveSyncAwaiter, PerspectiveSyncOptions, SyncFilter, SyncOutcome, SyncResult,

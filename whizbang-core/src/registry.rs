@@ -43,6 +43,8 @@ pub struct ReceptorRegistration {
     pub message_kind: MessageKind,
     /// The `TypeId` of the message.
     pub message_type: fn() -> TypeId,
+    /// The `TypeId` of the receptor type.
+    pub receptor_type: fn() -> TypeId,
     /// The stage set with `#[fire_at]`, if any.
     pub stage: Option<LifecycleStage>,
     /// The perspectives to await before it runs (`#[await_perspective_sync]`).
@@ -66,6 +68,7 @@ impl ReceptorRegistration {
             message_name: M::NAME,
             message_kind: M::KIND,
             message_type: TypeId::of::<M>,
+            receptor_type: TypeId::of::<R>,
             stage: None,
             sync: &[],
             build: ReceptorAdapter::<R, M>::build,
@@ -239,6 +242,56 @@ impl Registry {
         Ok(Arc::clone(GLOBAL.get_or_init(|| Arc::new(built))))
     }
 
+    /// A builder for a registry of a chosen subset of what this binary
+    /// registered: a runtime built on it routes only to those receptors and
+    /// applies only those perspectives (a test, or several runtimes with
+    /// different handler sets in one binary). [`RegistryBuilder::build`] runs
+    /// the same start-up checks as [`Registry::global`].
+    ///
+    /// ```
+    /// # use serde::{Deserialize, Serialize};
+    /// # use uuid::Uuid;
+    /// # use whizbang_core::{perspective, receptor, Command, Context, Event, Receptor, Result};
+    /// use std::sync::Arc;
+    /// use whizbang_core::{Registry, Runtime};
+    ///
+    /// #[derive(Command, Serialize, Deserialize)]
+    /// struct Ring;
+    /// #[derive(Event, Serialize, Deserialize)]
+    /// struct Rang { #[stream_key] bell: Uuid }
+    /// #[derive(Default)]
+    /// struct Bell;
+    /// #[receptor]
+    /// impl Receptor<Ring> for Bell {
+    ///     async fn handle(&self, _: Ring, cx: &mut Context) -> Result<()> {
+    ///         cx.emit(Rang { bell: Uuid::nil() })?;
+    ///         Ok(())
+    ///     }
+    /// }
+    /// #[derive(Default, Clone, Serialize, Deserialize)]
+    /// struct Rings { n: u32 }
+    /// struct RingCounts;
+    /// #[perspective(model = Rings, mode = inline)]
+    /// impl RingCounts {
+    ///     fn rang(r: &mut Rings, _: &Rang) { r.n += 1; }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<()> {
+    /// let registry = Registry::builder()
+    ///     .receptor::<Bell, Ring>()
+    ///     .perspective::<RingCounts>()
+    ///     .build()?;
+    /// assert_eq!(registry.perspectives().len(), 1);
+    /// let runtime = Runtime::builder().registry(Arc::new(registry)).build()?;
+    /// # let _ = runtime;
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn builder() -> RegistryBuilder {
+        RegistryBuilder::default()
+    }
+
     /// A registry from explicit registrations (tests, or several runtimes with
     /// different handler sets in one binary).
     ///
@@ -396,5 +449,144 @@ impl Registry {
     #[must_use]
     pub fn perspective_named(&self, name: &str) -> Option<&'static PerspectiveRegistration> {
         self.perspectives.iter().copied().find(|p| p.name == name)
+    }
+}
+
+/// Builds a [`Registry`] from a chosen subset of the receptors and perspectives
+/// this binary registered (with `#[receptor]` and `#[perspective]`). Made by
+/// [`Registry::builder`].
+///
+/// The message types it holds are those its receptors handle and its
+/// perspectives apply.
+#[derive(Debug, Default)]
+pub struct RegistryBuilder {
+    receptors: Vec<&'static ReceptorRegistration>,
+    perspectives: Vec<&'static PerspectiveRegistration>,
+    missing: Vec<String>,
+}
+
+impl RegistryBuilder {
+    /// Adds receptor `R`'s registration for message `M` (`#[receptor] impl
+    /// Receptor<M> for R`). Adding it twice adds it once.
+    #[must_use]
+    pub fn receptor<R, M>(mut self) -> Self
+    where
+        R: Receptor<M>,
+        M: Message,
+    {
+        let (r, m) = (TypeId::of::<R>(), TypeId::of::<M>());
+        match inventory::iter::<ReceptorRegistration>
+            .into_iter()
+            .find(|reg| (reg.receptor_type)() == r && (reg.message_type)() == m)
+        {
+            Some(reg) => self.add_receptor(reg),
+            None => self.missing.push(format!(
+                "no #[receptor] registration of `{}` for `{}` was linked into this binary",
+                std::any::type_name::<R>(),
+                M::NAME
+            )),
+        }
+        self
+    }
+
+    /// Adds every registration of receptor type `R`, for every message it handles.
+    #[must_use]
+    pub fn receptors_of<R: 'static>(mut self) -> Self {
+        let r = TypeId::of::<R>();
+        let mut found = false;
+        for reg in inventory::iter::<ReceptorRegistration> {
+            if (reg.receptor_type)() == r {
+                found = true;
+                self.add_receptor(reg);
+            }
+        }
+        if !found {
+            self.missing.push(format!(
+                "`{}` has no #[receptor] impl in this binary; annotate an \
+                 `impl Receptor<M> for {0}` with #[receptor]",
+                std::any::type_name::<R>()
+            ));
+        }
+        self
+    }
+
+    /// Adds perspective `P`. Adding it twice adds it once.
+    #[must_use]
+    pub fn perspective<P: Perspective>(mut self) -> Self {
+        let p = TypeId::of::<P>();
+        match inventory::iter::<PerspectiveRegistration>
+            .into_iter()
+            .find(|reg| (reg.perspective_type)() == p)
+        {
+            Some(reg) => {
+                if !self.perspectives.iter().any(|x| std::ptr::eq(*x, reg)) {
+                    self.perspectives.push(reg);
+                }
+            }
+            None => self.missing.push(format!(
+                "no #[perspective] registration of `{}` was linked into this binary",
+                P::NAME
+            )),
+        }
+        self
+    }
+
+    fn add_receptor(&mut self, reg: &'static ReceptorRegistration) {
+        if !self.receptors.iter().any(|x| std::ptr::eq(*x, reg)) {
+            self.receptors.push(reg);
+        }
+    }
+
+    /// Builds the registry, with the checks of [`Registry::global`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when it is empty, when a registration was not
+    /// found, or when a receptor awaits (`#[await_perspective_sync]`) a
+    /// perspective not added; [`Error::DuplicateReceptor`] when two receptors
+    /// handle one command; [`Error::DuplicateMessageName`],
+    /// [`Error::DuplicatePerspective`].
+    pub fn build(self) -> Result<Registry> {
+        if let Some(first) = self.missing.first() {
+            return Err(Error::InvalidInput(format!(
+                "the registry subset cannot be built: {first}. Make sure the type is annotated \
+                 and its crate is linked (`use your_handlers as _;`)"
+            )));
+        }
+        if self.receptors.is_empty() && self.perspectives.is_empty() {
+            return Err(Error::InvalidInput(
+                "the registry subset is empty: add receptors with `.receptor::<R, M>()` or \
+                 `.receptors_of::<R>()` and perspectives with `.perspective::<P>()`"
+                    .to_owned(),
+            ));
+        }
+        for r in &self.receptors {
+            for req in r.sync {
+                let awaited = (req.perspective_type)();
+                if !self
+                    .perspectives
+                    .iter()
+                    .any(|p| (p.perspective_type)() == awaited)
+                {
+                    return Err(Error::InvalidInput(format!(
+                        "`{}` awaits perspective `{}`, which is not in this registry subset: add \
+                         `.perspective::<{}>()`",
+                        r.path(),
+                        req.perspective,
+                        req.perspective
+                    )));
+                }
+            }
+        }
+        let handled = |m: &MessageRegistration| {
+            self.receptors
+                .iter()
+                .any(|r| (r.message_type)() == (m.type_id)())
+                || self.perspectives.iter().any(|p| p.handles(m.name))
+        };
+        let messages: Vec<_> = inventory::iter::<MessageRegistration>
+            .into_iter()
+            .filter(|m| handled(m))
+            .collect();
+        Registry::from_parts(self.receptors, self.perspectives, messages)
     }
 }

@@ -2,7 +2,8 @@ use super::scope::ScopeShared;
 use crate::error::{Error, Result};
 use crate::lens::Lens;
 use crate::message::{Event, EventId, ExpectedVersion, Message, MessageId, Metadata, StreamId};
-use crate::perspective::Perspective;
+use crate::perspective::fold::fold;
+use crate::perspective::{Perspective, Versioned};
 use crate::services::Services;
 use crate::store::{EventMetadata, NewEvent, StreamAppend};
 use crate::sync::SyncResult;
@@ -62,34 +63,16 @@ impl Context {
         event: E,
         expected: ExpectedVersion,
     ) -> Result<EventId> {
-        let data =
-            serde_json::value::to_raw_value(&event).map_err(|source| Error::Serialization {
-                type_name: E::NAME,
-                source,
-            })?;
-        // In-process consumers see exactly what another process would decode
-        // from the store (a `#[serde(skip)]` field reads as its default): keep
-        // the decoded value, not the one passed in.
-        let decoded: E =
-            serde_json::from_str(data.get()).map_err(|source| Error::EventRoundTrip {
-                event_type: E::NAME,
-                source,
-            })?;
-        let stream_id = event.stream_id();
-        let event_id = EventId::new();
-        let new = NewEvent {
-            event_id,
-            stream_id,
-            event_type: E::NAME,
-            data,
-            metadata: EventMetadata {
+        let new = encode_event(
+            event,
+            EventMetadata {
                 correlation_id: self.correlation_id,
                 causation_id: Some(self.message_id),
                 timestamp: SystemTime::now(),
                 extra: self.metadata.clone(),
             },
-            typed: Some(Arc::new(decoded)),
-        };
+        )?;
+        let (stream_id, event_id) = (new.stream_id, new.event_id);
         match self.pending.last_mut() {
             Some(last) if last.stream_id == stream_id && expected == ExpectedVersion::Any => {
                 last.events.push(new);
@@ -178,6 +161,71 @@ impl Context {
         self.services().event_store().stream_version(stream).await
     }
 
+    /// Folds perspective `P`'s apply functions over every event of `stream`,
+    /// now, and returns the model with the stream's version: the live state of an
+    /// aggregate, without a stored read model. Decide from it, then append with
+    /// [`emit_expecting`](Self::emit_expecting)`(.., ExpectedVersion::Exact(version))`:
+    /// if another writer appended in between, the send fails with
+    /// [`Error::Concurrency`] and nothing is stored.
+    ///
+    /// `P` need not be applied by this runtime (it is not looked up in the
+    /// registry); events it does not handle are passed over but counted in the
+    /// version. The fold reads the event store: events emitted in this call and
+    /// not yet appended are not in it.
+    ///
+    /// ```
+    /// use serde::{Deserialize, Serialize};
+    /// use uuid::Uuid;
+    /// use whizbang_core::{perspective, receptor, Command, Context, Error, Event, ExpectedVersion, Receptor, Result};
+    ///
+    /// #[derive(Event, Serialize, Deserialize)]
+    /// struct Deposited { #[stream_key] account: Uuid, cents: i64 }
+    ///
+    /// #[derive(Command, Serialize, Deserialize)]
+    /// struct Withdraw { account: Uuid, cents: i64 }
+    ///
+    /// #[derive(Event, Serialize, Deserialize)]
+    /// struct Withdrawn { #[stream_key] account: Uuid, cents: i64 }
+    ///
+    /// #[derive(Default, Clone, Serialize, Deserialize)]
+    /// struct Balance { cents: i64 }
+    ///
+    /// struct Balances;
+    ///
+    /// #[perspective(model = Balance)]
+    /// impl Balances {
+    ///     fn deposited(b: &mut Balance, e: &Deposited) { b.cents += e.cents; }
+    ///     fn withdrawn(b: &mut Balance, e: &Withdrawn) { b.cents -= e.cents; }
+    /// }
+    ///
+    /// #[derive(Default)]
+    /// struct Teller;
+    ///
+    /// #[receptor]
+    /// impl Receptor<Withdraw> for Teller {
+    ///     async fn handle(&self, cmd: Withdraw, cx: &mut Context) -> Result<()> {
+    ///         let balance = cx.aggregate::<Balances>(cmd.account).await?;
+    ///         if balance.cents < cmd.cents {
+    ///             return Err(Error::rejected("insufficient funds"));
+    ///         }
+    ///         let withdrawn = Withdrawn { account: cmd.account, cents: cmd.cents };
+    ///         cx.emit_expecting(withdrawn, ExpectedVersion::Exact(balance.version))?;
+    ///         Ok(())
+    ///     }
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::FoldFailed`] when the model's `Default` or an apply function
+    /// fails or panics, or a stored event does not decode (naming the version);
+    /// a backend error.
+    pub async fn aggregate<P: Perspective>(
+        &self,
+        stream: impl Into<StreamId>,
+    ) -> Result<Versioned<P::Model>> {
+        fold::<P>(&**self.services().event_store(), stream.into()).await
+    }
+
     pub(crate) fn for_message<M: Message>(
         scope: Arc<ScopeShared>,
         message_id: MessageId,
@@ -196,4 +244,27 @@ impl Context {
             sync_results: Vec::new(),
         }
     }
+}
+
+/// Serializes `event` into a [`NewEvent`] with a fresh id. What in-process
+/// consumers (perspectives, event receptors) see is that payload decoded back:
+/// exactly what another process reads from the store (a `#[serde(skip)]` field
+/// reads as its default).
+pub(crate) fn encode_event<E: Event>(event: E, metadata: EventMetadata) -> Result<NewEvent> {
+    let data = serde_json::value::to_raw_value(&event).map_err(|source| Error::Serialization {
+        type_name: E::NAME,
+        source,
+    })?;
+    let decoded: E = serde_json::from_str(data.get()).map_err(|source| Error::EventRoundTrip {
+        event_type: E::NAME,
+        source,
+    })?;
+    Ok(NewEvent {
+        event_id: EventId::new(),
+        stream_id: event.stream_id(),
+        event_type: E::NAME,
+        data,
+        metadata,
+        typed: Some(Arc::new(decoded)),
+    })
 }

@@ -14,6 +14,7 @@ mod scope;
 mod send_and_sync;
 mod stage;
 
+pub(crate) use context::encode_event;
 pub use context::Context;
 pub use lifecycle::DetachedFailure;
 pub use runtime::{Runtime, RuntimeBuilder};

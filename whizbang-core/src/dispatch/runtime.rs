@@ -110,6 +110,51 @@ impl Runtime {
         self.inner.services.lens::<P>()
     }
 
+    /// Folds perspective `P`'s apply functions over every event of `stream`,
+    /// now, and returns the model with the stream's version, without a stored
+    /// read model. See [`Context::aggregate`](crate::Context::aggregate), the
+    /// same fold from inside a receptor.
+    ///
+    /// ```
+    /// # use serde::{Deserialize, Serialize};
+    /// # use uuid::Uuid;
+    /// # use whizbang_core::{perspective, Event, Runtime};
+    /// #[derive(Event, Serialize, Deserialize)]
+    /// struct Deposited { #[stream_key] account: Uuid, cents: i64 }
+    ///
+    /// #[derive(Default, Clone, Serialize, Deserialize)]
+    /// struct Balance { cents: i64 }
+    ///
+    /// struct Balances;
+    ///
+    /// #[perspective(model = Balance)]
+    /// impl Balances {
+    ///     fn deposited(b: &mut Balance, e: &Deposited) { b.cents += e.cents; }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> whizbang_core::Result<()> {
+    /// let runtime = Runtime::in_memory()?;
+    /// let account = Uuid::now_v7();
+    /// let scope = runtime.scope();
+    /// scope.publish(Deposited { account, cents: 5 }).await?;
+    /// scope.publish(Deposited { account, cents: 7 }).await?;
+    /// scope.complete().await?;
+    /// let balance = runtime.aggregate::<Balances>(account).await?;
+    /// assert_eq!((balance.cents, balance.version), (12, 2));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::FoldFailed`] when the model's `Default` or an apply function
+    /// fails or panics, or a stored event does not decode; a backend error.
+    pub async fn aggregate<P: Perspective>(
+        &self,
+        stream: impl Into<crate::StreamId>,
+    ) -> Result<crate::Versioned<P::Model>> {
+        crate::perspective::fold::fold::<P>(&**self.event_store(), stream.into()).await
+    }
+
     /// The async perspective runner.
     #[must_use]
     pub fn runner(&self) -> &PerspectiveRunner {

@@ -100,7 +100,7 @@ fn load_model(
     }
 }
 
-fn panic_message(what: &str, p: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(what: &str, p: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
         format!("{what} panicked: {s}")
     } else if let Some(s) = p.downcast_ref::<String>() {

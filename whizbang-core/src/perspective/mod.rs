@@ -16,6 +16,7 @@
 //! [`Runtime::skip_failed_event`](crate::Runtime::skip_failed_event).
 
 pub(crate) mod engine;
+pub(crate) mod fold;
 pub(crate) mod invoker;
 pub mod runner;
 
@@ -25,6 +26,7 @@ use serde_json::value::RawValue;
 use std::any::{Any, TypeId};
 
 pub use engine::ApplyReport;
+pub use fold::Versioned;
 
 /// When a perspective applies its events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
