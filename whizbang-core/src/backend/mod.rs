@@ -6,7 +6,8 @@
 //! [`RuntimeBuilder`](crate::RuntimeBuilder): `event_store`,
 //! `perspective_store`, `sync_backend` and `apply_listener`. This module
 //! re-exports what those need and states the contract each must honour. The
-//! [`conformance`] suite (feature `conformance`) turns the contract into tests
+//! conformance suite (`backend::conformance`, behind the cargo feature
+//! `conformance`; see `whizbang_core::conformance_tests!`) turns the contract into tests
 //! a backend runs against itself; the memory stores pass it in both model
 //! formats.
 //!
