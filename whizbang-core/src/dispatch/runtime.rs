@@ -298,6 +298,7 @@ impl std::fmt::Debug for RuntimeBuilder {
         f.debug_struct("RuntimeBuilder")
             .field("services", &self.services.len())
             .field("concurrency", &self.concurrency)
+            .field("apply_listeners", &self.apply_listeners.len())
             .finish_non_exhaustive()
     }
 }

@@ -185,7 +185,7 @@ fn panic_message(what: &str, p: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// The sentence for a model that does not serialise for a JSON store.
-pub(crate) fn model_not_json(perspective: &str, e: &serde_json::Error) -> String {
+fn model_not_json(perspective: &str, e: &serde_json::Error) -> String {
     format!(
         "the model of perspective `{perspective}` does not serialise to JSON ({e}), and the \
          perspective store keeps JSON models; nothing of this batch was committed. Fix the \
