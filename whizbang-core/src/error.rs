@@ -356,6 +356,24 @@ pub enum Error {
         /// The stream.
         stream: StreamId,
     },
+
+    /// The perspective store keeps models as JSON, and a registered
+    /// perspective's model does not survive a JSON round trip (checked on its
+    /// `Default` when the runtime is built). The runtime was not built.
+    #[error(
+        "the model of perspective `{perspective}` does not survive a JSON round trip ({source}), \
+         and the perspective store keeps models as JSON, so its stored models could not be read \
+         back; the runtime was not built. Make the model's Serialize and Deserialize impls agree \
+         (for example `#[serde(default)]` on a skipped field; a NaN or infinite float \
+         serialises to null), or use a store that keeps typed models"
+    )]
+    ModelNotJson {
+        /// The perspective.
+        perspective: &'static str,
+        /// The serialiser's or deserialiser's error.
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 impl Error {
@@ -429,6 +447,7 @@ impl Error {
             Error::EventRoundTrip { .. } => "EventRoundTrip",
             Error::DuplicateEventId { .. } => "DuplicateEventId",
             Error::PerspectiveNotFailed { .. } => "PerspectiveNotFailed",
+            Error::ModelNotJson { .. } => "ModelNotJson",
         }
     }
 

@@ -58,6 +58,7 @@
 //! - [`perspective`](mod@perspective): read-model folds, the inline invoker and the async runner.
 //! - [`lens`]: reading models.
 //! - [`store`]: the storage traits and the in-memory backend.
+//! - [`backend`]: the seam a storage backend implements, with its contract in one place.
 //! - [`registry`]: the compile-time routing tables.
 //! - [`services`]: typed services for receptors.
 //! - [`sync`]: waiting until perspectives applied your events (read-your-writes).
@@ -66,6 +67,7 @@
 #[allow(unused_extern_crates)] // lets the macros' `::whizbang_core` paths resolve inside this crate
 extern crate self as whizbang_core;
 
+pub mod backend;
 pub mod dispatch;
 pub mod error;
 pub mod lens;

@@ -1,23 +1,24 @@
 use super::lifecycle::DetachedFailure;
 use super::scope::Scope;
 use super::ErasedReceptor;
+use crate::backend::WakeupSink;
 use crate::error::{Error, Result};
 use crate::lens::Lens;
 use crate::message::MessageKind;
-use crate::perspective::engine::{ApplyListener, Engine};
+use crate::perspective::engine::{ApplyListener, ApplyReport, Engine};
 use crate::perspective::runner::PerspectiveRunner;
 use crate::perspective::Perspective;
 use crate::registry::{ReceptorRegistration, Registry};
 use crate::services::Services;
 use crate::store::memory::{MemoryEventStore, MemoryPerspectiveStore};
-use crate::store::{EventStore, PerspectiveStore};
+use crate::store::{EventStore, ModelFormat, PerspectiveStore};
 use crate::sync::{
     PerspectiveSyncAwaiter, StoreSyncBackend, SyncBackend, SyncEventTracker, SyncState,
 };
 use std::any::TypeId;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub(crate) type Route = (Arc<dyn ErasedReceptor>, &'static ReceptorRegistration);
@@ -207,14 +208,40 @@ impl Runtime {
         self.inner.services.event_store()
     }
 
-    #[allow(dead_code)] // backends with their own wake-ups subscribe here
-    pub(crate) fn add_apply_listener(&self, listener: Arc<dyn ApplyListener>) {
-        self.inner
-            .engine
-            .listeners
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(listener);
+    /// Wakes this process's waiters for a commit made elsewhere: a backend
+    /// whose perspectives are also applied by other processes feeds each
+    /// report it hears of (from LISTEN/NOTIFY, a poll, ..) in here. Waiters on
+    /// `report.stream` and `report.perspective` re-check, and the events in
+    /// `report.applied` stop being pending in this process.
+    ///
+    /// The runtime's [`ApplyListener`]s are not called, so a wake-up received
+    /// from another process is never echoed back. To feed reports from a task
+    /// that must not keep the runtime alive, use [`wakeup_sink`](Self::wakeup_sink).
+    ///
+    /// ```
+    /// # use whizbang_core::{backend::ApplyReport, EventId, Runtime, StreamId};
+    /// # #[derive(whizbang_core::Command, serde::Serialize, serde::Deserialize)] struct Ping;
+    /// # #[derive(Default)] struct R;
+    /// # #[whizbang_core::receptor] impl whizbang_core::Receptor<Ping> for R {
+    /// #   async fn handle(&self, _: Ping, _: &mut whizbang_core::Context) -> whizbang_core::Result<()> { Ok(()) } }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> whizbang_core::Result<()> {
+    /// let runtime = Runtime::in_memory()?;
+    /// // What a LISTEN task decoded from another process's NOTIFY:
+    /// let report = ApplyReport::new("orders.summary", StreamId::new(), 2, vec![EventId::new()]);
+    /// runtime.notify_applied(&report);
+    /// # Ok(()) }
+    /// ```
+    pub fn notify_applied(&self, report: &ApplyReport) {
+        self.inner.sync.tracker.applied(report);
+    }
+
+    /// A cloneable handle that feeds apply reports to this runtime's waiters
+    /// like [`notify_applied`](Self::notify_applied), without keeping the
+    /// runtime alive: give it to a backend's background task (a LISTEN loop),
+    /// which stops when [`WakeupSink::notify`] returns `false`.
+    #[must_use]
+    pub fn wakeup_sink(&self) -> WakeupSink {
+        WakeupSink::new(&self.inner.sync.tracker)
     }
 
     /// Retries perspective `P` on `stream` after its cursor failed
@@ -292,6 +319,7 @@ pub struct RuntimeBuilder {
     sync_backend: Option<Arc<dyn SyncBackend>>,
     sync_ttl: Duration,
     on_detached_failure: Option<DetachedFailureHook>,
+    apply_listeners: Vec<Arc<dyn ApplyListener>>,
 }
 
 impl Default for RuntimeBuilder {
@@ -305,6 +333,7 @@ impl Default for RuntimeBuilder {
             sync_backend: None,
             sync_ttl: SyncEventTracker::DEFAULT_TTL,
             on_detached_failure: None,
+            apply_listeners: Vec::new(),
         }
     }
 }
@@ -314,6 +343,7 @@ impl std::fmt::Debug for RuntimeBuilder {
         f.debug_struct("RuntimeBuilder")
             .field("services", &self.services.len())
             .field("concurrency", &self.concurrency)
+            .field("apply_listeners", &self.apply_listeners.len())
             .finish_non_exhaustive()
     }
 }
@@ -381,6 +411,35 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Tells `listener` of every commit the runtime's perspectives make (after
+    /// the sync tracker, in the order added): how a backend hears local
+    /// commits, for example to NOTIFY other processes. See [`ApplyListener`]
+    /// for what a listener may do.
+    ///
+    /// ```
+    /// # use std::sync::{Arc, atomic::{AtomicUsize, Ordering}};
+    /// # use whizbang_core::{backend::ApplyReport, Runtime};
+    /// # #[derive(whizbang_core::Command, serde::Serialize, serde::Deserialize)] struct Ping;
+    /// # #[derive(Default)] struct R;
+    /// # #[whizbang_core::receptor] impl whizbang_core::Receptor<Ping> for R {
+    /// #   async fn handle(&self, _: Ping, _: &mut whizbang_core::Context) -> whizbang_core::Result<()> { Ok(()) } }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> whizbang_core::Result<()> {
+    /// let commits = Arc::new(AtomicUsize::new(0));
+    /// let seen = Arc::clone(&commits);
+    /// let runtime = Runtime::builder()
+    ///     .apply_listener(move |_: &ApplyReport| {
+    ///         seen.fetch_add(1, Ordering::Relaxed);
+    ///     })
+    ///     .build()?;
+    /// # drop(runtime);
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn apply_listener(mut self, listener: impl ApplyListener) -> Self {
+        self.apply_listeners.push(Arc::new(listener));
+        self
+    }
+
     /// How many (perspective, stream) catch-ups the async runner runs at once (default 16).
     #[must_use]
     pub fn runner_concurrency(mut self, n: usize) -> Self {
@@ -396,7 +455,10 @@ impl RuntimeBuilder {
     /// ([`Error::DuplicateReceptor`], [`Error::NoRoutesRegistered`], ..);
     /// [`Error::CommandsWithoutReceptor`] listing every command type in the
     /// registry that no receptor handles;
-    /// [`Error::MissingService`] when a receptor needs a service not offered.
+    /// [`Error::MissingService`] when a receptor needs a service not offered;
+    /// [`Error::ModelNotJson`] when the perspective store keeps JSON
+    /// ([`ModelFormat::Json`]) and a perspective's model does not survive a
+    /// JSON round trip.
     pub fn build(self) -> Result<Runtime> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| Error::NoTokioRuntime)?;
         let registry = match self.registry {
@@ -415,6 +477,8 @@ impl RuntimeBuilder {
         let perspective_store = self
             .perspective_store
             .unwrap_or_else(|| Arc::new(MemoryPerspectiveStore::new()));
+        let model_format = perspective_store.model_format();
+        check_model_format(&registry, model_format)?;
         let mut services = Services::new(Arc::clone(&event_store), Arc::clone(&perspective_store));
         for add in self.services {
             add(&mut services);
@@ -445,11 +509,13 @@ impl RuntimeBuilder {
                 Arc::clone(&perspective_store),
             ))
         });
-        let listener: Arc<dyn ApplyListener> = Arc::clone(&tracker) as _;
+        let mut listeners: Vec<Arc<dyn ApplyListener>> = vec![Arc::clone(&tracker) as _];
+        listeners.extend(self.apply_listeners);
         let engine = Engine {
             events: event_store,
             perspectives: perspective_store,
-            listeners: Arc::new(RwLock::new(vec![listener])),
+            listeners: listeners.into(),
+            model_format,
         };
         spawn_sweeper(&handle, &tracker, self.sync_ttl);
         tracker.spawn_timer(&handle);
@@ -498,6 +564,28 @@ fn spawn_sweeper(handle: &tokio::runtime::Handle, tracker: &Arc<SyncEventTracker
             }
         }
     });
+}
+
+/// A JSON perspective store can hold every registered perspective's model:
+/// each model's `Default` survives a JSON round trip. A `Default` that panics
+/// is left to the engine, which reports it on the first apply.
+fn check_model_format(registry: &Registry, format: ModelFormat) -> Result<()> {
+    if format != ModelFormat::Json {
+        return Ok(());
+    }
+    for reg in registry.perspectives() {
+        let round_trip = std::panic::catch_unwind(|| {
+            let json = (reg.new_model)().to_json()?;
+            (reg.decode_model)(&json).map(drop)
+        });
+        if let Ok(Err(source)) = round_trip {
+            return Err(Error::ModelNotJson {
+                perspective: reg.name,
+                source,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Start-up checks of a receptor's stage and sync waits.

@@ -6,18 +6,38 @@ use crate::message::{EventId, StreamId};
 use crate::perspective::AnyModel;
 use crate::registry::PerspectiveRegistration;
 use crate::store::{
-    Checkpoint, CheckpointFailure, EventStore, ModelValue, PerspectiveStore, PerspectiveUnit,
-    SkippedEvent, StoredEvent,
+    Checkpoint, CheckpointFailure, EventStore, ModelFormat, ModelValue, PerspectiveStore,
+    PerspectiveUnit, SkippedEvent, StoredEvent,
 };
 use std::sync::Arc;
 use tracing::Instrument;
 
-/// What one catch-up committed: handed to listeners (the sync tracker) after commit.
-#[derive(Clone, Debug)]
+/// What one commit on a (perspective, stream) did: the events it applied and
+/// where the cursor stands. The engine hands one to every [`ApplyListener`]
+/// after each commit; a backend that learns of commits made elsewhere (another
+/// process, through LISTEN/NOTIFY) builds one with [`ApplyReport::new`] and
+/// feeds it to [`Runtime::notify_applied`](crate::Runtime::notify_applied) or a
+/// [`WakeupSink`](crate::backend::WakeupSink) so local waiters wake.
+///
+/// ```
+/// use whizbang_core::backend::{ApplyReport, CheckpointFailure};
+/// use whizbang_core::{EventId, StreamId};
+///
+/// let stream = StreamId::new();
+/// let report = ApplyReport::new("orders.summary", stream, 3, vec![EventId::new()]);
+/// assert!(report.failure.is_none());
+/// let failed = ApplyReport::new("orders.summary", stream, 3, vec![]).with_failure(
+///     CheckpointFailure { version: 4, message: "apply failed".into() },
+/// );
+/// assert_eq!(failed.failure.unwrap().version, 4);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ApplyReport {
-    /// The perspective.
+    /// The perspective's name (a backend with a name from elsewhere gets the
+    /// `'static` one from [`Registry::perspective_named`](crate::Registry::perspective_named)).
     pub perspective: &'static str,
-    /// The stream.
+    /// The stream (the model's key).
     pub stream: StreamId,
     /// The cursor after the commit.
     pub version: u64,
@@ -28,16 +48,70 @@ pub struct ApplyReport {
     pub failure: Option<CheckpointFailure>,
 }
 
-/// Something that wants to hear about committed applies (the sync tracker).
-pub(crate) trait ApplyListener: Send + Sync {
+impl ApplyReport {
+    /// A report of a successful commit: `perspective`'s cursor on `stream` is
+    /// at `version` and `applied` are the events it moved past, in order.
+    #[must_use]
+    pub fn new(
+        perspective: &'static str,
+        stream: StreamId,
+        version: u64,
+        applied: Vec<EventId>,
+    ) -> Self {
+        ApplyReport {
+            perspective,
+            stream,
+            version,
+            applied,
+            failure: None,
+        }
+    }
+
+    /// The same report, for a commit that marked the cursor failed.
+    #[must_use]
+    pub fn with_failure(mut self, failure: CheckpointFailure) -> Self {
+        self.failure = Some(failure);
+        self
+    }
+}
+
+/// Hears about every commit the engine makes (apply, failure, retry, skip),
+/// right after it is committed, in this process.
+///
+/// The runtime's sync tracker is one; a backend registers its own with
+/// [`RuntimeBuilder::apply_listener`](crate::RuntimeBuilder::apply_listener),
+/// for example to NOTIFY other processes so their waiters wake. Listeners run
+/// synchronously on the committing task: be quick and never block (hand the
+/// report to a channel or a background task), and never call back into the
+/// runtime. A listener does not hear reports fed in with
+/// [`Runtime::notify_applied`](crate::Runtime::notify_applied), so a wake-up
+/// received from another process is never echoed back.
+///
+/// Closures `Fn(&ApplyReport) + Send + Sync` are listeners.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an apply listener",
+    note = "implement `whizbang_core::backend::ApplyListener` (or pass a closure `|report: &ApplyReport| ..`)"
+)]
+pub trait ApplyListener: Send + Sync + 'static {
+    /// Called once per commit, after it committed.
     fn on_apply(&self, report: &ApplyReport);
+}
+
+impl<F: Fn(&ApplyReport) + Send + Sync + 'static> ApplyListener for F {
+    fn on_apply(&self, report: &ApplyReport) {
+        self(report);
+    }
 }
 
 #[derive(Clone)]
 pub(crate) struct Engine {
     pub(crate) events: Arc<dyn EventStore>,
     pub(crate) perspectives: Arc<dyn PerspectiveStore>,
-    pub(crate) listeners: Arc<std::sync::RwLock<Vec<Arc<dyn ApplyListener>>>>,
+    /// Told of every commit, in order: the sync tracker first, then the
+    /// builder's listeners.
+    pub(crate) listeners: Arc<[Arc<dyn ApplyListener>]>,
+    /// How the perspective store keeps models (asked once, at build).
+    pub(crate) model_format: ModelFormat,
 }
 
 /// How an operator recovers a failed cursor.
@@ -108,6 +182,16 @@ pub(crate) fn panic_message(what: &str, p: &(dyn std::any::Any + Send)) -> Strin
     } else {
         format!("{what} panicked")
     }
+}
+
+/// The sentence for a model that does not serialise for a JSON store.
+fn model_not_json(perspective: &str, e: &serde_json::Error) -> String {
+    format!(
+        "the model of perspective `{perspective}` does not serialise to JSON ({e}), and the \
+         perspective store keeps JSON models; nothing of this batch was committed. Fix the \
+         model's Serialize impl (for example map keys that are not strings), then retry the \
+         perspective"
+    )
 }
 
 fn is_skipped(checkpoint: &Checkpoint, version: u64) -> bool {
@@ -274,8 +358,16 @@ impl Engine {
             version = ev.stream_version;
             dirty = true;
         }
+        let model = match model.map(|m| self.encode(reg, m)).transpose() {
+            Ok(m) => m,
+            Err(message) => {
+                return Err(self
+                    .fail_unencodable(reg, stream, unit, checkpoint, message)
+                    .await)
+            }
+        };
         unit.commit(
-            model.map(ModelValue::Typed),
+            model,
             Checkpoint {
                 version,
                 failure: None,
@@ -283,13 +375,7 @@ impl Engine {
             },
         )
         .await?;
-        let report = ApplyReport {
-            perspective: reg.name,
-            stream,
-            version,
-            applied,
-            failure: None,
-        };
+        let report = ApplyReport::new(reg.name, stream, version, applied);
         self.notify(&report);
         Ok(report)
     }
@@ -326,7 +412,11 @@ impl Engine {
         // applied to the model in this batch, the stored model is already that
         // state and stays as it is (`None`).
         let good = if dirty {
-            match self.rebuild(reg, stream, version, &checkpoint).await {
+            match self
+                .rebuild(reg, stream, version, &checkpoint)
+                .await
+                .and_then(|m| self.encode(reg, m))
+            {
                 Ok(m) => Some(m),
                 Err(replay) => {
                     // Only an impure apply fails on replay what it applied before:
@@ -350,7 +440,7 @@ impl Engine {
         };
         let committed = unit
             .commit(
-                good.map(ModelValue::Typed),
+                good,
                 Checkpoint {
                     version,
                     failure: Some(failure.clone()),
@@ -361,14 +451,50 @@ impl Engine {
         if let Err(e) = committed {
             return e;
         }
-        let report = ApplyReport {
+        let report =
+            ApplyReport::new(reg.name, stream, version, applied).with_failure(failure.clone());
+        self.notify(&report);
+        Error::PerspectiveFailed {
             perspective: reg.name,
             stream,
-            version,
-            applied,
-            failure: Some(failure.clone()),
+            version: failure.version,
+            message: failure.message,
+        }
+    }
+
+    /// A batch applied but its model does not serialise for the JSON store:
+    /// commits nothing of the batch, marks the cursor failed at the batch's
+    /// first event, wakes the listeners, and returns the error.
+    async fn fail_unencodable(
+        &self,
+        reg: &'static PerspectiveRegistration,
+        stream: StreamId,
+        unit: Box<dyn PerspectiveUnit>,
+        checkpoint: Checkpoint,
+        message: String,
+    ) -> Error {
+        tracing::error!(error = %message, "perspective model does not serialise; cursor marked failed");
+        let failure = CheckpointFailure {
+            version: checkpoint.version + 1,
+            message,
         };
-        self.notify(&report);
+        let version = checkpoint.version;
+        let committed = unit
+            .commit(
+                None,
+                Checkpoint {
+                    version,
+                    failure: Some(failure.clone()),
+                    skipped: checkpoint.skipped,
+                },
+            )
+            .await;
+        if let Err(e) = committed {
+            return e;
+        }
+        self.notify(
+            &ApplyReport::new(reg.name, stream, version, Vec::new()).with_failure(failure.clone()),
+        );
         Error::PerspectiveFailed {
             perspective: reg.name,
             stream,
@@ -404,14 +530,32 @@ impl Engine {
         Ok(model)
     }
 
+    /// The model in the form the store keeps: serialised for a JSON store
+    /// (the serialiser guarded like any user code).
+    fn encode(
+        &self,
+        reg: &'static PerspectiveRegistration,
+        model: Box<dyn AnyModel>,
+    ) -> std::result::Result<ModelValue, String> {
+        match self.model_format {
+            ModelFormat::Typed => Ok(ModelValue::Typed(model)),
+            ModelFormat::Json => guarded("serialising the model", || model.to_json())?
+                .map(ModelValue::Json)
+                .map_err(|e| model_not_json(reg.name, &e)),
+        }
+    }
+
     fn notify(&self, report: &ApplyReport) {
-        // Listeners are quick and never call back into the engine: no copy needed.
-        let listeners = self
-            .listeners
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for l in listeners.iter() {
-            l.on_apply(report);
+        for l in self.listeners.iter() {
+            // A listener's panic must not undo what is committed nor stop the
+            // listeners after it (the sync tracker runs first, unguarded cost
+            // is one landing pad).
+            if let Err(panic) = guarded("an apply listener", || l.on_apply(report)) {
+                tracing::error!(
+                    perspective = report.perspective, stream = %report.stream, error = %panic,
+                    "apply listener panicked; the commit stands"
+                );
+            }
         }
     }
 }

@@ -2,9 +2,10 @@
 //! reference behaviour every other backend is tested against.
 
 use super::{
-    BoxFuture, Checkpoint, EventLocation, EventStore, ModelRow, ModelValue, PerspectiveStore,
-    PerspectiveUnit, StoredEvent, StreamAppend,
+    BoxFuture, Checkpoint, EventLocation, EventStore, ModelFormat, ModelKey, ModelRow, ModelValue,
+    PerspectiveStore, PerspectiveUnit, StoredEvent, StreamAppend,
 };
+use crate::error::Stored;
 use crate::error::{Error, Result};
 use crate::message::{EventId, StreamId};
 use std::collections::HashMap;
@@ -46,24 +47,45 @@ struct EventLog {
 }
 
 /// An event store in memory. Cheap to clone (shared).
+///
+/// [`new`](Self::new) keeps each event's typed payload (the fast path);
+/// [`json`](Self::json) keeps only its JSON, as a database does.
 #[derive(Clone, Default)]
 pub struct MemoryEventStore {
     log: Arc<Mutex<EventLog>>,
+    json_only: bool,
 }
 
 impl std::fmt::Debug for MemoryEventStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryEventStore")
             .field("events", &lock(&self.log).all.len())
+            .field("json_only", &self.json_only)
             .finish()
     }
 }
 
 impl MemoryEventStore {
-    /// An empty store.
+    /// An empty store that keeps typed payloads.
     #[must_use]
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty store that drops typed payloads and keeps only the JSON, like
+    /// a database: every read decodes. Runs the serialised path in tests.
+    ///
+    /// ```
+    /// use whizbang_core::backend::MemoryEventStore;
+    /// let store = MemoryEventStore::json();
+    /// assert!(store.all_events().is_empty());
+    /// ```
+    #[must_use]
+    pub fn json() -> Self {
+        MemoryEventStore {
+            json_only: true,
+            ..Self::default()
+        }
     }
 
     /// Every event, in global order.
@@ -121,7 +143,7 @@ impl MemoryEventStore {
                     event_type: std::borrow::Cow::Borrowed(e.event_type),
                     data: e.data,
                     metadata: e.metadata,
-                    typed: e.typed,
+                    typed: if self.json_only { None } else { e.typed },
                 });
                 stream.push(Arc::clone(&stored));
                 log.by_id.insert(stored.event_id, Arc::clone(&stored));
@@ -182,14 +204,14 @@ impl EventStore for MemoryEventStore {
     }
 }
 
-/// What readers see of one (perspective, stream): the last commit.
+/// What readers see of one (perspective, key): the last commit.
 #[derive(Default)]
 struct Committed {
     checkpoint: Checkpoint,
-    model: Option<Box<dyn crate::perspective::AnyModel>>,
+    model: Option<ModelValue>,
 }
 
-/// One (perspective, stream). The claim and the committed state are separate
+/// One (perspective, key). The claim and the committed state are separate
 /// locks, so readers never wait for a claim: a unit works on a copy of the
 /// model and its commit swaps the new state in under the short std lock.
 #[derive(Default)]
@@ -201,45 +223,80 @@ struct Slot {
 type SlotRef = Arc<Slot>;
 
 /// Read models and cursors in memory. Cheap to clone (shared).
-#[derive(Clone, Default)]
+///
+/// [`new`](Self::new) keeps typed models ([`ModelFormat::Typed`]: no
+/// serialisation, a clone per read); [`json`](Self::json) keeps JSON
+/// ([`ModelFormat::Json`]), as a database does, and refuses typed models.
+#[derive(Clone)]
 pub struct MemoryPerspectiveStore {
-    slots: Arc<Mutex<HashMap<&'static str, IdMap<StreamId, SlotRef>>>>,
+    slots: Arc<Mutex<HashMap<&'static str, IdMap<ModelKey, SlotRef>>>>,
+    format: ModelFormat,
+}
+
+impl Default for MemoryPerspectiveStore {
+    fn default() -> Self {
+        MemoryPerspectiveStore {
+            slots: Arc::default(),
+            format: ModelFormat::Typed,
+        }
+    }
 }
 
 impl std::fmt::Debug for MemoryPerspectiveStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryPerspectiveStore")
+            .field("format", &self.format)
             .finish_non_exhaustive()
     }
 }
 
 impl MemoryPerspectiveStore {
-    /// An empty store.
+    /// An empty store that keeps typed models.
     #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
 
-    fn slot(&self, perspective: &'static str, stream: StreamId) -> SlotRef {
+    /// An empty store that keeps models as JSON, like a database: the runtime
+    /// serialises each model on commit and every read decodes. Runs the
+    /// serialised path in tests without a database.
+    ///
+    /// ```
+    /// use whizbang_core::backend::{MemoryPerspectiveStore, ModelFormat, PerspectiveStore};
+    /// assert_eq!(MemoryPerspectiveStore::json().model_format(), ModelFormat::Json);
+    /// assert_eq!(MemoryPerspectiveStore::new().model_format(), ModelFormat::Typed);
+    /// ```
+    #[must_use]
+    pub fn json() -> Self {
+        MemoryPerspectiveStore {
+            format: ModelFormat::Json,
+            ..Self::default()
+        }
+    }
+
+    fn slot(&self, perspective: &'static str, key: ModelKey) -> SlotRef {
         Arc::clone(
             lock(&self.slots)
                 .entry(perspective)
                 .or_default()
-                .entry(stream)
+                .entry(key)
                 .or_default(),
         )
     }
 
-    fn existing(&self, perspective: &str, stream: StreamId) -> Option<SlotRef> {
+    fn existing(&self, perspective: &str, key: ModelKey) -> Option<SlotRef> {
         lock(&self.slots)
             .get(perspective)
-            .and_then(|m| m.get(&stream))
+            .and_then(|m| m.get(&key))
             .cloned()
     }
 }
 
 struct MemoryUnit {
     slot: SlotRef,
+    perspective: &'static str,
+    key: ModelKey,
+    format: ModelFormat,
     checkpoint: Checkpoint,
     _claim: tokio::sync::OwnedMutexGuard<()>,
 }
@@ -255,7 +312,7 @@ impl PerspectiveUnit for MemoryUnit {
         lock(&self.slot.committed)
             .model
             .as_ref()
-            .map(|m| ModelValue::Typed(m.clone_box()))
+            .map(ModelValue::clone_value)
     }
 
     fn commit(
@@ -263,56 +320,61 @@ impl PerspectiveUnit for MemoryUnit {
         model: Option<ModelValue>,
         checkpoint: Checkpoint,
     ) -> BoxFuture<'static, Result<()>> {
-        let model = match model {
-            None => None,
-            Some(ModelValue::Typed(m)) => Some(m),
-            Some(ModelValue::Json(_)) => {
-                return Box::pin(async {
-                    Err(Error::InvalidInput(
-                        "the in-memory perspective store keeps typed models; commit \
-                         ModelValue::Typed"
-                            .into(),
-                    ))
-                })
-            }
-        };
-        let mut committed = lock(&self.slot.committed);
-        if let Some(m) = model {
-            // The old model drops after the lock is released.
-            let old = committed.model.replace(m);
-            committed.checkpoint = checkpoint;
-            drop(committed);
-            drop(old);
-        } else {
-            committed.checkpoint = checkpoint;
-            drop(committed);
+        if self.format == ModelFormat::Json && matches!(model, Some(ModelValue::Typed(_))) {
+            let err = Error::backend(
+                "memory",
+                format!(
+                    "commit the model of perspective `{}` for {}",
+                    self.perspective, self.key
+                ),
+                Stored::Nothing,
+                "this store keeps JSON models (MemoryPerspectiveStore::json) and was handed a                  typed one; commit ModelValue::Json (the runtime does, since the store declares                  ModelFormat::Json)",
+            );
+            return Box::pin(async move { Err(err) });
         }
-        // `self` (and with it the claim) is released here, after the swap.
+        let mut committed = lock(&self.slot.committed);
+        let old = match model {
+            Some(m) => committed.model.replace(m),
+            None => None,
+        };
+        committed.checkpoint = checkpoint;
+        drop(committed);
+        // The old model drops after the lock is released; `self` (and with it
+        // the claim) is released here, after the swap.
+        drop(old);
         Box::pin(async { Ok(()) })
     }
 }
 
-fn snapshot(id: StreamId, slot: &Slot) -> Option<ModelRow> {
+fn snapshot(id: ModelKey, slot: &Slot) -> Option<ModelRow> {
     let committed = lock(&slot.committed);
     committed.model.as_ref().map(|m| ModelRow {
         id,
         version: committed.checkpoint.version,
-        model: ModelValue::Typed(m.clone_box()),
+        model: m.clone_value(),
     })
 }
 
 impl PerspectiveStore for MemoryPerspectiveStore {
+    fn model_format(&self) -> ModelFormat {
+        self.format
+    }
+
     fn claim<'a>(
         &'a self,
         perspective: &'static str,
-        stream: StreamId,
+        key: ModelKey,
     ) -> BoxFuture<'a, Result<Box<dyn PerspectiveUnit>>> {
-        let slot = self.slot(perspective, stream);
+        let slot = self.slot(perspective, key);
+        let format = self.format;
         Box::pin(async move {
             let claim = Arc::clone(&slot.claim).lock_owned().await;
             let checkpoint = lock(&slot.committed).checkpoint.clone();
             Ok(Box::new(MemoryUnit {
                 slot,
+                perspective,
+                key,
+                format,
                 checkpoint,
                 _claim: claim,
             }) as Box<dyn PerspectiveUnit>)
@@ -322,10 +384,10 @@ impl PerspectiveStore for MemoryPerspectiveStore {
     fn checkpoint<'a>(
         &'a self,
         perspective: &'a str,
-        stream: StreamId,
+        key: ModelKey,
     ) -> BoxFuture<'a, Result<Checkpoint>> {
         let cp = self
-            .existing(perspective, stream)
+            .existing(perspective, key)
             .map(|s| lock(&s.committed).checkpoint.clone())
             .unwrap_or_default();
         Box::pin(async move { Ok(cp) })
@@ -334,16 +396,16 @@ impl PerspectiveStore for MemoryPerspectiveStore {
     fn load_model<'a>(
         &'a self,
         perspective: &'a str,
-        id: StreamId,
+        key: ModelKey,
     ) -> BoxFuture<'a, Result<Option<ModelRow>>> {
         let row = self
-            .existing(perspective, id)
-            .and_then(|s| snapshot(id, &s));
+            .existing(perspective, key)
+            .and_then(|s| snapshot(key, &s));
         Box::pin(async move { Ok(row) })
     }
 
     fn list_models<'a>(&'a self, perspective: &'a str) -> BoxFuture<'a, Result<Vec<ModelRow>>> {
-        let mut slots: Vec<(StreamId, SlotRef)> = lock(&self.slots)
+        let mut slots: Vec<(ModelKey, SlotRef)> = lock(&self.slots)
             .get(perspective)
             .map(|m| m.iter().map(|(k, v)| (*k, Arc::clone(v))).collect())
             .unwrap_or_default();

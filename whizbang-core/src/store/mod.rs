@@ -5,7 +5,9 @@
 //! [`PerspectiveUnit`] commits a model, its cursor and the applied status as one
 //! atomic unit. It knows nothing about routing. These traits are the seam a
 //! storage backend implements; [`memory`] is the reference implementation every
-//! other backend is held to.
+//! other backend is held to. The contract as a whole (these traits, the sync
+//! backend, the wake-ups and the conformance suite) is documented in
+//! [`backend`](crate::backend).
 
 pub mod memory;
 
@@ -47,7 +49,9 @@ pub struct NewEvent {
     pub data: Box<RawValue>,
     /// Correlation, causation, time, extra.
     pub metadata: EventMetadata,
-    /// The typed payload, kept by in-process stores to spare a decode.
+    /// The typed payload: an optional fast path an in-process store may keep
+    /// (into [`StoredEvent::typed`]) to spare a decode. Any store may ignore
+    /// it; `data` is the event.
     pub typed: Option<Arc<dyn Any + Send + Sync>>,
 }
 
@@ -89,6 +93,7 @@ pub struct StoredEvent {
     /// Correlation, causation, time, extra.
     pub metadata: EventMetadata,
     /// The typed payload, when the store kept it (in-process stores only).
+    /// `None` is always valid: readers decode `data` then.
     pub typed: Option<Arc<dyn Any + Send + Sync>>,
 }
 
@@ -178,12 +183,64 @@ pub struct CheckpointFailure {
     pub message: String,
 }
 
+/// The key of one read model of a perspective.
+///
+/// Today every perspective keeps one model per stream, keyed by the stream's
+/// id, so this is [`StreamId`]. Perspectives keyed by something else (a
+/// customer across its order streams, one global row) are planned: a backend
+/// should treat the key as an opaque id of the model row, not assume it names
+/// a stream in the event store, so that it can carry other keys later without
+/// a schema change (store it in its own column, e.g. `model_id`).
+pub type ModelKey = StreamId;
+
+/// How a perspective store keeps read models, declared by
+/// [`PerspectiveStore::model_format`] and honoured by the runtime: it commits
+/// [`ModelValue::Typed`] only to a store that keeps typed models, and
+/// [`ModelValue::Json`] to every other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ModelFormat {
+    /// The store keeps the typed model (in-process stores): no serialisation
+    /// on commit, a clone on read. Such a store must also accept a
+    /// [`ModelValue::Json`] (it may keep it as is).
+    Typed,
+    /// The store keeps JSON (a database): the runtime serialises each model
+    /// on commit, and checks when the runtime is built that every registered
+    /// perspective's model survives a JSON round trip.
+    Json,
+}
+
 /// A read model as stored: typed in process, JSON in a database.
+///
+/// The typed form is an optional fast path: a store that declares
+/// [`ModelFormat::Json`] is never handed one. Readers (lenses, the engine)
+/// accept either form from any store.
 pub enum ModelValue {
     /// The typed model (in-process stores).
     Typed(Box<dyn AnyModel>),
     /// The serialized model.
     Json(Box<RawValue>),
+}
+
+impl ModelValue {
+    /// A copy (the typed model through its `Clone`).
+    #[must_use]
+    pub fn clone_value(&self) -> ModelValue {
+        match self {
+            ModelValue::Typed(m) => ModelValue::Typed(m.clone_box()),
+            ModelValue::Json(j) => ModelValue::Json(j.clone()),
+        }
+    }
+
+    /// The model as JSON (serialising a typed model).
+    ///
+    /// # Errors
+    /// When a typed model's `Serialize` impl fails.
+    pub fn to_json(&self) -> std::result::Result<Box<RawValue>, serde_json::Error> {
+        match self {
+            ModelValue::Typed(m) => m.to_json(),
+            ModelValue::Json(j) => Ok(j.clone()),
+        }
+    }
 }
 
 impl std::fmt::Debug for ModelValue {
@@ -198,11 +255,11 @@ impl std::fmt::Debug for ModelValue {
 /// A stored read model with the stream version it reflects.
 #[derive(Debug)]
 pub struct ModelRow {
-    /// The model's id (its stream).
-    pub id: StreamId,
-    /// The stream version it reflects.
+    /// The model's key (today its stream; see [`ModelKey`]).
+    pub id: ModelKey,
+    /// The version of the model's cursor: the stream version it reflects.
     pub version: u64,
-    /// The model.
+    /// The model, in the form the store keeps.
     pub model: ModelValue,
 }
 
@@ -230,30 +287,43 @@ pub trait PerspectiveUnit: Send {
 }
 
 /// Read models, cursors and applied status.
+///
+/// Each (perspective, [`ModelKey`]) pair has a cursor ([`Checkpoint`]) and at
+/// most one model. Today the key is the stream the model folds (see
+/// [`ModelKey`] for the keys to come).
 pub trait PerspectiveStore: Send + Sync + 'static {
-    /// Claims exclusive work on (`perspective`, `stream`), waiting for another holder.
+    /// How this store keeps models. The default, [`ModelFormat::Json`], is
+    /// what a database backend wants: the runtime serialises models before
+    /// [`PerspectiveUnit::commit`]. Return [`ModelFormat::Typed`] only from a
+    /// store that keeps models in process.
+    fn model_format(&self) -> ModelFormat {
+        ModelFormat::Json
+    }
+
+    /// Claims exclusive work on (`perspective`, `key`), waiting while another
+    /// unit holds it (until that unit commits or is dropped).
     fn claim<'a>(
         &'a self,
         perspective: &'static str,
-        stream: StreamId,
+        key: ModelKey,
     ) -> BoxFuture<'a, Result<Box<dyn PerspectiveUnit>>>;
 
-    /// The last committed checkpoint of (`perspective`, `stream`). Never waits
-    /// for a claim.
+    /// The last committed checkpoint of (`perspective`, `key`); the default
+    /// checkpoint (version 0) when none was committed. Never waits for a claim.
     fn checkpoint<'a>(
         &'a self,
         perspective: &'a str,
-        stream: StreamId,
+        key: ModelKey,
     ) -> BoxFuture<'a, Result<Checkpoint>>;
 
     /// One read model, as last committed. Never waits for a claim.
     fn load_model<'a>(
         &'a self,
         perspective: &'a str,
-        id: StreamId,
+        key: ModelKey,
     ) -> BoxFuture<'a, Result<Option<ModelRow>>>;
 
-    /// Every read model of a perspective, as last committed, ordered by id.
+    /// Every read model of a perspective, as last committed, ordered by key.
     /// Never waits for a claim.
     fn list_models<'a>(&'a self, perspective: &'a str) -> BoxFuture<'a, Result<Vec<ModelRow>>>;
 }

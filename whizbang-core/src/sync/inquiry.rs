@@ -122,7 +122,10 @@ pub trait SyncBackend: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Vec<SyncInquiryResult>>>;
 }
 
-/// Answers inquiries from an event store and a perspective store.
+/// Answers inquiries from an event store and a perspective store: it locates
+/// the ids, then reads the perspective's cursor on each event's stream (one
+/// read per stream). It relies on each model being keyed by its stream (the
+/// only keying today, see [`ModelKey`](crate::store::ModelKey)).
 #[derive(Clone)]
 pub struct StoreSyncBackend {
     events: Arc<dyn EventStore>,
