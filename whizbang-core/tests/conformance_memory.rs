@@ -159,7 +159,10 @@ async fn a_runtime_on_json_stores_applies_commits_json_and_lenses_decode_it() {
         .lens::<AsyncCounts>()
         .list(ListQuery::all())
         .await
-        .unwrap();
+        .unwrap()
+        .into_iter()
+        .map(whizbang_core::Versioned::into_inner)
+        .collect::<Vec<_>>();
     listed.sort_by_key(|c| c.ticks);
     assert_eq!(listed, vec![Count { ticks: 1 }, Count { ticks: 2 }]);
     let stored = models
