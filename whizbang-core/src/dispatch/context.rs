@@ -6,6 +6,8 @@ use crate::perspective::Perspective;
 use crate::services::Services;
 use crate::store::{EventMetadata, NewEvent, StreamAppend};
 use crate::sync::SyncResult;
+use serde_json::value::RawValue;
+use std::any::Any;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -62,25 +64,38 @@ impl Context {
         event: E,
         expected: ExpectedVersion,
     ) -> Result<EventId> {
-        let data =
-            serde_json::value::to_raw_value(&event).map_err(|source| Error::Serialization {
-                type_name: E::NAME,
-                source,
-            })?;
+        // Build cost: this generic part (instantiated per event type in the
+        // user's crate) only serializes and decodes; the rest is `push_emitted`.
+        let data = match serde_json::value::to_raw_value(&event) {
+            Ok(data) => data,
+            Err(source) => return Err(serialization_error(E::NAME, source)),
+        };
         // In-process consumers see exactly what another process would decode
         // from the store (a `#[serde(skip)]` field reads as its default): keep
         // the decoded value, not the one passed in.
-        let decoded: E =
-            serde_json::from_str(data.get()).map_err(|source| Error::EventRoundTrip {
-                event_type: E::NAME,
-                source,
-            })?;
+        let decoded: E = match serde_json::from_str(data.get()) {
+            Ok(decoded) => decoded,
+            Err(source) => return Err(round_trip_error(E::NAME, source)),
+        };
         let stream_id = event.stream_id();
+        Ok(self.push_emitted(stream_id, E::NAME, data, Arc::new(decoded), expected))
+    }
+
+    /// Buffers one serialized event (the non-generic part of `emit_expecting`).
+    #[inline(never)]
+    fn push_emitted(
+        &mut self,
+        stream_id: StreamId,
+        event_type: &'static str,
+        data: Box<RawValue>,
+        typed: Arc<dyn Any + Send + Sync>,
+        expected: ExpectedVersion,
+    ) -> EventId {
         let event_id = EventId::new();
         let new = NewEvent {
             event_id,
             stream_id,
-            event_type: E::NAME,
+            event_type,
             data,
             metadata: EventMetadata {
                 correlation_id: self.correlation_id,
@@ -88,7 +103,7 @@ impl Context {
                 timestamp: SystemTime::now(),
                 extra: self.metadata.clone(),
             },
-            typed: Some(Arc::new(decoded)),
+            typed: Some(typed),
         };
         match self.pending.last_mut() {
             Some(last) if last.stream_id == stream_id && expected == ExpectedVersion::Any => {
@@ -100,7 +115,7 @@ impl Context {
                 events: vec![new],
             }),
         }
-        Ok(event_id)
+        event_id
     }
 
     /// Events emitted so far in this call and not yet appended.
@@ -196,4 +211,14 @@ impl Context {
             sync_results: Vec::new(),
         }
     }
+}
+
+#[inline(never)]
+fn serialization_error(type_name: &'static str, source: serde_json::Error) -> Error {
+    Error::Serialization { type_name, source }
+}
+
+#[inline(never)]
+fn round_trip_error(event_type: &'static str, source: serde_json::Error) -> Error {
+    Error::EventRoundTrip { event_type, source }
 }

@@ -82,6 +82,12 @@ pub(crate) trait ErasedReceptor: Send + Sync {
     fn decode(&self, event: &StoredEvent) -> Result<Box<dyn Any + Send>>;
 }
 
+// Build cost: everything below is instantiated once per receptor (or per
+// message type) in the user's crate, so the generic part stays a shim that
+// downcasts and calls; the shared machinery is non-generic. A command's
+// payload is never decoded from the store, so its decoder (a whole serde
+// deserializer) is not even instantiated: see `Decoder::OF`.
+
 pub(crate) struct ReceptorAdapter<R, M> {
     receptor: R,
     _m: PhantomData<fn(M)>,
@@ -110,24 +116,84 @@ where
         message: Box<dyn Any + Send>,
         cx: &'a mut Context,
     ) -> BoxFuture<'a, Result<Box<dyn Any + Send>>> {
-        Box::pin(async move {
-            let message = message.downcast::<M>().map_err(|_| {
-                Error::InvalidInput(format!(
-                    "message routed to the receptor of `{}` has another type",
-                    M::NAME
-                ))
-            })?;
-            let out = self.receptor.handle(*message, cx).await?;
-            Ok(Box::new(out) as Box<dyn Any + Send>)
-        })
+        match message.downcast::<M>() {
+            Ok(message) => erase_output(Box::pin(self.receptor.handle(*message, cx))),
+            Err(_) => wrong_message(M::NAME),
+        }
     }
 
     fn decode(&self, event: &StoredEvent) -> Result<Box<dyn Any + Send>> {
-        serde_json::from_str::<M>(event.data.get())
-            .map(|m| Box::new(m) as Box<dyn Any + Send>)
-            .map_err(|source| Error::Deserialization {
-                type_name: event.event_type.to_string(),
-                source,
-            })
+        decode_event(event, Decoder::<M>::OF)
+    }
+}
+
+/// Decodes a stored payload into a boxed `M`.
+type DecodeFn = fn(&str) -> std::result::Result<Box<dyn Any + Send>, serde_json::Error>;
+
+struct Decoder<M>(PhantomData<fn() -> M>);
+
+impl<M: Message> Decoder<M> {
+    /// The decoder of an event type; `None` for a command (evaluated at
+    /// compile time, so a command's deserializer is never instantiated here).
+    const OF: Option<DecodeFn> = match M::KIND {
+        crate::message::MessageKind::Event => Some(decode_payload::<M>),
+        crate::message::MessageKind::Command => None,
+    };
+}
+
+fn decode_payload<M: Message>(
+    data: &str,
+) -> std::result::Result<Box<dyn Any + Send>, serde_json::Error> {
+    match serde_json::from_str::<M>(data) {
+        Ok(m) => Ok(Box::new(m)),
+        Err(e) => Err(e),
+    }
+}
+
+#[inline(never)]
+fn decode_event(event: &StoredEvent, decode: Option<DecodeFn>) -> Result<Box<dyn Any + Send>> {
+    let Some(decode) = decode else {
+        return Err(Error::InvalidInput(format!(
+            "stored `{}` {} was routed to a command receptor; only event receptors decode stored events",
+            event.event_type, event.event_id
+        )));
+    };
+    decode(event.data.get()).map_err(|source| Error::Deserialization {
+        type_name: event.event_type.to_string(),
+        source,
+    })
+}
+
+#[inline(never)]
+fn wrong_message<'a>(name: &'static str) -> BoxFuture<'a, Result<Box<dyn Any + Send>>> {
+    Box::pin(std::future::ready(Err(Error::InvalidInput(format!(
+        "message routed to the receptor of `{name}` has another type"
+    )))))
+}
+
+/// The receptor's future with its output boxed: generic over the output type
+/// only, so every receptor returning the same type shares one instance.
+fn erase_output<T: Send + 'static>(
+    inner: BoxFuture<'_, Result<T>>,
+) -> BoxFuture<'_, Result<Box<dyn Any + Send>>> {
+    Box::pin(ErasedOutput { inner })
+}
+
+struct ErasedOutput<'a, T> {
+    inner: BoxFuture<'a, Result<T>>,
+}
+
+impl<T: Send + 'static> Future for ErasedOutput<'_, T> {
+    type Output = Result<Box<dyn Any + Send>>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.inner.as_mut().poll(cx) {
+            std::task::Poll::Ready(Ok(out)) => std::task::Poll::Ready(Ok(Box::new(out))),
+            std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
     }
 }
