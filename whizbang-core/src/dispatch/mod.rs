@@ -73,12 +73,15 @@ pub trait Receptor<M: Message>: crate::registry::Registered<M> + Send + Sync + '
 
 /// A receptor with its message type erased, built once per runtime.
 pub(crate) trait ErasedReceptor: Send + Sync {
+    /// Calls the receptor with the message taken out of `message`, an
+    /// `Option<M>` slot (no box per message; the slot is left `None`).
     fn call<'a>(
         &'a self,
-        message: Box<dyn Any + Send>,
+        message: &mut (dyn Any + Send),
         cx: &'a mut Context,
     ) -> BoxFuture<'a, Result<Box<dyn Any + Send>>>;
 
+    /// Decodes a stored event into a boxed `Option<M>` slot for [`call`](Self::call).
     fn decode(&self, event: &StoredEvent) -> Result<Box<dyn Any + Send>>;
 }
 
@@ -113,12 +116,16 @@ where
 {
     fn call<'a>(
         &'a self,
-        message: Box<dyn Any + Send>,
+        message: &mut (dyn Any + Send),
         cx: &'a mut Context,
     ) -> BoxFuture<'a, Result<Box<dyn Any + Send>>> {
-        match message.downcast::<M>() {
-            Ok(message) => erase_output(Box::pin(self.receptor.handle(*message, cx))),
-            Err(_) => wrong_message(M::NAME),
+        let message = match message.downcast_mut::<Option<M>>() {
+            Some(slot) => slot.take(),
+            None => None,
+        };
+        match message {
+            Some(message) => erase_output(Box::pin(self.receptor.handle(message, cx))),
+            None => wrong_message(M::NAME),
         }
     }
 
@@ -145,7 +152,7 @@ fn decode_payload<M: Message>(
     data: &str,
 ) -> std::result::Result<Box<dyn Any + Send>, serde_json::Error> {
     match serde_json::from_str::<M>(data) {
-        Ok(m) => Ok(Box::new(m)),
+        Ok(m) => Ok(Box::new(Some(m))),
         Err(e) => Err(e),
     }
 }
@@ -167,7 +174,7 @@ fn decode_event(event: &StoredEvent, decode: Option<DecodeFn>) -> Result<Box<dyn
 #[inline(never)]
 fn wrong_message<'a>(name: &'static str) -> BoxFuture<'a, Result<Box<dyn Any + Send>>> {
     Box::pin(std::future::ready(Err(Error::InvalidInput(format!(
-        "message routed to the receptor of `{name}` has another type"
+        "message routed to the receptor of `{name}` has another type, or was taken"
     )))))
 }
 
