@@ -134,7 +134,7 @@ where
     }
 }
 
-/// Decodes a stored payload into a boxed `M`.
+/// Decodes a stored payload into a boxed `Option<M>` (the slot `call` takes).
 type DecodeFn = fn(&str) -> std::result::Result<Box<dyn Any + Send>, serde_json::Error>;
 
 struct Decoder<M>(PhantomData<fn() -> M>);
