@@ -103,7 +103,9 @@ pub use whizbang_macros::{await_perspective_sync, fire_at, perspective, receptor
 pub mod __private {
     pub use crate::dispatch::{LifecycleStage, Receptor, SyncFire, SyncRequirement};
     pub use crate::message::{Command, Event, Message, MessageKind, StreamId, StreamKey};
-    pub use crate::perspective::{apply_with, ApplyError, Perspective, PerspectiveMode};
+    pub use crate::perspective::{
+        applied, event_payload, ApplyError, ApplyOutput, Perspective, PerspectiveMode,
+    };
     pub use crate::registry::{
         MessageRegistration, PerspectiveRegistration, ReceptorRegistration, Registered,
     };

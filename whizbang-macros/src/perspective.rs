@@ -245,13 +245,20 @@ impl<'a> PerspectiveModel<'a> {
         let type_ids = routes
             .iter()
             .map(|Route { event, .. }| quote_spanned!(event.span()=> #p::TypeId::of::<#event>()));
+        // Build cost: per route only a name comparison and a call; decoding
+        // is `event_payload::<E>`, generic over the event type alone.
         let applies = routes.iter().map(|Route { method, event }| {
+            let name = quote_spanned!(event.span()=> <#event as #p::Message>::NAME);
+            let payload = quote_spanned!(event.span()=> #p::event_payload::<#event>(event));
             let call = quote_spanned! {method.span()=>
-                #p::apply_with::<#model, #event, _>(model, event, Self::#method)
+                #p::ApplyOutput::into_apply_result(Self::#method(model, &payload))
             };
             quote! {
-                if let #p::Option::Some(r) = #call {
-                    return r;
+                if event.event_type == #name {
+                    return #p::applied(match #payload {
+                        #p::Result::Ok(payload) => #call,
+                        #p::Result::Err(e) => #p::Result::Err(e),
+                    });
                 }
             }
         });

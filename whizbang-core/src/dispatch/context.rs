@@ -7,6 +7,8 @@ use crate::perspective::{Perspective, Versioned};
 use crate::services::Services;
 use crate::store::{EventMetadata, NewEvent, StreamAppend};
 use crate::sync::SyncResult;
+use serde_json::value::RawValue;
+use std::any::Any;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -63,15 +65,25 @@ impl Context {
         event: E,
         expected: ExpectedVersion,
     ) -> Result<EventId> {
-        let new = encode_event(
-            event,
-            EventMetadata {
-                correlation_id: self.correlation_id,
-                causation_id: Some(self.message_id),
-                timestamp: SystemTime::now(),
-                extra: self.metadata.clone(),
-            },
-        )?;
+        let metadata = self.event_metadata();
+        let new = encode_event(event, metadata)?;
+        Ok(self.push_emitted(new, expected))
+    }
+
+    /// The metadata of an event emitted now (non-generic).
+    #[inline(never)]
+    fn event_metadata(&self) -> EventMetadata {
+        EventMetadata {
+            correlation_id: self.correlation_id,
+            causation_id: Some(self.message_id),
+            timestamp: SystemTime::now(),
+            extra: self.metadata.clone(),
+        }
+    }
+
+    /// Buffers one encoded event (the non-generic part of `emit_expecting`).
+    #[inline(never)]
+    fn push_emitted(&mut self, new: NewEvent, expected: ExpectedVersion) -> EventId {
         let (stream_id, event_id) = (new.stream_id, new.event_id);
         match self.pending.last_mut() {
             Some(last) if last.stream_id == stream_id && expected == ExpectedVersion::Any => {
@@ -83,7 +95,7 @@ impl Context {
                 events: vec![new],
             }),
         }
-        Ok(event_id)
+        event_id
     }
 
     /// Events emitted so far in this call and not yet appended.
@@ -250,21 +262,51 @@ impl Context {
 /// consumers (perspectives, event receptors) see is that payload decoded back:
 /// exactly what another process reads from the store (a `#[serde(skip)]` field
 /// reads as its default).
+///
+/// Build cost: this is instantiated per event type in users' crates, so only
+/// the serialize and decode are generic; the rest is in [`new_event`].
 pub(crate) fn encode_event<E: Event>(event: E, metadata: EventMetadata) -> Result<NewEvent> {
-    let data = serde_json::value::to_raw_value(&event).map_err(|source| Error::Serialization {
-        type_name: E::NAME,
-        source,
-    })?;
-    let decoded: E = serde_json::from_str(data.get()).map_err(|source| Error::EventRoundTrip {
-        event_type: E::NAME,
-        source,
-    })?;
-    Ok(NewEvent {
+    let data = match serde_json::value::to_raw_value(&event) {
+        Ok(data) => data,
+        Err(source) => return Err(serialization_error(E::NAME, source)),
+    };
+    let decoded: E = match serde_json::from_str(data.get()) {
+        Ok(decoded) => decoded,
+        Err(source) => return Err(round_trip_error(E::NAME, source)),
+    };
+    Ok(new_event(
+        event.stream_id(),
+        E::NAME,
+        data,
+        Arc::new(decoded),
+        metadata,
+    ))
+}
+
+#[inline(never)]
+fn new_event(
+    stream_id: StreamId,
+    event_type: &'static str,
+    data: Box<RawValue>,
+    typed: Arc<dyn Any + Send + Sync>,
+    metadata: EventMetadata,
+) -> NewEvent {
+    NewEvent {
         event_id: EventId::new(),
-        stream_id: event.stream_id(),
-        event_type: E::NAME,
+        stream_id,
+        event_type,
         data,
         metadata,
-        typed: Some(Arc::new(decoded)),
-    })
+        typed: Some(typed),
+    }
+}
+
+#[inline(never)]
+fn serialization_error(type_name: &'static str, source: serde_json::Error) -> Error {
+    Error::Serialization { type_name, source }
+}
+
+#[inline(never)]
+fn round_trip_error(event_type: &'static str, source: serde_json::Error) -> Error {
+    Error::EventRoundTrip { event_type, source }
 }

@@ -57,7 +57,7 @@ impl ScopeShared {
             event_id = %ev.event_id,
         );
         async move {
-            let message = receptor.decode(ev)?;
+            let mut message = receptor.decode(ev)?;
             let mut cx = Context {
                 scope: Arc::clone(self),
                 message_id: ev.event_id.into(),
@@ -69,7 +69,7 @@ impl ScopeShared {
                 sync_results: Vec::new(),
             };
             cx.sync_results = self.await_requirements(route, Some(ev)).await?;
-            receptor.call(message, &mut cx).await?;
+            receptor.call(&mut *message, &mut cx).await?;
             Ok(cx.pending)
         }
         .instrument(span)

@@ -74,14 +74,23 @@ pub trait Receptor<M: Message>: crate::registry::Registered<M> + Send + Sync + '
 
 /// A receptor with its message type erased, built once per runtime.
 pub(crate) trait ErasedReceptor: Send + Sync {
+    /// Calls the receptor with the message taken out of `message`, an
+    /// `Option<M>` slot (no box per message; the slot is left `None`).
     fn call<'a>(
         &'a self,
-        message: Box<dyn Any + Send>,
+        message: &mut (dyn Any + Send),
         cx: &'a mut Context,
     ) -> BoxFuture<'a, Result<Box<dyn Any + Send>>>;
 
+    /// Decodes a stored event into a boxed `Option<M>` slot for [`call`](Self::call).
     fn decode(&self, event: &StoredEvent) -> Result<Box<dyn Any + Send>>;
 }
+
+// Build cost: everything below is instantiated once per receptor (or per
+// message type) in the user's crate, so the generic part stays a shim that
+// downcasts and calls; the shared machinery is non-generic. A command's
+// payload is never decoded from the store, so its decoder (a whole serde
+// deserializer) is not even instantiated: see `Decoder::OF`.
 
 pub(crate) struct ReceptorAdapter<R, M> {
     receptor: R,
@@ -108,27 +117,91 @@ where
 {
     fn call<'a>(
         &'a self,
-        message: Box<dyn Any + Send>,
+        message: &mut (dyn Any + Send),
         cx: &'a mut Context,
     ) -> BoxFuture<'a, Result<Box<dyn Any + Send>>> {
-        Box::pin(async move {
-            let message = message.downcast::<M>().map_err(|_| {
-                Error::InvalidInput(format!(
-                    "message routed to the receptor of `{}` has another type",
-                    M::NAME
-                ))
-            })?;
-            let out = self.receptor.handle(*message, cx).await?;
-            Ok(Box::new(out) as Box<dyn Any + Send>)
-        })
+        let message = match message.downcast_mut::<Option<M>>() {
+            Some(slot) => slot.take(),
+            None => None,
+        };
+        match message {
+            Some(message) => erase_output(Box::pin(self.receptor.handle(message, cx))),
+            None => wrong_message(M::NAME),
+        }
     }
 
     fn decode(&self, event: &StoredEvent) -> Result<Box<dyn Any + Send>> {
-        serde_json::from_str::<M>(event.data.get())
-            .map(|m| Box::new(m) as Box<dyn Any + Send>)
-            .map_err(|source| Error::Deserialization {
-                type_name: event.event_type.to_string(),
-                source,
-            })
+        decode_event(event, Decoder::<M>::OF)
+    }
+}
+
+/// Decodes a stored payload into a boxed `Option<M>` (the slot `call` takes).
+type DecodeFn = fn(&str) -> std::result::Result<Box<dyn Any + Send>, serde_json::Error>;
+
+struct Decoder<M>(PhantomData<fn() -> M>);
+
+impl<M: Message> Decoder<M> {
+    /// The decoder of an event type; `None` for a command (evaluated at
+    /// compile time, so a command's deserializer is never instantiated here).
+    const OF: Option<DecodeFn> = match M::KIND {
+        crate::message::MessageKind::Event => Some(decode_payload::<M>),
+        crate::message::MessageKind::Command => None,
+    };
+}
+
+fn decode_payload<M: Message>(
+    data: &str,
+) -> std::result::Result<Box<dyn Any + Send>, serde_json::Error> {
+    match serde_json::from_str::<M>(data) {
+        Ok(m) => Ok(Box::new(Some(m))),
+        Err(e) => Err(e),
+    }
+}
+
+#[inline(never)]
+fn decode_event(event: &StoredEvent, decode: Option<DecodeFn>) -> Result<Box<dyn Any + Send>> {
+    let Some(decode) = decode else {
+        return Err(Error::InvalidInput(format!(
+            "stored `{}` {} was routed to a command receptor; only event receptors decode stored events",
+            event.event_type, event.event_id
+        )));
+    };
+    decode(event.data.get()).map_err(|source| Error::Deserialization {
+        type_name: event.event_type.to_string(),
+        source,
+    })
+}
+
+#[inline(never)]
+fn wrong_message<'a>(name: &'static str) -> BoxFuture<'a, Result<Box<dyn Any + Send>>> {
+    Box::pin(std::future::ready(Err(Error::InvalidInput(format!(
+        "message routed to the receptor of `{name}` has another type, or was taken"
+    )))))
+}
+
+/// The receptor's future with its output boxed: generic over the output type
+/// only, so every receptor returning the same type shares one instance.
+fn erase_output<T: Send + 'static>(
+    inner: BoxFuture<'_, Result<T>>,
+) -> BoxFuture<'_, Result<Box<dyn Any + Send>>> {
+    Box::pin(ErasedOutput { inner })
+}
+
+struct ErasedOutput<'a, T> {
+    inner: BoxFuture<'a, Result<T>>,
+}
+
+impl<T: Send + 'static> Future for ErasedOutput<'_, T> {
+    type Output = Result<Box<dyn Any + Send>>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.inner.as_mut().poll(cx) {
+            std::task::Poll::Ready(Ok(out)) => std::task::Poll::Ready(Ok(Box::new(out))),
+            std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
     }
 }

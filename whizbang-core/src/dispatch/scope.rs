@@ -169,7 +169,7 @@ impl Scope {
                 cx.sync_results = self.shared.await_requirements(&route, None).await?;
             }
             let output = receptor
-                .call(Box::new(command), &mut cx)
+                .call(&mut Some(command), &mut cx)
                 .instrument(tracing::debug_span!(
                     "whizbang.receptor",
                     receptor = reg.receptor

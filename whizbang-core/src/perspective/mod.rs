@@ -138,31 +138,66 @@ pub trait Perspective: Send + Sync + 'static {
     fn apply(model: &mut Self::Model, event: &StoredEvent) -> Result<bool, ApplyError>;
 }
 
-/// Applies `event` with `f` when it is an `E`. Used by generated perspective code.
-///
-/// Returns `None` when the event is of another type. Not part of the public API.
+/// A stored event's payload as `E`: the typed value an in-process store kept,
+/// or the payload decoded. Used by generated perspective code; not part of the
+/// public API.
 #[doc(hidden)]
-pub fn apply_with<M, E, R>(
-    model: &mut M,
+#[derive(Debug)]
+pub enum EventPayload<'a, E> {
+    /// The typed value the store kept.
+    Typed(&'a E),
+    /// Decoded from the JSON payload.
+    Decoded(E),
+}
+
+impl<E> std::ops::Deref for EventPayload<'_, E> {
+    type Target = E;
+    fn deref(&self) -> &E {
+        match self {
+            EventPayload::Typed(e) => e,
+            EventPayload::Decoded(e) => e,
+        }
+    }
+}
+
+/// The payload of `event` (whose type the caller checked is `E::NAME`) as an
+/// `E`. Used by generated perspective code; not part of the public API.
+///
+/// Generic over the event type only, so it is instantiated once per event
+/// type however many perspectives fold it; the generated `apply` only
+/// compares names and calls.
+///
+/// # Errors
+/// When the stored payload does not decode as an `E`.
+#[doc(hidden)]
+pub fn event_payload<E: crate::Event>(
     event: &StoredEvent,
-    f: fn(&mut M, &E) -> R,
-) -> Option<Result<bool, ApplyError>>
-where
-    E: crate::Event,
-    R: ApplyOutput,
-{
-    if event.event_type != E::NAME {
-        return None;
+) -> Result<EventPayload<'_, E>, ApplyError> {
+    if let Some(typed) = event.typed.as_deref() {
+        if let Some(typed) = typed.downcast_ref::<E>() {
+            return Ok(EventPayload::Typed(typed));
+        }
     }
-    if let Some(typed) = event.typed.as_deref().and_then(|t| t.downcast_ref::<E>()) {
-        return Some(f(model, typed).into_apply_result().map(|()| true));
+    match serde_json::from_str::<E>(event.data.get()) {
+        Ok(decoded) => Ok(EventPayload::Decoded(decoded)),
+        Err(e) => Err(undecodable(event, &e)),
     }
-    Some(match serde_json::from_str::<E>(event.data.get()) {
-        Ok(decoded) => f(model, &decoded).into_apply_result().map(|()| true),
-        Err(e) => Err(ApplyError(format!(
-            "stored `{}` {} does not decode: {e}",
-            E::NAME,
-            event.event_id
-        ))),
-    })
+}
+
+#[inline(never)]
+fn undecodable(event: &StoredEvent, e: &serde_json::Error) -> ApplyError {
+    ApplyError(format!(
+        "stored `{}` {} does not decode: {e}",
+        event.event_type, event.event_id
+    ))
+}
+
+/// The result of one routed apply: `Ok(true)` when the method succeeded.
+/// Used by generated perspective code; not part of the public API.
+///
+/// # Errors
+/// The payload's or the method's error, as given.
+#[doc(hidden)]
+pub fn applied(result: Result<(), ApplyError>) -> Result<bool, ApplyError> {
+    result.map(|()| true)
 }
