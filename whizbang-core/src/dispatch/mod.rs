@@ -16,6 +16,7 @@ mod stage;
 
 pub use context::Context;
 pub use lifecycle::DetachedFailure;
+pub(crate) use runtime::RuntimeInner;
 pub use runtime::{Runtime, RuntimeBuilder};
 pub(crate) use scope::ScopeShared;
 pub use scope::{EmittedEvent, Scope};

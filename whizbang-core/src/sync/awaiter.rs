@@ -5,7 +5,7 @@
 
 use super::clock::{ActiveTimer, SLICE};
 use super::filter::{Candidate, PerspectiveSyncOptions, SyncFilter};
-use super::inquiry::{EventSyncStatus, SyncInquiry};
+use super::waiters::Registered;
 use super::SyncState;
 use crate::dispatch::{EmittedEvent, Runtime, ScopeShared};
 use crate::error::{Error, Result};
@@ -143,12 +143,19 @@ impl PerspectiveSyncAwaiter {
     /// [`Error::UnknownPerspective`], [`Error::InvalidInput`] for a filter that
     /// needs a scope on an awaiter without one, or a backend error. Timeouts and
     /// failures are outcomes, not errors.
-    pub async fn wait<P: Perspective>(
+    pub fn wait<P: Perspective>(
         &self,
         options: impl Into<PerspectiveSyncOptions>,
-    ) -> Result<SyncResult> {
-        let reg = self.runtime.registry().perspective::<P>()?;
-        self.wait_on(reg, &options.into()).await
+    ) -> impl Future<Output = Result<SyncResult>> + Send + '_ {
+        // The preparation (flush, store reads, first inquiry) runs boxed with
+        // the options it owns: only the registration and its `Notified` stay
+        // in this future while it sleeps (thousands may sleep at once).
+        let options = options.into();
+        let start = Box::pin(async move {
+            let reg = self.runtime.registry().perspective::<P>()?;
+            self.start_on(reg, &options).await
+        });
+        async move { start.await?.finish().await }
     }
 
     /// Waits on several perspectives at once; every one must sync.
@@ -187,19 +194,36 @@ impl PerspectiveSyncAwaiter {
         timeout: Duration,
     ) -> Result<SyncResult> {
         let reg = self.runtime.registry().perspective::<P>()?;
+        Box::pin(self.start_for_stream(reg, stream, event_types, event_id_to_await, timeout))
+            .await?
+            .finish()
+            .await
+    }
+
+    async fn start_for_stream(
+        &self,
+        reg: &'static PerspectiveRegistration,
+        stream: StreamId,
+        event_types: &[&'static str],
+        event_id_to_await: Option<EventId>,
+        timeout: Duration,
+    ) -> Result<Started> {
         let options = PerspectiveSyncOptions::new(SyncFilter::for_stream(stream)).timeout(timeout);
         let mut timer = self.timer(&options);
         let emitted = self.emitted_len();
-        let timed_out =
-            |timer: &ActiveTimer, awaited| Ok(timed_out_result(reg, awaited, timer, emitted, 0));
+        let timed_out = |timer: &ActiveTimer, awaited| {
+            Ok(Started::Done(Box::new(timed_out_result(
+                reg, awaited, timer, emitted, 0,
+            ))))
+        };
         match bounded(&mut timer, options.timeout, self.flush_scope()).await {
             Some(flushed) => flushed?,
             None => return timed_out(&timer, usize::from(event_id_to_await.is_some())),
         }
         if let Some(id) = event_id_to_await {
-            return self
-                .await_targets_timed(reg, vec![(id, None)], &options, timer, emitted, 0)
-                .await;
+            return Ok(self
+                .start(reg, vec![(id, None)], &options, timer, emitted, 0)
+                .await);
         }
         let mut targets: Vec<Target> = Vec::new();
         let events = match bounded(&mut timer, options.timeout, self.unapplied(reg, stream)).await {
@@ -217,8 +241,9 @@ impl PerspectiveSyncAwaiter {
                 targets.push((ev.event_id, Some(ev.stream_id)));
             }
         }
-        self.await_targets_timed(reg, targets, &options, timer, emitted, tracked)
-            .await
+        Ok(self
+            .start(reg, targets, &options, timer, emitted, tracked)
+            .await)
     }
 
     /// Asks once, without waiting, whether `P` has applied what the filter selects.
@@ -250,6 +275,16 @@ impl PerspectiveSyncAwaiter {
         reg: &'static PerspectiveRegistration,
         options: &PerspectiveSyncOptions,
     ) -> Result<SyncResult> {
+        // The flush and the store reads run boxed: only the registration and
+        // its `Notified` stay in the (small) future while it sleeps.
+        Box::pin(self.start_on(reg, options)).await?.finish().await
+    }
+
+    async fn start_on(
+        &self,
+        reg: &'static PerspectiveRegistration,
+        options: &PerspectiveSyncOptions,
+    ) -> Result<Started> {
         if options.filter.needs_scope() && self.scope.is_none() {
             return Err(Error::InvalidInput(format!(
                 "the sync filter for perspective `{}` uses current_scope(), but this awaiter has no \
@@ -259,8 +294,15 @@ impl PerspectiveSyncAwaiter {
             )));
         }
         let mut timer = self.timer(options);
-        let timed_out =
-            |timer: &ActiveTimer| Ok(timed_out_result(reg, 0, timer, self.emitted_len(), 0));
+        let timed_out = |timer: &ActiveTimer| {
+            Ok(Started::Done(Box::new(timed_out_result(
+                reg,
+                0,
+                timer,
+                self.emitted_len(),
+                0,
+            ))))
+        };
         match bounded(&mut timer, options.timeout, self.flush_scope()).await {
             Some(flushed) => flushed?,
             None => return timed_out(&timer),
@@ -276,8 +318,9 @@ impl PerspectiveSyncAwaiter {
             None => return timed_out(&timer),
         };
         let (targets, emitted, tracked) = self.resolve(reg, &options.filter, from_store);
-        self.await_targets_timed(reg, targets, options, timer, emitted, tracked)
-            .await
+        Ok(self
+            .start(reg, targets, options, timer, emitted, tracked)
+            .await)
     }
 
     /// A timer for one wait, on the options' clock (the runtime's by default).
@@ -376,156 +419,105 @@ impl PerspectiveSyncAwaiter {
     }
 
     /// Waits for exactly `targets`, the timeout starting now.
-    pub(crate) fn await_targets<'a>(
-        &'a self,
+    pub(crate) async fn await_targets(
+        &self,
         reg: &'static PerspectiveRegistration,
         targets: Vec<Target>,
-        options: &'a PerspectiveSyncOptions,
+        options: &PerspectiveSyncOptions,
         events_emitted: usize,
         events_tracked: usize,
-    ) -> impl Future<Output = Result<SyncResult>> + Send + 'a {
+    ) -> Result<SyncResult> {
         let timer = self.timer(options);
-        self.await_targets_timed(reg, targets, options, timer, events_emitted, events_tracked)
+        Box::pin(self.start(reg, targets, options, timer, events_emitted, events_tracked))
+            .await
+            .finish()
+            .await
     }
 
-    /// Waits for exactly `targets` with what `timer` has left of the timeout.
-    fn await_targets_timed<'a>(
-        &'a self,
+    /// Registers the wait for exactly `targets` with what `timer` has left of
+    /// the timeout: the tracker's service asks about it in batches from now on.
+    async fn start(
+        &self,
         reg: &'static PerspectiveRegistration,
         targets: Vec<Target>,
-        options: &'a PerspectiveSyncOptions,
+        options: &PerspectiveSyncOptions,
         timer: ActiveTimer,
         events_emitted: usize,
         events_tracked: usize,
-    ) -> impl Future<Output = Result<SyncResult>> + Send + 'a {
+    ) -> Started {
+        let meta = Meta {
+            perspective: reg,
+            events_emitted,
+            events_tracked,
+        };
+        if targets.is_empty() {
+            return Started::Done(Box::new(meta.result(
+                SyncOutcome::NoPendingEvents,
+                0,
+                timer.active(),
+            )));
+        }
         let span = tracing::debug_span!(
             "whizbang.sync.wait",
             perspective = reg.name,
             events = targets.len(),
             timeout_ms = u64::try_from(options.timeout.as_millis()).unwrap_or(u64::MAX),
         );
-        let done = move |outcome, events_awaited, elapsed| SyncResult {
+        let registered = self.state().tracker.register_wait(
+            &self.runtime.inner,
+            reg,
+            targets,
+            timer,
+            options.timeout,
+        );
+        registered
+            .first_round(&self.runtime.inner)
+            .instrument(span)
+            .await;
+        Started::Waiting { registered, meta }
+    }
+}
+
+/// What a wait reports besides its outcome.
+struct Meta {
+    perspective: &'static PerspectiveRegistration,
+    events_emitted: usize,
+    events_tracked: usize,
+}
+
+impl Meta {
+    fn result(&self, outcome: SyncOutcome, events_awaited: usize, elapsed: Duration) -> SyncResult {
+        SyncResult {
             outcome,
             events_awaited,
             elapsed,
-            events_emitted,
-            events_tracked,
-            perspective: reg.name,
-        };
-        self.wait_loop(reg, targets, options, timer, done)
-            .instrument(span)
+            events_emitted: self.events_emitted,
+            events_tracked: self.events_tracked,
+            perspective: self.perspective.name,
+        }
     }
+}
 
-    /// The wait itself. Kept lean: thousands of these may sleep at once, so only
-    /// what the sleep needs lives across it.
-    async fn wait_loop(
-        &self,
-        reg: &'static PerspectiveRegistration,
-        targets: Vec<Target>,
-        options: &PerspectiveSyncOptions,
-        mut timer: ActiveTimer,
-        done: impl Fn(SyncOutcome, usize, Duration) -> SyncResult,
-    ) -> Result<SyncResult> {
-        if targets.is_empty() {
-            return Ok(done(SyncOutcome::NoPendingEvents, 0, timer.active()));
-        }
-        let state = self.state();
-        // Register before the first inquiry: an apply that lands between the
-        // inquiry and the sleep leaves a permit in `notify`, never a lost wake-up.
-        let mut waiter = state.tracker.register(reg.name);
-        for (_, stream) in &targets {
-            match stream {
-                Some(s) => waiter.watch_stream(*s),
-                None => waiter.watch_any(),
-            };
-        }
-        let inquiry = [SyncInquiry {
-            perspective: reg.name,
-            handled: reg.event_types,
-            event_ids: targets.into_iter().map(|(id, _)| id).collect(),
-        }];
-        let mut awaited = inquiry[0].event_ids.len();
-        // Streams whose runner this wait has signalled (async perspectives only).
-        let mut signalled: Vec<StreamId> = Vec::new();
-        let is_async = reg.mode == crate::PerspectiveMode::Async;
-        loop {
-            // Decide in a block so the answer is dropped before the sleep.
-            let step = {
-                let Some(answer) =
-                    bounded(&mut timer, options.timeout, state.backend.inquire(&inquiry)).await
-                else {
-                    tracing::debug!("sync wait timed out while the backend was answering");
-                    return Ok(done(SyncOutcome::TimedOut, awaited, timer.active()));
-                };
-                let answer = answer?;
-                let Some(answer) = answer.into_iter().next() else {
-                    return Err(Error::InvalidInput(
-                        "the sync backend answered no inquiry".into(),
-                    ));
-                };
-                let mut learned = false;
-                for (_, status) in &answer.statuses {
-                    // The runner learns of stored work from the wait, not only
-                    // from a flush: an event appended by a scope still open, or
-                    // by another process, is applied all the same.
-                    if let EventSyncStatus::Pending { stream, .. } = status {
-                        if is_async && !signalled.contains(stream) {
-                            signalled.push(*stream);
-                            self.runtime.inner.runner.signal(reg, *stream);
-                        }
-                    }
-                    learned |= match status {
-                        EventSyncStatus::Pending { stream, .. }
-                        | EventSyncStatus::Failed { stream, .. } => waiter.watch_stream(*stream),
-                        EventSyncStatus::NotArrived => waiter.watch_any(),
-                        EventSyncStatus::Applied | EventSyncStatus::NotApplicable => false,
-                    };
-                }
-                awaited = answer
-                    .statuses
-                    .iter()
-                    .filter(|(_, s)| *s != EventSyncStatus::NotApplicable)
-                    .count();
-                if let Some(EventSyncStatus::Failed {
-                    stream,
-                    version,
-                    message,
-                }) = answer.failure()
-                {
-                    Step::Done(SyncOutcome::Failed {
-                        stream: *stream,
-                        version: *version,
-                        message: message.clone(),
-                    })
-                } else if answer.is_fully_synced() {
-                    Step::Done(if awaited == 0 {
-                        SyncOutcome::NoPendingEvents
-                    } else {
-                        SyncOutcome::Synced
-                    })
-                } else if learned {
-                    Step::AskAgain // now registered on a new stream: ask before sleeping
-                } else {
-                    Step::Sleep
-                }
-            };
-            match step {
-                Step::Done(outcome) => return Ok(done(outcome, awaited, timer.active())),
-                Step::AskAgain => continue,
-                Step::Sleep if timer.active() >= options.timeout => {
-                    tracing::debug!("sync wait timed out");
-                    return Ok(done(SyncOutcome::TimedOut, awaited, timer.active()));
-                }
-                Step::Sleep => {}
+/// A wait past its preparation: decided already, or registered with the tracker.
+enum Started {
+    Done(Box<SyncResult>),
+    Waiting { registered: Registered, meta: Meta },
+}
+
+impl Started {
+    /// The outcome: the registration's, once the tracker's service decides it.
+    async fn finish(self) -> Result<SyncResult> {
+        match self {
+            Started::Done(result) => Ok(*result),
+            Started::Waiting { registered, meta } => {
+                let (outcome, awaited, elapsed) = registered.outcome().await?;
+                tracing::debug!(
+                    perspective = meta.perspective.name,
+                    ?outcome,
+                    "sync wait ended"
+                );
+                Ok(meta.result(outcome, awaited, elapsed))
             }
-            let sleep = timer.next_sleep(options.timeout);
-            // Woken by an apply on a watched stream, or by the tracker's shared
-            // timer when the backoff ends; either way, ask again (an apply no
-            // wake-up reached, e.g. by another process, is seen within the backoff).
-            waiter.alarm(tokio::time::Instant::now() + sleep);
-            waiter.notify.notified().await;
-            waiter.disarm();
-            timer.observe(sleep);
         }
     }
 }
@@ -572,13 +564,6 @@ fn timed_out_result(
         events_tracked,
         perspective: reg.name,
     }
-}
-
-/// What one inquiry decided.
-enum Step {
-    Done(SyncOutcome),
-    AskAgain,
-    Sleep,
 }
 
 /// Polls every future to completion; results in input order.

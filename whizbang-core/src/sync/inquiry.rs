@@ -103,6 +103,11 @@ impl SyncInquiryResult {
         self.pending_count() == 0
     }
 
+    /// Each id's status.
+    pub(crate) fn by_id(&self) -> HashMap<EventId, &EventSyncStatus> {
+        self.statuses.iter().map(|(id, s)| (*id, s)).collect()
+    }
+
     /// The first failure, if the perspective failed on an awaited event.
     #[must_use]
     pub fn failure(&self) -> Option<&EventSyncStatus> {

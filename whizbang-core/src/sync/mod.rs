@@ -20,6 +20,7 @@ mod clock;
 mod filter;
 mod inquiry;
 mod tracker;
+mod waiters;
 
 pub use awaiter::{PerspectiveSyncAwaiter, SyncOutcome, SyncResult};
 pub use clock::{ManualClock, SyncClock, TokioClock};
