@@ -336,6 +336,21 @@ pub enum Error {
         /// The stream.
         stream: StreamId,
     },
+
+    /// An invariant broke: a backend or the runtime itself answered something
+    /// that cannot happen (a sync backend that answered no inquiry, a receptor
+    /// output of another type). Not caused by your input.
+    ///
+    /// ```
+    /// # use whizbang_core::Error;
+    /// let err = Error::Invariant("the sync backend answered no inquiry".into());
+    /// assert!(err.to_string().contains("report it"));
+    /// ```
+    #[error(
+        "an invariant broke: {0}. This is a bug in whizbang or in a custom backend, not in \
+         your input: please report it with this message"
+    )]
+    Invariant(String),
 }
 
 impl Error {
@@ -408,6 +423,7 @@ impl Error {
             Error::EventRoundTrip { .. } => "EventRoundTrip",
             Error::DuplicateEventId { .. } => "DuplicateEventId",
             Error::PerspectiveNotFailed { .. } => "PerspectiveNotFailed",
+            Error::Invariant(_) => "Invariant",
         }
     }
 

@@ -110,7 +110,7 @@ impl<L, P: Perspective> SyncedLens<L, P> {
         let left = timeout
             .saturating_add(PerspectiveSyncOptions::SLACK)
             .saturating_sub(result.elapsed);
-        result.into_result(timeout)?;
+        result.into_result()?;
         tokio::time::timeout(left, read)
             .await
             .unwrap_or(Err(Error::PerspectiveSyncTimeout {

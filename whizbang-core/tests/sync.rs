@@ -267,7 +267,7 @@ async fn tracked_events_never_applied_time_out_after_the_timeout() {
     assert!(r.elapsed < Duration::from_secs(1), "{:?}", r.elapsed);
     assert!(wall >= ms(150) && wall < Duration::from_secs(1), "{wall:?}");
     assert!(!r.is_synced());
-    let err = r.into_result(ms(150)).unwrap_err();
+    let err = r.into_result().unwrap_err();
     assert!(
         matches!(
             err,
@@ -509,7 +509,7 @@ async fn a_failing_apply_wakes_its_waiters_at_once_with_the_failure() {
         wall < Duration::from_secs(1),
         "woke at {wall:?}, not at once"
     );
-    let err = r.into_result(Duration::from_secs(5)).unwrap_err();
+    let err = r.into_result().unwrap_err();
     assert!(
         matches!(
             err,

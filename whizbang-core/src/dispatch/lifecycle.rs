@@ -126,7 +126,7 @@ impl ScopeShared {
                 );
             }
             if req.fire == SyncFire::OnSuccess {
-                result.clone().into_result(timeout)?;
+                result.clone().into_result()?;
             }
             results.push(result);
         }

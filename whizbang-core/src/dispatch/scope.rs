@@ -176,7 +176,7 @@ impl Scope {
                 ))
                 .await?;
             let output = output.downcast::<C::Output>().map(|o| *o).map_err(|_| {
-                Error::InvalidInput(format!("receptor of `{}` returned another type", C::NAME))
+                Error::Invariant(format!("receptor of `{}` returned another type", C::NAME))
             })?;
             let stored = self.shared.commit(std::mem::take(&mut cx.pending)).await?;
             Ok((output, stored))
@@ -372,6 +372,7 @@ impl Scope {
                         events_emitted: emitted,
                         events_tracked: mine.len(),
                         perspective: reg.name,
+                        timeout: options.timeout,
                     }
                 }
             };

@@ -20,8 +20,9 @@ use std::task::Poll;
 use std::time::Duration;
 use tracing::Instrument;
 
-/// How a wait ended.
+/// How a wait ended. More outcomes may come: match with a `_` arm.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SyncOutcome {
     /// Every awaited event is applied.
     Synced,
@@ -55,6 +56,8 @@ pub struct SyncResult {
     pub events_tracked: usize,
     /// The perspective waited on.
     pub perspective: &'static str,
+    /// The wait's timeout (what [`into_result`](Self::into_result) reports).
+    pub timeout: Duration,
 }
 
 impl SyncResult {
@@ -72,12 +75,27 @@ impl SyncResult {
     ///
     /// # Errors
     /// As described.
-    pub fn into_result(self, timeout: Duration) -> Result<()> {
+    ///
+    /// ```
+    /// # use whizbang_core::{Error, SyncOutcome, SyncResult};
+    /// # use std::time::Duration;
+    /// let r = SyncResult {
+    ///     outcome: SyncOutcome::TimedOut,
+    ///     events_awaited: 1,
+    ///     elapsed: Duration::from_millis(150),
+    ///     events_emitted: 1,
+    ///     events_tracked: 1,
+    ///     perspective: "orders",
+    ///     timeout: Duration::from_millis(150),
+    /// };
+    /// assert!(matches!(r.into_result(), Err(Error::PerspectiveSyncTimeout { .. })));
+    /// ```
+    pub fn into_result(self) -> Result<()> {
         match self.outcome {
             SyncOutcome::Synced | SyncOutcome::NoPendingEvents => Ok(()),
             SyncOutcome::TimedOut => Err(Error::PerspectiveSyncTimeout {
                 perspective: self.perspective,
-                timeout,
+                timeout: self.timeout,
             }),
             SyncOutcome::Failed {
                 stream,
@@ -213,7 +231,7 @@ impl PerspectiveSyncAwaiter {
         let emitted = self.emitted_len();
         let timed_out = |timer: &ActiveTimer, awaited| {
             Ok(Started::Done(Box::new(timed_out_result(
-                reg, awaited, timer, emitted, 0,
+                reg, awaited, timer, emitted, 0, timeout,
             ))))
         };
         match bounded(&mut timer, options.timeout, self.flush_scope()).await {
@@ -301,6 +319,7 @@ impl PerspectiveSyncAwaiter {
                 timer,
                 self.emitted_len(),
                 0,
+                options.timeout,
             ))))
         };
         match bounded(&mut timer, options.timeout, self.flush_scope()).await {
@@ -410,11 +429,20 @@ impl PerspectiveSyncAwaiter {
             }
         }
         let considered = candidates.len();
-        let targets = candidates
+        let mut named = Vec::new();
+        filter.ids(&mut named);
+        let mut targets: Vec<Target> = candidates
             .into_iter()
             .filter(|c| reg.handles(&c.event_type) && filter.matches(c))
             .map(|c| (c.event_id, Some(c.stream_id)))
             .collect();
+        // Ids named by the filter that this process has not seen: awaited as
+        // they are (the backend says where they stand, `NotArrived` until stored).
+        for id in named {
+            if !seen.contains(&id) && filter.selects_id_alone(id) {
+                targets.push((id, None));
+            }
+        }
         (targets, emitted.len(), considered)
     }
 
@@ -449,6 +477,7 @@ impl PerspectiveSyncAwaiter {
             perspective: reg,
             events_emitted,
             events_tracked,
+            timeout: options.timeout,
         };
         if targets.is_empty() {
             return Started::Done(Box::new(meta.result(
@@ -483,6 +512,7 @@ struct Meta {
     perspective: &'static PerspectiveRegistration,
     events_emitted: usize,
     events_tracked: usize,
+    timeout: Duration,
 }
 
 impl Meta {
@@ -494,6 +524,7 @@ impl Meta {
             events_emitted: self.events_emitted,
             events_tracked: self.events_tracked,
             perspective: self.perspective.name,
+            timeout: self.timeout,
         }
     }
 }
@@ -551,6 +582,7 @@ fn timed_out_result(
     timer: &ActiveTimer,
     events_emitted: usize,
     events_tracked: usize,
+    timeout: Duration,
 ) -> SyncResult {
     tracing::debug!(
         perspective = reg.name,
@@ -563,6 +595,7 @@ fn timed_out_result(
         events_emitted,
         events_tracked,
         perspective: reg.name,
+        timeout,
     }
 }
 

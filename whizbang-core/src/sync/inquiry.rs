@@ -23,8 +23,10 @@ pub struct SyncInquiry {
     pub event_ids: Vec<EventId>,
 }
 
-/// Where one awaited event stands for one perspective.
+/// Where one awaited event stands for one perspective. More statuses may
+/// come: match with a `_` arm.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum EventSyncStatus {
     /// The perspective has applied it.
     Applied,

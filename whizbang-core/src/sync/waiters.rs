@@ -539,7 +539,7 @@ async fn round(tracker: Arc<SyncEventTracker>, runtime: Arc<RuntimeInner>, batch
                 for (id, i) in &members {
                     match &by_id[*i] {
                         None => t.finish(*id, |_| {
-                            Err(Error::InvalidInput(
+                            Err(Error::Invariant(
                                 "the sync backend answered no inquiry".into(),
                             ))
                         }),
