@@ -446,14 +446,12 @@ async fn wait_all_needs_every_perspective_to_sync() {
         })
         .await
         .unwrap();
-    let regs = [
-        rt.registry().perspective::<Balances>().unwrap(),
-        rt.registry().perspective::<Labels>().unwrap(),
-    ];
     let aw = scope.sync_awaiter();
-    let results = bounded(aw.wait_all(&regs, SyncFilter::current_scope().with_timeout(ms(150))))
-        .await
-        .unwrap();
+    let results = bounded(
+        aw.wait_all::<(Balances, Labels)>(SyncFilter::current_scope().with_timeout(ms(150))),
+    )
+    .await
+    .unwrap();
     assert_eq!(results.len(), 2);
     assert_eq!(results[0].perspective, "sync.balances");
     assert_eq!(results[0].outcome, SyncOutcome::TimedOut);
@@ -461,7 +459,7 @@ async fn wait_all_needs_every_perspective_to_sync() {
     assert_eq!(results[1].outcome, SyncOutcome::Synced);
 
     rt.runner().resume();
-    let results = bounded(aw.wait_all(&regs, SyncFilter::current_scope()))
+    let results = bounded(aw.wait_all::<(Balances, Labels)>(SyncFilter::current_scope()))
         .await
         .unwrap();
     assert!(

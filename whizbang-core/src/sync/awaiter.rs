@@ -111,6 +111,46 @@ impl SyncResult {
     }
 }
 
+/// Perspectives named by type, for [`PerspectiveSyncAwaiter::wait_all`]: one
+/// perspective or a tuple of up to eight.
+pub trait PerspectiveList {
+    /// Their registrations, in the order named.
+    ///
+    /// # Errors
+    /// [`Error::UnknownPerspective`] for a perspective the runtime does not know.
+    fn registrations(
+        registry: &crate::registry::Registry,
+    ) -> Result<Vec<&'static PerspectiveRegistration>>;
+}
+
+impl<P: Perspective> PerspectiveList for P {
+    fn registrations(
+        registry: &crate::registry::Registry,
+    ) -> Result<Vec<&'static PerspectiveRegistration>> {
+        Ok(vec![registry.perspective::<P>()?])
+    }
+}
+
+macro_rules! perspective_tuple {
+    ($($t:ident),+) => {
+        impl<$($t: Perspective),+> PerspectiveList for ($($t,)+) {
+            fn registrations(
+                registry: &crate::registry::Registry,
+            ) -> Result<Vec<&'static PerspectiveRegistration>> {
+                Ok(vec![$(registry.perspective::<$t>()?),+])
+            }
+        }
+    };
+}
+perspective_tuple!(A);
+perspective_tuple!(A, B);
+perspective_tuple!(A, B, C);
+perspective_tuple!(A, B, C, D);
+perspective_tuple!(A, B, C, D, E);
+perspective_tuple!(A, B, C, D, E, F);
+perspective_tuple!(A, B, C, D, E, F, G);
+perspective_tuple!(A, B, C, D, E, F, G, H);
+
 /// Waits until perspectives have applied the events you care about.
 ///
 /// Get one from [`Scope::sync_awaiter`](crate::Scope::sync_awaiter) (filters may
@@ -176,19 +216,46 @@ impl PerspectiveSyncAwaiter {
         async move { start.await?.finish().await }
     }
 
-    /// Waits on several perspectives at once; every one must sync.
+    /// Waits on several perspectives at once, named by type: one perspective
+    /// or a tuple (`wait_all::<(Orders, Invoices)>(options)`). Every one must
+    /// sync; the results are in the order named.
+    ///
+    /// ```
+    /// # use whizbang_core::{perspective, Event, Runtime, SyncFilter};
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Event, Serialize, Deserialize, Clone)] #[event(name = "doc_all.placed")]
+    /// # struct Placed { #[stream_key] order: uuid::Uuid }
+    /// # #[derive(Default, Clone, Serialize, Deserialize)] struct Count { n: u32 }
+    /// # struct Orders;
+    /// # #[perspective(model = Count, name = "doc_all.orders")]
+    /// # impl Orders { fn placed(c: &mut Count, _: &Placed) { c.n += 1; } }
+    /// # struct Totals;
+    /// # #[perspective(model = Count, name = "doc_all.totals")]
+    /// # impl Totals { fn placed(c: &mut Count, _: &Placed) { c.n += 1; } }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> whizbang_core::Result<()> {
+    /// let runtime = Runtime::in_memory()?;
+    /// let scope = runtime.scope();
+    /// scope.publish(Placed { order: uuid::Uuid::now_v7() }).await?;
+    /// let results = scope
+    ///     .sync_awaiter()
+    ///     .wait_all::<(Orders, Totals)>(SyncFilter::current_scope())
+    ///     .await?;
+    /// assert!(results.iter().all(|r| r.is_synced()));
+    /// # scope.complete().await?; Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// As [`wait`](Self::wait).
-    pub async fn wait_all(
+    pub async fn wait_all<L: PerspectiveList>(
         &self,
-        perspectives: &[&'static PerspectiveRegistration],
         options: impl Into<PerspectiveSyncOptions>,
     ) -> Result<Vec<SyncResult>> {
         let options = options.into();
+        let registry = self.runtime.registry();
+        let perspectives = L::registrations(registry)?;
         let waits: Vec<Pin<Box<dyn Future<Output = Result<SyncResult>> + Send + '_>>> =
             perspectives
-                .iter()
+                .into_iter()
                 .map(|reg| {
                     Box::pin(self.wait_on(reg, &options))
                         as Pin<Box<dyn Future<Output = _> + Send + '_>>

@@ -22,7 +22,7 @@ mod inquiry;
 mod tracker;
 mod waiters;
 
-pub use awaiter::{PerspectiveSyncAwaiter, SyncOutcome, SyncResult};
+pub use awaiter::{PerspectiveList, PerspectiveSyncAwaiter, SyncOutcome, SyncResult};
 pub use clock::{ManualClock, SyncClock, TokioClock};
 pub use filter::{EventTypeList, PerspectiveSyncOptions, SyncFilter};
 pub use inquiry::{EventSyncStatus, StoreSyncBackend, SyncBackend, SyncInquiry, SyncInquiryResult};
