@@ -8,8 +8,8 @@ use crate::perspective::invoker::{self, Invoker};
 use crate::perspective::PerspectiveMode;
 use crate::store::{BoxFuture, NewEvent, StoredEvent, StreamAppend};
 use crate::sync::{
-    PerspectiveSyncAwaiter, PerspectiveSyncOptions, ScopedEventTracker, SyncEventTracker,
-    SyncOutcome, SyncResult,
+    Candidate, PerspectiveSyncAwaiter, PerspectiveSyncOptions, ScopedEventTracker,
+    SyncEventTracker, SyncFilter, SyncOutcome, SyncResult,
 };
 use std::any::TypeId;
 use std::collections::VecDeque;
@@ -335,15 +335,12 @@ impl Scope {
             if results.iter().any(|r| r.perspective == reg.name) {
                 continue;
             }
-            let targets: Vec<_> = mine
-                .iter()
-                .filter(|e| reg.handles(&e.event_type))
-                .map(|e| (e.event_id, Some(e.stream_id)))
-                .collect();
-            let awaited = targets.len();
+            // Exactly this command's events (the options' filter is ignored).
+            let awaited = mine.iter().filter(|e| reg.handles(&e.event_type)).count();
             let first_stream = mine.first().map(|e| e.stream_id);
+            let events = mine.iter().map(|e| Candidate::stored(e)).collect();
             let result = match awaiter
-                .await_targets(reg, targets, &options, emitted, mine.len())
+                .await_events(reg, &SyncFilter::all(), events, &options, emitted)
                 .await
             {
                 Ok(result) => result,

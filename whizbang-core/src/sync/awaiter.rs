@@ -411,12 +411,7 @@ impl PerspectiveSyncAwaiter {
         let mut candidates: Vec<Candidate> = Vec::with_capacity(emitted.len() + from_store.len());
         for e in &emitted {
             seen.insert(e.event_id);
-            candidates.push(Candidate {
-                event_id: e.event_id,
-                stream_id: e.stream_id,
-                event_type: e.event_type.clone(),
-                in_scope: true,
-            });
+            candidates.push(Candidate::emitted(e));
         }
         let tracked = if matches!(filter, SyncFilter::CurrentScope) {
             Vec::new()
@@ -429,34 +424,24 @@ impl PerspectiveSyncAwaiter {
             }
         }
         let considered = candidates.len();
-        let mut named = Vec::new();
-        filter.ids(&mut named);
-        let mut targets: Vec<Target> = candidates
-            .into_iter()
-            .filter(|c| reg.handles(&c.event_type) && filter.matches(c))
-            .map(|c| (c.event_id, Some(c.stream_id)))
-            .collect();
-        // Ids named by the filter that this process has not seen: awaited as
-        // they are (the backend says where they stand, `NotArrived` until stored).
-        for id in named {
-            if !seen.contains(&id) && filter.selects_id_alone(id) {
-                targets.push((id, None));
-            }
-        }
-        (targets, emitted.len(), considered)
+        (select(reg, filter, candidates), emitted.len(), considered)
     }
 
-    /// Waits for exactly `targets`, the timeout starting now.
-    pub(crate) async fn await_targets(
+    /// Waits until `reg` has applied what `filter` selects among `events`
+    /// (events the caller holds: a command's, a scope's), the timeout starting
+    /// now. What the caller knows is all there is: no flush, no store read.
+    pub(crate) async fn await_events(
         &self,
         reg: &'static PerspectiveRegistration,
-        targets: Vec<Target>,
+        filter: &SyncFilter,
+        events: Vec<Candidate>,
         options: &PerspectiveSyncOptions,
         events_emitted: usize,
-        events_tracked: usize,
     ) -> Result<SyncResult> {
+        let tracked = events.len();
+        let targets = select(reg, filter, events);
         let timer = self.timer(options);
-        Box::pin(self.start(reg, targets, options, timer, events_emitted, events_tracked))
+        Box::pin(self.start(reg, targets, options, timer, events_emitted, tracked))
             .await
             .finish()
             .await
@@ -505,6 +490,31 @@ impl PerspectiveSyncAwaiter {
             .await;
         Started::Waiting { registered, meta }
     }
+}
+
+/// The one place a filter becomes the ids to await: the `candidates` that
+/// `reg` handles and `filter` selects, then the ids the filter names that are
+/// not among them (awaited as they are: the backend says where they stand,
+/// `NotArrived` until stored).
+fn select(
+    reg: &'static PerspectiveRegistration,
+    filter: &SyncFilter,
+    candidates: Vec<Candidate>,
+) -> Vec<Target> {
+    let mut named = Vec::new();
+    filter.ids(&mut named);
+    named.retain(|id| !candidates.iter().any(|c| c.event_id == *id));
+    let mut targets: Vec<Target> = candidates
+        .into_iter()
+        .filter(|c| reg.handles(&c.event_type) && filter.matches(c))
+        .map(|c| (c.event_id, Some(c.stream_id)))
+        .collect();
+    for id in named {
+        if filter.selects_id_alone(id) {
+            targets.push((id, None));
+        }
+    }
+    targets
 }
 
 /// What a wait reports besides its outcome.

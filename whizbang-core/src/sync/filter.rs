@@ -66,6 +66,28 @@ pub(crate) struct Candidate {
     pub(crate) in_scope: bool,
 }
 
+impl Candidate {
+    /// An event the caller's scope emitted.
+    pub(crate) fn emitted(e: &crate::dispatch::EmittedEvent) -> Self {
+        Candidate {
+            event_id: e.event_id,
+            stream_id: e.stream_id,
+            event_type: e.event_type.clone(),
+            in_scope: true,
+        }
+    }
+
+    /// A stored event the caller holds (its scope's, or the one it handles).
+    pub(crate) fn stored(e: &crate::store::StoredEvent) -> Self {
+        Candidate {
+            event_id: e.event_id,
+            stream_id: e.stream_id,
+            event_type: e.event_type.clone(),
+            in_scope: true,
+        }
+    }
+}
+
 impl SyncFilter {
     /// Events emitted by the current scope.
     #[must_use]

@@ -24,6 +24,7 @@ mod waiters;
 
 pub use awaiter::{PerspectiveList, PerspectiveSyncAwaiter, SyncOutcome, SyncResult};
 pub use clock::{ManualClock, SyncClock, TokioClock};
+pub(crate) use filter::Candidate;
 pub use filter::{EventTypeList, PerspectiveSyncOptions, SyncFilter};
 pub use inquiry::{EventSyncStatus, StoreSyncBackend, SyncBackend, SyncInquiry, SyncInquiryResult};
 pub use tracker::{ScopedEventTracker, SyncEventTracker};
