@@ -11,7 +11,10 @@ use uuid::Uuid;
 use whizbang_core::store::memory::{MemoryEventStore, MemoryPerspectiveStore};
 use whizbang_core::store::BoxFuture;
 use whizbang_core::sync::{StoreSyncBackend, SyncBackend, SyncInquiry, SyncInquiryResult};
-use whizbang_core::{perspective, Error, Event, EventId, Runtime, SyncFilter, SyncOutcome};
+use whizbang_core::{
+    perspective, receptor, Context, Error, Event, EventId, Receptor, Runtime, SyncFilter,
+    SyncOutcome,
+};
 
 #[derive(Event, Serialize, Deserialize, Debug, Clone)]
 #[event(name = "wait_path.noted")]
@@ -234,4 +237,89 @@ async fn a_backend_that_answers_no_inquiry_is_an_invariant_break() {
     assert!(format!("{err:?}").contains("Invariant"), "{err:?}");
     assert!(err.to_string().contains("answered no inquiry"), "{err}");
     assert_eq!(rt.sync_tracker().waiter_count(), 0);
+}
+
+// ------------------------------------------- ad hoc waits from a receptor
+
+#[derive(Event, Serialize, Deserialize, Debug, Clone)]
+#[event(name = "wait_path.pinged")]
+struct Pinged {
+    #[stream_key]
+    stream: Uuid,
+}
+
+/// Async; the only perspective of `Pinged`.
+struct Pings;
+
+#[perspective(model = Count, name = "wait_path.pings")]
+impl Pings {
+    fn pinged(c: &mut Count, _: &Pinged) {
+        c.n += 1;
+    }
+}
+
+/// What each receptor's ad hoc wait gave: its outcome, or the error's variant.
+static AD_HOC: std::sync::Mutex<Vec<(&'static str, String)>> = std::sync::Mutex::new(Vec::new());
+
+async fn wait_ad_hoc(who: &'static str, e: &Pinged, cx: &Context) {
+    let said = match cx.sync_awaiter() {
+        Ok(aw) => match aw
+            .wait::<Pings>(SyncFilter::for_stream(e.stream).with_timeout(Duration::from_secs(5)))
+            .await
+        {
+            Ok(r) => format!("{:?}", r.outcome),
+            Err(e) => format!("wait error {e:?}"),
+        },
+        Err(e) => format!("{e:?}"),
+    };
+    AD_HOC.lock().unwrap().push((who, said));
+}
+
+#[derive(Default)]
+struct DetachedPinger;
+
+#[receptor]
+#[fire_at(PostDistributeDetached)]
+impl Receptor<Pinged> for DetachedPinger {
+    async fn handle(&self, e: Pinged, cx: &mut Context) -> whizbang_core::Result<()> {
+        wait_ad_hoc("detached", &e, cx).await;
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct InlinePinger;
+
+#[receptor]
+#[fire_at(PostDistributeInline)]
+impl Receptor<Pinged> for InlinePinger {
+    async fn handle(&self, e: Pinged, cx: &mut Context) -> whizbang_core::Result<()> {
+        wait_ad_hoc("inline", &e, cx).await;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_detached_receptor_waits_ad_hoc_and_an_inline_one_is_told_to_use_a_detached_stage() {
+    let rt = Runtime::in_memory().unwrap();
+    let scope = rt.scope();
+    scope
+        .publish(Pinged {
+            stream: Uuid::now_v7(),
+        })
+        .await
+        .unwrap();
+    scope.complete().await.unwrap();
+    until(|| AD_HOC.lock().unwrap().len() == 2).await;
+    let mut said = AD_HOC.lock().unwrap().clone();
+    said.sort();
+    assert_eq!(said[0].0, "detached");
+    assert_eq!(said[0].1, "Synced", "{said:?}");
+    assert_eq!(said[1].0, "inline");
+    assert!(
+        said[1]
+            .1
+            .ends_with("(whizbang_core::Error::InlineStageWait)"),
+        "{said:?}"
+    );
 }

@@ -69,6 +69,7 @@ impl ScopeShared {
                 metadata: ev.metadata.extra.clone(),
                 pending: Vec::new(),
                 sync_results: Vec::new(),
+                receptor: Some(*reg),
             };
             cx.sync_results = self.await_requirements(route, Some(ev)).await?;
             receptor.call(message, &mut cx).await?;

@@ -162,6 +162,7 @@ impl Scope {
                 causation_id,
                 metadata,
             );
+            cx.receptor = Some(*reg);
             let route = (Arc::clone(receptor), *reg);
             if !reg.sync.is_empty() {
                 // A command waits on what its scope wrote so far: flush it first.
