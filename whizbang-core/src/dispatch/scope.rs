@@ -5,7 +5,6 @@ use super::stage::LifecycleStage;
 use crate::error::{Error, Result};
 use crate::message::{Command, Envelope, Event, EventId, MessageId, Metadata};
 use crate::perspective::invoker::{self, Invoker};
-use crate::perspective::PerspectiveMode;
 use crate::store::{BoxFuture, NewEvent, StoredEvent, StreamAppend};
 use crate::sync::{
     Candidate, PerspectiveSyncAwaiter, PerspectiveSyncOptions, ScopedEventTracker,
@@ -305,30 +304,12 @@ impl Scope {
         let started = tokio::time::Instant::now();
         let rt = &self.shared.runtime.inner;
         let touched = invoker::touched(&rt.registry, &mine);
-        // Help along: we are about to wait for these async catch-ups anyway, so
-        // run them on this task rather than wait for a runner task to be
-        // scheduled. The store's claim keeps each (perspective, stream) exactly
-        // once and in order; a failure is reported by the wait below. Bounded by
-        // the wait's timeout (a catch-up dropped half-way is safe: it commits
-        // nothing, and the runner does it again); a paused runner means "apply
-        // nothing": helping along must not bypass it.
-        if !rt.runner.is_paused() {
-            for (reg, stream) in &touched {
-                if reg.mode != PerspectiveMode::Async {
-                    continue;
-                }
-                let Some(left) = options.timeout.checked_sub(started.elapsed()) else {
-                    break;
-                };
-                match tokio::time::timeout(left, rt.engine.catch_up(reg, *stream)).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => {
-                        tracing::debug!(perspective = reg.name, error = %e, "help-along catch-up failed");
-                    }
-                    Err(_) => break,
-                }
-            }
-        }
+        crate::sync::help_along(
+            rt,
+            &touched,
+            options.timeout.saturating_sub(started.elapsed()),
+        )
+        .await;
         let awaiter = self.sync_awaiter();
         let emitted = self.shared.emitted_len();
         let mut results: Vec<SyncResult> = Vec::new();

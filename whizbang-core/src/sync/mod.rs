@@ -18,6 +18,7 @@
 mod awaiter;
 mod clock;
 mod filter;
+mod help;
 mod inquiry;
 mod tracker;
 mod waiters;
@@ -26,6 +27,7 @@ pub use awaiter::{PerspectiveList, PerspectiveSyncAwaiter, SyncOutcome, SyncResu
 pub use clock::{ManualClock, SyncClock, TokioClock};
 pub(crate) use filter::Candidate;
 pub use filter::{EventTypeList, PerspectiveSyncOptions, SyncFilter};
+pub(crate) use help::help_along;
 pub use inquiry::{EventSyncStatus, StoreSyncBackend, SyncBackend, SyncInquiry, SyncInquiryResult};
 pub use tracker::{ScopedEventTracker, SyncEventTracker};
 
