@@ -231,10 +231,10 @@ impl SyncEventTracker {
         lock(&self.waiters).alarm_count()
     }
 
+    /// Queues the waits watching (perspective, stream); their own tasks serve
+    /// the round (see the `waiters` module).
     fn wake(&self, perspective: &'static str, stream: StreamId) {
-        if lock(&self.waiters).wake(perspective, stream) {
-            self.rearm.notify_one();
-        }
+        lock(&self.waiters).wake(perspective, stream);
     }
 
     /// Called when a perspective committed (or failed) on a stream.

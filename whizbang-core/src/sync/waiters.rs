@@ -42,16 +42,6 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
-    /// Waits for the outcome (a permit left by an earlier `notify_one` is not lost).
-    pub(crate) async fn outcome(&self) -> Done {
-        loop {
-            if let Some(done) = lock(&self.outcome).take() {
-                return done;
-            }
-            self.notify.notified().await;
-        }
-    }
-
     fn deliver(&self, done: Done) {
         *lock(&self.outcome) = Some(done);
         self.notify.notify_one();
@@ -152,6 +142,8 @@ impl Index {
                 }
                 r.state = State::Queued;
                 self.due.push(id);
+                // Its own task serves the due list (it, and whatever else is due).
+                r.slot.notify.notify_one();
                 true
             }
             State::InFlight { .. } => {
@@ -179,8 +171,8 @@ impl Table {
         self.index.alarms.len()
     }
 
-    /// Queues every registration watching (perspective, stream). Returns whether
-    /// the service must look.
+    /// Queues every registration watching (perspective, stream) and wakes its
+    /// task, which serves the round. Returns whether any was queued.
     pub(crate) fn wake(&mut self, perspective: &'static str, stream: StreamId) -> bool {
         let Table { regs, index } = self;
         let mut ids: Vec<u64> = Vec::new();
@@ -197,6 +189,24 @@ impl Table {
             }
         }
         look
+    }
+
+    /// Takes the registrations an apply woke (at most a round's worth), marking
+    /// each in flight.
+    fn take_woken(&mut self) -> Batch {
+        let Table { regs, index } = self;
+        let n = index.due.len().min(MAX_BATCH);
+        index
+            .due
+            .drain(..n)
+            .filter(|id| match regs.get_mut(id) {
+                Some(r) if r.state == State::Queued => {
+                    r.state = State::InFlight { again: false };
+                    true
+                }
+                _ => false,
+            })
+            .collect()
     }
 
     /// Removes a registration (finished, or its wait dropped).
@@ -287,9 +297,24 @@ impl Registered {
         .await;
     }
 
-    /// The outcome, once a round decides it.
+    /// The outcome, once a round decides it. Woken by an apply, this task
+    /// serves the round itself: one batched inquiry for every registration
+    /// then due (its own among them), no hop through the service.
     pub(crate) async fn outcome(&self) -> Done {
-        self.slot.outcome().await
+        loop {
+            if let Some(done) = lock(&self.slot.outcome).take() {
+                return done;
+            }
+            let batch = lock(&self.tracker.waiters).take_woken();
+            if !batch.is_empty() {
+                if let Some(runtime) = self.tracker.runtime.get().and_then(Weak::upgrade) {
+                    // Boxed: the sleeping future stays small.
+                    Box::pin(round(Arc::clone(&self.tracker), runtime, batch)).await;
+                    continue;
+                }
+            }
+            self.slot.notify.notified().await;
+        }
     }
 }
 
@@ -476,6 +501,11 @@ async fn round(tracker: Arc<SyncEventTracker>, runtime: Arc<RuntimeInner>, batch
     if members.is_empty() {
         return;
     }
+    let mut guard = Unfinished {
+        tracker: &tracker,
+        members: &members,
+        done: false,
+    };
     let budget = |r: &Registration| r.timeout.saturating_add(PerspectiveSyncOptions::SLACK);
     let mut inquiry = std::pin::pin!(runtime.sync.backend.inquire(&inquiries));
     let answer = loop {
@@ -551,11 +581,41 @@ async fn round(tracker: Arc<SyncEventTracker>, runtime: Arc<RuntimeInner>, batch
             }
         }
     }
+    guard.done = true;
     if look {
         tracker.rearm.notify_one();
     }
     for (reg, stream) in signals {
         runtime.runner.signal(reg, stream);
+    }
+}
+
+/// Puts the members of a round dropped half-way (its task cancelled) back in
+/// the due list, so that they are asked again.
+struct Unfinished<'a> {
+    tracker: &'a SyncEventTracker,
+    members: &'a [(u64, usize)],
+    done: bool,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut t = lock(&self.tracker.waiters);
+        let Table { regs, index } = &mut *t;
+        for (id, _) in self.members {
+            if let Some(r) = regs.get_mut(id) {
+                if matches!(r.state, State::InFlight { .. }) {
+                    r.state = State::Queued;
+                    index.due.push(*id);
+                    r.slot.notify.notify_one();
+                }
+            }
+        }
+        drop(t);
+        self.tracker.rearm.notify_one();
     }
 }
 
@@ -660,6 +720,7 @@ fn decide(
         None if learned || again => {
             r.state = State::Queued;
             index.due.push(id);
+            r.slot.notify.notify_one();
             true
         }
         None if r.timer.active() >= r.timeout => {
