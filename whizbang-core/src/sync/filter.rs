@@ -108,9 +108,10 @@ impl SyncFilter {
         SyncFilter::EventTypes(T::names())
     }
 
-    /// Events of these wire names.
+    /// Events of these wire names (the attribute's list); users name event
+    /// types by type, with [`for_event_types`](Self::for_event_types).
     #[must_use]
-    pub fn for_event_type_names(names: &[&'static str]) -> Self {
+    pub(crate) fn for_event_type_names(names: &[&'static str]) -> Self {
         SyncFilter::EventTypes(names.to_vec())
     }
 
