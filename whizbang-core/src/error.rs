@@ -374,6 +374,20 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// An invariant broke: a backend or the runtime itself answered something
+    /// that cannot happen (a sync backend that answered no inquiry, a receptor
+    /// output of another type). Not caused by your input.
+    ///
+    /// ```
+    /// # use whizbang_core::Error;
+    /// let err = Error::Invariant("the sync backend answered no inquiry".into());
+    /// assert!(err.to_string().contains("report it"));
+    /// ```
+    #[error(
+        "an invariant broke: {0}. This is a bug in whizbang or in a custom backend, not in \
+         your input: please report it with this message"
+    )]
+    Invariant(String),
 }
 
 impl Error {
@@ -448,6 +462,7 @@ impl Error {
             Error::DuplicateEventId { .. } => "DuplicateEventId",
             Error::PerspectiveNotFailed { .. } => "PerspectiveNotFailed",
             Error::ModelNotJson { .. } => "ModelNotJson",
+            Error::Invariant(_) => "Invariant",
         }
     }
 

@@ -111,7 +111,7 @@ impl<L, P: Perspective> SyncedLens<L, P> {
         let left = timeout
             .saturating_add(PerspectiveSyncOptions::SLACK)
             .saturating_sub(result.elapsed);
-        result.into_result(timeout)?;
+        result.into_result()?;
         tokio::time::timeout(left, read)
             .await
             .unwrap_or(Err(Error::PerspectiveSyncTimeout {
@@ -200,7 +200,7 @@ impl<P: Perspective> Lens<P> {
                 .downcast::<P::Model>()
                 .map(|b| *b)
                 .map_err(|_| {
-                    Error::InvalidInput(format!(
+                    Error::Invariant(format!(
                         "stored model of perspective {} has another type",
                         P::NAME
                     ))

@@ -267,7 +267,7 @@ async fn tracked_events_never_applied_time_out_after_the_timeout() {
     assert!(r.elapsed < Duration::from_secs(1), "{:?}", r.elapsed);
     assert!(wall >= ms(150) && wall < Duration::from_secs(1), "{wall:?}");
     assert!(!r.is_synced());
-    let err = r.into_result(ms(150)).unwrap_err();
+    let err = r.into_result().unwrap_err();
     assert!(
         matches!(
             err,
@@ -308,14 +308,9 @@ async fn an_event_id_never_seen_is_not_synced_and_times_out() {
     let rt = Runtime::in_memory().unwrap();
     let aw = rt.sync_awaiter();
     let unknown = EventId::new();
-    let r = bounded(aw.wait_for_stream::<Balances>(
-        StreamId::from(Uuid::now_v7()),
-        &[],
-        Some(unknown),
-        ms(150),
-    ))
-    .await
-    .unwrap();
+    let r = bounded(aw.wait::<Balances>(SyncFilter::event_ids([unknown]).with_timeout(ms(150))))
+        .await
+        .unwrap();
     assert_eq!(r.outcome, SyncOutcome::TimedOut);
     assert_eq!(r.events_awaited, 1, "a not-arrived id is awaited");
     assert!(r.elapsed >= ms(150), "{:?}", r.elapsed);
@@ -324,12 +319,10 @@ async fn an_event_id_never_seen_is_not_synced_and_times_out() {
 #[tokio::test]
 async fn an_event_id_never_seen_with_zero_timeout_is_timed_out_never_synced() {
     let rt = Runtime::in_memory().unwrap();
-    let r = bounded(rt.sync_awaiter().wait_for_stream::<Balances>(
-        StreamId::from(Uuid::now_v7()),
-        &[],
-        Some(EventId::new()),
-        Duration::ZERO,
-    ))
+    let r = bounded(
+        rt.sync_awaiter()
+            .wait::<Balances>(SyncFilter::event_ids([EventId::new()]).with_timeout(Duration::ZERO)),
+    )
     .await
     .unwrap();
     assert_eq!(r.outcome, SyncOutcome::TimedOut);
@@ -354,12 +347,10 @@ async fn an_explicit_event_id_from_another_scope_is_synced_once_applied() {
         until(|| runtime.sync_tracker().waiter_count() > 0).await;
         runtime.runner().resume();
     });
-    let r = bounded(rt.sync_awaiter().wait_for_stream::<Balances>(
-        a.into(),
-        &[],
-        Some(id),
-        Duration::from_secs(5),
-    ))
+    let r = bounded(
+        rt.sync_awaiter()
+            .wait::<Balances>(SyncFilter::event_ids([id]).with_timeout(Duration::from_secs(5))),
+    )
     .await
     .unwrap();
     resumer.await.unwrap();
@@ -391,7 +382,7 @@ async fn event_types_the_perspective_does_not_handle_are_not_awaited() {
     assert_eq!(r.events_awaited, 0);
     assert_eq!(r.events_emitted, 1);
     // The same through an explicit id: stored, but not applicable.
-    let r = bounded(aw.wait_for_stream::<Balances>(a.into(), &[], Some(id), ms(2_000)))
+    let r = bounded(aw.wait::<Balances>(SyncFilter::event_ids([id]).with_timeout(ms(2_000))))
         .await
         .unwrap();
     assert_eq!(r.outcome, SyncOutcome::NoPendingEvents);
@@ -446,14 +437,12 @@ async fn wait_all_needs_every_perspective_to_sync() {
         })
         .await
         .unwrap();
-    let regs = [
-        rt.registry().perspective::<Balances>().unwrap(),
-        rt.registry().perspective::<Labels>().unwrap(),
-    ];
     let aw = scope.sync_awaiter();
-    let results = bounded(aw.wait_all(&regs, SyncFilter::current_scope().with_timeout(ms(150))))
-        .await
-        .unwrap();
+    let results = bounded(
+        aw.wait_all::<(Balances, Labels)>(SyncFilter::current_scope().with_timeout(ms(150))),
+    )
+    .await
+    .unwrap();
     assert_eq!(results.len(), 2);
     assert_eq!(results[0].perspective, "sync.balances");
     assert_eq!(results[0].outcome, SyncOutcome::TimedOut);
@@ -461,7 +450,7 @@ async fn wait_all_needs_every_perspective_to_sync() {
     assert_eq!(results[1].outcome, SyncOutcome::Synced);
 
     rt.runner().resume();
-    let results = bounded(aw.wait_all(&regs, SyncFilter::current_scope()))
+    let results = bounded(aw.wait_all::<(Balances, Labels)>(SyncFilter::current_scope()))
         .await
         .unwrap();
     assert!(
@@ -509,7 +498,7 @@ async fn a_failing_apply_wakes_its_waiters_at_once_with_the_failure() {
         wall < Duration::from_secs(1),
         "woke at {wall:?}, not at once"
     );
-    let err = r.into_result(Duration::from_secs(5)).unwrap_err();
+    let err = r.into_result().unwrap_err();
     assert!(
         matches!(
             err,
@@ -1101,7 +1090,7 @@ async fn waiting_on_a_perspective_the_runtime_does_not_know_is_unknown_perspecti
     );
     let err = rt
         .sync_awaiter()
-        .wait_for_stream::<Balances>(StreamId::from(Uuid::now_v7()), &[], None, ms(10))
+        .wait::<Balances>(SyncFilter::for_stream(Uuid::now_v7()).with_timeout(ms(10)))
         .await
         .unwrap_err();
     assert!(matches!(err, Error::UnknownPerspective { .. }), "{err:?}");

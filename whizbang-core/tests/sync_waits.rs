@@ -162,7 +162,7 @@ async fn a_backend_that_never_answers_times_every_wait_out_within_its_timeout_pl
     assert!(r.elapsed <= within(timeout), "{:?}", r.elapsed);
 
     let started = Instant::now();
-    let r = bounded(aw.wait_for_stream::<Notes>(stream.into(), &[], None, timeout))
+    let r = bounded(aw.wait::<Notes>(SyncFilter::for_stream(stream).with_timeout(timeout)))
         .await
         .unwrap();
     assert_eq!(r.outcome, SyncOutcome::TimedOut);
@@ -180,8 +180,7 @@ async fn a_backend_that_never_answers_times_every_wait_out_within_its_timeout_pl
     assert!(started.elapsed() <= within(Duration::ZERO));
 
     let started = Instant::now();
-    let regs = [rt.registry().perspective::<Notes>().unwrap()];
-    let rs = bounded(aw.wait_all(&regs, SyncFilter::current_scope().with_timeout(timeout)))
+    let rs = bounded(aw.wait_all::<Notes>(SyncFilter::current_scope().with_timeout(timeout)))
         .await
         .unwrap();
     assert_eq!(rs[0].outcome, SyncOutcome::TimedOut);

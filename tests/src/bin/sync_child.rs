@@ -131,6 +131,7 @@ async fn run(aware: bool, timeout: Duration, apply_delay: Duration) -> Result<()
         SyncOutcome::TimedOut => "TimedOut".to_owned(),
         SyncOutcome::NoPendingEvents => "NoPendingEvents".to_owned(),
         SyncOutcome::Failed { message, .. } => format!("Failed({message})"),
+        other => format!("{other:?}"),
     };
     say(&format!(
         "outcome={outcome} elapsed_ms={}",

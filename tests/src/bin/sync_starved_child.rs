@@ -84,6 +84,7 @@ async fn run(timeout: Duration) -> Result<String, String> {
         SyncOutcome::TimedOut => "TimedOut".to_owned(),
         SyncOutcome::NoPendingEvents => "NoPendingEvents".to_owned(),
         SyncOutcome::Failed { message, .. } => format!("Failed({message})"),
+        other => format!("{other:?}"),
     };
     Ok(format!(
         "outcome={outcome} elapsed_ms={} wall_ms={}",

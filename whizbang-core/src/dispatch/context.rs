@@ -25,6 +25,8 @@ pub struct Context {
     pub(crate) metadata: Metadata,
     pub(crate) pending: Vec<StreamAppend>,
     pub(crate) sync_results: Vec<SyncResult>,
+    /// The receptor this context runs (none for a scope's own publish).
+    pub(crate) receptor: Option<&'static crate::registry::ReceptorRegistration>,
 }
 
 impl std::fmt::Debug for Context {
@@ -254,7 +256,64 @@ impl Context {
             metadata,
             pending: Vec::new(),
             sync_results: Vec::new(),
+            receptor: None,
         }
+    }
+
+    /// An awaiter on this receptor's scope, to wait ad hoc for perspectives
+    /// (`current_scope()` is the scope the receptor runs in: for a detached
+    /// receptor, the scope that appended its event). The same rule as
+    /// `#[await_perspective_sync]`: an event receptor at a detached stage may
+    /// wait, one at an inline stage may not (waiting there would stall the
+    /// flush that applies what it waits for). A command receptor runs inline in
+    /// its send and may wait on what its scope flushed before it.
+    ///
+    /// ```
+    /// # use whizbang_core::{fire_at, perspective, receptor, Context, Event, Receptor, Result, Runtime, SyncFilter};
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Event, Serialize, Deserialize, Clone)] #[event(name = "doc_cx.placed")]
+    /// # struct Placed { #[stream_key] order: uuid::Uuid }
+    /// # #[derive(Default, Clone, Serialize, Deserialize)] struct Count { n: u32 }
+    /// # struct Orders;
+    /// # #[perspective(model = Count, name = "doc_cx.orders")]
+    /// # impl Orders { fn placed(c: &mut Count, _: &Placed) { c.n += 1; } }
+    /// #[derive(Default)]
+    /// struct Mailer;
+    ///
+    /// #[receptor]
+    /// #[fire_at(PostDistributeDetached)]
+    /// impl Receptor<Placed> for Mailer {
+    ///     async fn handle(&self, e: Placed, cx: &mut Context) -> Result<()> {
+    ///         let synced = cx
+    ///             .sync_awaiter()?
+    ///             .wait::<Orders>(SyncFilter::for_stream(e.order))
+    ///             .await?;
+    ///         if synced.is_synced() {
+    ///             // read the order's model and mail it
+    ///         }
+    ///         Ok(())
+    ///     }
+    /// }
+    /// # fn main() {}
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InlineStageWait`] from an event receptor at an inline stage:
+    /// fire it at the stage's Detached variant.
+    pub fn sync_awaiter(&self) -> Result<crate::sync::PerspectiveSyncAwaiter> {
+        if let Some(reg) = self.receptor {
+            let stage = reg.effective_stage();
+            if reg.message_kind == crate::message::MessageKind::Event && stage.is_inline() {
+                return Err(Error::InlineStageWait {
+                    receptor: reg.path(),
+                    stage,
+                });
+            }
+        }
+        Ok(crate::sync::PerspectiveSyncAwaiter::new(
+            self.scope.runtime.clone(),
+            Some(Arc::clone(&self.scope)),
+        ))
     }
 }
 

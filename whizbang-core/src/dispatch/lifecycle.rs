@@ -7,7 +7,9 @@ use super::stage::{LifecycleStage, SyncFire};
 use crate::error::{Error, Result};
 use crate::message::EventId;
 use crate::store::{StoredEvent, StreamAppend};
-use crate::sync::{PerspectiveSyncAwaiter, PerspectiveSyncOptions, SyncResult};
+use crate::sync::{
+    Candidate, PerspectiveSyncAwaiter, PerspectiveSyncOptions, SyncFilter, SyncResult,
+};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
@@ -67,6 +69,7 @@ impl ScopeShared {
                 metadata: ev.metadata.extra.clone(),
                 pending: Vec::new(),
                 sync_results: Vec::new(),
+                receptor: Some(*reg),
             };
             cx.sync_results = self.await_requirements(route, Some(ev)).await?;
             receptor.call(&mut *message, &mut cx).await?;
@@ -98,26 +101,23 @@ impl ScopeShared {
                 .ok_or_else(|| Error::UnknownPerspective {
                     name: req.perspective.to_owned(),
                 })?;
-            let targets = match (req.event_types.is_empty(), ev) {
-                (true, Some(ev)) => vec![(ev.event_id, Some(ev.stream_id))],
-                (true, None) => emitted
-                    .iter()
-                    .filter(|e| perspective.handles(&e.event_type))
-                    .map(|e| (e.event_id, Some(e.stream_id)))
-                    .collect(),
-                (false, _) => emitted
-                    .iter()
-                    .filter(|e| {
-                        req.event_types.contains(&&*e.event_type)
-                            && perspective.handles(&e.event_type)
-                    })
-                    .map(|e| (e.event_id, Some(e.stream_id)))
-                    .collect(),
-            };
+            // With no event types: the incoming event, else every event the
+            // scope emitted; with types: the scope's events of those types.
+            let (filter, events): (SyncFilter, &[Arc<StoredEvent>]) =
+                match (req.event_types.is_empty(), ev) {
+                    (true, Some(ev)) => (SyncFilter::event_ids([ev.event_id]), &[]),
+                    (true, None) => (SyncFilter::all(), &emitted),
+                    (false, _) => (SyncFilter::for_event_type_names(req.event_types), &emitted),
+                };
+            let mut candidates: Vec<Candidate> =
+                events.iter().map(|e| Candidate::stored(e)).collect();
+            if let Some(ev) = ev.filter(|_| req.event_types.is_empty()) {
+                candidates.push(Candidate::stored(ev));
+            }
             let timeout = Duration::from_millis(req.timeout_ms);
             let options = PerspectiveSyncOptions::default().timeout(timeout);
             let result = awaiter
-                .await_targets(perspective, targets, &options, emitted.len(), emitted.len())
+                .await_events(perspective, &filter, candidates, &options, emitted.len())
                 .await?;
             if req.fire == SyncFire::OnSuccess && !result.is_synced() {
                 tracing::warn!(
@@ -126,7 +126,7 @@ impl ScopeShared {
                 );
             }
             if req.fire == SyncFire::OnSuccess {
-                result.clone().into_result(timeout)?;
+                result.clone().into_result()?;
             }
             results.push(result);
         }

@@ -17,6 +17,7 @@ mod stage;
 pub(crate) use context::encode_event;
 pub use context::Context;
 pub use lifecycle::DetachedFailure;
+pub(crate) use runtime::RuntimeInner;
 pub use runtime::{Runtime, RuntimeBuilder};
 pub(crate) use scope::ScopeShared;
 pub use scope::{EmittedEvent, Scope};
@@ -161,7 +162,7 @@ fn decode_payload<M: Message>(
 #[inline(never)]
 fn decode_event(event: &StoredEvent, decode: Option<DecodeFn>) -> Result<Box<dyn Any + Send>> {
     let Some(decode) = decode else {
-        return Err(Error::InvalidInput(format!(
+        return Err(Error::Invariant(format!(
             "stored `{}` {} was routed to a command receptor; only event receptors decode stored events",
             event.event_type, event.event_id
         )));
@@ -174,7 +175,7 @@ fn decode_event(event: &StoredEvent, decode: Option<DecodeFn>) -> Result<Box<dyn
 
 #[inline(never)]
 fn wrong_message<'a>(name: &'static str) -> BoxFuture<'a, Result<Box<dyn Any + Send>>> {
-    Box::pin(std::future::ready(Err(Error::InvalidInput(format!(
+    Box::pin(std::future::ready(Err(Error::Invariant(format!(
         "message routed to the receptor of `{name}` has another type, or was taken"
     )))))
 }

@@ -5,11 +5,10 @@ use super::stage::LifecycleStage;
 use crate::error::{Error, Result};
 use crate::message::{Command, Envelope, Event, EventId, MessageId, Metadata};
 use crate::perspective::invoker::{self, Invoker};
-use crate::perspective::PerspectiveMode;
 use crate::store::{BoxFuture, NewEvent, StoredEvent, StreamAppend};
 use crate::sync::{
-    PerspectiveSyncAwaiter, PerspectiveSyncOptions, ScopedEventTracker, SyncEventTracker,
-    SyncOutcome, SyncResult,
+    Candidate, PerspectiveSyncAwaiter, PerspectiveSyncOptions, ScopedEventTracker,
+    SyncEventTracker, SyncFilter, SyncOutcome, SyncResult,
 };
 use std::any::TypeId;
 use std::collections::VecDeque;
@@ -162,6 +161,7 @@ impl Scope {
                 causation_id,
                 metadata,
             );
+            cx.receptor = Some(*reg);
             let route = (Arc::clone(receptor), *reg);
             if !reg.sync.is_empty() {
                 // A command waits on what its scope wrote so far: flush it first.
@@ -176,7 +176,7 @@ impl Scope {
                 ))
                 .await?;
             let output = output.downcast::<C::Output>().map(|o| *o).map_err(|_| {
-                Error::InvalidInput(format!("receptor of `{}` returned another type", C::NAME))
+                Error::Invariant(format!("receptor of `{}` returned another type", C::NAME))
             })?;
             let stored = self.shared.commit(std::mem::take(&mut cx.pending)).await?;
             Ok((output, stored))
@@ -304,30 +304,12 @@ impl Scope {
         let started = tokio::time::Instant::now();
         let rt = &self.shared.runtime.inner;
         let touched = invoker::touched(&rt.registry, &mine);
-        // Help along: we are about to wait for these async catch-ups anyway, so
-        // run them on this task rather than wait for a runner task to be
-        // scheduled. The store's claim keeps each (perspective, stream) exactly
-        // once and in order; a failure is reported by the wait below. Bounded by
-        // the wait's timeout (a catch-up dropped half-way is safe: it commits
-        // nothing, and the runner does it again); a paused runner means "apply
-        // nothing": helping along must not bypass it.
-        if !rt.runner.is_paused() {
-            for (reg, stream) in &touched {
-                if reg.mode != PerspectiveMode::Async {
-                    continue;
-                }
-                let Some(left) = options.timeout.checked_sub(started.elapsed()) else {
-                    break;
-                };
-                match tokio::time::timeout(left, rt.engine.catch_up(reg, *stream)).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => {
-                        tracing::debug!(perspective = reg.name, error = %e, "help-along catch-up failed");
-                    }
-                    Err(_) => break,
-                }
-            }
-        }
+        crate::sync::help_along(
+            rt,
+            &touched,
+            options.timeout.saturating_sub(started.elapsed()),
+        )
+        .await;
         let awaiter = self.sync_awaiter();
         let emitted = self.shared.emitted_len();
         let mut results: Vec<SyncResult> = Vec::new();
@@ -335,15 +317,12 @@ impl Scope {
             if results.iter().any(|r| r.perspective == reg.name) {
                 continue;
             }
-            let targets: Vec<_> = mine
-                .iter()
-                .filter(|e| reg.handles(&e.event_type))
-                .map(|e| (e.event_id, Some(e.stream_id)))
-                .collect();
-            let awaited = targets.len();
+            // Exactly this command's events (the options' filter is ignored).
+            let awaited = mine.iter().filter(|e| reg.handles(&e.event_type)).count();
             let first_stream = mine.first().map(|e| e.stream_id);
+            let events = mine.iter().map(|e| Candidate::stored(e)).collect();
             let result = match awaiter
-                .await_targets(reg, targets, &options, emitted, mine.len())
+                .await_events(reg, &SyncFilter::all(), events, &options, emitted)
                 .await
             {
                 Ok(result) => result,
@@ -372,6 +351,7 @@ impl Scope {
                         events_emitted: emitted,
                         events_tracked: mine.len(),
                         perspective: reg.name,
+                        timeout: options.timeout,
                     }
                 }
             };

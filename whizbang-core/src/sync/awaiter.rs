@@ -5,7 +5,7 @@
 
 use super::clock::{ActiveTimer, SLICE};
 use super::filter::{Candidate, PerspectiveSyncOptions, SyncFilter};
-use super::inquiry::{EventSyncStatus, SyncInquiry};
+use super::waiters::Registered;
 use super::SyncState;
 use crate::dispatch::{EmittedEvent, Runtime, ScopeShared};
 use crate::error::{Error, Result};
@@ -20,8 +20,9 @@ use std::task::Poll;
 use std::time::Duration;
 use tracing::Instrument;
 
-/// How a wait ended.
+/// How a wait ended. More outcomes may come: match with a `_` arm.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SyncOutcome {
     /// Every awaited event is applied.
     Synced,
@@ -55,6 +56,8 @@ pub struct SyncResult {
     pub events_tracked: usize,
     /// The perspective waited on.
     pub perspective: &'static str,
+    /// The wait's timeout (what [`into_result`](Self::into_result) reports).
+    pub timeout: Duration,
 }
 
 impl SyncResult {
@@ -72,12 +75,27 @@ impl SyncResult {
     ///
     /// # Errors
     /// As described.
-    pub fn into_result(self, timeout: Duration) -> Result<()> {
+    ///
+    /// ```
+    /// # use whizbang_core::{Error, SyncOutcome, SyncResult};
+    /// # use std::time::Duration;
+    /// let r = SyncResult {
+    ///     outcome: SyncOutcome::TimedOut,
+    ///     events_awaited: 1,
+    ///     elapsed: Duration::from_millis(150),
+    ///     events_emitted: 1,
+    ///     events_tracked: 1,
+    ///     perspective: "orders",
+    ///     timeout: Duration::from_millis(150),
+    /// };
+    /// assert!(matches!(r.into_result(), Err(Error::PerspectiveSyncTimeout { .. })));
+    /// ```
+    pub fn into_result(self) -> Result<()> {
         match self.outcome {
             SyncOutcome::Synced | SyncOutcome::NoPendingEvents => Ok(()),
             SyncOutcome::TimedOut => Err(Error::PerspectiveSyncTimeout {
                 perspective: self.perspective,
-                timeout,
+                timeout: self.timeout,
             }),
             SyncOutcome::Failed {
                 stream,
@@ -92,6 +110,46 @@ impl SyncResult {
         }
     }
 }
+
+/// Perspectives named by type, for [`PerspectiveSyncAwaiter::wait_all`]: one
+/// perspective or a tuple of up to eight.
+pub trait PerspectiveList {
+    /// Their registrations, in the order named.
+    ///
+    /// # Errors
+    /// [`Error::UnknownPerspective`] for a perspective the runtime does not know.
+    fn registrations(
+        registry: &crate::registry::Registry,
+    ) -> Result<Vec<&'static PerspectiveRegistration>>;
+}
+
+impl<P: Perspective> PerspectiveList for P {
+    fn registrations(
+        registry: &crate::registry::Registry,
+    ) -> Result<Vec<&'static PerspectiveRegistration>> {
+        Ok(vec![registry.perspective::<P>()?])
+    }
+}
+
+macro_rules! perspective_tuple {
+    ($($t:ident),+) => {
+        impl<$($t: Perspective),+> PerspectiveList for ($($t,)+) {
+            fn registrations(
+                registry: &crate::registry::Registry,
+            ) -> Result<Vec<&'static PerspectiveRegistration>> {
+                Ok(vec![$(registry.perspective::<$t>()?),+])
+            }
+        }
+    };
+}
+perspective_tuple!(A);
+perspective_tuple!(A, B);
+perspective_tuple!(A, B, C);
+perspective_tuple!(A, B, C, D);
+perspective_tuple!(A, B, C, D, E);
+perspective_tuple!(A, B, C, D, E, F);
+perspective_tuple!(A, B, C, D, E, F, G);
+perspective_tuple!(A, B, C, D, E, F, G, H);
 
 /// Waits until perspectives have applied the events you care about.
 ///
@@ -143,82 +201,67 @@ impl PerspectiveSyncAwaiter {
     /// [`Error::UnknownPerspective`], [`Error::InvalidInput`] for a filter that
     /// needs a scope on an awaiter without one, or a backend error. Timeouts and
     /// failures are outcomes, not errors.
-    pub async fn wait<P: Perspective>(
+    pub fn wait<P: Perspective>(
         &self,
         options: impl Into<PerspectiveSyncOptions>,
-    ) -> Result<SyncResult> {
-        let reg = self.runtime.registry().perspective::<P>()?;
-        self.wait_on(reg, &options.into()).await
+    ) -> impl Future<Output = Result<SyncResult>> + Send + '_ {
+        // The preparation (flush, store reads, first inquiry) runs boxed with
+        // the options it owns: only the registration and its `Notified` stay
+        // in this future while it sleeps (thousands may sleep at once).
+        let options = options.into();
+        let start = Box::pin(async move {
+            let reg = self.runtime.registry().perspective::<P>()?;
+            self.start_on(reg, &options).await
+        });
+        async move { start.await?.finish().await }
     }
 
-    /// Waits on several perspectives at once; every one must sync.
+    /// Waits on several perspectives at once, named by type: one perspective
+    /// or a tuple (`wait_all::<(Orders, Invoices)>(options)`). Every one must
+    /// sync; the results are in the order named.
+    ///
+    /// ```
+    /// # use whizbang_core::{perspective, Event, Runtime, SyncFilter};
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Event, Serialize, Deserialize, Clone)] #[event(name = "doc_all.placed")]
+    /// # struct Placed { #[stream_key] order: uuid::Uuid }
+    /// # #[derive(Default, Clone, Serialize, Deserialize)] struct Count { n: u32 }
+    /// # struct Orders;
+    /// # #[perspective(model = Count, name = "doc_all.orders")]
+    /// # impl Orders { fn placed(c: &mut Count, _: &Placed) { c.n += 1; } }
+    /// # struct Totals;
+    /// # #[perspective(model = Count, name = "doc_all.totals")]
+    /// # impl Totals { fn placed(c: &mut Count, _: &Placed) { c.n += 1; } }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> whizbang_core::Result<()> {
+    /// let runtime = Runtime::in_memory()?;
+    /// let scope = runtime.scope();
+    /// scope.publish(Placed { order: uuid::Uuid::now_v7() }).await?;
+    /// let results = scope
+    ///     .sync_awaiter()
+    ///     .wait_all::<(Orders, Totals)>(SyncFilter::current_scope())
+    ///     .await?;
+    /// assert!(results.iter().all(|r| r.is_synced()));
+    /// # scope.complete().await?; Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// As [`wait`](Self::wait).
-    pub async fn wait_all(
+    pub async fn wait_all<L: PerspectiveList>(
         &self,
-        perspectives: &[&'static PerspectiveRegistration],
         options: impl Into<PerspectiveSyncOptions>,
     ) -> Result<Vec<SyncResult>> {
         let options = options.into();
+        let registry = self.runtime.registry();
+        let perspectives = L::registrations(registry)?;
         let waits: Vec<Pin<Box<dyn Future<Output = Result<SyncResult>> + Send + '_>>> =
             perspectives
-                .iter()
+                .into_iter()
                 .map(|reg| {
                     Box::pin(self.wait_on(reg, &options))
                         as Pin<Box<dyn Future<Output = _> + Send + '_>>
                 })
                 .collect();
         join_all(waits).await.into_iter().collect()
-    }
-
-    /// Waits until `P` has applied the events of `stream` (of `event_types`, or
-    /// every type it handles when empty) appended so far, or exactly
-    /// `event_id_to_await` when given: an id never seen is waited for until it
-    /// arrives and is applied, or the timeout passes; it is never reported synced.
-    ///
-    /// # Errors
-    /// As [`wait`](Self::wait).
-    pub async fn wait_for_stream<P: Perspective>(
-        &self,
-        stream: StreamId,
-        event_types: &[&'static str],
-        event_id_to_await: Option<EventId>,
-        timeout: Duration,
-    ) -> Result<SyncResult> {
-        let reg = self.runtime.registry().perspective::<P>()?;
-        let options = PerspectiveSyncOptions::new(SyncFilter::for_stream(stream)).timeout(timeout);
-        let mut timer = self.timer(&options);
-        let emitted = self.emitted_len();
-        let timed_out =
-            |timer: &ActiveTimer, awaited| Ok(timed_out_result(reg, awaited, timer, emitted, 0));
-        match bounded(&mut timer, options.timeout, self.flush_scope()).await {
-            Some(flushed) => flushed?,
-            None => return timed_out(&timer, usize::from(event_id_to_await.is_some())),
-        }
-        if let Some(id) = event_id_to_await {
-            return self
-                .await_targets_timed(reg, vec![(id, None)], &options, timer, emitted, 0)
-                .await;
-        }
-        let mut targets: Vec<Target> = Vec::new();
-        let events = match bounded(&mut timer, options.timeout, self.unapplied(reg, stream)).await {
-            Some(events) => events?,
-            None => return timed_out(&timer, 0),
-        };
-        let tracked = events.len();
-        for ev in events {
-            let wanted = if event_types.is_empty() {
-                reg.handles(&ev.event_type)
-            } else {
-                event_types.iter().any(|t| *t == ev.event_type) && reg.handles(&ev.event_type)
-            };
-            if wanted {
-                targets.push((ev.event_id, Some(ev.stream_id)));
-            }
-        }
-        self.await_targets_timed(reg, targets, &options, timer, emitted, tracked)
-            .await
     }
 
     /// Asks once, without waiting, whether `P` has applied what the filter selects.
@@ -250,6 +293,16 @@ impl PerspectiveSyncAwaiter {
         reg: &'static PerspectiveRegistration,
         options: &PerspectiveSyncOptions,
     ) -> Result<SyncResult> {
+        // The flush and the store reads run boxed: only the registration and
+        // its `Notified` stay in the (small) future while it sleeps.
+        Box::pin(self.start_on(reg, options)).await?.finish().await
+    }
+
+    async fn start_on(
+        &self,
+        reg: &'static PerspectiveRegistration,
+        options: &PerspectiveSyncOptions,
+    ) -> Result<Started> {
         if options.filter.needs_scope() && self.scope.is_none() {
             return Err(Error::InvalidInput(format!(
                 "the sync filter for perspective `{}` uses current_scope(), but this awaiter has no \
@@ -259,8 +312,16 @@ impl PerspectiveSyncAwaiter {
             )));
         }
         let mut timer = self.timer(options);
-        let timed_out =
-            |timer: &ActiveTimer| Ok(timed_out_result(reg, 0, timer, self.emitted_len(), 0));
+        let timed_out = |timer: &ActiveTimer| {
+            Ok(Started::Done(Box::new(timed_out_result(
+                reg,
+                0,
+                timer,
+                self.emitted_len(),
+                0,
+                options.timeout,
+            ))))
+        };
         match bounded(&mut timer, options.timeout, self.flush_scope()).await {
             Some(flushed) => flushed?,
             None => return timed_out(&timer),
@@ -276,8 +337,9 @@ impl PerspectiveSyncAwaiter {
             None => return timed_out(&timer),
         };
         let (targets, emitted, tracked) = self.resolve(reg, &options.filter, from_store);
-        self.await_targets_timed(reg, targets, options, timer, emitted, tracked)
-            .await
+        Ok(self
+            .start(reg, targets, options, timer, emitted, tracked)
+            .await)
     }
 
     /// A timer for one wait, on the options' clock (the runtime's by default).
@@ -349,12 +411,7 @@ impl PerspectiveSyncAwaiter {
         let mut candidates: Vec<Candidate> = Vec::with_capacity(emitted.len() + from_store.len());
         for e in &emitted {
             seen.insert(e.event_id);
-            candidates.push(Candidate {
-                event_id: e.event_id,
-                stream_id: e.stream_id,
-                event_type: e.event_type.clone(),
-                in_scope: true,
-            });
+            candidates.push(Candidate::emitted(e));
         }
         let tracked = if matches!(filter, SyncFilter::CurrentScope) {
             Vec::new()
@@ -367,165 +424,141 @@ impl PerspectiveSyncAwaiter {
             }
         }
         let considered = candidates.len();
-        let targets = candidates
-            .into_iter()
-            .filter(|c| reg.handles(&c.event_type) && filter.matches(c))
-            .map(|c| (c.event_id, Some(c.stream_id)))
-            .collect();
-        (targets, emitted.len(), considered)
+        (select(reg, filter, candidates), emitted.len(), considered)
     }
 
-    /// Waits for exactly `targets`, the timeout starting now.
-    pub(crate) fn await_targets<'a>(
-        &'a self,
+    /// Waits until `reg` has applied what `filter` selects among `events`
+    /// (events the caller holds: a command's, a scope's), the timeout starting
+    /// now. What the caller knows is all there is: no flush, no store read.
+    pub(crate) async fn await_events(
+        &self,
         reg: &'static PerspectiveRegistration,
-        targets: Vec<Target>,
-        options: &'a PerspectiveSyncOptions,
+        filter: &SyncFilter,
+        events: Vec<Candidate>,
+        options: &PerspectiveSyncOptions,
         events_emitted: usize,
-        events_tracked: usize,
-    ) -> impl Future<Output = Result<SyncResult>> + Send + 'a {
+    ) -> Result<SyncResult> {
+        let tracked = events.len();
+        let targets = select(reg, filter, events);
         let timer = self.timer(options);
-        self.await_targets_timed(reg, targets, options, timer, events_emitted, events_tracked)
+        Box::pin(self.start(reg, targets, options, timer, events_emitted, tracked))
+            .await
+            .finish()
+            .await
     }
 
-    /// Waits for exactly `targets` with what `timer` has left of the timeout.
-    fn await_targets_timed<'a>(
-        &'a self,
+    /// Registers the wait for exactly `targets` with what `timer` has left of
+    /// the timeout: the tracker's service asks about it in batches from now on.
+    async fn start(
+        &self,
         reg: &'static PerspectiveRegistration,
         targets: Vec<Target>,
-        options: &'a PerspectiveSyncOptions,
+        options: &PerspectiveSyncOptions,
         timer: ActiveTimer,
         events_emitted: usize,
         events_tracked: usize,
-    ) -> impl Future<Output = Result<SyncResult>> + Send + 'a {
+    ) -> Started {
+        let meta = Meta {
+            perspective: reg,
+            events_emitted,
+            events_tracked,
+            timeout: options.timeout,
+        };
+        if targets.is_empty() {
+            return Started::Done(Box::new(meta.result(
+                SyncOutcome::NoPendingEvents,
+                0,
+                timer.active(),
+            )));
+        }
         let span = tracing::debug_span!(
             "whizbang.sync.wait",
             perspective = reg.name,
             events = targets.len(),
             timeout_ms = u64::try_from(options.timeout.as_millis()).unwrap_or(u64::MAX),
         );
-        let done = move |outcome, events_awaited, elapsed| SyncResult {
+        let registered = self.state().tracker.register_wait(
+            &self.runtime.inner,
+            reg,
+            targets,
+            timer,
+            options.timeout,
+        );
+        registered
+            .first_round(&self.runtime.inner)
+            .instrument(span)
+            .await;
+        Started::Waiting { registered, meta }
+    }
+}
+
+/// The one place a filter becomes the ids to await: the `candidates` that
+/// `reg` handles and `filter` selects, then the ids the filter names that are
+/// not among them (awaited as they are: the backend says where they stand,
+/// `NotArrived` until stored).
+fn select(
+    reg: &'static PerspectiveRegistration,
+    filter: &SyncFilter,
+    candidates: Vec<Candidate>,
+) -> Vec<Target> {
+    let mut named = Vec::new();
+    filter.ids(&mut named);
+    named.retain(|id| !candidates.iter().any(|c| c.event_id == *id));
+    let mut targets: Vec<Target> = candidates
+        .into_iter()
+        .filter(|c| reg.handles(&c.event_type) && filter.matches(c))
+        .map(|c| (c.event_id, Some(c.stream_id)))
+        .collect();
+    for id in named {
+        if filter.selects_id_alone(id) {
+            targets.push((id, None));
+        }
+    }
+    targets
+}
+
+/// What a wait reports besides its outcome.
+struct Meta {
+    perspective: &'static PerspectiveRegistration,
+    events_emitted: usize,
+    events_tracked: usize,
+    timeout: Duration,
+}
+
+impl Meta {
+    fn result(&self, outcome: SyncOutcome, events_awaited: usize, elapsed: Duration) -> SyncResult {
+        SyncResult {
             outcome,
             events_awaited,
             elapsed,
-            events_emitted,
-            events_tracked,
-            perspective: reg.name,
-        };
-        self.wait_loop(reg, targets, options, timer, done)
-            .instrument(span)
+            events_emitted: self.events_emitted,
+            events_tracked: self.events_tracked,
+            perspective: self.perspective.name,
+            timeout: self.timeout,
+        }
     }
+}
 
-    /// The wait itself. Kept lean: thousands of these may sleep at once, so only
-    /// what the sleep needs lives across it.
-    async fn wait_loop(
-        &self,
-        reg: &'static PerspectiveRegistration,
-        targets: Vec<Target>,
-        options: &PerspectiveSyncOptions,
-        mut timer: ActiveTimer,
-        done: impl Fn(SyncOutcome, usize, Duration) -> SyncResult,
-    ) -> Result<SyncResult> {
-        if targets.is_empty() {
-            return Ok(done(SyncOutcome::NoPendingEvents, 0, timer.active()));
-        }
-        let state = self.state();
-        // Register before the first inquiry: an apply that lands between the
-        // inquiry and the sleep leaves a permit in `notify`, never a lost wake-up.
-        let mut waiter = state.tracker.register(reg.name);
-        for (_, stream) in &targets {
-            match stream {
-                Some(s) => waiter.watch_stream(*s),
-                None => waiter.watch_any(),
-            };
-        }
-        let inquiry = [SyncInquiry {
-            perspective: reg.name,
-            handled: reg.event_types,
-            event_ids: targets.into_iter().map(|(id, _)| id).collect(),
-        }];
-        let mut awaited = inquiry[0].event_ids.len();
-        // Streams whose runner this wait has signalled (async perspectives only).
-        let mut signalled: Vec<StreamId> = Vec::new();
-        let is_async = reg.mode == crate::PerspectiveMode::Async;
-        loop {
-            // Decide in a block so the answer is dropped before the sleep.
-            let step = {
-                let Some(answer) =
-                    bounded(&mut timer, options.timeout, state.backend.inquire(&inquiry)).await
-                else {
-                    tracing::debug!("sync wait timed out while the backend was answering");
-                    return Ok(done(SyncOutcome::TimedOut, awaited, timer.active()));
-                };
-                let answer = answer?;
-                let Some(answer) = answer.into_iter().next() else {
-                    return Err(Error::InvalidInput(
-                        "the sync backend answered no inquiry".into(),
-                    ));
-                };
-                let mut learned = false;
-                for (_, status) in &answer.statuses {
-                    // The runner learns of stored work from the wait, not only
-                    // from a flush: an event appended by a scope still open, or
-                    // by another process, is applied all the same.
-                    if let EventSyncStatus::Pending { stream, .. } = status {
-                        if is_async && !signalled.contains(stream) {
-                            signalled.push(*stream);
-                            self.runtime.inner.runner.signal(reg, *stream);
-                        }
-                    }
-                    learned |= match status {
-                        EventSyncStatus::Pending { stream, .. }
-                        | EventSyncStatus::Failed { stream, .. } => waiter.watch_stream(*stream),
-                        EventSyncStatus::NotArrived => waiter.watch_any(),
-                        EventSyncStatus::Applied | EventSyncStatus::NotApplicable => false,
-                    };
-                }
-                awaited = answer
-                    .statuses
-                    .iter()
-                    .filter(|(_, s)| *s != EventSyncStatus::NotApplicable)
-                    .count();
-                if let Some(EventSyncStatus::Failed {
-                    stream,
-                    version,
-                    message,
-                }) = answer.failure()
-                {
-                    Step::Done(SyncOutcome::Failed {
-                        stream: *stream,
-                        version: *version,
-                        message: message.clone(),
-                    })
-                } else if answer.is_fully_synced() {
-                    Step::Done(if awaited == 0 {
-                        SyncOutcome::NoPendingEvents
-                    } else {
-                        SyncOutcome::Synced
-                    })
-                } else if learned {
-                    Step::AskAgain // now registered on a new stream: ask before sleeping
-                } else {
-                    Step::Sleep
-                }
-            };
-            match step {
-                Step::Done(outcome) => return Ok(done(outcome, awaited, timer.active())),
-                Step::AskAgain => continue,
-                Step::Sleep if timer.active() >= options.timeout => {
-                    tracing::debug!("sync wait timed out");
-                    return Ok(done(SyncOutcome::TimedOut, awaited, timer.active()));
-                }
-                Step::Sleep => {}
+/// A wait past its preparation: decided already, or registered with the tracker.
+enum Started {
+    Done(Box<SyncResult>),
+    Waiting { registered: Registered, meta: Meta },
+}
+
+impl Started {
+    /// The outcome: the registration's, once the tracker's service decides it.
+    async fn finish(self) -> Result<SyncResult> {
+        match self {
+            Started::Done(result) => Ok(*result),
+            Started::Waiting { registered, meta } => {
+                let (outcome, awaited, elapsed) = registered.outcome().await?;
+                tracing::debug!(
+                    perspective = meta.perspective.name,
+                    ?outcome,
+                    "sync wait ended"
+                );
+                Ok(meta.result(outcome, awaited, elapsed))
             }
-            let sleep = timer.next_sleep(options.timeout);
-            // Woken by an apply on a watched stream, or by the tracker's shared
-            // timer when the backoff ends; either way, ask again (an apply no
-            // wake-up reached, e.g. by another process, is seen within the backoff).
-            waiter.alarm(tokio::time::Instant::now() + sleep);
-            waiter.notify.notified().await;
-            waiter.disarm();
-            timer.observe(sleep);
         }
     }
 }
@@ -559,6 +592,7 @@ fn timed_out_result(
     timer: &ActiveTimer,
     events_emitted: usize,
     events_tracked: usize,
+    timeout: Duration,
 ) -> SyncResult {
     tracing::debug!(
         perspective = reg.name,
@@ -571,14 +605,8 @@ fn timed_out_result(
         events_emitted,
         events_tracked,
         perspective: reg.name,
+        timeout,
     }
-}
-
-/// What one inquiry decided.
-enum Step {
-    Done(SyncOutcome),
-    AskAgain,
-    Sleep,
 }
 
 /// Polls every future to completion; results in input order.

@@ -19,6 +19,8 @@ pub enum SyncFilter {
     EventTypes(Vec<&'static str>),
     /// Every tracked event.
     All,
+    /// Exactly these events, by id.
+    EventIds(Vec<crate::EventId>),
     /// Both filters hold.
     And(Box<SyncFilter>, Box<SyncFilter>),
     /// Either filter holds.
@@ -64,6 +66,28 @@ pub(crate) struct Candidate {
     pub(crate) in_scope: bool,
 }
 
+impl Candidate {
+    /// An event the caller's scope emitted.
+    pub(crate) fn emitted(e: &crate::dispatch::EmittedEvent) -> Self {
+        Candidate {
+            event_id: e.event_id,
+            stream_id: e.stream_id,
+            event_type: e.event_type.clone(),
+            in_scope: true,
+        }
+    }
+
+    /// A stored event the caller holds (its scope's, or the one it handles).
+    pub(crate) fn stored(e: &crate::store::StoredEvent) -> Self {
+        Candidate {
+            event_id: e.event_id,
+            stream_id: e.stream_id,
+            event_type: e.event_type.clone(),
+            in_scope: true,
+        }
+    }
+}
+
 impl SyncFilter {
     /// Events emitted by the current scope.
     #[must_use]
@@ -84,9 +108,10 @@ impl SyncFilter {
         SyncFilter::EventTypes(T::names())
     }
 
-    /// Events of these wire names.
+    /// Events of these wire names (the attribute's list); users name event
+    /// types by type, with [`for_event_types`](Self::for_event_types).
     #[must_use]
-    pub fn for_event_type_names(names: &[&'static str]) -> Self {
+    pub(crate) fn for_event_type_names(names: &[&'static str]) -> Self {
         SyncFilter::EventTypes(names.to_vec())
     }
 
@@ -94,6 +119,23 @@ impl SyncFilter {
     #[must_use]
     pub fn all() -> Self {
         SyncFilter::All
+    }
+
+    /// Exactly these events, by id (from [`Scope::publish`](crate::Scope::publish)
+    /// or [`Scope::emitted`](crate::Scope::emitted)). An id this process has
+    /// not seen is awaited as it is, when the filter selects it by id alone
+    /// (`event_ids(..)` or `event_ids(..).or(..)`): it is never reported synced
+    /// before it is stored and applied.
+    ///
+    /// ```
+    /// # use whizbang_core::{sync::SyncFilter, EventId};
+    /// let id = EventId::new();
+    /// let filter = SyncFilter::event_ids([id]);
+    /// assert_eq!(filter, SyncFilter::EventIds(vec![id]));
+    /// ```
+    #[must_use]
+    pub fn event_ids(ids: impl IntoIterator<Item = crate::EventId>) -> Self {
+        SyncFilter::EventIds(ids.into_iter().collect())
     }
 
     /// Both this and `other`.
@@ -136,8 +178,38 @@ impl SyncFilter {
         }
     }
 
+    /// Every event id the filter names.
+    pub(crate) fn ids(&self, out: &mut Vec<crate::EventId>) {
+        match self {
+            SyncFilter::EventIds(ids) => {
+                for id in ids {
+                    if !out.contains(id) {
+                        out.push(*id);
+                    }
+                }
+            }
+            SyncFilter::And(a, b) | SyncFilter::Or(a, b) => {
+                a.ids(out);
+                b.ids(out);
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether the filter selects `id` knowing nothing else of the event.
+    pub(crate) fn selects_id_alone(&self, id: crate::EventId) -> bool {
+        match self {
+            SyncFilter::EventIds(ids) => ids.contains(&id),
+            SyncFilter::All => true,
+            SyncFilter::CurrentScope | SyncFilter::Stream(_) | SyncFilter::EventTypes(_) => false,
+            SyncFilter::And(a, b) => a.selects_id_alone(id) && b.selects_id_alone(id),
+            SyncFilter::Or(a, b) => a.selects_id_alone(id) || b.selects_id_alone(id),
+        }
+    }
+
     pub(crate) fn matches(&self, c: &Candidate) -> bool {
         match self {
+            SyncFilter::EventIds(ids) => ids.contains(&c.event_id),
             SyncFilter::CurrentScope => c.in_scope,
             SyncFilter::Stream(s) => c.stream_id == *s,
             SyncFilter::EventTypes(ts) => ts.iter().any(|t| *t == c.event_type),

@@ -23,8 +23,10 @@ pub struct SyncInquiry {
     pub event_ids: Vec<EventId>,
 }
 
-/// Where one awaited event stands for one perspective.
+/// Where one awaited event stands for one perspective. More statuses may
+/// come: match with a `_` arm.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum EventSyncStatus {
     /// The perspective has applied it.
     Applied,
@@ -101,6 +103,11 @@ impl SyncInquiryResult {
     #[must_use]
     pub fn is_fully_synced(&self) -> bool {
         self.pending_count() == 0
+    }
+
+    /// Each id's status.
+    pub(crate) fn by_id(&self) -> HashMap<EventId, &EventSyncStatus> {
+        self.statuses.iter().map(|(id, s)| (*id, s)).collect()
     }
 
     /// The first failure, if the perspective failed on an awaited event.

@@ -18,12 +18,16 @@
 mod awaiter;
 mod clock;
 mod filter;
+mod help;
 mod inquiry;
 mod tracker;
+mod waiters;
 
-pub use awaiter::{PerspectiveSyncAwaiter, SyncOutcome, SyncResult};
+pub use awaiter::{PerspectiveList, PerspectiveSyncAwaiter, SyncOutcome, SyncResult};
 pub use clock::{ManualClock, SyncClock, TokioClock};
+pub(crate) use filter::Candidate;
 pub use filter::{EventTypeList, PerspectiveSyncOptions, SyncFilter};
+pub(crate) use help::help_along;
 pub use inquiry::{EventSyncStatus, StoreSyncBackend, SyncBackend, SyncInquiry, SyncInquiryResult};
 pub use tracker::{ScopedEventTracker, SyncEventTracker};
 

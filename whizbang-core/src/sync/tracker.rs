@@ -11,15 +11,17 @@
 //! waits read the stream's unapplied events from the store and stay exact.
 
 use super::filter::Candidate;
+use super::waiters::Table;
 use crate::dispatch::EmittedEvent;
+use crate::dispatch::RuntimeInner;
 use crate::message::{EventId, StreamId};
 use crate::perspective::ApplyReport;
 use crate::registry::Registry;
 use crate::store::memory::IdMap;
 use crate::store::StreamAppend;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
 
@@ -64,34 +66,24 @@ struct Pending {
     tracked_at: tokio::time::Instant,
 }
 
-/// Few waiters share one (perspective, stream): a Vec is smaller than a map.
-type WaiterSet = Vec<(u64, Arc<Notify>)>;
-
-#[derive(Default)]
-struct Waiters {
-    by_stream: HashMap<(&'static str, StreamId), WaiterSet>,
-    any: HashMap<&'static str, WaiterSet>,
-}
-
-/// Where a sleeping waiter's alarm sits: its wake-up time and a unique sequence number.
-type AlarmKey = (tokio::time::Instant, u64);
-
 /// Per process: for each perspective, the events appended here that it has not
 /// applied yet, and the waiters to wake when it applies something.
 ///
-/// Sleeping waiters hold no timer of their own: their wake-up times sit in one
-/// ordered map, served by one timer task, so a waiter costs a `Notified` and a
-/// map entry. A waiter that wakes, re-arms or is dropped removes its entry at once.
+/// It also serves the waits: each is a registration in its table, asked about
+/// in batches by one service task (see the `waiters` module), so a sleeping
+/// waiter costs a table entry and a `Notified`, holds no timer of its own, and
+/// leaves the table at once when it ends or is dropped.
 pub struct SyncEventTracker {
     /// Event ids are generated here (UUID v7), never chosen by callers, so the
     /// cheap id hasher is safe for these maps.
     pending: Mutex<HashMap<&'static str, IdMap<EventId, Pending>>>,
-    waiters: Mutex<Waiters>,
+    pub(super) waiters: Mutex<Table>,
     next_waiter: AtomicU64,
     ttl: Duration,
-    alarms: Mutex<BTreeMap<AlarmKey, Weak<Notify>>>,
-    /// Wakes the timer task when an alarm earlier than all others is set.
-    rearm: Arc<Notify>,
+    /// Wakes the service task: a registration is due, or an earlier alarm is set.
+    pub(super) rearm: Arc<Notify>,
+    /// The runtime whose backend and runner the service uses (set by the first wait).
+    pub(super) runtime: OnceLock<Weak<RuntimeInner>>,
 }
 
 impl std::fmt::Debug for SyncEventTracker {
@@ -111,11 +103,11 @@ impl SyncEventTracker {
     pub(crate) fn new(ttl: Duration) -> Self {
         SyncEventTracker {
             pending: Mutex::new(HashMap::new()),
-            waiters: Mutex::new(Waiters::default()),
+            waiters: Mutex::new(Table::default()),
             next_waiter: AtomicU64::new(1),
             ttl,
-            alarms: Mutex::new(BTreeMap::new()),
             rearm: Arc::new(Notify::new()),
+            runtime: OnceLock::new(),
         }
     }
 
@@ -188,12 +180,14 @@ impl SyncEventTracker {
         lock(&self.pending).values().map(|m| m.len()).sum()
     }
 
-    /// Waiter registrations, across perspectives and streams.
+    /// Waits registered (one per waiting perspective), across perspectives.
     #[must_use]
     pub fn waiter_count(&self) -> usize {
-        let w = lock(&self.waiters);
-        w.by_stream.values().map(Vec::len).sum::<usize>()
-            + w.any.values().map(Vec::len).sum::<usize>()
+        lock(&self.waiters).len()
+    }
+
+    pub(super) fn next_id(&self) -> u64 {
+        self.next_waiter.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Drops entries older than the time-to-live and wakes their waiters.
@@ -230,101 +224,17 @@ impl SyncEventTracker {
         n
     }
 
-    /// Wakes `notify` at `at` (or soon after, if the process was frozen),
-    /// replacing the alarm `previous` if any. Returns the new alarm's key.
-    fn set_alarm(
-        &self,
-        previous: Option<AlarmKey>,
-        at: tokio::time::Instant,
-        notify: &Arc<Notify>,
-    ) -> AlarmKey {
-        let key = (at, self.next_waiter.fetch_add(1, Ordering::Relaxed));
-        let mut alarms = lock(&self.alarms);
-        if let Some(old) = previous {
-            alarms.remove(&old);
-        }
-        let earliest = alarms.first_key_value().is_none_or(|(k, _)| key < *k);
-        alarms.insert(key, Arc::downgrade(notify));
-        drop(alarms);
-        if earliest {
-            self.rearm.notify_one();
-        }
-        key
-    }
-
-    /// Removes an alarm (gone already if it fired).
-    fn remove_alarm(&self, key: AlarmKey) {
-        lock(&self.alarms).remove(&key);
-    }
-
     /// Alarms set and not yet fired: one per sleeping waiter. A finished or
     /// dropped wait leaves none behind.
     #[must_use]
     pub fn alarm_count(&self) -> usize {
-        lock(&self.alarms).len()
+        lock(&self.waiters).alarm_count()
     }
 
-    /// Fires every alarm that is due; returns when the next one is.
-    fn fire_due(&self) -> Option<tokio::time::Instant> {
-        let now = tokio::time::Instant::now();
-        let mut alarms = lock(&self.alarms);
-        while let Some(entry) = alarms.first_entry() {
-            if entry.key().0 > now {
-                return Some(entry.key().0);
-            }
-            if let Some(n) = entry.remove().upgrade() {
-                n.notify_one();
-            }
-        }
-        None
-    }
-
-    /// Serves the alarms while the tracker lives (it holds only a weak reference).
-    pub(crate) fn spawn_timer(self: &Arc<Self>, handle: &tokio::runtime::Handle) {
-        let weak = Arc::downgrade(self);
-        let rearm = Arc::clone(&self.rearm);
-        handle.spawn(async move {
-            loop {
-                let next = match weak.upgrade() {
-                    Some(t) => t.fire_due(),
-                    None => return,
-                };
-                // Look again at least every second, so the task ends soon after
-                // the runtime is dropped.
-                let limit = tokio::time::Instant::now() + Duration::from_secs(1);
-                let until = next.map_or(limit, |n| n.min(limit));
-                tokio::select! {
-                    () = rearm.notified() => {}
-                    () = tokio::time::sleep_until(until) => {}
-                }
-            }
-        });
-    }
-
-    pub(crate) fn register(self: &Arc<Self>, perspective: &'static str) -> WaiterRegistration {
-        WaiterRegistration {
-            tracker: Arc::clone(self),
-            id: self.next_waiter.fetch_add(1, Ordering::Relaxed),
-            perspective,
-            notify: Arc::new(Notify::new()),
-            streams: Vec::new(),
-            any: false,
-            alarm: None,
-        }
-    }
-
+    /// Queues the waits watching (perspective, stream); their own tasks serve
+    /// the round (see the `waiters` module).
     fn wake(&self, perspective: &'static str, stream: StreamId) {
-        let w = lock(&self.waiters);
-        if let Some(set) = w.by_stream.get(&(perspective, stream)) {
-            for (_, n) in set {
-                n.notify_one();
-            }
-        }
-        if let Some(set) = w.any.get(perspective) {
-            for (_, n) in set {
-                n.notify_one();
-            }
-        }
+        lock(&self.waiters).wake(perspective, stream);
     }
 
     /// Called when a perspective committed (or failed) on a stream.
@@ -346,84 +256,5 @@ impl SyncEventTracker {
 impl crate::perspective::engine::ApplyListener for SyncEventTracker {
     fn on_apply(&self, report: &ApplyReport) {
         self.applied(report);
-    }
-}
-
-/// One waiter's interest, removed from the tracker when dropped (so a
-/// cancelled wait frees its registration at once).
-pub(crate) struct WaiterRegistration {
-    tracker: Arc<SyncEventTracker>,
-    id: u64,
-    perspective: &'static str,
-    pub(crate) notify: Arc<Notify>,
-    streams: Vec<StreamId>,
-    any: bool,
-    /// The alarm set by the last [`alarm`](Self::alarm), if it may still be set.
-    alarm: Option<AlarmKey>,
-}
-
-impl WaiterRegistration {
-    /// Wakes me at `at`, replacing my previous alarm.
-    pub(crate) fn alarm(&mut self, at: tokio::time::Instant) {
-        self.alarm = Some(self.tracker.set_alarm(self.alarm, at, &self.notify));
-    }
-
-    /// Removes my alarm, if set (woken early, or done).
-    pub(crate) fn disarm(&mut self) {
-        if let Some(key) = self.alarm.take() {
-            self.tracker.remove_alarm(key);
-        }
-    }
-
-    /// Wake me when `perspective` applies on `stream`. Returns whether this is new.
-    pub(crate) fn watch_stream(&mut self, stream: StreamId) -> bool {
-        if self.streams.contains(&stream) {
-            return false;
-        }
-        self.streams.push(stream);
-        lock(&self.tracker.waiters)
-            .by_stream
-            .entry((self.perspective, stream))
-            .or_insert_with(|| Vec::with_capacity(1))
-            .push((self.id, Arc::clone(&self.notify)));
-        true
-    }
-
-    /// Wake me when `perspective` applies anything (for ids not located yet).
-    pub(crate) fn watch_any(&mut self) -> bool {
-        if self.any {
-            return false;
-        }
-        self.any = true;
-        lock(&self.tracker.waiters)
-            .any
-            .entry(self.perspective)
-            .or_default()
-            .push((self.id, Arc::clone(&self.notify)));
-        true
-    }
-}
-
-impl Drop for WaiterRegistration {
-    fn drop(&mut self) {
-        self.disarm();
-        let mut w = lock(&self.tracker.waiters);
-        for s in &self.streams {
-            let key = (self.perspective, *s);
-            if let Some(set) = w.by_stream.get_mut(&key) {
-                set.retain(|(id, _)| *id != self.id);
-                if set.is_empty() {
-                    w.by_stream.remove(&key);
-                }
-            }
-        }
-        if self.any {
-            if let Some(set) = w.any.get_mut(self.perspective) {
-                set.retain(|(id, _)| *id != self.id);
-                if set.is_empty() {
-                    w.any.remove(self.perspective);
-                }
-            }
-        }
     }
 }

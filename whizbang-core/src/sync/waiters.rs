@@ -1,0 +1,776 @@
+//! The waiters a tracker serves: each wait is a registration (perspective,
+//! awaited ids with their streams once located, active-time deadline, re-ask
+//! backoff, outcome slot) plus a `Notify`. One service task per runtime runs
+//! the inquiries: on an apply report for (perspective, stream), and when a
+//! registration's re-ask is due, it asks the backend ONE batched inquiry per
+//! round (one [`SyncInquiry`] per perspective, the union of the due
+//! registrations' ids), distributes the answers, decides each outcome and
+//! notifies. The wait future only registers and awaits its outcome, so it
+//! stays small, and 10,000 sleeping waiters cost 10,000 table entries, not
+//! 10,000 inquiries per backoff step.
+
+use super::clock::{ActiveTimer, SLICE};
+use super::filter::PerspectiveSyncOptions;
+use super::inquiry::{EventSyncStatus, SyncInquiry};
+use super::tracker::SyncEventTracker;
+use super::SyncOutcome;
+use crate::dispatch::RuntimeInner;
+use crate::error::{Error, Result, Stored};
+use crate::message::{EventId, StreamId};
+use crate::registry::PerspectiveRegistration;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Where a sleeping registration's re-ask sits: its time and the registration's id.
+pub(crate) type AlarmKey = (Instant, u64);
+
+/// How a registration ended: the outcome, the events awaited, the active time.
+pub(crate) type Done = Result<(SyncOutcome, usize, Duration)>;
+
+/// Where the service leaves a wait's outcome, and the wake-up that says so.
+#[derive(Default)]
+pub(crate) struct Slot {
+    notify: Notify,
+    outcome: Mutex<Option<Done>>,
+}
+
+impl Slot {
+    fn deliver(&self, done: Done) {
+        *lock(&self.outcome) = Some(done);
+        self.notify.notify_one();
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// In the due list: the next round asks for it.
+    Queued,
+    /// In a round's inquiry; `again` when an apply woke it meanwhile (it is
+    /// asked again right after, never in two rounds at once).
+    InFlight { again: bool },
+    /// Asleep until its alarm or an apply on a watched stream.
+    Sleeping,
+}
+
+/// One wait, served by the tracker.
+struct Registration {
+    perspective: &'static PerspectiveRegistration,
+    ids: Vec<EventId>,
+    streams: Vec<StreamId>,
+    any: bool,
+    timer: ActiveTimer,
+    timeout: Duration,
+    /// How long the timer expects until its next observation.
+    planned: Duration,
+    alarm: Option<AlarmKey>,
+    /// Streams whose runner this wait has signalled (async perspectives).
+    signalled: Vec<StreamId>,
+    awaited: usize,
+    state: State,
+    slot: Arc<Slot>,
+}
+
+/// Who to wake on what, and when.
+#[derive(Default)]
+struct Index {
+    by_stream: HashMap<(&'static str, StreamId), Vec<u64>>,
+    any: HashMap<&'static str, Vec<u64>>,
+    alarms: BTreeSet<AlarmKey>,
+    due: Vec<u64>,
+    /// Registrations whose re-ask is due (their alarm fired).
+    alarmed: Vec<u64>,
+}
+
+impl Index {
+    fn watch_stream(&mut self, id: u64, r: &mut Registration, stream: StreamId) -> bool {
+        if r.streams.contains(&stream) {
+            return false;
+        }
+        r.streams.push(stream);
+        self.by_stream
+            .entry((r.perspective.name, stream))
+            .or_insert_with(|| Vec::with_capacity(1))
+            .push(id);
+        true
+    }
+
+    fn watch_any(&mut self, id: u64, r: &mut Registration) -> bool {
+        if r.any {
+            return false;
+        }
+        r.any = true;
+        self.any.entry(r.perspective.name).or_default().push(id);
+        true
+    }
+
+    fn unwatch(&mut self, id: u64, r: &Registration) {
+        for s in &r.streams {
+            let key = (r.perspective.name, *s);
+            if let Some(set) = self.by_stream.get_mut(&key) {
+                set.retain(|x| *x != id);
+                if set.is_empty() {
+                    self.by_stream.remove(&key);
+                }
+            }
+        }
+        if r.any {
+            if let Some(set) = self.any.get_mut(r.perspective.name) {
+                set.retain(|x| *x != id);
+                if set.is_empty() {
+                    self.any.remove(r.perspective.name);
+                }
+            }
+        }
+        if let Some(key) = r.alarm {
+            self.alarms.remove(&key);
+        }
+    }
+
+    /// Queues `id` for the next round. Returns whether the service must look.
+    fn queue(&mut self, id: u64, r: &mut Registration) -> bool {
+        match r.state {
+            State::Sleeping => {
+                if let Some(key) = r.alarm.take() {
+                    self.alarms.remove(&key);
+                }
+                r.state = State::Queued;
+                self.due.push(id);
+                // Its own task serves the due list (it, and whatever else is due).
+                r.slot.notify.notify_one();
+                true
+            }
+            State::InFlight { .. } => {
+                r.state = State::InFlight { again: true };
+                false
+            }
+            State::Queued => false,
+        }
+    }
+}
+
+/// Every registration of one tracker.
+#[derive(Default)]
+pub(crate) struct Table {
+    regs: HashMap<u64, Box<Registration>>,
+    index: Index,
+}
+
+impl Table {
+    pub(crate) fn len(&self) -> usize {
+        self.regs.len()
+    }
+
+    pub(crate) fn alarm_count(&self) -> usize {
+        self.index.alarms.len()
+    }
+
+    /// Queues every registration watching (perspective, stream) and wakes its
+    /// task, which serves the round. Returns whether any was queued.
+    pub(crate) fn wake(&mut self, perspective: &'static str, stream: StreamId) -> bool {
+        let Table { regs, index } = self;
+        let mut ids: Vec<u64> = Vec::new();
+        if let Some(set) = index.by_stream.get(&(perspective, stream)) {
+            ids.extend_from_slice(set);
+        }
+        if let Some(set) = index.any.get(perspective) {
+            ids.extend_from_slice(set);
+        }
+        let mut look = false;
+        for id in ids {
+            if let Some(r) = regs.get_mut(&id) {
+                look |= index.queue(id, r);
+            }
+        }
+        look
+    }
+
+    /// Takes the registrations an apply woke (at most a round's worth), marking
+    /// each in flight.
+    fn take_woken(&mut self) -> Batch {
+        let Table { regs, index } = self;
+        let n = index.due.len().min(MAX_BATCH);
+        index
+            .due
+            .drain(..n)
+            .filter(|id| match regs.get_mut(id) {
+                Some(r) if r.state == State::Queued => {
+                    r.state = State::InFlight { again: false };
+                    true
+                }
+                _ => false,
+            })
+            .collect()
+    }
+
+    /// Removes a registration (finished, or its wait dropped).
+    pub(crate) fn remove(&mut self, id: u64) -> Option<Arc<Slot>> {
+        let r = self.regs.remove(&id)?;
+        self.index.unwatch(id, &r);
+        Some(r.slot)
+    }
+
+    fn finish(&mut self, id: u64, done: impl FnOnce(&Registration) -> Done) {
+        finish_in(&mut self.regs, &mut self.index, id, done);
+    }
+
+    /// Takes the registrations to ask about (marking each in flight): those an
+    /// apply woke, and those whose alarm is due. Returns both batches and when
+    /// the next alarm is.
+    fn take_batch(&mut self, now: Instant) -> (Batch, Batch, Option<Instant>) {
+        let Table { regs, index } = self;
+        while let Some(&(at, id)) = index.alarms.first() {
+            if at > now {
+                break;
+            }
+            index.alarms.pop_first();
+            if let Some(r) = regs.get_mut(&id) {
+                r.alarm = None;
+                if r.state == State::Sleeping {
+                    r.state = State::Queued;
+                    index.alarmed.push(id);
+                }
+            }
+        }
+        let mut take = |list: &mut Vec<u64>| -> Batch {
+            let n = list.len().min(MAX_BATCH);
+            list.drain(..n)
+                .filter(|id| match regs.get_mut(id) {
+                    Some(r) if r.state == State::Queued => {
+                        r.state = State::InFlight { again: false };
+                        true
+                    }
+                    _ => false,
+                })
+                .collect()
+        };
+        let woken = take(&mut index.due);
+        let alarmed = take(&mut index.alarmed);
+        let next = if index.due.is_empty() && index.alarmed.is_empty() {
+            index.alarms.first().map(|(at, _)| *at)
+        } else {
+            Some(now) // more to take: look again at once
+        };
+        (woken, alarmed, next)
+    }
+}
+
+/// Registrations to ask about.
+type Batch = Vec<u64>;
+
+/// Ends a registration: removes it and delivers its outcome.
+fn finish_in(
+    regs: &mut HashMap<u64, Box<Registration>>,
+    index: &mut Index,
+    id: u64,
+    done: impl FnOnce(&Registration) -> Done,
+) {
+    if let Some(r) = regs.remove(&id) {
+        index.unwatch(id, &r);
+        r.slot.deliver(done(&r));
+    }
+}
+
+/// Drops a wait's registration when the wait ends or is dropped.
+pub(crate) struct Registered {
+    tracker: Arc<SyncEventTracker>,
+    id: u64,
+    slot: Arc<Slot>,
+}
+
+impl Registered {
+    /// Asks about this registration alone, on the caller's task (a wait whose
+    /// events are applied already ends without a hop through the service).
+    /// An apply meanwhile queues it for the service's next round.
+    pub(crate) async fn first_round(&self, runtime: &Arc<RuntimeInner>) {
+        round(
+            Arc::clone(&self.tracker),
+            Arc::clone(runtime),
+            vec![self.id],
+        )
+        .await;
+    }
+
+    /// The outcome, once a round decides it. Woken by an apply, this task
+    /// serves the round itself: one batched inquiry for every registration
+    /// then due (its own among them), no hop through the service.
+    pub(crate) async fn outcome(&self) -> Done {
+        loop {
+            if let Some(done) = lock(&self.slot.outcome).take() {
+                return done;
+            }
+            let batch = lock(&self.tracker.waiters).take_woken();
+            if !batch.is_empty() {
+                if let Some(runtime) = self.tracker.runtime.get().and_then(Weak::upgrade) {
+                    // Boxed: the sleeping future stays small.
+                    Box::pin(round(Arc::clone(&self.tracker), runtime, batch)).await;
+                    continue;
+                }
+            }
+            self.slot.notify.notified().await;
+        }
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        lock(&self.tracker.waiters).remove(self.id);
+    }
+}
+
+impl SyncEventTracker {
+    /// Registers a wait for `targets` (ids, with their streams when known), in
+    /// flight: its first round is the caller's ([`Registered::first_round`]).
+    /// The timeout counts on `timer` from where it is.
+    pub(crate) fn register_wait(
+        self: &Arc<Self>,
+        runtime: &Arc<RuntimeInner>,
+        perspective: &'static PerspectiveRegistration,
+        targets: Vec<(EventId, Option<StreamId>)>,
+        timer: ActiveTimer,
+        timeout: Duration,
+    ) -> Registered {
+        let _ = self.runtime.set(Arc::downgrade(runtime));
+        let id = self.next_id();
+        let slot = Arc::new(Slot::default());
+        let mut r = Box::new(Registration {
+            perspective,
+            ids: Vec::with_capacity(targets.len()),
+            streams: Vec::new(),
+            any: false,
+            timer,
+            timeout,
+            planned: Duration::ZERO,
+            alarm: None,
+            signalled: Vec::new(),
+            awaited: targets.len(),
+            state: State::InFlight { again: false },
+            slot: Arc::clone(&slot),
+        });
+        {
+            let mut t = lock(&self.waiters);
+            let index = &mut t.index;
+            for (event, stream) in targets {
+                r.ids.push(event);
+                match stream {
+                    Some(s) => index.watch_stream(id, &mut r, s),
+                    None => index.watch_any(id, &mut r),
+                };
+            }
+            t.regs.insert(id, r);
+        }
+        Registered {
+            tracker: Arc::clone(self),
+            id,
+            slot,
+        }
+    }
+
+    /// Serves the waiters while the tracker lives (it holds only a weak reference).
+    pub(crate) fn spawn_timer(self: &Arc<Self>, handle: &tokio::runtime::Handle) {
+        let weak = Arc::downgrade(self);
+        let rearm = Arc::clone(&self.rearm);
+        handle.spawn(async move {
+            loop {
+                let next = {
+                    let Some(tracker) = weak.upgrade() else {
+                        return;
+                    };
+                    let (woken, alarmed, next) = lock(&tracker.waiters).take_batch(Instant::now());
+                    let runtime = tracker.runtime.get().and_then(Weak::upgrade);
+                    match runtime {
+                        Some(runtime) if !woken.is_empty() || !alarmed.is_empty() => {
+                            // Woken ones first: an apply's answer is urgent, a
+                            // re-ask on a backoff is not. Each round runs here;
+                            // one the backend is slow to answer continues on its
+                            // own task, so the other waiters are still served.
+                            for batch in [woken, alarmed] {
+                                if batch.is_empty() {
+                                    continue;
+                                }
+                                let mut round = Box::pin(round(
+                                    Arc::clone(&tracker),
+                                    Arc::clone(&runtime),
+                                    batch,
+                                ));
+                                if tokio::time::timeout(FIRST_SLICE, round.as_mut())
+                                    .await
+                                    .is_err()
+                                {
+                                    tokio::spawn(round);
+                                }
+                            }
+                            // Let the waiters just woken run: this worker's queue
+                            // holds them, and a busy service would starve them.
+                            tokio::task::yield_now().await;
+                            continue;
+                        }
+                        _ => next,
+                    }
+                };
+                // Look again at least every second, so the task ends soon after
+                // the runtime is dropped.
+                let limit = Instant::now() + Duration::from_secs(1);
+                let until = next.map_or(limit, |n| n.min(limit));
+                tokio::select! {
+                    () = rearm.notified() => {}
+                    () = tokio::time::sleep_until(until) => {}
+                }
+            }
+        });
+    }
+}
+
+/// The most registrations one round asks about: a larger batch is served in
+/// several rounds, so that no round holds the table (or a worker) for long.
+const MAX_BATCH: usize = 512;
+
+/// How long the service runs a round itself before moving it to its own task.
+const FIRST_SLICE: Duration = Duration::from_millis(5);
+
+/// What the ids of one perspective's inquiry are, per registration of the batch.
+struct Ask {
+    inquiries: Vec<SyncInquiry>,
+    /// The batch's registrations, each with the index of its inquiry.
+    members: Vec<(u64, usize)>,
+    /// Per inquiry: asked for one registration alone (its ids, in its order).
+    single: Vec<bool>,
+}
+
+fn ask(table: &mut Table, batch: &[u64]) -> Ask {
+    let mut inquiries: Vec<SyncInquiry> = Vec::new();
+    // Per inquiry: its ids as a set, built once a second registration joins.
+    let mut seen: Vec<Option<HashSet<EventId>>> = Vec::new();
+    let mut single: Vec<bool> = Vec::new();
+    let mut members = Vec::with_capacity(batch.len());
+    for id in batch {
+        let Some(r) = table.regs.get_mut(id) else {
+            continue;
+        };
+        r.timer.observe(r.planned);
+        r.planned = Duration::ZERO;
+        let i = match inquiries
+            .iter()
+            .position(|q| q.perspective == r.perspective.name)
+        {
+            Some(i) => i,
+            None => {
+                inquiries.push(SyncInquiry {
+                    perspective: r.perspective.name,
+                    handled: r.perspective.event_types,
+                    event_ids: r.ids.clone(),
+                });
+                seen.push(None);
+                single.push(true);
+                members.push((*id, inquiries.len() - 1));
+                continue;
+            }
+        };
+        single[i] = false;
+        let ids = &mut inquiries[i].event_ids;
+        let set = seen[i].get_or_insert_with(|| ids.iter().copied().collect());
+        for e in &r.ids {
+            if set.insert(*e) {
+                ids.push(*e);
+            }
+        }
+        members.push((*id, i));
+    }
+    Ask {
+        inquiries,
+        members,
+        single,
+    }
+}
+
+/// One round: one batched inquiry for `batch`, bounded by the batch's
+/// timeouts (each registration times out on its own budget), then the answers
+/// distributed and each registration decided.
+async fn round(tracker: Arc<SyncEventTracker>, runtime: Arc<RuntimeInner>, batch: Batch) {
+    let Ask {
+        inquiries,
+        members,
+        single,
+    } = ask(&mut lock(&tracker.waiters), &batch);
+    if members.is_empty() {
+        return;
+    }
+    let mut guard = Unfinished {
+        tracker: &tracker,
+        members: &members,
+        done: false,
+    };
+    let budget = |r: &Registration| r.timeout.saturating_add(PerspectiveSyncOptions::SLACK);
+    let mut inquiry = std::pin::pin!(runtime.sync.backend.inquire(&inquiries));
+    let answer = loop {
+        let slice = {
+            let t = lock(&tracker.waiters);
+            let left = members
+                .iter()
+                .filter_map(|(id, _)| t.regs.get(id))
+                .map(|r| budget(r).saturating_sub(r.timer.active()))
+                .min();
+            match left {
+                Some(left) => left.min(SLICE),
+                None => return, // every member is gone: drop the inquiry
+            }
+        };
+        let result = tokio::time::timeout(slice, inquiry.as_mut()).await;
+        let mut t = lock(&tracker.waiters);
+        for (id, _) in &members {
+            let over = match t.regs.get_mut(id) {
+                Some(r) => {
+                    r.timer.observe(slice);
+                    result.is_err() && r.timer.active() >= budget(r)
+                }
+                None => false,
+            };
+            if over {
+                tracing::debug!("sync wait timed out while the backend was answering");
+                t.finish(*id, |r| {
+                    Ok((SyncOutcome::TimedOut, r.awaited, r.timer.active()))
+                });
+            }
+        }
+        if let Ok(answer) = result {
+            break answer;
+        }
+    };
+    let mut signals: Vec<(&'static PerspectiveRegistration, StreamId)> = Vec::new();
+    let mut look = false;
+    {
+        let mut t = lock(&tracker.waiters);
+        match answer {
+            Err(e) if members.len() == 1 => t.finish(members[0].0, |_| Err(e)),
+            Err(e) => {
+                let shared = SharedError(Arc::new(e));
+                for (id, _) in &members {
+                    t.finish(*id, |_| Err(shared.to_error()));
+                }
+            }
+            Ok(answers) => {
+                let by_id: Vec<Option<Statuses<'_>>> = (0..inquiries.len())
+                    .map(|i| {
+                        answers.get(i).map(|a| {
+                            if single[i] && a.statuses.len() == inquiries[i].event_ids.len() {
+                                Statuses::InOrder(&a.statuses)
+                            } else {
+                                Statuses::ById(a.by_id())
+                            }
+                        })
+                    })
+                    .collect();
+                for (id, i) in &members {
+                    match &by_id[*i] {
+                        None => t.finish(*id, |_| {
+                            Err(Error::Invariant(
+                                "the sync backend answered no inquiry".into(),
+                            ))
+                        }),
+                        Some(statuses) => {
+                            look |= decide(&mut t, *id, statuses, &mut signals);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    guard.done = true;
+    if look {
+        tracker.rearm.notify_one();
+    }
+    for (reg, stream) in signals {
+        runtime.runner.signal(reg, stream);
+    }
+}
+
+/// Puts the members of a round dropped half-way (its task cancelled) back in
+/// the due list, so that they are asked again.
+struct Unfinished<'a> {
+    tracker: &'a SyncEventTracker,
+    members: &'a [(u64, usize)],
+    done: bool,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut t = lock(&self.tracker.waiters);
+        let Table { regs, index } = &mut *t;
+        for (id, _) in self.members {
+            if let Some(r) = regs.get_mut(id) {
+                if matches!(r.state, State::InFlight { .. }) {
+                    r.state = State::Queued;
+                    index.due.push(*id);
+                    r.slot.notify.notify_one();
+                }
+            }
+        }
+        drop(t);
+        self.tracker.rearm.notify_one();
+    }
+}
+
+/// Decides one registration from the statuses of its ids. Returns whether the
+/// service must look again (it is queued for the next round, or its alarm is
+/// now the earliest).
+/// A batched answer, as one registration reads it.
+enum Statuses<'a> {
+    /// The answer to its ids alone, in its order.
+    InOrder(&'a [(EventId, EventSyncStatus)]),
+    /// The answer to several registrations' ids.
+    ById(HashMap<EventId, &'a EventSyncStatus>),
+}
+
+impl Statuses<'_> {
+    /// The status of the `i`-th id, `id` (an id the backend left out has not arrived).
+    fn get(&self, i: usize, id: EventId) -> &EventSyncStatus {
+        let found = match self {
+            Statuses::InOrder(s) => s.get(i).filter(|(x, _)| *x == id).map(|(_, s)| s),
+            Statuses::ById(m) => m.get(&id).copied(),
+        };
+        found.unwrap_or(&EventSyncStatus::NotArrived)
+    }
+}
+
+fn decide(
+    t: &mut Table,
+    id: u64,
+    statuses: &Statuses<'_>,
+    signals: &mut Vec<(&'static PerspectiveRegistration, StreamId)>,
+) -> bool {
+    let Table { regs, index } = t;
+    let Some(r) = regs.get_mut(&id) else {
+        return false;
+    };
+    let is_async = r.perspective.mode == crate::PerspectiveMode::Async;
+    let mut learned = false;
+    let mut awaited = 0;
+    let mut pending = 0;
+    let mut failure: Option<SyncOutcome> = None;
+    for i in 0..r.ids.len() {
+        let status = statuses.get(i, r.ids[i]);
+        match status {
+            EventSyncStatus::Pending { stream, .. } => {
+                // The runner learns of stored work from the wait, not only from
+                // a flush: an event appended by a scope still open, or by
+                // another process, is applied all the same.
+                if is_async && !r.signalled.contains(stream) {
+                    r.signalled.push(*stream);
+                    signals.push((r.perspective, *stream));
+                }
+                learned |= index.watch_stream(id, r, *stream);
+            }
+            EventSyncStatus::Failed {
+                stream,
+                version,
+                message,
+            } => {
+                learned |= index.watch_stream(id, r, *stream);
+                if failure.is_none() {
+                    failure = Some(SyncOutcome::Failed {
+                        stream: *stream,
+                        version: *version,
+                        message: message.clone(),
+                    });
+                }
+            }
+            EventSyncStatus::NotArrived => learned |= index.watch_any(id, r),
+            EventSyncStatus::Applied | EventSyncStatus::NotApplicable => {}
+        }
+        if *status != EventSyncStatus::NotApplicable {
+            awaited += 1;
+        }
+        if !matches!(
+            status,
+            EventSyncStatus::Applied | EventSyncStatus::NotApplicable
+        ) {
+            pending += 1;
+        }
+    }
+    r.awaited = awaited;
+    let outcome = if let Some(failed) = failure {
+        Some(failed)
+    } else if pending == 0 {
+        Some(if awaited == 0 {
+            SyncOutcome::NoPendingEvents
+        } else {
+            SyncOutcome::Synced
+        })
+    } else {
+        None
+    };
+    let again = matches!(r.state, State::InFlight { again: true });
+    match outcome {
+        Some(outcome) => {
+            finish_in(regs, index, id, |r| {
+                Ok((outcome, r.awaited, r.timer.active()))
+            });
+            false
+        }
+        // Newly registered on a stream, or woken meanwhile: ask before sleeping.
+        None if learned || again => {
+            r.state = State::Queued;
+            index.due.push(id);
+            r.slot.notify.notify_one();
+            true
+        }
+        None if r.timer.active() >= r.timeout => {
+            tracing::debug!(perspective = r.perspective.name, "sync wait timed out");
+            finish_in(regs, index, id, |r| {
+                Ok((SyncOutcome::TimedOut, r.awaited, r.timer.active()))
+            });
+            false
+        }
+        None => {
+            // Asleep until an apply on a watched stream, or the backoff ends:
+            // then ask again (an apply no wake-up reached, e.g. by another
+            // process, is seen within the backoff).
+            let sleep = r.timer.next_sleep(r.timeout);
+            let key = (Instant::now() + sleep, id);
+            // The earliest alarm: the service must look at its time.
+            let earliest = index.alarms.first().is_none_or(|first| key < *first);
+            index.alarms.insert(key);
+            r.alarm = Some(key);
+            r.planned = sleep;
+            r.state = State::Sleeping;
+            earliest
+        }
+    }
+}
+
+/// A backend error shared by every registration of a round.
+#[derive(Debug, Clone)]
+struct SharedError(Arc<Error>);
+
+impl std::fmt::Display for SharedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for SharedError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+impl SharedError {
+    /// A backend error around it, for one of the waits.
+    fn to_error(&self) -> Error {
+        Error::backend(
+            "sync",
+            "answer a batched sync inquiry",
+            Stored::Nothing,
+            self.clone(),
+        )
+    }
+}
