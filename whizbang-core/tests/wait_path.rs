@@ -132,6 +132,34 @@ async fn sleeping_waiters_are_asked_about_in_batches_not_one_inquiry_each() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_apply_that_names_every_remaining_id_ends_the_wait_without_another_inquiry() {
+    let (rt, calls) = counting_runtime();
+    rt.runner().pause();
+    let stream = Uuid::now_v7();
+    let scope = rt.scope();
+    scope.publish(Noted { stream }).await.unwrap();
+    scope.publish(Noted { stream }).await.unwrap();
+    scope.complete().await.unwrap();
+    let aw = rt.sync_awaiter();
+    // A backoff of an hour: only an apply can end this wait.
+    let options = whizbang_core::PerspectiveSyncOptions::new(SyncFilter::for_stream(stream))
+        .timeout(Duration::from_secs(60))
+        .reask_backoff(Duration::from_secs(3600), Duration::from_secs(3600));
+    let wait = tokio::spawn(async move { aw.wait::<Notes>(options).await });
+    // The first round asked once and found both events pending.
+    until(|| rt.sync_tracker().alarm_count() == 1).await;
+    let asked = calls.load(Ordering::SeqCst);
+    rt.runner().resume();
+    let r = bounded(wait).await.unwrap().unwrap();
+    assert_eq!(r.outcome, SyncOutcome::Synced);
+    assert_eq!(r.events_awaited, 2);
+    // The commit's report named both ids: no inquiry was needed to decide.
+    assert_eq!(calls.load(Ordering::SeqCst), asked);
+    assert_eq!(rt.sync_tracker().waiter_count(), 0);
+    assert_eq!(rt.sync_tracker().alarm_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_event_id_filter_waits_for_exactly_that_event() {
     let rt = Runtime::in_memory().unwrap();
     rt.runner().pause();

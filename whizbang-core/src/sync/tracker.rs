@@ -234,7 +234,7 @@ impl SyncEventTracker {
     /// Queues the waits watching (perspective, stream); their own tasks serve
     /// the round (see the `waiters` module).
     fn wake(&self, perspective: &'static str, stream: StreamId) {
-        lock(&self.waiters).wake(perspective, stream);
+        lock(&self.waiters).wake(perspective, stream, &[]);
     }
 
     /// Called when a perspective committed (or failed) on a stream.
@@ -249,7 +249,7 @@ impl SyncEventTracker {
                 }
             }
         }
-        self.wake(report.perspective, report.stream);
+        lock(&self.waiters).wake(report.perspective, report.stream, &report.applied);
     }
 }
 

@@ -62,7 +62,14 @@ enum State {
 /// One wait, served by the tracker.
 struct Registration {
     perspective: &'static PerspectiveRegistration,
+    /// The awaited ids not yet known applied (after a round, the ones the
+    /// perspective handles and has not applied).
     ids: Vec<EventId>,
+    /// Awaited ids known applied and dropped from `ids`.
+    confirmed: usize,
+    /// Whether a round decided it once: from then on `ids` holds only ids the
+    /// perspective handles, so an apply report alone can tell it is synced.
+    decided: bool,
     streams: Vec<StreamId>,
     any: bool,
     timer: ActiveTimer,
@@ -173,7 +180,17 @@ impl Table {
 
     /// Queues every registration watching (perspective, stream) and wakes its
     /// task, which serves the round. Returns whether any was queued.
-    pub(crate) fn wake(&mut self, perspective: &'static str, stream: StreamId) -> bool {
+    ///
+    /// `applied` are the ids the perspective just committed: a registration
+    /// whose every remaining id is among them is synced at once, with no
+    /// inquiry (the commit that reports them is the authority the inquiry
+    /// would ask).
+    pub(crate) fn wake(
+        &mut self,
+        perspective: &'static str,
+        stream: StreamId,
+        applied: &[EventId],
+    ) -> bool {
         let Table { regs, index } = self;
         let mut ids: Vec<u64> = Vec::new();
         if let Some(set) = index.by_stream.get(&(perspective, stream)) {
@@ -184,9 +201,25 @@ impl Table {
         }
         let mut look = false;
         for id in ids {
-            if let Some(r) = regs.get_mut(&id) {
-                look |= index.queue(id, r);
+            let Some(r) = regs.get_mut(&id) else {
+                continue;
+            };
+            // Not while a round asks about it: the round reads `ids` by position.
+            let idle = !matches!(r.state, State::InFlight { .. });
+            if r.decided && idle && !applied.is_empty() {
+                let before = r.ids.len();
+                r.ids.retain(|e| !applied.contains(e));
+                r.confirmed += before - r.ids.len();
+                if r.ids.is_empty() {
+                    r.timer.observe(r.planned);
+                    r.planned = Duration::ZERO;
+                    finish_in(regs, index, id, |r| {
+                        Ok((SyncOutcome::Synced, r.confirmed, r.timer.active()))
+                    });
+                    continue;
+                }
             }
+            look |= index.queue(id, r);
         }
         look
     }
@@ -342,6 +375,8 @@ impl SyncEventTracker {
         let mut r = Box::new(Registration {
             perspective,
             ids: Vec::with_capacity(targets.len()),
+            confirmed: 0,
+            decided: false,
             streams: Vec::new(),
             any: false,
             timer,
@@ -653,9 +688,8 @@ fn decide(
     };
     let is_async = r.perspective.mode == crate::PerspectiveMode::Async;
     let mut learned = false;
-    let mut awaited = 0;
-    let mut pending = 0;
     let mut failure: Option<SyncOutcome> = None;
+    let mut still: Vec<EventId> = Vec::new();
     for i in 0..r.ids.len() {
         let status = statuses.get(i, r.ids[i]);
         match status {
@@ -684,18 +718,22 @@ fn decide(
                 }
             }
             EventSyncStatus::NotArrived => learned |= index.watch_any(id, r),
-            EventSyncStatus::Applied | EventSyncStatus::NotApplicable => {}
-        }
-        if *status != EventSyncStatus::NotApplicable {
-            awaited += 1;
+            EventSyncStatus::Applied => r.confirmed += 1,
+            EventSyncStatus::NotApplicable => {}
         }
         if !matches!(
             status,
             EventSyncStatus::Applied | EventSyncStatus::NotApplicable
         ) {
-            pending += 1;
+            still.push(r.ids[i]);
         }
     }
+    // From now on only what is still to apply is asked about (and an apply
+    // report naming all of it ends the wait at once).
+    r.ids = still;
+    r.decided = true;
+    let pending = r.ids.len();
+    let awaited = r.confirmed + pending;
     r.awaited = awaited;
     let outcome = if let Some(failed) = failure {
         Some(failed)
