@@ -70,6 +70,9 @@ struct Registration {
     /// Whether a round decided it once: from then on `ids` holds only ids the
     /// perspective handles, so an apply report alone can tell it is synced.
     decided: bool,
+    /// Ids an apply report named while a round was asking about this
+    /// registration: the round counts them applied whatever its (older) answer says.
+    late_applied: Vec<EventId>,
     streams: Vec<StreamId>,
     any: bool,
     timer: ActiveTimer,
@@ -204,8 +207,13 @@ impl Table {
             let Some(r) = regs.get_mut(&id) else {
                 continue;
             };
-            // Not while a round asks about it: the round reads `ids` by position.
+            // Not while a round asks about it (the round reads `ids` by
+            // position): the round learns of these ids when it decides.
             let idle = !matches!(r.state, State::InFlight { .. });
+            if !idle {
+                r.late_applied
+                    .extend(applied.iter().filter(|e| r.ids.contains(e)));
+            }
             if r.decided && idle && !applied.is_empty() {
                 let before = r.ids.len();
                 r.ids.retain(|e| !applied.contains(e));
@@ -377,6 +385,7 @@ impl SyncEventTracker {
             ids: Vec::with_capacity(targets.len()),
             confirmed: 0,
             decided: false,
+            late_applied: Vec::new(),
             streams: Vec::new(),
             any: false,
             timer,
@@ -690,8 +699,13 @@ fn decide(
     let mut learned = false;
     let mut failure: Option<SyncOutcome> = None;
     let mut still: Vec<EventId> = Vec::new();
+    let late = std::mem::take(&mut r.late_applied);
     for i in 0..r.ids.len() {
-        let status = statuses.get(i, r.ids[i]);
+        let mut status = statuses.get(i, r.ids[i]);
+        // Applied after the backend answered: the commit's report says so.
+        if *status != EventSyncStatus::NotApplicable && late.contains(&r.ids[i]) {
+            status = &EventSyncStatus::Applied;
+        }
         match status {
             EventSyncStatus::Pending { stream, .. } => {
                 // The runner learns of stored work from the wait, not only from
