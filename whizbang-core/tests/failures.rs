@@ -3,8 +3,10 @@
 //! marks its cursor failed and wakes its waiters without taking down the
 //! runner; `retry_perspective` and `skip_failed_event` bring it back.
 
+mod common;
+use common::bounded;
+
 use serde::{Deserialize, Serialize};
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use uuid::Uuid;
@@ -116,12 +118,6 @@ impl Ledgers {
         l.total += e.cents;
         Ok(())
     }
-}
-
-async fn bounded<F: Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(10), f)
-        .await
-        .expect("did not finish in time")
 }
 
 fn charge(account: Uuid, cents: i64) -> Charged {
@@ -311,10 +307,7 @@ async fn retry_after_fixing_the_cause_applies_the_rest_and_waiters_sync() {
     let again = bounded(rt.retry_perspective::<Ledgers>(a))
         .await
         .unwrap_err();
-    assert!(
-        matches!(again, Error::PerspectiveFailed { version: 2, .. }),
-        "{again:?}"
-    );
+    assert_error!(again, Error::PerspectiveFailed { version: 2, .. });
 
     REFUSE_NEGATIVE.store(false, Ordering::SeqCst);
     let report = bounded(rt.retry_perspective::<Ledgers>(a)).await.unwrap();
@@ -345,18 +338,15 @@ async fn retry_after_fixing_the_cause_applies_the_rest_and_waiters_sync() {
 
     // Once recovered, there is nothing to retry or skip.
     let err = rt.retry_perspective::<Ledgers>(a).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::PerspectiveNotFailed {
-                perspective: "failures.ledgers",
-                ..
-            }
-        ),
-        "{err:?}"
+    assert_error!(
+        err,
+        Error::PerspectiveNotFailed {
+            perspective: "failures.ledgers",
+            ..
+        }
     );
     let err = rt.skip_failed_event::<Ledgers>(a, "why").await.unwrap_err();
-    assert!(matches!(err, Error::PerspectiveNotFailed { .. }), "{err:?}");
+    assert_error!(err, Error::PerspectiveNotFailed { .. });
     bounded(scope.complete()).await.unwrap();
 }
 
@@ -490,10 +480,7 @@ async fn retry_recovers_an_inline_perspective_at_once() {
         .await
         .unwrap();
     let err = bounded(scope.complete()).await.unwrap_err();
-    assert!(
-        matches!(err, Error::PerspectiveFailed { version: 1, .. }),
-        "{err:?}"
-    );
+    assert_error!(err, Error::PerspectiveFailed { version: 1, .. });
     assert!(
         err.to_string().contains("retry_perspective"),
         "the error names the recovery: {err}"

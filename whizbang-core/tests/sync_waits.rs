@@ -4,8 +4,10 @@
 //! dropped waits, and a receptor awaiting an async perspective while the
 //! publishing scope stays open.
 
+mod common;
+use common::{bounded, ms, until};
+
 use serde::{Deserialize, Serialize};
-use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,28 +83,6 @@ impl Receptor<Followed> for Follower {
 }
 
 // ----------------------------------------------------------------- helpers
-
-const BOUND: Duration = Duration::from_secs(30);
-
-async fn bounded<F: Future>(f: F) -> F::Output {
-    tokio::time::timeout(BOUND, f)
-        .await
-        .expect("a bounded wait elapsed: something never woke up")
-}
-
-/// Yields until `cond` holds (there is no signal for "a waiter registered").
-async fn until(mut cond: impl FnMut() -> bool) {
-    bounded(async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    })
-    .await;
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 /// A backend whose inquiries never return.
 struct Hanging;
@@ -195,10 +175,7 @@ async fn a_backend_that_never_answers_times_every_wait_out_within_its_timeout_pl
         .lens::<Notes>()
         .with_sync::<Notes>(&aw, SyncFilter::current_scope().with_timeout(timeout));
     let err = bounded(lens.get(stream.into())).await.unwrap_err();
-    assert!(
-        matches!(err, Error::PerspectiveSyncTimeout { .. }),
-        "{err:?}"
-    );
+    assert_error!(err, Error::PerspectiveSyncTimeout { .. });
     assert!(
         started.elapsed() <= within(timeout),
         "{:?}",

@@ -2,8 +2,10 @@
 //! filter, results that carry their timeout, and invariant breaks as their own
 //! error variant.
 
+mod common;
+use common::{bounded, ms, until};
+
 use serde::{Deserialize, Serialize};
-use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,28 +38,6 @@ impl Notes {
     fn noted(c: &mut Count, _: &Noted) {
         c.n += 1;
     }
-}
-
-const BOUND: Duration = Duration::from_secs(30);
-
-async fn bounded<F: Future>(f: F) -> F::Output {
-    tokio::time::timeout(BOUND, f)
-        .await
-        .expect("a bounded wait elapsed: something never woke up")
-}
-
-/// Yields until `cond` holds (there is no signal for "a waiter is asleep").
-async fn until(mut cond: impl FnMut() -> bool) {
-    bounded(async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    })
-    .await;
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
 }
 
 /// Counts `inquire` calls and the ids asked.
@@ -233,7 +213,7 @@ async fn a_backend_that_answers_no_inquiry_is_an_invariant_break() {
     )
     .await
     .unwrap_err();
-    assert!(matches!(err, Error::Invariant(_)), "{err:?}");
+    assert_error!(err, Error::Invariant(_));
     assert!(format!("{err:?}").contains("Invariant"), "{err:?}");
     assert!(err.to_string().contains("answered no inquiry"), "{err}");
     assert_eq!(rt.sync_tracker().waiter_count(), 0);

@@ -1,0 +1,65 @@
+//! Helpers shared by the integration test binaries (`mod common;`).
+//!
+//! Nothing here registers a message, receptor or perspective: every binary
+//! that includes this module keeps only the handlers it declares itself.
+#![allow(dead_code)] // each binary uses a different subset
+
+use std::future::Future;
+use std::time::Duration;
+use whizbang_core::{Error, Runtime, StreamId};
+
+/// No awaited step of a test may take longer than this.
+pub(crate) const BOUND: Duration = Duration::from_secs(30);
+
+/// Awaits `f`, failing the test if it takes longer than [`BOUND`].
+pub(crate) async fn bounded<F: Future>(f: F) -> F::Output {
+    tokio::time::timeout(BOUND, f)
+        .await
+        .expect("a bounded wait elapsed: something never woke up")
+}
+
+/// Yields until `cond` holds, within [`BOUND`] (for states with no signal,
+/// such as "a waiter registered").
+pub(crate) async fn until(mut cond: impl FnMut() -> bool) {
+    bounded(async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+}
+
+/// `n` milliseconds.
+pub(crate) fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// How many events the runtime's store holds on `stream`.
+pub(crate) async fn stream_len(rt: &Runtime, stream: impl Into<StreamId>) -> u64 {
+    rt.event_store()
+        .stream_version(stream.into())
+        .await
+        .unwrap()
+}
+
+/// The sentence of an [`Error::InvalidInput`]; fails the test on any other error.
+pub(crate) fn invalid_input(err: &Error) -> &str {
+    match err {
+        Error::InvalidInput(message) => message,
+        other => panic!("expected InvalidInput, got {other:?}"),
+    }
+}
+
+/// Asserts that an error (or any value) matches a pattern, printing it if not:
+/// `assert_error!(err, Error::UnknownPerspective { .. })`, guards allowed.
+#[macro_export]
+macro_rules! assert_error {
+    ($err:expr, $($pattern:tt)+) => {{
+        let err = &$err;
+        assert!(
+            matches!(err, $($pattern)+),
+            "expected {}, got {err:?}",
+            stringify!($($pattern)+)
+        );
+    }};
+}
