@@ -6,11 +6,11 @@
 //! Usage: `sync_starved_child <timeout_ms>`
 
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
-use whizbang_core::{perspective, Event, PerspectiveSyncOptions, Runtime, SyncFilter, SyncOutcome};
+use whizbang_core::{perspective, Event, PerspectiveSyncOptions, Runtime, SyncFilter};
+use whizbang_tests::child::{outcome_label, say};
 
 #[derive(Event, Serialize, Deserialize, Debug, Clone)]
 #[event(name = "starved.ticked")]
@@ -48,9 +48,7 @@ async fn main() -> ExitCode {
     };
     match run(timeout).await {
         Ok(line) => {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{line}");
-            let _ = out.flush();
+            say(&line);
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -79,13 +77,7 @@ async fn run(timeout: Duration) -> Result<String, String> {
         .map_err(|_| "the wait never ended".to_owned())?
         .map_err(|e| e.to_string())?;
     let wall = started.elapsed();
-    let outcome = match result.outcome {
-        SyncOutcome::Synced => "Synced".to_owned(),
-        SyncOutcome::TimedOut => "TimedOut".to_owned(),
-        SyncOutcome::NoPendingEvents => "NoPendingEvents".to_owned(),
-        SyncOutcome::Failed { message, .. } => format!("Failed({message})"),
-        other => format!("{other:?}"),
-    };
+    let outcome = outcome_label(&result.outcome);
     Ok(format!(
         "outcome={outcome} elapsed_ms={} wall_ms={}",
         result.elapsed.as_millis(),
