@@ -7,7 +7,7 @@
 //! Every test uses message types of its own: the global registry holds them all.
 
 mod common;
-use common::{bounded, stream_len};
+use common::{bounded, paused_runtime, stream_len};
 
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -526,8 +526,7 @@ async fn send_and_sync_is_not_failed_by_an_earlier_commands_inline_failure() {
 
 #[tokio::test(start_paused = true)]
 async fn send_and_sync_timing_out_returns_the_output_and_says_the_events_are_stored() {
-    let rt = Runtime::in_memory().unwrap();
-    rt.runner().pause();
+    let rt = paused_runtime();
     let scope = rt.scope();
     let sent = bounded(scope.send_and_sync_with(
         Mark { poison: false },
@@ -624,8 +623,7 @@ impl QuickAsync {
 
 #[tokio::test(start_paused = true)]
 async fn concurrent_send_and_sync_on_one_scope_each_wait_on_their_own_events() {
-    let rt = Runtime::in_memory().unwrap();
-    rt.runner().pause();
+    let rt = paused_runtime();
     let scope = rt.scope();
     let options = PerspectiveSyncOptions::default().timeout(Duration::from_millis(200));
     // The slow command starts first and is still in its receptor while the

@@ -5,17 +5,16 @@
 //! publishing scope stays open.
 
 mod common;
-use common::{bounded, ms, until};
+use common::{bounded, counting_runtime, ms, paused_runtime, until};
 
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use uuid::Uuid;
 use whizbang_core::store::memory::{MemoryEventStore, MemoryPerspectiveStore};
 use whizbang_core::store::BoxFuture;
-use whizbang_core::sync::{StoreSyncBackend, SyncBackend, SyncInquiry, SyncInquiryResult};
+use whizbang_core::sync::{SyncBackend, SyncInquiry, SyncInquiryResult};
 use whizbang_core::{
     await_perspective_sync, perspective, receptor, Context, Error, Event, LensQuery,
     PerspectiveSyncOptions, Receptor, Result, Runtime, StreamId, SyncFilter, SyncLensExt,
@@ -96,22 +95,6 @@ impl SyncBackend for Hanging {
     }
 }
 
-/// Counts the inquiries it forwards.
-struct Counting {
-    inner: StoreSyncBackend,
-    asked: Arc<AtomicUsize>,
-}
-
-impl SyncBackend for Counting {
-    fn inquire<'a>(
-        &'a self,
-        inquiries: &'a [SyncInquiry],
-    ) -> BoxFuture<'a, Result<Vec<SyncInquiryResult>>> {
-        self.asked.fetch_add(1, Ordering::SeqCst);
-        self.inner.inquire(inquiries)
-    }
-}
-
 /// The bound every wait keeps: its timeout plus the documented slack.
 fn within(timeout: Duration) -> Duration {
     timeout + PerspectiveSyncOptions::SLACK
@@ -187,8 +170,7 @@ async fn a_backend_that_never_answers_times_every_wait_out_within_its_timeout_pl
 
 #[tokio::test(start_paused = true)]
 async fn a_held_claim_times_a_wait_out_within_its_timeout_plus_slack() {
-    let rt = Runtime::in_memory().unwrap();
-    rt.runner().pause();
+    let rt = paused_runtime();
     let stream = Uuid::now_v7();
     let scope = rt.scope();
     scope.publish(Noted { stream }).await.unwrap();
@@ -230,8 +212,7 @@ async fn a_held_claim_times_a_wait_out_within_its_timeout_plus_slack() {
 #[tokio::test(start_paused = true)]
 async fn a_wait_with_duration_max_waits_for_ever_whatever_the_debugger_flag() {
     for aware in [false, true] {
-        let rt = Runtime::in_memory().unwrap();
-        rt.runner().pause();
+        let rt = paused_runtime();
         let scope = rt.scope();
         scope
             .publish(Noted {
@@ -294,18 +275,7 @@ async fn an_apply_by_another_runtime_over_the_same_stores_is_seen_within_the_bac
 
 #[tokio::test(start_paused = true)]
 async fn an_idle_waiter_asks_no_more_often_than_the_backoff() {
-    let events = MemoryEventStore::new();
-    let perspectives = MemoryPerspectiveStore::new();
-    let asked = Arc::new(AtomicUsize::new(0));
-    let rt = Runtime::builder()
-        .event_store(events.clone())
-        .perspective_store(perspectives.clone())
-        .sync_backend(Counting {
-            inner: StoreSyncBackend::new(Arc::new(events), Arc::new(perspectives)),
-            asked: Arc::clone(&asked),
-        })
-        .build()
-        .unwrap();
+    let (rt, asked) = counting_runtime();
     rt.runner().pause();
     let scope = rt.scope();
     scope
@@ -332,8 +302,7 @@ async fn an_idle_waiter_asks_no_more_often_than_the_backoff() {
 
 #[tokio::test(start_paused = true)]
 async fn a_thousand_finished_or_dropped_waits_leave_no_alarm() {
-    let rt = Runtime::in_memory().unwrap();
-    rt.runner().pause();
+    let rt = paused_runtime();
     let stream = Uuid::now_v7();
     let scope = rt.scope();
     scope.publish(Noted { stream }).await.unwrap();

@@ -3,16 +3,14 @@
 //! error variant.
 
 mod common;
-use common::{bounded, ms, until};
+use common::{bounded, counting_runtime, ms, paused_runtime, until};
 
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use uuid::Uuid;
-use whizbang_core::store::memory::{MemoryEventStore, MemoryPerspectiveStore};
 use whizbang_core::store::BoxFuture;
-use whizbang_core::sync::{StoreSyncBackend, SyncBackend, SyncInquiry, SyncInquiryResult};
+use whizbang_core::sync::{SyncBackend, SyncInquiry, SyncInquiryResult};
 use whizbang_core::{
     perspective, receptor, Context, Error, Event, EventId, Receptor, Runtime, SyncFilter,
     SyncOutcome,
@@ -38,38 +36,6 @@ impl Notes {
     fn noted(c: &mut Count, _: &Noted) {
         c.n += 1;
     }
-}
-
-/// Counts `inquire` calls and the ids asked.
-struct Counting {
-    inner: StoreSyncBackend,
-    calls: Arc<AtomicUsize>,
-}
-
-impl SyncBackend for Counting {
-    fn inquire<'a>(
-        &'a self,
-        inquiries: &'a [SyncInquiry],
-    ) -> BoxFuture<'a, whizbang_core::Result<Vec<SyncInquiryResult>>> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        self.inner.inquire(inquiries)
-    }
-}
-
-fn counting_runtime() -> (Runtime, Arc<AtomicUsize>) {
-    let events = MemoryEventStore::new();
-    let perspectives = MemoryPerspectiveStore::new();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let rt = Runtime::builder()
-        .event_store(events.clone())
-        .perspective_store(perspectives.clone())
-        .sync_backend(Counting {
-            inner: StoreSyncBackend::new(Arc::new(events), Arc::new(perspectives)),
-            calls: Arc::clone(&calls),
-        })
-        .build()
-        .unwrap();
-    (rt, calls)
 }
 
 #[tokio::test(start_paused = true)]
@@ -113,8 +79,7 @@ async fn sleeping_waiters_are_asked_about_in_batches_not_one_inquiry_each() {
 
 #[tokio::test(start_paused = true)]
 async fn an_event_id_filter_waits_for_exactly_that_event() {
-    let rt = Runtime::in_memory().unwrap();
-    rt.runner().pause();
+    let rt = paused_runtime();
     let scope = rt.scope();
     let id = scope
         .publish(Noted {
@@ -154,8 +119,7 @@ async fn an_event_id_never_stored_is_never_synced() {
 
 #[tokio::test(start_paused = true)]
 async fn a_result_carries_its_timeout_into_its_error() {
-    let rt = Runtime::in_memory().unwrap();
-    rt.runner().pause();
+    let rt = paused_runtime();
     let scope = rt.scope();
     scope
         .publish(Noted {

@@ -5,7 +5,14 @@
 #![allow(dead_code)] // each binary uses a different subset
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+// The backend seam, not the modules behind it (which may move).
+use whizbang_core::backend::{
+    BoxFuture, MemoryEventStore, MemoryPerspectiveStore, StoreSyncBackend, SyncBackend,
+    SyncInquiry, SyncInquiryResult,
+};
 use whizbang_core::{Error, Runtime, StreamId};
 
 /// No awaited step of a test may take longer than this.
@@ -62,4 +69,46 @@ macro_rules! assert_error {
             stringify!($($pattern)+)
         );
     }};
+}
+
+/// An in-memory runtime whose runner is paused: async perspectives apply only
+/// once the test calls `rt.runner().resume()`.
+pub(crate) fn paused_runtime() -> Runtime {
+    let rt = Runtime::in_memory().unwrap();
+    rt.runner().pause();
+    rt
+}
+
+/// A sync backend over the memory stores that counts the inquiries it forwards.
+struct Counting {
+    inner: StoreSyncBackend,
+    calls: Arc<AtomicUsize>,
+}
+
+impl SyncBackend for Counting {
+    fn inquire<'a>(
+        &'a self,
+        inquiries: &'a [SyncInquiry],
+    ) -> BoxFuture<'a, whizbang_core::Result<Vec<SyncInquiryResult>>> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.inquire(inquiries)
+    }
+}
+
+/// An in-memory runtime whose sync backend counts its inquiries (batches of
+/// waiters asked about), and that count.
+pub(crate) fn counting_runtime() -> (Runtime, Arc<AtomicUsize>) {
+    let events = MemoryEventStore::new();
+    let perspectives = MemoryPerspectiveStore::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let rt = Runtime::builder()
+        .event_store(events.clone())
+        .perspective_store(perspectives.clone())
+        .sync_backend(Counting {
+            inner: StoreSyncBackend::new(Arc::new(events), Arc::new(perspectives)),
+            calls: Arc::clone(&calls),
+        })
+        .build()
+        .unwrap();
+    (rt, calls)
 }

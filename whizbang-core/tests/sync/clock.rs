@@ -2,17 +2,16 @@
 //! `tests/tests/sync_sigstop.rs`).
 
 use super::{dep, Balances};
-use crate::common::{bounded, ms, until};
+use crate::common::{bounded, ms, paused_runtime, until};
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 use whizbang_core::sync::ManualClock;
-use whizbang_core::{PerspectiveSyncOptions, Runtime, SyncFilter, SyncOutcome};
+use whizbang_core::{PerspectiveSyncOptions, SyncFilter, SyncOutcome};
 
 #[tokio::test(start_paused = true)]
 async fn a_frozen_period_does_not_count_towards_a_debugger_aware_timeout() {
-    let rt = Runtime::in_memory().unwrap();
-    rt.runner().pause();
+    let rt = paused_runtime();
     let scope = rt.scope();
     scope.publish(dep(Uuid::now_v7(), 1)).await.unwrap();
     let clock = ManualClock::new();
@@ -44,8 +43,7 @@ async fn a_frozen_period_does_not_count_towards_a_debugger_aware_timeout() {
 
 #[tokio::test]
 async fn a_frozen_period_counts_when_debugger_awareness_is_off() {
-    let rt = Runtime::in_memory().unwrap();
-    rt.runner().pause();
+    let rt = paused_runtime();
     let scope = rt.scope();
     scope.publish(dep(Uuid::now_v7(), 1)).await.unwrap();
     let clock = ManualClock::new();

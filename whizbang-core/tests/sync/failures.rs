@@ -2,7 +2,7 @@
 
 use super::{Charged, Charges};
 use crate::assert_error;
-use crate::common::{bounded, until};
+use crate::common::{bounded, paused_runtime, until};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 use whizbang_core::{Error, Runtime, StreamId, SyncFilter, SyncOutcome};
@@ -56,8 +56,7 @@ async fn a_failing_apply_wakes_its_waiters_at_once_with_the_failure() {
 
 #[tokio::test]
 async fn a_panicking_apply_wakes_its_waiters_at_once_with_the_panic_message() {
-    let rt = Runtime::in_memory().unwrap();
-    rt.runner().pause();
+    let rt = paused_runtime();
     let a = Uuid::now_v7();
     let scope = rt.scope();
     scope

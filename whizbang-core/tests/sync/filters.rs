@@ -1,15 +1,14 @@
 //! The filter algebra: `and` is intersection, `or` is union, chains fold left.
 
 use super::{dep, Balances, Deposited, Withdrawn};
-use crate::common::bounded;
+use crate::common::{bounded, paused_runtime};
 use std::time::Duration;
 use uuid::Uuid;
-use whizbang_core::{Runtime, SyncFilter, SyncOutcome};
+use whizbang_core::{SyncFilter, SyncOutcome};
 
 /// Events: s1: D, W, D; s2: D, W. Returns how many the filter awaits.
 async fn awaited(filter: SyncFilter, s1: Uuid, s2: Uuid) -> usize {
-    let rt = Runtime::in_memory().unwrap();
-    rt.runner().pause();
+    let rt = paused_runtime();
     let scope = rt.scope();
     scope.publish(dep(s1, 1)).await.unwrap();
     scope

@@ -36,14 +36,7 @@ async fn the_tracker_holds_nothing_once_twenty_thousand_events_are_applied() {
     bounded(rt.wait_idle()).await;
     assert_eq!(rt.sync_tracker().tracked_count(), 0);
     assert_eq!(rt.sync_tracker().waiter_count(), 0);
-    let total: u64 = rt
-        .lens::<Pings>()
-        .list(whizbang_core::ListQuery::all())
-        .await
-        .unwrap()
-        .iter()
-        .map(|c| c.n)
-        .sum();
+    let total = total_pings(&rt).await;
     assert_eq!(total, 20_000);
 }
 
@@ -71,14 +64,7 @@ async fn the_tracker_holds_nothing_once_concurrent_writers_on_shared_streams_are
         bounded(w).await.unwrap();
     }
     bounded(rt.wait_idle()).await;
-    let total: u64 = rt
-        .lens::<Pings>()
-        .list(whizbang_core::ListQuery::all())
-        .await
-        .unwrap()
-        .iter()
-        .map(|c| c.n)
-        .sum();
+    let total = total_pings(&rt).await;
     assert_eq!(total, 50_000, "every event applied exactly once");
     assert_eq!(
         rt.sync_tracker().tracked_count(),
@@ -158,4 +144,15 @@ async fn after_expiry_a_for_stream_wait_still_finds_the_unapplied_event_in_the_s
         .await
         .unwrap();
     assert_eq!(r.outcome, SyncOutcome::Synced);
+}
+
+/// Every ping applied, summed over all streams.
+async fn total_pings(rt: &Runtime) -> u64 {
+    rt.lens::<Pings>()
+        .list(whizbang_core::ListQuery::all())
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.n)
+        .sum()
 }

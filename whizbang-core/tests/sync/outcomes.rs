@@ -3,7 +3,7 @@
 
 use super::{dep, Balances, Renamed};
 use crate::assert_error;
-use crate::common::{bounded, ms, until};
+use crate::common::{bounded, ms, paused_runtime, until};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 use whizbang_core::{Error, EventId, LensQuery, Runtime, SyncFilter, SyncOutcome};
@@ -12,8 +12,7 @@ use whizbang_core::{Error, EventId, LensQuery, Runtime, SyncFilter, SyncOutcome}
 
 #[tokio::test]
 async fn a_scope_that_emitted_nothing_has_no_pending_events_at_once() {
-    let rt = Runtime::in_memory().unwrap();
-    rt.runner().pause();
+    let rt = paused_runtime();
     let scope = rt.scope();
     let started = Instant::now();
     let r = bounded(
@@ -34,8 +33,7 @@ async fn a_scope_that_emitted_nothing_has_no_pending_events_at_once() {
 
 #[tokio::test]
 async fn a_filter_that_matches_nothing_has_no_pending_events_at_once() {
-    let rt = Runtime::in_memory().unwrap();
-    rt.runner().pause();
+    let rt = paused_runtime();
     let scope = rt.scope();
     scope.publish(dep(Uuid::now_v7(), 1)).await.unwrap();
     let started = Instant::now();
@@ -78,8 +76,7 @@ async fn tracked_and_applied_events_are_synced() {
 
 #[tokio::test(start_paused = true)]
 async fn tracked_events_never_applied_time_out_after_the_timeout() {
-    let rt = Runtime::in_memory().unwrap();
-    rt.runner().pause();
+    let rt = paused_runtime();
     let scope = rt.scope();
     scope.publish(dep(Uuid::now_v7(), 5)).await.unwrap();
     let started = tokio::time::Instant::now();
@@ -109,8 +106,7 @@ async fn tracked_events_never_applied_time_out_after_the_timeout() {
 
 #[tokio::test]
 async fn is_caught_up_answers_once_without_waiting() {
-    let rt = Runtime::in_memory().unwrap();
-    rt.runner().pause();
+    let rt = paused_runtime();
     let scope = rt.scope();
     scope.publish(dep(Uuid::now_v7(), 5)).await.unwrap();
     let aw = scope.sync_awaiter();
@@ -158,8 +154,7 @@ async fn an_event_id_never_seen_with_zero_timeout_is_timed_out_never_synced() {
 
 #[tokio::test]
 async fn an_explicit_event_id_from_another_scope_is_synced_once_applied() {
-    let rt = Runtime::in_memory().unwrap();
-    rt.runner().pause();
+    let rt = paused_runtime();
     let a = Uuid::now_v7();
     let writer = rt.scope();
     writer.publish(dep(a, 3)).await.unwrap();
@@ -190,8 +185,7 @@ async fn an_explicit_event_id_from_another_scope_is_synced_once_applied() {
 
 #[tokio::test]
 async fn event_types_the_perspective_does_not_handle_are_not_awaited() {
-    let rt = Runtime::in_memory().unwrap();
-    rt.runner().pause();
+    let rt = paused_runtime();
     let a = Uuid::now_v7();
     let scope = rt.scope();
     let id = scope

@@ -2,7 +2,7 @@
 
 use super::{Balances, Deposit};
 use crate::assert_error;
-use crate::common::{bounded, ms};
+use crate::common::{bounded, ms, paused_runtime};
 use uuid::Uuid;
 use whizbang_core::{
     Error, LensQuery, PerspectiveSyncOptions, Runtime, SyncFilter, SyncLensExt, SyncOutcome,
@@ -28,8 +28,7 @@ async fn send_and_sync_returns_the_output_and_the_async_model_is_readable_right_
 
 #[tokio::test]
 async fn send_and_sync_with_reports_each_perspective_and_times_out_as_an_outcome() {
-    let rt = Runtime::in_memory().unwrap();
-    rt.runner().pause();
+    let rt = paused_runtime();
     let scope = rt.scope();
     let sent = bounded(scope.send_and_sync_with(
         Deposit {
@@ -72,8 +71,7 @@ async fn a_synced_lens_returns_the_fresh_model_after_a_send() {
 
 #[tokio::test(start_paused = true)]
 async fn a_synced_lens_errors_on_timeout_rather_than_returning_stale_data() {
-    let rt = Runtime::in_memory().unwrap();
-    rt.runner().pause();
+    let rt = paused_runtime();
     let a = Uuid::now_v7();
     let scope = rt.scope();
     scope

@@ -2,7 +2,7 @@
 //! registration, and an apply racing the registration is never lost.
 
 use super::{dep, Balances, Labels, Renamed};
-use crate::common::{bounded, ms, until};
+use crate::common::{bounded, ms, paused_runtime, until};
 use std::time::Duration;
 use uuid::Uuid;
 use whizbang_core::{LensQuery, PerspectiveSyncOptions, Runtime, SyncFilter, SyncOutcome};
@@ -11,8 +11,7 @@ use whizbang_core::{LensQuery, PerspectiveSyncOptions, Runtime, SyncFilter, Sync
 
 #[tokio::test]
 async fn a_waiter_on_one_perspective_is_not_synced_by_another_applying() {
-    let rt = Runtime::in_memory().unwrap();
-    rt.runner().pause(); // Balances (async) never applies; Labels (inline) does
+    let rt = paused_runtime(); // Balances (async) never applies; Labels (inline) does
     let a = Uuid::now_v7();
     let scope = rt.scope();
     scope.publish(dep(a, 1)).await.unwrap();
@@ -43,8 +42,7 @@ async fn a_waiter_on_one_perspective_is_not_synced_by_another_applying() {
 
 #[tokio::test]
 async fn wait_all_needs_every_perspective_to_sync() {
-    let rt = Runtime::in_memory().unwrap();
-    rt.runner().pause();
+    let rt = paused_runtime();
     let a = Uuid::now_v7();
     let scope = rt.scope();
     scope.publish(dep(a, 1)).await.unwrap();
@@ -81,8 +79,7 @@ async fn wait_all_needs_every_perspective_to_sync() {
 
 #[tokio::test(start_paused = true)]
 async fn a_cancelled_wait_ends_at_once_and_frees_its_registration() {
-    let rt = Runtime::in_memory().unwrap();
-    rt.runner().pause();
+    let rt = paused_runtime();
     let scope = rt.scope();
     scope.publish(dep(Uuid::now_v7(), 1)).await.unwrap();
     let aw = scope.sync_awaiter();
