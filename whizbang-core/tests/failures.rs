@@ -4,7 +4,7 @@
 //! runner; `retry_perspective` and `skip_failed_event` bring it back.
 
 mod common;
-use common::bounded;
+use common::{bounded, scope_wait};
 
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -141,13 +141,11 @@ async fn a_model_whose_default_panics_fails_its_cursor_and_the_runner_goes_on() 
     let scope = rt.scope();
     scope.publish(Poked { target: a }).await.unwrap();
 
-    let result = bounded(
-        scope
-            .sync_awaiter()
-            .wait::<FragileView>(SyncFilter::current_scope().with_timeout(Duration::from_secs(5))),
+    let result = scope_wait::<FragileView>(
+        &scope,
+        SyncFilter::current_scope().with_timeout(Duration::from_secs(5)),
     )
-    .await
-    .unwrap();
+    .await;
     match &result.outcome {
         SyncOutcome::Failed {
             stream,
@@ -181,13 +179,11 @@ async fn a_model_whose_default_panics_fails_its_cursor_and_the_runner_goes_on() 
     let b = Uuid::now_v7();
     let later = rt.scope();
     later.publish(Poked { target: b }).await.unwrap();
-    let synced = bounded(
-        later
-            .sync_awaiter()
-            .wait::<TallyView>(SyncFilter::current_scope().with_timeout(Duration::from_secs(5))),
+    let synced = scope_wait::<TallyView>(
+        &later,
+        SyncFilter::current_scope().with_timeout(Duration::from_secs(5)),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(synced.outcome, SyncOutcome::Synced);
     bounded(later.complete()).await.unwrap();
     bounded(scope.complete()).await.unwrap();
@@ -284,13 +280,11 @@ async fn retry_after_fixing_the_cause_applies_the_rest_and_waiters_sync() {
     for cents in [5, -3, 7] {
         scope.publish(charge(a, cents)).await.unwrap();
     }
-    let failed = bounded(
-        scope
-            .sync_awaiter()
-            .wait::<Ledgers>(SyncFilter::current_scope().with_timeout(Duration::from_secs(5))),
+    let failed = scope_wait::<Ledgers>(
+        &scope,
+        SyncFilter::current_scope().with_timeout(Duration::from_secs(5)),
     )
-    .await
-    .unwrap();
+    .await;
     assert!(
         matches!(failed.outcome, SyncOutcome::Failed { version: 2, .. }),
         "{:?}",
@@ -327,13 +321,11 @@ async fn retry_after_fixing_the_cause_applies_the_rest_and_waiters_sync() {
         "the half-applied model of the failure was discarded"
     );
 
-    let synced = bounded(
-        scope
-            .sync_awaiter()
-            .wait::<Ledgers>(SyncFilter::current_scope().with_timeout(Duration::from_secs(5))),
+    let synced = scope_wait::<Ledgers>(
+        &scope,
+        SyncFilter::current_scope().with_timeout(Duration::from_secs(5)),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(synced.outcome, SyncOutcome::Synced);
 
     // Once recovered, there is nothing to retry or skip.
@@ -358,13 +350,11 @@ async fn skip_moves_past_the_poison_event_records_it_and_later_events_apply() {
     scope.publish(charge(b, 5)).await.unwrap();
     let poison: EventId = scope.publish(charge(b, POISON)).await.unwrap();
     scope.publish(charge(b, 7)).await.unwrap();
-    let failed = bounded(
-        scope
-            .sync_awaiter()
-            .wait::<Ledgers>(SyncFilter::current_scope().with_timeout(Duration::from_secs(5))),
+    let failed = scope_wait::<Ledgers>(
+        &scope,
+        SyncFilter::current_scope().with_timeout(Duration::from_secs(5)),
     )
-    .await
-    .unwrap();
+    .await;
     assert!(
         matches!(failed.outcome, SyncOutcome::Failed { version: 2, .. }),
         "{:?}",
@@ -400,13 +390,11 @@ async fn skip_moves_past_the_poison_event_records_it_and_later_events_apply() {
     }
     let ledger = rt.lens::<Ledgers>().get(b.into()).await.unwrap().unwrap();
     assert_eq!((ledger.total, ledger.seen.clone()), (12, vec![5, 7]));
-    let synced = bounded(
-        scope
-            .sync_awaiter()
-            .wait::<Ledgers>(SyncFilter::current_scope().with_timeout(Duration::from_secs(5))),
+    let synced = scope_wait::<Ledgers>(
+        &scope,
+        SyncFilter::current_scope().with_timeout(Duration::from_secs(5)),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(synced.outcome, SyncOutcome::Synced);
     bounded(scope.complete()).await.unwrap();
 
@@ -414,13 +402,11 @@ async fn skip_moves_past_the_poison_event_records_it_and_later_events_apply() {
     let later = rt.scope();
     later.publish(charge(b, 1)).await.unwrap();
     later.publish(charge(b, POISON)).await.unwrap();
-    let failed = bounded(
-        later
-            .sync_awaiter()
-            .wait::<Ledgers>(SyncFilter::current_scope().with_timeout(Duration::from_secs(5))),
+    let failed = scope_wait::<Ledgers>(
+        &later,
+        SyncFilter::current_scope().with_timeout(Duration::from_secs(5)),
     )
-    .await
-    .unwrap();
+    .await;
     assert!(
         matches!(failed.outcome, SyncOutcome::Failed { version: 5, .. }),
         "{:?}",

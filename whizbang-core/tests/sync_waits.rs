@@ -5,7 +5,7 @@
 //! publishing scope stays open.
 
 mod common;
-use common::{bounded, counting_runtime, ms, paused_runtime, until};
+use common::{bounded, counting_runtime, ms, paused_runtime, scope_wait, until};
 
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -284,13 +284,11 @@ async fn an_idle_waiter_asks_no_more_often_than_the_backoff() {
         })
         .await
         .unwrap();
-    let r = bounded(
-        scope
-            .sync_awaiter()
-            .wait::<Notes>(SyncFilter::current_scope().with_timeout(Duration::from_secs(10))),
+    let r = scope_wait::<Notes>(
+        &scope,
+        SyncFilter::current_scope().with_timeout(Duration::from_secs(10)),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(r.outcome, SyncOutcome::TimedOut);
     // 5 ms doubling to 1 s: 9 re-asks reach 2.3 s, then one a second; plus the
     // first inquiry and the last. Every 200 ms would be 51.

@@ -3,7 +3,7 @@
 //! error variant.
 
 mod common;
-use common::{bounded, counting_runtime, ms, paused_runtime, until};
+use common::{bounded, counting_runtime, ms, paused_runtime, scope_wait, until};
 
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::Ordering;
@@ -127,13 +127,7 @@ async fn a_result_carries_its_timeout_into_its_error() {
         })
         .await
         .unwrap();
-    let r = bounded(
-        scope
-            .sync_awaiter()
-            .wait::<Notes>(SyncFilter::current_scope().with_timeout(ms(70))),
-    )
-    .await
-    .unwrap();
+    let r = scope_wait::<Notes>(&scope, SyncFilter::current_scope().with_timeout(ms(70))).await;
     assert_eq!(r.timeout, ms(70));
     match r.into_result() {
         Err(Error::PerspectiveSyncTimeout {

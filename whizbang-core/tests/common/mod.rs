@@ -13,7 +13,9 @@ use whizbang_core::backend::{
     BoxFuture, MemoryEventStore, MemoryPerspectiveStore, StoreSyncBackend, SyncBackend,
     SyncInquiry, SyncInquiryResult,
 };
-use whizbang_core::{Error, Runtime, StreamId};
+use whizbang_core::{
+    Error, Perspective, PerspectiveSyncOptions, Runtime, Scope, StreamId, SyncResult,
+};
 
 /// No awaited step of a test may take longer than this.
 pub(crate) const BOUND: Duration = Duration::from_secs(30);
@@ -111,4 +113,15 @@ pub(crate) fn counting_runtime() -> (Runtime, Arc<AtomicUsize>) {
         .build()
         .unwrap();
     (rt, calls)
+}
+
+/// Waits, bounded, on `P` through the scope's own awaiter and unwraps the
+/// result (an error fails the test; timeouts and failures are outcomes).
+pub(crate) async fn scope_wait<P: Perspective>(
+    scope: &Scope,
+    options: impl Into<PerspectiveSyncOptions>,
+) -> SyncResult {
+    bounded(scope.sync_awaiter().wait::<P>(options))
+        .await
+        .unwrap()
 }

@@ -2,7 +2,7 @@
 
 use super::{Charged, Charges};
 use crate::assert_error;
-use crate::common::{bounded, paused_runtime, until};
+use crate::common::{bounded, paused_runtime, scope_wait, until};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 use whizbang_core::{Error, Runtime, StreamId, SyncFilter, SyncOutcome};
@@ -20,13 +20,11 @@ async fn a_failing_apply_wakes_its_waiters_at_once_with_the_failure() {
         .await
         .unwrap();
     let started = Instant::now();
-    let r = bounded(
-        scope
-            .sync_awaiter()
-            .wait::<Charges>(SyncFilter::current_scope().with_timeout(Duration::from_secs(5))),
+    let r = scope_wait::<Charges>(
+        &scope,
+        SyncFilter::current_scope().with_timeout(Duration::from_secs(5)),
     )
-    .await
-    .unwrap();
+    .await;
     let wall = started.elapsed();
     match &r.outcome {
         SyncOutcome::Failed {

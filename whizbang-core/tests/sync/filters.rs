@@ -1,7 +1,7 @@
 //! The filter algebra: `and` is intersection, `or` is union, chains fold left.
 
 use super::{dep, Balances, Deposited, Withdrawn};
-use crate::common::{bounded, paused_runtime};
+use crate::common::{paused_runtime, scope_wait};
 use std::time::Duration;
 use uuid::Uuid;
 use whizbang_core::{SyncFilter, SyncOutcome};
@@ -27,13 +27,7 @@ async fn awaited(filter: SyncFilter, s1: Uuid, s2: Uuid) -> usize {
         })
         .await
         .unwrap();
-    let r = bounded(
-        scope
-            .sync_awaiter()
-            .wait::<Balances>(filter.with_timeout(Duration::ZERO)),
-    )
-    .await
-    .unwrap();
+    let r = scope_wait::<Balances>(&scope, filter.with_timeout(Duration::ZERO)).await;
     let expect = if r.events_awaited == 0 {
         SyncOutcome::NoPendingEvents
     } else {

@@ -2,7 +2,7 @@
 //! entries are not reported as synced.
 
 use super::{Pinged, Pings};
-use crate::common::{bounded, ms, until};
+use crate::common::{bounded, ms, scope_wait, until};
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
@@ -22,13 +22,11 @@ async fn the_tracker_holds_nothing_once_twenty_thousand_events_are_applied() {
                 .await
                 .unwrap();
         }
-        let r = bounded(
-            scope
-                .sync_awaiter()
-                .wait::<Pings>(SyncFilter::current_scope().with_timeout(Duration::from_secs(20))),
+        let r = scope_wait::<Pings>(
+            &scope,
+            SyncFilter::current_scope().with_timeout(Duration::from_secs(20)),
         )
-        .await
-        .unwrap();
+        .await;
         assert_eq!(r.outcome, SyncOutcome::Synced);
         assert_eq!(r.events_awaited, 1_000);
         scope.complete().await.unwrap();

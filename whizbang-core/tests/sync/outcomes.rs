@@ -3,7 +3,7 @@
 
 use super::{dep, Balances, Renamed};
 use crate::assert_error;
-use crate::common::{bounded, ms, paused_runtime, until};
+use crate::common::{bounded, ms, paused_runtime, scope_wait, until};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 use whizbang_core::{Error, EventId, LensQuery, Runtime, SyncFilter, SyncOutcome};
@@ -15,13 +15,7 @@ async fn a_scope_that_emitted_nothing_has_no_pending_events_at_once() {
     let rt = paused_runtime();
     let scope = rt.scope();
     let started = Instant::now();
-    let r = bounded(
-        scope
-            .sync_awaiter()
-            .wait::<Balances>(SyncFilter::current_scope()),
-    )
-    .await
-    .unwrap();
+    let r = scope_wait::<Balances>(&scope, SyncFilter::current_scope()).await;
     assert_eq!(r.outcome, SyncOutcome::NoPendingEvents);
     assert_eq!(r.events_awaited, 0);
     assert_eq!(r.events_emitted, 0);
@@ -38,13 +32,7 @@ async fn a_filter_that_matches_nothing_has_no_pending_events_at_once() {
     scope.publish(dep(Uuid::now_v7(), 1)).await.unwrap();
     let started = Instant::now();
     let other_stream = SyncFilter::for_stream(Uuid::now_v7());
-    let r = bounded(
-        scope
-            .sync_awaiter()
-            .wait::<Balances>(other_stream.with_timeout(Duration::from_secs(5))),
-    )
-    .await
-    .unwrap();
+    let r = scope_wait::<Balances>(&scope, other_stream.with_timeout(Duration::from_secs(5))).await;
     assert_eq!(r.outcome, SyncOutcome::NoPendingEvents);
     assert_eq!(r.events_awaited, 0);
     assert_eq!(r.events_emitted, 1);
@@ -60,13 +48,7 @@ async fn tracked_and_applied_events_are_synced() {
     let scope = rt.scope();
     scope.publish(dep(a, 5)).await.unwrap();
     scope.publish(dep(a, 7)).await.unwrap();
-    let r = bounded(
-        scope
-            .sync_awaiter()
-            .wait::<Balances>(SyncFilter::current_scope()),
-    )
-    .await
-    .unwrap();
+    let r = scope_wait::<Balances>(&scope, SyncFilter::current_scope()).await;
     assert_eq!(r.outcome, SyncOutcome::Synced);
     assert_eq!(r.events_awaited, 2);
     assert_eq!(r.perspective, "sync.balances");
@@ -80,13 +62,7 @@ async fn tracked_events_never_applied_time_out_after_the_timeout() {
     let scope = rt.scope();
     scope.publish(dep(Uuid::now_v7(), 5)).await.unwrap();
     let started = tokio::time::Instant::now();
-    let r = bounded(
-        scope
-            .sync_awaiter()
-            .wait::<Balances>(SyncFilter::current_scope().with_timeout(ms(150))),
-    )
-    .await
-    .unwrap();
+    let r = scope_wait::<Balances>(&scope, SyncFilter::current_scope().with_timeout(ms(150))).await;
     let wall = started.elapsed();
     assert_eq!(r.outcome, SyncOutcome::TimedOut);
     assert_eq!(r.events_awaited, 1);
