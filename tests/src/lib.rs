@@ -170,6 +170,55 @@ pub mod child {
     use std::io::Write;
     use whizbang_core::SyncOutcome;
 
+    /// Declares, in the calling binary, the `Ticked` event (keyed by `clock`),
+    /// the async `Ticks` perspective counting it (model `TickCount`) that each
+    /// child waits on, and `one_unapplied_tick()`: a runtime with its runner
+    /// paused and a scope that published one tick. A macro, not items here, so
+    /// that the registration lands in the child binary itself.
+    #[macro_export]
+    macro_rules! child_ticks {
+        () => {
+            #[derive(
+                ::whizbang_core::Event, ::serde::Serialize, ::serde::Deserialize, Debug, Clone,
+            )]
+            #[event(name = "child.ticked")]
+            struct Ticked {
+                #[stream_key]
+                clock: ::uuid::Uuid,
+            }
+
+            #[derive(Default, Clone, ::serde::Serialize, ::serde::Deserialize)]
+            struct TickCount {
+                n: u64,
+            }
+
+            struct Ticks;
+
+            #[::whizbang_core::perspective(model = TickCount, name = "child.ticks")]
+            impl Ticks {
+                fn ticked(c: &mut TickCount, _: &Ticked) {
+                    c.n += 1;
+                }
+            }
+
+            /// A runtime whose runner is paused and a scope that published one
+            /// tick: a wait on `Ticks` ends only once the runner resumes.
+            async fn one_unapplied_tick(
+            ) -> ::std::result::Result<(::whizbang_core::Runtime, ::whizbang_core::Scope), String> {
+                let rt = ::whizbang_core::Runtime::in_memory().map_err(|e| e.to_string())?;
+                rt.runner().pause();
+                let scope = rt.scope();
+                scope
+                    .publish(Ticked {
+                        clock: ::uuid::Uuid::now_v7(),
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok((rt, scope))
+            }
+        };
+    }
+
     /// Writes `line` to stdout and flushes it, so the parent reads it at once.
     pub fn say(line: &str) {
         let mut out = std::io::stdout().lock();

@@ -7,34 +7,13 @@
 //!
 //! Usage: `sync_child aware|unaware [timeout_ms apply_delay_ms]`
 
-use serde::{Deserialize, Serialize};
 use std::io::BufRead;
 use std::process::ExitCode;
 use std::time::Duration;
-use uuid::Uuid;
-use whizbang_core::{perspective, Event, PerspectiveSyncOptions, Runtime, SyncFilter};
+use whizbang_core::{PerspectiveSyncOptions, SyncFilter};
 use whizbang_tests::child::{outcome_label, say};
 
-#[derive(Event, Serialize, Deserialize, Debug, Clone)]
-#[event(name = "child.ticked")]
-struct Ticked {
-    #[stream_key]
-    clock: Uuid,
-}
-
-#[derive(Default, Clone, Serialize, Deserialize)]
-struct TickCount {
-    n: u64,
-}
-
-struct Ticks;
-
-#[perspective(model = TickCount, name = "child.ticks")]
-impl Ticks {
-    fn ticked(c: &mut TickCount, _: &Ticked) {
-        c.n += 1;
-    }
-}
+whizbang_tests::child_ticks!();
 
 const WAIT_TIMEOUT_MS: u64 = 2_000;
 const APPLY_DELAY_MS: u64 = 500;
@@ -74,15 +53,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(aware: bool, timeout: Duration, apply_delay: Duration) -> Result<(), String> {
-    let rt = Runtime::in_memory().map_err(|e| e.to_string())?;
-    rt.runner().pause();
-    let scope = rt.scope();
-    scope
-        .publish(Ticked {
-            clock: Uuid::now_v7(),
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+    let (rt, scope) = one_unapplied_tick().await?;
     let options = PerspectiveSyncOptions::new(SyncFilter::current_scope())
         .timeout(timeout)
         .debugger_aware(aware);
