@@ -182,7 +182,7 @@ async fn a_cascade_too_deep_stores_nothing() {
     let scope = rt.scope();
     let stream = Uuid::now_v7();
     let err = scope.publish(Echo { stream }).await.unwrap_err();
-    assert_error!(err, Error::CascadeTooDeep { .. });
+    assert_matches!(err, Error::CascadeTooDeep { .. });
     assert!(err.to_string().contains("Nothing of the send was stored"));
     assert_eq!(stream_len(&rt, stream).await, 0);
     assert!(scope.emitted().is_empty());
@@ -550,7 +550,7 @@ async fn send_and_sync_timing_out_returns_the_output_and_says_the_events_are_sto
     assert!(text.contains(SturdyAsync::NAME), "{text}");
     assert!(!text.contains("did not run"), "{text}");
     let err: Error = not.into();
-    assert_error!(err, Error::NotSynced { perspective, .. } if *perspective == SturdyAsync::NAME);
+    assert_matches!(err, Error::NotSynced { perspective, .. } if *perspective == SturdyAsync::NAME);
     assert_eq!(err.to_string(), text);
     assert_eq!(stream_len(&rt, stream).await, 1, "stored");
     rt.runner().resume();
@@ -718,7 +718,7 @@ async fn a_concurrency_conflict_in_the_cascade_stores_nothing_of_the_send() {
     let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
     scope.send(Reserve { seat: first }).await.unwrap();
     let err = scope.send(Reserve { seat: second }).await.unwrap_err();
-    assert_error!(err, Error::Concurrency { .. });
+    assert_matches!(err, Error::Concurrency { .. });
     assert_eq!(stream_len(&rt, first).await, 1);
     assert_eq!(
         stream_len(&rt, second).await,
@@ -768,7 +768,7 @@ async fn an_event_that_does_not_decode_from_its_own_json_is_refused_at_emit() {
     let rt = Runtime::in_memory().unwrap();
     let scope = rt.scope();
     let err = scope.send(EmitOneWay).await.unwrap_err();
-    assert_error!(
+    assert_matches!(
         err,
         Error::EventRoundTrip {
             event_type: "OneWay",

@@ -360,7 +360,7 @@ async fn sending_into_a_completed_scope_is_a_typed_error_and_appends_nothing() {
         .send(OpenCart { owner: "fi".into() })
         .await
         .unwrap_err();
-    assert_error!(err, Error::ScopeCompleted);
+    assert_matches!(err, Error::ScopeCompleted);
     let cart = Uuid::now_v7();
     let err = scope
         .publish(CartOpened {
@@ -369,7 +369,7 @@ async fn sending_into_a_completed_scope_is_a_typed_error_and_appends_nothing() {
         })
         .await
         .unwrap_err();
-    assert_error!(err, Error::ScopeCompleted);
+    assert_matches!(err, Error::ScopeCompleted);
     assert_eq!(stream_len(&rt, cart).await, 0);
 }
 
@@ -395,7 +395,7 @@ fn building_outside_tokio_explains_itself() {
         .service(Tally(Arc::default()))
         .build()
         .unwrap_err();
-    assert_error!(err, Error::NoTokioRuntime);
+    assert_matches!(err, Error::NoTokioRuntime);
 }
 
 #[tokio::test]
@@ -423,7 +423,7 @@ async fn publish_expecting_no_stream_rejects_an_existing_stream() {
         )
         .await
         .unwrap_err();
-    assert_error!(err, Error::Concurrency { actual: 1, .. });
+    assert_matches!(err, Error::Concurrency { actual: 1, .. });
     assert_eq!(stream_len(&rt, cart).await, 1);
 }
 

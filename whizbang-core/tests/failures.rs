@@ -285,11 +285,7 @@ async fn retry_after_fixing_the_cause_applies_the_rest_and_waiters_sync() {
         SyncFilter::current_scope().with_timeout(Duration::from_secs(5)),
     )
     .await;
-    assert!(
-        matches!(failed.outcome, SyncOutcome::Failed { version: 2, .. }),
-        "{:?}",
-        failed.outcome
-    );
+    assert_matches!(failed.outcome, SyncOutcome::Failed { version: 2, .. });
     bounded(rt.wait_idle()).await;
     assert_eq!(
         rt.sync_tracker().tracked_count(),
@@ -301,7 +297,7 @@ async fn retry_after_fixing_the_cause_applies_the_rest_and_waiters_sync() {
     let again = bounded(rt.retry_perspective::<Ledgers>(a))
         .await
         .unwrap_err();
-    assert_error!(again, Error::PerspectiveFailed { version: 2, .. });
+    assert_matches!(again, Error::PerspectiveFailed { version: 2, .. });
 
     REFUSE_NEGATIVE.store(false, Ordering::SeqCst);
     let report = bounded(rt.retry_perspective::<Ledgers>(a)).await.unwrap();
@@ -330,7 +326,7 @@ async fn retry_after_fixing_the_cause_applies_the_rest_and_waiters_sync() {
 
     // Once recovered, there is nothing to retry or skip.
     let err = rt.retry_perspective::<Ledgers>(a).await.unwrap_err();
-    assert_error!(
+    assert_matches!(
         err,
         Error::PerspectiveNotFailed {
             perspective: "failures.ledgers",
@@ -338,7 +334,7 @@ async fn retry_after_fixing_the_cause_applies_the_rest_and_waiters_sync() {
         }
     );
     let err = rt.skip_failed_event::<Ledgers>(a, "why").await.unwrap_err();
-    assert_error!(err, Error::PerspectiveNotFailed { .. });
+    assert_matches!(err, Error::PerspectiveNotFailed { .. });
     bounded(scope.complete()).await.unwrap();
 }
 
@@ -355,11 +351,7 @@ async fn skip_moves_past_the_poison_event_records_it_and_later_events_apply() {
         SyncFilter::current_scope().with_timeout(Duration::from_secs(5)),
     )
     .await;
-    assert!(
-        matches!(failed.outcome, SyncOutcome::Failed { version: 2, .. }),
-        "{:?}",
-        failed.outcome
-    );
+    assert_matches!(failed.outcome, SyncOutcome::Failed { version: 2, .. });
     bounded(rt.wait_idle()).await;
 
     let report = bounded(rt.skip_failed_event::<Ledgers>(b, "bad import, refunded by hand"))
@@ -407,11 +399,7 @@ async fn skip_moves_past_the_poison_event_records_it_and_later_events_apply() {
         SyncFilter::current_scope().with_timeout(Duration::from_secs(5)),
     )
     .await;
-    assert!(
-        matches!(failed.outcome, SyncOutcome::Failed { version: 5, .. }),
-        "{:?}",
-        failed.outcome
-    );
+    assert_matches!(failed.outcome, SyncOutcome::Failed { version: 5, .. });
     bounded(rt.wait_idle()).await;
     let cp = checkpoint(&rt, "failures.ledgers", b).await;
     assert_eq!(cp.version, 4, "version 4 applied before the failure at 5");
@@ -466,7 +454,7 @@ async fn retry_recovers_an_inline_perspective_at_once() {
         .await
         .unwrap();
     let err = bounded(scope.complete()).await.unwrap_err();
-    assert_error!(err, Error::PerspectiveFailed { version: 1, .. });
+    assert_matches!(err, Error::PerspectiveFailed { version: 1, .. });
     assert!(
         err.to_string().contains("retry_perspective"),
         "the error names the recovery: {err}"

@@ -367,7 +367,7 @@ async fn services_reach_the_subset_and_a_missing_one_is_a_setup_error() {
     )
     .await
     .unwrap_err();
-    assert_error!(err, Error::MissingService { .. });
+    assert_matches!(err, Error::MissingService { .. });
     let panicked = tokio::spawn(TestHarness::new().receptor::<Counter, Count>().when(Count));
     let text = panic_text(&*bounded(panicked).await.unwrap_err().into_panic());
     assert!(
@@ -383,7 +383,7 @@ fn a_subset_runs_the_start_up_checks() {
         .receptor::<OtherCounter, Count>()
         .build()
         .unwrap_err();
-    assert_error!(err, Error::DuplicateReceptor { .. });
+    assert_matches!(err, Error::DuplicateReceptor { .. });
 
     let err = Registry::builder()
         .receptor::<Notifier, Labelled>()

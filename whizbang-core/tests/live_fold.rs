@@ -181,7 +181,7 @@ async fn a_receptor_decides_from_the_fold_and_appends_at_its_version() {
         .await
         .unwrap();
     let refused = bounded(scope.send(Withdraw { account, cents: 7 })).await;
-    assert_error!(refused, Err(Error::Handler(e)) if e.to_string() == "insufficient funds");
+    assert_matches!(refused, Err(Error::Handler(e)) if e.to_string() == "insufficient funds");
     let folded = rt.aggregate::<Balances>(account).await.unwrap();
     assert_eq!((folded.cents, folded.version), (6, 2));
 }
@@ -207,7 +207,7 @@ async fn of_two_commands_that_folded_the_same_version_one_wins_and_one_conflicts
         (Err(e), Ok(())) => (6, e),
         other => panic!("expected one success and one conflict, got {other:?}"),
     };
-    assert_error!(
+    assert_matches!(
         lost,
         Error::Concurrency {
             expected: ExpectedVersion::Exact(1),
@@ -270,7 +270,7 @@ async fn a_panicking_apply_is_contained_and_reported_as_a_fold_error() {
         .await
         .unwrap();
     let err = bounded(rt.aggregate::<Strict>(account)).await.unwrap_err();
-    assert_error!(err, Error::FoldFailed { version: 1, message, .. } if message.contains("apply panicked: the ledger is corrupt"));
+    assert_matches!(err, Error::FoldFailed { version: 1, message, .. } if message.contains("apply panicked: the ledger is corrupt"));
     // Nothing was marked failed: the stored perspective `Balances` is untouched
     // and the runtime goes on.
     scope.complete().await.unwrap();

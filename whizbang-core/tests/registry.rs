@@ -79,7 +79,7 @@ static SHIP_TOO: MessageRegistration = MessageRegistration::of::<ShipToo>("ShipT
 #[test]
 fn two_message_types_with_one_wire_name_are_rejected() {
     let err = Registry::from_parts([&WAREHOUSE], [], [&SHIP, &SHIP_TOO]).unwrap_err();
-    assert_error!(err, Error::DuplicateMessageName { name: "Ship", .. });
+    assert_matches!(err, Error::DuplicateMessageName { name: "Ship", .. });
 }
 
 #[tokio::test]
@@ -145,7 +145,7 @@ async fn a_command_outside_the_runtimes_registry_is_a_typed_error_naming_it() {
         .build()
         .unwrap();
     let err = rt.scope().send(Orphan).await.unwrap_err();
-    assert_error!(
+    assert_matches!(
         err,
         Error::NoReceptor {
             message_type: "Orphan"

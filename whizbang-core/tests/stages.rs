@@ -287,7 +287,7 @@ static COMMAND_STAGE: ReceptorRegistration =
 #[tokio::test]
 async fn waiting_from_an_inline_stage_is_a_start_up_error() {
     let err = runtime(vec![&INLINE_WAIT]).unwrap_err();
-    assert_error!(
+    assert_matches!(
         err,
         Error::InlineStageWait {
             stage: LifecycleStage::PostPerspectiveInline,
@@ -300,7 +300,7 @@ async fn waiting_from_an_inline_stage_is_a_start_up_error() {
 #[tokio::test]
 async fn stages_this_runtime_cannot_reach_and_stages_on_commands_are_rejected() {
     let err = runtime(vec![&INBOX]).unwrap_err();
-    assert_error!(err, Error::UnsupportedStage { .. });
+    assert_matches!(err, Error::UnsupportedStage { .. });
     let err = runtime(vec![&COMMAND_STAGE]).unwrap_err();
     assert!(
         err.to_string().contains("apply to event receptors"),

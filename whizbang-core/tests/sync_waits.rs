@@ -158,7 +158,7 @@ async fn a_backend_that_never_answers_times_every_wait_out_within_its_timeout_pl
         .lens::<Notes>()
         .with_sync::<Notes>(&aw, SyncFilter::current_scope().with_timeout(timeout));
     let err = bounded(lens.get(stream.into())).await.unwrap_err();
-    assert_error!(err, Error::PerspectiveSyncTimeout { .. });
+    assert_matches!(err, Error::PerspectiveSyncTimeout { .. });
     assert!(
         started.elapsed() <= within(timeout),
         "{:?}",

@@ -171,7 +171,7 @@ async fn a_backend_that_answers_no_inquiry_is_an_invariant_break() {
     )
     .await
     .unwrap_err();
-    assert_error!(err, Error::Invariant(_));
+    assert_matches!(err, Error::Invariant(_));
     assert!(format!("{err:?}").contains("Invariant"), "{err:?}");
     assert!(err.to_string().contains("answered no inquiry"), "{err}");
     assert_eq!(rt.sync_tracker().waiter_count(), 0);

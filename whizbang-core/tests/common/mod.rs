@@ -59,10 +59,11 @@ pub(crate) fn invalid_input(err: &Error) -> &str {
     }
 }
 
-/// Asserts that an error (or any value) matches a pattern, printing it if not:
-/// `assert_error!(err, Error::UnknownPerspective { .. })`, guards allowed.
+/// Asserts that a value (an error, an outcome) matches a pattern, printing it
+/// if not: `assert_matches!(err, Error::UnknownPerspective { .. })`, guards
+/// allowed. The value is matched by reference.
 #[macro_export]
-macro_rules! assert_error {
+macro_rules! assert_matches {
     ($err:expr, $($pattern:tt)+) => {{
         let err = &$err;
         assert!(

@@ -1,7 +1,7 @@
 //! Bad input: typed errors that say what to do.
 
 use super::{Balances, Labels};
-use crate::assert_error;
+use crate::assert_matches;
 use crate::common::{invalid_input, ms};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +25,7 @@ async fn current_scope_on_an_awaiter_without_a_scope_is_invalid_input_saying_wha
         .wait::<Balances>(SyncFilter::all().and(SyncFilter::current_scope()))
         .await
         .unwrap_err();
-    assert_error!(err, Error::InvalidInput(_));
+    assert_matches!(err, Error::InvalidInput(_));
 }
 
 #[tokio::test]
@@ -38,13 +38,13 @@ async fn waiting_on_a_perspective_the_runtime_does_not_know_is_unknown_perspecti
         .wait::<Balances>(SyncFilter::all())
         .await
         .unwrap_err();
-    assert_error!(err, Error::UnknownPerspective { name } if name == "sync.balances");
+    assert_matches!(err, Error::UnknownPerspective { name } if name == "sync.balances");
     let err = rt
         .sync_awaiter()
         .wait::<Balances>(SyncFilter::for_stream(Uuid::now_v7()).with_timeout(ms(10)))
         .await
         .unwrap_err();
-    assert_error!(err, Error::UnknownPerspective { .. });
+    assert_matches!(err, Error::UnknownPerspective { .. });
 }
 
 #[test]

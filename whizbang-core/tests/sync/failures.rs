@@ -1,7 +1,7 @@
 //! A failing or panicking apply wakes its waiters at once with the failure.
 
 use super::{Charged, Charges};
-use crate::assert_error;
+use crate::assert_matches;
 use crate::common::{bounded, paused_runtime, scope_wait, until};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -43,7 +43,7 @@ async fn a_failing_apply_wakes_its_waiters_at_once_with_the_failure() {
         "woke at {wall:?}, not at once"
     );
     let err = r.into_result().unwrap_err();
-    assert_error!(
+    assert_matches!(
         err,
         Error::PerspectiveFailed {
             perspective: "sync.charges",

@@ -2,7 +2,7 @@
 //! event types the perspective does not handle.
 
 use super::{dep, Balances, Renamed};
-use crate::assert_error;
+use crate::assert_matches;
 use crate::common::{bounded, ms, paused_runtime, scope_wait, until};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -71,7 +71,7 @@ async fn tracked_events_never_applied_time_out_after_the_timeout() {
     assert!(wall >= ms(150) && wall < Duration::from_secs(1), "{wall:?}");
     assert!(!r.is_synced());
     let err = r.into_result().unwrap_err();
-    assert_error!(
+    assert_matches!(
         err,
         Error::PerspectiveSyncTimeout {
             perspective: "sync.balances",

@@ -1,7 +1,7 @@
 //! `send_and_sync` and the synced lens.
 
 use super::{Balances, Deposit};
-use crate::assert_error;
+use crate::assert_matches;
 use crate::common::{bounded, ms, paused_runtime};
 use uuid::Uuid;
 use whizbang_core::{
@@ -86,5 +86,5 @@ async fn a_synced_lens_errors_on_timeout_rather_than_returning_stale_data() {
         SyncFilter::current_scope().with_timeout(ms(100)),
     );
     let err = bounded(lens.get(a.into())).await.unwrap_err();
-    assert_error!(err, Error::PerspectiveSyncTimeout { .. });
+    assert_matches!(err, Error::PerspectiveSyncTimeout { .. });
 }
