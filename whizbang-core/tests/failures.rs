@@ -4,7 +4,7 @@
 //! runner; `retry_perspective` and `skip_failed_event` bring it back.
 
 mod common;
-use common::{bounded, scope_wait};
+use common::{bounded, failed, scope_wait};
 
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -146,17 +146,9 @@ async fn a_model_whose_default_panics_fails_its_cursor_and_the_runner_goes_on() 
         SyncFilter::current_scope().with_timeout(Duration::from_secs(5)),
     )
     .await;
-    match &result.outcome {
-        SyncOutcome::Failed {
-            stream,
-            version,
-            message,
-        } => {
-            assert_eq!((*stream, *version), (StreamId::from(a), 1));
-            assert!(message.contains("Fragile cannot be defaulted"), "{message}");
-        }
-        other => panic!("expected Failed, got {other:?}"),
-    }
+    let (stream, version, message) = failed(&result.outcome);
+    assert_eq!((stream, version), (StreamId::from(a), 1));
+    assert!(message.contains("Fragile cannot be defaulted"), "{message}");
     // The runner task survived and counted its work down.
     bounded(rt.wait_idle()).await;
     let cp = checkpoint(&rt, "failures.fragile", a).await;

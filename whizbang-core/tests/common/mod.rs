@@ -14,7 +14,7 @@ use whizbang_core::backend::{
     SyncInquiry, SyncInquiryResult,
 };
 use whizbang_core::{
-    Error, Perspective, PerspectiveSyncOptions, Runtime, Scope, StreamId, SyncResult,
+    Error, Perspective, PerspectiveSyncOptions, Runtime, Scope, StreamId, SyncOutcome, SyncResult,
 };
 
 /// No awaited step of a test may take longer than this.
@@ -56,6 +56,19 @@ pub(crate) fn invalid_input(err: &Error) -> &str {
     match err {
         Error::InvalidInput(message) => message,
         other => panic!("expected InvalidInput, got {other:?}"),
+    }
+}
+
+/// The failed event (stream, version) and the failure's message of a
+/// [`SyncOutcome::Failed`]; fails the test on any other outcome.
+pub(crate) fn failed(outcome: &SyncOutcome) -> (StreamId, u64, &str) {
+    match outcome {
+        SyncOutcome::Failed {
+            stream,
+            version,
+            message,
+        } => (*stream, *version, message),
+        other => panic!("expected Failed, got {other:?}"),
     }
 }
 

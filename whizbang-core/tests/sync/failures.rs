@@ -2,7 +2,7 @@
 
 use super::{Charged, Charges};
 use crate::assert_matches;
-use crate::common::{bounded, paused_runtime, scope_wait, until};
+use crate::common::{bounded, failed, paused_runtime, scope_wait, until};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 use whizbang_core::{Error, Runtime, StreamId, SyncFilter, SyncOutcome};
@@ -26,18 +26,10 @@ async fn a_failing_apply_wakes_its_waiters_at_once_with_the_failure() {
     )
     .await;
     let wall = started.elapsed();
-    match &r.outcome {
-        SyncOutcome::Failed {
-            stream,
-            version,
-            message,
-        } => {
-            assert_eq!(*stream, StreamId::from(a));
-            assert_eq!(*version, 1);
-            assert!(message.contains("negative charge of -5"), "{message}");
-        }
-        other => panic!("expected Failed, got {other:?}"),
-    }
+    let (stream, version, message) = failed(&r.outcome);
+    assert_eq!(stream, StreamId::from(a));
+    assert_eq!(version, 1);
+    assert!(message.contains("negative charge of -5"), "{message}");
     assert!(
         wall < Duration::from_secs(1),
         "woke at {wall:?}, not at once"
