@@ -156,6 +156,7 @@ impl Pings {
     }
 }
 
+/// A deposit of `cents` on `account`.
 fn dep(account: Uuid, cents: i64) -> Deposited {
     Deposited { account, cents }
 }
