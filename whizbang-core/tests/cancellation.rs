@@ -6,6 +6,9 @@
 //! Every test uses message types or streams of its own: the global registry
 //! holds them all.
 
+mod common;
+use common::{bounded, stream_len};
+
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,19 +20,6 @@ use whizbang_core::{
     perspective, receptor, Command, Context, Event, EventId, LensQuery, Receptor, Result, Runtime,
     StreamId, SyncFilter,
 };
-
-async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(10), f)
-        .await
-        .expect("bounded wait elapsed")
-}
-
-async fn stream_len(rt: &Runtime, stream: impl Into<StreamId>) -> u64 {
-    rt.event_store()
-        .stream_version(stream.into())
-        .await
-        .unwrap()
-}
 
 const DROP_AFTER: Duration = Duration::from_millis(50);
 

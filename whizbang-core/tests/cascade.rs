@@ -6,6 +6,9 @@
 //!
 //! Every test uses message types of its own: the global registry holds them all.
 
+mod common;
+use common::{bounded, paused_runtime, stream_len};
+
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,21 +16,8 @@ use std::time::Duration;
 use uuid::Uuid;
 use whizbang_core::{
     perspective, receptor, Command, Context, DetachedFailure, Error, Event, LensQuery, Perspective,
-    PerspectiveSyncOptions, Receptor, Result, Runtime, StreamId, SyncFilter, SyncOutcome,
+    PerspectiveSyncOptions, Receptor, Result, Runtime, SyncFilter, SyncOutcome,
 };
-
-async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(10), f)
-        .await
-        .expect("bounded wait elapsed")
-}
-
-async fn stream_len(rt: &Runtime, stream: impl Into<StreamId>) -> u64 {
-    rt.event_store()
-        .stream_version(stream.into())
-        .await
-        .unwrap()
-}
 
 // ------------------------------------------------ 1. a failing cascade stores nothing
 
@@ -192,7 +182,7 @@ async fn a_cascade_too_deep_stores_nothing() {
     let scope = rt.scope();
     let stream = Uuid::now_v7();
     let err = scope.publish(Echo { stream }).await.unwrap_err();
-    assert!(matches!(err, Error::CascadeTooDeep { .. }), "{err:?}");
+    assert_matches!(err, Error::CascadeTooDeep { .. });
     assert!(err.to_string().contains("Nothing of the send was stored"));
     assert_eq!(stream_len(&rt, stream).await, 0);
     assert!(scope.emitted().is_empty());
@@ -536,8 +526,7 @@ async fn send_and_sync_is_not_failed_by_an_earlier_commands_inline_failure() {
 
 #[tokio::test(start_paused = true)]
 async fn send_and_sync_timing_out_returns_the_output_and_says_the_events_are_stored() {
-    let rt = Runtime::in_memory().unwrap();
-    rt.runner().pause();
+    let rt = paused_runtime();
     let scope = rt.scope();
     let sent = bounded(scope.send_and_sync_with(
         Mark { poison: false },
@@ -561,10 +550,7 @@ async fn send_and_sync_timing_out_returns_the_output_and_says_the_events_are_sto
     assert!(text.contains(SturdyAsync::NAME), "{text}");
     assert!(!text.contains("did not run"), "{text}");
     let err: Error = not.into();
-    assert!(
-        matches!(err, Error::NotSynced { perspective, .. } if perspective == SturdyAsync::NAME),
-        "{err:?}"
-    );
+    assert_matches!(err, Error::NotSynced { perspective, .. } if *perspective == SturdyAsync::NAME);
     assert_eq!(err.to_string(), text);
     assert_eq!(stream_len(&rt, stream).await, 1, "stored");
     rt.runner().resume();
@@ -637,8 +623,7 @@ impl QuickAsync {
 
 #[tokio::test(start_paused = true)]
 async fn concurrent_send_and_sync_on_one_scope_each_wait_on_their_own_events() {
-    let rt = Runtime::in_memory().unwrap();
-    rt.runner().pause();
+    let rt = paused_runtime();
     let scope = rt.scope();
     let options = PerspectiveSyncOptions::default().timeout(Duration::from_millis(200));
     // The slow command starts first and is still in its receptor while the
@@ -733,7 +718,7 @@ async fn a_concurrency_conflict_in_the_cascade_stores_nothing_of_the_send() {
     let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
     scope.send(Reserve { seat: first }).await.unwrap();
     let err = scope.send(Reserve { seat: second }).await.unwrap_err();
-    assert!(matches!(err, Error::Concurrency { .. }), "{err:?}");
+    assert_matches!(err, Error::Concurrency { .. });
     assert_eq!(stream_len(&rt, first).await, 1);
     assert_eq!(
         stream_len(&rt, second).await,
@@ -783,15 +768,12 @@ async fn an_event_that_does_not_decode_from_its_own_json_is_refused_at_emit() {
     let rt = Runtime::in_memory().unwrap();
     let scope = rt.scope();
     let err = scope.send(EmitOneWay).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::EventRoundTrip {
-                event_type: "OneWay",
-                ..
-            }
-        ),
-        "{err:?}"
+    assert_matches!(
+        err,
+        Error::EventRoundTrip {
+            event_type: "OneWay",
+            ..
+        }
     );
     assert!(err.to_string().contains("nothing was emitted"), "{err}");
     assert!(scope.emitted().is_empty());

@@ -2,9 +2,11 @@
 //! formats, and the JSON path end to end: a runtime on stores that keep only
 //! JSON applies, reads and waits like one on typed stores.
 
+mod common;
+use common::bounded;
+
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use uuid::Uuid;
@@ -51,12 +53,6 @@ async fn run_all_passes_on_one_shared_pair_of_stores() {
 }
 
 // ---- The JSON path end to end ------------------------------------------------------
-
-async fn bounded<F: Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(5), f)
-        .await
-        .expect("bounded wait")
-}
 
 #[derive(Command, Serialize, Deserialize)]
 #[command(output = ())]

@@ -1,6 +1,9 @@
 //! Dispatch: routing, outputs, emitted events, optimistic concurrency and the
 //! bad-input cases of issue 2.
 
+mod common;
+use common::stream_len;
+
 use serde::{Deserialize, Serialize, Serializer};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -172,10 +175,6 @@ fn runtime() -> (Runtime, Arc<AtomicUsize>) {
         .expect("runtime builds");
     let _ = Counter::default().seen; // the Default-based FromServices path compiles too
     (rt, seen)
-}
-
-async fn stream_len(rt: &Runtime, cart: Uuid) -> u64 {
-    rt.event_store().stream_version(cart.into()).await.unwrap()
 }
 
 #[tokio::test]
@@ -361,7 +360,7 @@ async fn sending_into_a_completed_scope_is_a_typed_error_and_appends_nothing() {
         .send(OpenCart { owner: "fi".into() })
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::ScopeCompleted), "{err:?}");
+    assert_matches!(err, Error::ScopeCompleted);
     let cart = Uuid::now_v7();
     let err = scope
         .publish(CartOpened {
@@ -370,7 +369,7 @@ async fn sending_into_a_completed_scope_is_a_typed_error_and_appends_nothing() {
         })
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::ScopeCompleted), "{err:?}");
+    assert_matches!(err, Error::ScopeCompleted);
     assert_eq!(stream_len(&rt, cart).await, 0);
 }
 
@@ -396,7 +395,7 @@ fn building_outside_tokio_explains_itself() {
         .service(Tally(Arc::default()))
         .build()
         .unwrap_err();
-    assert!(matches!(err, Error::NoTokioRuntime), "{err:?}");
+    assert_matches!(err, Error::NoTokioRuntime);
 }
 
 #[tokio::test]
@@ -424,10 +423,7 @@ async fn publish_expecting_no_stream_rejects_an_existing_stream() {
         )
         .await
         .unwrap_err();
-    assert!(
-        matches!(err, Error::Concurrency { actual: 1, .. }),
-        "{err:?}"
-    );
+    assert_matches!(err, Error::Concurrency { actual: 1, .. });
     assert_eq!(stream_len(&rt, cart).await, 1);
 }
 

@@ -3,8 +3,10 @@
 //! marks its cursor failed and wakes its waiters without taking down the
 //! runner; `retry_perspective` and `skip_failed_event` bring it back.
 
+mod common;
+use common::{bounded, failed, scope_wait};
+
 use serde::{Deserialize, Serialize};
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use uuid::Uuid;
@@ -118,12 +120,6 @@ impl Ledgers {
     }
 }
 
-async fn bounded<F: Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(10), f)
-        .await
-        .expect("did not finish in time")
-}
-
 fn charge(account: Uuid, cents: i64) -> Charged {
     Charged { account, cents }
 }
@@ -145,24 +141,14 @@ async fn a_model_whose_default_panics_fails_its_cursor_and_the_runner_goes_on() 
     let scope = rt.scope();
     scope.publish(Poked { target: a }).await.unwrap();
 
-    let result = bounded(
-        scope
-            .sync_awaiter()
-            .wait::<FragileView>(SyncFilter::current_scope().with_timeout(Duration::from_secs(5))),
+    let result = scope_wait::<FragileView>(
+        &scope,
+        SyncFilter::current_scope().with_timeout(Duration::from_secs(5)),
     )
-    .await
-    .unwrap();
-    match &result.outcome {
-        SyncOutcome::Failed {
-            stream,
-            version,
-            message,
-        } => {
-            assert_eq!((*stream, *version), (StreamId::from(a), 1));
-            assert!(message.contains("Fragile cannot be defaulted"), "{message}");
-        }
-        other => panic!("expected Failed, got {other:?}"),
-    }
+    .await;
+    let (stream, version, message) = failed(&result.outcome);
+    assert_eq!((stream, version), (StreamId::from(a), 1));
+    assert!(message.contains("Fragile cannot be defaulted"), "{message}");
     // The runner task survived and counted its work down.
     bounded(rt.wait_idle()).await;
     let cp = checkpoint(&rt, "failures.fragile", a).await;
@@ -185,13 +171,11 @@ async fn a_model_whose_default_panics_fails_its_cursor_and_the_runner_goes_on() 
     let b = Uuid::now_v7();
     let later = rt.scope();
     later.publish(Poked { target: b }).await.unwrap();
-    let synced = bounded(
-        later
-            .sync_awaiter()
-            .wait::<TallyView>(SyncFilter::current_scope().with_timeout(Duration::from_secs(5))),
+    let synced = scope_wait::<TallyView>(
+        &later,
+        SyncFilter::current_scope().with_timeout(Duration::from_secs(5)),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(synced.outcome, SyncOutcome::Synced);
     bounded(later.complete()).await.unwrap();
     bounded(scope.complete()).await.unwrap();
@@ -288,18 +272,12 @@ async fn retry_after_fixing_the_cause_applies_the_rest_and_waiters_sync() {
     for cents in [5, -3, 7] {
         scope.publish(charge(a, cents)).await.unwrap();
     }
-    let failed = bounded(
-        scope
-            .sync_awaiter()
-            .wait::<Ledgers>(SyncFilter::current_scope().with_timeout(Duration::from_secs(5))),
+    let failed = scope_wait::<Ledgers>(
+        &scope,
+        SyncFilter::current_scope().with_timeout(Duration::from_secs(5)),
     )
-    .await
-    .unwrap();
-    assert!(
-        matches!(failed.outcome, SyncOutcome::Failed { version: 2, .. }),
-        "{:?}",
-        failed.outcome
-    );
+    .await;
+    assert_matches!(failed.outcome, SyncOutcome::Failed { version: 2, .. });
     bounded(rt.wait_idle()).await;
     assert_eq!(
         rt.sync_tracker().tracked_count(),
@@ -311,10 +289,7 @@ async fn retry_after_fixing_the_cause_applies_the_rest_and_waiters_sync() {
     let again = bounded(rt.retry_perspective::<Ledgers>(a))
         .await
         .unwrap_err();
-    assert!(
-        matches!(again, Error::PerspectiveFailed { version: 2, .. }),
-        "{again:?}"
-    );
+    assert_matches!(again, Error::PerspectiveFailed { version: 2, .. });
 
     REFUSE_NEGATIVE.store(false, Ordering::SeqCst);
     let report = bounded(rt.retry_perspective::<Ledgers>(a)).await.unwrap();
@@ -334,29 +309,24 @@ async fn retry_after_fixing_the_cause_applies_the_rest_and_waiters_sync() {
         "the half-applied model of the failure was discarded"
     );
 
-    let synced = bounded(
-        scope
-            .sync_awaiter()
-            .wait::<Ledgers>(SyncFilter::current_scope().with_timeout(Duration::from_secs(5))),
+    let synced = scope_wait::<Ledgers>(
+        &scope,
+        SyncFilter::current_scope().with_timeout(Duration::from_secs(5)),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(synced.outcome, SyncOutcome::Synced);
 
     // Once recovered, there is nothing to retry or skip.
     let err = rt.retry_perspective::<Ledgers>(a).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::PerspectiveNotFailed {
-                perspective: "failures.ledgers",
-                ..
-            }
-        ),
-        "{err:?}"
+    assert_matches!(
+        err,
+        Error::PerspectiveNotFailed {
+            perspective: "failures.ledgers",
+            ..
+        }
     );
     let err = rt.skip_failed_event::<Ledgers>(a, "why").await.unwrap_err();
-    assert!(matches!(err, Error::PerspectiveNotFailed { .. }), "{err:?}");
+    assert_matches!(err, Error::PerspectiveNotFailed { .. });
     bounded(scope.complete()).await.unwrap();
 }
 
@@ -368,18 +338,12 @@ async fn skip_moves_past_the_poison_event_records_it_and_later_events_apply() {
     scope.publish(charge(b, 5)).await.unwrap();
     let poison: EventId = scope.publish(charge(b, POISON)).await.unwrap();
     scope.publish(charge(b, 7)).await.unwrap();
-    let failed = bounded(
-        scope
-            .sync_awaiter()
-            .wait::<Ledgers>(SyncFilter::current_scope().with_timeout(Duration::from_secs(5))),
+    let failed = scope_wait::<Ledgers>(
+        &scope,
+        SyncFilter::current_scope().with_timeout(Duration::from_secs(5)),
     )
-    .await
-    .unwrap();
-    assert!(
-        matches!(failed.outcome, SyncOutcome::Failed { version: 2, .. }),
-        "{:?}",
-        failed.outcome
-    );
+    .await;
+    assert_matches!(failed.outcome, SyncOutcome::Failed { version: 2, .. });
     bounded(rt.wait_idle()).await;
 
     let report = bounded(rt.skip_failed_event::<Ledgers>(b, "bad import, refunded by hand"))
@@ -410,13 +374,11 @@ async fn skip_moves_past_the_poison_event_records_it_and_later_events_apply() {
     }
     let ledger = rt.lens::<Ledgers>().get(b.into()).await.unwrap().unwrap();
     assert_eq!((ledger.total, ledger.seen.clone()), (12, vec![5, 7]));
-    let synced = bounded(
-        scope
-            .sync_awaiter()
-            .wait::<Ledgers>(SyncFilter::current_scope().with_timeout(Duration::from_secs(5))),
+    let synced = scope_wait::<Ledgers>(
+        &scope,
+        SyncFilter::current_scope().with_timeout(Duration::from_secs(5)),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(synced.outcome, SyncOutcome::Synced);
     bounded(scope.complete()).await.unwrap();
 
@@ -424,18 +386,12 @@ async fn skip_moves_past_the_poison_event_records_it_and_later_events_apply() {
     let later = rt.scope();
     later.publish(charge(b, 1)).await.unwrap();
     later.publish(charge(b, POISON)).await.unwrap();
-    let failed = bounded(
-        later
-            .sync_awaiter()
-            .wait::<Ledgers>(SyncFilter::current_scope().with_timeout(Duration::from_secs(5))),
+    let failed = scope_wait::<Ledgers>(
+        &later,
+        SyncFilter::current_scope().with_timeout(Duration::from_secs(5)),
     )
-    .await
-    .unwrap();
-    assert!(
-        matches!(failed.outcome, SyncOutcome::Failed { version: 5, .. }),
-        "{:?}",
-        failed.outcome
-    );
+    .await;
+    assert_matches!(failed.outcome, SyncOutcome::Failed { version: 5, .. });
     bounded(rt.wait_idle()).await;
     let cp = checkpoint(&rt, "failures.ledgers", b).await;
     assert_eq!(cp.version, 4, "version 4 applied before the failure at 5");
@@ -490,10 +446,7 @@ async fn retry_recovers_an_inline_perspective_at_once() {
         .await
         .unwrap();
     let err = bounded(scope.complete()).await.unwrap_err();
-    assert!(
-        matches!(err, Error::PerspectiveFailed { version: 1, .. }),
-        "{err:?}"
-    );
+    assert_matches!(err, Error::PerspectiveFailed { version: 1, .. });
     assert!(
         err.to_string().contains("retry_perspective"),
         "the error names the recovery: {err}"

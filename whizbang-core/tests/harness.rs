@@ -1,24 +1,19 @@
 //! The given / when / then harness (`whizbang_core::testing`) and the registry
 //! subset it runs on: only the receptors and perspectives a test adds run.
 
+mod common;
+use common::bounded;
+
 use serde::{Deserialize, Serialize};
-use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 use uuid::Uuid;
 use whizbang_core::testing::{ExpectedEvent, TestHarness};
 use whizbang_core::{
     await_perspective_sync, fire_at, perspective, receptor, Command, Context, Error, Event,
     FromServices, Receptor, Registry, Result, Services,
 };
-
-async fn bounded<F: Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(10), f)
-        .await
-        .expect("bounded wait elapsed")
-}
 
 #[derive(Command, Serialize, Deserialize)]
 #[command(output = u32)]
@@ -372,7 +367,7 @@ async fn services_reach_the_subset_and_a_missing_one_is_a_setup_error() {
     )
     .await
     .unwrap_err();
-    assert!(matches!(err, Error::MissingService { .. }), "{err:?}");
+    assert_matches!(err, Error::MissingService { .. });
     let panicked = tokio::spawn(TestHarness::new().receptor::<Counter, Count>().when(Count));
     let text = panic_text(&*bounded(panicked).await.unwrap_err().into_panic());
     assert!(
@@ -388,7 +383,7 @@ fn a_subset_runs_the_start_up_checks() {
         .receptor::<OtherCounter, Count>()
         .build()
         .unwrap_err();
-    assert!(matches!(err, Error::DuplicateReceptor { .. }), "{err:?}");
+    assert_matches!(err, Error::DuplicateReceptor { .. });
 
     let err = Registry::builder()
         .receptor::<Notifier, Labelled>()

@@ -1,17 +1,12 @@
 //! Lens reads: `list` returns each model with its id and the stream version it
 //! reflects; `get` returns the model.
 
+mod common;
+use common::bounded;
+
 use serde::{Deserialize, Serialize};
-use std::future::Future;
-use std::time::Duration;
 use uuid::Uuid;
 use whizbang_core::{perspective, Event, LensQuery, ListQuery, Runtime, StreamId, Versioned};
-
-async fn bounded<F: Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(10), f)
-        .await
-        .expect("bounded wait elapsed")
-}
 
 #[derive(Event, Serialize, Deserialize)]
 #[event(name = "lens.tallied")]

@@ -2,22 +2,17 @@
 //! perspective's apply over a stream's events on demand, return the model
 //! with the stream's version, and contain failures in user code.
 
+mod common;
+use common::bounded;
+
 use serde::{Deserialize, Serialize};
-use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::Barrier;
 use uuid::Uuid;
 use whizbang_core::{
     perspective, receptor, Command, Context, Error, Event, ExpectedVersion, FromServices,
     LensQuery, Receptor, Result, Runtime, Services,
 };
-
-async fn bounded<F: Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(10), f)
-        .await
-        .expect("bounded wait elapsed")
-}
 
 #[derive(Event, Serialize, Deserialize)]
 #[event(name = "fold.deposited")]
@@ -186,10 +181,7 @@ async fn a_receptor_decides_from_the_fold_and_appends_at_its_version() {
         .await
         .unwrap();
     let refused = bounded(scope.send(Withdraw { account, cents: 7 })).await;
-    assert!(
-        matches!(&refused, Err(Error::Handler(e)) if e.to_string() == "insufficient funds"),
-        "{refused:?}"
-    );
+    assert_matches!(refused, Err(Error::Handler(e)) if e.to_string() == "insufficient funds");
     let folded = rt.aggregate::<Balances>(account).await.unwrap();
     assert_eq!((folded.cents, folded.version), (6, 2));
 }
@@ -215,16 +207,13 @@ async fn of_two_commands_that_folded_the_same_version_one_wins_and_one_conflicts
         (Err(e), Ok(())) => (6, e),
         other => panic!("expected one success and one conflict, got {other:?}"),
     };
-    assert!(
-        matches!(
-            lost,
-            Error::Concurrency {
-                expected: ExpectedVersion::Exact(1),
-                actual: 2,
-                ..
-            }
-        ),
-        "{lost:?}"
+    assert_matches!(
+        lost,
+        Error::Concurrency {
+            expected: ExpectedVersion::Exact(1),
+            actual: 2,
+            ..
+        }
     );
     let folded = rt.aggregate::<Balances>(account).await.unwrap();
     assert_eq!(
@@ -281,11 +270,7 @@ async fn a_panicking_apply_is_contained_and_reported_as_a_fold_error() {
         .await
         .unwrap();
     let err = bounded(rt.aggregate::<Strict>(account)).await.unwrap_err();
-    assert!(
-        matches!(&err, Error::FoldFailed { version: 1, message, .. }
-            if message.contains("apply panicked: the ledger is corrupt")),
-        "{err:?}"
-    );
+    assert_matches!(err, Error::FoldFailed { version: 1, message, .. } if message.contains("apply panicked: the ledger is corrupt"));
     // Nothing was marked failed: the stored perspective `Balances` is untouched
     // and the runtime goes on.
     scope.complete().await.unwrap();

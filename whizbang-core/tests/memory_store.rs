@@ -2,6 +2,8 @@
 //! refused, a dropped unit releases its (perspective, stream) unchanged, and
 //! readers never wait for a claim.
 
+mod common;
+
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime};
 use uuid::Uuid;
@@ -81,10 +83,7 @@ fn two_events_with_one_id_in_one_append_are_refused_and_nothing_is_appended() {
     let err = store
         .append_now(vec![append(a, vec![event(id, a), event(id, a)])])
         .unwrap_err();
-    assert!(
-        matches!(err, Error::DuplicateEventId { event_id } if event_id == id),
-        "{err:?}"
-    );
+    assert_matches!(err, Error::DuplicateEventId { event_id } if *event_id == id);
     // The same id on two streams of one append.
     let err = store
         .append_now(vec![
@@ -92,7 +91,7 @@ fn two_events_with_one_id_in_one_append_are_refused_and_nothing_is_appended() {
             append(b, vec![event(id, b)]),
         ])
         .unwrap_err();
-    assert!(matches!(err, Error::DuplicateEventId { .. }), "{err:?}");
+    assert_matches!(err, Error::DuplicateEventId { .. });
     assert!(store.all_events().is_empty(), "nothing was appended");
 }
 
@@ -110,10 +109,7 @@ fn an_id_already_stored_is_refused_with_the_same_error() {
             vec![event(EventId::new(), a), event(id, a)],
         )])
         .unwrap_err();
-    assert!(
-        matches!(err, Error::DuplicateEventId { event_id } if event_id == id),
-        "{err:?}"
-    );
+    assert_matches!(err, Error::DuplicateEventId { event_id } if *event_id == id);
     assert!(err.to_string().contains("nothing was appended"), "{err}");
     assert_eq!(store.all_events().len(), 1);
 }

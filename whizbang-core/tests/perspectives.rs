@@ -1,8 +1,10 @@
 //! Perspectives: inline and async application, dropped scopes, failures,
 //! ordering and exactly-once under concurrency, and lens reads.
 
+mod common;
+use common::bounded;
+
 use serde::{Deserialize, Serialize};
-use std::time::Duration;
 use uuid::Uuid;
 use whizbang_core::{
     perspective, Error, Event, LensQuery, ListQuery, Perspective, PerspectiveMode, Runtime,
@@ -74,12 +76,6 @@ fn dep(account: Uuid, seq: u64, cents: i64) -> Deposited {
         seq,
         cents,
     }
-}
-
-async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(10), f)
-        .await
-        .expect("bounded wait elapsed")
 }
 
 #[test]

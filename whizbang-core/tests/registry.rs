@@ -1,6 +1,8 @@
 //! The registry's start-up checks, on explicit registrations (the global one is
 //! exercised by every other test binary).
 
+mod common;
+
 use serde::{Deserialize, Serialize};
 use whizbang_core::registry::{MessageRegistration, ReceptorRegistration};
 use whizbang_core::{receptor, Command, Context, Error, Receptor, Registry, Result, Runtime};
@@ -77,10 +79,7 @@ static SHIP_TOO: MessageRegistration = MessageRegistration::of::<ShipToo>("ShipT
 #[test]
 fn two_message_types_with_one_wire_name_are_rejected() {
     let err = Registry::from_parts([&WAREHOUSE], [], [&SHIP, &SHIP_TOO]).unwrap_err();
-    assert!(
-        matches!(err, Error::DuplicateMessageName { name: "Ship", .. }),
-        "{err:?}"
-    );
+    assert_matches!(err, Error::DuplicateMessageName { name: "Ship", .. });
 }
 
 #[tokio::test]
@@ -146,14 +145,11 @@ async fn a_command_outside_the_runtimes_registry_is_a_typed_error_naming_it() {
         .build()
         .unwrap();
     let err = rt.scope().send(Orphan).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::NoReceptor {
-                message_type: "Orphan"
-            }
-        ),
-        "{err:?}"
+    assert_matches!(
+        err,
+        Error::NoReceptor {
+            message_type: "Orphan"
+        }
     );
     assert!(
         err.to_string().contains("#[receptor]"),

@@ -1,6 +1,9 @@
 //! Lifecycle stages and receptor-level perspective sync, on explicit
 //! registrations (the attribute macros emit the same records).
 
+mod common;
+use common::bounded;
+
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -130,12 +133,6 @@ fn runtime(receptors: Vec<&'static ReceptorRegistration>) -> Result<(Runtime, Ar
         .shared_service(Arc::clone(&log))
         .build()?;
     Ok((rt, log))
-}
-
-async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(10), f)
-        .await
-        .expect("bounded wait elapsed")
 }
 
 #[tokio::test]
@@ -290,15 +287,12 @@ static COMMAND_STAGE: ReceptorRegistration =
 #[tokio::test]
 async fn waiting_from_an_inline_stage_is_a_start_up_error() {
     let err = runtime(vec![&INLINE_WAIT]).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::InlineStageWait {
-                stage: LifecycleStage::PostPerspectiveInline,
-                ..
-            }
-        ),
-        "{err:?}"
+    assert_matches!(
+        err,
+        Error::InlineStageWait {
+            stage: LifecycleStage::PostPerspectiveInline,
+            ..
+        }
     );
     assert!(err.to_string().contains("Detached"), "{err}");
 }
@@ -306,7 +300,7 @@ async fn waiting_from_an_inline_stage_is_a_start_up_error() {
 #[tokio::test]
 async fn stages_this_runtime_cannot_reach_and_stages_on_commands_are_rejected() {
     let err = runtime(vec![&INBOX]).unwrap_err();
-    assert!(matches!(err, Error::UnsupportedStage { .. }), "{err:?}");
+    assert_matches!(err, Error::UnsupportedStage { .. });
     let err = runtime(vec![&COMMAND_STAGE]).unwrap_err();
     assert!(
         err.to_string().contains("apply to event receptors"),

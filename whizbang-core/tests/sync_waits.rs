@@ -4,16 +4,17 @@
 //! dropped waits, and a receptor awaiting an async perspective while the
 //! publishing scope stays open.
 
+mod common;
+use common::{bounded, counting_runtime, ms, paused_runtime, scope_wait, until};
+
 use serde::{Deserialize, Serialize};
-use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use uuid::Uuid;
 use whizbang_core::store::memory::{MemoryEventStore, MemoryPerspectiveStore};
 use whizbang_core::store::BoxFuture;
-use whizbang_core::sync::{StoreSyncBackend, SyncBackend, SyncInquiry, SyncInquiryResult};
+use whizbang_core::sync::{SyncBackend, SyncInquiry, SyncInquiryResult};
 use whizbang_core::{
     await_perspective_sync, perspective, receptor, Context, Error, Event, LensQuery,
     PerspectiveSyncOptions, Receptor, Result, Runtime, StreamId, SyncFilter, SyncLensExt,
@@ -82,28 +83,6 @@ impl Receptor<Followed> for Follower {
 
 // ----------------------------------------------------------------- helpers
 
-const BOUND: Duration = Duration::from_secs(30);
-
-async fn bounded<F: Future>(f: F) -> F::Output {
-    tokio::time::timeout(BOUND, f)
-        .await
-        .expect("a bounded wait elapsed: something never woke up")
-}
-
-/// Yields until `cond` holds (there is no signal for "a waiter registered").
-async fn until(mut cond: impl FnMut() -> bool) {
-    bounded(async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    })
-    .await;
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
 /// A backend whose inquiries never return.
 struct Hanging;
 
@@ -113,22 +92,6 @@ impl SyncBackend for Hanging {
         _: &'a [SyncInquiry],
     ) -> BoxFuture<'a, Result<Vec<SyncInquiryResult>>> {
         Box::pin(std::future::pending())
-    }
-}
-
-/// Counts the inquiries it forwards.
-struct Counting {
-    inner: StoreSyncBackend,
-    asked: Arc<AtomicUsize>,
-}
-
-impl SyncBackend for Counting {
-    fn inquire<'a>(
-        &'a self,
-        inquiries: &'a [SyncInquiry],
-    ) -> BoxFuture<'a, Result<Vec<SyncInquiryResult>>> {
-        self.asked.fetch_add(1, Ordering::SeqCst);
-        self.inner.inquire(inquiries)
     }
 }
 
@@ -195,10 +158,7 @@ async fn a_backend_that_never_answers_times_every_wait_out_within_its_timeout_pl
         .lens::<Notes>()
         .with_sync::<Notes>(&aw, SyncFilter::current_scope().with_timeout(timeout));
     let err = bounded(lens.get(stream.into())).await.unwrap_err();
-    assert!(
-        matches!(err, Error::PerspectiveSyncTimeout { .. }),
-        "{err:?}"
-    );
+    assert_matches!(err, Error::PerspectiveSyncTimeout { .. });
     assert!(
         started.elapsed() <= within(timeout),
         "{:?}",
@@ -210,8 +170,7 @@ async fn a_backend_that_never_answers_times_every_wait_out_within_its_timeout_pl
 
 #[tokio::test(start_paused = true)]
 async fn a_held_claim_times_a_wait_out_within_its_timeout_plus_slack() {
-    let rt = Runtime::in_memory().unwrap();
-    rt.runner().pause();
+    let rt = paused_runtime();
     let stream = Uuid::now_v7();
     let scope = rt.scope();
     scope.publish(Noted { stream }).await.unwrap();
@@ -253,8 +212,7 @@ async fn a_held_claim_times_a_wait_out_within_its_timeout_plus_slack() {
 #[tokio::test(start_paused = true)]
 async fn a_wait_with_duration_max_waits_for_ever_whatever_the_debugger_flag() {
     for aware in [false, true] {
-        let rt = Runtime::in_memory().unwrap();
-        rt.runner().pause();
+        let rt = paused_runtime();
         let scope = rt.scope();
         scope
             .publish(Noted {
@@ -317,18 +275,7 @@ async fn an_apply_by_another_runtime_over_the_same_stores_is_seen_within_the_bac
 
 #[tokio::test(start_paused = true)]
 async fn an_idle_waiter_asks_no_more_often_than_the_backoff() {
-    let events = MemoryEventStore::new();
-    let perspectives = MemoryPerspectiveStore::new();
-    let asked = Arc::new(AtomicUsize::new(0));
-    let rt = Runtime::builder()
-        .event_store(events.clone())
-        .perspective_store(perspectives.clone())
-        .sync_backend(Counting {
-            inner: StoreSyncBackend::new(Arc::new(events), Arc::new(perspectives)),
-            asked: Arc::clone(&asked),
-        })
-        .build()
-        .unwrap();
+    let (rt, asked) = counting_runtime();
     rt.runner().pause();
     let scope = rt.scope();
     scope
@@ -337,13 +284,11 @@ async fn an_idle_waiter_asks_no_more_often_than_the_backoff() {
         })
         .await
         .unwrap();
-    let r = bounded(
-        scope
-            .sync_awaiter()
-            .wait::<Notes>(SyncFilter::current_scope().with_timeout(Duration::from_secs(10))),
+    let r = scope_wait::<Notes>(
+        &scope,
+        SyncFilter::current_scope().with_timeout(Duration::from_secs(10)),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(r.outcome, SyncOutcome::TimedOut);
     // 5 ms doubling to 1 s: 9 re-asks reach 2.3 s, then one a second; plus the
     // first inquiry and the last. Every 200 ms would be 51.
@@ -355,8 +300,7 @@ async fn an_idle_waiter_asks_no_more_often_than_the_backoff() {
 
 #[tokio::test(start_paused = true)]
 async fn a_thousand_finished_or_dropped_waits_leave_no_alarm() {
-    let rt = Runtime::in_memory().unwrap();
-    rt.runner().pause();
+    let rt = paused_runtime();
     let stream = Uuid::now_v7();
     let scope = rt.scope();
     scope.publish(Noted { stream }).await.unwrap();

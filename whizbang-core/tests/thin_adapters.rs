@@ -2,23 +2,20 @@
 //! the shared output boxing, the non-generic emit helper and the generated
 //! perspective `apply` behave as the fully generic adapters did.
 
+mod common;
+use common::bounded;
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 use uuid::Uuid;
 use whizbang_core::store::{EventMetadata, StoredEvent};
 use whizbang_core::{
     perspective, receptor, Command, Context, Event, EventId, Lens, Message, MessageId, Metadata,
     Perspective, Receptor, Result, Runtime, StreamId,
 };
-
-async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(10), f)
-        .await
-        .expect("bounded wait elapsed")
-}
 
 #[derive(Command, Serialize, Deserialize)]
 #[command(output = u64)]

@@ -2,15 +2,15 @@
 //! filter, results that carry their timeout, and invariant breaks as their own
 //! error variant.
 
+mod common;
+use common::{bounded, counting_runtime, ms, paused_runtime, scope_wait, until};
+
 use serde::{Deserialize, Serialize};
-use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use uuid::Uuid;
-use whizbang_core::store::memory::{MemoryEventStore, MemoryPerspectiveStore};
 use whizbang_core::store::BoxFuture;
-use whizbang_core::sync::{StoreSyncBackend, SyncBackend, SyncInquiry, SyncInquiryResult};
+use whizbang_core::sync::{SyncBackend, SyncInquiry, SyncInquiryResult};
 use whizbang_core::{
     perspective, receptor, Context, Error, Event, EventId, Receptor, Runtime, SyncFilter,
     SyncOutcome,
@@ -36,60 +36,6 @@ impl Notes {
     fn noted(c: &mut Count, _: &Noted) {
         c.n += 1;
     }
-}
-
-const BOUND: Duration = Duration::from_secs(30);
-
-async fn bounded<F: Future>(f: F) -> F::Output {
-    tokio::time::timeout(BOUND, f)
-        .await
-        .expect("a bounded wait elapsed: something never woke up")
-}
-
-/// Yields until `cond` holds (there is no signal for "a waiter is asleep").
-async fn until(mut cond: impl FnMut() -> bool) {
-    bounded(async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    })
-    .await;
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-/// Counts `inquire` calls and the ids asked.
-struct Counting {
-    inner: StoreSyncBackend,
-    calls: Arc<AtomicUsize>,
-}
-
-impl SyncBackend for Counting {
-    fn inquire<'a>(
-        &'a self,
-        inquiries: &'a [SyncInquiry],
-    ) -> BoxFuture<'a, whizbang_core::Result<Vec<SyncInquiryResult>>> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        self.inner.inquire(inquiries)
-    }
-}
-
-fn counting_runtime() -> (Runtime, Arc<AtomicUsize>) {
-    let events = MemoryEventStore::new();
-    let perspectives = MemoryPerspectiveStore::new();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let rt = Runtime::builder()
-        .event_store(events.clone())
-        .perspective_store(perspectives.clone())
-        .sync_backend(Counting {
-            inner: StoreSyncBackend::new(Arc::new(events), Arc::new(perspectives)),
-            calls: Arc::clone(&calls),
-        })
-        .build()
-        .unwrap();
-    (rt, calls)
 }
 
 #[tokio::test(start_paused = true)]
@@ -161,8 +107,7 @@ async fn an_apply_that_names_every_remaining_id_ends_the_wait_without_another_in
 
 #[tokio::test(start_paused = true)]
 async fn an_event_id_filter_waits_for_exactly_that_event() {
-    let rt = Runtime::in_memory().unwrap();
-    rt.runner().pause();
+    let rt = paused_runtime();
     let scope = rt.scope();
     let id = scope
         .publish(Noted {
@@ -202,8 +147,7 @@ async fn an_event_id_never_stored_is_never_synced() {
 
 #[tokio::test(start_paused = true)]
 async fn a_result_carries_its_timeout_into_its_error() {
-    let rt = Runtime::in_memory().unwrap();
-    rt.runner().pause();
+    let rt = paused_runtime();
     let scope = rt.scope();
     scope
         .publish(Noted {
@@ -211,13 +155,7 @@ async fn a_result_carries_its_timeout_into_its_error() {
         })
         .await
         .unwrap();
-    let r = bounded(
-        scope
-            .sync_awaiter()
-            .wait::<Notes>(SyncFilter::current_scope().with_timeout(ms(70))),
-    )
-    .await
-    .unwrap();
+    let r = scope_wait::<Notes>(&scope, SyncFilter::current_scope().with_timeout(ms(70))).await;
     assert_eq!(r.timeout, ms(70));
     match r.into_result() {
         Err(Error::PerspectiveSyncTimeout {
@@ -261,7 +199,7 @@ async fn a_backend_that_answers_no_inquiry_is_an_invariant_break() {
     )
     .await
     .unwrap_err();
-    assert!(matches!(err, Error::Invariant(_)), "{err:?}");
+    assert_matches!(err, Error::Invariant(_));
     assert!(format!("{err:?}").contains("Invariant"), "{err:?}");
     assert!(err.to_string().contains("answered no inquiry"), "{err}");
     assert_eq!(rt.sync_tracker().waiter_count(), 0);

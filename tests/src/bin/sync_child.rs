@@ -7,44 +7,18 @@
 //!
 //! Usage: `sync_child aware|unaware [timeout_ms apply_delay_ms]`
 
-use serde::{Deserialize, Serialize};
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::process::ExitCode;
 use std::time::Duration;
-use uuid::Uuid;
-use whizbang_core::{perspective, Event, PerspectiveSyncOptions, Runtime, SyncFilter, SyncOutcome};
+use whizbang_core::{PerspectiveSyncOptions, SyncFilter};
+use whizbang_tests::child::{outcome_label, say};
 
-#[derive(Event, Serialize, Deserialize, Debug, Clone)]
-#[event(name = "child.ticked")]
-struct Ticked {
-    #[stream_key]
-    clock: Uuid,
-}
-
-#[derive(Default, Clone, Serialize, Deserialize)]
-struct TickCount {
-    n: u64,
-}
-
-struct Ticks;
-
-#[perspective(model = TickCount, name = "child.ticks")]
-impl Ticks {
-    fn ticked(c: &mut TickCount, _: &Ticked) {
-        c.n += 1;
-    }
-}
+whizbang_tests::child_ticks!();
 
 const WAIT_TIMEOUT_MS: u64 = 2_000;
 const APPLY_DELAY_MS: u64 = 500;
 /// No step of the child may take longer than this.
 const BOUND: Duration = Duration::from_secs(30);
-
-fn say(line: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
-}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
@@ -79,15 +53,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(aware: bool, timeout: Duration, apply_delay: Duration) -> Result<(), String> {
-    let rt = Runtime::in_memory().map_err(|e| e.to_string())?;
-    rt.runner().pause();
-    let scope = rt.scope();
-    scope
-        .publish(Ticked {
-            clock: Uuid::now_v7(),
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+    let (rt, scope) = one_unapplied_tick().await?;
     let options = PerspectiveSyncOptions::new(SyncFilter::current_scope())
         .timeout(timeout)
         .debugger_aware(aware);
@@ -126,13 +92,7 @@ async fn run(aware: bool, timeout: Duration, apply_delay: Duration) -> Result<()
         .map_err(|_| "the wait never ended".to_owned())?
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    let outcome = match result.outcome {
-        SyncOutcome::Synced => "Synced".to_owned(),
-        SyncOutcome::TimedOut => "TimedOut".to_owned(),
-        SyncOutcome::NoPendingEvents => "NoPendingEvents".to_owned(),
-        SyncOutcome::Failed { message, .. } => format!("Failed({message})"),
-        other => format!("{other:?}"),
-    };
+    let outcome = outcome_label(&result.outcome);
     say(&format!(
         "outcome={outcome} elapsed_ms={}",
         result.elapsed.as_millis()

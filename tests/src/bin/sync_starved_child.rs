@@ -5,33 +5,12 @@
 //!
 //! Usage: `sync_starved_child <timeout_ms>`
 
-use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-use uuid::Uuid;
-use whizbang_core::{perspective, Event, PerspectiveSyncOptions, Runtime, SyncFilter, SyncOutcome};
+use whizbang_core::{PerspectiveSyncOptions, SyncFilter};
+use whizbang_tests::child::{outcome_label, say};
 
-#[derive(Event, Serialize, Deserialize, Debug, Clone)]
-#[event(name = "starved.ticked")]
-struct Ticked {
-    #[stream_key]
-    clock: Uuid,
-}
-
-#[derive(Default, Clone, Serialize, Deserialize)]
-struct TickCount {
-    n: u64,
-}
-
-struct Ticks;
-
-#[perspective(model = TickCount, name = "starved.ticks")]
-impl Ticks {
-    fn ticked(c: &mut TickCount, _: &Ticked) {
-        c.n += 1;
-    }
-}
+whizbang_tests::child_ticks!();
 
 /// No step of the child may take longer than this.
 const BOUND: Duration = Duration::from_secs(60);
@@ -48,9 +27,7 @@ async fn main() -> ExitCode {
     };
     match run(timeout).await {
         Ok(line) => {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{line}");
-            let _ = out.flush();
+            say(&line);
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -61,15 +38,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(timeout: Duration) -> Result<String, String> {
-    let rt = Runtime::in_memory().map_err(|e| e.to_string())?;
-    rt.runner().pause();
-    let scope = rt.scope();
-    scope
-        .publish(Ticked {
-            clock: Uuid::now_v7(),
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+    let (_rt, scope) = one_unapplied_tick().await?;
     let options = PerspectiveSyncOptions::new(SyncFilter::current_scope())
         .timeout(timeout)
         .debugger_aware(true);
@@ -79,13 +48,7 @@ async fn run(timeout: Duration) -> Result<String, String> {
         .map_err(|_| "the wait never ended".to_owned())?
         .map_err(|e| e.to_string())?;
     let wall = started.elapsed();
-    let outcome = match result.outcome {
-        SyncOutcome::Synced => "Synced".to_owned(),
-        SyncOutcome::TimedOut => "TimedOut".to_owned(),
-        SyncOutcome::NoPendingEvents => "NoPendingEvents".to_owned(),
-        SyncOutcome::Failed { message, .. } => format!("Failed({message})"),
-        other => format!("{other:?}"),
-    };
+    let outcome = outcome_label(&result.outcome);
     Ok(format!(
         "outcome={outcome} elapsed_ms={} wall_ms={}",
         result.elapsed.as_millis(),
