@@ -74,7 +74,7 @@ pub mod process {
         Ok(())
     }
 
-    /// The process state letter from /proc/<pid>/stat ('T' when stopped).
+    /// The process state letter from `/proc/<pid>/stat` ('T' when stopped).
     pub fn state(pid: u32) -> Option<char> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         let after_name = stat.rsplit_once(')')?.1;
