@@ -78,8 +78,8 @@ pub mod services;
 pub mod store;
 pub mod sync;
 pub mod testing;
+pub(crate) mod util;
 
-pub use dispatch::EmittedEvent;
 pub use dispatch::{
     Context, DetachedFailure, LifecycleStage, NotSynced, Receptor, Runtime, RuntimeBuilder, Scope,
     SendAndSync, SyncFire, SyncRequirement,

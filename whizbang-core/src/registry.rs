@@ -8,8 +8,9 @@
 use crate::dispatch::{ErasedReceptor, LifecycleStage, Receptor, ReceptorAdapter, SyncRequirement};
 use crate::error::{Error, Result};
 use crate::message::{Message, MessageKind};
-use crate::perspective::{AnyModel, ApplyError, Perspective, PerspectiveMode};
+use crate::perspective::{ApplyError, Perspective, PerspectiveMode};
 use crate::services::{FromServices, Services};
+use crate::store::AnyModel;
 use crate::store::StoredEvent;
 use serde_json::value::RawValue;
 use std::any::TypeId;

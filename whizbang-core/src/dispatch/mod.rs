@@ -19,8 +19,8 @@ pub use context::Context;
 pub use lifecycle::DetachedFailure;
 pub(crate) use runtime::RuntimeInner;
 pub use runtime::{Runtime, RuntimeBuilder};
+pub use scope::Scope;
 pub(crate) use scope::ScopeShared;
-pub use scope::{EmittedEvent, Scope};
 pub use send_and_sync::{NotSynced, SendAndSync};
 pub use stage::{LifecycleStage, SyncFire, SyncRequirement};
 

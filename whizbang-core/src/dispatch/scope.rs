@@ -5,14 +5,15 @@ use super::stage::LifecycleStage;
 use crate::error::{Error, Result};
 use crate::message::{Command, Envelope, Event, EventId, MessageId, Metadata};
 use crate::perspective::invoker::{self, Invoker};
-use crate::store::{BoxFuture, NewEvent, StoredEvent, StreamAppend};
+use crate::store::{BoxFuture, EventLocation, NewEvent, StoredEvent, StreamAppend};
 use crate::sync::{
     Candidate, PerspectiveSyncAwaiter, PerspectiveSyncOptions, ScopedEventTracker,
     SyncEventTracker, SyncFilter, SyncOutcome, SyncResult,
 };
+use crate::util::lock;
 use std::any::TypeId;
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use tracing::Instrument;
 
 /// How deep events may cascade through event receptors before it is called a cycle.
@@ -25,19 +26,6 @@ pub(crate) struct ScopeShared {
     /// The first failure of a flush that had nobody to report it to (a flush
     /// before a wait, a flush finished on a spawned task): `complete()` reports it.
     flush_failure: Mutex<Option<Error>>,
-}
-
-/// One event a scope emitted: what the scoped tracker records.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EmittedEvent {
-    /// The event.
-    pub event_id: EventId,
-    /// Its stream.
-    pub stream_id: crate::StreamId,
-    /// Its stream version.
-    pub stream_version: u64,
-    /// Its wire name.
-    pub event_type: std::borrow::Cow<'static, str>,
 }
 
 /// One unit of work (a request, an inbound message).
@@ -362,7 +350,7 @@ impl Scope {
 
     /// Every event this scope has appended so far, in order.
     #[must_use]
-    pub fn emitted(&self) -> Vec<EmittedEvent> {
+    pub fn emitted(&self) -> Vec<EventLocation> {
         self.shared.emitted_snapshot()
     }
 
@@ -617,11 +605,11 @@ fn count(appends: &[StreamAppend]) -> usize {
 
 impl ScopeShared {
     /// Every event appended through the scope, in order.
-    pub(crate) fn emitted_snapshot(&self) -> Vec<EmittedEvent> {
+    pub(crate) fn emitted_snapshot(&self) -> Vec<EventLocation> {
         self.invoker.with_events(|events| {
             events
                 .iter()
-                .map(|ev| EmittedEvent {
+                .map(|ev| EventLocation {
                     event_id: ev.event_id,
                     stream_id: ev.stream_id,
                     stream_version: ev.stream_version,
@@ -637,17 +625,11 @@ impl ScopeShared {
 
     /// Records a flush failure for `complete()` to report (the first one wins).
     pub(crate) fn record_failure(&self, error: Error) {
-        self.flush_failure
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get_or_insert(error);
+        lock(&self.flush_failure).get_or_insert(error);
     }
 
     fn take_failure(&self) -> Option<Error> {
-        self.flush_failure
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
+        lock(&self.flush_failure).take()
     }
 
     /// Flushes what is queued now, keeping the scope open. A failure (an inline

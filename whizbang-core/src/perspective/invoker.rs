@@ -8,8 +8,9 @@ use crate::perspective::engine::Engine;
 use crate::perspective::PerspectiveMode;
 use crate::registry::{PerspectiveRegistration, Registry};
 use crate::store::StoredEvent;
+use crate::util::lock;
 use std::collections::hash_map::{Entry, HashMap};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 #[derive(Default)]
 struct State {
@@ -28,7 +29,7 @@ pub(crate) struct Invoker {
 
 impl Invoker {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.state)
     }
 
     /// Records and queues events; [`Error::ScopeCompleted`] (and nothing queued)

@@ -68,7 +68,7 @@ pub(crate) struct Candidate {
 
 impl Candidate {
     /// An event the caller's scope emitted.
-    pub(crate) fn emitted(e: &crate::dispatch::EmittedEvent) -> Self {
+    pub(crate) fn emitted(e: &crate::store::EventLocation) -> Self {
         Candidate {
             event_id: e.event_id,
             stream_id: e.stream_id,

@@ -18,15 +18,12 @@ use crate::dispatch::RuntimeInner;
 use crate::error::{Error, Result, Stored};
 use crate::message::{EventId, StreamId};
 use crate::registry::PerspectiveRegistration;
+use crate::util::lock;
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// Where a sleeping registration's re-ask sits: its time and the registration's id.
 pub(crate) type AlarmKey = (Instant, u64);
