@@ -5,11 +5,12 @@
 //! sorted into a stable order (inventory has none), checked for duplicates,
 //! and indexed by message type. It never calls user code.
 
-use crate::dispatch::{ErasedReceptor, LifecycleStage, Receptor, ReceptorAdapter, SyncRequirement};
+use crate::dispatch::{ErasedReceptor, Receptor, ReceptorAdapter, SyncRequirement};
 use crate::error::{Error, Result};
 use crate::message::{Message, MessageKind};
 use crate::perspective::{ApplyError, Perspective, PerspectiveMode};
 use crate::services::{FromServices, Services};
+use crate::stage::LifecycleStage;
 use crate::store::AnyModel;
 use crate::store::StoredEvent;
 use serde_json::value::RawValue;

@@ -3,9 +3,9 @@
 use super::context::Context;
 use super::runtime::Route;
 use super::scope::{Scope, ScopeShared};
-use super::stage::{LifecycleStage, SyncFire};
 use crate::error::{Error, Result};
 use crate::message::EventId;
+use crate::stage::{LifecycleStage, SyncFire};
 use crate::store::{StoredEvent, StreamAppend};
 use crate::sync::{
     Candidate, PerspectiveSyncAwaiter, PerspectiveSyncOptions, SyncFilter, SyncResult,

@@ -12,8 +12,8 @@ mod lifecycle;
 mod runtime;
 mod scope;
 mod send_and_sync;
-mod stage;
 
+pub use crate::stage::{LifecycleStage, SyncFire};
 pub(crate) use context::encode_event;
 pub use context::Context;
 pub use lifecycle::DetachedFailure;
@@ -22,13 +22,13 @@ pub use runtime::{Runtime, RuntimeBuilder};
 pub use scope::Scope;
 pub(crate) use scope::ScopeShared;
 pub use send_and_sync::{NotSynced, SendAndSync};
-pub use stage::{LifecycleStage, SyncFire, SyncRequirement};
 
 use crate::error::{Error, Result};
 use crate::message::Message;
+use crate::perspective::Perspective;
 use crate::services::{FromServices, Services};
 use crate::store::{BoxFuture, StoredEvent};
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -203,6 +203,41 @@ impl<T: Send + 'static> Future for ErasedOutput<'_, T> {
             std::task::Poll::Ready(Ok(out)) => std::task::Poll::Ready(Ok(Box::new(out))),
             std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
             std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
+/// One `#[await_perspective_sync(..)]` of a receptor.
+#[derive(Debug)]
+pub struct SyncRequirement {
+    /// The perspective's name.
+    pub perspective: &'static str,
+    /// The perspective's type.
+    pub perspective_type: fn() -> TypeId,
+    /// Event types to await in the current scope; empty = the incoming event itself.
+    pub event_types: &'static [&'static str],
+    /// The timeout in milliseconds.
+    pub timeout_ms: u64,
+    /// Run on success only, or always.
+    pub fire: SyncFire,
+}
+
+impl SyncRequirement {
+    /// The requirement to await perspective `P`; `timeout_ms: None` takes
+    /// [`DEFAULT_SYNC_TIMEOUT_MS`](crate::stage::DEFAULT_SYNC_TIMEOUT_MS). For generated code.
+    #[doc(hidden)]
+    #[must_use]
+    pub const fn of<P: Perspective>(
+        event_types: &'static [&'static str],
+        timeout_ms: Option<u64>,
+        fire: SyncFire,
+    ) -> Self {
+        SyncRequirement {
+            perspective: P::NAME,
+            perspective_type: TypeId::of::<P>,
+            event_types,
+            timeout_ms: crate::stage::sync_timeout_ms(timeout_ms),
+            fire,
         }
     }
 }

@@ -1,10 +1,10 @@
 use super::context::Context;
 use super::runtime::Runtime;
 use super::send_and_sync::SendAndSync;
-use super::stage::LifecycleStage;
 use crate::error::{Error, Result};
 use crate::message::{Command, Envelope, Event, EventId, MessageId, Metadata};
 use crate::perspective::invoker::{self, Invoker};
+use crate::stage::LifecycleStage;
 use crate::store::{BoxFuture, EventLocation, NewEvent, StoredEvent, StreamAppend};
 use crate::sync::{
     Candidate, PerspectiveSyncAwaiter, PerspectiveSyncOptions, ScopedEventTracker,
