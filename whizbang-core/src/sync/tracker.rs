@@ -11,7 +11,7 @@
 //! waits read the stream's unapplied events from the store and stay exact.
 
 use super::filter::Candidate;
-use super::waiters::Table;
+use super::table::Table;
 use crate::dispatch::RuntimeInner;
 use crate::message::{EventId, StreamId};
 use crate::perspective::ApplyReport;
