@@ -6,17 +6,25 @@
 //! queueing them in the scope's perspective invoker. It applies no perspective
 //! itself (that is [`perspective`](mod@crate::perspective)) and stores nothing
 //! itself (that is [`store`](crate::store)).
+//!
+//! Its files follow the data path, each importing only those before it:
+//! `runtime.rs` (the runtime and its builder), `scope.rs` (the scope's own
+//! state), `context.rs` (what a receptor sees), `stages.rs` (running receptors
+//! at their stages), `flush.rs` (the cancel-safe flush run, `complete()`),
+//! `send.rs` (sending, the cascade, the one append) and `send_and_sync.rs`.
 
 mod context;
-mod lifecycle;
+mod flush;
 mod runtime;
 mod scope;
+mod send;
 mod send_and_sync;
+mod stages;
 
 pub use crate::stage::{LifecycleStage, SyncFire};
 pub(crate) use context::encode_event;
 pub use context::Context;
-pub use lifecycle::DetachedFailure;
+pub use runtime::DetachedFailure;
 pub(crate) use runtime::RuntimeInner;
 pub use runtime::{Runtime, RuntimeBuilder};
 pub use scope::Scope;

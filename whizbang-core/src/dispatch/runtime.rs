@@ -1,10 +1,8 @@
-use super::lifecycle::DetachedFailure;
-use super::scope::Scope;
 use super::ErasedReceptor;
 use crate::backend::WakeupSink;
 use crate::error::{Error, Result};
 use crate::lens::Lens;
-use crate::message::MessageKind;
+use crate::message::{EventId, MessageKind};
 use crate::perspective::engine::{ApplyListener, ApplyReport, Engine};
 use crate::perspective::runner::PerspectiveRunner;
 use crate::perspective::Perspective;
@@ -85,12 +83,6 @@ impl Runtime {
     /// See [`RuntimeBuilder::build`].
     pub fn in_memory() -> Result<Runtime> {
         Runtime::builder().build()
-    }
-
-    /// Opens a unit of work.
-    #[must_use]
-    pub fn scope(&self) -> Scope {
-        Scope::new(self.clone())
     }
 
     /// The routing tables.
@@ -624,4 +616,19 @@ fn validate_stage(registry: &Registry, reg: &ReceptorRegistration) -> Result<()>
         }
     }
     Ok(())
+}
+
+/// A detached receptor's failure, handed to the hook set with
+/// [`RuntimeBuilder::on_detached_failure`](crate::RuntimeBuilder::on_detached_failure).
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct DetachedFailure {
+    /// The receptor that failed (module path and type).
+    pub receptor: String,
+    /// The event it was handling.
+    pub event_id: EventId,
+    /// That event's wire name.
+    pub event_type: String,
+    /// What went wrong.
+    pub error: Error,
 }

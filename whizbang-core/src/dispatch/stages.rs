@@ -1,10 +1,9 @@
 //! Running event receptors at their lifecycle stages, with their sync waits.
 
 use super::context::Context;
-use super::runtime::Route;
+use super::runtime::{DetachedFailure, Route};
 use super::scope::{Scope, ScopeShared};
 use crate::error::{Error, Result};
-use crate::message::EventId;
 use crate::stage::{LifecycleStage, SyncFire};
 use crate::store::{StoredEvent, StreamAppend};
 use crate::sync::{
@@ -13,21 +12,6 @@ use crate::sync::{
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
-
-/// A detached receptor's failure, handed to the hook set with
-/// [`RuntimeBuilder::on_detached_failure`](crate::RuntimeBuilder::on_detached_failure).
-#[derive(Debug)]
-#[non_exhaustive]
-pub struct DetachedFailure {
-    /// The receptor that failed (module path and type).
-    pub receptor: String,
-    /// The event it was handling.
-    pub event_id: EventId,
-    /// That event's wire name.
-    pub event_type: String,
-    /// What went wrong.
-    pub error: Error,
-}
 
 impl ScopeShared {
     /// The receptors of `ev`'s type that fire at `stage`, in registry order.
