@@ -17,7 +17,7 @@ impl Scope {
     ///
     /// Cancel-safe: dropped before it finishes (a timeout, a client that went
     /// away), the rest of its flush goes on on a spawned task, which
-    /// [`Runtime::wait_idle`] waits for; nothing queued is lost.
+    /// [`Runtime::wait_idle`](crate::Runtime::wait_idle) waits for; nothing queued is lost.
     ///
     /// # Errors
     /// [`Error::PerspectiveFailed`] when an inline perspective failed during any

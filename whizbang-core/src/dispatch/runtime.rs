@@ -41,7 +41,7 @@ pub(crate) struct RuntimeInner {
 pub(crate) type DetachedFailureHook = Arc<dyn Fn(&DetachedFailure) + Send + Sync>;
 
 /// The running system: routing tables, receptors, backends and services.
-/// Cheap to clone (shared). Open a [`Scope`] per unit of work.
+/// Cheap to clone (shared). Open a [`Scope`](crate::Scope) per unit of work.
 ///
 /// ```
 /// # use whizbang_core::Runtime;

@@ -128,14 +128,7 @@ impl Scope {
     /// [`Error::Serialization`], [`Error::ScopeCompleted`], [`Error::CascadeFailed`]
     /// or [`Error::CascadeTooDeep`]; nothing was stored then.
     pub async fn publish<E: Event>(&self, event: E) -> Result<EventId> {
-        self.shared.invoker.ensure_open()?;
-        let mut cx = Context::for_message::<E>(
-            Arc::clone(&self.shared),
-            MessageId::new(),
-            self.shared.scope_id,
-            None,
-            Metadata::default(),
-        );
+        let mut cx = self.publishing::<E>()?;
         let id = cx.emit(event)?;
         let span = tracing::info_span!("whizbang.dispatch", message_type = E::NAME, event_id = %id);
         self.shared
@@ -143,6 +136,18 @@ impl Scope {
             .instrument(span)
             .await?;
         Ok(id)
+    }
+
+    /// The context a scope's own publish of an `E` emits through.
+    fn publishing<E: Event>(&self) -> Result<Context> {
+        self.shared.invoker.ensure_open()?;
+        Ok(Context::for_message::<E>(
+            Arc::clone(&self.shared),
+            MessageId::new(),
+            self.shared.scope_id,
+            None,
+            Metadata::default(),
+        ))
     }
 
     /// Like [`publish`](Self::publish), requiring the stream to be at `expected`.
@@ -154,14 +159,7 @@ impl Scope {
         event: E,
         expected: crate::ExpectedVersion,
     ) -> Result<EventId> {
-        self.shared.invoker.ensure_open()?;
-        let mut cx = Context::for_message::<E>(
-            Arc::clone(&self.shared),
-            MessageId::new(),
-            self.shared.scope_id,
-            None,
-            Metadata::default(),
-        );
+        let mut cx = self.publishing::<E>()?;
         let id = cx.emit_expecting(event, expected)?;
         self.shared.commit(std::mem::take(&mut cx.pending)).await?;
         Ok(id)
