@@ -104,14 +104,12 @@ pub use whizbang_macros::{await_perspective_sync, fire_at, perspective, receptor
 /// Support for generated code. Not a public API: it changes without notice.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::dispatch::{Receptor, SyncRequirement};
+    pub use crate::dispatch::{Receptor, Registered, SyncRequirement};
     pub use crate::message::{Command, Event, Message, MessageKind, StreamId, StreamKey};
     pub use crate::perspective::{
         applied, event_payload, ApplyError, ApplyOutput, Perspective, PerspectiveMode,
     };
-    pub use crate::registry::{
-        MessageRegistration, PerspectiveRegistration, ReceptorRegistration, Registered,
-    };
+    pub use crate::registry::{MessageRegistration, PerspectiveRegistration, ReceptorRegistration};
     pub use crate::stage::names as stage;
     pub use crate::stage::{LifecycleStage, SyncFire};
     pub use crate::store::StoredEvent;

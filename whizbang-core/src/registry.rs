@@ -18,19 +18,8 @@ use std::any::TypeId;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-/// Proof that `#[receptor]` registered `Self` as the receptor of `M`.
-///
-/// A supertrait of [`Receptor`]: only the macro implements it, so an
-/// `impl Receptor<M> for T` without `#[receptor]` (which would compile and
-/// never run) is a compile error that says what to add.
 #[doc(hidden)]
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` implements `Receptor<{M}>` without #[receptor], so it would never run",
-    label = "not registered: add #[receptor] to this impl",
-    note = "add #[receptor] to the `impl Receptor<{M}> for {Self}` block: it registers the receptor \
-            so the runtime routes `{M}` to it"
-)]
-pub trait Registered<M> {}
+pub use crate::dispatch::Registered;
 
 /// A receptor, as registered by `#[receptor]`.
 #[derive(Debug)]

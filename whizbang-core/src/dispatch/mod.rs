@@ -41,6 +41,20 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+/// Proof that `#[receptor]` registered `Self` as the receptor of `M`.
+///
+/// A supertrait of [`Receptor`]: only the macro implements it, so an
+/// `impl Receptor<M> for T` without `#[receptor]` (which would compile and
+/// never run) is a compile error that says what to add.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` implements `Receptor<{M}>` without #[receptor], so it would never run",
+    label = "not registered: add #[receptor] to this impl",
+    note = "add #[receptor] to the `impl Receptor<{M}> for {Self}` block: it registers the receptor \
+            so the runtime routes `{M}` to it"
+)]
+pub trait Registered<M> {}
+
 /// Handles one message type. Annotate the impl with `#[receptor]` to register it:
 /// an impl without it would never run, so it does not compile (the hidden
 /// supertrait is implemented by the macro only).
@@ -71,7 +85,7 @@ use std::sync::Arc;
     label = "no `Receptor<{M}>` impl",
     note = "implement `Receptor<{M}>` for `{Self}` and annotate the impl with #[receptor]"
 )]
-pub trait Receptor<M: Message>: crate::registry::Registered<M> + Send + Sync + 'static {
+pub trait Receptor<M: Message>: Registered<M> + Send + Sync + 'static {
     /// Handles the message. Whatever it emits through `cx` is appended only
     /// when it returns `Ok`.
     fn handle(
