@@ -55,7 +55,7 @@
 //! ## Modules
 //! - [`message`]: commands, events, envelopes, ids.
 //! - [`dispatch`]: the runtime, scopes, receptors and their context.
-//! - [`perspective`](mod@perspective): read-model folds, the inline invoker and the async runner.
+//! - [`perspective`](mod@perspective): read-model folds, the engine and the async runner.
 //! - [`lens`]: reading models.
 //! - [`store`]: the storage traits and the in-memory backend.
 //! - [`backend`]: the seam a storage backend implements, with its contract in one place.

@@ -4,9 +4,14 @@
 
 use super::scope::{Scope, ScopeShared};
 use crate::error::{Error, Result};
-use crate::perspective::invoker;
+use crate::message::StreamId;
+use crate::perspective::engine::Engine;
+use crate::perspective::runner::PerspectiveRunner;
+use crate::perspective::PerspectiveMode;
+use crate::registry::{PerspectiveRegistration, Registry};
 use crate::stage::LifecycleStage;
 use crate::store::{BoxFuture, StoredEvent};
+use std::collections::hash_map::{Entry, HashMap};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -25,7 +30,7 @@ impl Scope {
     /// which do not fail those), or a perspective-stage receptor's error. Every
     /// other perspective was still applied.
     pub async fn complete(&self) -> Result<()> {
-        let own = match self.shared.invoker.complete() {
+        let own = match self.shared.log.complete() {
             Some(events) => FlushRun::new(Arc::clone(&self.shared), events).run().await,
             None => Ok(()),
         };
@@ -38,7 +43,7 @@ impl Scope {
 
 impl Drop for Scope {
     fn drop(&mut self) {
-        let Some(events) = self.shared.invoker.complete() else {
+        let Some(events) = self.shared.log.complete() else {
             return;
         };
         if events.is_empty() {
@@ -70,7 +75,7 @@ impl Step {
             let rt = &shared.runtime.inner;
             match self {
                 Step::All(events) => {
-                    invoker::flush(&rt.registry, &rt.engine, &rt.runner, &events).await
+                    flush_perspectives(&rt.registry, &rt.engine, &rt.runner, &events).await
                 }
                 Step::Around(ev) => {
                     let before = [
@@ -85,7 +90,7 @@ impl Step {
                     // Only up to this event's version: a later event of the same
                     // stream gets its own pre-perspective stage first.
                     let one = std::slice::from_ref(&ev);
-                    invoker::flush(&rt.registry, &rt.engine, &rt.runner, one).await?;
+                    flush_perspectives(&rt.registry, &rt.engine, &rt.runner, one).await?;
                     shared.fire_in_child(&ev, &after).await
                 }
                 Step::PostAll(ev) => {
@@ -222,7 +227,7 @@ impl ScopeShared {
     /// recorded for `complete()`, and `Ok` is returned. Cancel-safe, as
     /// `complete()` is.
     pub(crate) async fn flush_queued(self: &Arc<Self>) -> Result<()> {
-        let events = self.invoker.take_queued();
+        let events = self.log.take_queued();
         if events.is_empty() {
             return Ok(());
         }
@@ -232,4 +237,65 @@ impl ScopeShared {
         }
         Ok(())
     }
+}
+
+/// The (perspective, stream) pairs touched by `events`, in first-emission
+/// order, each with the highest stream version among those events. Linear in
+/// the events (a set keyed by perspective name and stream).
+pub(super) fn touched_upto(
+    registry: &Registry,
+    events: &[Arc<StoredEvent>],
+) -> Vec<(&'static PerspectiveRegistration, StreamId, u64)> {
+    let mut index: HashMap<(&'static str, StreamId), usize> = HashMap::new();
+    let mut keys: Vec<(&'static PerspectiveRegistration, StreamId, u64)> = Vec::new();
+    for ev in events {
+        for p in registry.perspectives_for(&ev.event_type) {
+            match index.entry((p.name, ev.stream_id)) {
+                Entry::Occupied(slot) => {
+                    let key = &mut keys[*slot.get()];
+                    key.2 = key.2.max(ev.stream_version);
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(keys.len());
+                    keys.push((p, ev.stream_id, ev.stream_version));
+                }
+            }
+        }
+    }
+    keys
+}
+
+/// The (perspective, stream) pairs touched by `events`, in first-emission order.
+pub(super) fn touched(
+    registry: &Registry,
+    events: &[Arc<StoredEvent>],
+) -> Vec<(&'static PerspectiveRegistration, StreamId)> {
+    touched_upto(registry, events)
+        .into_iter()
+        .map(|(p, s, _)| (p, s))
+        .collect()
+}
+
+/// Applies inline perspectives now, each up to the highest version of its
+/// stream among `events` (never past them: a later event is flushed on its
+/// own, with its own stages), and signals the runner for async ones.
+/// Every key is attempted; the first failure is returned.
+pub(super) async fn flush_perspectives(
+    registry: &Registry,
+    engine: &Engine,
+    runner: &PerspectiveRunner,
+    events: &[Arc<StoredEvent>],
+) -> Result<()> {
+    let mut first_error = None;
+    for (reg, stream, upto) in touched_upto(registry, events) {
+        match reg.mode {
+            PerspectiveMode::Inline => {
+                if let Err(e) = engine.catch_up_to(reg, stream, upto).await {
+                    first_error.get_or_insert(e);
+                }
+            }
+            PerspectiveMode::Async => runner.signal(reg, stream),
+        }
+    }
+    first_error.map_or(Ok(()), Err)
 }

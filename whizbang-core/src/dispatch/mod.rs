@@ -3,7 +3,7 @@
 //! This module owns the path from `scope.send(cmd)` to the receptor and back:
 //! routing through the [`Registry`](crate::Registry), appending what receptors
 //! emit with optimistic concurrency, cascading events to event receptors, and
-//! queueing them in the scope's perspective invoker. It applies no perspective
+//! queueing them in the scope's event log for the flush. It applies no perspective
 //! itself (that is [`perspective`](mod@crate::perspective)) and stores nothing
 //! itself (that is [`store`](crate::store)).
 //!

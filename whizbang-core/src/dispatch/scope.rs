@@ -1,14 +1,14 @@
-//! The scope: one unit of work's own state (its runtime, id, invoker queue
+//! The scope: one unit of work's own state (its runtime, id, event log and queue
 //! and the failure its flushes had nobody to report to) and what reads it.
 //! What a scope does lives in the files of its data path: sending and
 //! committing (`send.rs`), flushing (`flush.rs`), `send_and_sync.rs`.
 //! Imports neither of them, nor `context.rs`.
 
 use super::runtime::Runtime;
-use crate::error::Error;
+use crate::error::{Error, Result};
 use crate::message::MessageId;
-use crate::perspective::invoker::Invoker;
 use crate::store::EventLocation;
+use crate::store::StoredEvent;
 use crate::sync::{PerspectiveSyncAwaiter, ScopedEventTracker};
 use crate::util::lock;
 use std::sync::{Arc, Mutex};
@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 pub(crate) struct ScopeShared {
     pub(crate) runtime: Runtime,
     pub(crate) scope_id: MessageId,
-    pub(crate) invoker: Invoker,
+    pub(crate) log: EventLog,
     /// The first failure of a flush that had nobody to report it to (a flush
     /// before a wait, a flush finished on a spawned task): `complete()` reports it.
     pub(super) flush_failure: Mutex<Option<Error>>,
@@ -36,7 +36,7 @@ impl std::fmt::Debug for Scope {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Scope")
             .field("scope_id", &self.shared.scope_id)
-            .field("queued", &self.shared.invoker.queued_len())
+            .field("queued", &self.shared.log.queued_len())
             .finish()
     }
 }
@@ -47,7 +47,7 @@ impl Scope {
             shared: Arc::new(ScopeShared {
                 runtime,
                 scope_id: MessageId::new(),
-                invoker: Invoker::default(),
+                log: EventLog::default(),
                 flush_failure: Mutex::new(None),
             }),
         }
@@ -86,14 +86,14 @@ impl Scope {
     /// Whether [`complete`](Self::complete) ran.
     #[must_use]
     pub fn is_completed(&self) -> bool {
-        self.shared.invoker.ensure_open().is_err()
+        self.shared.log.ensure_open().is_err()
     }
 }
 
 impl ScopeShared {
     /// Every event appended through the scope, in order.
     pub(crate) fn emitted_snapshot(&self) -> Vec<EventLocation> {
-        self.invoker.with_events(|events| {
+        self.log.with_events(|events| {
             events
                 .iter()
                 .map(|ev| EventLocation {
@@ -107,7 +107,7 @@ impl ScopeShared {
     }
 
     pub(crate) fn emitted_len(&self) -> usize {
-        self.invoker.with_events(<[_]>::len)
+        self.log.with_events(<[_]>::len)
     }
 
     /// Records a flush failure for `complete()` to report (the first one wins).
@@ -125,5 +125,75 @@ impl Runtime {
     #[must_use]
     pub fn scope(&self) -> Scope {
         Scope::new(self.clone())
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// Every event the scope appended, in order; `events[flushed..]` is queued.
+    events: Vec<Arc<StoredEvent>>,
+    flushed: usize,
+    completed: bool,
+}
+
+/// Thread-safe log of the events a scope appended, in emission order, and the
+/// queue of those not yet flushed to perspectives.
+#[derive(Default)]
+pub(crate) struct EventLog {
+    state: Mutex<State>,
+}
+
+impl EventLog {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    /// Records and queues events; [`Error::ScopeCompleted`] (and nothing queued)
+    /// once completed.
+    pub(crate) fn queue(&self, events: &[Arc<StoredEvent>]) -> Result<()> {
+        let mut s = self.state();
+        if s.completed {
+            return Err(Error::ScopeCompleted);
+        }
+        s.events.extend(events.iter().cloned());
+        Ok(())
+    }
+
+    pub(crate) fn ensure_open(&self) -> Result<()> {
+        if self.state().completed {
+            Err(Error::ScopeCompleted)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub(crate) fn queued_len(&self) -> usize {
+        let s = self.state();
+        s.events.len() - s.flushed
+    }
+
+    /// Every event appended through the scope.
+    pub(crate) fn with_events<R>(&self, f: impl FnOnce(&[Arc<StoredEvent>]) -> R) -> R {
+        f(&self.state().events)
+    }
+
+    /// Takes what is queued without completing (a partial flush).
+    pub(crate) fn take_queued(&self) -> Vec<Arc<StoredEvent>> {
+        let mut s = self.state();
+        let from = s.flushed;
+        s.flushed = s.events.len();
+        s.events[from..].to_vec()
+    }
+
+    /// Marks the scope completed and takes what is queued. `None` when it already was.
+    pub(crate) fn complete(&self) -> Option<Vec<Arc<StoredEvent>>> {
+        let mut s = self.state();
+        if s.completed {
+            return None;
+        }
+        s.completed = true;
+        let from = s.flushed;
+        s.flushed = s.events.len();
+        Some(s.events[from..].to_vec())
     }
 }

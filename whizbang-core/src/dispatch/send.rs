@@ -73,7 +73,7 @@ impl Scope {
         causation_id: Option<MessageId>,
         metadata: Metadata,
     ) -> Result<(C::Output, Vec<Arc<StoredEvent>>)> {
-        self.shared.invoker.ensure_open()?;
+        self.shared.log.ensure_open()?;
         let Some((receptor, reg)) = self.shared.runtime.inner.commands.get(&TypeId::of::<C>())
         else {
             return Err(Error::NoReceptor {
@@ -140,7 +140,7 @@ impl Scope {
 
     /// The context a scope's own publish of an `E` emits through.
     fn publishing<E: Event>(&self) -> Result<Context> {
-        self.shared.invoker.ensure_open()?;
+        self.shared.log.ensure_open()?;
         Ok(Context::for_message::<E>(
             Arc::clone(&self.shared),
             MessageId::new(),
@@ -223,7 +223,7 @@ impl ScopeShared {
             if level.is_empty() {
                 return Ok(Vec::new());
             }
-            self.invoker.ensure_open()?;
+            self.log.ensure_open()?;
             // 1. The inline cascade, breadth first, on provisional events.
             let mut all: Vec<StreamAppend> = Vec::new();
             let mut depth = 0usize;
@@ -270,7 +270,7 @@ impl ScopeShared {
                 depth += 1;
             }
             // 2. One append for the command and its whole cascade.
-            self.invoker.ensure_open()?;
+            self.log.ensure_open()?;
             let tracker = &rt.sync.tracker;
             let tracked = Tracked {
                 tracker,
@@ -298,11 +298,11 @@ impl ScopeShared {
         })
     }
 
-    /// Queues appended events in the invoker. If the scope completed meanwhile
+    /// Queues appended events in the scope's event log. If the scope completed meanwhile
     /// (a race with `complete`), they are flushed on a spawned task rather
     /// than dropped.
     fn record(self: &Arc<Self>, stored: &[Arc<StoredEvent>]) {
-        if self.invoker.queue(stored).is_err() {
+        if self.log.queue(stored).is_err() {
             FlushRun::new(Arc::clone(self), stored.to_vec()).spawn();
         }
     }

@@ -1,10 +1,10 @@
 //! What [`Scope::send_and_sync`](crate::Scope::send_and_sync) returns: the
 //! command's output, always, with each perspective's sync outcome.
 
+use super::flush::touched;
 use super::scope::Scope;
 use crate::error::{Error, Result};
 use crate::message::{Command, MessageId, Metadata};
-use crate::perspective::invoker;
 use crate::sync::{Candidate, PerspectiveSyncOptions, SyncFilter, SyncOutcome, SyncResult};
 
 /// A command's output (its events are stored) and how each perspective that
@@ -198,7 +198,7 @@ impl Scope {
         let _ = self.shared.flush_queued().await;
         let started = tokio::time::Instant::now();
         let rt = &self.shared.runtime.inner;
-        let touched = invoker::touched(&rt.registry, &mine);
+        let touched = touched(&rt.registry, &mine);
         crate::sync::help_along(
             rt,
             &touched,

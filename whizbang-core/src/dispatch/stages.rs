@@ -77,7 +77,7 @@ impl ScopeShared {
         }
         let registry = &self.runtime.inner.registry;
         let awaiter = PerspectiveSyncAwaiter::new(self.runtime.clone(), Some(Arc::clone(self)));
-        let emitted = self.invoker.with_events(<[_]>::to_vec);
+        let emitted = self.log.with_events(<[_]>::to_vec);
         let mut results = Vec::with_capacity(reg.sync.len());
         for req in reg.sync {
             let perspective = registry

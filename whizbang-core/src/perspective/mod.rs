@@ -5,7 +5,7 @@
 //! engine that brings one (perspective, stream) up to date:
 //! claim, read the events after the cursor, apply them in stream-version order,
 //! commit model and cursor together. Inline perspectives run the engine when a
-//! scope completes (the scoped invoker); async ones run it in the background
+//! scope completes (the flush is dispatch's); async ones run it in the background
 //! [`runner`]. It does not route commands and does not know any backend.
 //!
 //! Every call into a perspective's code (its model's `Default` and `Clone`,
@@ -17,7 +17,6 @@
 
 pub(crate) mod engine;
 pub(crate) mod fold;
-pub(crate) mod invoker;
 pub mod runner;
 
 use crate::store::StoredEvent;
