@@ -17,6 +17,7 @@
 
 pub(crate) mod engine;
 pub(crate) mod fold;
+mod registration;
 pub mod runner;
 
 use crate::store::StoredEvent;
@@ -25,6 +26,7 @@ use std::any::TypeId;
 pub use crate::store::{AnyModel, Model};
 pub use engine::ApplyReport;
 pub use fold::Versioned;
+pub use registration::PerspectiveRegistration;
 
 /// When a perspective applies its events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -8,7 +8,7 @@
 use super::engine::Engine;
 use crate::error::Error;
 use crate::message::StreamId;
-use crate::registry::PerspectiveRegistration;
+use crate::perspective::PerspectiveRegistration;
 use crate::util::lock;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

@@ -11,7 +11,7 @@ use crate::dispatch::{Runtime, ScopeShared};
 use crate::error::{Error, Result};
 use crate::message::{EventId, StreamId};
 use crate::perspective::Perspective;
-use crate::registry::PerspectiveRegistration;
+use crate::perspective::PerspectiveRegistration;
 use crate::store::EventLocation;
 use std::collections::HashSet;
 use std::future::Future;

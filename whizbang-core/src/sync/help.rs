@@ -2,7 +2,7 @@
 
 use crate::dispatch::RuntimeInner;
 use crate::message::StreamId;
-use crate::registry::PerspectiveRegistration;
+use crate::perspective::PerspectiveRegistration;
 use crate::PerspectiveMode;
 use std::time::Duration;
 

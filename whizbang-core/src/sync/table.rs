@@ -9,7 +9,7 @@ use super::clock::ActiveTimer;
 use super::SyncOutcome;
 use crate::error::Result;
 use crate::message::{EventId, StreamId};
-use crate::registry::PerspectiveRegistration;
+use crate::perspective::PerspectiveRegistration;
 use crate::util::lock;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};

@@ -18,7 +18,7 @@ use super::SyncOutcome;
 use crate::dispatch::RuntimeInner;
 use crate::error::{Error, Stored};
 use crate::message::{EventId, StreamId};
-use crate::registry::PerspectiveRegistration;
+use crate::perspective::PerspectiveRegistration;
 use crate::util::lock;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
