@@ -143,8 +143,8 @@ impl Runtime {
     /// fails or panics, or a stored event does not decode; a backend error.
     pub async fn aggregate<P: Perspective>(
         &self,
-        stream: impl Into<crate::StreamId>,
-    ) -> Result<crate::Versioned<P::Model>> {
+        stream: impl Into<crate::message::StreamId>,
+    ) -> Result<crate::perspective::Versioned<P::Model>> {
         crate::perspective::fold::fold::<P>(&**self.event_store(), stream.into()).await
     }
 
@@ -253,7 +253,7 @@ impl Runtime {
     /// backend errors.
     pub async fn retry_perspective<P: Perspective>(
         &self,
-        stream: impl Into<crate::StreamId>,
+        stream: impl Into<crate::message::StreamId>,
     ) -> Result<crate::perspective::ApplyReport> {
         let reg = self.inner.registry.perspective::<P>()?;
         self.inner
@@ -284,7 +284,7 @@ impl Runtime {
     /// backend errors.
     pub async fn skip_failed_event<P: Perspective>(
         &self,
-        stream: impl Into<crate::StreamId>,
+        stream: impl Into<crate::message::StreamId>,
         reason: impl Into<String>,
     ) -> Result<crate::perspective::ApplyReport> {
         let reg = self.inner.registry.perspective::<P>()?;

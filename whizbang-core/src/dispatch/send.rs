@@ -157,7 +157,7 @@ impl Scope {
     pub async fn publish_expecting<E: Event>(
         &self,
         event: E,
-        expected: crate::ExpectedVersion,
+        expected: crate::message::ExpectedVersion,
     ) -> Result<EventId> {
         let mut cx = self.publishing::<E>()?;
         let id = cx.emit_expecting(event, expected)?;

@@ -128,7 +128,7 @@ impl<E> std::ops::Deref for EventPayload<'_, E> {
 /// # Errors
 /// When the stored payload does not decode as an `E`.
 #[doc(hidden)]
-pub fn event_payload<E: crate::Event>(
+pub fn event_payload<E: crate::message::Event>(
     event: &StoredEvent,
 ) -> Result<EventPayload<'_, E>, ApplyError> {
     if let Some(typed) = event.typed.as_deref() {

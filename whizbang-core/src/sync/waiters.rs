@@ -395,7 +395,7 @@ fn decide(
     let Some(r) = regs.get_mut(&id) else {
         return false;
     };
-    let is_async = r.perspective.mode == crate::PerspectiveMode::Async;
+    let is_async = r.perspective.mode == crate::perspective::PerspectiveMode::Async;
     let mut learned = false;
     let mut awaited = 0;
     let mut pending = 0;
