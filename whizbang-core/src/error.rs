@@ -307,14 +307,14 @@ pub enum Error {
 
     /// A receptor awaits perspective sync from an inline lifecycle stage.
     #[error(
-        "`{receptor}` awaits perspective sync but fires at the inline stage {stage:?}: waiting there \
-         would deadlock the flush. Use the Detached variant of the stage"
+        "`{receptor}` fires at the inline stage {stage}: {rule}",
+        rule = crate::stage::INLINE_AWAIT_RULE
     )]
     InlineStageWait {
         /// The receptor.
         receptor: String,
         /// Its stage.
-        stage: crate::LifecycleStage,
+        stage: crate::stage::LifecycleStage,
     },
 
     /// A receptor fires at a stage this runtime cannot reach.
@@ -326,7 +326,7 @@ pub enum Error {
         /// The receptor.
         receptor: String,
         /// Its stage.
-        stage: crate::LifecycleStage,
+        stage: crate::stage::LifecycleStage,
     },
 
     /// Invalid input to a whizbang API.

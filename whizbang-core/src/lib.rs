@@ -55,12 +55,13 @@
 //! ## Modules
 //! - [`message`]: commands, events, envelopes, ids.
 //! - [`dispatch`]: the runtime, scopes, receptors and their context.
-//! - [`perspective`](mod@perspective): read-model folds, the inline invoker and the async runner.
+//! - [`perspective`](mod@perspective): read-model folds, the engine and the async runner.
 //! - [`lens`]: reading models.
 //! - [`store`]: the storage traits and the in-memory backend.
 //! - [`backend`]: the seam a storage backend implements, with its contract in one place.
 //! - [`registry`]: the compile-time routing tables.
 //! - [`services`]: typed services for receptors.
+//! - [`stage`]: lifecycle stages (where and how event receptors fire).
 //! - [`sync`]: waiting until perspectives applied your events (read-your-writes).
 //! - [`testing`]: a given / when / then harness on a chosen subset of handlers.
 
@@ -75,14 +76,15 @@ pub mod message;
 pub mod perspective;
 pub mod registry;
 pub mod services;
+pub mod stage;
 pub mod store;
 pub mod sync;
 pub mod testing;
+pub(crate) mod util;
 
-pub use dispatch::EmittedEvent;
 pub use dispatch::{
-    Context, DetachedFailure, LifecycleStage, NotSynced, Receptor, Runtime, RuntimeBuilder, Scope,
-    SendAndSync, SyncFire, SyncRequirement,
+    Context, DetachedFailure, NotSynced, Receptor, Runtime, RuntimeBuilder, Scope, SendAndSync,
+    SyncRequirement,
 };
 pub use error::{Error, Result};
 pub use lens::{Lens, LensQuery, ListQuery, SyncLensExt, SyncedLens};
@@ -93,6 +95,7 @@ pub use message::{
 pub use perspective::{Model, Perspective, PerspectiveMode, Versioned};
 pub use registry::{Registry, RegistryBuilder};
 pub use services::{FromServices, Services};
+pub use stage::{LifecycleStage, StageMode, StagePoint, SyncFire};
 pub use sync::{
     PerspectiveSyncAwaiter, PerspectiveSyncOptions, SyncFilter, SyncOutcome, SyncResult,
 };
@@ -101,14 +104,14 @@ pub use whizbang_macros::{await_perspective_sync, fire_at, perspective, receptor
 /// Support for generated code. Not a public API: it changes without notice.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::dispatch::{LifecycleStage, Receptor, SyncFire, SyncRequirement};
+    pub use crate::dispatch::{Receptor, Registered, SyncRequirement};
     pub use crate::message::{Command, Event, Message, MessageKind, StreamId, StreamKey};
     pub use crate::perspective::{
         applied, event_payload, ApplyError, ApplyOutput, Perspective, PerspectiveMode,
     };
-    pub use crate::registry::{
-        MessageRegistration, PerspectiveRegistration, ReceptorRegistration, Registered,
-    };
+    pub use crate::registry::{MessageRegistration, PerspectiveRegistration, ReceptorRegistration};
+    pub use crate::stage::names as stage;
+    pub use crate::stage::{LifecycleStage, SyncFire};
     pub use crate::store::StoredEvent;
     pub use ::core::any::TypeId;
     pub use ::core::option::Option;

@@ -5,30 +5,19 @@
 //! sorted into a stable order (inventory has none), checked for duplicates,
 //! and indexed by message type. It never calls user code.
 
-use crate::dispatch::{ErasedReceptor, LifecycleStage, Receptor, ReceptorAdapter, SyncRequirement};
+use crate::dispatch::{ErasedReceptor, Receptor, ReceptorAdapter, SyncRequirement};
 use crate::error::{Error, Result};
 use crate::message::{Message, MessageKind};
-use crate::perspective::{AnyModel, ApplyError, Perspective, PerspectiveMode};
+use crate::perspective::Perspective;
 use crate::services::{FromServices, Services};
-use crate::store::StoredEvent;
-use serde_json::value::RawValue;
+use crate::stage::LifecycleStage;
 use std::any::TypeId;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-/// Proof that `#[receptor]` registered `Self` as the receptor of `M`.
-///
-/// A supertrait of [`Receptor`]: only the macro implements it, so an
-/// `impl Receptor<M> for T` without `#[receptor]` (which would compile and
-/// never run) is a compile error that says what to add.
 #[doc(hidden)]
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` implements `Receptor<{M}>` without #[receptor], so it would never run",
-    label = "not registered: add #[receptor] to this impl",
-    note = "add #[receptor] to the `impl Receptor<{M}> for {Self}` block: it registers the receptor \
-            so the runtime routes `{M}` to it"
-)]
-pub trait Registered<M> {}
+pub use crate::dispatch::Registered;
+pub use crate::perspective::PerspectiveRegistration;
 
 /// A receptor, as registered by `#[receptor]`.
 #[derive(Debug)]
@@ -107,72 +96,6 @@ impl ReceptorRegistration {
     #[must_use]
     pub fn path(&self) -> String {
         format!("{}::{}", self.module_path, self.receptor)
-    }
-}
-
-/// A perspective, as registered by `#[perspective]`.
-#[derive(Debug)]
-pub struct PerspectiveRegistration {
-    /// The perspective's name.
-    pub name: &'static str,
-    /// The perspective type, as written.
-    pub type_name: &'static str,
-    /// The module it was declared in.
-    pub module_path: &'static str,
-    /// Inline or async.
-    pub mode: PerspectiveMode,
-    /// Wire names of the event types it handles.
-    pub event_types: &'static [&'static str],
-    /// The `TypeId` of the perspective type.
-    pub perspective_type: fn() -> TypeId,
-    pub(crate) new_model: fn() -> Box<dyn AnyModel>,
-    pub(crate) decode_model: fn(&RawValue) -> Result<Box<dyn AnyModel>, serde_json::Error>,
-    pub(crate) apply: fn(&mut dyn AnyModel, &StoredEvent) -> Result<bool, ApplyError>,
-}
-
-fn new_model<P: Perspective>() -> Box<dyn AnyModel> {
-    Box::new(P::Model::default())
-}
-
-fn decode_model<P: Perspective>(raw: &RawValue) -> Result<Box<dyn AnyModel>, serde_json::Error> {
-    Ok(Box::new(serde_json::from_str::<P::Model>(raw.get())?))
-}
-
-fn erased_apply<P: Perspective>(
-    model: &mut dyn AnyModel,
-    event: &StoredEvent,
-) -> Result<bool, ApplyError> {
-    match model.as_any_mut().downcast_mut::<P::Model>() {
-        Some(m) => P::apply(m, event),
-        None => Err(ApplyError(format!(
-            "perspective {} was handed a model of another type",
-            P::NAME
-        ))),
-    }
-}
-
-impl PerspectiveRegistration {
-    /// The registration of perspective `P`. For generated code.
-    #[doc(hidden)]
-    #[must_use]
-    pub const fn of<P: Perspective>(type_name: &'static str, module_path: &'static str) -> Self {
-        PerspectiveRegistration {
-            name: P::NAME,
-            type_name,
-            module_path,
-            mode: P::MODE,
-            event_types: P::EVENT_TYPES,
-            perspective_type: TypeId::of::<P>,
-            new_model: new_model::<P>,
-            decode_model: decode_model::<P>,
-            apply: erased_apply::<P>,
-        }
-    }
-
-    /// Whether it handles events with this wire name.
-    #[must_use]
-    pub fn handles(&self, event_type: &str) -> bool {
-        self.event_types.contains(&event_type)
     }
 }
 

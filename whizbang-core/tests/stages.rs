@@ -175,7 +175,7 @@ static WAIT_DETACHED: ReceptorRegistration =
         .fire_at(LifecycleStage::PostPerspectiveDetached)
         .awaiting(&[SyncRequirement::of::<AsyncView>(
             &[],
-            5_000,
+            Some(5_000),
             SyncFire::OnSuccess,
         )]);
 
@@ -200,7 +200,11 @@ async fn a_detached_receptor_awaiting_an_async_perspective_runs_after_it_applied
 static WAIT_ALWAYS: ReceptorRegistration =
     ReceptorRegistration::of::<Waiter, Placed>("Waiter", "stages")
         .fire_at(LifecycleStage::PostDistributeDetached)
-        .awaiting(&[SyncRequirement::of::<AsyncView>(&[], 150, SyncFire::Always)]);
+        .awaiting(&[SyncRequirement::of::<AsyncView>(
+            &[],
+            Some(150),
+            SyncFire::Always,
+        )]);
 
 #[tokio::test]
 async fn fire_always_runs_the_receptor_with_the_timed_out_outcome() {
@@ -244,7 +248,7 @@ impl Receptor<Confirm> for Confirmer {
 
 static CONFIRM: ReceptorRegistration =
     ReceptorRegistration::of::<Confirmer, Confirm>("Confirmer", "stages").awaiting(&[
-        SyncRequirement::of::<AsyncView>(&["Placed"], 200, SyncFire::OnSuccess),
+        SyncRequirement::of::<AsyncView>(&["Placed"], Some(200), SyncFire::OnSuccess),
     ]);
 
 #[tokio::test]
@@ -275,7 +279,7 @@ static INLINE_WAIT: ReceptorRegistration =
         .fire_at(LifecycleStage::PostPerspectiveInline)
         .awaiting(&[SyncRequirement::of::<AsyncView>(
             &[],
-            100,
+            Some(100),
             SyncFire::OnSuccess,
         )]);
 static INBOX: ReceptorRegistration = ReceptorRegistration::of::<Waiter, Placed>("Waiter", "stages")

@@ -11,11 +11,14 @@
 //! its own module.
 
 mod attr;
+mod await_sync;
 mod ctx;
+mod fire_at;
 mod lifecycle;
 mod message;
 mod perspective;
 mod receptor;
+mod relocate;
 
 #[cfg(test)]
 mod tests;

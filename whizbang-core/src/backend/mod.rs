@@ -126,9 +126,9 @@ use std::sync::{Arc, Weak};
 #[doc(inline)]
 pub use crate::perspective::engine::{ApplyListener, ApplyReport};
 #[doc(inline)]
-pub use crate::perspective::AnyModel;
-#[doc(inline)]
 pub use crate::store::memory::{MemoryEventStore, MemoryPerspectiveStore};
+#[doc(inline)]
+pub use crate::store::AnyModel;
 #[doc(inline)]
 pub use crate::store::{
     BoxFuture, Checkpoint, CheckpointFailure, EventLocation, EventMetadata, EventStore,

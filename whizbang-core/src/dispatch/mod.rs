@@ -3,35 +3,57 @@
 //! This module owns the path from `scope.send(cmd)` to the receptor and back:
 //! routing through the [`Registry`](crate::Registry), appending what receptors
 //! emit with optimistic concurrency, cascading events to event receptors, and
-//! queueing them in the scope's perspective invoker. It applies no perspective
+//! queueing them in the scope's event log for the flush. It applies no perspective
 //! itself (that is [`perspective`](mod@crate::perspective)) and stores nothing
 //! itself (that is [`store`](crate::store)).
+//!
+//! Its files follow the data path, each importing only those before it:
+//! `runtime.rs` (the runtime and its builder), `scope.rs` (the scope's own
+//! state), `context.rs` (what a receptor sees), `stages.rs` (running receptors
+//! at their stages), `flush.rs` (the cancel-safe flush run, `complete()`),
+//! `send.rs` (sending, the cascade, the one append) and `send_and_sync.rs`.
 
 mod context;
-mod lifecycle;
+mod flush;
 mod runtime;
 mod scope;
+mod send;
 mod send_and_sync;
-mod stage;
+mod stages;
 
+pub use crate::stage::{LifecycleStage, SyncFire};
 pub(crate) use context::encode_event;
 pub use context::Context;
-pub use lifecycle::DetachedFailure;
+pub use runtime::DetachedFailure;
 pub(crate) use runtime::RuntimeInner;
 pub use runtime::{Runtime, RuntimeBuilder};
+pub use scope::Scope;
 pub(crate) use scope::ScopeShared;
-pub use scope::{EmittedEvent, Scope};
 pub use send_and_sync::{NotSynced, SendAndSync};
-pub use stage::{LifecycleStage, SyncFire, SyncRequirement};
 
 use crate::error::{Error, Result};
 use crate::message::Message;
+use crate::perspective::Perspective;
 use crate::services::{FromServices, Services};
 use crate::store::{BoxFuture, StoredEvent};
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
+
+/// Proof that `#[receptor]` registered `Self` as the receptor of `M`.
+///
+/// A supertrait of [`Receptor`]: only the macro implements it, so an
+/// `impl Receptor<M> for T` without `#[receptor]` (which would compile and
+/// never run) is a compile error that says what to add.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` implements `Receptor<{M}>` without #[receptor], so it would never run",
+    label = "not registered: add #[receptor] to this impl",
+    note = "add #[receptor] to the `impl Receptor<{M}> for {Self}` block: it registers the receptor \
+            so the runtime routes `{M}` to it"
+)]
+pub trait Registered<M> {}
 
 /// Handles one message type. Annotate the impl with `#[receptor]` to register it:
 /// an impl without it would never run, so it does not compile (the hidden
@@ -63,7 +85,7 @@ use std::sync::Arc;
     label = "no `Receptor<{M}>` impl",
     note = "implement `Receptor<{M}>` for `{Self}` and annotate the impl with #[receptor]"
 )]
-pub trait Receptor<M: Message>: crate::registry::Registered<M> + Send + Sync + 'static {
+pub trait Receptor<M: Message>: Registered<M> + Send + Sync + 'static {
     /// Handles the message. Whatever it emits through `cx` is appended only
     /// when it returns `Ok`.
     fn handle(
@@ -203,6 +225,41 @@ impl<T: Send + 'static> Future for ErasedOutput<'_, T> {
             std::task::Poll::Ready(Ok(out)) => std::task::Poll::Ready(Ok(Box::new(out))),
             std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
             std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
+/// One `#[await_perspective_sync(..)]` of a receptor.
+#[derive(Debug)]
+pub struct SyncRequirement {
+    /// The perspective's name.
+    pub perspective: &'static str,
+    /// The perspective's type.
+    pub perspective_type: fn() -> TypeId,
+    /// Event types to await in the current scope; empty = the incoming event itself.
+    pub event_types: &'static [&'static str],
+    /// The timeout in milliseconds.
+    pub timeout_ms: u64,
+    /// Run on success only, or always.
+    pub fire: SyncFire,
+}
+
+impl SyncRequirement {
+    /// The requirement to await perspective `P`; `timeout_ms: None` takes
+    /// [`DEFAULT_SYNC_TIMEOUT_MS`](crate::stage::DEFAULT_SYNC_TIMEOUT_MS). For generated code.
+    #[doc(hidden)]
+    #[must_use]
+    pub const fn of<P: Perspective>(
+        event_types: &'static [&'static str],
+        timeout_ms: Option<u64>,
+        fire: SyncFire,
+    ) -> Self {
+        SyncRequirement {
+            perspective: P::NAME,
+            perspective_type: TypeId::of::<P>,
+            event_types,
+            timeout_ms: crate::stage::sync_timeout_ms(timeout_ms),
+            fire,
         }
     }
 }

@@ -1,10 +1,8 @@
-use super::lifecycle::DetachedFailure;
-use super::scope::Scope;
 use super::ErasedReceptor;
 use crate::backend::WakeupSink;
 use crate::error::{Error, Result};
 use crate::lens::Lens;
-use crate::message::MessageKind;
+use crate::message::{EventId, MessageKind};
 use crate::perspective::engine::{ApplyListener, ApplyReport, Engine};
 use crate::perspective::runner::PerspectiveRunner;
 use crate::perspective::Perspective;
@@ -43,7 +41,7 @@ pub(crate) struct RuntimeInner {
 pub(crate) type DetachedFailureHook = Arc<dyn Fn(&DetachedFailure) + Send + Sync>;
 
 /// The running system: routing tables, receptors, backends and services.
-/// Cheap to clone (shared). Open a [`Scope`] per unit of work.
+/// Cheap to clone (shared). Open a [`Scope`](crate::Scope) per unit of work.
 ///
 /// ```
 /// # use whizbang_core::Runtime;
@@ -85,12 +83,6 @@ impl Runtime {
     /// See [`RuntimeBuilder::build`].
     pub fn in_memory() -> Result<Runtime> {
         Runtime::builder().build()
-    }
-
-    /// Opens a unit of work.
-    #[must_use]
-    pub fn scope(&self) -> Scope {
-        Scope::new(self.clone())
     }
 
     /// The routing tables.
@@ -151,8 +143,8 @@ impl Runtime {
     /// fails or panics, or a stored event does not decode; a backend error.
     pub async fn aggregate<P: Perspective>(
         &self,
-        stream: impl Into<crate::StreamId>,
-    ) -> Result<crate::Versioned<P::Model>> {
+        stream: impl Into<crate::message::StreamId>,
+    ) -> Result<crate::perspective::Versioned<P::Model>> {
         crate::perspective::fold::fold::<P>(&**self.event_store(), stream.into()).await
     }
 
@@ -261,7 +253,7 @@ impl Runtime {
     /// backend errors.
     pub async fn retry_perspective<P: Perspective>(
         &self,
-        stream: impl Into<crate::StreamId>,
+        stream: impl Into<crate::message::StreamId>,
     ) -> Result<crate::perspective::ApplyReport> {
         let reg = self.inner.registry.perspective::<P>()?;
         self.inner
@@ -292,7 +284,7 @@ impl Runtime {
     /// backend errors.
     pub async fn skip_failed_event<P: Perspective>(
         &self,
-        stream: impl Into<crate::StreamId>,
+        stream: impl Into<crate::message::StreamId>,
         reason: impl Into<String>,
     ) -> Result<crate::perspective::ApplyReport> {
         let reg = self.inner.registry.perspective::<P>()?;
@@ -624,4 +616,19 @@ fn validate_stage(registry: &Registry, reg: &ReceptorRegistration) -> Result<()>
         }
     }
     Ok(())
+}
+
+/// A detached receptor's failure, handed to the hook set with
+/// [`RuntimeBuilder::on_detached_failure`](crate::RuntimeBuilder::on_detached_failure).
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct DetachedFailure {
+    /// The receptor that failed (module path and type).
+    pub receptor: String,
+    /// The event it was handling.
+    pub event_id: EventId,
+    /// That event's wire name.
+    pub event_type: String,
+    /// What went wrong.
+    pub error: Error,
 }

@@ -1,8 +1,11 @@
 //! What [`Scope::send_and_sync`](crate::Scope::send_and_sync) returns: the
 //! command's output, always, with each perspective's sync outcome.
 
-use crate::error::Error;
-use crate::sync::{SyncOutcome, SyncResult};
+use super::flush::touched;
+use super::scope::Scope;
+use crate::error::{Error, Result};
+use crate::message::{Command, MessageId, Metadata};
+use crate::sync::{Candidate, PerspectiveSyncOptions, SyncFilter, SyncOutcome, SyncResult};
 
 /// A command's output (its events are stored) and how each perspective that
 /// handles its events fared. Returned by
@@ -132,5 +135,123 @@ impl<O> From<NotSynced<O>> for Error {
                 outcome: "it applied them".to_owned(),
             },
         }
+    }
+}
+
+impl Scope {
+    /// Sends a command, then waits until every perspective that handles the
+    /// events it appended (its own and its cascade's, nothing else) has applied
+    /// them (5 s timeout, debugger-aware). Inline perspectives apply at once;
+    /// async ones are signalled now, not at `complete()`.
+    ///
+    /// Once the command's events are stored you always get its output, with
+    /// each perspective's outcome: `?` on
+    /// [`into_synced`](SendAndSync::into_synced) turns a miss into an error, or
+    /// answer "accepted" with the output when the read model is not there yet.
+    ///
+    /// ```
+    /// # use whizbang_core::{Command, Context, Receptor, Result, Runtime};
+    /// # #[derive(Command, serde::Serialize, serde::Deserialize)] #[command(output = u32)] struct Ping;
+    /// # #[derive(Default)] struct R;
+    /// # #[whizbang_core::receptor] impl Receptor<Ping> for R {
+    /// #   async fn handle(&self, _: Ping, _: &mut Context) -> Result<u32> { Ok(7) } }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<()> {
+    /// # let runtime = Runtime::in_memory()?;
+    /// let scope = runtime.scope();
+    /// let sent = scope.send_and_sync(Ping).await?; // Err: nothing was stored
+    /// if sent.is_synced() {
+    ///     // read models reflect the command: answer 200 with them
+    /// } else {
+    ///     // stored, not yet applied: answer 202 with the id; never resend
+    /// }
+    /// let n: u32 = sent.into_synced()?; // or: a miss as an error that says the events are stored
+    /// # assert_eq!(n, 7);
+    /// # scope.complete().await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`send`](Self::send): only when the send failed and nothing was stored.
+    pub async fn send_and_sync<C: Command>(&self, command: C) -> Result<SendAndSync<C::Output>> {
+        self.send_and_sync_with(command, PerspectiveSyncOptions::default())
+            .await
+    }
+
+    /// Like [`send_and_sync`](Self::send_and_sync), with these options (the
+    /// timeout, debugger awareness). The options' filter is ignored: the wait
+    /// is on exactly this command's events.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send): only when the send failed and nothing was stored.
+    pub async fn send_and_sync_with<C: Command>(
+        &self,
+        command: C,
+        options: PerspectiveSyncOptions,
+    ) -> Result<SendAndSync<C::Output>> {
+        let id = MessageId::new();
+        let (output, mine) = self
+            .dispatch(command, id, self.shared.scope_id, None, Metadata::default())
+            .await?;
+        // The events are stored: from here on nothing turns into an `Err`.
+        // A flush failure is recorded in the scope (`complete()` reports it);
+        // a failure on our own events shows in the wait below.
+        let _ = self.shared.flush_queued().await;
+        let started = tokio::time::Instant::now();
+        let rt = &self.shared.runtime.inner;
+        let touched = touched(&rt.registry, &mine);
+        crate::sync::help_along(
+            rt,
+            &touched,
+            options.timeout.saturating_sub(started.elapsed()),
+        )
+        .await;
+        let awaiter = self.sync_awaiter();
+        let emitted = self.shared.emitted_len();
+        let mut results: Vec<SyncResult> = Vec::new();
+        for (reg, _) in &touched {
+            if results.iter().any(|r| r.perspective == reg.name) {
+                continue;
+            }
+            // Exactly this command's events (the options' filter is ignored).
+            let awaited = mine.iter().filter(|e| reg.handles(&e.event_type)).count();
+            let first_stream = mine.first().map(|e| e.stream_id);
+            let events = mine.iter().map(|e| Candidate::stored(e)).collect();
+            let result = match awaiter
+                .await_events(reg, &SyncFilter::all(), events, &options, emitted)
+                .await
+            {
+                Ok(result) => result,
+                Err(e) => {
+                    let outcome = match e {
+                        Error::PerspectiveFailed {
+                            stream,
+                            version,
+                            message,
+                            ..
+                        } => SyncOutcome::Failed {
+                            stream,
+                            version,
+                            message,
+                        },
+                        other => SyncOutcome::Failed {
+                            stream: first_stream.unwrap_or_default(),
+                            version: 0,
+                            message: format!("the wait itself failed: {other}"),
+                        },
+                    };
+                    SyncResult {
+                        outcome,
+                        events_awaited: awaited,
+                        elapsed: started.elapsed(),
+                        events_emitted: emitted,
+                        events_tracked: mine.len(),
+                        perspective: reg.name,
+                        timeout: options.timeout,
+                    }
+                }
+            };
+            results.push(result);
+        }
+        Ok(SendAndSync { output, results })
     }
 }

@@ -3,8 +3,8 @@
 
 use crate::error::{Error, Result};
 use crate::message::{EventId, StreamId};
-use crate::perspective::AnyModel;
-use crate::registry::PerspectiveRegistration;
+use crate::perspective::PerspectiveRegistration;
+use crate::store::AnyModel;
 use crate::store::{
     Checkpoint, CheckpointFailure, EventStore, ModelFormat, ModelValue, PerspectiveStore,
     PerspectiveUnit, SkippedEvent, StoredEvent,

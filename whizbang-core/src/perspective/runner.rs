@@ -8,9 +8,10 @@
 use super::engine::Engine;
 use crate::error::Error;
 use crate::message::StreamId;
-use crate::registry::PerspectiveRegistration;
+use crate::perspective::PerspectiveRegistration;
+use crate::util::lock;
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 
@@ -89,13 +90,7 @@ impl PerspectiveRunner {
     /// Asks the runner to bring (`reg`, `stream`) up to date.
     pub(crate) fn signal(&self, reg: &'static PerspectiveRegistration, stream: StreamId) {
         let key = (reg.name, stream);
-        if !self
-            .shared
-            .queued
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(key)
-        {
+        if !lock(&self.shared.queued).insert(key) {
             return; // already queued and not yet started: it will see these events
         }
         // The guard moves into the task: however the task ends (done, cancelled
@@ -122,11 +117,7 @@ async fn run(
         if attempt == 0 {
             // From here on, a new signal for this key queues a new run, which
             // will read any event appended after our read.
-            shared
-                .queued
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&(reg.name, stream));
+            lock(&shared.queued).remove(&(reg.name, stream));
         }
         match shared.engine.catch_up(reg, stream).await {
             Ok(_) | Err(Error::PerspectiveFailed { .. }) => break,

@@ -8,36 +8,9 @@ use super::{
 use crate::error::Stored;
 use crate::error::{Error, Result};
 use crate::message::{EventId, StreamId};
+use crate::util::{lock, IdMap};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-
-/// Hashes UUID-keyed maps cheaply: ids are random (v7) or caller-chosen, and
-/// this in-process backend is for development and tests, not hostile input,
-/// so SipHash's flood resistance buys nothing here and costs on every append.
-#[derive(Clone, Copy, Default)]
-pub(crate) struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut buf = [0u8; 8];
-            buf[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(buf))
-                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-        }
-    }
-}
-
-pub(crate) type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding these locks cannot leave them half-written (every
-    // critical section validates before it mutates), so poisoning is ignored.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
+use std::sync::{Arc, Mutex};
 
 #[derive(Default)]
 struct EventLog {

@@ -7,13 +7,15 @@
 //! storage backend implements; [`memory`] is the reference implementation every
 //! other backend is held to. The contract as a whole (these traits, the sync
 //! backend, the wake-ups and the conformance suite) is documented in
-//! [`backend`](crate::backend).
+//! [`backend`](crate::backend). It also owns what a model is ([`Model`], the
+//! erased [`AnyModel`]) since stores keep models. It imports only `message`,
+//! `error` and `util`.
 
 pub mod memory;
 
 use crate::error::Result;
 use crate::message::{EventId, ExpectedVersion, MessageId, Metadata, StreamId};
-use crate::perspective::AnyModel;
+use serde::{de::DeserializeOwned, Serialize};
 use serde_json::value::RawValue;
 use std::any::Any;
 use std::future::Future;
@@ -326,4 +328,46 @@ pub trait PerspectiveStore: Send + Sync + 'static {
     /// Every read model of a perspective, as last committed, ordered by key.
     /// Never waits for a claim.
     fn list_models<'a>(&'a self, perspective: &'a str) -> BoxFuture<'a, Result<Vec<ModelRow>>>;
+}
+
+/// A read model: what a perspective folds events into.
+///
+/// Blanket-implemented for every `Default + Clone + Serialize + DeserializeOwned`
+/// type. `Clone` lets in-process stores hand out snapshots without a serde round trip.
+pub trait Model: Default + Clone + Serialize + DeserializeOwned + Send + Sync + 'static {}
+impl<T: Default + Clone + Serialize + DeserializeOwned + Send + Sync + 'static> Model for T {}
+
+/// A type-erased [`Model`].
+pub trait AnyModel: Any + Send + Sync {
+    /// A boxed copy.
+    fn clone_box(&self) -> Box<dyn AnyModel>;
+    /// The model as JSON.
+    ///
+    /// # Errors
+    /// When the model's `Serialize` impl fails.
+    fn to_json(&self) -> std::result::Result<Box<RawValue>, serde_json::Error>;
+    /// As `&dyn Any`, to downcast.
+    fn as_any(&self) -> &dyn Any;
+    /// As `&mut dyn Any`, to downcast.
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+    /// As `Box<dyn Any>`, to downcast by value.
+    fn into_any(self: Box<Self>) -> Box<dyn Any>;
+}
+
+impl<M: Model> AnyModel for M {
+    fn clone_box(&self) -> Box<dyn AnyModel> {
+        Box::new(self.clone())
+    }
+    fn to_json(&self) -> std::result::Result<Box<RawValue>, serde_json::Error> {
+        serde_json::value::to_raw_value(self)
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
 }

@@ -7,11 +7,12 @@ use super::clock::{ActiveTimer, SLICE};
 use super::filter::{Candidate, PerspectiveSyncOptions, SyncFilter};
 use super::waiters::Registered;
 use super::SyncState;
-use crate::dispatch::{EmittedEvent, Runtime, ScopeShared};
+use crate::dispatch::{Runtime, ScopeShared};
 use crate::error::{Error, Result};
 use crate::message::{EventId, StreamId};
 use crate::perspective::Perspective;
-use crate::registry::PerspectiveRegistration;
+use crate::perspective::PerspectiveRegistration;
+use crate::store::EventLocation;
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
@@ -402,7 +403,7 @@ impl PerspectiveSyncAwaiter {
         filter: &SyncFilter,
         from_store: Vec<Candidate>,
     ) -> (Vec<Target>, usize, usize) {
-        let emitted: Vec<EmittedEvent> = self
+        let emitted: Vec<EventLocation> = self
             .scope
             .as_ref()
             .map(|s| s.emitted_snapshot())

@@ -20,7 +20,7 @@ pub enum SyncFilter {
     /// Every tracked event.
     All,
     /// Exactly these events, by id.
-    EventIds(Vec<crate::EventId>),
+    EventIds(Vec<crate::message::EventId>),
     /// Both filters hold.
     And(Box<SyncFilter>, Box<SyncFilter>),
     /// Either filter holds.
@@ -60,7 +60,7 @@ tuple_list!(A, B, C, D, E, F, G, H);
 /// One tracked event, as the filter sees it.
 #[derive(Clone, Debug)]
 pub(crate) struct Candidate {
-    pub(crate) event_id: crate::EventId,
+    pub(crate) event_id: crate::message::EventId,
     pub(crate) stream_id: StreamId,
     pub(crate) event_type: std::borrow::Cow<'static, str>,
     pub(crate) in_scope: bool,
@@ -68,7 +68,7 @@ pub(crate) struct Candidate {
 
 impl Candidate {
     /// An event the caller's scope emitted.
-    pub(crate) fn emitted(e: &crate::dispatch::EmittedEvent) -> Self {
+    pub(crate) fn emitted(e: &crate::store::EventLocation) -> Self {
         Candidate {
             event_id: e.event_id,
             stream_id: e.stream_id,
@@ -134,7 +134,7 @@ impl SyncFilter {
     /// assert_eq!(filter, SyncFilter::EventIds(vec![id]));
     /// ```
     #[must_use]
-    pub fn event_ids(ids: impl IntoIterator<Item = crate::EventId>) -> Self {
+    pub fn event_ids(ids: impl IntoIterator<Item = crate::message::EventId>) -> Self {
         SyncFilter::EventIds(ids.into_iter().collect())
     }
 
@@ -179,7 +179,7 @@ impl SyncFilter {
     }
 
     /// Every event id the filter names.
-    pub(crate) fn ids(&self, out: &mut Vec<crate::EventId>) {
+    pub(crate) fn ids(&self, out: &mut Vec<crate::message::EventId>) {
         match self {
             SyncFilter::EventIds(ids) => {
                 for id in ids {
@@ -197,7 +197,7 @@ impl SyncFilter {
     }
 
     /// Whether the filter selects `id` knowing nothing else of the event.
-    pub(crate) fn selects_id_alone(&self, id: crate::EventId) -> bool {
+    pub(crate) fn selects_id_alone(&self, id: crate::message::EventId) -> bool {
         match self {
             SyncFilter::EventIds(ids) => ids.contains(&id),
             SyncFilter::All => true,

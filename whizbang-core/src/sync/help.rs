@@ -2,8 +2,8 @@
 
 use crate::dispatch::RuntimeInner;
 use crate::message::StreamId;
-use crate::registry::PerspectiveRegistration;
-use crate::PerspectiveMode;
+use crate::perspective::PerspectiveMode;
+use crate::perspective::PerspectiveRegistration;
 use std::time::Duration;
 
 /// Runs the async catch-ups of `touched` on this task rather than waiting for

@@ -20,6 +20,7 @@ mod clock;
 mod filter;
 mod help;
 mod inquiry;
+mod table;
 mod tracker;
 mod waiters;
 

@@ -11,38 +11,33 @@
 //! waits read the stream's unapplied events from the store and stay exact.
 
 use super::filter::Candidate;
-use super::waiters::Table;
-use crate::dispatch::EmittedEvent;
+use super::table::Table;
 use crate::dispatch::RuntimeInner;
 use crate::message::{EventId, StreamId};
 use crate::perspective::ApplyReport;
 use crate::registry::Registry;
-use crate::store::memory::IdMap;
-use crate::store::StreamAppend;
+use crate::store::{EventLocation, StreamAppend};
+use crate::util::{lock, IdMap};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// What one scope emitted, in order.
 #[derive(Clone, Debug, Default)]
 pub struct ScopedEventTracker {
-    events: Vec<EmittedEvent>,
+    events: Vec<EventLocation>,
 }
 
 impl ScopedEventTracker {
-    pub(crate) fn new(events: Vec<EmittedEvent>) -> Self {
+    pub(crate) fn new(events: Vec<EventLocation>) -> Self {
         ScopedEventTracker { events }
     }
 
     /// The emitted events.
     #[must_use]
-    pub fn events(&self) -> &[EmittedEvent] {
+    pub fn events(&self) -> &[EventLocation] {
         &self.events
     }
 

@@ -12,311 +12,18 @@
 use super::clock::{ActiveTimer, SLICE};
 use super::filter::PerspectiveSyncOptions;
 use super::inquiry::{EventSyncStatus, SyncInquiry};
+use super::table::{finish_in, Batch, Done, Registration, Slot, State, Table};
 use super::tracker::SyncEventTracker;
 use super::SyncOutcome;
 use crate::dispatch::RuntimeInner;
-use crate::error::{Error, Result, Stored};
+use crate::error::{Error, Stored};
 use crate::message::{EventId, StreamId};
-use crate::registry::PerspectiveRegistration;
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use crate::perspective::PerspectiveRegistration;
+use crate::util::lock;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
-use tokio::sync::Notify;
 use tokio::time::Instant;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Where a sleeping registration's re-ask sits: its time and the registration's id.
-pub(crate) type AlarmKey = (Instant, u64);
-
-/// How a registration ended: the outcome, the events awaited, the active time.
-pub(crate) type Done = Result<(SyncOutcome, usize, Duration)>;
-
-/// Where the service leaves a wait's outcome, and the wake-up that says so.
-#[derive(Default)]
-pub(crate) struct Slot {
-    notify: Notify,
-    outcome: Mutex<Option<Done>>,
-}
-
-impl Slot {
-    fn deliver(&self, done: Done) {
-        *lock(&self.outcome) = Some(done);
-        self.notify.notify_one();
-    }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum State {
-    /// In the due list: the next round asks for it.
-    Queued,
-    /// In a round's inquiry; `again` when an apply woke it meanwhile (it is
-    /// asked again right after, never in two rounds at once).
-    InFlight { again: bool },
-    /// Asleep until its alarm or an apply on a watched stream.
-    Sleeping,
-}
-
-/// One wait, served by the tracker.
-struct Registration {
-    perspective: &'static PerspectiveRegistration,
-    /// The awaited ids not yet known applied (after a round, the ones the
-    /// perspective handles and has not applied).
-    ids: Vec<EventId>,
-    /// Awaited ids known applied and dropped from `ids`.
-    confirmed: usize,
-    /// Whether a round decided it once: from then on `ids` holds only ids the
-    /// perspective handles, so an apply report alone can tell it is synced.
-    decided: bool,
-    /// Ids an apply report named while a round was asking about this
-    /// registration: the round counts them applied whatever its (older) answer says.
-    late_applied: Vec<EventId>,
-    streams: Vec<StreamId>,
-    any: bool,
-    timer: ActiveTimer,
-    timeout: Duration,
-    /// How long the timer expects until its next observation.
-    planned: Duration,
-    alarm: Option<AlarmKey>,
-    /// Streams whose runner this wait has signalled (async perspectives).
-    signalled: Vec<StreamId>,
-    awaited: usize,
-    state: State,
-    slot: Arc<Slot>,
-}
-
-/// Who to wake on what, and when.
-#[derive(Default)]
-struct Index {
-    by_stream: HashMap<(&'static str, StreamId), Vec<u64>>,
-    any: HashMap<&'static str, Vec<u64>>,
-    alarms: BTreeSet<AlarmKey>,
-    due: Vec<u64>,
-    /// Registrations whose re-ask is due (their alarm fired).
-    alarmed: Vec<u64>,
-}
-
-impl Index {
-    fn watch_stream(&mut self, id: u64, r: &mut Registration, stream: StreamId) -> bool {
-        if r.streams.contains(&stream) {
-            return false;
-        }
-        r.streams.push(stream);
-        self.by_stream
-            .entry((r.perspective.name, stream))
-            .or_insert_with(|| Vec::with_capacity(1))
-            .push(id);
-        true
-    }
-
-    fn watch_any(&mut self, id: u64, r: &mut Registration) -> bool {
-        if r.any {
-            return false;
-        }
-        r.any = true;
-        self.any.entry(r.perspective.name).or_default().push(id);
-        true
-    }
-
-    fn unwatch(&mut self, id: u64, r: &Registration) {
-        for s in &r.streams {
-            let key = (r.perspective.name, *s);
-            if let Some(set) = self.by_stream.get_mut(&key) {
-                set.retain(|x| *x != id);
-                if set.is_empty() {
-                    self.by_stream.remove(&key);
-                }
-            }
-        }
-        if r.any {
-            if let Some(set) = self.any.get_mut(r.perspective.name) {
-                set.retain(|x| *x != id);
-                if set.is_empty() {
-                    self.any.remove(r.perspective.name);
-                }
-            }
-        }
-        if let Some(key) = r.alarm {
-            self.alarms.remove(&key);
-        }
-    }
-
-    /// Queues `id` for the next round. Returns whether the service must look.
-    fn queue(&mut self, id: u64, r: &mut Registration) -> bool {
-        match r.state {
-            State::Sleeping => {
-                if let Some(key) = r.alarm.take() {
-                    self.alarms.remove(&key);
-                }
-                r.state = State::Queued;
-                self.due.push(id);
-                // Its own task serves the due list (it, and whatever else is due).
-                r.slot.notify.notify_one();
-                true
-            }
-            State::InFlight { .. } => {
-                r.state = State::InFlight { again: true };
-                false
-            }
-            State::Queued => false,
-        }
-    }
-}
-
-/// Every registration of one tracker.
-#[derive(Default)]
-pub(crate) struct Table {
-    regs: HashMap<u64, Box<Registration>>,
-    index: Index,
-}
-
-impl Table {
-    pub(crate) fn len(&self) -> usize {
-        self.regs.len()
-    }
-
-    pub(crate) fn alarm_count(&self) -> usize {
-        self.index.alarms.len()
-    }
-
-    /// Queues every registration watching (perspective, stream) and wakes its
-    /// task, which serves the round. Returns whether any was queued.
-    ///
-    /// `applied` are the ids the perspective just committed: a registration
-    /// whose every remaining id is among them is synced at once, with no
-    /// inquiry (the commit that reports them is the authority the inquiry
-    /// would ask).
-    pub(crate) fn wake(
-        &mut self,
-        perspective: &'static str,
-        stream: StreamId,
-        applied: &[EventId],
-    ) -> bool {
-        let Table { regs, index } = self;
-        let mut ids: Vec<u64> = Vec::new();
-        if let Some(set) = index.by_stream.get(&(perspective, stream)) {
-            ids.extend_from_slice(set);
-        }
-        if let Some(set) = index.any.get(perspective) {
-            ids.extend_from_slice(set);
-        }
-        let mut look = false;
-        for id in ids {
-            let Some(r) = regs.get_mut(&id) else {
-                continue;
-            };
-            // Not while a round asks about it (the round reads `ids` by
-            // position): the round learns of these ids when it decides.
-            let idle = !matches!(r.state, State::InFlight { .. });
-            if !idle {
-                r.late_applied
-                    .extend(applied.iter().filter(|e| r.ids.contains(e)));
-            }
-            if r.decided && idle && !applied.is_empty() {
-                let before = r.ids.len();
-                r.ids.retain(|e| !applied.contains(e));
-                r.confirmed += before - r.ids.len();
-                if r.ids.is_empty() {
-                    r.timer.observe(r.planned);
-                    r.planned = Duration::ZERO;
-                    finish_in(regs, index, id, |r| {
-                        Ok((SyncOutcome::Synced, r.confirmed, r.timer.active()))
-                    });
-                    continue;
-                }
-            }
-            look |= index.queue(id, r);
-        }
-        look
-    }
-
-    /// Takes the registrations an apply woke (at most a round's worth), marking
-    /// each in flight.
-    fn take_woken(&mut self) -> Batch {
-        let Table { regs, index } = self;
-        let n = index.due.len().min(MAX_BATCH);
-        index
-            .due
-            .drain(..n)
-            .filter(|id| match regs.get_mut(id) {
-                Some(r) if r.state == State::Queued => {
-                    r.state = State::InFlight { again: false };
-                    true
-                }
-                _ => false,
-            })
-            .collect()
-    }
-
-    /// Removes a registration (finished, or its wait dropped).
-    pub(crate) fn remove(&mut self, id: u64) -> Option<Arc<Slot>> {
-        let r = self.regs.remove(&id)?;
-        self.index.unwatch(id, &r);
-        Some(r.slot)
-    }
-
-    fn finish(&mut self, id: u64, done: impl FnOnce(&Registration) -> Done) {
-        finish_in(&mut self.regs, &mut self.index, id, done);
-    }
-
-    /// Takes the registrations to ask about (marking each in flight): those an
-    /// apply woke, and those whose alarm is due. Returns both batches and when
-    /// the next alarm is.
-    fn take_batch(&mut self, now: Instant) -> (Batch, Batch, Option<Instant>) {
-        let Table { regs, index } = self;
-        while let Some(&(at, id)) = index.alarms.first() {
-            if at > now {
-                break;
-            }
-            index.alarms.pop_first();
-            if let Some(r) = regs.get_mut(&id) {
-                r.alarm = None;
-                if r.state == State::Sleeping {
-                    r.state = State::Queued;
-                    index.alarmed.push(id);
-                }
-            }
-        }
-        let mut take = |list: &mut Vec<u64>| -> Batch {
-            let n = list.len().min(MAX_BATCH);
-            list.drain(..n)
-                .filter(|id| match regs.get_mut(id) {
-                    Some(r) if r.state == State::Queued => {
-                        r.state = State::InFlight { again: false };
-                        true
-                    }
-                    _ => false,
-                })
-                .collect()
-        };
-        let woken = take(&mut index.due);
-        let alarmed = take(&mut index.alarmed);
-        let next = if index.due.is_empty() && index.alarmed.is_empty() {
-            index.alarms.first().map(|(at, _)| *at)
-        } else {
-            Some(now) // more to take: look again at once
-        };
-        (woken, alarmed, next)
-    }
-}
-
-/// Registrations to ask about.
-type Batch = Vec<u64>;
-
-/// Ends a registration: removes it and delivers its outcome.
-fn finish_in(
-    regs: &mut HashMap<u64, Box<Registration>>,
-    index: &mut Index,
-    id: u64,
-    done: impl FnOnce(&Registration) -> Done,
-) {
-    if let Some(r) = regs.remove(&id) {
-        index.unwatch(id, &r);
-        r.slot.deliver(done(&r));
-    }
-}
 
 /// Drops a wait's registration when the wait ends or is dropped.
 pub(crate) struct Registered {
@@ -470,10 +177,6 @@ impl SyncEventTracker {
         });
     }
 }
-
-/// The most registrations one round asks about: a larger batch is served in
-/// several rounds, so that no round holds the table (or a worker) for long.
-const MAX_BATCH: usize = 512;
 
 /// How long the service runs a round itself before moving it to its own task.
 const FIRST_SLICE: Duration = Duration::from_millis(5);
@@ -695,7 +398,7 @@ fn decide(
     let Some(r) = regs.get_mut(&id) else {
         return false;
     };
-    let is_async = r.perspective.mode == crate::PerspectiveMode::Async;
+    let is_async = r.perspective.mode == crate::perspective::PerspectiveMode::Async;
     let mut learned = false;
     let mut failure: Option<SyncOutcome> = None;
     let mut still: Vec<EventId> = Vec::new();

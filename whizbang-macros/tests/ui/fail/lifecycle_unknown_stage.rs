@@ -6,39 +6,6 @@ use whizbang_macros::Event;
 struct Shipped(#[stream_key] uuid::Uuid);
 
 #[derive(Default)]
-struct Typo;
-
-#[fire_at(PostPerspectivDetached)]
-#[receptor]
-impl Receptor<Shipped> for Typo {
-    async fn handle(&self, _: Shipped, _: &mut Context) -> Result<()> {
-        Ok(())
-    }
-}
-
-#[derive(Default)]
-struct NoMode;
-
-#[receptor]
-#[fire_at(PostPerspective)]
-impl Receptor<Shipped> for NoMode {
-    async fn handle(&self, _: Shipped, _: &mut Context) -> Result<()> {
-        Ok(())
-    }
-}
-
-#[derive(Default)]
-struct Unknown;
-
-#[receptor]
-#[fire_at(Whenever)]
-impl Receptor<Shipped> for Unknown {
-    async fn handle(&self, _: Shipped, _: &mut Context) -> Result<()> {
-        Ok(())
-    }
-}
-
-#[derive(Default)]
 struct Empty;
 
 #[fire_at]

@@ -1,11 +1,10 @@
 //! Running event receptors at their lifecycle stages, with their sync waits.
 
 use super::context::Context;
-use super::runtime::Route;
+use super::runtime::{DetachedFailure, Route};
 use super::scope::{Scope, ScopeShared};
-use super::stage::{LifecycleStage, SyncFire};
 use crate::error::{Error, Result};
-use crate::message::EventId;
+use crate::stage::{LifecycleStage, SyncFire};
 use crate::store::{StoredEvent, StreamAppend};
 use crate::sync::{
     Candidate, PerspectiveSyncAwaiter, PerspectiveSyncOptions, SyncFilter, SyncResult,
@@ -13,21 +12,6 @@ use crate::sync::{
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
-
-/// A detached receptor's failure, handed to the hook set with
-/// [`RuntimeBuilder::on_detached_failure`](crate::RuntimeBuilder::on_detached_failure).
-#[derive(Debug)]
-#[non_exhaustive]
-pub struct DetachedFailure {
-    /// The receptor that failed (module path and type).
-    pub receptor: String,
-    /// The event it was handling.
-    pub event_id: EventId,
-    /// That event's wire name.
-    pub event_type: String,
-    /// What went wrong.
-    pub error: Error,
-}
 
 impl ScopeShared {
     /// The receptors of `ev`'s type that fire at `stage`, in registry order.
@@ -93,7 +77,7 @@ impl ScopeShared {
         }
         let registry = &self.runtime.inner.registry;
         let awaiter = PerspectiveSyncAwaiter::new(self.runtime.clone(), Some(Arc::clone(self)));
-        let emitted = self.invoker.with_events(<[_]>::to_vec);
+        let emitted = self.log.with_events(<[_]>::to_vec);
         let mut results = Vec::with_capacity(reg.sync.len());
         for req in reg.sync {
             let perspective = registry

@@ -1,0 +1,39 @@
+//! Small helpers shared across the crate: the cheap id hasher and the
+//! poison-ignoring lock.
+//!
+//! Owns nothing of the domain; it imports only `std` and may be used by every
+//! other module.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// Hashes UUID-keyed maps cheaply: ids are random (v7) or caller-chosen, and
+/// the in-process structures keyed by them are for development and tests, not
+/// hostile input, so SipHash's flood resistance buys nothing here and costs on
+/// every append.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut buf = [0u8; 8];
+            buf[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(buf))
+                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+}
+
+/// A map keyed by ids, hashed with [`IdHasher`].
+pub(crate) type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
+
+/// Locks `m`, ignoring poisoning: every critical section in this crate
+/// validates before it mutates, so a panic while holding a lock cannot leave
+/// its data half-written.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
