@@ -255,14 +255,7 @@ impl Runtime {
         &self,
         stream: impl Into<crate::message::StreamId>,
     ) -> Result<crate::perspective::ApplyReport> {
-        let reg = self.inner.registry.perspective::<P>()?;
-        self.inner
-            .engine
-            .recover(
-                reg,
-                stream.into(),
-                crate::perspective::engine::Recovery::Retry,
-            )
+        self.recover::<P>(stream.into(), crate::perspective::engine::Recovery::Retry)
             .await
     }
 
@@ -287,15 +280,18 @@ impl Runtime {
         stream: impl Into<crate::message::StreamId>,
         reason: impl Into<String>,
     ) -> Result<crate::perspective::ApplyReport> {
+        let skip = crate::perspective::engine::Recovery::Skip(reason.into());
+        self.recover::<P>(stream.into(), skip).await
+    }
+
+    /// Recovers `P`'s failed cursor on `stream` the way `recovery` says.
+    async fn recover<P: Perspective>(
+        &self,
+        stream: crate::message::StreamId,
+        recovery: crate::perspective::engine::Recovery,
+    ) -> Result<crate::perspective::ApplyReport> {
         let reg = self.inner.registry.perspective::<P>()?;
-        self.inner
-            .engine
-            .recover(
-                reg,
-                stream.into(),
-                crate::perspective::engine::Recovery::Skip(reason.into()),
-            )
-            .await
+        self.inner.engine.recover(reg, stream, recovery).await
     }
 }
 

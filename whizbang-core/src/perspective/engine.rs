@@ -438,9 +438,30 @@ impl Engine {
         } else {
             None
         };
+        self.commit_failure(
+            reg, stream, unit, good, checkpoint, version, applied, failure,
+        )
+        .await
+    }
+
+    /// Commits a failed cursor at `version` (with `model`, `None` to keep the
+    /// stored one), tells the listeners (so waiters wake with the failure) and
+    /// returns the error the caller reports.
+    #[allow(clippy::too_many_arguments)] // one private call shape, named at each call
+    async fn commit_failure(
+        &self,
+        reg: &'static PerspectiveRegistration,
+        stream: StreamId,
+        unit: Box<dyn PerspectiveUnit>,
+        model: Option<ModelValue>,
+        checkpoint: Checkpoint,
+        version: u64,
+        applied: Vec<EventId>,
+        failure: CheckpointFailure,
+    ) -> Error {
         let committed = unit
             .commit(
-                good,
+                model,
                 Checkpoint {
                     version,
                     failure: Some(failure.clone()),
@@ -479,28 +500,17 @@ impl Engine {
             message,
         };
         let version = checkpoint.version;
-        let committed = unit
-            .commit(
-                None,
-                Checkpoint {
-                    version,
-                    failure: Some(failure.clone()),
-                    skipped: checkpoint.skipped,
-                },
-            )
-            .await;
-        if let Err(e) = committed {
-            return e;
-        }
-        self.notify(
-            &ApplyReport::new(reg.name, stream, version, Vec::new()).with_failure(failure.clone()),
-        );
-        Error::PerspectiveFailed {
-            perspective: reg.name,
+        self.commit_failure(
+            reg,
             stream,
-            version: failure.version,
-            message: failure.message,
-        }
+            unit,
+            None,
+            checkpoint,
+            version,
+            Vec::new(),
+            failure,
+        )
+        .await
     }
 
     /// The model as of stream version `upto` (> 0), by replaying from the start,
