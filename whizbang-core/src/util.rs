@@ -1,5 +1,5 @@
-//! Small helpers shared across the crate: the cheap id hasher and the
-//! poison-ignoring lock.
+//! Small helpers shared across the crate: the cheap id hasher, the
+//! poison-ignoring lock, and catching a panic in a future.
 //!
 //! Owns nothing of the domain; it imports only `std` and may be used by every
 //! other module.
@@ -36,4 +36,35 @@ pub(crate) type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHash
 /// its data half-written.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Runs a future, turning a panic in any of its polls into `Err(message)`,
+/// so a task running user code can report the panic instead of vanishing.
+pub(crate) struct CatchUnwind<F>(pub(crate) std::pin::Pin<Box<F>>);
+
+impl<F: std::future::Future> std::future::Future for CatchUnwind<F> {
+    type Output = Result<F::Output, String>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(std::task::Poll::Ready(out)) => std::task::Poll::Ready(Ok(out)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(panic) => std::task::Poll::Ready(Err(
+                panic_text(&*panic).unwrap_or_else(|| "a panic without a message".to_owned())
+            )),
+        }
+    }
+}
+
+/// The message a panic carried, when it carried text.
+pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> Option<String> {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        Some((*s).to_owned())
+    } else {
+        panic.downcast_ref::<String>().cloned()
+    }
 }

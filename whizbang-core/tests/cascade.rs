@@ -315,6 +315,55 @@ async fn a_detached_receptors_failure_is_counted_and_handed_to_the_hook() {
     bounded(scope.complete()).await.unwrap();
 }
 
+#[derive(Event, Serialize, Deserialize)]
+struct Crashed {
+    #[stream_key]
+    stream: Uuid,
+}
+
+#[derive(Default)]
+struct CrashingHandler;
+
+#[receptor]
+#[fire_at(PostDistributeDetached)]
+impl Receptor<Crashed> for CrashingHandler {
+    async fn handle(&self, _: Crashed, _: &mut Context) -> Result<()> {
+        panic!("the template is missing")
+    }
+}
+
+#[tokio::test]
+async fn a_detached_receptor_that_panics_is_counted_and_handed_to_the_hook_too() {
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let signal = Arc::new(tokio::sync::Notify::new());
+    let rt = Runtime::builder()
+        .on_detached_failure({
+            let (seen, signal) = (Arc::clone(&seen), Arc::clone(&signal));
+            move |f: &DetachedFailure| {
+                seen.lock().unwrap().push(f.error.to_string());
+                signal.notify_one();
+            }
+        })
+        .build()
+        .unwrap();
+    let scope = rt.scope();
+    scope
+        .publish(Crashed {
+            stream: Uuid::now_v7(),
+        })
+        .await
+        .unwrap();
+    bounded(signal.notified()).await;
+    bounded(rt.wait_idle()).await;
+    assert_eq!(rt.detached_failures(), 1);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        ["the detached receptor panicked: the template is missing"]
+    );
+    bounded(scope.complete()).await.unwrap();
+}
+
 // ------------------------------------------------ 12. stages see each event's own before and after
 
 #[derive(Event, Serialize, Deserialize)]

@@ -125,13 +125,20 @@ impl ScopeShared {
         let task = async move {
             let _guard = guard;
             let child = Scope::new(parent.runtime.clone());
-            let result = async {
+            let work = async {
                 // Waits see the parent's events; what the receptor emits goes to the child.
                 let pending = parent.run_receptor(&route, &ev).await?;
                 child.shared.commit(pending).await?;
                 child.complete().await
-            }
-            .await;
+            };
+            // A panic in the receptor is a failure like an error: counted and
+            // handed to the hook, not a task that silently vanished.
+            let result = match crate::util::CatchUnwind(Box::pin(work)).await {
+                Ok(result) => result,
+                Err(panic) => Err(Error::handler(format!(
+                    "the detached receptor panicked: {panic}"
+                ))),
+            };
             if let Err(error) = result {
                 parent.runtime.report_detached_failure(&DetachedFailure {
                     receptor: route.1.path(),

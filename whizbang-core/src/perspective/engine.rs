@@ -175,12 +175,9 @@ fn load_model(
 }
 
 pub(crate) fn panic_message(what: &str, p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        format!("{what} panicked: {s}")
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        format!("{what} panicked: {s}")
-    } else {
-        format!("{what} panicked")
+    match crate::util::panic_text(p) {
+        Some(text) => format!("{what} panicked: {text}"),
+        None => format!("{what} panicked"),
     }
 }
 
