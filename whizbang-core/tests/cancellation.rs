@@ -296,3 +296,45 @@ async fn a_scope_wait_dropped_mid_flush_still_applies_every_perspective() {
     assert_flushed_once(&rt, stream).await;
     bounded(scope.complete()).await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn send_and_sync_returns_within_its_timeout_while_its_flush_is_slow() {
+    let rt = Runtime::in_memory().unwrap();
+    let scope = rt.scope();
+    let stream = Uuid::now_v7();
+    let timeout = Duration::from_millis(50);
+    let started = tokio::time::Instant::now();
+    let sent = bounded(scope.send_and_sync_with(
+        Ship { stream },
+        whizbang_core::PerspectiveSyncOptions::default().timeout(timeout),
+    ))
+    .await
+    .expect("the command's events are stored: the caller gets its output");
+    let took = started.elapsed();
+    // The slow stage takes 200 ms; the call is bounded by its own timeout.
+    assert!(
+        took <= timeout + whizbang_core::PerspectiveSyncOptions::SLACK,
+        "send_and_sync took {took:?} with a {timeout:?} timeout"
+    );
+    assert!(!sent.is_synced(), "{:?}", sent.results);
+    // The flush goes on without the caller: nothing is lost.
+    assert_flushed_once(&rt, stream).await;
+    bounded(scope.complete()).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn send_and_sync_with_duration_max_waits_as_long_as_it_takes() {
+    let rt = Runtime::in_memory().unwrap();
+    let scope = rt.scope();
+    let stream = Uuid::now_v7();
+    let sent = bounded(scope.send_and_sync_with(
+        Ship { stream },
+        whizbang_core::PerspectiveSyncOptions::default().timeout(Duration::MAX),
+    ))
+    .await
+    .unwrap();
+    assert!(sent.is_synced(), "{:?}", sent.results);
+    assert!(sent.results.iter().all(|r| r.timeout == Duration::MAX));
+    assert_flushed_once(&rt, stream).await;
+    bounded(scope.complete()).await.unwrap();
+}

@@ -195,8 +195,15 @@ impl Scope {
         // The events are stored: from here on nothing turns into an `Err`.
         // A flush failure is recorded in the scope (`complete()` reports it);
         // a failure on our own events shows in the wait below.
-        let _ = self.shared.flush_queued().await;
+        //
+        // The timeout bounds everything from here: the flush (dropped at the
+        // deadline, it hands the rest to a spawned task), the help-along, and
+        // the waits on every perspective together (not one timeout each).
         let started = tokio::time::Instant::now();
+        let budget = options
+            .timeout
+            .saturating_add(PerspectiveSyncOptions::SLACK);
+        let _ = tokio::time::timeout(budget, self.shared.flush_queued()).await;
         let rt = &self.shared.runtime.inner;
         let touched = touched(&rt.registry, &mine);
         crate::sync::help_along(
@@ -216,11 +223,18 @@ impl Scope {
             let awaited = mine.iter().filter(|e| reg.handles(&e.event_type)).count();
             let first_stream = mine.first().map(|e| e.stream_id);
             let events = mine.iter().map(|e| Candidate::stored(e)).collect();
+            let left = options
+                .clone()
+                .timeout(options.timeout.saturating_sub(started.elapsed()));
             let result = match awaiter
-                .await_events(reg, &SyncFilter::all(), events, &options, emitted)
+                .await_events(reg, &SyncFilter::all(), events, &left, emitted)
                 .await
             {
-                Ok(result) => result,
+                // Reported with the caller's timeout, not what was left of it.
+                Ok(result) => SyncResult {
+                    timeout: options.timeout,
+                    ..result
+                },
                 Err(e) => {
                     let outcome = match e {
                         Error::PerspectiveFailed {
