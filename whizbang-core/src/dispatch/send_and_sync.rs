@@ -181,6 +181,12 @@ impl Scope {
     /// timeout, debugger awareness). The options' filter is ignored: the wait
     /// is on exactly this command's events.
     ///
+    /// Once the send has stored its events, the timeout bounds the rest of
+    /// the call (plus [`PerspectiveSyncOptions::SLACK`]): the scope's flush
+    /// (a flush still running at the deadline goes on on a spawned task, so
+    /// nothing is lost), the help-along, and the waits on every perspective
+    /// together. The budget across perspectives is counted on the wall clock.
+    ///
     /// # Errors
     /// As [`send`](Self::send): only when the send failed and nothing was stored.
     pub async fn send_and_sync_with<C: Command>(
