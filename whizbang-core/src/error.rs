@@ -295,8 +295,10 @@ pub enum Error {
 
     /// A perspective sync wait timed out before the perspective applied the awaited events.
     #[error(
-        "perspective `{perspective}` did not apply the awaited events within {timeout:?}; the \
-         receptor did not run. Raise `timeout_ms` or check that the perspective runner is running"
+        "perspective `{perspective}` did not apply the awaited events within {timeout:?}. Nothing \
+         is lost: stored events apply when the perspective catches up. Wait again with a longer \
+         timeout (`timeout_ms` on #[await_perspective_sync], whose receptor then did not run), \
+         or check that the perspective runner is not paused"
     )]
     PerspectiveSyncTimeout {
         /// The perspective waited on.
