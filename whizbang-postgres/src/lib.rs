@@ -24,6 +24,9 @@
 //! wrong and what to do; the underlying [`sqlx`] error is available through
 //! [`std::error::Error::source`], so print the whole chain when reporting.
 
+#[allow(dead_code)] // used by the stores and the runner, which land next
+mod wire;
+
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::Connection as _;

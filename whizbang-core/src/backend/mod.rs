@@ -120,9 +120,8 @@
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
-use crate::sync::SyncEventTracker;
-use std::sync::{Arc, Weak};
-
+#[doc(inline)]
+pub use crate::dispatch::Backend;
 #[doc(inline)]
 pub use crate::perspective::engine::{ApplyListener, ApplyReport};
 #[doc(inline)]
@@ -137,34 +136,6 @@ pub use crate::store::{
 };
 #[doc(inline)]
 pub use crate::sync::{
-    EventSyncStatus, StoreSyncBackend, SyncBackend, SyncInquiry, SyncInquiryResult,
+    EventSyncStatus, StoreSyncBackend, SyncBackend, SyncInquiry, SyncInquiryResult, UnappliedQuery,
+    WakeupSink,
 };
-
-/// Feeds apply reports of commits made elsewhere to one runtime's waiters,
-/// without keeping the runtime alive. Made by
-/// [`Runtime::wakeup_sink`](crate::Runtime::wakeup_sink); cheap to clone.
-#[derive(Clone, Debug)]
-pub struct WakeupSink {
-    tracker: Weak<SyncEventTracker>,
-}
-
-impl WakeupSink {
-    pub(crate) fn new(tracker: &Arc<SyncEventTracker>) -> Self {
-        WakeupSink {
-            tracker: Arc::downgrade(tracker),
-        }
-    }
-
-    /// Wakes the runtime's waiters for `report`, like
-    /// [`Runtime::notify_applied`](crate::Runtime::notify_applied). Returns
-    /// `false` when the runtime is gone (the caller can stop listening).
-    pub fn notify(&self, report: &ApplyReport) -> bool {
-        match self.tracker.upgrade() {
-            Some(tracker) => {
-                tracker.applied(report);
-                true
-            }
-            None => false,
-        }
-    }
-}

@@ -26,7 +26,7 @@ pub(crate) use context::encode_event;
 pub use context::Context;
 pub use runtime::DetachedFailure;
 pub(crate) use runtime::RuntimeInner;
-pub use runtime::{Runtime, RuntimeBuilder};
+pub use runtime::{Backend, Runtime, RuntimeBuilder};
 pub use scope::Scope;
 pub(crate) use scope::ScopeShared;
 pub use send_and_sync::{NotSynced, SendAndSync};

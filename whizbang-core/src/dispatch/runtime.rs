@@ -1,5 +1,4 @@
 use super::ErasedReceptor;
-use crate::backend::WakeupSink;
 use crate::error::{Error, Result};
 use crate::lens::Lens;
 use crate::message::{EventId, MessageKind};
@@ -10,6 +9,7 @@ use crate::registry::{ReceptorRegistration, Registry};
 use crate::services::Services;
 use crate::store::memory::{MemoryEventStore, MemoryPerspectiveStore};
 use crate::store::{EventStore, ModelFormat, PerspectiveStore};
+use crate::sync::WakeupSink;
 use crate::sync::{
     PerspectiveSyncAwaiter, StoreSyncBackend, SyncBackend, SyncEventTracker, SyncState,
 };
@@ -227,6 +227,32 @@ impl Runtime {
         self.inner.sync.tracker.applied(report);
     }
 
+    /// Brings perspective `perspective` (by name) up to date on `stream` now:
+    /// claims the (perspective, stream) pair, applies every stored event
+    /// after its cursor and commits, like the built-in runner does after a
+    /// local append. For backends whose runner finds work in the store
+    /// (events appended by other processes, or before a restart). Returns the
+    /// report of what was committed, `None` when there was nothing to apply.
+    ///
+    /// # Errors
+    /// [`Error::UnknownPerspective`] when no perspective of that name is
+    /// registered; [`Error::PerspectiveFailed`] when the cursor has failed (or
+    /// fails now); backend errors.
+    pub async fn catch_up(
+        &self,
+        perspective: &str,
+        stream: crate::message::StreamId,
+    ) -> Result<Option<ApplyReport>> {
+        let reg = self
+            .inner
+            .registry
+            .perspective_named(perspective)
+            .ok_or_else(|| Error::UnknownPerspective {
+                name: perspective.to_owned(),
+            })?;
+        self.inner.engine.catch_up(reg, stream).await
+    }
+
     /// A cloneable handle that feeds apply reports to this runtime's waiters
     /// like [`notify_applied`](Self::notify_applied), without keeping the
     /// runtime alive: give it to a backend's background task (a LISTEN loop),
@@ -308,6 +334,20 @@ pub struct RuntimeBuilder {
     sync_ttl: Duration,
     on_detached_failure: Option<DetachedFailureHook>,
     apply_listeners: Vec<Arc<dyn ApplyListener>>,
+    on_start: Vec<StartHook>,
+}
+
+/// Runs once the runtime is built (see [`RuntimeBuilder::on_start`]).
+type StartHook = Box<dyn FnOnce(&Runtime) -> Result<()> + Send>;
+
+/// A whole storage backend that plugs into a runtime in one call,
+/// [`RuntimeBuilder::backend`]: its event store, perspective store, sync
+/// backend, apply listeners (wake-ups out) and start hooks (wake-ups in,
+/// background runners). See [`backend`](crate::backend) for the contract
+/// each part honours.
+pub trait Backend {
+    /// Sets this backend's parts on `builder` and returns it.
+    fn install(self, builder: RuntimeBuilder) -> RuntimeBuilder;
 }
 
 impl Default for RuntimeBuilder {
@@ -322,6 +362,7 @@ impl Default for RuntimeBuilder {
             sync_ttl: SyncEventTracker::DEFAULT_TTL,
             on_detached_failure: None,
             apply_listeners: Vec::new(),
+            on_start: Vec::new(),
         }
     }
 }
@@ -337,6 +378,23 @@ impl std::fmt::Debug for RuntimeBuilder {
 }
 
 impl RuntimeBuilder {
+    /// Plugs a whole backend in (stores, sync backend, wake-ups, runner) in
+    /// one call: `Runtime::builder().backend(pg)`.
+    #[must_use]
+    pub fn backend(self, backend: impl Backend) -> Self {
+        backend.install(self)
+    }
+
+    /// Runs `hook` once the runtime is built, before [`build`](Self::build)
+    /// returns it, inside the tokio runtime: a backend starts its background
+    /// tasks here (a LISTEN loop, a runner). Hooks run in the order added; the
+    /// first error fails the build.
+    #[must_use]
+    pub fn on_start(mut self, hook: impl FnOnce(&Runtime) -> Result<()> + Send + 'static) -> Self {
+        self.on_start.push(Box::new(hook));
+        self
+    }
+
     /// Uses this event store (default: in memory).
     #[must_use]
     pub fn event_store(mut self, store: impl EventStore) -> Self {
@@ -513,7 +571,7 @@ impl RuntimeBuilder {
             perspectives = registry.perspectives().len(),
             "whizbang runtime built"
         );
-        Ok(Runtime {
+        let runtime = Runtime {
             inner: Arc::new(RuntimeInner {
                 registry,
                 commands,
@@ -530,7 +588,11 @@ impl RuntimeBuilder {
                 detached_failures: AtomicU64::new(0),
                 on_detached_failure: self.on_detached_failure,
             }),
-        })
+        };
+        for hook in self.on_start {
+            hook(&runtime)?;
+        }
+        Ok(runtime)
     }
 }
 

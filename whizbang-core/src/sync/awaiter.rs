@@ -5,6 +5,7 @@
 
 use super::clock::{ActiveTimer, SLICE};
 use super::filter::{Candidate, PerspectiveSyncOptions, SyncFilter};
+use super::inquiry::UnappliedQuery;
 use super::waiters::Registered;
 use super::SyncState;
 use crate::dispatch::{Runtime, ScopeShared};
@@ -378,6 +379,22 @@ impl PerspectiveSyncAwaiter {
         let mut streams = Vec::new();
         filter.streams(&mut streams);
         let mut out = Vec::new();
+        if filter.open_ended() {
+            let query = UnappliedQuery::new(reg.name, reg.event_types);
+            out.extend(
+                self.state()
+                    .backend
+                    .unapplied(&query)
+                    .await?
+                    .iter()
+                    .map(|loc| Candidate {
+                        event_id: loc.event_id,
+                        stream_id: loc.stream_id,
+                        event_type: loc.event_type.clone(),
+                        in_scope: false,
+                    }),
+            );
+        }
         for stream in streams {
             out.extend(
                 self.unapplied(reg, stream)

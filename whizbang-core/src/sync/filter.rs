@@ -166,6 +166,18 @@ impl SyncFilter {
         }
     }
 
+    /// Whether the filter can select events on streams it does not name
+    /// (`all()`, event types): such a wait must also learn, from the backend,
+    /// what other processes appended before it began.
+    pub(crate) fn open_ended(&self) -> bool {
+        match self {
+            SyncFilter::All | SyncFilter::EventTypes(_) => true,
+            SyncFilter::CurrentScope | SyncFilter::Stream(_) | SyncFilter::EventIds(_) => false,
+            SyncFilter::And(a, b) => a.open_ended() && b.open_ended(),
+            SyncFilter::Or(a, b) => a.open_ended() || b.open_ended(),
+        }
+    }
+
     /// Every stream the filter names.
     pub(crate) fn streams(&self, out: &mut Vec<StreamId>) {
         match self {

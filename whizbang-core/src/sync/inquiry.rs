@@ -120,6 +120,30 @@ impl SyncInquiryResult {
     }
 }
 
+/// Which stored events has `perspective` not applied yet? Asked when a wait
+/// begins whose filter reaches past the streams it names (`all()`, event
+/// types), so that across processes it means "everything appended before the
+/// wait began", not "what this process happens to know about".
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UnappliedQuery {
+    /// The perspective's name.
+    pub perspective: &'static str,
+    /// Wire names of the event types it handles (only these can be pending).
+    pub handled: &'static [&'static str],
+}
+
+impl UnappliedQuery {
+    /// The query for one perspective.
+    #[must_use]
+    pub fn new(perspective: &'static str, handled: &'static [&'static str]) -> Self {
+        UnappliedQuery {
+            perspective,
+            handled,
+        }
+    }
+}
+
 /// Answers sync inquiries: the part of a backend the awaiter needs.
 pub trait SyncBackend: Send + Sync + 'static {
     /// Answers every inquiry, one result per inquiry, in order.
@@ -127,6 +151,24 @@ pub trait SyncBackend: Send + Sync + 'static {
         &'a self,
         inquiries: &'a [SyncInquiry],
     ) -> BoxFuture<'a, Result<Vec<SyncInquiryResult>>>;
+
+    /// The events stored now (as of the call: the store's high-water mark)
+    /// that `query.perspective` handles and has not applied, with where they
+    /// sit. A wait whose filter is open-ended (`all()`, event types) adds these
+    /// to what the process tracks itself.
+    ///
+    /// The default answers "nothing beyond what this process tracks", which is
+    /// exact for a store only this process appends to (the in-memory one). A
+    /// store shared by several processes must answer from the store: leaving an
+    /// event out could let such a wait report `Synced` before that event is
+    /// applied.
+    fn unapplied<'a>(
+        &'a self,
+        query: &'a UnappliedQuery,
+    ) -> BoxFuture<'a, Result<Vec<crate::store::EventLocation>>> {
+        let _ = query;
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 /// Answers inquiries from an event store and a perspective store: it locates

@@ -29,8 +29,10 @@ pub use clock::{ManualClock, SyncClock, TokioClock};
 pub(crate) use filter::Candidate;
 pub use filter::{EventTypeList, PerspectiveSyncOptions, SyncFilter};
 pub(crate) use help::help_along;
-pub use inquiry::{EventSyncStatus, StoreSyncBackend, SyncBackend, SyncInquiry, SyncInquiryResult};
-pub use tracker::{ScopedEventTracker, SyncEventTracker};
+pub use inquiry::{
+    EventSyncStatus, StoreSyncBackend, SyncBackend, SyncInquiry, SyncInquiryResult, UnappliedQuery,
+};
+pub use tracker::{ScopedEventTracker, SyncEventTracker, WakeupSink};
 
 use std::sync::Arc;
 

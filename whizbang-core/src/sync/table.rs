@@ -221,6 +221,17 @@ impl Table {
         look
     }
 
+    /// Queues every registration to re-ask now (a backend lost wake-ups it
+    /// cannot name: its LISTEN connection dropped). Returns whether any was queued.
+    pub(crate) fn wake_all(&mut self) -> bool {
+        let Table { regs, index } = self;
+        let mut look = false;
+        for (id, r) in regs.iter_mut() {
+            look |= index.queue(*id, r);
+        }
+        look
+    }
+
     /// Takes the registrations an apply woke (at most a round's worth), marking
     /// each in flight.
     pub(super) fn take_woken(&mut self) -> Batch {

@@ -232,6 +232,12 @@ impl SyncEventTracker {
         lock(&self.waiters).wake(perspective, stream, &[]);
     }
 
+    /// Makes every waiter re-ask its backend now: wake-ups may have been lost
+    /// (a backend's LISTEN connection dropped and came back).
+    pub(crate) fn reask_all(&self) {
+        lock(&self.waiters).wake_all();
+    }
+
     /// Called when a perspective committed (or failed) on a stream.
     pub(crate) fn applied(&self, report: &ApplyReport) {
         if !report.applied.is_empty() {
@@ -251,5 +257,48 @@ impl SyncEventTracker {
 impl crate::perspective::engine::ApplyListener for SyncEventTracker {
     fn on_apply(&self, report: &ApplyReport) {
         self.applied(report);
+    }
+}
+
+/// Feeds apply reports of commits made elsewhere to one runtime's waiters,
+/// without keeping the runtime alive. Made by
+/// [`Runtime::wakeup_sink`](crate::Runtime::wakeup_sink); cheap to clone.
+#[derive(Clone, Debug)]
+pub struct WakeupSink {
+    tracker: Weak<SyncEventTracker>,
+}
+
+impl WakeupSink {
+    pub(crate) fn new(tracker: &Arc<SyncEventTracker>) -> Self {
+        WakeupSink {
+            tracker: Arc::downgrade(tracker),
+        }
+    }
+
+    /// Wakes the runtime's waiters for `report`, like
+    /// [`Runtime::notify_applied`](crate::Runtime::notify_applied). Returns
+    /// `false` when the runtime is gone (the caller can stop listening).
+    pub fn notify(&self, report: &ApplyReport) -> bool {
+        match self.tracker.upgrade() {
+            Some(tracker) => {
+                tracker.applied(report);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Makes every waiter of the runtime re-ask its backend now. Call it when
+    /// wake-ups may have been lost without a trace: after a LISTEN connection
+    /// was re-established, every NOTIFY sent while it was down is gone.
+    /// Returns `false` when the runtime is gone.
+    pub fn reask_all(&self) -> bool {
+        match self.tracker.upgrade() {
+            Some(tracker) => {
+                tracker.reask_all();
+                true
+            }
+            None => false,
+        }
     }
 }

@@ -1,0 +1,109 @@
+//! What travels between processes outside the tables: the NOTIFY channels and
+//! their payloads, and the partition a stream falls into.
+//!
+//! Both sides live here so the writer (an append, a perspective commit) and
+//! the reader (a LISTEN loop) cannot drift apart.
+
+use whizbang_core::StreamId;
+
+/// Channel an append NOTIFYs (inside its transaction, once per transaction)
+/// so runners in other processes look for new work at once. The payload is
+/// the partitions the append touched, comma-separated (see [`encode_partitions`]).
+pub(crate) const EVENTS_CHANNEL: &str = "whizbang_events";
+
+/// Channel a perspective commit NOTIFYs (inside its transaction, once per
+/// transaction) so waiters in other processes re-ask at once. The payload is
+/// [`encode_applied`]'s.
+pub(crate) const APPLIED_CHANNEL: &str = "whizbang_applied";
+
+/// How many partitions streams fall into. Fixed: each stored event carries
+/// its partition, so changing this would mean rewriting the event table.
+pub(crate) const PARTITIONS: i16 = 16;
+
+/// The partition of a stream: stable across processes and builds (it only
+/// reads the id's bytes).
+pub(crate) fn partition_of(stream: StreamId) -> i16 {
+    let uuid = stream.as_uuid();
+    let bytes = uuid.as_bytes();
+    // The last bytes of a UUID v7 are random; the first are the timestamp.
+    let tail = u16::from_be_bytes([bytes[14], bytes[15]]);
+    (tail % PARTITIONS as u16) as i16
+}
+
+/// The payload of an [`EVENTS_CHANNEL`] notification.
+pub(crate) fn encode_partitions(partitions: &[i16]) -> String {
+    let mut out = String::with_capacity(partitions.len() * 3);
+    for (i, p) in partitions.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&p.to_string());
+    }
+    out
+}
+
+/// The partitions named by an [`EVENTS_CHANNEL`] payload; `None` when it is
+/// not one of ours (a reader then rescans everything it leases).
+pub(crate) fn decode_partitions(payload: &str) -> Option<Vec<i16>> {
+    payload
+        .split(',')
+        .map(|p| {
+            p.parse::<i16>()
+                .ok()
+                .filter(|p| (0..PARTITIONS).contains(p))
+        })
+        .collect()
+}
+
+/// The payload of an [`APPLIED_CHANNEL`] notification: `perspective`'s cursor
+/// on `stream` is now at `version`. Format `<version> <stream> <perspective>`
+/// (the name last: it is the only part that may hold spaces). Far below the
+/// 8,000-byte NOTIFY limit: perspective names are bounded by the registry's
+/// validation.
+pub(crate) fn encode_applied(perspective: &str, stream: StreamId, version: u64) -> String {
+    format!("{version} {stream} {perspective}")
+}
+
+/// An [`APPLIED_CHANNEL`] payload decoded: (perspective, stream, version);
+/// `None` when it is not one of ours.
+pub(crate) fn decode_applied(payload: &str) -> Option<(&str, StreamId, u64)> {
+    let mut parts = payload.splitn(3, ' ');
+    let version = parts.next()?.parse().ok()?;
+    let stream = parts.next()?.parse::<uuid::Uuid>().ok()?;
+    let perspective = parts.next().filter(|p| !p.is_empty())?;
+    Some((perspective, StreamId::from(stream), version))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn applied_round_trips_with_spaces_in_the_name() {
+        let s = StreamId::new();
+        let payload = encode_applied("orders summary", s, 7);
+        assert_eq!(decode_applied(&payload), Some(("orders summary", s, 7)));
+        assert_eq!(decode_applied("garbage"), None);
+        assert_eq!(decode_applied("1 not-a-uuid p"), None);
+    }
+
+    #[test]
+    fn partitions_round_trip_and_reject_foreign_payloads() {
+        assert_eq!(
+            decode_partitions(&encode_partitions(&[0, 3, 15])),
+            Some(vec![0, 3, 15])
+        );
+        assert_eq!(decode_partitions("16"), None);
+        assert_eq!(decode_partitions("x"), None);
+    }
+
+    #[test]
+    fn partition_is_in_range_and_stable() {
+        for _ in 0..1000 {
+            let s = StreamId::new();
+            let p = partition_of(s);
+            assert!((0..PARTITIONS).contains(&p));
+            assert_eq!(p, partition_of(s));
+        }
+    }
+}
