@@ -6,7 +6,7 @@
 use crate::error::{Error, Result};
 use crate::message::StreamId;
 use crate::perspective::{Perspective, Versioned};
-use crate::store::{ModelRow, ModelValue, PerspectiveStore};
+use crate::store::{ModelQuery, ModelRow, ModelValue, PerspectiveStore};
 use crate::sync::{PerspectiveSyncAwaiter, PerspectiveSyncOptions};
 use std::future::Future;
 use std::marker::PhantomData;
@@ -14,19 +14,32 @@ use std::sync::Arc;
 
 type Predicate<M> = Box<dyn Fn(&M) -> bool + Send + Sync>;
 
-/// A filtered, paged list query over read models of type `M`.
+/// A filtered, ordered, paged list query over read models of type `M`.
+///
+/// [`contains`](Self::contains) and [`order_by`](Self::order_by) run in the
+/// store ([`PerspectiveStore::query_models`]: in SQL on a database, against
+/// its index); so do [`offset`](Self::offset) and [`limit`](Self::limit)
+/// unless a closure [`filter`](Self::filter) is set, which runs in memory on
+/// what the store returns.
+///
+/// ```
+/// use whizbang_core::ListQuery;
+/// # #[derive(serde::Deserialize)] struct Order { total: u64 }
+/// let open_orders_by_total = ListQuery::<Order>::all()
+///     .contains(serde_json::json!({ "status": "open" }))
+///     .order_by_desc(&["total"])
+///     .limit(10);
+/// ```
 pub struct ListQuery<M> {
     filter: Option<Predicate<M>>,
-    offset: usize,
-    limit: Option<usize>,
+    store: ModelQuery,
 }
 
 impl<M> Default for ListQuery<M> {
     fn default() -> Self {
         ListQuery {
             filter: None,
-            offset: 0,
-            limit: None,
+            store: ModelQuery::new(),
         }
     }
 }
@@ -35,8 +48,7 @@ impl<M> std::fmt::Debug for ListQuery<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ListQuery")
             .field("filtered", &self.filter.is_some())
-            .field("offset", &self.offset)
-            .field("limit", &self.limit)
+            .field("store", &self.store)
             .finish()
     }
 }
@@ -48,24 +60,49 @@ impl<M> ListQuery<M> {
         Self::default()
     }
 
-    /// Keeps only models for which `predicate` holds.
+    /// Keeps only models for which `predicate` holds (in memory, after the
+    /// store's filter and order).
     #[must_use]
     pub fn filter(mut self, predicate: impl Fn(&M) -> bool + Send + Sync + 'static) -> Self {
         self.filter = Some(Box::new(predicate));
         self
     }
 
+    /// Keeps only models whose JSON contains `json` (PostgreSQL's `@>`; see
+    /// [`ModelQuery::contains`](crate::store::ModelQuery::contains)). Runs in the store.
+    #[must_use]
+    pub fn contains(mut self, json: serde_json::Value) -> Self {
+        self.store = self.store.contains(json);
+        self
+    }
+
+    /// Orders by the model's JSON value at `path`, smallest first, then by id
+    /// (see [`ModelOrder::Path`](crate::store::ModelOrder::Path)). Runs in the store.
+    #[must_use]
+    pub fn order_by(mut self, path: &[&str]) -> Self {
+        self.store = self.store.order_by(path);
+        self
+    }
+
+    /// Orders by the model's JSON value at `path`, largest first, then by id.
+    /// Runs in the store.
+    #[must_use]
+    pub fn order_by_desc(mut self, path: &[&str]) -> Self {
+        self.store = self.store.order_by_desc(path);
+        self
+    }
+
     /// Skips the first `n` matches.
     #[must_use]
     pub fn offset(mut self, n: usize) -> Self {
-        self.offset = n;
+        self.store = self.store.offset(n);
         self
     }
 
     /// Returns at most `n` matches.
     #[must_use]
     pub fn limit(mut self, n: usize) -> Self {
-        self.limit = Some(n);
+        self.store = self.store.limit(n);
         self
     }
 
@@ -79,8 +116,9 @@ impl<M> ListQuery<M> {
 pub trait LensQuery<M>: Send + Sync {
     /// The model with this id, if any.
     fn get(&self, id: StreamId) -> impl Future<Output = Result<Option<M>>> + Send;
-    /// The models matching `query`, ordered by id, each with its id and the
-    /// stream version it reflects ([`Versioned`] dereferences to the model).
+    /// The models matching `query`, in its order (by id unless it says
+    /// otherwise), each with its id and the stream version it reflects
+    /// ([`Versioned`] dereferences to the model).
     fn list(&self, query: ListQuery<M>) -> impl Future<Output = Result<Vec<Versioned<M>>>> + Send;
 }
 
@@ -235,7 +273,15 @@ impl<P: Perspective> LensQuery<P::Model> for Lens<P> {
     }
 
     async fn list(&self, query: ListQuery<P::Model>) -> Result<Vec<Versioned<P::Model>>> {
-        let rows = self.store.list_models(P::NAME).await?;
+        // With no closure filter the store pages too; with one, it filters and
+        // orders and the page is cut here, after the closure.
+        let mut pushed = query.store.clone();
+        let (offset, limit) = if query.filter.is_some() {
+            (std::mem::take(&mut pushed.offset), pushed.limit.take())
+        } else {
+            (0, None)
+        };
+        let rows = self.store.query_models(P::NAME, &pushed).await?;
         let mut out = Vec::new();
         let mut skipped = 0;
         for row in rows {
@@ -244,7 +290,7 @@ impl<P: Perspective> LensQuery<P::Model> for Lens<P> {
             if !query.matches(&m) {
                 continue;
             }
-            if skipped < query.offset {
+            if skipped < offset {
                 skipped += 1;
                 continue;
             }
@@ -253,7 +299,7 @@ impl<P: Perspective> LensQuery<P::Model> for Lens<P> {
                 version,
                 model: m,
             });
-            if query.limit.is_some_and(|l| out.len() >= l) {
+            if limit.is_some_and(|l| out.len() >= l) {
                 break;
             }
         }

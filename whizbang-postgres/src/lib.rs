@@ -24,8 +24,16 @@
 //! wrong and what to do; the underlying [`sqlx`] error is available through
 //! [`std::error::Error::source`], so print the whole chain when reporting.
 
-#[allow(dead_code)] // used by the stores and the runner, which land next
+#[allow(dead_code)] // the decoders are the runner's
 mod wire;
+
+mod events;
+mod perspectives;
+mod sync;
+
+pub use events::PgEventStore;
+pub use perspectives::PgPerspectiveStore;
+pub use sync::PgSyncBackend;
 
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgConnection};

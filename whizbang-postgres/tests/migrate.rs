@@ -38,8 +38,8 @@ async fn key_constraints(pool: &PgPool, table: &str) -> Vec<(String, String)> {
 
 async fn insert_event(pool: &PgPool, stream: &str, version: i64) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
-        "insert into wh_events (event_id, stream_id, stream_version, event_type, data)
-         values (gen_random_uuid(), $1::uuid, $2, 'OrderCreated', '{\"total_cents\": 100}')
+        "insert into wh_events (event_id, stream_id, stream_version, partition, event_type, data)
+         values (gen_random_uuid(), $1::uuid, $2, 0, 'OrderCreated', '{\"total_cents\": 100}')
          returning global_position",
     )
     .bind(stream)
@@ -52,7 +52,7 @@ const STREAM_A: &str = "0190d6a5-0000-7000-8000-00000000000a";
 const STREAM_B: &str = "0190d6a5-0000-7000-8000-00000000000b";
 
 #[sqlx::test(migrations = false)]
-async fn migrations_create_the_three_tables_with_their_keys(pool: PgPool) {
+async fn migrations_create_the_tables_with_their_keys(pool: PgPool) {
     let before: Vec<String> = sqlx::query_scalar(
         "select tablename::text from pg_tables where tablename like 'wh\\_%' order by 1",
     )
@@ -76,7 +76,12 @@ async fn migrations_create_the_three_tables_with_their_keys(pool: PgPool) {
     .unwrap();
     assert_eq!(
         tables,
-        ["wh_events", "wh_perspective_cursors", "wh_perspective_rows"]
+        [
+            "wh_events",
+            "wh_perspective_cursors",
+            "wh_perspective_rows",
+            "wh_streams"
+        ]
     );
 
     // wh_events: event_id pk, unique stream version, unique global position.
@@ -108,7 +113,7 @@ async fn migrations_create_the_three_tables_with_their_keys(pool: PgPool) {
     );
     assert_eq!(
         constraint_columns(&pool, "wh_perspective_cursors_pkey").await,
-        ["perspective", "stream_id"]
+        ["perspective", "model_key"]
     );
     assert_eq!(
         key_constraints(&pool, "wh_perspective_rows").await,
@@ -116,23 +121,17 @@ async fn migrations_create_the_three_tables_with_their_keys(pool: PgPool) {
     );
     assert_eq!(
         constraint_columns(&pool, "wh_perspective_rows_pkey").await,
-        ["perspective", "id"]
+        ["perspective", "model_key"]
     );
 
-    // The runner's work index is partial on pending, active cursors.
-    let index_predicate: Option<String> = sqlx::query_scalar(
-        "select pg_get_expr(i.indpred, i.indrelid)
-           from pg_index i
-          where i.indexrelid = 'wh_perspective_cursors_pending_idx'::regclass",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    let index_predicate = index_predicate.expect("work index is partial");
+    // The runner's feed scan has its index.
+    let feed: String = sqlx::query_scalar("select pg_get_indexdef('wh_events_feed_idx'::regclass)")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert!(
-        index_predicate.contains("applied_version < target_version")
-            && index_predicate.contains("'active'"),
-        "unexpected work index predicate: {index_predicate}"
+        feed.contains("(partition, tx_id, global_position)"),
+        "unexpected feed index: {feed}"
     );
 
     // The migration is recorded as applied.
@@ -212,43 +211,39 @@ async fn duplicate_stream_version_is_rejected(pool: PgPool) {
 async fn cursor_constraints_hold(pool: PgPool) {
     whizbang_postgres::migrate(&pool).await.unwrap();
 
-    let (applied, target, status): (i64, i64, String) = sqlx::query_as(
-        "insert into wh_perspective_cursors (perspective, stream_id, target_version)
-         values ('OrderSummary', $1::uuid, 3)
-         returning applied_version, target_version, status",
+    let (version, attempts, skipped): (i64, i32, String) = sqlx::query_as(
+        "insert into wh_perspective_cursors (perspective, model_key)
+         values ('OrderSummary', $1::uuid)
+         returning version, attempts, skipped::text",
     )
     .bind(STREAM_A)
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert_eq!((applied, target, status.as_str()), (0, 3, "active"));
+    assert_eq!((version, attempts, skipped.as_str()), (0, 0, "[]"));
 
     for (what, sql) in [
         (
-            "unknown status",
-            "update wh_perspective_cursors set status = 'paused'",
+            "negative version",
+            "update wh_perspective_cursors set version = -1",
         ),
         (
-            "failed without error details",
-            "update wh_perspective_cursors set status = 'failed'",
+            "failed version without a message",
+            "update wh_perspective_cursors set failed_version = 1",
         ),
         (
-            "lease owner without expiry",
-            "update wh_perspective_cursors set lease_owner = gen_random_uuid()",
+            "skipped is not an array",
+            "update wh_perspective_cursors set skipped = '{}'",
         ),
     ] {
         let err = sqlx::query(sql).execute(&pool).await.expect_err(what);
         assert_eq!(sqlstate(&err), "23514", "{what}"); // check_violation
     }
 
-    sqlx::query(
-        "update wh_perspective_cursors
-            set status = 'failed', error = 'boom', failed_version = 1,
-                lease_owner = gen_random_uuid(), lease_expires_at = now() + interval '30 seconds'",
-    )
-    .execute(&pool)
-    .await
-    .expect("a fully described failure and a complete lease are accepted");
+    sqlx::query("update wh_perspective_cursors set failed_version = 1, failure_message = 'boom'")
+        .execute(&pool)
+        .await
+        .expect("a fully described failure is accepted");
 }
 
 #[sqlx::test(migrations = false)]
@@ -346,5 +341,5 @@ async fn connect_to_the_test_server_works(pool: PgPool) {
             .fetch_one(&pool)
             .await
             .unwrap();
-    assert_eq!(tables, 3);
+    assert_eq!(tables, 4);
 }

@@ -328,6 +328,246 @@ pub trait PerspectiveStore: Send + Sync + 'static {
     /// Every read model of a perspective, as last committed, ordered by key.
     /// Never waits for a claim.
     fn list_models<'a>(&'a self, perspective: &'a str) -> BoxFuture<'a, Result<Vec<ModelRow>>>;
+
+    /// The read models of a perspective that `query` selects, in its order,
+    /// paged by its offset and limit. Never waits for a claim.
+    ///
+    /// The default runs the query in memory over
+    /// [`list_models`](Self::list_models) (serialising typed models to JSON to
+    /// filter and order them). A database store overrides it to run where the
+    /// models live (PostgreSQL: `data @> $1`, ordered and paged in SQL), with
+    /// the same result.
+    fn query_models<'a>(
+        &'a self,
+        perspective: &'a str,
+        query: &'a ModelQuery,
+    ) -> BoxFuture<'a, Result<Vec<ModelRow>>> {
+        Box::pin(async move { query.run(self.list_models(perspective).await?) })
+    }
+}
+
+/// How [`PerspectiveStore::query_models`] orders models. Ties are broken by
+/// key, ascending.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ModelOrder {
+    /// By key, ascending (what [`PerspectiveStore::list_models`] returns).
+    #[default]
+    Key,
+    /// By the JSON value at `path` (object keys, or array indexes written in
+    /// decimal). Values of different JSON types order as PostgreSQL's `jsonb`
+    /// does: null < string < number < boolean < array < object. Numbers compare
+    /// by value, strings by their UTF-8 bytes (collation `"C"`), booleans false
+    /// first; arrays and objects among themselves tie. Models without a value at
+    /// `path` come last in either direction.
+    Path {
+        /// The path from the model's root.
+        path: Vec<String>,
+        /// Largest first.
+        descending: bool,
+    },
+}
+
+/// A query over one perspective's read models that a store can run where the
+/// models live: a JSON containment filter, an order, a page.
+///
+/// ```
+/// use whizbang_core::store::ModelQuery;
+/// let q = ModelQuery::new()
+///     .contains(serde_json::json!({ "status": "open" }))
+///     .order_by_desc(&["total"])
+///     .offset(20)
+///     .limit(10);
+/// assert_eq!(q.limit, Some(10));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct ModelQuery {
+    /// Keep only models that contain this JSON, with the semantics of
+    /// PostgreSQL's `jsonb @>`: every key of an object present with a contained
+    /// value, every element of an array contained in some element, scalars
+    /// equal (numbers by value); at the top level an array also contains a
+    /// scalar it holds.
+    pub contains: Option<serde_json::Value>,
+    /// The order.
+    pub order: ModelOrder,
+    /// Matches to skip.
+    pub offset: usize,
+    /// At most this many matches (`None`: all).
+    pub limit: Option<usize>,
+}
+
+impl ModelQuery {
+    /// Every model, by key.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Keeps only models containing `json` (see [`contains`](Self::contains)).
+    #[must_use]
+    pub fn contains(mut self, json: serde_json::Value) -> Self {
+        self.contains = Some(json);
+        self
+    }
+
+    /// Orders by the value at `path`, smallest first.
+    #[must_use]
+    pub fn order_by(mut self, path: &[&str]) -> Self {
+        self.order = ModelOrder::Path {
+            path: path.iter().map(|s| (*s).to_owned()).collect(),
+            descending: false,
+        };
+        self
+    }
+
+    /// Orders by the value at `path`, largest first.
+    #[must_use]
+    pub fn order_by_desc(mut self, path: &[&str]) -> Self {
+        self.order = ModelOrder::Path {
+            path: path.iter().map(|s| (*s).to_owned()).collect(),
+            descending: true,
+        };
+        self
+    }
+
+    /// Skips the first `n` matches.
+    #[must_use]
+    pub fn offset(mut self, n: usize) -> Self {
+        self.offset = n;
+        self
+    }
+
+    /// Returns at most `n` matches.
+    #[must_use]
+    pub fn limit(mut self, n: usize) -> Self {
+        self.limit = Some(n);
+        self
+    }
+
+    /// Runs the query in memory over `rows` (ordered by key, as
+    /// [`PerspectiveStore::list_models`] returns them): the reference
+    /// behaviour of [`PerspectiveStore::query_models`].
+    ///
+    /// # Errors
+    /// [`Error::Serialization`](crate::Error::Serialization) when a typed
+    /// model's `Serialize` impl fails.
+    pub fn run(&self, rows: Vec<ModelRow>) -> Result<Vec<ModelRow>> {
+        let needs_json = self.contains.is_some() || self.order != ModelOrder::Key;
+        let mut kept: Vec<(ModelRow, Option<serde_json::Value>)> = Vec::with_capacity(rows.len());
+        for row in rows {
+            let json = if needs_json {
+                let raw = row.model.to_json().map_err(json_error)?;
+                Some(serde_json::from_str::<serde_json::Value>(raw.get()).map_err(json_error)?)
+            } else {
+                None
+            };
+            let keep = match (&self.contains, &json) {
+                (Some(wanted), Some(json)) => json_contains_top(json, wanted),
+                _ => true,
+            };
+            if keep {
+                kept.push((row, json));
+            }
+        }
+        if let ModelOrder::Path { path, descending } = &self.order {
+            kept.sort_by(|(a, ja), (b, jb)| {
+                let va = ja.as_ref().and_then(|j| json_at(j, path));
+                let vb = jb.as_ref().and_then(|j| json_at(j, path));
+                json_order(va, vb, *descending).then(a.id.cmp(&b.id))
+            });
+        }
+        Ok(kept
+            .into_iter()
+            .map(|(row, _)| row)
+            .skip(self.offset)
+            .take(self.limit.unwrap_or(usize::MAX))
+            .collect())
+    }
+}
+
+fn json_error(source: serde_json::Error) -> crate::Error {
+    crate::Error::Serialization {
+        type_name: "read model (to query it as JSON)",
+        source,
+    }
+}
+
+/// The value at `path` (`#>` in PostgreSQL).
+fn json_at<'v>(value: &'v serde_json::Value, path: &[String]) -> Option<&'v serde_json::Value> {
+    path.iter().try_fold(value, |v, key| match v {
+        serde_json::Value::Object(map) => map.get(key),
+        serde_json::Value::Array(items) => key.parse::<usize>().ok().and_then(|i| items.get(i)),
+        _ => None,
+    })
+}
+
+/// `jsonb`'s order of types: null < string < number < boolean < array < object.
+fn json_rank(value: &serde_json::Value) -> u8 {
+    match value {
+        serde_json::Value::Null => 0,
+        serde_json::Value::String(_) => 1,
+        serde_json::Value::Number(_) => 2,
+        serde_json::Value::Bool(_) => 3,
+        serde_json::Value::Array(_) => 4,
+        serde_json::Value::Object(_) => 5,
+    }
+}
+
+/// See [`ModelOrder::Path`]: missing values last in either direction.
+fn json_order(
+    a: Option<&serde_json::Value>,
+    b: Option<&serde_json::Value>,
+    descending: bool,
+) -> std::cmp::Ordering {
+    use serde_json::Value;
+    use std::cmp::Ordering;
+    let (a, b) = match (a, b) {
+        (None, None) => return Ordering::Equal,
+        (None, Some(_)) => return Ordering::Greater,
+        (Some(_), None) => return Ordering::Less,
+        (Some(a), Some(b)) => (a, b),
+    };
+    let by_value = json_rank(a).cmp(&json_rank(b)).then_with(|| match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            let (x, y) = (x.as_f64().unwrap_or(0.0), y.as_f64().unwrap_or(0.0));
+            x.total_cmp(&y)
+        }
+        (Value::String(x), Value::String(y)) => x.as_bytes().cmp(y.as_bytes()),
+        (Value::Bool(x), Value::Bool(y)) => x.cmp(y),
+        _ => Ordering::Equal,
+    });
+    if descending {
+        by_value.reverse()
+    } else {
+        by_value
+    }
+}
+
+/// `haystack @> needle` at the top level, where an array also contains a
+/// scalar it holds.
+fn json_contains_top(haystack: &serde_json::Value, needle: &serde_json::Value) -> bool {
+    match (haystack, needle) {
+        (serde_json::Value::Array(items), n) if !n.is_array() && !n.is_object() => {
+            items.iter().any(|item| json_contains(item, n))
+        }
+        _ => json_contains(haystack, needle),
+    }
+}
+
+/// `haystack @> needle` below the top level.
+fn json_contains(haystack: &serde_json::Value, needle: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (haystack, needle) {
+        (Value::Object(h), Value::Object(n)) => n
+            .iter()
+            .all(|(k, nv)| h.get(k).is_some_and(|hv| json_contains(hv, nv))),
+        (Value::Array(h), Value::Array(n)) => {
+            n.iter().all(|nv| h.iter().any(|hv| json_contains(hv, nv)))
+        }
+        (Value::Number(h), Value::Number(n)) => h.as_f64() == n.as_f64(),
+        (h, n) => !h.is_array() && !h.is_object() && h == n,
+    }
 }
 
 /// A read model: what a perspective folds events into.

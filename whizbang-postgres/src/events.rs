@@ -1,0 +1,477 @@
+//! The event store on PostgreSQL: `wh_events` and its stream heads `wh_streams`.
+
+use crate::wire;
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+use uuid::Uuid;
+use whizbang_core::backend::{
+    BoxFuture, EventLocation, EventMetadata, EventStore, StoredEvent, StreamAppend,
+};
+use whizbang_core::error::Stored;
+use whizbang_core::{Error, EventId, MessageId, Metadata, Result, StreamId};
+
+/// The backend name in [`Error::Backend`].
+pub(crate) const BACKEND: &str = "postgres";
+
+/// Maps a driver error of `operation` (a verb phrase) to [`Error::Backend`].
+pub(crate) fn db_error(
+    operation: impl Into<String>,
+    stored: Stored,
+) -> impl FnOnce(sqlx::Error) -> Error {
+    move |source| Error::backend(BACKEND, operation, stored, source)
+}
+
+/// A stored number that must fit a `u64` (versions, positions: the schema
+/// keeps them non-negative).
+pub(crate) fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or_default()
+}
+
+/// A version to bind: `u64` values above `i64::MAX` cannot be stored.
+pub(crate) fn to_i64(value: u64, what: &str) -> Result<i64> {
+    i64::try_from(value).map_err(|_| {
+        Error::InvalidInput(format!(
+            "{what} {value} is larger than PostgreSQL's bigint can hold (at most {}); \
+             nothing was stored",
+            i64::MAX
+        ))
+    })
+}
+
+/// The event log on PostgreSQL. Cheap to clone (it shares the pool).
+///
+/// - An append is one transaction: one upsert of the stream heads
+///   (`wh_streams`, whose row lock serialises appends per stream, so
+///   [`ExpectedVersion::Any`](whizbang_core::ExpectedVersion::Any) never races),
+///   one `INSERT .. SELECT FROM unnest(..)` of every event, and one
+///   `NOTIFY` on the events channel naming the partitions touched. A version
+///   mismatch or a duplicate id rolls the whole transaction back.
+/// - [`StoredEvent::position`] is `wh_events.global_position`: it rises in
+///   append order within one append but is **not gap-free** (a rolled-back
+///   append burns positions) and a lower position may commit after a higher
+///   one. Order a feed by `(tx_id, global_position)` instead (see the
+///   migration).
+/// - [`StoredEvent::typed`] is always `None`: readers decode `data`.
+/// - Events are immutable: a trigger rejects `UPDATE` and `DELETE` on `wh_events`.
+#[derive(Clone, Debug)]
+pub struct PgEventStore {
+    pool: PgPool,
+}
+
+impl PgEventStore {
+    /// An event store over `pool` (migrated with [`migrate`](crate::migrate)).
+    #[must_use]
+    pub fn new(pool: PgPool) -> Self {
+        PgEventStore { pool }
+    }
+
+    /// The pool this store uses.
+    #[must_use]
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn append_all(&self, streams: Vec<StreamAppend>) -> Result<Vec<Arc<StoredEvent>>> {
+        let plan = Plan::of(&streams)?;
+        let what = || plan.describe();
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db_error(what(), Stored::Nothing))?;
+        let before = plan.heads(&mut tx).await?;
+        plan.check(&streams, &before)?;
+        if plan.events == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = Rows::of(&streams, &before)?;
+        let inserted: Vec<(Uuid, i64)> = sqlx::query_as(
+            "insert into wh_events
+                 (event_id, stream_id, stream_version, partition, event_type, data, metadata)
+             select e.event_id, e.stream_id, e.stream_version, e.partition, e.event_type,
+                    e.data::jsonb, e.metadata::jsonb
+               from unnest($1::uuid[], $2::uuid[], $3::int8[], $4::int2[], $5::text[],
+                           $6::text[], $7::text[]) with ordinality
+                    as e(event_id, stream_id, stream_version, partition, event_type, data,
+                         metadata, ord)
+              order by e.ord
+             on conflict (event_id) do nothing
+             returning event_id, global_position",
+        )
+        .bind(&rows.event_ids)
+        .bind(&rows.stream_ids)
+        .bind(&rows.versions)
+        .bind(&rows.partitions)
+        .bind(&rows.types)
+        .bind(&rows.data)
+        .bind(&rows.metadata)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error(what(), Stored::Nothing))?;
+        let positions: HashMap<Uuid, i64> = inserted.into_iter().collect();
+        if let Some(dup) = rows.event_ids.iter().find(|id| !positions.contains_key(id)) {
+            // An id already stored: the transaction rolls back on drop.
+            return Err(Error::DuplicateEventId {
+                event_id: EventId::from(*dup),
+            });
+        }
+        let partitions: Vec<i16> = rows
+            .partitions
+            .iter()
+            .copied()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        sqlx::query("select pg_notify($1, $2)")
+            .bind(wire::EVENTS_CHANNEL)
+            .bind(wire::encode_partitions(&partitions))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error(what(), Stored::Nothing))?;
+        tx.commit()
+            .await
+            .map_err(db_error(what(), Stored::Unknown))?;
+        tracing::debug!(
+            events = plan.events,
+            streams = plan.added.len(),
+            "appended events"
+        );
+        Ok(rows.stored(streams, &positions))
+    }
+}
+
+/// What an append adds to each distinct stream, in stream-id order (the
+/// order the heads are locked in, so two appends never deadlock).
+struct Plan {
+    added: Vec<(StreamId, i64)>,
+    events: usize,
+}
+
+impl Plan {
+    fn of(streams: &[StreamAppend]) -> Result<Self> {
+        let mut seen = HashSet::new();
+        for e in streams.iter().flat_map(|s| &s.events) {
+            if !seen.insert(e.event_id) {
+                return Err(Error::DuplicateEventId {
+                    event_id: e.event_id,
+                });
+            }
+        }
+        let mut added: HashMap<StreamId, u64> = HashMap::new();
+        for s in streams {
+            *added.entry(s.stream_id).or_default() += s.events.len() as u64;
+        }
+        let mut added = added
+            .into_iter()
+            .map(|(stream, n)| Ok((stream, to_i64(n, "the number of events appended")?)))
+            .collect::<Result<Vec<_>>>()?;
+        added.sort_unstable_by_key(|(stream, _)| *stream);
+        Ok(Plan {
+            added,
+            events: seen.len(),
+        })
+    }
+
+    fn describe(&self) -> String {
+        match self.added.as_slice() {
+            [(stream, _)] => format!("append {} events to stream {stream}", self.events),
+            _ => format!(
+                "append {} events to {} streams",
+                self.events,
+                self.added.len()
+            ),
+        }
+    }
+
+    /// Moves every head forward (locking it until commit) and returns each
+    /// stream's version before this append. Streams that gain no events are
+    /// only read.
+    async fn heads(&self, tx: &mut sqlx::PgConnection) -> Result<HashMap<StreamId, u64>> {
+        let (grow, keep): (Vec<_>, Vec<_>) = self.added.iter().partition(|(_, n)| *n > 0);
+        let mut before = HashMap::with_capacity(self.added.len());
+        if !grow.is_empty() {
+            let ids: Vec<Uuid> = grow.iter().map(|(s, _)| s.as_uuid()).collect();
+            let counts: Vec<i64> = grow.iter().map(|(_, n)| *n).collect();
+            let partitions: Vec<i16> = grow.iter().map(|(s, _)| wire::partition_of(*s)).collect();
+            let heads: Vec<(Uuid, i64)> = sqlx::query_as(
+                "insert into wh_streams (stream_id, version, partition)
+                 select h.stream_id, h.version, h.partition
+                   from unnest($1::uuid[], $2::int8[], $3::int2[]) with ordinality
+                        as h(stream_id, version, partition, ord)
+                  order by h.ord
+                 on conflict (stream_id) do update
+                    set version = wh_streams.version + excluded.version, updated_at = now()
+                 returning stream_id, version",
+            )
+            .bind(&ids)
+            .bind(&counts)
+            .bind(&partitions)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error(self.describe(), Stored::Nothing))?;
+            let added: HashMap<StreamId, i64> = grow.iter().copied().collect();
+            for (stream, now) in heads {
+                let stream = StreamId::from(stream);
+                let n = added.get(&stream).copied().unwrap_or_default();
+                before.insert(stream, to_u64(now - n));
+            }
+        }
+        if !keep.is_empty() {
+            let ids: Vec<Uuid> = keep.iter().map(|(s, _)| s.as_uuid()).collect();
+            let heads: Vec<(Uuid, i64)> = sqlx::query_as(
+                "select stream_id, version from wh_streams where stream_id = any($1)",
+            )
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error(self.describe(), Stored::Nothing))?;
+            before.extend(
+                heads
+                    .into_iter()
+                    .map(|(s, v)| (StreamId::from(s), to_u64(v))),
+            );
+        }
+        Ok(before)
+    }
+
+    /// Checks each entry's expectation against its stream's version plus what
+    /// earlier entries of the same call add.
+    fn check(&self, streams: &[StreamAppend], before: &HashMap<StreamId, u64>) -> Result<()> {
+        let mut current = before.clone();
+        for s in streams {
+            let version = current.entry(s.stream_id).or_default();
+            if !s.expected.admits(*version) {
+                return Err(Error::Concurrency {
+                    stream: s.stream_id,
+                    expected: s.expected,
+                    actual: *version,
+                });
+            }
+            *version += s.events.len() as u64;
+        }
+        Ok(())
+    }
+}
+
+/// The columns of an append, one array per column (bound to `unnest`).
+struct Rows {
+    event_ids: Vec<Uuid>,
+    stream_ids: Vec<Uuid>,
+    versions: Vec<i64>,
+    partitions: Vec<i16>,
+    types: Vec<&'static str>,
+    data: Vec<String>,
+    metadata: Vec<String>,
+}
+
+impl Rows {
+    fn of(streams: &[StreamAppend], before: &HashMap<StreamId, u64>) -> Result<Self> {
+        let n = streams.iter().map(|s| s.events.len()).sum();
+        let mut rows = Rows {
+            event_ids: Vec::with_capacity(n),
+            stream_ids: Vec::with_capacity(n),
+            versions: Vec::with_capacity(n),
+            partitions: Vec::with_capacity(n),
+            types: Vec::with_capacity(n),
+            data: Vec::with_capacity(n),
+            metadata: Vec::with_capacity(n),
+        };
+        let mut next = before.clone();
+        for s in streams {
+            let partition = wire::partition_of(s.stream_id);
+            for e in &s.events {
+                let version = next.entry(s.stream_id).or_default();
+                *version += 1;
+                rows.event_ids.push(e.event_id.as_uuid());
+                rows.stream_ids.push(s.stream_id.as_uuid());
+                rows.versions.push(to_i64(*version, "stream version")?);
+                rows.partitions.push(partition);
+                rows.types.push(e.event_type);
+                rows.data.push(e.data.get().to_owned());
+                rows.metadata.push(encode_metadata(&e.metadata)?);
+            }
+        }
+        Ok(rows)
+    }
+
+    /// The appended events as stored, in the order given.
+    fn stored(
+        self,
+        streams: Vec<StreamAppend>,
+        positions: &HashMap<Uuid, i64>,
+    ) -> Vec<Arc<StoredEvent>> {
+        let mut versions = self.versions.into_iter();
+        let mut out = Vec::with_capacity(self.event_ids.len());
+        for s in streams {
+            for e in s.events {
+                let id = e.event_id.as_uuid();
+                out.push(Arc::new(StoredEvent {
+                    position: to_u64(positions.get(&id).copied().unwrap_or_default()),
+                    event_id: e.event_id,
+                    stream_id: s.stream_id,
+                    stream_version: to_u64(versions.next().unwrap_or_default()),
+                    event_type: Cow::Borrowed(e.event_type),
+                    data: e.data,
+                    metadata: e.metadata,
+                    typed: None,
+                }));
+            }
+        }
+        out
+    }
+}
+
+/// `wh_events.metadata` as stored.
+#[derive(Serialize, Deserialize)]
+struct MetadataDoc {
+    correlation_id: Uuid,
+    causation_id: Option<Uuid>,
+    /// Microseconds since the Unix epoch (negative before it).
+    timestamp_us: i64,
+    #[serde(default)]
+    extra: Metadata,
+}
+
+fn encode_metadata(m: &EventMetadata) -> Result<String> {
+    let timestamp_us = match m.timestamp.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_micros()).map_or(i64::MIN, |us| -us),
+    };
+    let doc = MetadataDoc {
+        correlation_id: m.correlation_id.as_uuid(),
+        causation_id: m.causation_id.map(|c| c.as_uuid()),
+        timestamp_us,
+        extra: m.extra.clone(),
+    };
+    serde_json::to_string(&doc).map_err(|source| Error::Serialization {
+        type_name: "event metadata",
+        source,
+    })
+}
+
+fn decode_metadata(json: &str) -> std::result::Result<EventMetadata, serde_json::Error> {
+    let doc: MetadataDoc = serde_json::from_str(json)?;
+    let offset = Duration::from_micros(doc.timestamp_us.unsigned_abs());
+    let timestamp = if doc.timestamp_us >= 0 {
+        UNIX_EPOCH.checked_add(offset)
+    } else {
+        UNIX_EPOCH.checked_sub(offset)
+    }
+    .unwrap_or(UNIX_EPOCH);
+    Ok(EventMetadata {
+        correlation_id: MessageId::from(doc.correlation_id),
+        causation_id: doc.causation_id.map(MessageId::from),
+        timestamp,
+        extra: doc.extra,
+    })
+}
+
+/// One `wh_events` row as read: position, id, stream, version, type, data, metadata.
+type EventRow = (i64, Uuid, Uuid, i64, String, String, String);
+
+fn decode_event(row: EventRow) -> std::result::Result<StoredEvent, serde_json::Error> {
+    let (position, event_id, stream_id, version, event_type, data, metadata) = row;
+    Ok(StoredEvent {
+        position: to_u64(position),
+        event_id: EventId::from(event_id),
+        stream_id: StreamId::from(stream_id),
+        stream_version: to_u64(version),
+        event_type: Cow::Owned(event_type),
+        data: serde_json::value::RawValue::from_string(data)?,
+        metadata: decode_metadata(&metadata)?,
+        typed: None,
+    })
+}
+
+impl EventStore for PgEventStore {
+    fn append(&self, streams: Vec<StreamAppend>) -> BoxFuture<'_, Result<Vec<Arc<StoredEvent>>>> {
+        Box::pin(self.append_all(streams))
+    }
+
+    fn read_stream(
+        &self,
+        stream: StreamId,
+        after_version: u64,
+    ) -> BoxFuture<'_, Result<Vec<Arc<StoredEvent>>>> {
+        Box::pin(async move {
+            let what = || format!("read stream {stream} after version {after_version}");
+            let after = i64::try_from(after_version).unwrap_or(i64::MAX);
+            let rows: Vec<EventRow> = sqlx::query_as(
+                "select global_position, event_id, stream_id, stream_version, event_type,
+                        data::text, metadata::text
+                   from wh_events
+                  where stream_id = $1 and stream_version > $2
+                  order by stream_version",
+            )
+            .bind(stream.as_uuid())
+            .bind(after)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error(what(), Stored::Nothing))?;
+            rows.into_iter()
+                .map(|row| {
+                    decode_event(row).map(Arc::new).map_err(|source| {
+                        Error::backend(
+                            BACKEND,
+                            format!(
+                                "{}: a stored event's data or metadata is not what whizbang \
+                                 writes (was the row written by hand?)",
+                                what()
+                            ),
+                            Stored::Nothing,
+                            source,
+                        )
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn stream_version(&self, stream: StreamId) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move {
+            let version: Option<i64> =
+                sqlx::query_scalar("select version from wh_streams where stream_id = $1")
+                    .bind(stream.as_uuid())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_error(
+                        format!("read the version of stream {stream}"),
+                        Stored::Nothing,
+                    ))?;
+            Ok(version.map_or(0, to_u64))
+        })
+    }
+
+    fn locate<'a>(&'a self, ids: &'a [EventId]) -> BoxFuture<'a, Result<Vec<EventLocation>>> {
+        Box::pin(async move {
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let uuids: Vec<Uuid> = ids.iter().map(EventId::as_uuid).collect();
+            let rows: Vec<(Uuid, Uuid, i64, String)> = sqlx::query_as(
+                "select event_id, stream_id, stream_version, event_type
+                   from wh_events where event_id = any($1)",
+            )
+            .bind(&uuids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error(
+                format!("locate {} events", ids.len()),
+                Stored::Nothing,
+            ))?;
+            Ok(rows
+                .into_iter()
+                .map(|(event_id, stream_id, version, event_type)| EventLocation {
+                    event_id: EventId::from(event_id),
+                    stream_id: StreamId::from(stream_id),
+                    stream_version: to_u64(version),
+                    event_type: Cow::Owned(event_type),
+                })
+                .collect())
+        })
+    }
+}

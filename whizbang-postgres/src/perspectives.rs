@@ -1,0 +1,433 @@
+//! The perspective store on PostgreSQL: cursors in `wh_perspective_cursors`,
+//! read models in `wh_perspective_rows`.
+
+use crate::events::{db_error, to_i64, to_u64, BACKEND};
+use crate::wire;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+use whizbang_core::backend::{
+    BoxFuture, Checkpoint, CheckpointFailure, ModelFormat, ModelKey, ModelRow, ModelValue,
+    PerspectiveStore, PerspectiveUnit, SkippedEvent,
+};
+use whizbang_core::error::Stored;
+use whizbang_core::store::{ModelOrder, ModelQuery};
+use whizbang_core::{Error, EventId, Result};
+
+/// Read models and cursors on PostgreSQL ([`ModelFormat::Json`]). Cheap to
+/// clone (it shares the pool).
+///
+/// - [`claim`](PerspectiveStore::claim) opens a transaction, makes sure the
+///   cursor row exists and locks it (`select .. for update`): a second claim
+///   on the same (perspective, key), from this process or another, waits
+///   until the first unit commits or is dropped. Dropping a unit rolls its
+///   transaction back (also a first claim's new cursor row).
+/// - [`commit`](PerspectiveUnit::commit) writes the cursor **fenced** on the
+///   version it claimed (`where version = <claimed>`; no row updated is an
+///   error and nothing changes), then the model, then one
+///   `NOTIFY` on the applied channel, and commits: model, cursor and applied
+///   status are one transaction.
+/// - Reads never take the lock: they see the last commit.
+///
+/// # A stopped process holding a claim
+/// A unit holds a connection in an open transaction. A process frozen while
+/// holding one (SIGSTOP, a breakpoint, a lost network) would block that
+/// (perspective, key) for ever, so connect the pool with an
+/// `idle_in_transaction_session_timeout` (the runner's `connect` does): the
+/// server then ends the frozen session, its row lock is released and
+/// another process claims the model; when the frozen process resumes, its
+/// commit fails (its transaction is gone) and changes nothing.
+#[derive(Clone, Debug)]
+pub struct PgPerspectiveStore {
+    pool: PgPool,
+}
+
+impl PgPerspectiveStore {
+    /// A perspective store over `pool` (migrated with [`migrate`](crate::migrate)).
+    #[must_use]
+    pub fn new(pool: PgPool) -> Self {
+        PgPerspectiveStore { pool }
+    }
+
+    /// The pool this store uses.
+    #[must_use]
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+/// One element of `wh_perspective_cursors.skipped`.
+#[derive(Serialize, Deserialize)]
+struct SkippedDoc {
+    version: u64,
+    event_id: Uuid,
+    reason: String,
+    failure: String,
+}
+
+/// A cursor row as read: version, failed version, failure message, skipped.
+type CursorRow = (i64, Option<i64>, Option<String>, String);
+
+fn decode_cursor(row: CursorRow) -> std::result::Result<Checkpoint, serde_json::Error> {
+    let (version, failed_version, message, skipped) = row;
+    let skipped: Vec<SkippedDoc> = serde_json::from_str(&skipped)?;
+    Ok(Checkpoint {
+        version: to_u64(version),
+        failure: failed_version
+            .zip(message)
+            .map(|(version, message)| CheckpointFailure {
+                version: to_u64(version),
+                message,
+            }),
+        skipped: skipped
+            .into_iter()
+            .map(|s| SkippedEvent {
+                version: s.version,
+                event_id: EventId::from(s.event_id),
+                reason: s.reason,
+                failure: s.failure,
+            })
+            .collect(),
+    })
+}
+
+fn encode_skipped(skipped: &[SkippedEvent]) -> Result<String> {
+    let docs: Vec<SkippedDoc> = skipped
+        .iter()
+        .map(|s| SkippedDoc {
+            version: s.version,
+            event_id: s.event_id.as_uuid(),
+            reason: s.reason.clone(),
+            failure: s.failure.clone(),
+        })
+        .collect();
+    serde_json::to_string(&docs).map_err(|source| Error::Serialization {
+        type_name: "skipped events of a perspective cursor",
+        source,
+    })
+}
+
+/// A stored value whizbang could not read back.
+fn corrupt(operation: String, source: serde_json::Error) -> Error {
+    Error::backend(
+        BACKEND,
+        format!(
+            "{operation}: a stored value is not what whizbang writes (was it written by hand?)"
+        ),
+        Stored::Nothing,
+        source,
+    )
+}
+
+const SELECT_CURSOR: &str = "select version, failed_version, failure_message, skipped::text
+                               from wh_perspective_cursors
+                              where perspective = $1 and model_key = $2";
+
+/// A model row as read: key, version, data.
+type ModelRowSql = (Uuid, i64, String);
+
+fn decode_model(row: ModelRowSql) -> std::result::Result<ModelRow, serde_json::Error> {
+    let (key, version, data) = row;
+    Ok(ModelRow {
+        id: ModelKey::from(key),
+        version: to_u64(version),
+        model: ModelValue::Json(RawValue::from_string(data)?),
+    })
+}
+
+fn decode_models(rows: Vec<ModelRowSql>, operation: impl Fn() -> String) -> Result<Vec<ModelRow>> {
+    rows.into_iter()
+        .map(|row| decode_model(row).map_err(|e| corrupt(operation(), e)))
+        .collect()
+}
+
+struct PgUnit {
+    tx: Transaction<'static, Postgres>,
+    perspective: &'static str,
+    key: ModelKey,
+    checkpoint: Checkpoint,
+    model: Option<Box<RawValue>>,
+}
+
+impl PgUnit {
+    async fn commit_now(mut self, model: Option<ModelValue>, checkpoint: Checkpoint) -> Result<()> {
+        let (perspective, key) = (self.perspective, self.key);
+        let what = || format!("commit perspective `{perspective}` on model {key}");
+        let model =
+            model
+                .map(|m| m.to_json())
+                .transpose()
+                .map_err(|source| Error::Serialization {
+                    type_name: "read model",
+                    source,
+                })?;
+        let version = to_i64(checkpoint.version, "cursor version")?;
+        let claimed = to_i64(self.checkpoint.version, "cursor version")?;
+        let failed_version = checkpoint
+            .failure
+            .as_ref()
+            .map(|f| to_i64(f.version, "failed version"))
+            .transpose()?;
+        let fenced = sqlx::query(
+            "update wh_perspective_cursors
+                set version = $3, failed_version = $4, failure_message = $5,
+                    skipped = $6::jsonb, updated_at = now(),
+                    attempts = case when $4::int8 is null then 0 else attempts + 1 end
+              where perspective = $1 and model_key = $2 and version = $7",
+        )
+        .bind(perspective)
+        .bind(key.as_uuid())
+        .bind(version)
+        .bind(failed_version)
+        .bind(checkpoint.failure.as_ref().map(|f| f.message.as_str()))
+        .bind(encode_skipped(&checkpoint.skipped)?)
+        .bind(claimed)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(db_error(what(), Stored::Nothing))?;
+        if fenced.rows_affected() != 1 {
+            return Err(Error::backend(
+                BACKEND,
+                what(),
+                Stored::Nothing,
+                format!(
+                    "the cursor is no longer at version {} (the version this unit claimed): \
+                     another process moved it on, so this commit was refused. Claim again \
+                     and re-apply from the stored cursor",
+                    self.checkpoint.version
+                ),
+            ));
+        }
+        let stored_model = match &model {
+            Some(json) => sqlx::query(
+                "insert into wh_perspective_rows (perspective, model_key, version, data)
+                 values ($1, $2, $3, $4::jsonb)
+                 on conflict (perspective, model_key) do update
+                    set version = excluded.version, data = excluded.data, updated_at = now()",
+            )
+            .bind(perspective)
+            .bind(key.as_uuid())
+            .bind(version)
+            .bind(json.get()),
+            // The stored model stays, and reflects the cursor's new version.
+            None => sqlx::query(
+                "update wh_perspective_rows set version = $3, updated_at = now()
+                  where perspective = $1 and model_key = $2",
+            )
+            .bind(perspective)
+            .bind(key.as_uuid())
+            .bind(version),
+        };
+        stored_model
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db_error(what(), Stored::Nothing))?;
+        sqlx::query("select pg_notify($1, $2)")
+            .bind(wire::APPLIED_CHANNEL)
+            .bind(wire::encode_applied(perspective, key, checkpoint.version))
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db_error(what(), Stored::Nothing))?;
+        self.tx
+            .commit()
+            .await
+            .map_err(db_error(what(), Stored::Unknown))
+    }
+}
+
+impl PerspectiveUnit for PgUnit {
+    fn checkpoint(&self) -> &Checkpoint {
+        &self.checkpoint
+    }
+
+    fn take_model(&mut self) -> Option<ModelValue> {
+        // A copy: dropping the unit leaves the stored model as it was.
+        self.model.clone().map(ModelValue::Json)
+    }
+
+    fn commit(
+        self: Box<Self>,
+        model: Option<ModelValue>,
+        checkpoint: Checkpoint,
+    ) -> BoxFuture<'static, Result<()>> {
+        Box::pin(self.commit_now(model, checkpoint))
+    }
+}
+
+impl PerspectiveStore for PgPerspectiveStore {
+    fn model_format(&self) -> ModelFormat {
+        ModelFormat::Json
+    }
+
+    fn claim<'a>(
+        &'a self,
+        perspective: &'static str,
+        key: ModelKey,
+    ) -> BoxFuture<'a, Result<Box<dyn PerspectiveUnit>>> {
+        Box::pin(async move {
+            let what = || format!("claim perspective `{perspective}` on model {key}");
+            let mut tx = self
+                .pool
+                .begin()
+                .await
+                .map_err(db_error(what(), Stored::Nothing))?;
+            sqlx::query(
+                "insert into wh_perspective_cursors (perspective, model_key) values ($1, $2)
+                 on conflict do nothing",
+            )
+            .bind(perspective)
+            .bind(key.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error(what(), Stored::Nothing))?;
+            let cursor: CursorRow = sqlx::query_as(&format!("{SELECT_CURSOR} for update"))
+                .bind(perspective)
+                .bind(key.as_uuid())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db_error(what(), Stored::Nothing))?;
+            let checkpoint = decode_cursor(cursor).map_err(|e| corrupt(what(), e))?;
+            let model: Option<String> = sqlx::query_scalar(
+                "select data::text from wh_perspective_rows
+                  where perspective = $1 and model_key = $2",
+            )
+            .bind(perspective)
+            .bind(key.as_uuid())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error(what(), Stored::Nothing))?;
+            let model = model
+                .map(RawValue::from_string)
+                .transpose()
+                .map_err(|e| corrupt(what(), e))?;
+            Ok(Box::new(PgUnit {
+                tx,
+                perspective,
+                key,
+                checkpoint,
+                model,
+            }) as Box<dyn PerspectiveUnit>)
+        })
+    }
+
+    fn checkpoint<'a>(
+        &'a self,
+        perspective: &'a str,
+        key: ModelKey,
+    ) -> BoxFuture<'a, Result<Checkpoint>> {
+        Box::pin(async move {
+            let what = || format!("read the cursor of perspective `{perspective}` on model {key}");
+            let cursor: Option<CursorRow> = sqlx::query_as(SELECT_CURSOR)
+                .bind(perspective)
+                .bind(key.as_uuid())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_error(what(), Stored::Nothing))?;
+            cursor
+                .map(decode_cursor)
+                .transpose()
+                .map_err(|e| corrupt(what(), e))
+                .map(Option::unwrap_or_default)
+        })
+    }
+
+    fn load_model<'a>(
+        &'a self,
+        perspective: &'a str,
+        key: ModelKey,
+    ) -> BoxFuture<'a, Result<Option<ModelRow>>> {
+        Box::pin(async move {
+            let what = || format!("read the model of perspective `{perspective}` for {key}");
+            let row: Option<ModelRowSql> = sqlx::query_as(
+                "select model_key, version, data::text from wh_perspective_rows
+                  where perspective = $1 and model_key = $2",
+            )
+            .bind(perspective)
+            .bind(key.as_uuid())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error(what(), Stored::Nothing))?;
+            row.map(decode_model)
+                .transpose()
+                .map_err(|e| corrupt(what(), e))
+        })
+    }
+
+    fn list_models<'a>(&'a self, perspective: &'a str) -> BoxFuture<'a, Result<Vec<ModelRow>>> {
+        self.query_models_sql(perspective, ModelQuery::new())
+    }
+
+    fn query_models<'a>(
+        &'a self,
+        perspective: &'a str,
+        query: &'a ModelQuery,
+    ) -> BoxFuture<'a, Result<Vec<ModelRow>>> {
+        self.query_models_sql(perspective, query.clone())
+    }
+}
+
+impl PgPerspectiveStore {
+    /// [`PerspectiveStore::query_models`] in one statement: the containment
+    /// filter is `data @> $2::jsonb` (served by the GIN `jsonb_path_ops`
+    /// index `wh_perspective_rows_data_idx`), the order and the page are SQL
+    /// too. The statement's text depends only on the query's shape; every
+    /// value is a bind parameter.
+    fn query_models_sql<'a>(
+        &'a self,
+        perspective: &'a str,
+        query: ModelQuery,
+    ) -> BoxFuture<'a, Result<Vec<ModelRow>>> {
+        Box::pin(async move {
+            let what = || format!("list the models of perspective `{perspective}`");
+            let mut sql = String::from(
+                "select model_key, version, data::text from wh_perspective_rows
+                  where perspective = $1",
+            );
+            if query.contains.is_some() {
+                sql.push_str(" and data @> $2::jsonb");
+            }
+            sql.push_str(" order by ");
+            if let ModelOrder::Path { descending, .. } = &query.order {
+                sql.push_str(&order_by_path(*descending));
+            }
+            sql.push_str("model_key offset $4 limit $5");
+            let contains = query.contains.as_ref().map(ToString::to_string);
+            let path: Vec<String> = match &query.order {
+                ModelOrder::Path { path, .. } => path.clone(),
+                _ => Vec::new(),
+            };
+            let offset = i64::try_from(query.offset).unwrap_or(i64::MAX);
+            let limit = query.limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX));
+            let rows: Vec<ModelRowSql> = sqlx::query_as(&sql)
+                .bind(perspective)
+                .bind(contains)
+                .bind(path)
+                .bind(offset)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_error(what(), Stored::Nothing))?;
+            decode_models(rows, what)
+        })
+    }
+}
+
+/// The ORDER BY terms for [`ModelOrder::Path`] (bound as `$3::text[]`),
+/// ending in a comma: missing values last, then `jsonb`'s order of types,
+/// then numbers by value, strings by bytes (collation "C"), booleans.
+fn order_by_path(descending: bool) -> String {
+    let dir = if descending { "desc" } else { "asc" };
+    format!(
+        "(data #> $3::text[]) is null, \
+         case jsonb_typeof(data #> $3::text[]) when 'null' then 0 when 'string' then 1 \
+              when 'number' then 2 when 'boolean' then 3 when 'array' then 4 \
+              when 'object' then 5 end {dir} nulls last, \
+         case when jsonb_typeof(data #> $3::text[]) = 'number' \
+              then (data #>> $3::text[])::numeric end {dir} nulls last, \
+         case when jsonb_typeof(data #> $3::text[]) = 'string' \
+              then (data #>> $3::text[]) end collate \"C\" {dir} nulls last, \
+         case when jsonb_typeof(data #> $3::text[]) = 'boolean' \
+              then (data #>> $3::text[])::boolean end {dir} nulls last, "
+    )
+}
