@@ -1,0 +1,291 @@
+//! `PgPerspectiveStore` and `PgSyncBackend` beyond the conformance suite:
+//! claims across two pools (two processes), a claim whose session the server
+//! ended, hostile names, the applied NOTIFY, open-ended sync queries.
+
+use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::PgPool;
+use std::time::{Duration, SystemTime};
+use whizbang_core::backend::{
+    Checkpoint, CheckpointFailure, EventMetadata, EventStore, ModelValue, NewEvent,
+    PerspectiveStore, SkippedEvent, StreamAppend, SyncBackend, UnappliedQuery,
+};
+use whizbang_core::{EventId, ExpectedVersion, MessageId, Metadata, StreamId};
+use whizbang_postgres::{PgEventStore, PgPerspectiveStore, PgSyncBackend};
+
+const BOUND: Duration = Duration::from_secs(10);
+const P: &str = "tests.counts";
+
+async fn bounded<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(BOUND, f)
+        .await
+        .expect("finished within the bound")
+}
+
+fn json(v: serde_json::Value) -> ModelValue {
+    ModelValue::Json(serde_json::value::to_raw_value(&v).unwrap())
+}
+
+fn at(version: u64) -> Checkpoint {
+    Checkpoint {
+        version,
+        ..Checkpoint::default()
+    }
+}
+
+async fn model(
+    store: &PgPerspectiveStore,
+    p: &str,
+    key: StreamId,
+) -> Option<(serde_json::Value, u64)> {
+    bounded(store.load_model(p, key))
+        .await
+        .unwrap()
+        .map(|row| match row.model {
+            ModelValue::Json(j) => (serde_json::from_str(j.get()).unwrap(), row.version),
+            ModelValue::Typed(_) => panic!("a JSON store returned a typed model"),
+        })
+}
+
+/// A second pool on the same database: another process, as far as
+/// PostgreSQL can tell.
+async fn other_process(pool: &PgPool) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with((*pool.connect_options()).clone())
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn a_claim_in_another_process_waits_until_the_first_commits_and_sees_its_commit(
+    pool: PgPool,
+) {
+    let one = PgPerspectiveStore::new(pool.clone());
+    let two = PgPerspectiveStore::new(other_process(&pool).await);
+    let key = StreamId::new();
+    let first = bounded(one.claim(P, key)).await.unwrap();
+    let second = tokio::spawn(async move {
+        let mut unit = two.claim(P, key).await.unwrap();
+        let model = unit.take_model().map(|m| {
+            serde_json::from_str::<serde_json::Value>(m.to_json().unwrap().get()).unwrap()
+        });
+        (unit.checkpoint().clone(), model, unit)
+    });
+    let waited = tokio::time::timeout(Duration::from_millis(300), async {
+        while !second.is_finished() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(
+        waited.is_err(),
+        "the second claim must wait while the first is held"
+    );
+    // Reads never wait.
+    assert_eq!(
+        bounded(one.checkpoint(P, key)).await.unwrap(),
+        Checkpoint::default()
+    );
+    bounded(first.commit(Some(json(serde_json::json!({ "n": 1 }))), at(1)))
+        .await
+        .unwrap();
+    let (checkpoint, seen, unit) = bounded(second).await.unwrap();
+    assert_eq!(checkpoint, at(1), "the second claim sees the first commit");
+    assert_eq!(seen, Some(serde_json::json!({ "n": 1 })));
+    bounded(unit.commit(Some(json(serde_json::json!({ "n": 2 }))), at(2)))
+        .await
+        .unwrap();
+    assert_eq!(
+        model(&one, P, key).await,
+        Some((serde_json::json!({ "n": 2 }), 2))
+    );
+}
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn a_dropped_unit_changes_nothing_and_releases_the_claim(pool: PgPool) {
+    let store = PgPerspectiveStore::new(pool.clone());
+    let key = StreamId::new();
+    let unit = bounded(store.claim(P, key)).await.unwrap();
+    bounded(unit.commit(Some(json(serde_json::json!({ "n": 1 }))), at(1)))
+        .await
+        .unwrap();
+    let mut unit = bounded(store.claim(P, key)).await.unwrap();
+    let _ = unit.take_model();
+    drop(unit);
+    // A first claim on a new key that is dropped leaves no cursor row.
+    let fresh = StreamId::new();
+    drop(bounded(store.claim(P, fresh)).await.unwrap());
+    let rows: i64 =
+        sqlx::query_scalar("select count(*) from wh_perspective_cursors where model_key = $1")
+            .bind(fresh.as_uuid())
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(rows, 0);
+    // Released: another process claims at once and sees the old commit.
+    let two = PgPerspectiveStore::new(other_process(&pool).await);
+    let unit = bounded(two.claim(P, key)).await.unwrap();
+    assert_eq!(unit.checkpoint(), &at(1));
+    drop(unit);
+    assert_eq!(
+        model(&store, P, key).await,
+        Some((serde_json::json!({ "n": 1 }), 1))
+    );
+}
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn a_claim_whose_session_the_server_ended_cannot_commit_after_another_moved_on(pool: PgPool) {
+    // "Process one" froze while holding a claim: the server's idle-in-
+    // transaction timeout ends its session and releases the row lock.
+    let frozen_opts = (*pool.connect_options())
+        .clone()
+        .options([("idle_in_transaction_session_timeout", "200")]);
+    let frozen = PgPerspectiveStore::new(
+        PgPoolOptions::new()
+            .max_connections(2)
+            .connect_with(frozen_opts)
+            .await
+            .unwrap(),
+    );
+    let live = PgPerspectiveStore::new(other_process(&pool).await);
+    let key = StreamId::new();
+    let stale = bounded(frozen.claim(P, key)).await.unwrap();
+    // Process two's claim waits for the lock, which the server frees.
+    let unit = bounded(live.claim(P, key)).await.unwrap();
+    bounded(unit.commit(Some(json(serde_json::json!({ "by": "live" }))), at(1)))
+        .await
+        .unwrap();
+    let err = bounded(stale.commit(Some(json(serde_json::json!({ "by": "stale" }))), at(1)))
+        .await
+        .expect_err("the stale unit's commit must fail");
+    assert!(
+        matches!(err, whizbang_core::Error::Backend { .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        model(&live, P, key).await,
+        Some((serde_json::json!({ "by": "live" }), 1)),
+        "the stale commit changed nothing"
+    );
+}
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn hostile_perspective_names_and_records_round_trip_as_data(pool: PgPool) {
+    const HOSTILE: &str = "p'); delete from wh_perspective_rows; -- \" \\ é";
+    let store = PgPerspectiveStore::new(pool.clone());
+    let key = StreamId::new();
+    let checkpoint = Checkpoint {
+        version: 3,
+        failure: Some(CheckpointFailure {
+            version: 4,
+            message: HOSTILE.to_owned(),
+        }),
+        skipped: vec![SkippedEvent {
+            version: 2,
+            event_id: EventId::new(),
+            reason: HOSTILE.to_owned(),
+            failure: HOSTILE.to_owned(),
+        }],
+    };
+    let unit = bounded(store.claim(HOSTILE, key)).await.unwrap();
+    bounded(unit.commit(
+        Some(json(serde_json::json!({ HOSTILE: HOSTILE }))),
+        checkpoint.clone(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        bounded(store.checkpoint(HOSTILE, key)).await.unwrap(),
+        checkpoint
+    );
+    assert_eq!(
+        model(&store, HOSTILE, key).await,
+        Some((serde_json::json!({ HOSTILE: HOSTILE }), 3))
+    );
+    let listed = bounded(store.list_models(HOSTILE)).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    let attempts: i32 =
+        sqlx::query_scalar("select attempts from wh_perspective_cursors where perspective = $1")
+            .bind(HOSTILE)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(attempts, 1, "a committed failure counts an attempt");
+}
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn a_commit_notifies_the_applied_channel_once(pool: PgPool) {
+    let mut listener = PgListener::connect_with(&pool).await.unwrap();
+    listener.listen("whizbang_applied").await.unwrap();
+    let store = PgPerspectiveStore::new(pool.clone());
+    let key = StreamId::new();
+    let unit = bounded(store.claim(P, key)).await.unwrap();
+    bounded(unit.commit(None, at(5))).await.unwrap();
+    let note = bounded(listener.recv()).await.unwrap();
+    assert_eq!(note.payload(), format!("5 {key} {P}"));
+    // A dropped unit notifies nothing.
+    drop(bounded(store.claim(P, key)).await.unwrap());
+    let next = tokio::time::timeout(Duration::from_millis(200), listener.recv()).await;
+    assert!(next.is_err(), "{next:?}");
+}
+
+fn event(stream: StreamId, event_type: &'static str) -> NewEvent {
+    NewEvent {
+        event_id: EventId::new(),
+        stream_id: stream,
+        event_type,
+        data: serde_json::value::to_raw_value(&serde_json::json!({})).unwrap(),
+        metadata: EventMetadata {
+            correlation_id: MessageId::new(),
+            causation_id: None,
+            timestamp: SystemTime::now(),
+            extra: Metadata::default(),
+        },
+        typed: None,
+    }
+}
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn unapplied_lists_stored_events_of_handled_types_past_the_cursor(pool: PgPool) {
+    let events = PgEventStore::new(pool.clone());
+    let models = PgPerspectiveStore::new(pool.clone());
+    let sync = PgSyncBackend::new(pool.clone());
+    let (a, b) = (StreamId::new(), StreamId::new());
+    let stored = bounded(events.append(vec![
+        StreamAppend {
+            stream_id: a,
+            expected: ExpectedVersion::NoStream,
+            events: vec![
+                event(a, "t.opened"),
+                event(a, "t.other"),
+                event(a, "t.ticked"),
+            ],
+        },
+        StreamAppend {
+            stream_id: b,
+            expected: ExpectedVersion::NoStream,
+            events: vec![event(b, "t.opened")],
+        },
+    ]))
+    .await
+    .unwrap();
+    // The perspective applied stream a up to version 1.
+    let unit = bounded(models.claim(P, a)).await.unwrap();
+    bounded(unit.commit(None, at(1))).await.unwrap();
+    let query = UnappliedQuery::new(P, &["t.opened", "t.ticked"]);
+    let mut got: Vec<EventId> = bounded(sync.unapplied(&query))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.event_id)
+        .collect();
+    got.sort_unstable();
+    let mut want = vec![stored[2].event_id, stored[3].event_id];
+    want.sort_unstable();
+    assert_eq!(
+        got, want,
+        "a@3 (handled, past the cursor) and b@1; not a@1 nor the other type"
+    );
+    let none = UnappliedQuery::new(P, &[]);
+    assert!(bounded(sync.unapplied(&none)).await.unwrap().is_empty());
+}
