@@ -82,7 +82,10 @@ async fn seed(stores: &[&dyn PerspectiveStore]) {
     }
 }
 
-fn queries() -> Vec<(&'static str, fn() -> ListQuery<Value>)> {
+/// A named query, built fresh for each store.
+type Case = (&'static str, fn() -> ListQuery<Value>);
+
+fn queries() -> Vec<Case> {
     vec![
         ("all", ListQuery::all),
         ("contains status", || {
