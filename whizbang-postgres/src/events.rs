@@ -370,6 +370,19 @@ fn decode_metadata(json: &str) -> std::result::Result<EventMetadata, serde_json:
     })
 }
 
+/// Where an event sits, as read: id, stream, version, type.
+pub(crate) type LocationRow = (Uuid, Uuid, i64, String);
+
+pub(crate) fn location(row: LocationRow) -> EventLocation {
+    let (event_id, stream_id, version, event_type) = row;
+    EventLocation {
+        event_id: EventId::from(event_id),
+        stream_id: StreamId::from(stream_id),
+        stream_version: to_u64(version),
+        event_type: Cow::Owned(event_type),
+    }
+}
+
 /// One `wh_events` row as read: position, id, stream, version, type, data, metadata.
 type EventRow = (i64, Uuid, Uuid, i64, String, String, String);
 
@@ -452,7 +465,7 @@ impl EventStore for PgEventStore {
                 return Ok(Vec::new());
             }
             let uuids: Vec<Uuid> = ids.iter().map(EventId::as_uuid).collect();
-            let rows: Vec<(Uuid, Uuid, i64, String)> = sqlx::query_as(
+            let rows: Vec<LocationRow> = sqlx::query_as(
                 "select event_id, stream_id, stream_version, event_type
                    from wh_events where event_id = any($1)",
             )
@@ -463,15 +476,7 @@ impl EventStore for PgEventStore {
                 format!("locate {} events", ids.len()),
                 Stored::Nothing,
             ))?;
-            Ok(rows
-                .into_iter()
-                .map(|(event_id, stream_id, version, event_type)| EventLocation {
-                    event_id: EventId::from(event_id),
-                    stream_id: StreamId::from(stream_id),
-                    stream_version: to_u64(version),
-                    event_type: Cow::Owned(event_type),
-                })
-                .collect())
+            Ok(rows.into_iter().map(location).collect())
         })
     }
 }

@@ -1,15 +1,14 @@
 //! Sync inquiries answered by PostgreSQL in one statement per batch.
 
-use crate::events::{db_error, to_u64};
+use crate::events::{db_error, location, to_u64, LocationRow};
 use sqlx::PgPool;
-use std::borrow::Cow;
 use uuid::Uuid;
 use whizbang_core::backend::{
     BoxFuture, EventLocation, EventSyncStatus, SyncBackend, SyncInquiry, SyncInquiryResult,
     UnappliedQuery,
 };
 use whizbang_core::error::Stored;
-use whizbang_core::{EventId, Result, StreamId};
+use whizbang_core::{Result, StreamId};
 
 /// Answers sync inquiries from `wh_events` and `wh_perspective_cursors`, with
 /// the same statuses as [`StoreSyncBackend`](whizbang_core::backend::StoreSyncBackend)
@@ -144,7 +143,7 @@ impl SyncBackend for PgSyncBackend {
             if query.handled.is_empty() {
                 return Ok(Vec::new());
             }
-            let rows: Vec<(Uuid, Uuid, i64, String)> = sqlx::query_as(
+            let rows: Vec<LocationRow> = sqlx::query_as(
                 "select e.event_id, e.stream_id, e.stream_version, e.event_type
                    from wh_events e
                    left join wh_perspective_cursors c
@@ -164,15 +163,7 @@ impl SyncBackend for PgSyncBackend {
                 ),
                 Stored::Nothing,
             ))?;
-            Ok(rows
-                .into_iter()
-                .map(|(event_id, stream_id, version, event_type)| EventLocation {
-                    event_id: EventId::from(event_id),
-                    stream_id: StreamId::from(stream_id),
-                    stream_version: to_u64(version),
-                    event_type: Cow::Owned(event_type),
-                })
-                .collect())
+            Ok(rows.into_iter().map(location).collect())
         })
     }
 }

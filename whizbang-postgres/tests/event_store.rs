@@ -1,36 +1,15 @@
 //! `PgEventStore` beyond the conformance suite: concurrent appends from many
 //! connections, duplicate ids, immutability, hostile values, the NOTIFY.
 
+mod support;
+use support::{bounded, event};
+
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
-use std::time::{Duration, SystemTime};
-use whizbang_core::backend::{EventMetadata, EventStore, NewEvent, StreamAppend};
-use whizbang_core::{Error, EventId, ExpectedVersion, MessageId, Metadata, StreamId};
+use std::time::Duration;
+use whizbang_core::backend::{EventStore, NewEvent, StreamAppend};
+use whizbang_core::{Error, ExpectedVersion, StreamId};
 use whizbang_postgres::PgEventStore;
-
-const BOUND: Duration = Duration::from_secs(10);
-
-async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(BOUND, f)
-        .await
-        .expect("finished within the bound")
-}
-
-fn event(stream: StreamId, event_type: &'static str, data: serde_json::Value) -> NewEvent {
-    NewEvent {
-        event_id: EventId::new(),
-        stream_id: stream,
-        event_type,
-        data: serde_json::value::to_raw_value(&data).unwrap(),
-        metadata: EventMetadata {
-            correlation_id: MessageId::new(),
-            causation_id: None,
-            timestamp: SystemTime::now(),
-            extra: Metadata::default(),
-        },
-        typed: None,
-    }
-}
 
 fn append(stream: StreamId, expected: ExpectedVersion, events: Vec<NewEvent>) -> Vec<StreamAppend> {
     vec![StreamAppend {

@@ -1,10 +1,12 @@
 //! Lens push-down: containment, ordering and paging run in SQL on
 //! PostgreSQL and give exactly what the in-memory reference gives.
 
+mod support;
+use support::bounded;
+
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use std::sync::Arc;
-use std::time::Duration;
 use whizbang_core::backend::{
     Checkpoint, MemoryPerspectiveStore, ModelValue, PerspectiveStore, StoredEvent,
 };
@@ -28,12 +30,6 @@ impl Perspective for Docs {
     fn apply(_: &mut Value, _: &StoredEvent) -> Result<bool, ApplyError> {
         Ok(false)
     }
-}
-
-async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(10), f)
-        .await
-        .expect("finished within the bound")
 }
 
 /// Models with statuses, tags, numbers (integers and decimals), strings whose

@@ -2,24 +2,21 @@
 //! claims across two pools (two processes), a claim whose session the server
 //! ended, hostile names, the applied NOTIFY, open-ended sync queries.
 
+mod support;
+use support::{bounded, event};
+
+use serde_json::json;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::PgPool;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use whizbang_core::backend::{
-    Checkpoint, CheckpointFailure, EventMetadata, EventStore, ModelValue, NewEvent,
-    PerspectiveStore, SkippedEvent, StreamAppend, SyncBackend, UnappliedQuery,
+    Checkpoint, CheckpointFailure, EventStore, ModelValue, PerspectiveStore, SkippedEvent,
+    StreamAppend, SyncBackend, UnappliedQuery,
 };
-use whizbang_core::{EventId, ExpectedVersion, MessageId, Metadata, StreamId};
+use whizbang_core::{EventId, ExpectedVersion, StreamId};
 use whizbang_postgres::{PgEventStore, PgPerspectiveStore, PgSyncBackend};
 
-const BOUND: Duration = Duration::from_secs(10);
 const P: &str = "tests.counts";
-
-async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(BOUND, f)
-        .await
-        .expect("finished within the bound")
-}
 
 fn json(v: serde_json::Value) -> ModelValue {
     ModelValue::Json(serde_json::value::to_raw_value(&v).unwrap())
@@ -229,22 +226,6 @@ async fn a_commit_notifies_the_applied_channel_once(pool: PgPool) {
     assert!(next.is_err(), "{next:?}");
 }
 
-fn event(stream: StreamId, event_type: &'static str) -> NewEvent {
-    NewEvent {
-        event_id: EventId::new(),
-        stream_id: stream,
-        event_type,
-        data: serde_json::value::to_raw_value(&serde_json::json!({})).unwrap(),
-        metadata: EventMetadata {
-            correlation_id: MessageId::new(),
-            causation_id: None,
-            timestamp: SystemTime::now(),
-            extra: Metadata::default(),
-        },
-        typed: None,
-    }
-}
-
 #[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
 async fn unapplied_lists_stored_events_of_handled_types_past_the_cursor(pool: PgPool) {
     let events = PgEventStore::new(pool.clone());
@@ -256,15 +237,15 @@ async fn unapplied_lists_stored_events_of_handled_types_past_the_cursor(pool: Pg
             stream_id: a,
             expected: ExpectedVersion::NoStream,
             events: vec![
-                event(a, "t.opened"),
-                event(a, "t.other"),
-                event(a, "t.ticked"),
+                event(a, "t.opened", json!({})),
+                event(a, "t.other", json!({})),
+                event(a, "t.ticked", json!({})),
             ],
         },
         StreamAppend {
             stream_id: b,
             expected: ExpectedVersion::NoStream,
-            events: vec![event(b, "t.opened")],
+            events: vec![event(b, "t.opened", json!({}))],
         },
     ]))
     .await

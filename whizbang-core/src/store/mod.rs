@@ -413,20 +413,20 @@ impl ModelQuery {
 
     /// Orders by the value at `path`, smallest first.
     #[must_use]
-    pub fn order_by(mut self, path: &[&str]) -> Self {
-        self.order = ModelOrder::Path {
-            path: path.iter().map(|s| (*s).to_owned()).collect(),
-            descending: false,
-        };
-        self
+    pub fn order_by(self, path: &[&str]) -> Self {
+        self.ordered(path, false)
     }
 
     /// Orders by the value at `path`, largest first.
     #[must_use]
-    pub fn order_by_desc(mut self, path: &[&str]) -> Self {
+    pub fn order_by_desc(self, path: &[&str]) -> Self {
+        self.ordered(path, true)
+    }
+
+    fn ordered(mut self, path: &[&str], descending: bool) -> Self {
         self.order = ModelOrder::Path {
             path: path.iter().map(|s| (*s).to_owned()).collect(),
-            descending: true,
+            descending,
         };
         self
     }
