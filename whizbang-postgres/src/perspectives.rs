@@ -29,6 +29,9 @@ use whizbang_core::{Error, EventId, Result};
 ///   `NOTIFY` on the applied channel, and commits: model, cursor and applied
 ///   status are one transaction.
 /// - Reads never take the lock: they see the last commit.
+/// - A unit holds one pooled connection until it commits or is dropped, and
+///   applying usually reads events meanwhile: size the pool above the number
+///   of units held at once plus the readers, or claims wait for connections.
 ///
 /// # A stopped process holding a claim
 /// A unit holds a connection in an open transaction. A process frozen while
