@@ -89,18 +89,31 @@ impl PgEventStore {
             return Ok(Vec::new());
         }
         let rows = Rows::of(&streams, &before)?;
+        let partitions: Vec<i16> = rows
+            .partitions
+            .iter()
+            .copied()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        // The NOTIFY rides along (evaluated once, delivered at commit, dropped
+        // with a rollback): one round trip stores the events and the wake-up.
         let inserted: Vec<(Uuid, i64)> = sqlx::query_as(
-            "insert into wh_events
-                 (event_id, stream_id, stream_version, partition, event_type, data, metadata)
-             select e.event_id, e.stream_id, e.stream_version, e.partition, e.event_type,
-                    e.data::jsonb, e.metadata::jsonb
-               from unnest($1::uuid[], $2::uuid[], $3::int8[], $4::int2[], $5::text[],
-                           $6::text[], $7::text[]) with ordinality
-                    as e(event_id, stream_id, stream_version, partition, event_type, data,
-                         metadata, ord)
-              order by e.ord
-             on conflict (event_id) do nothing
-             returning event_id, global_position",
+            "with stored as (
+                 insert into wh_events
+                     (event_id, stream_id, stream_version, partition, event_type, data, metadata)
+                 select e.event_id, e.stream_id, e.stream_version, e.partition, e.event_type,
+                        e.data::jsonb, e.metadata::jsonb
+                   from unnest($1::uuid[], $2::uuid[], $3::int8[], $4::int2[], $5::text[],
+                               $6::text[], $7::text[]) with ordinality
+                        as e(event_id, stream_id, stream_version, partition, event_type, data,
+                             metadata, ord)
+                  order by e.ord
+                 on conflict (event_id) do nothing
+                 returning event_id, global_position
+             ), notified as materialized (select pg_notify($8, $9))
+             select stored.event_id, stored.global_position
+               from stored left join notified on true",
         )
         .bind(&rows.event_ids)
         .bind(&rows.stream_ids)
@@ -109,6 +122,8 @@ impl PgEventStore {
         .bind(&rows.types)
         .bind(&rows.data)
         .bind(&rows.metadata)
+        .bind(wire::EVENTS_CHANNEL)
+        .bind(wire::encode_partitions(&partitions))
         .fetch_all(&mut *tx)
         .await
         .map_err(db_error(what(), Stored::Nothing))?;
@@ -119,19 +134,6 @@ impl PgEventStore {
                 event_id: EventId::from(*dup),
             });
         }
-        let partitions: Vec<i16> = rows
-            .partitions
-            .iter()
-            .copied()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        sqlx::query("select pg_notify($1, $2)")
-            .bind(wire::EVENTS_CHANNEL)
-            .bind(wire::encode_partitions(&partitions))
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error(what(), Stored::Nothing))?;
         tx.commit()
             .await
             .map_err(db_error(what(), Stored::Unknown))?;

@@ -177,7 +177,8 @@ impl PgUnit {
                 set version = $3, failed_version = $4, failure_message = $5,
                     skipped = $6::jsonb, updated_at = now(),
                     attempts = case when $4::int8 is null then 0 else attempts + 1 end
-              where perspective = $1 and model_key = $2 and version = $7",
+              where perspective = $1 and model_key = $2 and version = $7
+             returning pg_notify($8, $9)",
         )
         .bind(perspective)
         .bind(key.as_uuid())
@@ -186,6 +187,10 @@ impl PgUnit {
         .bind(checkpoint.failure.as_ref().map(|f| f.message.as_str()))
         .bind(encode_skipped(&checkpoint.skipped)?)
         .bind(claimed)
+        // The NOTIFY rides on the fenced update: once, for the one row, and
+        // delivered only if the transaction commits.
+        .bind(wire::APPLIED_CHANNEL)
+        .bind(wire::encode_applied(perspective, key, checkpoint.version))
         .execute(&mut *self.tx)
         .await
         .map_err(db_error(what(), Stored::Nothing))?;
@@ -223,12 +228,6 @@ impl PgUnit {
             .bind(version),
         };
         stored_model
-            .execute(&mut *self.tx)
-            .await
-            .map_err(db_error(what(), Stored::Nothing))?;
-        sqlx::query("select pg_notify($1, $2)")
-            .bind(wire::APPLIED_CHANNEL)
-            .bind(wire::encode_applied(perspective, key, checkpoint.version))
             .execute(&mut *self.tx)
             .await
             .map_err(db_error(what(), Stored::Nothing))?;
@@ -284,6 +283,11 @@ impl PerspectiveStore for PgPerspectiveStore {
             .execute(&mut *tx)
             .await
             .map_err(db_error(what(), Stored::Nothing))?;
+            // Lock the cursor row (waiting for another unit's commit or
+            // rollback), then read the model in a statement of its own: its
+            // snapshot is taken after the lock, so it sees the model the
+            // other unit committed. (A join in the locking statement would
+            // re-check only the locked row and return the model as it was.)
             let cursor: CursorRow = sqlx::query_as(&format!("{SELECT_CURSOR} for update"))
                 .bind(perspective)
                 .bind(key.as_uuid())

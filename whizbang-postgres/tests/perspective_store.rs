@@ -60,42 +60,53 @@ async fn a_claim_in_another_process_waits_until_the_first_commits_and_sees_its_c
     let one = PgPerspectiveStore::new(pool.clone());
     let two = PgPerspectiveStore::new(other_process(&pool).await);
     let key = StreamId::new();
-    let first = bounded(one.claim(P, key)).await.unwrap();
-    let second = tokio::spawn(async move {
-        let mut unit = two.claim(P, key).await.unwrap();
-        let model = unit.take_model().map(|m| {
-            serde_json::from_str::<serde_json::Value>(m.to_json().unwrap().get()).unwrap()
+    // Round 1 starts with no cursor row; round 2 with a cursor and a model,
+    // so the waiting claim must read the model committed while it waited.
+    for round in 1..=2u64 {
+        let (mine, theirs) = (2 * round - 1, 2 * round);
+        let first = bounded(one.claim(P, key)).await.unwrap();
+        let other = two.clone();
+        let second = tokio::spawn(async move {
+            let mut unit = other.claim(P, key).await.unwrap();
+            let model = unit.take_model().map(|m| {
+                serde_json::from_str::<serde_json::Value>(m.to_json().unwrap().get()).unwrap()
+            });
+            (unit.checkpoint().clone(), model, unit)
         });
-        (unit.checkpoint().clone(), model, unit)
-    });
-    let waited = tokio::time::timeout(Duration::from_millis(300), async {
-        while !second.is_finished() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-    assert!(
-        waited.is_err(),
-        "the second claim must wait while the first is held"
-    );
-    // Reads never wait.
-    assert_eq!(
-        bounded(one.checkpoint(P, key)).await.unwrap(),
-        Checkpoint::default()
-    );
-    bounded(first.commit(Some(json(serde_json::json!({ "n": 1 }))), at(1)))
-        .await
-        .unwrap();
-    let (checkpoint, seen, unit) = bounded(second).await.unwrap();
-    assert_eq!(checkpoint, at(1), "the second claim sees the first commit");
-    assert_eq!(seen, Some(serde_json::json!({ "n": 1 })));
-    bounded(unit.commit(Some(json(serde_json::json!({ "n": 2 }))), at(2)))
-        .await
-        .unwrap();
-    assert_eq!(
-        model(&one, P, key).await,
-        Some((serde_json::json!({ "n": 2 }), 2))
-    );
+        let waited = tokio::time::timeout(Duration::from_millis(300), async {
+            while !second.is_finished() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(
+            waited.is_err(),
+            "the second claim must wait while the first is held"
+        );
+        // Reads never wait.
+        assert_eq!(bounded(one.checkpoint(P, key)).await.unwrap(), at(mine - 1));
+        bounded(first.commit(Some(json(json!({ "n": mine }))), at(mine)))
+            .await
+            .unwrap();
+        let (checkpoint, seen, unit) = bounded(second).await.unwrap();
+        assert_eq!(
+            checkpoint,
+            at(mine),
+            "the second claim sees the first commit"
+        );
+        assert_eq!(
+            seen,
+            Some(json!({ "n": mine })),
+            "and its model, round {round}"
+        );
+        bounded(unit.commit(Some(json(json!({ "n": theirs }))), at(theirs)))
+            .await
+            .unwrap();
+        assert_eq!(
+            model(&one, P, key).await,
+            Some((json!({ "n": theirs }), theirs))
+        );
+    }
 }
 
 #[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
