@@ -167,6 +167,35 @@ async fn pushed_down_queries_equal_the_in_memory_result(pool: PgPool) {
         .len(),
         14
     );
+    // And they select what they say, not only the same thing twice.
+    let tagged = list(&on_pg, ListQuery::all().contains(json!({ "tags": ["a"] }))).await;
+    assert_eq!(tagged.len(), 20);
+    assert!(tagged.iter().all(|(_, _, d)| d["tags"][0] == "a"));
+    let totals: Vec<f64> = list(&on_pg, ListQuery::all().order_by_desc(&["total"]))
+        .await
+        .iter()
+        .map(|(_, _, d)| d["total"].as_f64().unwrap())
+        .collect();
+    assert!(totals.windows(2).all(|w| w[0] >= w[1]), "{totals:?}");
+    let names: Vec<String> = list(&on_pg, ListQuery::all().order_by(&["name"]))
+        .await
+        .iter()
+        .map(|(_, _, d)| d["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names.first().map(String::as_str), Some("10"));
+    assert_eq!(
+        names.last().map(String::as_str),
+        Some("é"),
+        "bytes, not a locale"
+    );
+    let ranks = list(&on_pg, ListQuery::all().order_by(&["rank"])).await;
+    assert!(ranks[0].2["rank"].is_null(), "null sorts first");
+    assert!(
+        ranks.last().unwrap().2.get("rank").is_none(),
+        "missing sorts last"
+    );
+    let page = list(&on_pg, ListQuery::all().offset(38).limit(5)).await;
+    assert_eq!(page.len(), 2);
 }
 
 #[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
