@@ -256,3 +256,114 @@ async fn containment_uses_the_gin_index(pool: PgPool) {
     let plan = plan.join("\n");
     assert!(plan.contains("wh_perspective_rows_data_idx"), "{plan}");
 }
+
+// ---- A runtime on the PostgreSQL stores, end to end ---------------------------------
+
+mod end_to_end {
+    use super::support::bounded;
+    use serde::{Deserialize, Serialize};
+    use serde_json::json;
+    use sqlx::PgPool;
+    use std::time::Duration;
+    use uuid::Uuid;
+    use whizbang_core::{
+        perspective, receptor, Command, Context, Event, LensQuery, ListQuery, Receptor, Result,
+        Runtime, SyncFilter, SyncOutcome,
+    };
+    use whizbang_postgres::{PgEventStore, PgPerspectiveStore, PgSyncBackend};
+
+    #[derive(Command, Serialize, Deserialize)]
+    #[command(output = ())]
+    struct Open {
+        id: Uuid,
+        status: String,
+        total: u64,
+    }
+
+    #[derive(Event, Serialize, Deserialize, Debug, Clone)]
+    #[event(name = "pg_lens.opened")]
+    struct Opened {
+        #[stream_key]
+        id: Uuid,
+        status: String,
+        total: u64,
+    }
+
+    #[derive(Default)]
+    struct Desk;
+
+    #[receptor]
+    impl Receptor<Open> for Desk {
+        async fn handle(&self, cmd: Open, cx: &mut Context) -> Result<()> {
+            cx.emit(Opened {
+                id: cmd.id,
+                status: cmd.status,
+                total: cmd.total,
+            })?;
+            Ok(())
+        }
+    }
+
+    #[derive(Default, Clone, Serialize, Deserialize, Debug, PartialEq)]
+    struct Summary {
+        status: String,
+        total: u64,
+    }
+
+    struct Summaries;
+
+    #[perspective(model = Summary, name = "pg_lens.summaries")]
+    impl Summaries {
+        fn opened(m: &mut Summary, e: &Opened) {
+            m.status = e.status.clone();
+            m.total = e.total;
+        }
+    }
+
+    #[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+    async fn a_runtime_on_postgres_applies_waits_and_lenses_query_in_sql(pool: PgPool) {
+        let rt = Runtime::builder()
+            .event_store(PgEventStore::new(pool.clone()))
+            .perspective_store(PgPerspectiveStore::new(pool.clone()))
+            .sync_backend(PgSyncBackend::new(pool.clone()))
+            // A unit holds a connection while the runner reads events for it:
+            // fewer units at once than the pool (5 in a test) has connections.
+            .runner_concurrency(2)
+            .build()
+            .unwrap();
+        let scope = rt.scope();
+        for (status, total) in [("open", 30), ("closed", 10), ("open", 20), ("open", 40)] {
+            let id = Uuid::now_v7();
+            scope
+                .send(Open {
+                    id,
+                    status: status.to_owned(),
+                    total,
+                })
+                .await
+                .unwrap();
+        }
+        bounded(scope.complete()).await.unwrap();
+        let synced = bounded(
+            rt.sync_awaiter()
+                .wait::<Summaries>(SyncFilter::all().with_timeout(Duration::from_secs(5))),
+        )
+        .await
+        .unwrap();
+        assert_eq!(synced.outcome, SyncOutcome::Synced, "{synced:?}");
+        let totals: Vec<u64> = bounded(
+            rt.lens::<Summaries>().list(
+                ListQuery::all()
+                    .contains(json!({ "status": "open" }))
+                    .order_by_desc(&["total"])
+                    .limit(2),
+            ),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| v.model.total)
+        .collect();
+        assert_eq!(totals, vec![40, 30]);
+    }
+}
