@@ -257,3 +257,59 @@ async fn an_append_notifies_its_partitions_once_and_a_failed_one_does_not(pool: 
     let next = tokio::time::timeout(Duration::from_millis(200), listener.recv()).await;
     assert!(next.is_err(), "one notification per append: {next:?}");
 }
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn an_append_dropped_at_any_await_point_is_all_or_nothing(pool: PgPool) {
+    let store = PgEventStore::new(pool.clone());
+    let stream = StreamId::new();
+    let mut outcomes = (0, 0);
+    for i in 0..40u64 {
+        let events = (0..3)
+            .map(|_| event(stream, "t.ticked", serde_json::json!({ "i": i })))
+            .collect();
+        // Drop the append after a growing delay: at BEGIN, the heads upsert,
+        // the insert, the COMMIT, or after it finished.
+        let cut = Duration::from_micros(i * 250);
+        match tokio::time::timeout(
+            cut,
+            store.append(append(stream, ExpectedVersion::Any, events)),
+        )
+        .await
+        {
+            Ok(done) => {
+                done.expect("an append that finished succeeded");
+                outcomes.0 += 1;
+            }
+            Err(_) => outcomes.1 += 1,
+        }
+        // Whatever was cut, the next append goes through (no lock is left
+        // behind), and the stream is whole: its head equals its events, and
+        // versions run 1..n in steps of whole appends.
+        bounded(store.append(append(
+            stream,
+            ExpectedVersion::Any,
+            vec![event(stream, "t.marker", serde_json::json!({}))],
+        )))
+        .await
+        .expect("the stream is not left locked");
+        let versions: Vec<i64> = sqlx::query_scalar(
+            "select stream_version from wh_events where stream_id = $1 order by stream_version",
+        )
+        .bind(stream.as_uuid())
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert_eq!(versions, (1..=versions.len() as i64).collect::<Vec<_>>());
+        let head = bounded(store.stream_version(stream)).await.unwrap();
+        assert_eq!(head, versions.len() as u64, "the head matches the events");
+        let ticked: i64 = sqlx::query_scalar(
+            "select count(*) from wh_events where stream_id = $1 and event_type = 't.ticked'",
+        )
+        .bind(stream.as_uuid())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(ticked % 3, 0, "an append is stored whole or not at all");
+    }
+    assert!(outcomes.1 > 0, "some appends were cut: {outcomes:?}");
+}
