@@ -281,3 +281,41 @@ async fn unapplied_lists_stored_events_of_handled_types_past_the_cursor(pool: Pg
     let none = UnappliedQuery::new(P, &[]);
     assert!(bounded(sync.unapplied(&none)).await.unwrap().is_empty());
 }
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn a_commit_dropped_at_any_await_point_is_all_or_nothing_and_releases_the_claim(
+    pool: PgPool,
+) {
+    let store = PgPerspectiveStore::new(pool.clone());
+    let key = StreamId::new();
+    let mut cut_short = 0;
+    for i in 0..40u64 {
+        let unit = bounded(store.claim(P, key)).await.unwrap();
+        let next = unit.checkpoint().version + 1;
+        let cut = Duration::from_micros(i * 200);
+        let commit = unit.commit(Some(json(json!({ "n": next }))), at(next));
+        if tokio::time::timeout(cut, commit).await.is_err() {
+            cut_short += 1;
+        }
+        // The claim is free again, and model and cursor moved together.
+        let unit = bounded(store.claim(P, key)).await.unwrap();
+        let version = unit.checkpoint().version;
+        assert!(
+            version == next || version == next - 1,
+            "{version} vs {next}"
+        );
+        drop(unit);
+        match model(&store, P, key).await {
+            Some((m, v)) => {
+                assert_eq!(v, version);
+                assert_eq!(
+                    m,
+                    json!({ "n": version }),
+                    "model and cursor commit together"
+                );
+            }
+            None => assert_eq!(version, 0),
+        }
+    }
+    assert!(cut_short > 0, "some commits were cut");
+}
