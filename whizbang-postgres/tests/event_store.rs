@@ -27,6 +27,19 @@ async fn count(pool: &PgPool, stream: StreamId) -> i64 {
         .unwrap()
 }
 
+/// How many events `stream` holds, after checking their versions run 1..n.
+async fn gap_free_versions(pool: &PgPool, stream: StreamId) -> u64 {
+    let versions: Vec<i64> = sqlx::query_scalar(
+        "select stream_version from wh_events where stream_id = $1 order by stream_version",
+    )
+    .bind(stream.as_uuid())
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(versions, (1..=versions.len() as i64).collect::<Vec<_>>());
+    versions.len() as u64
+}
+
 #[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
 async fn two_appends_at_the_same_expected_version_one_wins_one_conflicts_nothing_partial(
     pool: PgPool,
@@ -107,14 +120,7 @@ async fn concurrent_any_appends_from_eight_tasks_get_gap_free_versions(pool: PgP
         bounded(task).await.unwrap();
     }
     let total = 8 * (per_task / 2) * 3;
-    let versions: Vec<i64> = sqlx::query_scalar(
-        "select stream_version from wh_events where stream_id = $1 order by stream_version",
-    )
-    .bind(stream.as_uuid())
-    .fetch_all(&pool)
-    .await
-    .unwrap();
-    assert_eq!(versions, (1..=total as i64).collect::<Vec<_>>());
+    assert_eq!(gap_free_versions(&pool, stream).await, total as u64);
     assert_eq!(
         bounded(store.stream_version(stream)).await.unwrap(),
         total as u64
@@ -292,16 +298,9 @@ async fn an_append_dropped_at_any_await_point_is_all_or_nothing(pool: PgPool) {
         )))
         .await
         .expect("the stream is not left locked");
-        let versions: Vec<i64> = sqlx::query_scalar(
-            "select stream_version from wh_events where stream_id = $1 order by stream_version",
-        )
-        .bind(stream.as_uuid())
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-        assert_eq!(versions, (1..=versions.len() as i64).collect::<Vec<_>>());
+        let stored = gap_free_versions(&pool, stream).await;
         let head = bounded(store.stream_version(stream)).await.unwrap();
-        assert_eq!(head, versions.len() as u64, "the head matches the events");
+        assert_eq!(head, stored, "the head matches the events");
         let ticked: i64 = sqlx::query_scalar(
             "select count(*) from wh_events where stream_id = $1 and event_type = 't.ticked'",
         )
