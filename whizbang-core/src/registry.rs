@@ -4,20 +4,39 @@
 //! module owns those record types and the [`Registry`] built from them:
 //! sorted into a stable order (inventory has none), checked for duplicates,
 //! and indexed by message type. It never calls user code.
+//!
+//! It sits below dispatch: the receptor contract ([`Receptor`](crate::Receptor),
+//! `ReceptorRegistration::of`, the typed `RegistryBuilder::receptor`) lives
+//! there, and reaches this module through the erased receptor, whose context
+//! is opaque here.
 
-use crate::dispatch::{ErasedReceptor, Receptor, ReceptorAdapter, SyncRequirement};
 use crate::error::{Error, Result};
 use crate::message::{Message, MessageKind};
 use crate::perspective::Perspective;
-use crate::services::{FromServices, Services};
-use crate::stage::LifecycleStage;
-use std::any::TypeId;
+use crate::services::Services;
+use crate::stage::{LifecycleStage, SyncFire};
+use crate::store::{BoxFuture, StoredEvent};
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-#[doc(hidden)]
-pub use crate::dispatch::Registered;
 pub use crate::perspective::PerspectiveRegistration;
+
+/// A receptor with its message type erased, built once per runtime.
+pub(crate) trait ErasedReceptor: Send + Sync {
+    /// Calls the receptor with the message taken out of `message`, an
+    /// `Option<M>` slot (no box per message; the slot is left `None`), and
+    /// `cx`, the dispatcher's `Context` (erased here so that the registry
+    /// stays below dispatch: the adapter that implements this downcasts it).
+    fn call<'a>(
+        &'a self,
+        message: &mut (dyn Any + Send),
+        cx: &'a mut (dyn Any + Send),
+    ) -> BoxFuture<'a, Result<Box<dyn Any + Send>>>;
+
+    /// Decodes a stored event into a boxed `Option<M>` slot for [`call`](Self::call).
+    fn decode(&self, event: &StoredEvent) -> Result<Box<dyn Any + Send>>;
+}
 
 /// A receptor, as registered by `#[receptor]`.
 #[derive(Debug)]
@@ -38,32 +57,12 @@ pub struct ReceptorRegistration {
     pub stage: Option<LifecycleStage>,
     /// The perspectives to await before it runs (`#[await_perspective_sync]`).
     pub sync: &'static [SyncRequirement],
+    /// Builds the receptor from the runtime's services (set by the
+    /// dispatcher's `ReceptorRegistration::of`, which knows the receptor contract).
     pub(crate) build: fn(&Services) -> Result<Arc<dyn ErasedReceptor>>,
 }
 
 impl ReceptorRegistration {
-    /// The registration of receptor `R` for message `M`. For generated code
-    /// (and tests that build a [`Registry`] by hand).
-    #[doc(hidden)]
-    #[must_use]
-    pub const fn of<R, M>(receptor: &'static str, module_path: &'static str) -> Self
-    where
-        R: Receptor<M> + FromServices,
-        M: Message,
-    {
-        ReceptorRegistration {
-            receptor,
-            module_path,
-            message_name: M::NAME,
-            message_kind: M::KIND,
-            message_type: TypeId::of::<M>,
-            receptor_type: TypeId::of::<R>,
-            stage: None,
-            sync: &[],
-            build: ReceptorAdapter::<R, M>::build,
-        }
-    }
-
     /// Fires at `stage` (`#[fire_at(stage)]`). For generated code.
     #[doc(hidden)]
     #[must_use]
@@ -389,24 +388,23 @@ pub struct RegistryBuilder {
 }
 
 impl RegistryBuilder {
-    /// Adds receptor `R`'s registration for message `M` (`#[receptor] impl
-    /// Receptor<M> for R`). Adding it twice adds it once.
-    #[must_use]
-    pub fn receptor<R, M>(mut self) -> Self
-    where
-        R: Receptor<M>,
-        M: Message,
-    {
-        let (r, m) = (TypeId::of::<R>(), TypeId::of::<M>());
+    /// Adds the registration of the receptor whose type is `receptor` for the
+    /// message whose type is `message` (the generic, typed door is
+    /// `RegistryBuilder::receptor`, next to the receptor contract in dispatch).
+    pub(crate) fn receptor_by_type(
+        mut self,
+        receptor: TypeId,
+        message: TypeId,
+        receptor_name: &'static str,
+        message_name: &'static str,
+    ) -> Self {
         match inventory::iter::<ReceptorRegistration>
             .into_iter()
-            .find(|reg| (reg.receptor_type)() == r && (reg.message_type)() == m)
+            .find(|reg| (reg.receptor_type)() == receptor && (reg.message_type)() == message)
         {
             Some(reg) => self.add_receptor(reg),
             None => self.missing.push(format!(
-                "no #[receptor] registration of `{}` for `{}` was linked into this binary",
-                std::any::type_name::<R>(),
-                M::NAME
+                "no #[receptor] registration of `{receptor_name}` for `{message_name}` was linked into this binary"
             )),
         }
         self
@@ -511,5 +509,40 @@ impl RegistryBuilder {
             .filter(|m| handled(m))
             .collect();
         Registry::from_parts(self.receptors, self.perspectives, messages)
+    }
+}
+
+/// One `#[await_perspective_sync(..)]` of a receptor.
+#[derive(Debug)]
+pub struct SyncRequirement {
+    /// The perspective's name.
+    pub perspective: &'static str,
+    /// The perspective's type.
+    pub perspective_type: fn() -> TypeId,
+    /// Event types to await in the current scope; empty = the incoming event itself.
+    pub event_types: &'static [&'static str],
+    /// The timeout in milliseconds.
+    pub timeout_ms: u64,
+    /// Run on success only, or always.
+    pub fire: SyncFire,
+}
+
+impl SyncRequirement {
+    /// The requirement to await perspective `P`; `timeout_ms: None` takes
+    /// [`DEFAULT_SYNC_TIMEOUT_MS`](crate::stage::DEFAULT_SYNC_TIMEOUT_MS). For generated code.
+    #[doc(hidden)]
+    #[must_use]
+    pub const fn of<P: Perspective>(
+        event_types: &'static [&'static str],
+        timeout_ms: Option<u64>,
+        fire: SyncFire,
+    ) -> Self {
+        SyncRequirement {
+            perspective: P::NAME,
+            perspective_type: TypeId::of::<P>,
+            event_types,
+            timeout_ms: crate::stage::sync_timeout_ms(timeout_ms),
+            fire,
+        }
     }
 }

@@ -6,8 +6,6 @@
 //! time, never per call and never by reflection.
 
 use crate::error::{Error, Result};
-use crate::lens::Lens;
-use crate::perspective::Perspective;
 use crate::store::{EventStore, PerspectiveStore};
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
@@ -63,12 +61,6 @@ impl Services {
         self.map
             .get(&TypeId::of::<T>())
             .and_then(|s| Arc::clone(s).downcast::<T>().ok())
-    }
-
-    /// A lens over perspective `P`'s read models.
-    #[must_use]
-    pub fn lens<P: Perspective>(&self) -> Lens<P> {
-        Lens::new(Arc::clone(&self.perspective_store))
     }
 
     /// The event store.

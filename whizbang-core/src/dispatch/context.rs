@@ -310,10 +310,7 @@ impl Context {
                 });
             }
         }
-        Ok(crate::sync::PerspectiveSyncAwaiter::new(
-            self.scope.runtime.clone(),
-            Some(Arc::clone(&self.scope)),
-        ))
+        Ok(self.scope.sync_awaiter())
     }
 }
 

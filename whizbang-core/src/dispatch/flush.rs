@@ -11,7 +11,8 @@ use crate::perspective::PerspectiveMode;
 use crate::perspective::PerspectiveRegistration;
 use crate::registry::Registry;
 use crate::stage::LifecycleStage;
-use crate::store::{BoxFuture, StoredEvent};
+use crate::store::{BoxFuture, EventLocation, StoredEvent};
+use crate::sync::{PerspectiveSyncAwaiter, SyncScope};
 use std::collections::hash_map::{Entry, HashMap};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -222,7 +223,28 @@ impl Drop for FlushRun {
     }
 }
 
+impl SyncScope for ScopeShared {
+    fn emitted(&self) -> Vec<EventLocation> {
+        self.emitted_snapshot()
+    }
+
+    fn emitted_len(&self) -> usize {
+        ScopeShared::emitted_len(self)
+    }
+
+    fn flush_queued(self: Arc<Self>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move { ScopeShared::flush_queued(&self).await })
+    }
+}
+
 impl ScopeShared {
+    /// An awaiter bound to this scope: its filters may use `current_scope()`,
+    /// and a wait flushes what the scope queued first.
+    pub(crate) fn sync_awaiter(self: &Arc<Self>) -> PerspectiveSyncAwaiter {
+        let scope: Arc<dyn SyncScope> = Arc::clone(self) as _;
+        PerspectiveSyncAwaiter::new(Arc::clone(&self.runtime.inner.sync), Some(scope))
+    }
+
     /// Flushes what is queued now, keeping the scope open. A failure (an inline
     /// perspective of some other event failing) is not this caller's: it is
     /// recorded for `complete()`, and `Ok` is returned. Cancel-safe, as

@@ -25,15 +25,15 @@ pub use crate::stage::{LifecycleStage, SyncFire};
 pub(crate) use context::encode_event;
 pub use context::Context;
 pub use runtime::DetachedFailure;
-pub(crate) use runtime::RuntimeInner;
 pub use runtime::{Backend, Runtime, RuntimeBuilder};
 pub use scope::Scope;
-pub(crate) use scope::ScopeShared;
 pub use send_and_sync::{NotSynced, SendAndSync};
+
+pub use crate::registry::SyncRequirement;
 
 use crate::error::{Error, Result};
 use crate::message::Message;
-use crate::perspective::Perspective;
+use crate::registry::{ErasedReceptor, ReceptorRegistration, RegistryBuilder};
 use crate::services::{FromServices, Services};
 use crate::store::{BoxFuture, StoredEvent};
 use std::any::{Any, TypeId};
@@ -95,18 +95,46 @@ pub trait Receptor<M: Message>: Registered<M> + Send + Sync + 'static {
     ) -> impl Future<Output = Result<M::Output>> + Send;
 }
 
-/// A receptor with its message type erased, built once per runtime.
-pub(crate) trait ErasedReceptor: Send + Sync {
-    /// Calls the receptor with the message taken out of `message`, an
-    /// `Option<M>` slot (no box per message; the slot is left `None`).
-    fn call<'a>(
-        &'a self,
-        message: &mut (dyn Any + Send),
-        cx: &'a mut Context,
-    ) -> BoxFuture<'a, Result<Box<dyn Any + Send>>>;
+impl ReceptorRegistration {
+    /// The registration of receptor `R` for message `M`. For generated code
+    /// (and tests that build a [`Registry`](crate::Registry) by hand).
+    #[doc(hidden)]
+    #[must_use]
+    pub const fn of<R, M>(receptor: &'static str, module_path: &'static str) -> Self
+    where
+        R: Receptor<M> + FromServices,
+        M: Message,
+    {
+        ReceptorRegistration {
+            receptor,
+            module_path,
+            message_name: M::NAME,
+            message_kind: M::KIND,
+            message_type: TypeId::of::<M>,
+            receptor_type: TypeId::of::<R>,
+            stage: None,
+            sync: &[],
+            build: ReceptorAdapter::<R, M>::build,
+        }
+    }
+}
 
-    /// Decodes a stored event into a boxed `Option<M>` slot for [`call`](Self::call).
-    fn decode(&self, event: &StoredEvent) -> Result<Box<dyn Any + Send>>;
+impl RegistryBuilder {
+    /// Adds receptor `R`'s registration for message `M` (`#[receptor] impl
+    /// Receptor<M> for R`). Adding it twice adds it once.
+    #[must_use]
+    pub fn receptor<R, M>(self) -> Self
+    where
+        R: Receptor<M>,
+        M: Message,
+    {
+        self.receptor_by_type(
+            TypeId::of::<R>(),
+            TypeId::of::<M>(),
+            std::any::type_name::<R>(),
+            M::NAME,
+        )
+    }
 }
 
 // Build cost: everything below is instantiated once per receptor (or per
@@ -141,15 +169,15 @@ where
     fn call<'a>(
         &'a self,
         message: &mut (dyn Any + Send),
-        cx: &'a mut Context,
+        cx: &'a mut (dyn Any + Send),
     ) -> BoxFuture<'a, Result<Box<dyn Any + Send>>> {
         let message = match message.downcast_mut::<Option<M>>() {
             Some(slot) => slot.take(),
             None => None,
         };
-        match message {
-            Some(message) => erase_output(Box::pin(self.receptor.handle(message, cx))),
-            None => wrong_message(M::NAME),
+        match (message, cx.downcast_mut::<Context>()) {
+            (Some(message), Some(cx)) => erase_output(Box::pin(self.receptor.handle(message, cx))),
+            _ => wrong_message(M::NAME),
         }
     }
 
@@ -198,7 +226,8 @@ fn decode_event(event: &StoredEvent, decode: Option<DecodeFn>) -> Result<Box<dyn
 #[inline(never)]
 fn wrong_message<'a>(name: &'static str) -> BoxFuture<'a, Result<Box<dyn Any + Send>>> {
     Box::pin(std::future::ready(Err(Error::Invariant(format!(
-        "message routed to the receptor of `{name}` has another type, or was taken"
+        "message routed to the receptor of `{name}` has another type, or was taken, or came \
+         without a dispatch `Context`"
     )))))
 }
 
@@ -225,41 +254,6 @@ impl<T: Send + 'static> Future for ErasedOutput<'_, T> {
             std::task::Poll::Ready(Ok(out)) => std::task::Poll::Ready(Ok(Box::new(out))),
             std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
             std::task::Poll::Pending => std::task::Poll::Pending,
-        }
-    }
-}
-
-/// One `#[await_perspective_sync(..)]` of a receptor.
-#[derive(Debug)]
-pub struct SyncRequirement {
-    /// The perspective's name.
-    pub perspective: &'static str,
-    /// The perspective's type.
-    pub perspective_type: fn() -> TypeId,
-    /// Event types to await in the current scope; empty = the incoming event itself.
-    pub event_types: &'static [&'static str],
-    /// The timeout in milliseconds.
-    pub timeout_ms: u64,
-    /// Run on success only, or always.
-    pub fire: SyncFire,
-}
-
-impl SyncRequirement {
-    /// The requirement to await perspective `P`; `timeout_ms: None` takes
-    /// [`DEFAULT_SYNC_TIMEOUT_MS`](crate::stage::DEFAULT_SYNC_TIMEOUT_MS). For generated code.
-    #[doc(hidden)]
-    #[must_use]
-    pub const fn of<P: Perspective>(
-        event_types: &'static [&'static str],
-        timeout_ms: Option<u64>,
-        fire: SyncFire,
-    ) -> Self {
-        SyncRequirement {
-            perspective: P::NAME,
-            perspective_type: TypeId::of::<P>,
-            event_types,
-            timeout_ms: crate::stage::sync_timeout_ms(timeout_ms),
-            fire,
         }
     }
 }

@@ -1,17 +1,16 @@
-use super::ErasedReceptor;
 use crate::error::{Error, Result};
 use crate::lens::Lens;
 use crate::message::{EventId, MessageKind};
 use crate::perspective::engine::{ApplyListener, ApplyReport, Engine};
 use crate::perspective::runner::PerspectiveRunner;
 use crate::perspective::Perspective;
-use crate::registry::{ReceptorRegistration, Registry};
+use crate::registry::{ErasedReceptor, ReceptorRegistration, Registry};
 use crate::services::Services;
 use crate::store::memory::{MemoryEventStore, MemoryPerspectiveStore};
 use crate::store::{EventStore, ModelFormat, PerspectiveStore};
 use crate::sync::WakeupSink;
 use crate::sync::{
-    PerspectiveSyncAwaiter, StoreSyncBackend, SyncBackend, SyncEventTracker, SyncState,
+    PerspectiveSyncAwaiter, StoreSyncBackend, SyncBackend, SyncEventTracker, SyncRuntime,
 };
 use std::any::TypeId;
 use std::collections::HashMap;
@@ -28,7 +27,8 @@ pub(crate) struct RuntimeInner {
     pub(crate) services: Services,
     pub(crate) engine: Engine,
     pub(crate) runner: PerspectiveRunner,
-    pub(crate) sync: SyncState,
+    /// What sync needs of the runtime (shared with every awaiter).
+    pub(crate) sync: Arc<SyncRuntime>,
     /// Whether any receptor fires at a perspective stage (else the flush skips stage lookups).
     pub(crate) has_flush_stage_receptors: bool,
     /// How many detached receptors failed.
@@ -185,7 +185,7 @@ impl Runtime {
     /// An awaiter without a scope (filters may not use `current_scope()`).
     #[must_use]
     pub fn sync_awaiter(&self) -> PerspectiveSyncAwaiter {
-        PerspectiveSyncAwaiter::new(self.clone(), None)
+        PerspectiveSyncAwaiter::new(Arc::clone(&self.inner.sync), None)
     }
 
     /// The per-process sync tracker.
@@ -318,6 +318,15 @@ impl Runtime {
     ) -> Result<crate::perspective::ApplyReport> {
         let reg = self.inner.registry.perspective::<P>()?;
         self.inner.engine.recover(reg, stream, recovery).await
+    }
+}
+
+// Here, not beside `Services`: services stay below lenses (which sit above sync).
+impl Services {
+    /// A lens over perspective `P`'s read models.
+    #[must_use]
+    pub fn lens<P: Perspective>(&self) -> Lens<P> {
+        Lens::new(Arc::clone(self.perspective_store()))
     }
 }
 
@@ -573,17 +582,20 @@ impl RuntimeBuilder {
         );
         let runtime = Runtime {
             inner: Arc::new(RuntimeInner {
+                sync: Arc::new(SyncRuntime {
+                    registry: Arc::clone(&registry),
+                    tracker,
+                    backend,
+                    clock: Arc::new(crate::sync::TokioClock::default()),
+                    engine: engine.clone(),
+                    runner: runner.clone(),
+                }),
                 registry,
                 commands,
                 event_receptors,
                 services,
                 engine,
                 runner,
-                sync: SyncState {
-                    tracker,
-                    backend,
-                    clock: Arc::new(crate::sync::TokioClock::default()),
-                },
                 has_flush_stage_receptors,
                 detached_failures: AtomicU64::new(0),
                 on_detached_failure: self.on_detached_failure,

@@ -68,7 +68,7 @@ impl Scope {
     /// An awaiter bound to this scope: its filters may use `current_scope()`.
     #[must_use]
     pub fn sync_awaiter(&self) -> PerspectiveSyncAwaiter {
-        PerspectiveSyncAwaiter::new(self.shared.runtime.clone(), Some(Arc::clone(&self.shared)))
+        self.shared.sync_awaiter()
     }
 
     /// What this scope emitted.

@@ -213,7 +213,7 @@ impl Scope {
         let rt = &self.shared.runtime.inner;
         let touched = touched(&rt.registry, &mine);
         crate::sync::help_along(
-            rt,
+            &rt.sync,
             &touched,
             options.timeout.saturating_sub(started.elapsed()),
         )

@@ -6,9 +6,7 @@ use super::scope::{Scope, ScopeShared};
 use crate::error::{Error, Result};
 use crate::stage::{LifecycleStage, SyncFire};
 use crate::store::{StoredEvent, StreamAppend};
-use crate::sync::{
-    Candidate, PerspectiveSyncAwaiter, PerspectiveSyncOptions, SyncFilter, SyncResult,
-};
+use crate::sync::{Candidate, PerspectiveSyncOptions, SyncFilter, SyncResult};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
@@ -76,7 +74,7 @@ impl ScopeShared {
             return Ok(Vec::new());
         }
         let registry = &self.runtime.inner.registry;
-        let awaiter = PerspectiveSyncAwaiter::new(self.runtime.clone(), Some(Arc::clone(self)));
+        let awaiter = self.sync_awaiter();
         let emitted = self.log.with_events(<[_]>::to_vec);
         let mut results = Vec::with_capacity(reg.sync.len());
         for req in reg.sync {

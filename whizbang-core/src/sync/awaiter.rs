@@ -7,8 +7,7 @@ use super::clock::{ActiveTimer, SLICE};
 use super::filter::{Candidate, PerspectiveSyncOptions, SyncFilter};
 use super::inquiry::UnappliedQuery;
 use super::waiters::Registered;
-use super::SyncState;
-use crate::dispatch::{Runtime, ScopeShared};
+use super::{SyncRuntime, SyncScope};
 use crate::error::{Error, Result};
 use crate::message::{EventId, StreamId};
 use crate::perspective::Perspective;
@@ -159,8 +158,8 @@ perspective_tuple!(A, B, C, D, E, F, G, H);
 /// then use [`SyncFilter::current_scope`]) or [`Runtime::sync_awaiter`].
 #[derive(Clone)]
 pub struct PerspectiveSyncAwaiter {
-    runtime: Runtime,
-    scope: Option<Arc<ScopeShared>>,
+    sync: Arc<SyncRuntime>,
+    scope: Option<Arc<dyn SyncScope>>,
 }
 
 impl std::fmt::Debug for PerspectiveSyncAwaiter {
@@ -175,12 +174,8 @@ impl std::fmt::Debug for PerspectiveSyncAwaiter {
 type Target = (EventId, Option<StreamId>);
 
 impl PerspectiveSyncAwaiter {
-    pub(crate) fn new(runtime: Runtime, scope: Option<Arc<ScopeShared>>) -> Self {
-        PerspectiveSyncAwaiter { runtime, scope }
-    }
-
-    fn state(&self) -> &SyncState {
-        &self.runtime.inner.sync
+    pub(crate) fn new(sync: Arc<SyncRuntime>, scope: Option<Arc<dyn SyncScope>>) -> Self {
+        PerspectiveSyncAwaiter { sync, scope }
     }
 
     /// Waits until `P` has applied every event the filter selects.
@@ -212,7 +207,7 @@ impl PerspectiveSyncAwaiter {
         // in this future while it sleeps (thousands may sleep at once).
         let options = options.into();
         let start = Box::pin(async move {
-            let reg = self.runtime.registry().perspective::<P>()?;
+            let reg = self.sync.registry.perspective::<P>()?;
             self.start_on(reg, &options).await
         });
         async move { start.await?.finish().await }
@@ -253,8 +248,7 @@ impl PerspectiveSyncAwaiter {
         options: impl Into<PerspectiveSyncOptions>,
     ) -> Result<Vec<SyncResult>> {
         let options = options.into();
-        let registry = self.runtime.registry();
-        let perspectives = L::registrations(registry)?;
+        let perspectives = L::registrations(&self.sync.registry)?;
         let waits: Vec<Pin<Box<dyn Future<Output = Result<SyncResult>> + Send + '_>>> =
             perspectives
                 .into_iter()
@@ -285,7 +279,7 @@ impl PerspectiveSyncAwaiter {
 
     async fn flush_scope(&self) -> Result<()> {
         match &self.scope {
-            Some(s) => s.flush_queued().await,
+            Some(s) => Arc::clone(s).flush_queued().await,
             None => Ok(()),
         }
     }
@@ -349,7 +343,7 @@ impl PerspectiveSyncAwaiter {
         let clock = options
             .clock
             .clone()
-            .unwrap_or_else(|| Arc::clone(&self.state().clock));
+            .unwrap_or_else(|| Arc::clone(&self.sync.clock));
         let (first, max) = options.reask;
         ActiveTimer::with_backoff(clock, options.debugger_aware, first, max)
     }
@@ -360,12 +354,9 @@ impl PerspectiveSyncAwaiter {
         reg: &'static PerspectiveRegistration,
         stream: StreamId,
     ) -> Result<Vec<Arc<crate::store::StoredEvent>>> {
-        let store = self.runtime.inner.services.perspective_store();
-        let cursor = store.checkpoint(reg.name, stream).await?;
-        self.runtime
-            .event_store()
-            .read_stream(stream, cursor.version)
-            .await
+        let engine = &self.sync.engine;
+        let cursor = engine.perspectives.checkpoint(reg.name, stream).await?;
+        engine.events.read_stream(stream, cursor.version).await
     }
 
     /// The unapplied events of every stream the filter names, read from the
@@ -382,7 +373,7 @@ impl PerspectiveSyncAwaiter {
         if filter.open_ended() {
             let query = UnappliedQuery::new(reg.name, reg.event_types);
             out.extend(
-                self.state()
+                self.sync
                     .backend
                     .unapplied(&query)
                     .await?
@@ -420,11 +411,8 @@ impl PerspectiveSyncAwaiter {
         filter: &SyncFilter,
         from_store: Vec<Candidate>,
     ) -> (Vec<Target>, usize, usize) {
-        let emitted: Vec<EventLocation> = self
-            .scope
-            .as_ref()
-            .map(|s| s.emitted_snapshot())
-            .unwrap_or_default();
+        let emitted: Vec<EventLocation> =
+            self.scope.as_ref().map(|s| s.emitted()).unwrap_or_default();
         let mut seen: HashSet<EventId> = HashSet::with_capacity(emitted.len());
         let mut candidates: Vec<Candidate> = Vec::with_capacity(emitted.len() + from_store.len());
         for e in &emitted {
@@ -434,7 +422,7 @@ impl PerspectiveSyncAwaiter {
         let tracked = if matches!(filter, SyncFilter::CurrentScope) {
             Vec::new()
         } else {
-            self.state().tracker.pending_for(reg.name)
+            self.sync.tracker.pending_for(reg.name)
         };
         for c in tracked.into_iter().chain(from_store) {
             if seen.insert(c.event_id) {
@@ -495,17 +483,11 @@ impl PerspectiveSyncAwaiter {
             events = targets.len(),
             timeout_ms = u64::try_from(options.timeout.as_millis()).unwrap_or(u64::MAX),
         );
-        let registered = self.state().tracker.register_wait(
-            &self.runtime.inner,
-            reg,
-            targets,
-            timer,
-            options.timeout,
-        );
-        registered
-            .first_round(&self.runtime.inner)
-            .instrument(span)
-            .await;
+        let registered =
+            self.sync
+                .tracker
+                .register_wait(&self.sync, reg, targets, timer, options.timeout);
+        registered.first_round(&self.sync).instrument(span).await;
         Started::Waiting { registered, meta }
     }
 }

@@ -1,6 +1,6 @@
 //! Helping along: a task about to wait for async catch-ups runs them itself.
 
-use crate::dispatch::RuntimeInner;
+use super::SyncRuntime;
 use crate::message::StreamId;
 use crate::perspective::PerspectiveMode;
 use crate::perspective::PerspectiveRegistration;
@@ -14,7 +14,7 @@ use std::time::Duration;
 /// the runner does it again). A paused runner means "apply nothing": helping
 /// along never bypasses it.
 pub(crate) async fn help_along(
-    rt: &RuntimeInner,
+    rt: &SyncRuntime,
     touched: &[(&'static PerspectiveRegistration, StreamId)],
     budget: Duration,
 ) {

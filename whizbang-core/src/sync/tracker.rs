@@ -12,7 +12,7 @@
 
 use super::filter::Candidate;
 use super::table::Table;
-use crate::dispatch::RuntimeInner;
+use super::SyncRuntime;
 use crate::message::{EventId, StreamId};
 use crate::perspective::ApplyReport;
 use crate::registry::Registry;
@@ -78,7 +78,7 @@ pub struct SyncEventTracker {
     /// Wakes the service task: a registration is due, or an earlier alarm is set.
     pub(super) rearm: Arc<Notify>,
     /// The runtime whose backend and runner the service uses (set by the first wait).
-    pub(super) runtime: OnceLock<Weak<RuntimeInner>>,
+    pub(super) runtime: OnceLock<Weak<SyncRuntime>>,
 }
 
 impl std::fmt::Debug for SyncEventTracker {

@@ -14,8 +14,7 @@ use super::filter::PerspectiveSyncOptions;
 use super::inquiry::{EventSyncStatus, SyncInquiry};
 use super::table::{finish_in, Batch, Done, Registration, Slot, State, Table};
 use super::tracker::SyncEventTracker;
-use super::SyncOutcome;
-use crate::dispatch::RuntimeInner;
+use super::{SyncOutcome, SyncRuntime};
 use crate::error::{Error, Stored};
 use crate::message::{EventId, StreamId};
 use crate::perspective::PerspectiveRegistration;
@@ -36,7 +35,7 @@ impl Registered {
     /// Asks about this registration alone, on the caller's task (a wait whose
     /// events are applied already ends without a hop through the service).
     /// An apply meanwhile queues it for the service's next round.
-    pub(crate) async fn first_round(&self, runtime: &Arc<RuntimeInner>) {
+    pub(crate) async fn first_round(&self, runtime: &Arc<SyncRuntime>) {
         round(
             Arc::clone(&self.tracker),
             Arc::clone(runtime),
@@ -78,7 +77,7 @@ impl SyncEventTracker {
     /// The timeout counts on `timer` from where it is.
     pub(crate) fn register_wait(
         self: &Arc<Self>,
-        runtime: &Arc<RuntimeInner>,
+        runtime: &Arc<SyncRuntime>,
         perspective: &'static PerspectiveRegistration,
         targets: Vec<(EventId, Option<StreamId>)>,
         timer: ActiveTimer,
@@ -239,7 +238,7 @@ fn ask(table: &mut Table, batch: &[u64]) -> Ask {
 /// One round: one batched inquiry for `batch`, bounded by the batch's
 /// timeouts (each registration times out on its own budget), then the answers
 /// distributed and each registration decided.
-async fn round(tracker: Arc<SyncEventTracker>, runtime: Arc<RuntimeInner>, batch: Batch) {
+async fn round(tracker: Arc<SyncEventTracker>, runtime: Arc<SyncRuntime>, batch: Batch) {
     let Ask {
         inquiries,
         members,
@@ -254,7 +253,7 @@ async fn round(tracker: Arc<SyncEventTracker>, runtime: Arc<RuntimeInner>, batch
         done: false,
     };
     let budget = |r: &Registration| r.timeout.saturating_add(PerspectiveSyncOptions::SLACK);
-    let mut inquiry = std::pin::pin!(runtime.sync.backend.inquire(&inquiries));
+    let mut inquiry = std::pin::pin!(runtime.backend.inquire(&inquiries));
     let answer = loop {
         let slice = {
             let t = lock(&tracker.waiters);
