@@ -58,7 +58,7 @@ async fn a_panicking_apply_wakes_its_waiters_at_once_with_the_panic_message() {
         .unwrap();
     let aw = scope.sync_awaiter();
     let waiting = tokio::spawn(async move {
-        aw.wait::<Charges>(SyncFilter::current_scope().with_timeout(Duration::from_secs(5)))
+        aw.wait::<Charges>(SyncFilter::current_scope().with_timeout(Duration::from_secs(60)))
             .await
     });
     until(|| rt.sync_tracker().waiter_count() > 0).await;
@@ -69,8 +69,10 @@ async fn a_panicking_apply_wakes_its_waiters_at_once_with_the_panic_message() {
         matches!(&r.outcome, SyncOutcome::Failed { message, .. } if message.contains("zero charge blew up")),
         "{r:?}"
     );
+    // Woken by the failure, not by its 60 s timeout (a wide margin: this is
+    // wall time on a shared machine, not a performance check).
     assert!(
-        started.elapsed() < Duration::from_secs(1),
+        started.elapsed() < Duration::from_secs(30),
         "{:?}",
         started.elapsed()
     );
