@@ -155,7 +155,7 @@ perspective_tuple!(A, B, C, D, E, F, G, H);
 /// Waits until perspectives have applied the events you care about.
 ///
 /// Get one from [`Scope::sync_awaiter`](crate::Scope::sync_awaiter) (filters may
-/// then use [`SyncFilter::current_scope`]) or [`Runtime::sync_awaiter`].
+/// then use [`SyncFilter::current_scope`]) or [`Runtime::sync_awaiter`](crate::Runtime::sync_awaiter).
 #[derive(Clone)]
 pub struct PerspectiveSyncAwaiter {
     sync: Arc<SyncRuntime>,
