@@ -12,6 +12,12 @@
 //! assert_eq!(waiting, "waiting");
 //! process::freeze(child.id(), std::time::Duration::from_secs(1));
 //! ```
+//!
+//! [`pg`] holds what the PostgreSQL tests share: fresh databases, a private
+//! server to restart, clusters of child processes, and the ledger and fold
+//! checks that count lost and duplicated work.
+
+pub mod pg;
 
 pub mod process {
     //! The parent side of a process test. Every wait is bounded by [`BOUND`];
