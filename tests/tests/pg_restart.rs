@@ -252,6 +252,16 @@ async fn a_server_restart_mid_run_loses_nothing_duplicates_nothing_and_the_pool_
     let gaps = bounded(ledger::version_gaps(&pool)).await.unwrap();
     assert!(gaps.is_empty(), "versions not gap-free: {gaps:#?}");
 
+    // What the runner left by itself (its retries outlast a restart).
+    bounded(rt.wait_idle()).await;
+    let stale = bounded(ledger::check_all_folds(&pool, "pg_restart.totals", fold))
+        .await
+        .unwrap();
+    eprintln!(
+        "before catch-up, {} models differ from a fresh fold",
+        stale.len()
+    );
+
     // Catch every stream up; then every model is a fresh fold.
     for &stream in streams.iter().flatten() {
         bounded(rt.catch_up("pg_restart.totals", StreamId::from(stream)))
@@ -287,8 +297,8 @@ async fn a_server_restart_mid_run_loses_nothing_duplicates_nothing_and_the_pool_
     ))
     .await
     .unwrap_or_else(|e| panic!("the pool did not recover by itself: {e:?}"));
-    let options = PerspectiveSyncOptions::new(SyncFilter::current_scope())
-        .timeout(Duration::from_secs(20));
+    let options =
+        PerspectiveSyncOptions::new(SyncFilter::current_scope()).timeout(Duration::from_secs(20));
     let waited = bounded(scope.sync_awaiter().wait::<AccountTotals>(options))
         .await
         .unwrap();

@@ -9,8 +9,12 @@
 //! use std::time::Duration;
 //! use whizbang_tests::pg::cluster::Cluster;
 //!
+//! // In a test: env!("CARGO_BIN_EXE_pg_child").
+//! let program = "target/debug/pg_child";
 //! let mut cluster = Cluster::spawn(2, |i| {
-//!     Cluster::command(env!("CARGO_BIN_EXE_pg_child")).arg("sleep").env("CHILD", i.to_string())
+//!     let mut cmd = Cluster::command(program);
+//!     cmd.arg("sleep").env("CHILD", i.to_string());
+//!     cmd
 //! });
 //! cluster[0].wait_line(|l| l == "ready", Duration::from_secs(10)).unwrap();
 //! cluster[0].kill();
@@ -53,7 +57,10 @@ impl std::fmt::Display for WaitError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             WaitError::TimedOut { waiting_for, lines } => {
-                write!(f, "timed out waiting for {waiting_for}; lines so far: {lines:?}")
+                write!(
+                    f,
+                    "timed out waiting for {waiting_for}; lines so far: {lines:?}"
+                )
             }
             WaitError::Closed { lines } => {
                 write!(f, "the child closed its stdout first; lines: {lines:?}")
@@ -73,9 +80,7 @@ impl Member {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
         let mut guard = Guard(child);
         let lines = process::lines_of(&mut guard);
         Member {

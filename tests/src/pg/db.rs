@@ -159,7 +159,10 @@ impl Drop for FreshDb {
 /// `DROP DATABASE IF EXISTS name WITH (FORCE)`.
 async fn drop_database(admin: &PgConnectOptions, name: &str) -> Result<(), sqlx::Error> {
     let mut conn = PgConnection::connect_with(admin).await?;
-    let sql = format!("drop database if exists \"{}\" with (force)", name.replace('"', "\"\""));
+    let sql = format!(
+        "drop database if exists \"{}\" with (force)",
+        name.replace('"', "\"\"")
+    );
     conn.execute(sql.as_str()).await?;
     conn.close().await
 }

@@ -174,17 +174,30 @@ impl fmt::Display for Tally {
                 .iter()
                 .map(|(k, n)| format!("{k} x{n}"))
                 .collect();
-            write!(f, "\n  duplicated (committed more than once): {}", first(&dups))?;
+            write!(
+                f,
+                "\n  duplicated (committed more than once): {}",
+                first(&dups)
+            )?;
         }
         if !self.unexpected.is_empty() {
-            write!(f, "\n  unexpected (never asked for): {}", first(&self.unexpected))?;
+            write!(
+                f,
+                "\n  unexpected (never asked for): {}",
+                first(&self.unexpected)
+            )?;
         }
         Ok(())
     }
 }
 
 fn first(keys: &[String]) -> String {
-    let mut shown = keys.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    let mut shown = keys
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
     if keys.len() > SHOWN {
         shown.push_str(&format!(" .. and {} more", keys.len() - SHOWN));
     }
@@ -283,9 +296,7 @@ pub async fn fresh_fold<M: Default + Serialize>(
         stream,
         events,
         expected: serde_json::to_value(&model).unwrap_or(Value::Null),
-        stored_version: stored
-            .as_ref()
-            .map(|(v, _)| u64::try_from(*v).unwrap_or(0)),
+        stored_version: stored.as_ref().map(|(v, _)| u64::try_from(*v).unwrap_or(0)),
         stored: stored.map(|(_, data)| parse(&data)),
     })
 }

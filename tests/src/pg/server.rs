@@ -71,15 +71,23 @@ impl PgServer {
         };
         if as_postgres {
             server.run(
-                Command::new("chown").args(["-R", "postgres:"]).arg(&server.dir),
+                Command::new("chown")
+                    .args(["-R", "postgres:"])
+                    .arg(&server.dir),
                 "chown the server directory to postgres",
             )?;
         }
         let initdb = server.pg("initdb");
         let mut cmd = server.command(&initdb);
-        cmd.arg("-D")
-            .arg(server.data())
-            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"]);
+        cmd.arg("-D").arg(server.data()).args([
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ]);
         server.run(&mut cmd, "initdb")?;
 
         // A port can be taken between finding it free and binding it: try a few.
