@@ -16,7 +16,6 @@
 //! being rebuilt: a new append is stored at the first try and a wait on it is
 //! `Synced`.
 
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,12 +23,11 @@ use std::time::Duration;
 use uuid::Uuid;
 use whizbang_core::error::Stored;
 use whizbang_core::{
-    perspective, Error, Event, ExpectedVersion, PerspectiveSyncOptions, Runtime, StreamId,
-    SyncFilter, SyncOutcome,
+    Error, ExpectedVersion, PerspectiveSyncOptions, Runtime, StreamId, SyncFilter, SyncOutcome,
 };
 use whizbang_postgres::{PgEventStore, PgPerspectiveStore, PgSyncBackend};
 use whizbang_tests::pg::db::FreshDb;
-use whizbang_tests::pg::ledger::{self, FoldEvent, Tally};
+use whizbang_tests::pg::ledger::{self, Tally};
 use whizbang_tests::pg::server::PgServer;
 
 /// No step of this test may take longer than this.
@@ -44,43 +42,7 @@ const EVENTS_PER_STREAM: u64 = 60;
 const RESTARTS: u64 = 3;
 const TOTAL: u64 = TASKS as u64 * STREAMS_PER_TASK as u64 * EVENTS_PER_STREAM;
 
-#[derive(Event, Serialize, Deserialize, Debug, Clone)]
-#[event(name = "pg_restart.added")]
-struct Added {
-    #[stream_key]
-    account: Uuid,
-    /// 1-based, unique per stream: the event's key in the tally.
-    seq: u64,
-    amount: u64,
-}
-
-#[derive(Default, Clone, Serialize, Deserialize, Debug, PartialEq)]
-struct Totals {
-    count: u64,
-    sum: u64,
-}
-
-struct AccountTotals;
-
-#[perspective(model = Totals, name = "pg_restart.totals")]
-impl AccountTotals {
-    fn added(m: &mut Totals, e: &Added) {
-        m.count += 1;
-        m.sum += e.amount;
-    }
-}
-
-/// The test's own fold of the stored events, for the fresh-fold check.
-fn fold(m: &mut Totals, e: &FoldEvent) {
-    if e.event_type == "pg_restart.added" {
-        m.count += 1;
-        m.sum += e.data["amount"].as_u64().unwrap_or(0);
-    }
-}
-
-fn amount(stream: Uuid, seq: u64) -> u64 {
-    (stream.as_u128() % 97) as u64 + seq * 3
-}
+whizbang_tests::pg_totals!();
 
 /// What the appending tasks observed.
 #[derive(Default)]
@@ -254,7 +216,7 @@ async fn a_server_restart_mid_run_loses_nothing_duplicates_nothing_and_the_pool_
 
     // What the runner left by itself (its retries outlast a restart).
     bounded(rt.wait_idle()).await;
-    let stale = bounded(ledger::check_all_folds(&pool, "pg_restart.totals", fold))
+    let stale = bounded(ledger::check_all_folds(&pool, TOTALS, fold_totals))
         .await
         .unwrap();
     eprintln!(
@@ -264,11 +226,11 @@ async fn a_server_restart_mid_run_loses_nothing_duplicates_nothing_and_the_pool_
 
     // Catch every stream up; then every model is a fresh fold.
     for &stream in streams.iter().flatten() {
-        bounded(rt.catch_up("pg_restart.totals", StreamId::from(stream)))
+        bounded(rt.catch_up(TOTALS, StreamId::from(stream)))
             .await
             .unwrap_or_else(|e| panic!("catch up {stream}: {e:?}"));
     }
-    let wrong = bounded(ledger::check_all_folds(&pool, "pg_restart.totals", fold))
+    let wrong = bounded(ledger::check_all_folds(&pool, TOTALS, fold_totals))
         .await
         .unwrap();
     assert!(
@@ -304,14 +266,9 @@ async fn a_server_restart_mid_run_loses_nothing_duplicates_nothing_and_the_pool_
         .unwrap();
     assert_eq!(waited.outcome, SyncOutcome::Synced, "{waited:?}");
     bounded(scope.complete()).await.unwrap();
-    let check = bounded(ledger::fresh_fold(
-        &pool,
-        "pg_restart.totals",
-        fresh_stream,
-        fold,
-    ))
-    .await
-    .unwrap();
+    let check = bounded(ledger::fresh_fold(&pool, TOTALS, fresh_stream, fold_totals))
+        .await
+        .unwrap();
     assert!(check.matches(), "{check}");
 
     drop(rt);
