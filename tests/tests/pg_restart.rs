@@ -1,5 +1,6 @@
 //! A PostgreSQL restart in the middle of a run (`pg_ctl restart -m fast` on a
-//! private server; the shared one is never touched).
+//! private server; the shared one is never touched), and a crash of it
+//! (`pg_ctl stop -m immediate`, then a start that recovers from the WAL).
 //!
 //! A runtime on `PgEventStore`, `PgPerspectiveStore` and `PgSyncBackend`
 //! appends from several tasks, each to streams of its own at an exact
@@ -131,8 +132,26 @@ async fn bounded<F: std::future::Future>(f: F) -> F::Output {
         .expect("finished within the bound")
 }
 
+/// How the server goes down and comes back.
+#[derive(Clone, Copy, Debug)]
+enum Restart {
+    /// `pg_ctl restart -m fast`.
+    Fast,
+    /// `pg_ctl stop -m immediate` and a start: a crash and its recovery.
+    Crash,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_server_restart_mid_run_loses_nothing_duplicates_nothing_and_the_pool_recovers() {
+    restarts_mid_run(Restart::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_crash_and_recovery_mid_run_loses_nothing_and_duplicates_nothing() {
+    restarts_mid_run(Restart::Crash).await;
+}
+
+async fn restarts_mid_run(how: Restart) {
     let server = Arc::new(
         tokio::task::spawn_blocking(PgServer::start)
             .await
@@ -178,10 +197,13 @@ async fn a_server_restart_mid_run_loses_nothing_duplicates_nothing_and_the_pool_
             }
             let before = counts.acked.lock().unwrap().len() as u64;
             let s = Arc::clone(&server);
-            tokio::task::spawn_blocking(move || s.restart())
-                .await
-                .unwrap()
-                .unwrap_or_else(|e| panic!("{e}"));
+            tokio::task::spawn_blocking(move || match how {
+                Restart::Fast => s.restart(),
+                Restart::Crash => s.crash_restart(),
+            })
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{e}"));
             marks.push((before, counts.acked.lock().unwrap().len() as u64));
         }
 
@@ -196,7 +218,7 @@ async fn a_server_restart_mid_run_loses_nothing_duplicates_nothing_and_the_pool_
     let retried = counts.retried.load(Ordering::Relaxed);
     let found = counts.found_committed.load(Ordering::Relaxed);
     eprintln!(
-        "restarts (acknowledged appends when each began and ended): {marks:?} of {TOTAL}; \
+        "{how:?} restarts (acknowledged appends when each began and ended): {marks:?} of {TOTAL}; \
          {retried} attempts retried, {found} found already committed"
     );
     let last_end = marks.last().map_or(TOTAL, |m| m.1);

@@ -4,8 +4,9 @@
 //! (`/usr/lib/postgresql/<newest>/bin/{initdb,pg_ctl}`), runs `initdb` into a
 //! temporary directory (trust auth, user `postgres`), and starts the server on
 //! a free port of 127.0.0.1 with its unix socket in that directory too.
-//! [`stop`](PgServer::stop) (fast shutdown), [`start_again`](PgServer::start_again)
-//! and [`restart`](PgServer::restart) keep the port and the data.
+//! [`stop`](PgServer::stop) (fast shutdown), [`start_again`](PgServer::start_again),
+//! [`restart`](PgServer::restart) and [`crash_restart`](PgServer::crash_restart)
+//! (immediate shutdown, then crash recovery) keep the port and the data.
 //! Dropping it stops the server (immediate) and removes the directory.
 //!
 //! PostgreSQL refuses to run as root: when the test runs as root, every
@@ -153,6 +154,19 @@ impl PgServer {
         // the log keeps the server's output off our pipes.
         let log = self.dir.join("log").to_string_lossy().into_owned();
         self.pg_ctl(&["restart", "-m", "fast", "-l", &log])
+    }
+
+    /// A crash and a restart: `pg_ctl stop -m immediate` (every server
+    /// process quits at once, no checkpoint, as if the server died), then a
+    /// start, which replays the write-ahead log. Committed work is kept
+    /// (`fsync` is off, but the machine does not crash, so the OS still holds
+    /// every write).
+    ///
+    /// # Errors
+    /// When the stop or the start fails.
+    pub fn crash_restart(&self) -> Result<(), ServerError> {
+        self.pg_ctl(&["stop", "-m", "immediate"])?;
+        self.start_again()
     }
 
     /// Whether the server is running (`pg_ctl status`).
