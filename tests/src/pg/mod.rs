@@ -1,11 +1,13 @@
 //! What the PostgreSQL process tests share: [`db`] (a fresh, migrated
 //! database per test), [`server`] (a private server a test may stop and
-//! restart), [`cluster`] (N child processes to kill, stop and continue) and
-//! [`ledger`] (counting lost and duplicated work; models against a fresh fold).
+//! restart), [`cluster`] (N child processes to kill, stop and continue),
+//! [`ledger`] (counting lost and duplicated work; models against a fresh fold)
+//! and [`proxy`] (a relay that loses the answer to a COMMIT).
 
 pub mod cluster;
 pub mod db;
 pub mod ledger;
+pub mod proxy;
 pub mod server;
 
 /// Declares, in the calling binary, the counter/sum model the PostgreSQL
