@@ -130,3 +130,78 @@ async fn an_append_whose_commit_answer_is_lost_is_reported_unknown_and_a_retry_f
         .unwrap();
     assert!(check.matches(), "{check}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_perspective_commit_whose_answer_is_lost_is_not_applied_twice() {
+    let db = bounded(FreshDb::create()).await;
+    let direct = db.pool.connect_options();
+    let server = (direct.get_host(), direct.get_port())
+        .to_socket_addrs()
+        .expect("the test server's address resolves")
+        .next()
+        .expect("an address");
+    let cutter = CommitCutter::start(server).expect("start the relay");
+    let relayed = (*direct)
+        .clone()
+        .host("127.0.0.1")
+        .port(cutter.addr().port())
+        .ssl_mode(PgSslMode::Disable);
+    let relayed = bounded(
+        PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with(relayed),
+    )
+    .await
+    .expect("connect through the relay");
+
+    let rt = Runtime::builder()
+        .event_store(PgEventStore::new(db.pool.clone()))
+        .perspective_store(PgPerspectiveStore::new(relayed))
+        .sync_backend(PgSyncBackend::new(db.pool.clone()))
+        .runner_concurrency(2)
+        .build()
+        .unwrap();
+    // Only the test applies: the runner stays paused.
+    rt.runner().pause();
+    let stream = Uuid::now_v7();
+    let scope = rt.scope();
+    for seq in 1..=3 {
+        let expected = if seq == 1 {
+            ExpectedVersion::NoStream
+        } else {
+            ExpectedVersion::Exact(seq - 1)
+        };
+        bounded(scope.publish_expecting(added(stream, seq), expected))
+            .await
+            .unwrap();
+    }
+    bounded(scope.complete()).await.unwrap();
+
+    cutter.cut_next_commit();
+    let cut = bounded(rt.catch_up(TOTALS, StreamId::from(stream))).await;
+    assert_eq!(cutter.cut(), 1, "the relay cut a COMMIT's answer");
+    match &cut {
+        Err(Error::Backend { stored, .. }) => assert_eq!(*stored, Stored::Unknown, "{cut:?}"),
+        other => panic!("expected a backend error saying the commit may be stored: {other:?}"),
+    }
+    let cursor: i64 = sqlx::query_scalar(
+        "select version from wh_perspective_cursors where perspective = $1 and model_key = $2",
+    )
+    .bind(TOTALS)
+    .bind(stream)
+    .fetch_optional(&db.pool)
+    .await
+    .unwrap()
+    .unwrap_or(0);
+    assert_eq!(cursor, 3, "the cut COMMIT (model, cursor) was committed");
+
+    // Catching up again applies nothing: the cursor is past every event.
+    let again = bounded(rt.catch_up(TOTALS, StreamId::from(stream)))
+        .await
+        .expect("the relayed pool works again");
+    assert!(again.is_none(), "nothing applied twice: {again:?}");
+    let check = bounded(ledger::fresh_fold(&db.pool, TOTALS, stream, fold_totals))
+        .await
+        .unwrap();
+    assert!(check.matches(), "{check}");
+}
