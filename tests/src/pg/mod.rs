@@ -3,6 +3,26 @@
 //! restart), [`cluster`] (N child processes to kill, stop and continue),
 //! [`ledger`] (counting lost and duplicated work; models against a fresh fold)
 //! and [`proxy`] (a relay that loses the answer to a COMMIT).
+//!
+//! # Writing a process test
+//!
+//! 1. A database: `let db = FreshDb::create().await;` (or, to restart the
+//!    server, `let server = PgServer::start()?; FreshDb::on(&server.url())`,
+//!    calling the blocking server methods through `spawn_blocking`).
+//! 2. The model: `whizbang_tests::pg_totals!();` in the test and in its child
+//!    binary (`src/bin/*.rs`), so both register the same perspective.
+//! 3. The processes: `Cluster::spawn(n, |i| cmd_for(i))` with the database URL
+//!    as an argument; children print one line per step (`child::say`), the
+//!    test waits on them (`Member::wait_line`) and kills (`kill`, SIGKILL),
+//!    freezes (`stop`/`cont`) or replaces (`Cluster::respawn`) them.
+//! 4. Side effects a child performs with its work go through
+//!    [`ledger::record`] in the work's transaction; [`ledger::check`] then
+//!    counts what was lost and what was done twice.
+//! 5. At the end: [`ledger::event_keys`] tallied against what was
+//!    acknowledged, [`ledger::version_gaps`] empty, and
+//!    [`ledger::check_all_folds`] empty (every model equals a fresh fold).
+//!
+//! `tests/pg_sigkill.rs` and `tests/pg_restart.rs` follow these steps.
 
 pub mod cluster;
 pub mod db;
