@@ -1,7 +1,7 @@
 //! Perspective sync (read-your-writes) costs, each against a same-run baseline.
 //!
 //! Run: `cargo bench -p whizbang-core --bench sync` (add `-- --quick` for a
-//! short run). Everything runs on a 2-worker multi-thread tokio runtime.
+//! short run, `-- --only 3` to run case 3 alone). Everything runs on a 2-worker multi-thread tokio runtime.
 //!
 //! 1. Wake latency: a waiter sleeps on one event of an inline perspective; the
 //!    scope completes (apply, commit, notify). The apply function stamps an
@@ -497,6 +497,14 @@ fn main() {
     // smoke test (a few iterations, unoptimised): its figures are not measurements.
     let smoke = !std::env::args().any(|a| a == "--bench");
     let quick = std::env::args().any(|a| a == "--quick");
+    // `--only N` runs case N alone (1 to 4), e.g. `-- --only 3` for the waiters' memory.
+    let args: Vec<String> = std::env::args().collect();
+    let only: Option<u32> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok());
+    let runs = |case: u32| only.is_none_or(|n| n == case);
     if smoke {
         println!("sync bench: smoke run (not under `cargo bench`): figures are not measurements");
     }
@@ -514,14 +522,22 @@ fn main() {
         .unwrap();
     let mut rows = Vec::new();
     tokio.block_on(async {
-        let rt = Runtime::in_memory().unwrap();
-        wake_latency(&rt, samples, &mut rows).await;
-        let rt = Runtime::in_memory().unwrap();
-        send_vs_send_and_sync(&rt, rounds, per_round, &mut rows).await;
-        let rt = Runtime::in_memory().unwrap();
-        many_waiters(&rt, waiters, &mut rows).await;
-        let rt = Runtime::in_memory().unwrap();
-        million(&rt, events, &mut rows).await;
+        if runs(1) {
+            let rt = Runtime::in_memory().unwrap();
+            wake_latency(&rt, samples, &mut rows).await;
+        }
+        if runs(2) {
+            let rt = Runtime::in_memory().unwrap();
+            send_vs_send_and_sync(&rt, rounds, per_round, &mut rows).await;
+        }
+        if runs(3) {
+            let rt = Runtime::in_memory().unwrap();
+            many_waiters(&rt, waiters, &mut rows).await;
+        }
+        if runs(4) {
+            let rt = Runtime::in_memory().unwrap();
+            million(&rt, events, &mut rows).await;
+        }
     });
 
     println!(

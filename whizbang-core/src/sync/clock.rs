@@ -157,16 +157,15 @@ pub(crate) struct ActiveTimer {
     backoff_max: Duration,
 }
 
+/// The default re-ask backoff of a wait: 5 ms, doubling up to 1 s.
+pub(crate) const DEFAULT_REASK: (Duration, Duration) =
+    (Duration::from_millis(5), Duration::from_secs(1));
+
 impl ActiveTimer {
     /// A timer with the default re-ask backoff.
     #[cfg(test)]
     pub(crate) fn start(clock: Arc<dyn SyncClock>, debugger_aware: bool) -> Self {
-        Self::with_backoff(
-            clock,
-            debugger_aware,
-            super::filter::DEFAULT_REASK.0,
-            super::filter::DEFAULT_REASK.1,
-        )
+        Self::with_backoff(clock, debugger_aware, DEFAULT_REASK.0, DEFAULT_REASK.1)
     }
 
     /// A timer whose re-ask pauses run from `min` doubling to `max`.
