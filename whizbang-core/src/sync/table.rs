@@ -1,6 +1,6 @@
 //! The table of a tracker's waits: each registration (perspective, awaited
 //! ids with their streams once located, active-time deadline, re-ask
-//! backoff, outcome slot) and the index of who to wake on what, and when.
+//! backoff, waker) with the outcomes of finished ones, and the index of who to wake on what, and when.
 //!
 //! Owns the data only; the service that asks the backend and decides each
 //! registration is `waiters.rs`. Imports nothing of the tracker.
@@ -10,11 +10,9 @@ use super::SyncOutcome;
 use crate::error::Result;
 use crate::message::{EventId, StreamId};
 use crate::perspective::PerspectiveRegistration;
-use crate::util::lock;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::Notify;
+use std::task::Waker;
 use tokio::time::Instant;
 
 /// Where a sleeping registration's re-ask sits: its time and the registration's id.
@@ -22,20 +20,6 @@ pub(crate) type AlarmKey = (Instant, u64);
 
 /// How a registration ended: the outcome, the events awaited, the active time.
 pub(crate) type Done = Result<(SyncOutcome, usize, Duration)>;
-
-/// Where the service leaves a wait's outcome, and the wake-up that says so.
-#[derive(Default)]
-pub(crate) struct Slot {
-    pub(super) notify: Notify,
-    pub(super) outcome: Mutex<Option<Done>>,
-}
-
-impl Slot {
-    pub(super) fn deliver(&self, done: Done) {
-        *lock(&self.outcome) = Some(done);
-        self.notify.notify_one();
-    }
-}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum State {
@@ -73,7 +57,19 @@ pub(super) struct Registration {
     pub(super) signalled: Vec<StreamId>,
     pub(super) awaited: usize,
     pub(super) state: State,
-    pub(super) slot: Arc<Slot>,
+    /// The waiting task, once its future was polled: woken when the
+    /// registration is due (it serves the round) or decided.
+    pub(super) waker: Option<Waker>,
+}
+
+impl Registration {
+    /// Wakes the waiting task, if it was polled already (else its first poll
+    /// looks at the due list and the outcomes itself).
+    pub(super) fn wake(&self) {
+        if let Some(w) = &self.waker {
+            w.wake_by_ref();
+        }
+    }
 }
 
 /// Who to wake on what, and when.
@@ -85,6 +81,9 @@ pub(super) struct Index {
     pub(super) due: Vec<u64>,
     /// Registrations whose re-ask is due (their alarm fired).
     pub(super) alarmed: Vec<u64>,
+    /// Outcomes of finished registrations, until their wait takes them (or is
+    /// dropped).
+    pub(super) finished: HashMap<u64, Done>,
 }
 
 impl Index {
@@ -142,7 +141,7 @@ impl Index {
                 r.state = State::Queued;
                 self.due.push(id);
                 // Its own task serves the due list (it, and whatever else is due).
-                r.slot.notify.notify_one();
+                r.wake();
                 true
             }
             State::InFlight { .. } => {
@@ -239,11 +238,12 @@ impl Table {
         take_queued(regs, &mut index.due)
     }
 
-    /// Removes a registration (finished, or its wait dropped).
-    pub(crate) fn remove(&mut self, id: u64) -> Option<Arc<Slot>> {
-        let r = self.regs.remove(&id)?;
-        self.index.unwatch(id, &r);
-        Some(r.slot)
+    /// Removes a registration and its outcome (its wait ended or was dropped).
+    pub(crate) fn remove(&mut self, id: u64) {
+        if let Some(r) = self.regs.remove(&id) {
+            self.index.unwatch(id, &r);
+        }
+        self.index.finished.remove(&id);
     }
 
     pub(super) fn finish(&mut self, id: u64, done: impl FnOnce(&Registration) -> Done) {
@@ -279,7 +279,7 @@ impl Table {
     }
 }
 
-/// Ends a registration: removes it and delivers its outcome.
+/// Ends a registration: removes it, keeps its outcome for its wait and wakes it.
 pub(super) fn finish_in(
     regs: &mut HashMap<u64, Box<Registration>>,
     index: &mut Index,
@@ -288,7 +288,10 @@ pub(super) fn finish_in(
 ) {
     if let Some(r) = regs.remove(&id) {
         index.unwatch(id, &r);
-        r.slot.deliver(done(&r));
+        index.finished.insert(id, done(&r));
+        if let Some(w) = r.waker {
+            w.wake();
+        }
     }
 }
 
