@@ -10,9 +10,10 @@ use super::SyncOutcome;
 use crate::error::Result;
 use crate::message::{EventId, StreamId};
 use crate::perspective::PerspectiveRegistration;
+use crate::util::Few;
 use std::collections::{BTreeSet, HashMap};
-use std::time::Duration;
 use std::task::Waker;
+use std::time::Duration;
 use tokio::time::Instant;
 
 /// Where a sleeping registration's re-ask sits: its time and the registration's id.
@@ -37,7 +38,7 @@ pub(super) struct Registration {
     pub(super) perspective: &'static PerspectiveRegistration,
     /// The awaited ids not yet known applied (after a round, the ones the
     /// perspective handles and has not applied).
-    pub(super) ids: Vec<EventId>,
+    pub(super) ids: Few<EventId>,
     /// Awaited ids known applied and dropped from `ids`.
     pub(super) confirmed: usize,
     /// Whether a round decided it once: from then on `ids` holds only ids the
@@ -45,8 +46,8 @@ pub(super) struct Registration {
     pub(super) decided: bool,
     /// Ids an apply report named while a round was asking about this
     /// registration: the round counts them applied whatever its (older) answer says.
-    pub(super) late_applied: Vec<EventId>,
-    pub(super) streams: Vec<StreamId>,
+    pub(super) late_applied: Few<EventId>,
+    pub(super) streams: Few<StreamId>,
     pub(super) any: bool,
     pub(super) timer: ActiveTimer,
     pub(super) timeout: Duration,
@@ -54,7 +55,7 @@ pub(super) struct Registration {
     pub(super) planned: Duration,
     pub(super) alarm: Option<AlarmKey>,
     /// Streams whose runner this wait has signalled (async perspectives).
-    pub(super) signalled: Vec<StreamId>,
+    pub(super) signalled: Few<StreamId>,
     pub(super) awaited: usize,
     pub(super) state: State,
     /// The waiting task, once its future was polled: woken when the
@@ -75,8 +76,8 @@ impl Registration {
 /// Who to wake on what, and when.
 #[derive(Default)]
 pub(super) struct Index {
-    pub(super) by_stream: HashMap<(&'static str, StreamId), Vec<u64>>,
-    pub(super) any: HashMap<&'static str, Vec<u64>>,
+    pub(super) by_stream: HashMap<(&'static str, StreamId), Few<u64>>,
+    pub(super) any: HashMap<&'static str, Few<u64>>,
     pub(super) alarms: BTreeSet<AlarmKey>,
     pub(super) due: Vec<u64>,
     /// Registrations whose re-ask is due (their alarm fired).
@@ -94,7 +95,7 @@ impl Index {
         r.streams.push(stream);
         self.by_stream
             .entry((r.perspective.name, stream))
-            .or_insert_with(|| Vec::with_capacity(1))
+            .or_default()
             .push(id);
         true
     }
@@ -200,7 +201,7 @@ impl Table {
             let idle = !matches!(r.state, State::InFlight { .. });
             if !idle {
                 r.late_applied
-                    .extend(applied.iter().filter(|e| r.ids.contains(e)));
+                    .extend(applied.iter().filter(|e| r.ids.contains(e)).copied());
             }
             if r.decided && idle && !applied.is_empty() {
                 let before = r.ids.len();

@@ -19,9 +19,9 @@ use super::{SyncOutcome, SyncRuntime};
 use crate::error::{Error, Stored};
 use crate::message::{EventId, StreamId};
 use crate::perspective::PerspectiveRegistration;
-use crate::util::lock;
-use std::collections::{HashMap, HashSet};
 use crate::store::BoxFuture;
+use crate::util::{lock, Few};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -143,17 +143,17 @@ impl SyncEventTracker {
         let id = self.next_id();
         let mut r = Box::new(Registration {
             perspective,
-            ids: Vec::with_capacity(targets.len()),
+            ids: Few::Empty,
             confirmed: 0,
             decided: false,
-            late_applied: Vec::new(),
-            streams: Vec::new(),
+            late_applied: Few::Empty,
+            streams: Few::Empty,
             any: false,
             timer,
             timeout,
             planned: Duration::ZERO,
             alarm: None,
-            signalled: Vec::new(),
+            signalled: Few::Empty,
             awaited: targets.len(),
             state: State::InFlight { again: false },
             waker: None,
@@ -264,7 +264,7 @@ fn ask(table: &mut Table, batch: &[u64]) -> Ask {
                 inquiries.push(SyncInquiry {
                     perspective: r.perspective.name,
                     handled: r.perspective.event_types,
-                    event_ids: r.ids.clone(),
+                    event_ids: r.ids.to_vec(),
                 });
                 seen.push(None);
                 single.push(true);
@@ -500,7 +500,7 @@ fn decide(
     }
     // From now on only what is still to apply is asked about (and an apply
     // report naming all of it ends the wait at once).
-    r.ids = still;
+    r.ids = Few::from(still);
     r.decided = true;
     let pending = r.ids.len();
     let awaited = r.confirmed + pending;
