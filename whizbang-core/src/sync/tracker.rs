@@ -85,7 +85,7 @@ struct Pending {
 ///
 /// It also serves the waits: each is a registration in its table, asked about
 /// in batches by one service task (see the `waiters` module), so a sleeping
-/// waiter costs a table entry and a `Notified`, holds no timer of its own, and
+/// waiter costs a table entry and a small future, holds no timer of its own, and
 /// leaves the table at once when it ends or is dropped.
 pub struct SyncEventTracker {
     /// Event ids are generated here (UUID v7), never chosen by callers, so the
