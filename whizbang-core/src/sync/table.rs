@@ -162,8 +162,10 @@ pub(crate) struct Table {
 }
 
 impl Table {
+    /// Registrations, with the decided ones whose wait has not taken its
+    /// outcome yet.
     pub(crate) fn len(&self) -> usize {
-        self.regs.len()
+        self.regs.len() + self.index.finished.len()
     }
 
     pub(crate) fn alarm_count(&self) -> usize {

@@ -194,7 +194,8 @@ impl SyncEventTracker {
         lock(&self.pending).values().map(|m| m.len()).sum()
     }
 
-    /// Waits registered (one per waiting perspective), across perspectives.
+    /// Waits registered (one per waiting perspective), across perspectives,
+    /// counting a decided one until its wait takes the outcome or is dropped.
     #[must_use]
     pub fn waiter_count(&self) -> usize {
         lock(&self.waiters).len()
