@@ -1,7 +1,7 @@
 //! Perspective sync (read-your-writes) costs, each against a same-run baseline.
 //!
 //! Run: `cargo bench -p whizbang-core --bench sync` (add `-- --quick` for a
-//! short run). Everything runs on a 2-worker multi-thread tokio runtime.
+//! short run, `-- --only 3` to run case 3 alone). Everything runs on a 2-worker multi-thread tokio runtime.
 //!
 //! 1. Wake latency: a waiter sleeps on one event of an inline perspective; the
 //!    scope completes (apply, commit, notify). The apply function stamps an
@@ -12,7 +12,9 @@
 //! 2. `send_and_sync` on an async perspective vs plain `send` (+ `complete`) of
 //!    the same command: rounds interleaved, ratio of the median per-op times.
 //! 3. 10,000 concurrent waiters, one per scope/stream, on one async perspective:
-//!    RSS growth while they are registered, per waiter; then the runner resumes
+//!    RSS growth while they are registered, per waiter (measure it with
+//!    `-- --only 3`: after cases 1 and 2 the waiters reuse freed heap and RSS
+//!    understates them); then the runner resumes
 //!    and each waiter's return is compared with its event's apply stamp.
 //! 4. A million events through publish → async apply → wait, in batches of
 //!    1,000: tracker entries and waiter registrations left, and RSS (the
@@ -334,7 +336,7 @@ async fn send_vs_send_and_sync(rt: &Runtime, rounds: usize, n: usize, rows: &mut
 
 // -------------------------------------------- 3. 10,000 concurrent waiters
 
-async fn many_waiters(rt: &Runtime, n: usize, rows: &mut Vec<Row>) {
+async fn many_waiters(rt: &Runtime, n: usize, alone: bool, rows: &mut Vec<Row>) {
     rt.runner().pause();
     let mut scopes = Vec::with_capacity(n);
     for _ in 0..n {
@@ -392,7 +394,13 @@ async fn many_waiters(rt: &Runtime, n: usize, rows: &mut Vec<Row>) {
     let d = sorted(delays);
     row(
         rows,
-        format!("3. {n} waiters: RSS while registered, per waiter"),
+        if alone {
+            format!("3. {n} waiters: RSS while registered, per waiter")
+        } else {
+            // Cases 1 and 2 leave freed heap behind that the waiters reuse:
+            // RSS then grows by less than they take.
+            format!("3. {n} waiters: RSS per waiter (after cases 1-2: understated, run --only 3)")
+        },
         format!(
             "{per_waiter:.0} B ({:.1} MiB -> {:.1} MiB)",
             mib(before),
@@ -497,6 +505,14 @@ fn main() {
     // smoke test (a few iterations, unoptimised): its figures are not measurements.
     let smoke = !std::env::args().any(|a| a == "--bench");
     let quick = std::env::args().any(|a| a == "--quick");
+    // `--only N` runs case N alone (1 to 4), e.g. `-- --only 3` for the waiters' memory.
+    let args: Vec<String> = std::env::args().collect();
+    let only: Option<u32> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok());
+    let runs = |case: u32| only.is_none_or(|n| n == case);
     if smoke {
         println!("sync bench: smoke run (not under `cargo bench`): figures are not measurements");
     }
@@ -514,14 +530,22 @@ fn main() {
         .unwrap();
     let mut rows = Vec::new();
     tokio.block_on(async {
-        let rt = Runtime::in_memory().unwrap();
-        wake_latency(&rt, samples, &mut rows).await;
-        let rt = Runtime::in_memory().unwrap();
-        send_vs_send_and_sync(&rt, rounds, per_round, &mut rows).await;
-        let rt = Runtime::in_memory().unwrap();
-        many_waiters(&rt, waiters, &mut rows).await;
-        let rt = Runtime::in_memory().unwrap();
-        million(&rt, events, &mut rows).await;
+        if runs(1) {
+            let rt = Runtime::in_memory().unwrap();
+            wake_latency(&rt, samples, &mut rows).await;
+        }
+        if runs(2) {
+            let rt = Runtime::in_memory().unwrap();
+            send_vs_send_and_sync(&rt, rounds, per_round, &mut rows).await;
+        }
+        if runs(3) {
+            let rt = Runtime::in_memory().unwrap();
+            many_waiters(&rt, waiters, only == Some(3), &mut rows).await;
+        }
+        if runs(4) {
+            let rt = Runtime::in_memory().unwrap();
+            million(&rt, events, &mut rows).await;
+        }
     });
 
     println!(

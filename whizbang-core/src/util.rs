@@ -1,5 +1,5 @@
 //! Small helpers shared across the crate: the cheap id hasher, the
-//! poison-ignoring lock, and catching a panic in a future.
+//! poison-ignoring lock, catching a panic in a future, and a short inline list.
 //!
 //! Owns nothing of the domain; it imports only `std` and may be used by every
 //! other module.
@@ -66,5 +66,83 @@ pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> Option<String> {
         Some((*s).to_owned())
     } else {
         panic.downcast_ref::<String>().cloned()
+    }
+}
+
+/// A short list of `Copy` items kept inline while it holds at most one (most
+/// waits await one id on one stream): no heap block until a second item.
+#[derive(Clone, Debug, Default)]
+pub(crate) enum Few<T> {
+    /// No item.
+    #[default]
+    Empty,
+    /// One item, inline.
+    One(T),
+    /// Two or more (or emptied by `retain` from more), on the heap.
+    Many(Vec<T>),
+}
+
+impl<T: Copy> Few<T> {
+    /// Appends an item.
+    pub(crate) fn push(&mut self, item: T) {
+        match self {
+            Few::Empty => *self = Few::One(item),
+            Few::One(first) => *self = Few::Many(vec![*first, item]),
+            Few::Many(v) => v.push(item),
+        }
+    }
+
+    /// Keeps the items `keep` accepts, in order.
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
+        match self {
+            Few::Empty => {}
+            Few::One(item) => {
+                if !keep(item) {
+                    *self = Few::Empty;
+                }
+            }
+            Few::Many(v) => v.retain(keep),
+        }
+    }
+}
+
+impl<T> std::ops::Deref for Few<T> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        match self {
+            Few::Empty => &[],
+            Few::One(item) => std::slice::from_ref(item),
+            Few::Many(v) => v,
+        }
+    }
+}
+
+impl<T: Copy> Extend<T> for Few<T> {
+    fn extend<I: IntoIterator<Item = T>>(&mut self, items: I) {
+        for item in items {
+            self.push(item);
+        }
+    }
+}
+
+impl<T> From<Vec<T>> for Few<T> {
+    fn from(mut v: Vec<T>) -> Self {
+        if v.len() > 1 {
+            return Few::Many(v);
+        }
+        match v.pop() {
+            Some(item) => Few::One(item),
+            None => Few::Empty,
+        }
+    }
+}
+
+impl<'a, T> IntoIterator for &'a Few<T> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
     }
 }

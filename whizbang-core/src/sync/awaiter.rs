@@ -6,111 +6,21 @@
 use super::clock::{ActiveTimer, SLICE};
 use super::filter::{Candidate, PerspectiveSyncOptions, SyncFilter};
 use super::inquiry::UnappliedQuery;
-use super::waiters::Registered;
+use super::outcome::{SyncOutcome, SyncResult};
+use super::waiters::Waiting;
 use super::{SyncRuntime, SyncScope};
 use crate::error::{Error, Result};
 use crate::message::{EventId, StreamId};
 use crate::perspective::Perspective;
 use crate::perspective::PerspectiveRegistration;
-use crate::store::EventLocation;
+use crate::store::{BoxFuture, EventLocation};
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tracing::Instrument;
-
-/// How a wait ended. More outcomes may come: match with a `_` arm.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum SyncOutcome {
-    /// Every awaited event is applied.
-    Synced,
-    /// The timeout passed first.
-    TimedOut,
-    /// There was nothing to wait for.
-    NoPendingEvents,
-    /// The perspective failed on an awaited event's stream.
-    Failed {
-        /// The stream.
-        stream: StreamId,
-        /// The version that failed.
-        version: u64,
-        /// The failure.
-        message: String,
-    },
-}
-
-/// What a wait found.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SyncResult {
-    /// How it ended.
-    pub outcome: SyncOutcome,
-    /// How many events it waited for (ids the perspective handles or that had not arrived).
-    pub events_awaited: usize,
-    /// Active time spent waiting (frozen periods excluded when debugger-aware).
-    pub elapsed: Duration,
-    /// Events the scope had emitted (0 without a scope).
-    pub events_emitted: usize,
-    /// Events the trackers knew about when the filter was applied.
-    pub events_tracked: usize,
-    /// The perspective waited on.
-    pub perspective: &'static str,
-    /// The wait's timeout (what [`into_result`](Self::into_result) reports).
-    pub timeout: Duration,
-}
-
-impl SyncResult {
-    /// Whether the outcome is [`SyncOutcome::Synced`] or [`SyncOutcome::NoPendingEvents`].
-    #[must_use]
-    pub fn is_synced(&self) -> bool {
-        matches!(
-            self.outcome,
-            SyncOutcome::Synced | SyncOutcome::NoPendingEvents
-        )
-    }
-
-    /// `Ok(())` when synced, else the matching error
-    /// ([`Error::PerspectiveSyncTimeout`] or [`Error::PerspectiveFailed`]).
-    ///
-    /// # Errors
-    /// As described.
-    ///
-    /// ```
-    /// # use whizbang_core::{Error, SyncOutcome, SyncResult};
-    /// # use std::time::Duration;
-    /// let r = SyncResult {
-    ///     outcome: SyncOutcome::TimedOut,
-    ///     events_awaited: 1,
-    ///     elapsed: Duration::from_millis(150),
-    ///     events_emitted: 1,
-    ///     events_tracked: 1,
-    ///     perspective: "orders",
-    ///     timeout: Duration::from_millis(150),
-    /// };
-    /// assert!(matches!(r.into_result(), Err(Error::PerspectiveSyncTimeout { .. })));
-    /// ```
-    pub fn into_result(self) -> Result<()> {
-        match self.outcome {
-            SyncOutcome::Synced | SyncOutcome::NoPendingEvents => Ok(()),
-            SyncOutcome::TimedOut => Err(Error::PerspectiveSyncTimeout {
-                perspective: self.perspective,
-                timeout: self.timeout,
-            }),
-            SyncOutcome::Failed {
-                stream,
-                version,
-                message,
-            } => Err(Error::PerspectiveFailed {
-                perspective: self.perspective,
-                stream,
-                version,
-                message,
-            }),
-        }
-    }
-}
 
 /// Perspectives named by type, for [`PerspectiveSyncAwaiter::wait_all`]: one
 /// perspective or a tuple of up to eight.
@@ -203,14 +113,14 @@ impl PerspectiveSyncAwaiter {
         options: impl Into<PerspectiveSyncOptions>,
     ) -> impl Future<Output = Result<SyncResult>> + Send + '_ {
         // The preparation (flush, store reads, first inquiry) runs boxed with
-        // the options it owns: only the registration and its `Notified` stay
-        // in this future while it sleeps (thousands may sleep at once).
+        // the options it owns: only the registration's id and what the result
+        // reports stay in this future while it sleeps (thousands may sleep at
+        // once; 72 bytes on x86-64).
         let options = options.into();
-        let start = Box::pin(async move {
+        Wait::Starting(Box::pin(async move {
             let reg = self.sync.registry.perspective::<P>()?;
             self.start_on(reg, &options).await
-        });
-        async move { start.await?.finish().await }
+        }))
     }
 
     /// Waits on several perspectives at once, named by type: one perspective
@@ -289,9 +199,9 @@ impl PerspectiveSyncAwaiter {
         reg: &'static PerspectiveRegistration,
         options: &PerspectiveSyncOptions,
     ) -> Result<SyncResult> {
-        // The flush and the store reads run boxed: only the registration and
-        // its `Notified` stay in the (small) future while it sleeps.
-        Box::pin(self.start_on(reg, options)).await?.finish().await
+        // The flush and the store reads run boxed: only the registration's id
+        // and what the result reports stay in the (small) future while it sleeps.
+        Box::pin(self.start_on(reg, options)).await?.await
     }
 
     async fn start_on(
@@ -309,14 +219,14 @@ impl PerspectiveSyncAwaiter {
         }
         let mut timer = self.timer(options);
         let timed_out = |timer: &ActiveTimer| {
-            Ok(Started::Done(Box::new(timed_out_result(
+            Ok(Started::Done(Some(Box::new(timed_out_result(
                 reg,
                 0,
                 timer,
                 self.emitted_len(),
                 0,
                 options.timeout,
-            ))))
+            )))))
         };
         match bounded(&mut timer, options.timeout, self.flush_scope()).await {
             Some(flushed) => flushed?,
@@ -449,7 +359,6 @@ impl PerspectiveSyncAwaiter {
         let timer = self.timer(options);
         Box::pin(self.start(reg, targets, options, timer, events_emitted, tracked))
             .await
-            .finish()
             .await
     }
 
@@ -471,11 +380,11 @@ impl PerspectiveSyncAwaiter {
             timeout: options.timeout,
         };
         if targets.is_empty() {
-            return Started::Done(Box::new(meta.result(
+            return Started::Done(Some(Box::new(meta.result(
                 SyncOutcome::NoPendingEvents,
                 0,
                 timer.active(),
-            )));
+            ))));
         }
         let span = tracing::debug_span!(
             "whizbang.sync.wait",
@@ -488,7 +397,7 @@ impl PerspectiveSyncAwaiter {
                 .tracker
                 .register_wait(&self.sync, reg, targets, timer, options.timeout);
         registered.first_round(&self.sync).instrument(span).await;
-        Started::Waiting { registered, meta }
+        Started::Waiting(Waiting::new(registered, meta))
     }
 }
 
@@ -539,25 +448,55 @@ impl Meta {
     }
 }
 
-/// A wait past its preparation: decided already, or registered with the tracker.
+/// A wait past its preparation: decided already, or registered with the
+/// tracker. As a future, the outcome: the registration's, once a round decides it.
 enum Started {
-    Done(Box<SyncResult>),
-    Waiting { registered: Registered, meta: Meta },
+    Done(Option<Box<SyncResult>>),
+    Waiting(Waiting<Meta>),
 }
 
-impl Started {
-    /// The outcome: the registration's, once the tracker's service decides it.
-    async fn finish(self) -> Result<SyncResult> {
-        match self {
-            Started::Done(result) => Ok(*result),
-            Started::Waiting { registered, meta } => {
-                let (outcome, awaited, elapsed) = registered.outcome().await?;
+impl Future for Started {
+    type Output = Result<SyncResult>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Started::Done(result) => Poll::Ready(result.take().map(|r| *r).ok_or_else(|| {
+                Error::Invariant("a sync wait was polled after it returned".into())
+            })),
+            Started::Waiting(waiting) => {
+                let (done, meta) = std::task::ready!(waiting.poll_done(cx));
+                let (outcome, awaited, elapsed) = done?;
                 tracing::debug!(
                     perspective = meta.perspective.name,
                     ?outcome,
                     "sync wait ended"
                 );
-                Ok(meta.result(outcome, awaited, elapsed))
+                Poll::Ready(Ok(meta.result(outcome, awaited, elapsed)))
+            }
+        }
+    }
+}
+
+/// The future of [`PerspectiveSyncAwaiter::wait`]: the preparation (flush,
+/// store reads, first inquiry) boxed, then the small [`Started`] while it
+/// sleeps, so a sleeping wait is a few words plus its table entry.
+enum Wait<'a> {
+    Starting(BoxFuture<'a, Result<Started>>),
+    Started(Started),
+}
+
+impl Future for Wait<'_> {
+    type Output = Result<SyncResult>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            match this {
+                Wait::Starting(start) => match std::task::ready!(start.as_mut().poll(cx)) {
+                    Ok(started) => *this = Wait::Started(started),
+                    Err(e) => return Poll::Ready(Err(e)),
+                },
+                Wait::Started(started) => return Pin::new(started).poll(cx),
             }
         }
     }

@@ -147,26 +147,45 @@ fn run_queue_wait_baseline() -> Option<Duration> {
 /// The run-queue wait is read from `/proc` (Linux) at the start of a slice,
 /// shared by every waiter of the process, and again only when a slice overran;
 /// where it cannot be read, every overrun counts as a freeze.
+///
+/// Times are kept as nanoseconds in `u64` (a timer lives in every sleeping
+/// wait's registration, so it stays small).
 pub(crate) struct ActiveTimer {
     clock: Arc<dyn SyncClock>,
     debugger_aware: bool,
-    last: Duration,
-    active: Duration,
-    run_queue_at_start: Option<Duration>,
-    backoff: Duration,
-    backoff_max: Duration,
+    last: u64,
+    active: u64,
+    /// The run-queue wait at the start of the slice; [`NO_NANOS`] when unknown.
+    run_queue_at_start: u64,
+    backoff: u64,
+    backoff_max: u64,
 }
+
+/// "No value" for an optional time in nanoseconds.
+const NO_NANOS: u64 = u64::MAX;
+
+/// A duration in nanoseconds, saturating (584 years).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1)
+}
+
+fn nanos_opt(d: Option<Duration>) -> u64 {
+    d.map_or(NO_NANOS, nanos)
+}
+
+fn from_nanos_opt(n: u64) -> Option<Duration> {
+    (n != NO_NANOS).then(|| Duration::from_nanos(n))
+}
+
+/// The default re-ask backoff of a wait: 5 ms, doubling up to 1 s.
+pub(crate) const DEFAULT_REASK: (Duration, Duration) =
+    (Duration::from_millis(5), Duration::from_secs(1));
 
 impl ActiveTimer {
     /// A timer with the default re-ask backoff.
     #[cfg(test)]
     pub(crate) fn start(clock: Arc<dyn SyncClock>, debugger_aware: bool) -> Self {
-        Self::with_backoff(
-            clock,
-            debugger_aware,
-            super::filter::DEFAULT_REASK.0,
-            super::filter::DEFAULT_REASK.1,
-        )
+        Self::with_backoff(clock, debugger_aware, DEFAULT_REASK.0, DEFAULT_REASK.1)
     }
 
     /// A timer whose re-ask pauses run from `min` doubling to `max`.
@@ -176,19 +195,19 @@ impl ActiveTimer {
         min: Duration,
         max: Duration,
     ) -> Self {
-        let last = clock.now();
+        let last = nanos(clock.now());
         ActiveTimer {
             clock,
             debugger_aware,
             last,
-            active: Duration::ZERO,
+            active: 0,
             run_queue_at_start: if debugger_aware {
-                run_queue_wait_baseline()
+                nanos_opt(run_queue_wait_baseline())
             } else {
-                None
+                NO_NANOS
             },
-            backoff: min.max(Duration::from_millis(1)),
-            backoff_max: max,
+            backoff: nanos(min.max(Duration::from_millis(1))),
+            backoff_max: nanos(max),
         }
     }
 
@@ -196,12 +215,15 @@ impl ActiveTimer {
     /// the waiter meant to sleep (a gap far beyond it was a freeze, unless the
     /// process's threads spent the overrun waiting for a CPU).
     pub(crate) fn observe(&mut self, planned: Duration) {
-        let now = self.clock.now();
-        let gap = now.saturating_sub(self.last);
+        let now = nanos(self.clock.now());
+        let gap = Duration::from_nanos(now.saturating_sub(self.last));
         self.last = now;
         let counted = if self.debugger_aware && gap > planned.saturating_add(FREEZE_TOLERANCE) {
             let overrun = gap - planned;
-            let starved = match (self.run_queue_at_start, read_run_queue_wait()) {
+            let starved = match (
+                from_nanos_opt(self.run_queue_at_start),
+                read_run_queue_wait(),
+            ) {
                 (Some(before), Some(after)) => after.saturating_sub(before) >= overrun / 2,
                 _ => false,
             };
@@ -223,21 +245,21 @@ impl ActiveTimer {
         } else {
             gap
         };
-        self.active = self.active.saturating_add(counted);
+        self.active = self.active.saturating_add(nanos(counted)).min(u64::MAX - 1);
         if self.debugger_aware {
-            self.run_queue_at_start = run_queue_wait_baseline();
+            self.run_queue_at_start = nanos_opt(run_queue_wait_baseline());
         }
     }
 
     pub(crate) fn active(&self) -> Duration {
-        self.active
+        Duration::from_nanos(self.active)
     }
 
     /// How long to sleep before asking again: the backoff (by default 5 ms
     /// doubling up to 1 s, whatever the debugger flag), or what is left of `timeout`.
     pub(crate) fn next_sleep(&mut self, timeout: Duration) -> Duration {
-        let left = timeout.saturating_sub(self.active);
-        let sleep = left.min(self.backoff);
+        let left = timeout.saturating_sub(self.active());
+        let sleep = left.min(Duration::from_nanos(self.backoff));
         self.backoff = self
             .backoff
             .saturating_mul(2)

@@ -5,7 +5,7 @@ use crate::message::{Event, StreamId};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::clock::SyncClock;
+use super::clock::{SyncClock, DEFAULT_REASK};
 
 /// Which tracked events to wait for. Combine with [`and`](Self::and) (intersection)
 /// and [`or`](Self::or) (union); chains fold left: `a.and(b).or(c)` is `(a ∧ b) ∨ c`.
@@ -250,10 +250,6 @@ pub struct PerspectiveSyncOptions {
     pub(crate) clock: Option<Arc<dyn SyncClock>>,
     pub(crate) reask: (Duration, Duration),
 }
-
-/// The default re-ask backoff of a wait: 5 ms, doubling up to 1 s.
-pub(crate) const DEFAULT_REASK: (Duration, Duration) =
-    (Duration::from_millis(5), Duration::from_secs(1));
 
 impl std::fmt::Debug for PerspectiveSyncOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -1,6 +1,6 @@
 //! The table of a tracker's waits: each registration (perspective, awaited
 //! ids with their streams once located, active-time deadline, re-ask
-//! backoff, outcome slot) and the index of who to wake on what, and when.
+//! backoff, waker) with the outcomes of finished ones, and the index of who to wake on what, and when.
 //!
 //! Owns the data only; the service that asks the backend and decides each
 //! registration is `waiters.rs`. Imports nothing of the tracker.
@@ -10,11 +10,10 @@ use super::SyncOutcome;
 use crate::error::Result;
 use crate::message::{EventId, StreamId};
 use crate::perspective::PerspectiveRegistration;
-use crate::util::lock;
+use crate::util::Few;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::task::Waker;
 use std::time::Duration;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// Where a sleeping registration's re-ask sits: its time and the registration's id.
@@ -22,20 +21,6 @@ pub(crate) type AlarmKey = (Instant, u64);
 
 /// How a registration ended: the outcome, the events awaited, the active time.
 pub(crate) type Done = Result<(SyncOutcome, usize, Duration)>;
-
-/// Where the service leaves a wait's outcome, and the wake-up that says so.
-#[derive(Default)]
-pub(crate) struct Slot {
-    pub(super) notify: Notify,
-    pub(super) outcome: Mutex<Option<Done>>,
-}
-
-impl Slot {
-    pub(super) fn deliver(&self, done: Done) {
-        *lock(&self.outcome) = Some(done);
-        self.notify.notify_one();
-    }
-}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum State {
@@ -53,7 +38,7 @@ pub(super) struct Registration {
     pub(super) perspective: &'static PerspectiveRegistration,
     /// The awaited ids not yet known applied (after a round, the ones the
     /// perspective handles and has not applied).
-    pub(super) ids: Vec<EventId>,
+    pub(super) ids: Few<EventId>,
     /// Awaited ids known applied and dropped from `ids`.
     pub(super) confirmed: usize,
     /// Whether a round decided it once: from then on `ids` holds only ids the
@@ -61,8 +46,8 @@ pub(super) struct Registration {
     pub(super) decided: bool,
     /// Ids an apply report named while a round was asking about this
     /// registration: the round counts them applied whatever its (older) answer says.
-    pub(super) late_applied: Vec<EventId>,
-    pub(super) streams: Vec<StreamId>,
+    pub(super) late_applied: Few<EventId>,
+    pub(super) streams: Few<StreamId>,
     pub(super) any: bool,
     pub(super) timer: ActiveTimer,
     pub(super) timeout: Duration,
@@ -70,21 +55,36 @@ pub(super) struct Registration {
     pub(super) planned: Duration,
     pub(super) alarm: Option<AlarmKey>,
     /// Streams whose runner this wait has signalled (async perspectives).
-    pub(super) signalled: Vec<StreamId>,
+    pub(super) signalled: Few<StreamId>,
     pub(super) awaited: usize,
     pub(super) state: State,
-    pub(super) slot: Arc<Slot>,
+    /// The waiting task, once its future was polled: woken when the
+    /// registration is due (it serves the round) or decided.
+    pub(super) waker: Option<Waker>,
+}
+
+impl Registration {
+    /// Wakes the waiting task, if it was polled already (else its first poll
+    /// looks at the due list and the outcomes itself).
+    pub(super) fn wake(&self) {
+        if let Some(w) = &self.waker {
+            w.wake_by_ref();
+        }
+    }
 }
 
 /// Who to wake on what, and when.
 #[derive(Default)]
 pub(super) struct Index {
-    pub(super) by_stream: HashMap<(&'static str, StreamId), Vec<u64>>,
-    pub(super) any: HashMap<&'static str, Vec<u64>>,
+    pub(super) by_stream: HashMap<(&'static str, StreamId), Few<u64>>,
+    pub(super) any: HashMap<&'static str, Few<u64>>,
     pub(super) alarms: BTreeSet<AlarmKey>,
     pub(super) due: Vec<u64>,
     /// Registrations whose re-ask is due (their alarm fired).
     pub(super) alarmed: Vec<u64>,
+    /// Outcomes of finished registrations, until their wait takes them (or is
+    /// dropped).
+    pub(super) finished: HashMap<u64, Done>,
 }
 
 impl Index {
@@ -95,7 +95,7 @@ impl Index {
         r.streams.push(stream);
         self.by_stream
             .entry((r.perspective.name, stream))
-            .or_insert_with(|| Vec::with_capacity(1))
+            .or_default()
             .push(id);
         true
     }
@@ -142,7 +142,7 @@ impl Index {
                 r.state = State::Queued;
                 self.due.push(id);
                 // Its own task serves the due list (it, and whatever else is due).
-                r.slot.notify.notify_one();
+                r.wake();
                 true
             }
             State::InFlight { .. } => {
@@ -162,8 +162,10 @@ pub(crate) struct Table {
 }
 
 impl Table {
+    /// Registrations, with the decided ones whose wait has not taken its
+    /// outcome yet.
     pub(crate) fn len(&self) -> usize {
-        self.regs.len()
+        self.regs.len() + self.index.finished.len()
     }
 
     pub(crate) fn alarm_count(&self) -> usize {
@@ -201,7 +203,7 @@ impl Table {
             let idle = !matches!(r.state, State::InFlight { .. });
             if !idle {
                 r.late_applied
-                    .extend(applied.iter().filter(|e| r.ids.contains(e)));
+                    .extend(applied.iter().filter(|e| r.ids.contains(e)).copied());
             }
             if r.decided && idle && !applied.is_empty() {
                 let before = r.ids.len();
@@ -239,11 +241,12 @@ impl Table {
         take_queued(regs, &mut index.due)
     }
 
-    /// Removes a registration (finished, or its wait dropped).
-    pub(crate) fn remove(&mut self, id: u64) -> Option<Arc<Slot>> {
-        let r = self.regs.remove(&id)?;
-        self.index.unwatch(id, &r);
-        Some(r.slot)
+    /// Removes a registration and its outcome (its wait ended or was dropped).
+    pub(crate) fn remove(&mut self, id: u64) {
+        if let Some(r) = self.regs.remove(&id) {
+            self.index.unwatch(id, &r);
+        }
+        self.index.finished.remove(&id);
     }
 
     pub(super) fn finish(&mut self, id: u64, done: impl FnOnce(&Registration) -> Done) {
@@ -279,7 +282,7 @@ impl Table {
     }
 }
 
-/// Ends a registration: removes it and delivers its outcome.
+/// Ends a registration: removes it, keeps its outcome for its wait and wakes it.
 pub(super) fn finish_in(
     regs: &mut HashMap<u64, Box<Registration>>,
     index: &mut Index,
@@ -288,7 +291,10 @@ pub(super) fn finish_in(
 ) {
     if let Some(r) = regs.remove(&id) {
         index.unwatch(id, &r);
-        r.slot.deliver(done(&r));
+        index.finished.insert(id, done(&r));
+        if let Some(w) = r.waker {
+            w.wake();
+        }
     }
 }
 

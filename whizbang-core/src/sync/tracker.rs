@@ -10,10 +10,13 @@
 //! a later unscoped `all()` wait does not include them, while `for_stream`
 //! waits read the stream's unapplied events from the store and stay exact.
 
+use super::clock::SyncClock;
 use super::filter::Candidate;
+use super::inquiry::SyncBackend;
 use super::table::Table;
-use super::SyncRuntime;
 use crate::message::{EventId, StreamId};
+use crate::perspective::engine::Engine;
+use crate::perspective::runner::PerspectiveRunner;
 use crate::perspective::ApplyReport;
 use crate::registry::Registry;
 use crate::store::{EventLocation, StreamAppend};
@@ -23,6 +26,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
+
+/// What sync needs of a runtime, handed down by dispatch (which builds it and
+/// holds it): the routing tables, the tracker and its backend, the default
+/// clock, and the engine and runner a wait helps along or signals. Sync
+/// imports nothing of dispatch; dispatch imports sync.
+pub(crate) struct SyncRuntime {
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) tracker: Arc<SyncEventTracker>,
+    pub(crate) backend: Arc<dyn SyncBackend>,
+    /// The default clock, shared by every wait.
+    pub(crate) clock: Arc<dyn SyncClock>,
+    /// Catch-ups for the help-along, and the stores a wait reads.
+    pub(crate) engine: Engine,
+    /// The async runner a wait signals when it finds stored, unapplied work.
+    pub(crate) runner: PerspectiveRunner,
+}
 
 /// What one scope emitted, in order.
 #[derive(Clone, Debug, Default)]
@@ -66,7 +85,7 @@ struct Pending {
 ///
 /// It also serves the waits: each is a registration in its table, asked about
 /// in batches by one service task (see the `waiters` module), so a sleeping
-/// waiter costs a table entry and a `Notified`, holds no timer of its own, and
+/// waiter costs a table entry and a small future, holds no timer of its own, and
 /// leaves the table at once when it ends or is dropped.
 pub struct SyncEventTracker {
     /// Event ids are generated here (UUID v7), never chosen by callers, so the
@@ -175,7 +194,8 @@ impl SyncEventTracker {
         lock(&self.pending).values().map(|m| m.len()).sum()
     }
 
-    /// Waits registered (one per waiting perspective), across perspectives.
+    /// Waits registered (one per waiting perspective), across perspectives,
+    /// counting a decided one until its wait takes the outcome or is dropped.
     #[must_use]
     pub fn waiter_count(&self) -> usize {
         lock(&self.waiters).len()

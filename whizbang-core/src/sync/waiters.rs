@@ -1,6 +1,7 @@
-//! The waiters a tracker serves: each wait is a registration (perspective,
-//! awaited ids with their streams once located, active-time deadline, re-ask
-//! backoff, outcome slot) plus a `Notify`. One service task per runtime runs
+//! The waiters a tracker serves: each wait is a registration in the tracker's
+//! table (perspective, awaited ids with their streams once located,
+//! active-time deadline, re-ask backoff, the task's waker) and a small future
+//! that polls for its outcome. One service task per runtime runs
 //! the inquiries: on an apply report for (perspective, stream), and when a
 //! registration's re-ask is due, it asks the backend ONE batched inquiry per
 //! round (one [`SyncInquiry`] per perspective, the union of the due
@@ -12,23 +13,25 @@
 use super::clock::{ActiveTimer, SLICE};
 use super::filter::PerspectiveSyncOptions;
 use super::inquiry::{EventSyncStatus, SyncInquiry};
-use super::table::{finish_in, Batch, Done, Registration, Slot, State, Table};
+use super::table::{finish_in, Batch, Done, Registration, State, Table};
 use super::tracker::SyncEventTracker;
 use super::{SyncOutcome, SyncRuntime};
 use crate::error::{Error, Stored};
 use crate::message::{EventId, StreamId};
 use crate::perspective::PerspectiveRegistration;
-use crate::util::lock;
+use crate::store::BoxFuture;
+use crate::util::{lock, Few};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Drops a wait's registration when the wait ends or is dropped.
+/// A wait's registration in its tracker's table: removed when the wait ends
+/// or is dropped. Its outcome is polled by [`Waiting`].
 pub(crate) struct Registered {
     tracker: Arc<SyncEventTracker>,
     id: u64,
-    slot: Arc<Slot>,
 }
 
 impl Registered {
@@ -44,23 +47,49 @@ impl Registered {
         .await;
     }
 
-    /// The outcome, once a round decides it. Woken by an apply, this task
-    /// serves the round itself: one batched inquiry for every registration
-    /// then due (its own among them), no hop through the service.
-    pub(crate) async fn outcome(&self) -> Done {
+    /// Polls for the outcome: ready once a round decided it. Woken while due
+    /// (an apply on a watched stream), this task serves the round itself into
+    /// `serving`: one batched inquiry for every registration then due (its own
+    /// among them), no hop through the service.
+    fn poll_outcome(
+        &self,
+        serving: &mut Option<BoxFuture<'static, ()>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Done> {
         loop {
-            if let Some(done) = lock(&self.slot.outcome).take() {
-                return done;
-            }
-            let batch = lock(&self.tracker.waiters).take_woken();
-            if !batch.is_empty() {
-                if let Some(runtime) = self.tracker.runtime.get().and_then(Weak::upgrade) {
-                    // Boxed: the sleeping future stays small.
-                    Box::pin(round(Arc::clone(&self.tracker), runtime, batch)).await;
-                    continue;
+            if let Some(round) = serving {
+                if round.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
                 }
+                *serving = None;
             }
-            self.slot.notify.notified().await;
+            let runtime = self.tracker.runtime.get().and_then(Weak::upgrade);
+            let batch = {
+                let mut t = lock(&self.tracker.waiters);
+                if let Some(done) = t.index.finished.remove(&self.id) {
+                    return Poll::Ready(done);
+                }
+                let Some(r) = t.regs.get_mut(&self.id) else {
+                    return Poll::Ready(Err(Error::Invariant(format!(
+                        "sync wait {} has neither a registration nor an outcome",
+                        self.id
+                    ))));
+                };
+                match &mut r.waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    w => *w = Some(cx.waker().clone()),
+                }
+                match runtime {
+                    Some(_) => t.take_woken(),
+                    None => Vec::new(),
+                }
+            };
+            match runtime {
+                Some(runtime) if !batch.is_empty() => {
+                    *serving = Some(Box::pin(round(Arc::clone(&self.tracker), runtime, batch)));
+                }
+                _ => return Poll::Pending,
+            }
         }
     }
 }
@@ -68,6 +97,33 @@ impl Registered {
 impl Drop for Registered {
     fn drop(&mut self) {
         lock(&self.tracker.waiters).remove(self.id);
+    }
+}
+
+/// A registered wait, asleep until its outcome is decided: the registration,
+/// the round this task serves when woken, and what to report besides the
+/// outcome. Small: thousands may sleep at once.
+pub(crate) struct Waiting<M> {
+    registered: Registered,
+    serving: Option<BoxFuture<'static, ()>>,
+    meta: M,
+}
+
+impl<M> Waiting<M> {
+    pub(crate) fn new(registered: Registered, meta: M) -> Self {
+        Waiting {
+            registered,
+            serving: None,
+            meta,
+        }
+    }
+
+    /// Polls for the outcome, with what was kept to report it.
+    pub(crate) fn poll_done(&mut self, cx: &mut Context<'_>) -> Poll<(Done, &M)> {
+        match self.registered.poll_outcome(&mut self.serving, cx) {
+            Poll::Ready(done) => Poll::Ready((done, &self.meta)),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -85,23 +141,22 @@ impl SyncEventTracker {
     ) -> Registered {
         let _ = self.runtime.set(Arc::downgrade(runtime));
         let id = self.next_id();
-        let slot = Arc::new(Slot::default());
         let mut r = Box::new(Registration {
             perspective,
-            ids: Vec::with_capacity(targets.len()),
+            ids: Few::Empty,
             confirmed: 0,
             decided: false,
-            late_applied: Vec::new(),
-            streams: Vec::new(),
+            late_applied: Few::Empty,
+            streams: Few::Empty,
             any: false,
             timer,
             timeout,
             planned: Duration::ZERO,
             alarm: None,
-            signalled: Vec::new(),
+            signalled: Few::Empty,
             awaited: targets.len(),
             state: State::InFlight { again: false },
-            slot: Arc::clone(&slot),
+            waker: None,
         });
         {
             let mut t = lock(&self.waiters);
@@ -118,7 +173,6 @@ impl SyncEventTracker {
         Registered {
             tracker: Arc::clone(self),
             id,
-            slot,
         }
     }
 
@@ -210,7 +264,7 @@ fn ask(table: &mut Table, batch: &[u64]) -> Ask {
                 inquiries.push(SyncInquiry {
                     perspective: r.perspective.name,
                     handled: r.perspective.event_types,
-                    event_ids: r.ids.clone(),
+                    event_ids: r.ids.to_vec(),
                 });
                 seen.push(None);
                 single.push(true);
@@ -356,7 +410,7 @@ impl Drop for Unfinished<'_> {
                 if matches!(r.state, State::InFlight { .. }) {
                     r.state = State::Queued;
                     index.due.push(*id);
-                    r.slot.notify.notify_one();
+                    r.wake();
                 }
             }
         }
@@ -446,7 +500,7 @@ fn decide(
     }
     // From now on only what is still to apply is asked about (and an apply
     // report naming all of it ends the wait at once).
-    r.ids = still;
+    r.ids = Few::from(still);
     r.decided = true;
     let pending = r.ids.len();
     let awaited = r.confirmed + pending;
@@ -474,7 +528,7 @@ fn decide(
         None if learned || again => {
             r.state = State::Queued;
             index.due.push(id);
-            r.slot.notify.notify_one();
+            r.wake();
             true
         }
         None if r.timer.active() >= r.timeout => {

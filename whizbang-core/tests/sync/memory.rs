@@ -154,3 +154,36 @@ async fn total_pings(rt: &Runtime) -> u64 {
         .map(|c| c.n)
         .sum()
 }
+
+#[tokio::test]
+async fn a_decided_wait_dropped_before_it_reads_its_outcome_leaves_nothing_behind() {
+    let rt = Runtime::in_memory().unwrap();
+    rt.runner().pause();
+    let stream = Uuid::now_v7();
+    let scope = rt.scope();
+    scope.publish(Pinged { stream }).await.unwrap();
+    scope.complete().await.unwrap();
+    let aw = rt.sync_awaiter();
+    let options = || SyncFilter::for_stream(stream).with_timeout(Duration::from_secs(20));
+    let mut dropped = Box::pin(aw.wait::<Pings>(options()));
+    let mut kept = Box::pin(aw.wait::<Pings>(options()));
+    // Polled until asleep: the runner is paused, so neither can end.
+    assert!(tokio::time::timeout(ms(50), dropped.as_mut())
+        .await
+        .is_err());
+    assert!(tokio::time::timeout(ms(50), kept.as_mut()).await.is_err());
+    assert_eq!(rt.sync_tracker().waiter_count(), 2);
+
+    // The apply decides both; their outcomes wait in the table, unread.
+    rt.runner().resume();
+    bounded(rt.wait_idle()).await;
+    assert_eq!(rt.sync_tracker().waiter_count(), 2);
+
+    drop(dropped);
+    assert_eq!(rt.sync_tracker().waiter_count(), 1);
+    let r = bounded(kept).await.unwrap();
+    assert_eq!(r.outcome, SyncOutcome::Synced);
+    assert_eq!(r.events_awaited, 1);
+    assert_eq!(rt.sync_tracker().waiter_count(), 0);
+    assert_eq!(rt.sync_tracker().alarm_count(), 0);
+}
