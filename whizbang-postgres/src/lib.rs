@@ -24,13 +24,16 @@
 //! wrong and what to do; the underlying [`sqlx`] error is available through
 //! [`std::error::Error::source`], so print the whole chain when reporting.
 
-#[allow(dead_code)] // the decoders are the runner's
 mod wire;
 
+mod backend;
 mod events;
+mod listen;
 mod perspectives;
+mod runner;
 mod sync;
 
+pub use backend::{Postgres, PostgresOptions};
 pub use events::PgEventStore;
 pub use perspectives::PgPerspectiveStore;
 pub use sync::PgSyncBackend;
