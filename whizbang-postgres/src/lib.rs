@@ -44,6 +44,43 @@ use sqlx::Connection as _;
 
 pub use sqlx::PgPool;
 
+/// Internals the crate's own tests drive directly. Not a public API: it may
+/// change in any release.
+#[doc(hidden)]
+pub mod __private {
+    use sqlx::PgPool;
+    use uuid::Uuid;
+    use whizbang_core::StreamId;
+
+    /// The partition a stream's events are stored in.
+    #[must_use]
+    pub fn partition_of(stream: StreamId) -> i16 {
+        crate::wire::partition_of(stream)
+    }
+
+    /// The runner's fenced checkpoint statement: moves `perspective`'s
+    /// checkpoint on `partition` to (`tx_id`, `global_position`) only while
+    /// `owner` holds the lease at `fence`. Returns whether it moved.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn advance_checkpoint(
+        pool: &PgPool,
+        perspective: &str,
+        partition: i16,
+        owner: Uuid,
+        fence: i64,
+        tx_id: &str,
+        global_position: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let to = crate::runner::feed::Position {
+            tx_id: tx_id.to_owned(),
+            global_position,
+        };
+        crate::runner::feed::advance(pool, perspective, partition, owner, fence, &to).await
+    }
+}
+
 /// The whizbang schema migrations, embedded from the top-level `migrations/`
 /// folder.
 ///
