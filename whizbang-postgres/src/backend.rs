@@ -164,6 +164,8 @@ struct Inner {
     /// Its pool (one connection, outside the work pool), for reconnects and
     /// for runtimes installed later.
     listen_pool: PgPool,
+    /// The LISTEN tasks and runners started for runtimes, for `close`.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// The PostgreSQL backend: event store, perspective store, sync backend,
@@ -282,6 +284,7 @@ impl Postgres {
                 instance_id,
                 listener: Mutex::new(Some(listener)),
                 listen_pool,
+                tasks: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -313,6 +316,42 @@ impl Postgres {
     #[must_use]
     pub fn options(&self) -> &PostgresOptions {
         &self.inner.options
+    }
+
+    /// Shuts the backend down: waits for the background tasks of the
+    /// runtimes it was installed on to stop (they stop once their runtime is
+    /// dropped; a runner then releases its leases), at most one lease
+    /// duration, stops any still running, and closes every connection.
+    /// Drop the runtimes first (with their in-process runner not paused:
+    /// paused work holds the runtime). Without `close`, connections close
+    /// when the last clone of the backend and its tasks are gone.
+    pub async fn close(&self) {
+        let tasks = std::mem::take(
+            &mut *self
+                .inner
+                .tasks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let deadline = tokio::time::Instant::now() + self.inner.options.lease_duration;
+        for mut task in tasks {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                task.abort();
+            }
+        }
+        self.inner.listener.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        self.inner.listen_pool.close().await;
+        self.inner.pool.close().await;
+    }
+
+    fn keep(&self, task: tokio::task::JoinHandle<()>) {
+        let mut tasks = self
+            .inner
+            .tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
     }
 }
 
@@ -358,19 +397,24 @@ impl Backend for Postgres {
                     wakeups: Arc::clone(&wakeups),
                     perspectives: runtime.registry().perspectives().iter().map(|p| p.name).collect(),
                 };
-                tokio::spawn(listen::run(
+                self.keep(tokio::spawn(listen::run(
                     listener,
                     self.inner.listen_pool.clone(),
                     targets,
                     stop.clone(),
-                ));
+                )));
                 if self.inner.options.runner {
                     let config = runner::Config {
                         pool: self.inner.pool.clone(),
                         instance_id,
                         options: self.inner.options.clone(),
                     };
-                    tokio::spawn(runner::run(config, runtime.downgrade(), wakeups, stop));
+                    self.keep(tokio::spawn(runner::run(
+                        config,
+                        runtime.downgrade(),
+                        wakeups,
+                        stop,
+                    )));
                 }
                 Ok(())
             })

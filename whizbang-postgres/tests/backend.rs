@@ -72,10 +72,15 @@ async fn several_processes_migrating_at_once_all_succeed(pool: PgPool) {
     }
     let mut running = tokio::task::JoinSet::new();
     for pg in backends {
-        running.spawn(async move { pg.migrate().await });
+        running.spawn(async move {
+            let migrated = pg.migrate().await;
+            (pg, migrated)
+        });
     }
     while let Some(done) = bounded(running.join_next()).await {
-        done.expect("joined").expect("every concurrent migrate succeeds");
+        let (pg, migrated) = done.expect("joined");
+        migrated.expect("every concurrent migrate succeeds");
+        pg.close().await;
     }
     let applied: Vec<(i64, bool)> =
         sqlx::query_as("select version, success from _sqlx_migrations order by version")
@@ -146,7 +151,7 @@ async fn one_call_plugs_in_postgres_and_the_runner_applies_what_is_sent(pool: Pg
     let instance = pg.instance_id();
     let rt = Runtime::builder()
         .registry(registry())
-        .backend(pg)
+        .backend(pg.clone())
         .build()
         .unwrap();
     // The in-process runner applies nothing: what applies is the
@@ -214,4 +219,5 @@ async fn one_call_plugs_in_postgres_and_the_runner_applies_what_is_sent(pool: Pg
         }
     })
     .await;
+    bounded(pg.close()).await;
 }

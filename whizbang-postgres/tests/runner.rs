@@ -14,7 +14,7 @@ use sqlx::{Connection as _, PgConnection, PgPool};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use support::{backend, bounded, eventually, fast_options};
+use support::{backend, bounded, eventually, fast_options, shut_down};
 use uuid::Uuid;
 use whizbang_core::{
     perspective, receptor, Command, Context, Event, Receptor, Registry, Result, Runtime,
@@ -146,10 +146,10 @@ fn registry_with<P: whizbang_core::Perspective>() -> Registry {
 
 /// A runtime on `pg` whose in-process runner is paused: only the
 /// partitioned runner applies async perspectives.
-fn runtime(pg: Postgres, registry: Registry) -> Runtime {
+fn runtime(pg: &Postgres, registry: Registry) -> Runtime {
     let rt = Runtime::builder()
         .registry(Arc::new(registry))
-        .backend(pg)
+        .backend(pg.clone())
         .build()
         .unwrap();
     rt.runner().pause();
@@ -258,7 +258,8 @@ async fn checkpoint(pool: &PgPool, perspective: &str, partition: i16) -> Option<
 
 #[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
 async fn an_append_that_commits_late_is_applied_not_skipped(pool: PgPool) {
-    let rt = runtime(backend(&pool, fast_options()).await, registry_with::<LateBalances>());
+    let pg = backend(&pool, fast_options()).await;
+    let rt = runtime(&pg, registry_with::<LateBalances>());
     let partition = 3;
     let (late, early) = (stream_in(partition), stream_in(partition));
 
@@ -289,11 +290,14 @@ async fn an_append_that_commits_late_is_applied_not_skipped(pool: PgPool) {
     tx.commit().await.unwrap();
     assert_eq!(balance_with::<LateBalances>(&rt, late, 1).await.cents, 5);
     assert_eq!(balance_with::<LateBalances>(&rt, early, 1).await.cents, 7);
+    open.close().await.unwrap();
+    shut_down(rt, pg).await;
 }
 
 #[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
 async fn a_perspective_only_a_newer_runtime_has_catches_up_over_existing_events(pool: PgPool) {
-    let old = runtime(backend(&pool, fast_options()).await, registry_with::<FirstBalances>());
+    let old_pg = backend(&pool, fast_options()).await;
+    let old = runtime(&old_pg, registry_with::<FirstBalances>());
     let accounts: Vec<Uuid> = (0..6).map(|_| Uuid::now_v7()).collect();
     for (i, account) in accounts.iter().enumerate() {
         deposit(&old, *account, i as i64 + 1).await;
@@ -310,7 +314,8 @@ async fn a_perspective_only_a_newer_runtime_has_catches_up_over_existing_events(
         .perspective::<AddedLater>()
         .build()
         .unwrap();
-    let new = runtime(backend(&pool, fast_options()).await, newer);
+    let new_pg = backend(&pool, fast_options()).await;
+    let new = runtime(&new_pg, newer);
     for (i, account) in accounts.iter().enumerate() {
         let model = balance_with::<AddedLater>(&new, *account, 1).await;
         assert_eq!(model, Balance { cents: i as i64 + 1, deposits: 1 });
@@ -319,6 +324,8 @@ async fn a_perspective_only_a_newer_runtime_has_catches_up_over_existing_events(
     deposit(&old, accounts[0], 100).await;
     assert_eq!(balance_with::<AddedLater>(&new, accounts[0], 2).await.cents, 101);
     assert_eq!(balance_with::<FirstBalances>(&old, accounts[0], 2).await.cents, 101);
+    shut_down(old, old_pg).await;
+    shut_down(new, new_pg).await;
 }
 
 #[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
@@ -326,8 +333,8 @@ async fn two_runtimes_split_the_partitions_and_apply_each_event_once(pool: PgPoo
     let a_pg = backend(&pool, fast_options()).await;
     let b_pg = backend(&pool, fast_options()).await;
     let (a_id, b_id) = (a_pg.instance_id(), b_pg.instance_id());
-    let a = runtime(a_pg, registry_with::<Counted>());
-    let b = runtime(b_pg, registry_with::<Counted>());
+    let a = runtime(&a_pg, registry_with::<Counted>());
+    let b = runtime(&b_pg, registry_with::<Counted>());
 
     let owned = |owner: Uuid| {
         let pool = pool.clone();
@@ -370,6 +377,8 @@ async fn two_runtimes_split_the_partitions_and_apply_each_event_once(pool: PgPoo
     .await
     .unwrap();
     assert_eq!(both, 2);
+    shut_down(a, a_pg).await;
+    shut_down(b, b_pg).await;
 }
 
 #[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
@@ -396,7 +405,7 @@ async fn an_expired_lease_of_an_instance_that_stopped_heartbeating_is_taken_over
 
     let pg = backend(&pool, fast_options()).await;
     let me = pg.instance_id();
-    let rt = runtime(pg, registry_with::<TakenOver>());
+    let rt = runtime(&pg, registry_with::<TakenOver>());
     let account = Uuid::now_v7();
     deposit(&rt, account, 9).await;
     assert_eq!(balance_with::<TakenOver>(&rt, account, 1).await.cents, 9);
@@ -413,6 +422,7 @@ async fn an_expired_lease_of_an_instance_that_stopped_heartbeating_is_taken_over
         assert_eq!(owner, me, "every partition was taken over");
         assert_eq!(fence, 6, "a take-over bumps the fence");
     }
+    shut_down(rt, pg).await;
 }
 
 #[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
@@ -459,7 +469,8 @@ async fn a_stale_fence_cannot_move_a_checkpoint(pool: PgPool) {
 
 #[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
 async fn an_apply_error_fails_that_cursor_only_and_retry_and_skip_recover_it(pool: PgPool) {
-    let rt = runtime(backend(&pool, fast_options()).await, registry_with::<Picky>());
+    let pg = backend(&pool, fast_options()).await;
+    let rt = runtime(&pg, registry_with::<Picky>());
     let (fine, retried, skipped) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
     deposit(&rt, retried, 13).await;
     deposit(&rt, skipped, 13).await;
@@ -517,11 +528,13 @@ async fn an_apply_error_fails_that_cursor_only_and_retry_and_skip_recover_it(poo
         assert_eq!((version, failed), (1, None), "{key}");
         assert_eq!(skipped_count, i64::from(key == skipped), "{key}");
     }
+    shut_down(rt, pg).await;
 }
 
 #[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
 async fn bad_stored_events_fail_their_cursor_clearly_and_unknown_types_are_ignored(pool: PgPool) {
-    let rt = runtime(backend(&pool, fast_options()).await, registry_with::<Strict>());
+    let pg = backend(&pool, fast_options()).await;
+    let rt = runtime(&pg, registry_with::<Strict>());
     let (bad, mixed) = (Uuid::now_v7(), Uuid::now_v7());
     let mut conn = connection(&pool).await;
     // A payload that is JSON but not a `Deposited`.
@@ -564,4 +577,6 @@ async fn bad_stored_events_fail_their_cursor_clearly_and_unknown_types_are_ignor
     .await
     .unwrap();
     assert_eq!(mixed_cursor, (2, None), "the unknown event was moved past, not failed");
+    conn.close().await.unwrap();
+    shut_down(rt, pg).await;
 }

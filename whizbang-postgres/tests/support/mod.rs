@@ -79,3 +79,14 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Ends a test's runtime and its backend cleanly: the in-process runner is
+/// resumed (paused work holds the runtime), the runtime dropped, and the
+/// backend closed once its runner released its leases, so the test database
+/// has no session left when the harness drops it.
+pub(crate) async fn shut_down(runtime: whizbang_core::Runtime, pg: whizbang_postgres::Postgres) {
+    runtime.runner().resume();
+    bounded(runtime.wait_idle()).await;
+    drop(runtime);
+    bounded(pg.close()).await;
+}
