@@ -271,11 +271,9 @@ impl Postgres {
             .max_connections(options.pool_size.max(2))
             .connect_with(connect.clone().application_name("whizbang"))
             .await?;
-        let listen_pool = PgPoolOptions::new()
-            .max_connections(1)
-            .connect_lazy_with(
-                connect.application_name(&format!("whizbang listen {}", instance_id.simple())),
-            );
+        let listen_pool = PgPoolOptions::new().max_connections(1).connect_lazy_with(
+            connect.application_name(&format!("whizbang listen {}", instance_id.simple())),
+        );
         let listener = listen::connect(&listen_pool).await?;
         Ok(Postgres {
             inner: Arc::new(Inner {
@@ -339,7 +337,11 @@ impl Postgres {
                 task.abort();
             }
         }
-        self.inner.listener.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        self.inner
+            .listener
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         self.inner.listen_pool.close().await;
         self.inner.pool.close().await;
     }
@@ -395,7 +397,12 @@ impl Backend for Postgres {
                 let targets = listen::Targets {
                     sink: runtime.wakeup_sink(),
                     wakeups: Arc::clone(&wakeups),
-                    perspectives: runtime.registry().perspectives().iter().map(|p| p.name).collect(),
+                    perspectives: runtime
+                        .registry()
+                        .perspectives()
+                        .iter()
+                        .map(|p| p.name)
+                        .collect(),
                 };
                 self.keep(tokio::spawn(listen::run(
                     listener,

@@ -134,7 +134,9 @@ async fn listen(listener: Option<PgListener>, pool: &PgPool, targets: &Targets) 
             // The connection was lost and sqlx re-established it (and its
             // LISTENs) before returning: what was sent meanwhile is gone.
             Ok(None) => {
-                tracing::warn!("LISTEN connection was lost and re-established; every waiter re-asks");
+                tracing::warn!(
+                    "LISTEN connection was lost and re-established; every waiter re-asks"
+                );
                 if !reconnected(targets) {
                     return;
                 }
@@ -177,9 +179,11 @@ fn reconnected(targets: &Targets) -> bool {
 fn deliver(notification: &PgNotification, targets: &Targets) -> bool {
     match notification.channel() {
         wire::APPLIED_CHANNEL => {
-            let Some((name, stream, version)) = wire::decode_applied(notification.payload())
-            else {
-                tracing::debug!(payload = notification.payload(), "ignoring a foreign applied payload");
+            let Some((name, stream, version)) = wire::decode_applied(notification.payload()) else {
+                tracing::debug!(
+                    payload = notification.payload(),
+                    "ignoring a foreign applied payload"
+                );
                 return true;
             };
             // A perspective this runtime does not register has no waiter here.

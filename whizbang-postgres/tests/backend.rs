@@ -10,8 +10,8 @@ use std::time::Duration;
 use support::{backend, bounded, fast_options};
 use uuid::Uuid;
 use whizbang_core::{
-    perspective, receptor, Command, Context, Event, Receptor, Registry,
-    Result, Runtime, SyncFilter, SyncOutcome,
+    perspective, receptor, Command, Context, Event, Receptor, Registry, Result, Runtime,
+    SyncFilter, SyncOutcome,
 };
 use whizbang_postgres::{Error, Postgres, PostgresOptions};
 
@@ -23,7 +23,10 @@ async fn an_invalid_url_is_a_connect_error_that_names_it() {
     assert!(matches!(err, Error::Connect { .. }), "{err:?}");
     let message = err.to_string();
     assert!(message.contains("mysql://nope"), "{message}");
-    assert!(message.contains("check that the server is running"), "{message}");
+    assert!(
+        message.contains("check that the server is running"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
@@ -39,7 +42,10 @@ async fn an_unreachable_server_fails_at_once_with_the_url_redacted() {
     assert!(!format!("{err:?}").contains("hunter2"), "{err:?}");
     let source = std::error::Error::source(&err).expect("the socket error is the source");
     assert!(
-        matches!(source.downcast_ref::<sqlx::Error>(), Some(sqlx::Error::Io(_))),
+        matches!(
+            source.downcast_ref::<sqlx::Error>(),
+            Some(sqlx::Error::Io(_))
+        ),
         "{source:?}"
     );
 }
@@ -53,7 +59,9 @@ fn runner_concurrency_stays_below_the_pool() {
     // wait for a read connection: clamped to (10 - 1) / 2.
     let asked = PostgresOptions::default().runner_concurrency(16);
     assert_eq!(asked.effective_runner_concurrency(), 4);
-    let big = PostgresOptions::default().pool_size(40).runner_concurrency(16);
+    let big = PostgresOptions::default()
+        .pool_size(40)
+        .runner_concurrency(16);
     assert_eq!(big.effective_runner_concurrency(), 16);
     let tiny = PostgresOptions::default().pool_size(0);
     assert_eq!(tiny.pool_size, 2);

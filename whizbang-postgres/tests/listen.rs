@@ -103,19 +103,23 @@ async fn a_waiter_is_woken_by_the_notify_of_another_runtimes_runner(pool: PgPool
 
     let account = Uuid::now_v7();
     let scope = a.scope();
-    let sent = bounded(scope.send_and_sync_with(
-        Credit { account, cents: 3 },
-        SyncFilter::current_scope()
-            .with_timeout(Duration::from_secs(8))
-            .reask_backoff(Duration::from_secs(60), Duration::from_secs(60)),
-    ))
+    let sent = bounded(
+        scope.send_and_sync_with(
+            Credit { account, cents: 3 },
+            SyncFilter::current_scope()
+                .with_timeout(Duration::from_secs(8))
+                .reask_backoff(Duration::from_secs(60), Duration::from_secs(60)),
+        ),
+    )
     .await
     .unwrap();
     assert!(sent.is_synced(), "{:?}", sent.results);
     bounded(scope.complete()).await.unwrap();
 
     // The same through a plain awaiter on the stream.
-    bounded(a.scope().send(Credit { account, cents: 4 })).await.unwrap();
+    bounded(a.scope().send(Credit { account, cents: 4 }))
+        .await
+        .unwrap();
     let waited = bounded(a.sync_awaiter().wait::<Totals>(wait_on(account)))
         .await
         .unwrap();
@@ -126,11 +130,12 @@ async fn a_waiter_is_woken_by_the_notify_of_another_runtimes_runner(pool: PgPool
         .expect("B's runner stored the model");
     assert_eq!(total.cents, 7);
     // Nothing in A ran the runner: A holds no lease.
-    let held: i64 = sqlx::query_scalar("select count(*) from wh_partition_leases where owner <> $1")
-        .bind(b_instance)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let held: i64 =
+        sqlx::query_scalar("select count(*) from wh_partition_leases where owner <> $1")
+            .bind(b_instance)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(held, 0);
     drop(scope);
     shut_down(a, a_pg).await;
@@ -143,7 +148,9 @@ async fn after_the_listen_connection_is_killed_waiters_re_ask_and_end_synced(poo
     let listen_name = format!("whizbang listen {}", pg.instance_id().simple());
     let a = runtime(&pg);
     let account = Uuid::now_v7();
-    bounded(a.scope().send(Credit { account, cents: 5 })).await.unwrap();
+    bounded(a.scope().send(Credit { account, cents: 5 }))
+        .await
+        .unwrap();
 
     let waiter = {
         let a = a.clone();
@@ -182,13 +189,12 @@ async fn after_the_listen_connection_is_killed_waiters_re_ask_and_end_synced(poo
     eventually("A listens again on a new connection", || {
         let (pool, listen_name) = (pool.clone(), listen_name.clone());
         async move {
-            let pids: Vec<i32> = sqlx::query_scalar(
-                "select pid from pg_stat_activity where application_name = $1",
-            )
-            .bind(&listen_name)
-            .fetch_all(&pool)
-            .await
-            .unwrap();
+            let pids: Vec<i32> =
+                sqlx::query_scalar("select pid from pg_stat_activity where application_name = $1")
+                    .bind(&listen_name)
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
             (pids.len() == 1 && pids[0] != pid).then_some(())
         }
     })

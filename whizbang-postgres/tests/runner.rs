@@ -17,8 +17,8 @@ use std::time::Duration;
 use support::{backend, bounded, eventually, fast_options, shut_down};
 use uuid::Uuid;
 use whizbang_core::{
-    perspective, receptor, Command, Context, Event, Receptor, Registry, Result, Runtime,
-    StreamId, SyncFilter, SyncOutcome,
+    perspective, receptor, Command, Context, Event, Receptor, Registry, Result, Runtime, StreamId,
+    SyncFilter, SyncOutcome,
 };
 use whizbang_postgres::__private::{advance_checkpoint, partition_of};
 use whizbang_postgres::Postgres;
@@ -158,7 +158,9 @@ fn runtime(pg: &Postgres, registry: Registry) -> Runtime {
 
 async fn deposit(rt: &Runtime, account: Uuid, cents: i64) {
     let scope = rt.scope();
-    bounded(scope.send(Deposit { account, cents })).await.unwrap();
+    bounded(scope.send(Deposit { account, cents }))
+        .await
+        .unwrap();
     bounded(scope.complete()).await.unwrap();
 }
 
@@ -270,7 +272,14 @@ async fn an_append_that_commits_late_is_applied_not_skipped(pool: PgPool) {
         .fetch_one(&mut *tx)
         .await
         .unwrap();
-    raw_append(&mut tx, late, 1, "pg_runner.deposited", &format!(r#"{{"account":"{late}","cents":5}}"#)).await;
+    raw_append(
+        &mut tx,
+        late,
+        1,
+        "pg_runner.deposited",
+        &format!(r#"{{"account":"{late}","cents":5}}"#),
+    )
+    .await;
 
     // .. while a later append to the same partition commits and the runner
     // scans again and again.
@@ -283,7 +292,10 @@ async fn an_append_that_commits_late_is_applied_not_skipped(pool: PgPool) {
             .fetch_one(&pool)
             .await
             .unwrap();
-        assert!(behind, "checkpoint {tx_id} passed the open transaction {late_tx}");
+        assert!(
+            behind,
+            "checkpoint {tx_id} passed the open transaction {late_tx}"
+        );
     }
 
     // Once it commits, both are applied: the late one was not skipped.
@@ -318,12 +330,26 @@ async fn a_perspective_only_a_newer_runtime_has_catches_up_over_existing_events(
     let new = runtime(&new_pg, newer);
     for (i, account) in accounts.iter().enumerate() {
         let model = balance_with::<AddedLater>(&new, *account, 1).await;
-        assert_eq!(model, Balance { cents: i as i64 + 1, deposits: 1 });
+        assert_eq!(
+            model,
+            Balance {
+                cents: i as i64 + 1,
+                deposits: 1
+            }
+        );
     }
     // And new events reach both.
     deposit(&old, accounts[0], 100).await;
-    assert_eq!(balance_with::<AddedLater>(&new, accounts[0], 2).await.cents, 101);
-    assert_eq!(balance_with::<FirstBalances>(&old, accounts[0], 2).await.cents, 101);
+    assert_eq!(
+        balance_with::<AddedLater>(&new, accounts[0], 2).await.cents,
+        101
+    );
+    assert_eq!(
+        balance_with::<FirstBalances>(&old, accounts[0], 2)
+            .await
+            .cents,
+        101
+    );
     shut_down(old, old_pg).await;
     shut_down(new, new_pg).await;
 }
@@ -365,7 +391,13 @@ async fn two_runtimes_split_the_partitions_and_apply_each_event_once(pool: PgPoo
     }
     for account in &accounts {
         let model = balance_with::<Counted>(&a, *account, 3).await;
-        assert_eq!(model, Balance { cents: 6, deposits: 3 });
+        assert_eq!(
+            model,
+            Balance {
+                cents: 6,
+                deposits: 3
+            }
+        );
     }
     // A few more rescans change nothing: every event was applied once.
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -437,10 +469,25 @@ async fn a_stale_fence_cannot_move_a_checkpoint(pool: PgPool) {
     .await
     .unwrap();
 
-    assert!(!advance_checkpoint(&pool, "p", 2, me, 2, "100", 1).await.unwrap(), "older fence");
-    assert!(!advance_checkpoint(&pool, "p", 2, other, 3, "100", 1).await.unwrap(), "other owner");
+    assert!(
+        !advance_checkpoint(&pool, "p", 2, me, 2, "100", 1)
+            .await
+            .unwrap(),
+        "older fence"
+    );
+    assert!(
+        !advance_checkpoint(&pool, "p", 2, other, 3, "100", 1)
+            .await
+            .unwrap(),
+        "other owner"
+    );
     assert_eq!(checkpoint(&pool, "p", 2).await, None);
-    assert!(advance_checkpoint(&pool, "p", 2, me, 3, "100", 1).await.unwrap(), "the holder");
+    assert!(
+        advance_checkpoint(&pool, "p", 2, me, 3, "100", 1)
+            .await
+            .unwrap(),
+        "the holder"
+    );
     assert_eq!(checkpoint(&pool, "p", 2).await, Some(("100".into(), 1)));
 
     // Another instance takes the lease over: the old holder is a zombie.
@@ -449,21 +496,29 @@ async fn a_stale_fence_cannot_move_a_checkpoint(pool: PgPool) {
         .execute(&pool)
         .await
         .unwrap();
-    assert!(!advance_checkpoint(&pool, "p", 2, me, 3, "200", 9).await.unwrap());
+    assert!(!advance_checkpoint(&pool, "p", 2, me, 3, "200", 9)
+        .await
+        .unwrap());
     assert_eq!(checkpoint(&pool, "p", 2).await, Some(("100".into(), 1)));
     // An expired lease cannot move it either, even for its last owner.
     sqlx::query("update wh_partition_leases set expires_at = now() - interval '1 second'")
         .execute(&pool)
         .await
         .unwrap();
-    assert!(!advance_checkpoint(&pool, "p", 2, other, 4, "200", 9).await.unwrap());
+    assert!(!advance_checkpoint(&pool, "p", 2, other, 4, "200", 9)
+        .await
+        .unwrap());
     // Nor can a checkpoint move backwards.
     sqlx::query("update wh_partition_leases set expires_at = now() + interval '1 minute'")
         .execute(&pool)
         .await
         .unwrap();
-    assert!(!advance_checkpoint(&pool, "p", 2, other, 4, "50", 1).await.unwrap());
-    assert!(advance_checkpoint(&pool, "p", 2, other, 4, "200", 9).await.unwrap());
+    assert!(!advance_checkpoint(&pool, "p", 2, other, 4, "50", 1)
+        .await
+        .unwrap());
+    assert!(advance_checkpoint(&pool, "p", 2, other, 4, "200", 9)
+        .await
+        .unwrap());
     assert_eq!(checkpoint(&pool, "p", 2).await, Some(("200".into(), 9)));
 }
 
@@ -479,13 +534,16 @@ async fn an_apply_error_fails_that_cursor_only_and_retry_and_skip_recover_it(poo
     assert_eq!(balance_with::<Picky>(&rt, fine, 2).await.cents, 3);
 
     // Waiters on a failed stream end Failed, with the message.
-    let waited = bounded(rt.sync_awaiter().wait::<Picky>(
-        SyncFilter::for_stream(retried).with_timeout(Duration::from_secs(8)),
-    ))
+    let waited = bounded(
+        rt.sync_awaiter()
+            .wait::<Picky>(SyncFilter::for_stream(retried).with_timeout(Duration::from_secs(8))),
+    )
     .await
     .unwrap();
     match waited.outcome {
-        SyncOutcome::Failed { version, message, .. } => {
+        SyncOutcome::Failed {
+            version, message, ..
+        } => {
             assert_eq!(version, 1);
             assert!(message.contains("13 cents is unlucky"), "{message}");
         }
@@ -513,7 +571,9 @@ async fn an_apply_error_fails_that_cursor_only_and_retry_and_skip_recover_it(poo
         .unwrap();
     assert_eq!(report.version, 1);
     UNLUCKY.store(false, Ordering::SeqCst);
-    bounded(rt.retry_perspective::<Picky>(retried)).await.unwrap();
+    bounded(rt.retry_perspective::<Picky>(retried))
+        .await
+        .unwrap();
     assert_eq!(balance_with::<Picky>(&rt, retried, 1).await.cents, 13);
     let cursors: Vec<(Uuid, i64, Option<i64>, i64)> = sqlx::query_as(
         "select model_key, version, failed_version, jsonb_array_length(skipped)::int8
@@ -538,9 +598,23 @@ async fn bad_stored_events_fail_their_cursor_clearly_and_unknown_types_are_ignor
     let (bad, mixed) = (Uuid::now_v7(), Uuid::now_v7());
     let mut conn = connection(&pool).await;
     // A payload that is JSON but not a `Deposited`.
-    raw_append(&mut conn, bad, 1, "pg_runner.deposited", r#"{"account": 42}"#).await;
+    raw_append(
+        &mut conn,
+        bad,
+        1,
+        "pg_runner.deposited",
+        r#"{"account": 42}"#,
+    )
+    .await;
     // A type nothing registers, then one the perspective handles.
-    raw_append(&mut conn, mixed, 1, "pg_runner.unheard_of", r#"{"whatever": true}"#).await;
+    raw_append(
+        &mut conn,
+        mixed,
+        1,
+        "pg_runner.unheard_of",
+        r#"{"whatever": true}"#,
+    )
+    .await;
     raw_append(
         &mut conn,
         mixed,
@@ -576,7 +650,11 @@ async fn bad_stored_events_fail_their_cursor_clearly_and_unknown_types_are_ignor
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert_eq!(mixed_cursor, (2, None), "the unknown event was moved past, not failed");
+    assert_eq!(
+        mixed_cursor,
+        (2, None),
+        "the unknown event was moved past, not failed"
+    );
     conn.close().await.unwrap();
     shut_down(rt, pg).await;
 }

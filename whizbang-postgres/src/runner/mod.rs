@@ -82,7 +82,9 @@ pub(crate) async fn run(config: Config, runtime: WeakRuntime, wakeups: Arc<Wakeu
     let _enter = span.enter();
     match lease::release_all(&runner.config.pool, runner.config.instance_id, &[]).await {
         Ok(()) => tracing::info!("runner stopped: the runtime is gone; leases released"),
-        Err(error) => tracing::warn!(%error, "runner stopped; releasing its leases failed (they expire)"),
+        Err(error) => {
+            tracing::warn!(%error, "runner stopped; releasing its leases failed (they expire)")
+        }
     }
 }
 
