@@ -198,6 +198,15 @@ async fn one_call_plugs_in_postgres_and_the_runner_applies_what_is_sent(pool: Pg
     bounded(scope.complete()).await.unwrap();
     drop(scope);
 
+    // A frozen process's open claim transaction is ended by the server
+    // after one lease: the pool's sessions carry the timeout.
+    let timeout: String =
+        sqlx::query_scalar("select current_setting('idle_in_transaction_session_timeout')")
+            .fetch_one(pg.pool())
+            .await
+            .unwrap();
+    assert_eq!(timeout, "2s");
+
     // The instance heartbeats and holds every partition of the perspective.
     let held: i64 = sqlx::query_scalar(
         "select count(*) from wh_partition_leases where owner = $1 and perspective = 'pg_backend.orders'",

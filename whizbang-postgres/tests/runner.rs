@@ -409,8 +409,14 @@ async fn two_runtimes_split_the_partitions_and_apply_each_event_once(pool: PgPoo
     .await
     .unwrap();
     assert_eq!(both, 2);
-    shut_down(a, a_pg).await;
+
+    // One leaves: the other takes its share over.
     shut_down(b, b_pg).await;
+    eventually("the remaining instance holds all 16 partitions", || async {
+        (owned(a_id).await == 16).then_some(())
+    })
+    .await;
+    shut_down(a, a_pg).await;
 }
 
 #[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]

@@ -26,18 +26,23 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-/// Registers or heartbeats `me`, and makes sure every (perspective,
-/// partition) lease row exists.
+/// Registers or heartbeats `me`, forgets instances silent for ten leases,
+/// and makes sure every (perspective, partition) lease row exists.
 pub(crate) async fn heartbeat(
     pool: &PgPool,
     me: Uuid,
     perspectives: &[&'static str],
+    lease: Duration,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "with beat as (
              insert into wh_instances (instance_id, perspectives) values ($1, $2)
              on conflict (instance_id) do update
                 set heartbeat_at = now(), perspectives = excluded.perspectives
+         ), forgotten as (
+             delete from wh_instances
+              where instance_id <> $1
+                and heartbeat_at < now() - make_interval(secs => $4 * 10)
          )
          insert into wh_partition_leases (perspective, partition)
          select p, g::smallint from unnest($2::text[]) p, generate_series(0, $3 - 1) g
@@ -46,6 +51,7 @@ pub(crate) async fn heartbeat(
     .bind(me)
     .bind(perspectives)
     .bind(i32::from(PARTITIONS))
+    .bind(secs(lease))
     .execute(pool)
     .await?;
     Ok(())

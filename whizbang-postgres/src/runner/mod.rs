@@ -141,7 +141,7 @@ impl Runner {
             options,
         } = &self.config;
         let (me, lease_for) = (*me, options.lease_duration);
-        lease::heartbeat(pool, me, &self.names).await?;
+        lease::heartbeat(pool, me, &self.names, lease_for).await?;
         let held = lease::renew(pool, me, lease_for, &self.names).await?;
         // Leases of perspectives this build does not run go back at once.
         lease::release_all(pool, me, &self.names).await?;
@@ -198,6 +198,7 @@ impl Runner {
                 match self.batch(runtime, &target).await {
                     Ok(more) if more => continue,
                     Ok(_) => break,
+                    Err(BatchError::RuntimeGone) => return,
                     Err(error) => {
                         tracing::warn!(
                             perspective = target.perspective, partition = target.partition, %error,
