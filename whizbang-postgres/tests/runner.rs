@@ -664,3 +664,49 @@ async fn bad_stored_events_fail_their_cursor_clearly_and_unknown_types_are_ignor
     conn.close().await.unwrap();
     shut_down(rt, pg).await;
 }
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn a_claim_held_past_the_lease_is_ended_by_the_server_and_its_late_commit_fails(
+    pool: PgPool,
+) {
+    use whizbang_core::backend::{Checkpoint, PerspectiveStore};
+    use whizbang_postgres::PgPerspectiveStore;
+
+    // Two processes' pools; sessions end after 2 s idle in a transaction.
+    let zombie_pg = backend(&pool, fast_options().runner(false)).await;
+    let live_pg = backend(&pool, fast_options().runner(false)).await;
+    let zombie_store = PgPerspectiveStore::new(zombie_pg.pool().clone());
+    let live_store = PgPerspectiveStore::new(live_pg.pool().clone());
+    let key = StreamId::from(Uuid::now_v7());
+
+    // The zombie claims, then stops doing anything (as if SIGSTOPped).
+    let zombie = bounded(zombie_store.claim("pg_runner.zombie", key))
+        .await
+        .unwrap();
+    // Another process's claim waits only until the server ends the zombie's
+    // session (one lease), then commits.
+    let live = bounded(live_store.claim("pg_runner.zombie", key))
+        .await
+        .unwrap();
+    let applied = Checkpoint {
+        version: 2,
+        ..Checkpoint::default()
+    };
+    bounded(live.commit(None, applied)).await.unwrap();
+
+    // The zombie resumes and commits: it fails, and changes nothing.
+    let late = Checkpoint {
+        version: 1,
+        ..Checkpoint::default()
+    };
+    let err = bounded(zombie.commit(None, late))
+        .await
+        .expect_err("the zombie's transaction was ended by the server");
+    assert!(err.to_string().contains("pg_runner.zombie"), "{err}");
+    let cursor = bounded(live_store.checkpoint("pg_runner.zombie", key))
+        .await
+        .unwrap();
+    assert_eq!(cursor.version, 2);
+    zombie_pg.close().await;
+    live_pg.close().await;
+}

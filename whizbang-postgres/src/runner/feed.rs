@@ -21,8 +21,9 @@ pub(crate) struct Position {
     pub(crate) global_position: i64,
 }
 
-/// One batch read from the feed: the streams to catch up, in order of their
-/// first event, and the position of the batch's last event.
+/// One batch read from the feed: the streams to catch up (those with an
+/// event the perspective's cursor has not reached), in order of their first
+/// such event, and the position of the batch's last event.
 #[derive(Debug, Default)]
 pub(crate) struct Batch {
     pub(crate) streams: Vec<Uuid>,
@@ -39,12 +40,19 @@ pub(crate) async fn read(
     handled: &[&'static str],
     cap: u32,
 ) -> Result<Batch, sqlx::Error> {
-    let rows: Vec<(String, i64, Uuid)> = sqlx::query_as(
+    // `pending`: the perspective's cursor on the stream has not reached the
+    // event (a primary-key probe per row). Streams whose events are all
+    // applied already (by the appending process, or an earlier batch) need
+    // no catch-up.
+    let rows: Vec<(String, i64, Uuid, bool)> = sqlx::query_as(
         "with cp as (
              select tx_id, global_position from wh_feed_checkpoints
               where perspective = $1 and partition = $2
          )
-         select e.tx_id::text, e.global_position, e.stream_id
+         select e.tx_id::text, e.global_position, e.stream_id,
+                e.stream_version > coalesce(
+                    (select c.version from wh_perspective_cursors c
+                      where c.perspective = $1 and c.model_key = e.stream_id), 0)
            from wh_events e
           where e.partition = $2
             and (e.tx_id, e.global_position) >
@@ -65,8 +73,8 @@ pub(crate) async fn read(
         events: rows.len(),
         ..Batch::default()
     };
-    for (tx_id, global_position, stream) in rows {
-        if !batch.streams.contains(&stream) {
+    for (tx_id, global_position, stream, pending) in rows {
+        if pending && !batch.streams.contains(&stream) {
             batch.streams.push(stream);
         }
         batch.last = Some(Position {
