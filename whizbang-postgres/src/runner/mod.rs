@@ -272,6 +272,8 @@ enum BatchError {
     Sql(#[from] sqlx::Error),
     #[error("catching up stream {stream} failed: {source}")]
     CatchUp { stream: StreamId, source: Error },
+    #[error("a catch-up task ended without a result: {0}")]
+    Lost(tokio::task::JoinError),
     #[error("the runtime is gone")]
     RuntimeGone,
 }
@@ -288,20 +290,30 @@ async fn catch_up_all(
     let mut running = JoinSet::new();
     let mut first_error = None;
     let mut results = BTreeMap::new();
+    // A catch-up task that panicked or was cancelled has no result: the
+    // batch must then not be checkpointed, or its stream would be passed over.
+    let mut lost = None;
+    let mut collect = |joined: Option<std::result::Result<_, tokio::task::JoinError>>| match joined
+    {
+        Some(Ok((stream, result))) => {
+            results.insert(stream, result);
+        }
+        Some(Err(error)) => lost = Some(error),
+        None => {}
+    };
     for stream in streams {
         while running.len() >= limit.max(1) {
-            if let Some(Ok((stream, result))) = running.join_next().await {
-                results.insert(stream, result);
-            }
+            collect(running.join_next().await);
         }
         let runtime = runtime.clone();
         let stream = StreamId::from(*stream);
         running.spawn(async move { (stream, runtime.catch_up(perspective, stream).await) });
     }
-    while let Some(joined) = running.join_next().await {
-        if let Ok((stream, result)) = joined {
-            results.insert(stream, result);
-        }
+    while !running.is_empty() {
+        collect(running.join_next().await);
+    }
+    if let Some(error) = lost {
+        return Err(BatchError::Lost(error));
     }
     for (stream, result) in results {
         match result {
