@@ -4,6 +4,13 @@
 //! plus an event receptor that "sends" a confirmation once the summary shows
 //! the order. The caller reads its own writes with `send_and_sync`. Run it with
 //! `cargo run --example orders`.
+//!
+//! The same flow runs on PostgreSQL when `DATABASE_URL` is set or with
+//! `--postgres` (default URL `postgres://postgres@127.0.0.1:5432/postgres`):
+//! `cargo run --example orders -- --postgres`. The only difference is one
+//! line, `Runtime::builder().backend(pg)`; the events, read models and
+//! cursors then live in the database and the partitioned runner applies the
+//! async perspective.
 
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -178,14 +185,41 @@ fn short(id: Uuid) -> String {
     id.to_string()[..8].to_owned()
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let outbox = Arc::new(Outbox::default());
-    let runtime = Runtime::builder()
-        .shared_service(Arc::clone(&outbox))
-        .build()?;
-    println!("whizbang quick start: orders, in memory\n");
+/// The PostgreSQL URL to run on, when asked for (`DATABASE_URL` or `--postgres`).
+fn postgres_url() -> Option<String> {
+    let flag = std::env::args().skip(1).any(|a| a == "--postgres");
+    match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if flag => Some("postgres://postgres@127.0.0.1:5432/postgres".to_owned()),
+        _ => None,
+    }
+}
 
+#[tokio::main]
+async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let outbox = Arc::new(Outbox::default());
+    let builder = Runtime::builder().shared_service(Arc::clone(&outbox));
+    let (runtime, postgres) = match postgres_url() {
+        Some(url) => {
+            let pg = whizbang_postgres::Postgres::connect(&url).await?;
+            pg.migrate().await?;
+            println!("whizbang quick start: orders, on PostgreSQL\n");
+            (builder.backend(pg.clone()).build()?, Some(pg))
+        }
+        None => {
+            println!("whizbang quick start: orders, in memory\n");
+            (builder.build()?, None)
+        }
+    };
+    run(&runtime, &outbox).await?;
+    if let Some(pg) = postgres {
+        drop(runtime);
+        pg.close().await; // the runner releases its partitions first
+    }
+    Ok(())
+}
+
+async fn run(runtime: &Runtime, outbox: &Outbox) -> Result<()> {
     let scope = runtime.scope();
     println!("> send_and_sync CreateOrder {{ customer: ada, 2 x book @ 12.50, 1 x pen @ 3.00 }}");
     let order = scope

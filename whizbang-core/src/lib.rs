@@ -84,7 +84,7 @@ pub(crate) mod util;
 
 pub use dispatch::{
     Context, DetachedFailure, NotSynced, Receptor, Runtime, RuntimeBuilder, Scope, SendAndSync,
-    SyncRequirement,
+    SyncRequirement, WeakRuntime,
 };
 pub use error::{Error, Result};
 pub use lens::{Lens, LensQuery, ListQuery, SyncLensExt, SyncedLens};

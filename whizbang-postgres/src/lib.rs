@@ -1,22 +1,46 @@
 //! PostgreSQL backend for whizbang, built on [`sqlx`].
 //!
-//! This crate owns the database schema: the SQL migrations in the workspace's
-//! top-level `migrations/` folder are embedded at compile time and applied by
-//! [`migrate`]. The schema currently holds the event store (`wh_events`), the
-//! per-stream perspective cursors (`wh_perspective_cursors`) and the
-//! perspective read models (`wh_perspective_rows`).
+//! [`Postgres`] is the whole backend in one value: connect, migrate, and
+//! plug it into a runtime with `Runtime::builder().backend(pg)`. That
+//! installs the event store ([`PgEventStore`]), the perspective store
+//! ([`PgPerspectiveStore`]), the sync backend ([`PgSyncBackend`]), a LISTEN
+//! task that wakes waiters when another process applies their events, and a
+//! runner that finds perspective work in the database and shares it with the
+//! other processes through partition leases.
 //!
 //! # Example
 //!
 //! ```no_run
-//! # async fn run() -> Result<(), whizbang_postgres::Error> {
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use whizbang_core::Runtime;
+//! use whizbang_postgres::{Postgres, PostgresOptions};
+//!
 //! let url = std::env::var("DATABASE_URL")
 //!     .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-//! let pool = whizbang_postgres::connect(&url).await?;
-//! whizbang_postgres::migrate(&pool).await?; // safe to call on every start-up
+//! let pg = Postgres::connect_with(&url, PostgresOptions::default().pool_size(20)).await?;
+//! pg.migrate().await?; // safe on every start-up, from several processes at once
+//! let runtime = Runtime::builder().backend(pg.clone()).build()?;
+//! // ... serve ...
+//! drop(runtime);
+//! pg.close().await;
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! The stores also work on their own over a pool from [`connect`] (migrated
+//! with [`migrate`]), without the runner and the LISTEN task.
+//!
+//! # Schema
+//!
+//! This crate owns the database schema: the SQL migrations in the
+//! workspace's top-level `migrations/` folder (reached through the
+//! `whizbang-postgres/migrations` symlink, which `cargo package` follows, so
+//! the published crate carries them) are embedded at compile time
+//! ([`MIGRATOR`]). `0001` holds the event store (`wh_events`, `wh_streams`),
+//! the per-model perspective cursors (`wh_perspective_cursors`) and read
+//! models (`wh_perspective_rows`); `0002` the runner's instances
+//! (`wh_instances`), partition leases (`wh_partition_leases`) and feed
+//! checkpoints (`wh_feed_checkpoints`).
 //!
 //! # Errors
 //!
@@ -24,13 +48,16 @@
 //! wrong and what to do; the underlying [`sqlx`] error is available through
 //! [`std::error::Error::source`], so print the whole chain when reporting.
 
-#[allow(dead_code)] // the decoders are the runner's
 mod wire;
 
+mod backend;
 mod events;
+mod listen;
 mod perspectives;
+mod runner;
 mod sync;
 
+pub use backend::{Postgres, PostgresOptions};
 pub use events::PgEventStore;
 pub use perspectives::PgPerspectiveStore;
 pub use sync::PgSyncBackend;
@@ -41,12 +68,49 @@ use sqlx::Connection as _;
 
 pub use sqlx::PgPool;
 
+/// Internals the crate's own tests drive directly. Not a public API: it may
+/// change in any release.
+#[doc(hidden)]
+pub mod __private {
+    use sqlx::PgPool;
+    use uuid::Uuid;
+    use whizbang_core::StreamId;
+
+    /// The partition a stream's events are stored in.
+    #[must_use]
+    pub fn partition_of(stream: StreamId) -> i16 {
+        crate::wire::partition_of(stream)
+    }
+
+    /// The runner's fenced checkpoint statement: moves `perspective`'s
+    /// checkpoint on `partition` to (`tx_id`, `global_position`) only while
+    /// `owner` holds the lease at `fence`. Returns whether it moved.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn advance_checkpoint(
+        pool: &PgPool,
+        perspective: &str,
+        partition: i16,
+        owner: Uuid,
+        fence: i64,
+        tx_id: &str,
+        global_position: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let to = crate::runner::feed::Position {
+            tx_id: tx_id.to_owned(),
+            global_position,
+        };
+        crate::runner::feed::advance(pool, perspective, partition, owner, fence, &to).await
+    }
+}
+
 /// The whizbang schema migrations, embedded from the top-level `migrations/`
 /// folder.
 ///
 /// [`migrate`] runs these; the static is public so that tests can hand it to
 /// `#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]`.
-pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 /// Errors returned at the `whizbang-postgres` crate boundary.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +141,9 @@ pub enum Error {
     Database(#[from] sqlx::Error),
 }
 
-/// Connects to PostgreSQL and returns a connection pool with default options.
+/// Connects to PostgreSQL and returns a connection pool with default options,
+/// for using the stores on their own. [`Postgres::connect`] is the whole
+/// backend (pool, LISTEN connection, runner) and what most users want.
 ///
 /// One connection is opened first on its own, so an unreachable server, bad
 /// credentials or a missing database fail at once with the server's or the

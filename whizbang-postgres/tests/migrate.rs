@@ -78,6 +78,9 @@ async fn migrations_create_the_tables_with_their_keys(pool: PgPool) {
         tables,
         [
             "wh_events",
+            "wh_feed_checkpoints",
+            "wh_instances",
+            "wh_partition_leases",
             "wh_perspective_cursors",
             "wh_perspective_rows",
             "wh_streams"
@@ -140,7 +143,7 @@ async fn migrations_create_the_tables_with_their_keys(pool: PgPool) {
             .fetch_all(&pool)
             .await
             .unwrap();
-    assert_eq!(applied, [(1, true)]);
+    assert_eq!(applied, [(1, true), (2, true)]);
 }
 
 #[sqlx::test(migrations = false)]
@@ -259,7 +262,7 @@ async fn migrate_twice_is_idempotent(pool: PgPool) {
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(applied, 1, "each migration is recorded once");
+    assert_eq!(applied, 2, "each migration is recorded once");
     let events: i64 = sqlx::query_scalar("select count(*) from wh_events")
         .fetch_one(&pool)
         .await
@@ -341,5 +344,5 @@ async fn connect_to_the_test_server_works(pool: PgPool) {
             .fetch_one(&pool)
             .await
             .unwrap();
-    assert_eq!(tables, 4);
+    assert_eq!(tables, 7);
 }

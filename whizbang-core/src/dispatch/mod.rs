@@ -25,7 +25,7 @@ pub use crate::stage::{LifecycleStage, SyncFire};
 pub(crate) use context::encode_event;
 pub use context::Context;
 pub use runtime::DetachedFailure;
-pub use runtime::{Backend, Runtime, RuntimeBuilder};
+pub use runtime::{Backend, Runtime, RuntimeBuilder, WeakRuntime};
 pub use scope::Scope;
 pub use send_and_sync::{NotSynced, SendAndSync};
 

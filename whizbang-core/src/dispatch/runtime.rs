@@ -70,7 +70,57 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
+/// A handle to a [`Runtime`] that does not keep it alive, from
+/// [`Runtime::downgrade`]: a backend's background task (a runner, a poller)
+/// holds one and stops once [`upgrade`](Self::upgrade) returns `None`, that
+/// is once the user dropped every clone of the runtime. Cheap to clone.
+#[derive(Clone)]
+pub struct WeakRuntime {
+    inner: std::sync::Weak<RuntimeInner>,
+}
+
+impl std::fmt::Debug for WeakRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeakRuntime")
+            .field("alive", &(self.inner.strong_count() > 0))
+            .finish()
+    }
+}
+
+impl WeakRuntime {
+    /// The runtime, while any clone of it is alive; `None` once all are
+    /// dropped. Hold the result only for one piece of work, so the runtime
+    /// can go away between pieces.
+    #[must_use]
+    pub fn upgrade(&self) -> Option<Runtime> {
+        self.inner.upgrade().map(|inner| Runtime { inner })
+    }
+}
+
 impl Runtime {
+    /// A handle that does not keep the runtime alive (see [`WeakRuntime`]).
+    ///
+    /// ```
+    /// # use whizbang_core::Runtime;
+    /// # #[derive(whizbang_core::Command, serde::Serialize, serde::Deserialize)] struct Ping;
+    /// # #[derive(Default)] struct R;
+    /// # #[whizbang_core::receptor] impl whizbang_core::Receptor<Ping> for R {
+    /// #   async fn handle(&self, _: Ping, _: &mut whizbang_core::Context) -> whizbang_core::Result<()> { Ok(()) } }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> whizbang_core::Result<()> {
+    /// let runtime = Runtime::in_memory()?;
+    /// let weak = runtime.downgrade();
+    /// assert!(weak.upgrade().is_some());
+    /// drop(runtime);
+    /// assert!(weak.upgrade().is_none());
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn downgrade(&self) -> WeakRuntime {
+        WeakRuntime {
+            inner: Arc::downgrade(&self.inner),
+        }
+    }
+
     /// A builder, with in-memory backends until you set others.
     #[must_use]
     pub fn builder() -> RuntimeBuilder {

@@ -37,3 +37,56 @@ pub(crate) fn event(
         typed: None,
     }
 }
+
+/// Options for tests: a small pool, a 2 s lease and fast heartbeats and
+/// rescans, so take-overs and rebalances happen within a test's bound.
+pub(crate) fn fast_options() -> whizbang_postgres::PostgresOptions {
+    whizbang_postgres::PostgresOptions::default()
+        .pool_size(6)
+        .lease_duration(Duration::from_secs(2))
+        .heartbeat_interval(Duration::from_millis(100))
+        .rescan_interval(Duration::from_millis(100))
+}
+
+/// The backend on the database of `pool` (a `#[sqlx::test]` database).
+pub(crate) async fn backend(
+    pool: &sqlx::PgPool,
+    options: whizbang_postgres::PostgresOptions,
+) -> whizbang_postgres::Postgres {
+    bounded(whizbang_postgres::Postgres::connect_with_options(
+        (*pool.connect_options()).clone(),
+        options,
+    ))
+    .await
+    .expect("connects to the test database (is PostgreSQL running at DATABASE_URL?)")
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, within [`BOUND`].
+pub(crate) async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + BOUND;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {BOUND:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Ends a test's runtime and its backend cleanly: the in-process runner is
+/// resumed (paused work holds the runtime), the runtime dropped, and the
+/// backend closed once its runner released its leases, so the test database
+/// has no session left when the harness drops it.
+pub(crate) async fn shut_down(runtime: whizbang_core::Runtime, pg: whizbang_postgres::Postgres) {
+    runtime.runner().resume();
+    bounded(runtime.wait_idle()).await;
+    drop(runtime);
+    bounded(pg.close()).await;
+}
