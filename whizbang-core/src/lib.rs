@@ -64,6 +64,9 @@
 //! - [`stage`]: lifecycle stages (where and how event receptors fire).
 //! - [`sync`]: waiting until perspectives applied your events (read-your-writes).
 //! - [`testing`]: a given / when / then harness on a chosen subset of handlers.
+//!
+//! The modules are layered: no module imports one that imports it, directly or
+//! through others (the `layers` test reads `src/` and fails naming any cycle).
 
 #[allow(unused_extern_crates)] // lets the macros' `::whizbang_core` paths resolve inside this crate
 extern crate self as whizbang_core;

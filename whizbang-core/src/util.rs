@@ -146,3 +146,31 @@ impl<'a, T> IntoIterator for &'a Few<T> {
         self.iter()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Few;
+
+    #[test]
+    fn a_few_items_stay_inline_until_a_second_and_keep_their_order() {
+        let mut few = Few::default();
+        assert!(few.is_empty());
+        few.push(1u64);
+        assert!(matches!(few, Few::One(1)));
+        few.extend([2, 3]);
+        assert_eq!(&*few, &[1, 2, 3]);
+        few.retain(|x| *x != 2);
+        assert_eq!(&*few, &[1, 3]);
+        few.retain(|_| false);
+        assert!(few.is_empty());
+        let mut one = Few::One(7u64);
+        one.retain(|x| *x == 7);
+        assert_eq!(&*one, &[7]);
+        one.retain(|x| *x != 7);
+        assert!(matches!(one, Few::Empty));
+        assert!(matches!(Few::from(Vec::<u64>::new()), Few::Empty));
+        assert!(matches!(Few::from(vec![4u64]), Few::One(4)));
+        assert_eq!(&*Few::from(vec![4u64, 5]), &[4, 5]);
+        assert_eq!((&Few::from(vec![4u64, 5])).into_iter().sum::<u64>(), 9);
+    }
+}
