@@ -1,7 +1,8 @@
 //! SIGKILL appending processes at least 10 times while events flow.
 //!
-//! Two `pg_appender` children, each with a runtime on the PostgreSQL stores
-//! (and its own in-process runner applying the `pg_totals!` perspective),
+//! Two `pg_appender append` children, each with a runtime on the PostgreSQL
+//! backend (its runner on: it applies the `pg_totals!` perspective and takes
+//! its share of the partitions),
 //! append to streams of their own at exact expected versions. The test kills
 //! one of them with SIGKILL after a varying number of acknowledged appends
 //! (while its runner is applying), reaps it and starts it again; it resumes
@@ -9,9 +10,9 @@
 //! is stored exactly once (every acknowledged one among them), versions are
 //! gap-free, and after `Runtime::catch_up` every model equals a fresh fold.
 //!
-//! The runner shared by many processes (leases, fencing) is not built yet;
-//! this test covers what the stores promise under SIGKILL: an append and a
+//! This test covers what the stores promise under SIGKILL: an append and a
 //! perspective commit are whole or absent, and a dead session's claim goes.
+//! Killing runner processes is `tests/pg_sigkill_runners.rs`.
 
 use std::collections::BTreeSet;
 use std::os::unix::process::ExitStatusExt as _;
@@ -41,7 +42,7 @@ async fn bounded<F: std::future::Future>(f: F) -> F::Output {
 
 fn appender(url: &str, streams: &[Uuid]) -> std::process::Command {
     let mut cmd = Cluster::command(env!("CARGO_BIN_EXE_pg_appender"));
-    cmd.arg(url).arg(EVENTS_PER_STREAM.to_string());
+    cmd.arg("append").arg(url).arg(EVENTS_PER_STREAM.to_string());
     cmd.args(streams.iter().map(Uuid::to_string));
     cmd
 }
