@@ -63,7 +63,10 @@ fn assert_timed_out(line: &str) {
     assert_eq!(word(line, "outcome"), "TimedOut", "{line}");
     let elapsed = Duration::from_millis(field(line, "elapsed_ms"));
     assert!(elapsed >= MISS, "ended before its timeout: {line}");
-    assert!(elapsed <= MISS + LATE, "ended long after its timeout: {line}");
+    assert!(
+        elapsed <= MISS + LATE,
+        "ended long after its timeout: {line}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,11 +120,10 @@ async fn an_appending_process_is_synced_by_another_processes_runner_and_times_ou
         .expect("A names its stream");
 
     // B is the only runner instance; A never registered as one.
-    let instances: Vec<Uuid> = bounded(
-        sqlx::query_scalar("select instance_id from wh_instances").fetch_all(&db.pool),
-    )
-    .await
-    .unwrap();
+    let instances: Vec<Uuid> =
+        bounded(sqlx::query_scalar("select instance_id from wh_instances").fetch_all(&db.pool))
+            .await
+            .unwrap();
     assert_eq!(instances, [b_id], "A ran no runner");
 
     // B applied both events, in order; the perspective B lacks has no cursor

@@ -82,7 +82,11 @@ async fn applied_up_to(pool: &sqlx::PgPool, version: i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runner_processes_recover_from_a_server_restart_and_a_crash_and_apply_everything_once() {
-    let server = Arc::new(blocking(PgServer::start).await.unwrap_or_else(|e| panic!("{e}")));
+    let server = Arc::new(
+        blocking(PgServer::start)
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
     let db = bounded(FreshDb::on(&server.url())).await;
     let url = db.url.clone();
     let cluster = blocking(move || {
@@ -133,15 +137,24 @@ async fn runner_processes_recover_from_a_server_restart_and_a_crash_and_apply_ev
     for crash in [false, true] {
         let before = rounds_done.load(Ordering::SeqCst);
         let s = Arc::clone(&server);
-        blocking(move || if crash { s.crash_restart() } else { s.restart() })
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        blocking(move || {
+            if crash {
+                s.crash_restart()
+            } else {
+                s.restart()
+            }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
         applied_up_to(&db.pool, i64::try_from(before).unwrap()).await;
         marks.push((before, rounds_done.load(Ordering::SeqCst)));
     }
     appending.store(false, Ordering::SeqCst);
     let (rounds, stats) = bounded(appender).await.expect("the appender panicked");
-    assert!(rounds < MAX_ROUNDS, "events stopped flowing before the crash was over");
+    assert!(
+        rounds < MAX_ROUNDS,
+        "events stopped flowing before the crash was over"
+    );
     runners::wait_applied(&db.pool, TOTALS, BOUND)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -155,7 +168,11 @@ async fn runner_processes_recover_from_a_server_restart_and_a_crash_and_apply_ev
     let lines = blocking(move || {
         let mut cluster = cluster;
         for i in 0..2 {
-            assert!(!cluster[i].has_exited(), "runner {i} died: {:?}", cluster[i].lines());
+            assert!(
+                !cluster[i].has_exited(),
+                "runner {i} died: {:?}",
+                cluster[i].lines()
+            );
             cluster[i].close_stdin();
         }
         let statuses = cluster
@@ -163,7 +180,12 @@ async fn runner_processes_recover_from_a_server_restart_and_a_crash_and_apply_ev
             .unwrap_or_else(|running| panic!("runners {running:?} did not stop"));
         assert!(statuses.iter().all(|s| s.success()), "{statuses:?}");
         (0..2)
-            .map(|i| cluster[i].read_to_end(BOUND).expect("stdout closes").to_vec())
+            .map(|i| {
+                cluster[i]
+                    .read_to_end(BOUND)
+                    .expect("stdout closes")
+                    .to_vec()
+            })
             .collect::<Vec<_>>()
     })
     .await;

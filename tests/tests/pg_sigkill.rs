@@ -42,7 +42,9 @@ async fn bounded<F: std::future::Future>(f: F) -> F::Output {
 
 fn appender(url: &str, streams: &[Uuid]) -> std::process::Command {
     let mut cmd = Cluster::command(env!("CARGO_BIN_EXE_pg_appender"));
-    cmd.arg("append").arg(url).arg(EVENTS_PER_STREAM.to_string());
+    cmd.arg("append")
+        .arg(url)
+        .arg(EVENTS_PER_STREAM.to_string());
     cmd.args(streams.iter().map(Uuid::to_string));
     cmd
 }

@@ -127,7 +127,10 @@ fn kill_loop(rt: &tokio::runtime::Handle, pool: &sqlx::PgPool, url: &str) -> Kil
         if rt.block_on(applied_past_checkpoint(pool, ids[i])).unwrap() > 0 {
             mid_batch += 1;
         }
-        let seen = cluster[i].read_to_end(BOUND).expect("stdout closes").to_vec();
+        let seen = cluster[i]
+            .read_to_end(BOUND)
+            .expect("stdout closes")
+            .to_vec();
         lines.push((format!("runner {i}#{}", generation[i]), seen));
         generation[i] += 1;
         cluster.respawn(i, command());
@@ -182,7 +185,10 @@ async fn killing_runner_processes_mid_batch_loses_nothing_and_applies_nothing_tw
     .expect("the kill loop panicked");
     appending.store(false, Ordering::SeqCst);
     let rounds = bounded(appender).await.expect("the appender panicked");
-    assert!(rounds < MAX_ROUNDS, "events stopped flowing before the kills ended");
+    assert!(
+        rounds < MAX_ROUNDS,
+        "events stopped flowing before the kills ended"
+    );
     runners::wait_applied(&db.pool, TOTALS, BOUND)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -209,7 +215,12 @@ async fn killing_runner_processes_mid_batch_loses_nothing_and_applies_nothing_tw
             .unwrap_or_else(|running| panic!("runners {running:?} did not stop"));
         assert!(statuses.iter().all(|s| s.success()), "{statuses:?}");
         (0..RUNNERS)
-            .map(|i| cluster[i].read_to_end(BOUND).expect("stdout closes").to_vec())
+            .map(|i| {
+                cluster[i]
+                    .read_to_end(BOUND)
+                    .expect("stdout closes")
+                    .to_vec()
+            })
             .collect::<Vec<_>>()
     }))
     .await

@@ -51,9 +51,8 @@ async fn two_runner_processes_split_the_partitions_and_apply_every_event_once_in
     let db = bounded(FreshDb::create()).await;
     let url = db.url.clone();
     let (cluster, ids) = blocking(move || {
-        let mut cluster = Cluster::spawn(2, |_| {
-            runners::runner_command(PROGRAM, &url, LEASE, BATCH)
-        });
+        let mut cluster =
+            Cluster::spawn(2, |_| runners::runner_command(PROGRAM, &url, LEASE, BATCH));
         let ids: Vec<Uuid> = (0..2)
             .map(|i| {
                 let ready = cluster[i]

@@ -308,7 +308,12 @@ async fn a_runner_frozen_past_its_lease_is_taken_over_and_its_late_commits_chang
             .unwrap_or_else(|running| panic!("runners {running:?} did not stop"));
         assert!(statuses.iter().all(|s| s.success()), "{statuses:?}");
         (0..2)
-            .map(|i| cluster[i].read_to_end(BOUND).expect("stdout closes").to_vec())
+            .map(|i| {
+                cluster[i]
+                    .read_to_end(BOUND)
+                    .expect("stdout closes")
+                    .to_vec()
+            })
             .collect::<Vec<_>>()
     }))
     .await

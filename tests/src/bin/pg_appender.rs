@@ -386,9 +386,8 @@ async fn sync(url: &str, timeout: Duration) -> Result<(), String> {
     // An id never appended.
     let unknown = bounded(
         "a wait",
-        rt.sync_awaiter().wait::<AccountTotals>(
-            SyncFilter::event_ids([EventId::new()]).with_timeout(timeout),
-        ),
+        rt.sync_awaiter()
+            .wait::<AccountTotals>(SyncFilter::event_ids([EventId::new()]).with_timeout(timeout)),
     )
     .await?
     .map_err(|e| e.to_string())?;

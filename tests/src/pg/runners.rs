@@ -79,7 +79,11 @@ impl AppliedLog {
                     .push(format!("{process}: unreadable line {line:?}"));
                 continue;
             };
-            match (stream.parse::<Uuid>(), from.parse::<u64>(), to.parse::<u64>()) {
+            match (
+                stream.parse::<Uuid>(),
+                from.parse::<u64>(),
+                to.parse::<u64>(),
+            ) {
                 (Ok(stream), Ok(from), Ok(to)) => {
                     for version in from..=to {
                         self.seen
