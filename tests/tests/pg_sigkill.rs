@@ -19,7 +19,7 @@ use std::os::unix::process::ExitStatusExt as _;
 use std::time::Duration;
 use uuid::Uuid;
 use whizbang_core::{Runtime, StreamId};
-use whizbang_postgres::{PgEventStore, PgPerspectiveStore, PgSyncBackend};
+use whizbang_postgres::{Postgres, PostgresOptions};
 use whizbang_tests::pg::cluster::{Cluster, WaitError};
 use whizbang_tests::pg::db::FreshDb;
 use whizbang_tests::pg::ledger::{self, Tally};
@@ -170,14 +170,15 @@ async fn killing_appending_processes_loses_nothing_and_applies_nothing_twice() {
         CHILDREN * STREAMS_PER_CHILD
     );
 
-    // Catch every stream up here; then every model is a fresh fold.
-    let rt = Runtime::builder()
-        .event_store(PgEventStore::new(db.pool.clone()))
-        .perspective_store(PgPerspectiveStore::new(db.pool.clone()))
-        .sync_backend(PgSyncBackend::new(db.pool.clone()))
-        .runner_concurrency(2)
-        .build()
-        .unwrap();
+    // Catch every stream up here (a backend without a runner: only these
+    // catch-ups apply); then every model is a fresh fold.
+    let pg = bounded(Postgres::connect_with(
+        &db.url,
+        PostgresOptions::default().pool_size(6).runner(false),
+    ))
+    .await
+    .unwrap();
+    let rt = Runtime::builder().backend(pg.clone()).build().unwrap();
     for &stream in streams.iter().flatten() {
         bounded(rt.catch_up(TOTALS, StreamId::from(stream)))
             .await
@@ -195,4 +196,6 @@ async fn killing_appending_processes_loses_nothing_and_applies_nothing_twice() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+    drop(rt);
+    bounded(pg.close()).await;
 }

@@ -24,6 +24,22 @@
 //!    [`ledger::check_all_folds`] empty (every model equals a fresh fold).
 //!
 //! `tests/pg_sigkill.rs` and `tests/pg_restart.rs` follow these steps.
+//!
+//! # Runner processes
+//!
+//! `pg_appender runner` (started with [`runners::runner_command`]) runs only
+//! the partitioned runner and prints `applied <stream> <from> <to>` after
+//! each commit; closing its stdin ([`cluster::Member::close_stdin`]) stops
+//! it cleanly. The test appends from its own process with
+//! [`runners::append_round`] (which applies nothing), waits with
+//! [`runners::wait_applied`], and tallies the runners' lines in a
+//! [`runners::AppliedLog`]: a version reported by two commits was applied
+//! twice. The models record their apply order (`pg_totals!`'s `disorder`),
+//! so [`ledger::check_all_folds`] also proves each event applied once and in
+//! order. `tests/pg_two_runners.rs`, `tests/pg_sigkill_runners.rs`,
+//! `tests/pg_zombie.rs` and `tests/pg_restart_runners.rs` follow this;
+//! `tests/pg_cross_process_sync.rs` pairs a runner with `pg_appender sync`,
+//! a process that appends and waits with its runner off.
 
 pub mod cluster;
 pub mod db;
