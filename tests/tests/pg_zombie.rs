@@ -9,7 +9,8 @@
 //! client port, is `idle in transaction`; otherwise it lets A go and tries
 //! again). While A is frozen: the server ends A's open transactions (the
 //! pool's `idle_in_transaction_session_timeout` is the lease), B takes over
-//! all sixteen partitions with bumped fences, and B applies events on
+//! all sixteen partitions, each with a fence above the one A held, and B
+//! applies events on
 //! streams of A's former partitions. Then A continues: whatever it was about
 //! to commit fails or is fenced out, it rejoins (takes its share of the
 //! partitions back) and applies again.
@@ -172,10 +173,10 @@ fn zombie(rt: &tokio::runtime::Handle, pool: &sqlx::PgPool, url: &str) -> Seen {
         cluster[A].stop();
         let open = rt.block_on(open_transactions(pool, &client_ports(cluster[A].id())));
         if !open.is_empty() {
-            let partitions: Vec<i16> = rt
+            let partitions: Vec<(i16, i64)> = rt
                 .block_on(
-                    sqlx::query_scalar(
-                        "select partition from wh_partition_leases
+                    sqlx::query_as(
+                        "select partition, fence from wh_partition_leases
                           where perspective = $1 and owner = $2",
                     )
                     .bind(TOTALS)
@@ -199,6 +200,27 @@ fn zombie(rt: &tokio::runtime::Handle, pool: &sqlx::PgPool, url: &str) -> Seen {
         let owners = rt.block_on(runners::lease_owners(pool, TOTALS)).unwrap();
         owners.get(&ids[B]) == Some(&16)
     });
+    // Each take-over bumped the fence: a statement fenced on A's lease
+    // matches no row any more.
+    let fences: BTreeMap<i16, i64> = rt
+        .block_on(
+            sqlx::query_as(
+                "select partition, fence from wh_partition_leases where perspective = $1",
+            )
+            .bind(TOTALS)
+            .fetch_all(pool),
+        )
+        .unwrap()
+        .into_iter()
+        .collect();
+    for (partition, fence) in &a_partitions {
+        assert!(
+            fences[partition] > *fence,
+            "partition {partition}: fence {} after the take-over, A held it at {fence}",
+            fences[partition]
+        );
+    }
+    let a_partitions: Vec<i16> = a_partitions.iter().map(|(p, _)| *p).collect();
     let partition_of: BTreeMap<Uuid, i16> = rt
         .block_on(sqlx::query_as("select stream_id, partition from wh_streams").fetch_all(pool))
         .unwrap()
