@@ -2,7 +2,8 @@
 //! private server; the shared one is never touched), and a crash of it
 //! (`pg_ctl stop -m immediate`, then a start that recovers from the WAL).
 //!
-//! A runtime on `PgEventStore`, `PgPerspectiveStore` and `PgSyncBackend`
+//! A runtime on the whole PostgreSQL backend (`Postgres::connect_with` and
+//! `.backend(pg)`: the stores, the LISTEN task and the partitioned runner)
 //! appends from several tasks, each to streams of its own at an exact
 //! expected version. The server restarts while they run. An append that fails
 //! with a backend (connection) error is retried by the test, as a caller must:
@@ -26,7 +27,7 @@ use whizbang_core::error::Stored;
 use whizbang_core::{
     Error, ExpectedVersion, PerspectiveSyncOptions, Runtime, StreamId, SyncFilter, SyncOutcome,
 };
-use whizbang_postgres::{PgEventStore, PgPerspectiveStore, PgSyncBackend};
+use whizbang_postgres::{Postgres, PostgresOptions};
 use whizbang_tests::pg::db::FreshDb;
 use whizbang_tests::pg::ledger::{self, Tally};
 use whizbang_tests::pg::server::PgServer;
@@ -160,15 +161,16 @@ async fn restarts_mid_run(how: Restart) {
     );
     let db = bounded(FreshDb::on(&server.url())).await;
     let pool = db.pool.clone();
-    let rt = Runtime::builder()
-        .event_store(PgEventStore::new(pool.clone()))
-        .perspective_store(PgPerspectiveStore::new(pool.clone()))
-        .sync_backend(PgSyncBackend::new(pool.clone()))
-        // A unit holds a connection while its events are read: fewer units
-        // at once than the pool (8) has connections.
-        .runner_concurrency(2)
-        .build()
-        .unwrap();
+    let pg = bounded(Postgres::connect_with(
+        &db.url,
+        PostgresOptions::default()
+            .pool_size(8)
+            .lease_duration(Duration::from_secs(2))
+            .rescan_interval(Duration::from_millis(200)),
+    ))
+    .await
+    .unwrap();
+    let rt = Runtime::builder().backend(pg.clone()).build().unwrap();
 
     let counts = Arc::new(Counts::default());
     let streams: Vec<Vec<Uuid>> = (0..TASKS)
@@ -294,6 +296,7 @@ async fn restarts_mid_run(how: Restart) {
     assert!(check.matches(), "{check}");
 
     drop(rt);
+    bounded(pg.close()).await;
     drop(db);
     let server = Arc::into_inner(server).expect("the only handle");
     tokio::task::spawn_blocking(move || drop(server))

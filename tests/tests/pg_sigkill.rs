@@ -1,7 +1,8 @@
 //! SIGKILL appending processes at least 10 times while events flow.
 //!
-//! Two `pg_appender` children, each with a runtime on the PostgreSQL stores
-//! (and its own in-process runner applying the `pg_totals!` perspective),
+//! Two `pg_appender append` children, each with a runtime on the PostgreSQL
+//! backend (its runner on: it applies the `pg_totals!` perspective and takes
+//! its share of the partitions),
 //! append to streams of their own at exact expected versions. The test kills
 //! one of them with SIGKILL after a varying number of acknowledged appends
 //! (while its runner is applying), reaps it and starts it again; it resumes
@@ -9,16 +10,16 @@
 //! is stored exactly once (every acknowledged one among them), versions are
 //! gap-free, and after `Runtime::catch_up` every model equals a fresh fold.
 //!
-//! The runner shared by many processes (leases, fencing) is not built yet;
-//! this test covers what the stores promise under SIGKILL: an append and a
+//! This test covers what the stores promise under SIGKILL: an append and a
 //! perspective commit are whole or absent, and a dead session's claim goes.
+//! Killing runner processes is `tests/pg_sigkill_runners.rs`.
 
 use std::collections::BTreeSet;
 use std::os::unix::process::ExitStatusExt as _;
 use std::time::Duration;
 use uuid::Uuid;
 use whizbang_core::{Runtime, StreamId};
-use whizbang_postgres::{PgEventStore, PgPerspectiveStore, PgSyncBackend};
+use whizbang_postgres::{Postgres, PostgresOptions};
 use whizbang_tests::pg::cluster::{Cluster, WaitError};
 use whizbang_tests::pg::db::FreshDb;
 use whizbang_tests::pg::ledger::{self, Tally};
@@ -41,7 +42,9 @@ async fn bounded<F: std::future::Future>(f: F) -> F::Output {
 
 fn appender(url: &str, streams: &[Uuid]) -> std::process::Command {
     let mut cmd = Cluster::command(env!("CARGO_BIN_EXE_pg_appender"));
-    cmd.arg(url).arg(EVENTS_PER_STREAM.to_string());
+    cmd.arg("append")
+        .arg(url)
+        .arg(EVENTS_PER_STREAM.to_string());
     cmd.args(streams.iter().map(Uuid::to_string));
     cmd
 }
@@ -167,14 +170,15 @@ async fn killing_appending_processes_loses_nothing_and_applies_nothing_twice() {
         CHILDREN * STREAMS_PER_CHILD
     );
 
-    // Catch every stream up here; then every model is a fresh fold.
-    let rt = Runtime::builder()
-        .event_store(PgEventStore::new(db.pool.clone()))
-        .perspective_store(PgPerspectiveStore::new(db.pool.clone()))
-        .sync_backend(PgSyncBackend::new(db.pool.clone()))
-        .runner_concurrency(2)
-        .build()
-        .unwrap();
+    // Catch every stream up here (a backend without a runner: only these
+    // catch-ups apply); then every model is a fresh fold.
+    let pg = bounded(Postgres::connect_with(
+        &db.url,
+        PostgresOptions::default().pool_size(6).runner(false),
+    ))
+    .await
+    .unwrap();
+    let rt = Runtime::builder().backend(pg.clone()).build().unwrap();
     for &stream in streams.iter().flatten() {
         bounded(rt.catch_up(TOTALS, StreamId::from(stream)))
             .await
@@ -192,4 +196,6 @@ async fn killing_appending_processes_loses_nothing_and_applies_nothing_twice() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+    drop(rt);
+    bounded(pg.close()).await;
 }

@@ -2,6 +2,11 @@
 //! SIGKILL, SIGSTOP and SIGCONT (with the `kill` command), wait with a
 //! timeout, and collect what they print, line by line.
 //!
+//! A child's stdin is a pipe the test holds: a child that runs until told
+//! to stop (a runner) reads it and stops cleanly at end of file, which
+//! [`Member::close_stdin`] sends (and which also comes when the test process
+//! dies, so no such child outlives it).
+//!
 //! Every child is killed when its [`Member`] (or the [`Cluster`]) is dropped,
 //! so a failing test leaves no process behind.
 //!
@@ -72,12 +77,12 @@ impl std::fmt::Display for WaitError {
 impl std::error::Error for WaitError {}
 
 impl Member {
-    /// Spawns `cmd` with stdout piped (stdin null, stderr inherited).
+    /// Spawns `cmd` with stdin and stdout piped (stderr inherited).
     ///
     /// # Panics
     /// If the program cannot be started.
     pub fn spawn(mut cmd: Command) -> Member {
-        cmd.stdin(Stdio::null())
+        cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
@@ -94,6 +99,12 @@ impl Member {
     /// Its process id.
     pub fn id(&self) -> u32 {
         self.guard.id()
+    }
+
+    /// Closes its stdin: a child that reads stdin sees end of file (the
+    /// runner child then stops cleanly). Closing twice does nothing.
+    pub fn close_stdin(&mut self) {
+        drop(self.guard.0.stdin.take());
     }
 
     /// SIGKILL: it dies at once, mid-whatever. Reap it with
@@ -189,6 +200,29 @@ impl Member {
                     })
                 }
                 Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reads every line it prints until it closes its stdout (it exited, or
+    /// was killed: its last lines are read from the pipe), within `bound`;
+    /// all of them, as [`lines`](Self::lines).
+    ///
+    /// # Errors
+    /// [`WaitError::TimedOut`] when it keeps stdout open past `bound`.
+    pub fn read_to_end(&mut self, bound: Duration) -> Result<&[String], WaitError> {
+        let deadline = Instant::now() + bound;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_line(left) {
+                Ok(_) => {}
+                Err(WaitError::Closed { .. }) => return Ok(&self.seen),
+                Err(WaitError::TimedOut { lines, .. }) => {
+                    return Err(WaitError::TimedOut {
+                        waiting_for: "stdout to close".to_owned(),
+                        lines,
+                    })
+                }
             }
         }
     }

@@ -1,8 +1,9 @@
 //! What the PostgreSQL process tests share: [`db`] (a fresh, migrated
 //! database per test), [`server`] (a private server a test may stop and
 //! restart), [`cluster`] (N child processes to kill, stop and continue),
-//! [`ledger`] (counting lost and duplicated work; models against a fresh fold)
-//! and [`proxy`] (a relay that loses the answer to a COMMIT).
+//! [`ledger`] (counting lost and duplicated work; models against a fresh fold),
+//! [`proxy`] (a relay that loses the answer to a COMMIT) and [`runners`]
+//! (runner child processes, what they applied, and an in-test appender).
 //!
 //! # Writing a process test
 //!
@@ -23,19 +24,45 @@
 //!    [`ledger::check_all_folds`] empty (every model equals a fresh fold).
 //!
 //! `tests/pg_sigkill.rs` and `tests/pg_restart.rs` follow these steps.
+//!
+//! # Runner processes
+//!
+//! `pg_appender runner` (started with [`runners::runner_command`]) runs only
+//! the partitioned runner and prints `applied <stream> <from> <to>` after
+//! each commit; closing its stdin ([`cluster::Member::close_stdin`]) stops
+//! it cleanly. The test appends from its own process with
+//! [`runners::append_round`] (which applies nothing), waits with
+//! [`runners::wait_applied`], and tallies the runners' lines in a
+//! [`runners::AppliedLog`]: a version reported by two commits was applied
+//! twice. The models record their apply order (`pg_totals!`'s `disorder`),
+//! so [`ledger::check_all_folds`] also proves each event applied once and in
+//! order. `tests/pg_two_runners.rs`, `tests/pg_sigkill_runners.rs`,
+//! `tests/pg_zombie.rs` and `tests/pg_restart_runners.rs` follow this;
+//! `tests/pg_cross_process_sync.rs` pairs a runner with `pg_appender sync`,
+//! a process that appends and waits with its runner off.
 
 pub mod cluster;
 pub mod db;
 pub mod ledger;
 pub mod proxy;
+pub mod runners;
 pub mod server;
 
 /// Declares, in the calling binary, the counter/sum model the PostgreSQL
 /// process tests fold: the event `Added` (`#[stream_key] account`, a 1-based
-/// `seq` unique per stream, an `amount`), the model `Totals { count, sum }`,
+/// `seq` unique per stream, an `amount`), the model `Totals { count, sum,
+/// last_seq, disorder }`,
 /// the async perspective `AccountTotals` (named by `TOTALS`), `amount(stream,
 /// seq)` (the amount a test appends) and `fold_totals`, the test's own fold
-/// for [`ledger::fresh_fold`]. A macro, not items here, so that the
+/// for [`ledger::fresh_fold`].
+///
+/// Tests append `seq` at stream version `seq`, so the model checks the order
+/// it was applied in: `disorder` counts events whose `seq` is not one above
+/// the `last_seq` applied before them (an event applied twice, skipped or out
+/// of order). A fresh fold in version order has `disorder == 0`, so a stored
+/// model that equals it was applied exactly once and in order.
+///
+/// A macro, not items here, so that the
 /// registration lands in the binary itself (a child and its parent test
 /// register the same perspective).
 #[macro_export]
@@ -57,6 +84,23 @@ macro_rules! pg_totals {
         struct Totals {
             count: u64,
             sum: u64,
+            /// The `seq` of the last event applied.
+            last_seq: u64,
+            /// Events applied whose `seq` was not `last_seq + 1`.
+            disorder: u64,
+        }
+
+        impl Totals {
+            /// Folds one event's `seq` and `amount` (the perspective and the
+            /// test's fold share this).
+            fn add(&mut self, seq: u64, amount: u64) {
+                if seq != self.last_seq + 1 {
+                    self.disorder += 1;
+                }
+                self.last_seq = seq;
+                self.count += 1;
+                self.sum += amount;
+            }
         }
 
         struct AccountTotals;
@@ -68,8 +112,7 @@ macro_rules! pg_totals {
         #[::whizbang_core::perspective(model = Totals, name = "pg_totals.totals")]
         impl AccountTotals {
             fn added(m: &mut Totals, e: &Added) {
-                m.count += 1;
-                m.sum += e.amount;
+                m.add(e.seq, e.amount);
             }
         }
 
@@ -83,8 +126,10 @@ macro_rules! pg_totals {
         #[allow(dead_code)]
         fn fold_totals(m: &mut Totals, e: &$crate::pg::ledger::FoldEvent) {
             if e.event_type == "pg_totals.added" {
-                m.count += 1;
-                m.sum += e.data["amount"].as_u64().unwrap_or(0);
+                m.add(
+                    e.data["seq"].as_u64().unwrap_or(0),
+                    e.data["amount"].as_u64().unwrap_or(0),
+                );
             }
         }
     };
