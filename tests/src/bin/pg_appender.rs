@@ -299,7 +299,7 @@ impl ApplyListener for Reporter {
         }
         let n = report.applied.len() as u64;
         if n > 0 {
-            let from = report.version + 1 - n;
+            let from = report.version.saturating_sub(n) + 1;
             say(&format!("applied {stream} {from} {}", report.version));
         }
     }
