@@ -35,6 +35,10 @@
 //!   elapsed_ms=<n>` (a wait on `AccountAudit`, which no runner runs), then
 //!   `account <stream>` and `finished`. The three waits that cannot succeed
 //!   use the timeout given; the one that can, 20 s.
+//! - `pg_appender wait <url> <timeout_ms>`: the runner off and the
+//!   in-process runner paused; publishes one event on a new stream, prints
+//!   `appended <stream>`, waits on it through the scope's awaiter and prints
+//!   `awaited outcome=<outcome> elapsed_ms=<n>`, then `finished`.
 
 use serde::{Deserialize, Serialize};
 use std::process::ExitCode;
@@ -99,7 +103,8 @@ const APPEND_LEASE: Duration = Duration::from_secs(2);
 const USAGE: &str = "usage: pg_appender append <url> <events> <stream>... | \
                      pg_appender append-only <url> <events> <stream>... | \
                      pg_appender runner <url> <lease_ms> <batch_size> | \
-                     pg_appender sync <url> <timeout_ms>";
+                     pg_appender sync <url> <timeout_ms> | \
+                     pg_appender wait <url> <timeout_ms>";
 
 /// What the command line asks for.
 enum Role {
@@ -115,6 +120,10 @@ enum Role {
         batch: u32,
     },
     Sync {
+        url: String,
+        timeout: Duration,
+    },
+    Wait {
         url: String,
         timeout: Duration,
     },
@@ -150,6 +159,10 @@ fn parse(args: &[String]) -> Result<Role, String> {
             url: (*url).to_owned(),
             timeout: Duration::from_millis(number("timeout_ms", timeout_ms)?),
         }),
+        ["wait", url, timeout_ms] => Ok(Role::Wait {
+            url: (*url).to_owned(),
+            timeout: Duration::from_millis(number("timeout_ms", timeout_ms)?),
+        }),
         _ => Err(USAGE.to_owned()),
     }
 }
@@ -166,6 +179,7 @@ async fn main() -> ExitCode {
         }) => append(&url, events, &streams, runner).await,
         Ok(Role::Runner { url, lease, batch }) => run_runner(&url, lease, batch).await,
         Ok(Role::Sync { url, timeout }) => sync(&url, timeout).await,
+        Ok(Role::Wait { url, timeout }) => wait(&url, timeout).await,
         Err(e) => Err(e),
     };
     match result {
@@ -285,7 +299,7 @@ impl ApplyListener for Reporter {
         }
         let n = report.applied.len() as u64;
         if n > 0 {
-            let from = report.version + 1 - n;
+            let from = report.version.saturating_sub(n) + 1;
             say(&format!("applied {stream} {from} {}", report.version));
         }
     }
@@ -415,6 +429,50 @@ async fn sync(url: &str, timeout: Duration) -> Result<(), String> {
         .await?
         .map_err(|e| e.to_string())?;
     say(&format!("account {account}"));
+    say("finished");
+    shut_down(rt, pg).await
+}
+
+async fn wait(url: &str, timeout: Duration) -> Result<(), String> {
+    let pg = connect(url, options(APPEND_LEASE).runner(false)).await?;
+    let rt = Runtime::builder()
+        .registry(totals_only()?)
+        .backend(pg.clone())
+        .build()
+        .map_err(|e| e.to_string())?;
+    // Nothing is applied here: only another process's runner can.
+    rt.runner().pause();
+    let account = Uuid::now_v7();
+    let scope = rt.scope();
+    let event = Added {
+        account,
+        seq: 1,
+        amount: amount(account, 1),
+    };
+    bounded(
+        "an append",
+        scope.publish_expecting(event, ExpectedVersion::NoStream),
+    )
+    .await?
+    .map_err(|e| format!("append {account}:1: {e}"))?;
+    say(&format!("appended {account}"));
+    let waited = tokio::time::timeout(
+        timeout + BOUND,
+        scope
+            .sync_awaiter()
+            .wait::<AccountTotals>(SyncFilter::current_scope().with_timeout(timeout)),
+    )
+    .await
+    .map_err(|_| format!("a wait of {timeout:?} went on past {BOUND:?} more"))?
+    .map_err(|e| e.to_string())?;
+    say(&format!(
+        "awaited outcome={} elapsed_ms={}",
+        outcome_label(&waited.outcome),
+        waited.elapsed.as_millis()
+    ));
+    bounded("completing a scope", scope.complete())
+        .await?
+        .map_err(|e| e.to_string())?;
     say("finished");
     shut_down(rt, pg).await
 }

@@ -11,7 +11,6 @@
 //! killed runner may take the line of its last commit with it.
 
 use super::ledger::Tally;
-use serde_json::Value;
 use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -240,10 +239,8 @@ fn added(stream: Uuid, seq: u64, amount: u64) -> NewEvent {
         event_id: EventId::new(),
         stream_id: StreamId::from(stream),
         event_type: "pg_totals.added",
-        data: serde_json::value::to_raw_value(&data).unwrap_or_else(|_| {
-            // A json! object of a string and two numbers always serialises.
-            serde_json::value::to_raw_value(&Value::Null).expect("null serialises")
-        }),
+        data: serde_json::value::to_raw_value(&data)
+            .expect("an object of a string and two numbers serialises"),
         metadata: EventMetadata {
             correlation_id: MessageId::new(),
             causation_id: None,
