@@ -386,9 +386,9 @@ pub(crate) fn location(row: LocationRow) -> EventLocation {
 }
 
 /// One `wh_events` row as read: position, id, stream, version, type, data, metadata.
-type EventRow = (i64, Uuid, Uuid, i64, String, String, String);
+pub(crate) type EventRow = (i64, Uuid, Uuid, i64, String, String, String);
 
-fn decode_event(row: EventRow) -> std::result::Result<StoredEvent, serde_json::Error> {
+pub(crate) fn decode_event(row: EventRow) -> std::result::Result<StoredEvent, serde_json::Error> {
     let (position, event_id, stream_id, version, event_type, data, metadata) = row;
     Ok(StoredEvent {
         position: to_u64(position),

@@ -6,10 +6,11 @@ use crate::wire;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sqlx::{PgPool, Postgres, Transaction};
+use std::sync::Arc;
 use uuid::Uuid;
 use whizbang_core::backend::{
     BoxFuture, Checkpoint, CheckpointFailure, ModelFormat, ModelKey, ModelRow, ModelValue,
-    PerspectiveStore, PerspectiveUnit, SkippedEvent,
+    PerspectiveStore, PerspectiveUnit, SkippedEvent, StoredEvent,
 };
 use whizbang_core::error::Stored;
 use whizbang_core::store::{ModelOrder, ModelQuery};
@@ -127,6 +128,76 @@ const SELECT_CURSOR: &str = "select version, failed_version, failure_message, sk
                                from wh_perspective_cursors
                               where perspective = $1 and model_key = $2";
 
+/// Creates the cursor row or locks the existing one; returns it and whether
+/// it was created. No row: another transaction created it after this
+/// statement's snapshot (lock it again with a new statement).
+const CLAIM_CURSOR: &str = "with created as (
+         insert into wh_perspective_cursors (perspective, model_key) values ($1, $2)
+         on conflict do nothing
+         returning version, failed_version, failure_message, skipped::text, true as created
+     ), locked as (
+         select version, failed_version, failure_message, skipped::text, false as created
+           from wh_perspective_cursors
+          where perspective = $1 and model_key = $2
+            for update
+     )
+     select * from created union all select * from locked";
+
+/// The model (on the first row only) and the stream's events after the
+/// cursor (none: one row of nulls besides the model).
+const CLAIM_READ: &str = "select case when e.n is null or e.n = 1 then
+                (select data::text from wh_perspective_rows
+                  where perspective = $1 and model_key = $2) end,
+            e.global_position, e.event_id, e.stream_id, e.stream_version, e.event_type,
+            e.data, e.metadata
+       from (select 1) as one
+       left join lateral (
+           select row_number() over (order by stream_version) as n, global_position,
+                  event_id, stream_id, stream_version, event_type, data::text as data,
+                  metadata::text as metadata
+             from wh_events
+            where stream_id = $2 and stream_version > $3
+       ) e on true
+      order by e.n";
+
+/// One row of [`CLAIM_READ`].
+type ClaimRow = (
+    Option<String>,
+    Option<i64>,
+    Option<Uuid>,
+    Option<Uuid>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+/// The model and the events of [`CLAIM_READ`]'s rows. Events that do not
+/// decode are not handed over (`None`): the runtime then reads the stream
+/// itself and reports the stored row as the event store does.
+fn decode_claim_read(rows: Vec<ClaimRow>) -> (Option<String>, Option<Vec<Arc<StoredEvent>>>) {
+    let mut model = None;
+    let mut events = Some(Vec::with_capacity(rows.len()));
+    for (i, (m, position, id, stream, version, event_type, data, metadata)) in
+        rows.into_iter().enumerate()
+    {
+        if i == 0 {
+            model = m;
+        }
+        let (Some(position), Some(id), Some(stream), Some(version), Some(ty), Some(data), Some(meta)) =
+            (position, id, stream, version, event_type, data, metadata)
+        else {
+            continue;
+        };
+        let decoded = crate::events::decode_event((position, id, stream, version, ty, data, meta));
+        match (decoded, events.as_mut()) {
+            (Ok(event), Some(list)) => list.push(Arc::new(event)),
+            _ => events = None,
+        }
+    }
+    (model, events)
+}
+
 /// A model row as read: key, version, data.
 type ModelRowSql = (Uuid, i64, String);
 
@@ -151,6 +222,8 @@ struct PgUnit {
     key: ModelKey,
     checkpoint: Checkpoint,
     model: Option<Box<RawValue>>,
+    /// The stream's events after the checkpoint, read with the claim.
+    events: Option<Vec<Arc<StoredEvent>>>,
 }
 
 impl PgUnit {
@@ -172,13 +245,29 @@ impl PgUnit {
             .as_ref()
             .map(|f| to_i64(f.version, "failed version"))
             .transpose()?;
-        let fenced = sqlx::query(
-            "update wh_perspective_cursors
-                set version = $3, failed_version = $4, failure_message = $5,
-                    skipped = $6::jsonb, updated_at = now(),
-                    attempts = case when $4::int8 is null then 0 else attempts + 1 end
-              where perspective = $1 and model_key = $2 and version = $7
-             returning pg_notify($8, $9)",
+        // One statement: the fenced cursor update (with the NOTIFY riding
+        // on it: once, for the one row, delivered only if the transaction
+        // commits), then the model, written only when the fence held. A
+        // `None` model keeps the stored one, now reflecting the new version.
+        let fenced: i64 = sqlx::query_scalar(
+            "with cursor as (
+                 update wh_perspective_cursors
+                    set version = $3, failed_version = $4, failure_message = $5,
+                        skipped = $6::jsonb, updated_at = now(),
+                        attempts = case when $4::int8 is null then 0 else attempts + 1 end
+                  where perspective = $1 and model_key = $2 and version = $7
+                 returning pg_notify($8, $9)
+             ), stored as (
+                 insert into wh_perspective_rows (perspective, model_key, version, data)
+                 select $1, $2, $3, $10::text::jsonb from cursor where $10::text is not null
+                 on conflict (perspective, model_key) do update
+                    set version = excluded.version, data = excluded.data, updated_at = now()
+             ), kept as (
+                 update wh_perspective_rows set version = $3, updated_at = now()
+                  where perspective = $1 and model_key = $2 and $10::text is null
+                    and exists (select 1 from cursor)
+             )
+             select count(*) from cursor",
         )
         .bind(perspective)
         .bind(key.as_uuid())
@@ -187,14 +276,13 @@ impl PgUnit {
         .bind(checkpoint.failure.as_ref().map(|f| f.message.as_str()))
         .bind(encode_skipped(&checkpoint.skipped)?)
         .bind(claimed)
-        // The NOTIFY rides on the fenced update: once, for the one row, and
-        // delivered only if the transaction commits.
         .bind(wire::APPLIED_CHANNEL)
         .bind(wire::encode_applied(perspective, key, checkpoint.version))
-        .execute(&mut *self.tx)
+        .bind(model.as_ref().map(|json| json.get()))
+        .fetch_one(&mut *self.tx)
         .await
         .map_err(db_error(what(), Stored::Nothing))?;
-        if fenced.rows_affected() != 1 {
+        if fenced != 1 {
             return Err(Error::backend(
                 BACKEND,
                 what(),
@@ -207,30 +295,6 @@ impl PgUnit {
                 ),
             ));
         }
-        let stored_model = match &model {
-            Some(json) => sqlx::query(
-                "insert into wh_perspective_rows (perspective, model_key, version, data)
-                 values ($1, $2, $3, $4::jsonb)
-                 on conflict (perspective, model_key) do update
-                    set version = excluded.version, data = excluded.data, updated_at = now()",
-            )
-            .bind(perspective)
-            .bind(key.as_uuid())
-            .bind(version)
-            .bind(json.get()),
-            // The stored model stays, and reflects the cursor's new version.
-            None => sqlx::query(
-                "update wh_perspective_rows set version = $3, updated_at = now()
-                  where perspective = $1 and model_key = $2",
-            )
-            .bind(perspective)
-            .bind(key.as_uuid())
-            .bind(version),
-        };
-        stored_model
-            .execute(&mut *self.tx)
-            .await
-            .map_err(db_error(what(), Stored::Nothing))?;
         self.tx
             .commit()
             .await
@@ -246,6 +310,10 @@ impl PerspectiveUnit for PgUnit {
     fn take_model(&mut self) -> Option<ModelValue> {
         // A copy: dropping the unit leaves the stored model as it was.
         self.model.clone().map(ModelValue::Json)
+    }
+
+    fn take_events(&mut self) -> Option<Vec<Arc<StoredEvent>>> {
+        self.events.take()
     }
 
     fn commit(
@@ -274,36 +342,45 @@ impl PerspectiveStore for PgPerspectiveStore {
                 .begin()
                 .await
                 .map_err(db_error(what(), Stored::Nothing))?;
-            sqlx::query(
-                "insert into wh_perspective_cursors (perspective, model_key) values ($1, $2)
-                 on conflict do nothing",
-            )
-            .bind(perspective)
-            .bind(key.as_uuid())
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error(what(), Stored::Nothing))?;
-            // Lock the cursor row (waiting for another unit's commit or
-            // rollback), then read the model in a statement of its own: its
-            // snapshot is taken after the lock, so it sees the model the
-            // other unit committed. (A join in the locking statement would
-            // re-check only the locked row and return the model as it was.)
-            let cursor: CursorRow = sqlx::query_as(&format!("{SELECT_CURSOR} for update"))
+            // Create the cursor row if it is missing, or lock it (waiting for
+            // another unit's commit or rollback), in one statement. A row
+            // created here is new (no model yet) and locked by our insert.
+            let mut cursor: Option<(CursorRow, bool)> = sqlx::query_as(CLAIM_CURSOR)
                 .bind(perspective)
                 .bind(key.as_uuid())
-                .fetch_one(&mut *tx)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_error(what(), Stored::Nothing))?
+                .map(|(v, f, m, s, created)| ((v, f, m, s), created));
+            if cursor.is_none() {
+                // Another unit created the row after this statement's
+                // snapshot was taken: lock it with a fresh snapshot.
+                cursor = Some((
+                    sqlx::query_as(&format!("{SELECT_CURSOR} for update"))
+                        .bind(perspective)
+                        .bind(key.as_uuid())
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(db_error(what(), Stored::Nothing))?,
+                    false,
+                ));
+            }
+            let (cursor, _created) = cursor.unwrap_or_default();
+            let checkpoint = decode_cursor(cursor).map_err(|e| corrupt(what(), e))?;
+            // Then the model and the stream's events after the cursor, in a
+            // statement of its own: its snapshot is taken after the lock, so
+            // it sees what the other unit committed. (A join in the locking
+            // statement would re-check only the locked row and return the
+            // model as it was.)
+            let after = to_i64(checkpoint.version, "cursor version")?;
+            let rows: Vec<ClaimRow> = sqlx::query_as(CLAIM_READ)
+                .bind(perspective)
+                .bind(key.as_uuid())
+                .bind(after)
+                .fetch_all(&mut *tx)
                 .await
                 .map_err(db_error(what(), Stored::Nothing))?;
-            let checkpoint = decode_cursor(cursor).map_err(|e| corrupt(what(), e))?;
-            let model: Option<String> = sqlx::query_scalar(
-                "select data::text from wh_perspective_rows
-                  where perspective = $1 and model_key = $2",
-            )
-            .bind(perspective)
-            .bind(key.as_uuid())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_error(what(), Stored::Nothing))?;
+            let (model, events) = decode_claim_read(rows);
             let model = model
                 .map(RawValue::from_string)
                 .transpose()
@@ -314,6 +391,7 @@ impl PerspectiveStore for PgPerspectiveStore {
                 key,
                 checkpoint,
                 model,
+                events,
             }) as Box<dyn PerspectiveUnit>)
         })
     }

@@ -231,7 +231,7 @@ impl Engine {
         stream: StreamId,
         upto: u64,
     ) -> Result<Option<ApplyReport>> {
-        let unit = self.perspectives.claim(reg.name, stream).await?;
+        let mut unit = self.perspectives.claim(reg.name, stream).await?;
         let checkpoint = unit.checkpoint().clone();
         if let Some(f) = &checkpoint.failure {
             return Err(Error::PerspectiveFailed {
@@ -241,7 +241,10 @@ impl Engine {
                 message: f.message.clone(),
             });
         }
-        let mut events = self.events.read_stream(stream, checkpoint.version).await?;
+        let mut events = match unit.take_events() {
+            Some(events) => events,
+            None => self.events.read_stream(stream, checkpoint.version).await?,
+        };
         events.retain(|e| e.stream_version <= upto);
         if events.is_empty() {
             return Ok(None);

@@ -278,6 +278,14 @@ pub trait PerspectiveUnit: Send {
     /// The stored model, for the unit to work on (`None` when there is none yet).
     /// The stored copy is not changed until [`commit`](Self::commit).
     fn take_model(&mut self) -> Option<ModelValue>;
+    /// The stream's events after the claimed checkpoint, in version order,
+    /// when the store read them together with the claim (a database store
+    /// can, in the claim's own transaction, saving the runtime a read on
+    /// another connection). `None`, the default, makes the runtime read them
+    /// from the event store. Called at most once, right after the claim.
+    fn take_events(&mut self) -> Option<Vec<Arc<StoredEvent>>> {
+        None
+    }
     /// Commits the model and the checkpoint atomically and releases the unit.
     /// A `model` of `None` leaves the stored model as it is (only the checkpoint
     /// changes).
