@@ -6,11 +6,13 @@ use crate::wire;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sqlx::{PgPool, Postgres, Transaction};
+use std::collections::HashMap;
 use std::sync::Arc;
 use uuid::Uuid;
 use whizbang_core::backend::{
     BoxFuture, Checkpoint, CheckpointFailure, ModelFormat, ModelKey, ModelRow, ModelValue,
-    PerspectiveStore, PerspectiveUnit, SkippedEvent, StoredEvent,
+    ClaimedModel, ModelWrite, PerspectiveBatch, PerspectiveStore, PerspectiveUnit, SkippedEvent,
+    StoredEvent,
 };
 use whizbang_core::error::Stored;
 use whizbang_core::store::{ModelOrder, ModelQuery};
@@ -325,9 +327,259 @@ impl PerspectiveUnit for PgUnit {
     }
 }
 
+/// Models of one perspective claimed together: one transaction holding
+/// every cursor row's lock until [`PerspectiveBatch::commit`].
+struct PgBatch {
+    tx: Transaction<'static, Postgres>,
+    perspective: &'static str,
+    claimed: Vec<ClaimedModel>,
+    /// Each key's cursor version at claim time (the commit's fence).
+    versions: HashMap<ModelKey, u64>,
+}
+
+impl PgBatch {
+    async fn commit_now(mut self, writes: Vec<ModelWrite>) -> Result<()> {
+        let perspective = self.perspective;
+        let what = || {
+            format!(
+                "commit perspective `{perspective}` on {} models",
+                writes.len()
+            )
+        };
+        let mut keys = Vec::with_capacity(writes.len());
+        let mut claimed = Vec::with_capacity(writes.len());
+        let mut versions = Vec::with_capacity(writes.len());
+        let mut models: Vec<Option<String>> = Vec::with_capacity(writes.len());
+        let mut entries = Vec::with_capacity(writes.len());
+        for w in &writes {
+            let Some(at) = self.versions.get(&w.key) else {
+                return Err(Error::InvalidInput(format!(
+                    "{}: model {} was not claimed in this batch; nothing was committed",
+                    what(),
+                    w.key
+                )));
+            };
+            if w.checkpoint.failure.is_some() {
+                return Err(Error::InvalidInput(format!(
+                    "{}: a batch cannot record a failure (model {}); nothing was committed",
+                    what(),
+                    w.key
+                )));
+            }
+            keys.push(w.key.as_uuid());
+            claimed.push(to_i64(*at, "cursor version")?);
+            versions.push(to_i64(w.checkpoint.version, "cursor version")?);
+            let model =
+                w.model
+                    .as_ref()
+                    .map(ModelValue::to_json)
+                    .transpose()
+                    .map_err(|source| Error::Serialization {
+                        type_name: "read model",
+                        source,
+                    })?;
+            models.push(model.map(|m| m.get().to_owned()));
+            entries.push((w.key, w.checkpoint.version));
+        }
+        let payloads = wire::encode_applied_many(perspective, &entries);
+        // One statement: every cursor fenced on the version it was claimed
+        // at (the skipped list and failure columns stay: only models without
+        // a failure are in a batch), the models written only where the fence
+        // held, and the NOTIFYs (delivered only if the transaction commits).
+        let fenced: i64 = sqlx::query_scalar(
+            "with w as (
+                 select * from unnest($2::uuid[], $3::int8[], $4::int8[], $5::text[])
+                          as w(model_key, claimed, version, data)
+             ), cursor as (
+                 update wh_perspective_cursors c
+                    set version = w.version, attempts = 0, updated_at = now()
+                   from w
+                  where c.perspective = $1 and c.model_key = w.model_key
+                    and c.version = w.claimed and c.failed_version is null
+                 returning c.model_key
+             ), stored as (
+                 insert into wh_perspective_rows (perspective, model_key, version, data)
+                 select $1, w.model_key, w.version, w.data::jsonb
+                   from w join cursor on cursor.model_key = w.model_key
+                  where w.data is not null
+                 on conflict (perspective, model_key) do update
+                    set version = excluded.version, data = excluded.data, updated_at = now()
+             ), kept as (
+                 update wh_perspective_rows r set version = w.version, updated_at = now()
+                   from w join cursor on cursor.model_key = w.model_key
+                  where r.perspective = $1 and r.model_key = w.model_key and w.data is null
+             ), notified as materialized (
+                 select pg_notify($6, p) from unnest($7::text[]) p
+             )
+             select count(*) from cursor left join (select count(*) from notified) n on true",
+        )
+        .bind(perspective)
+        .bind(&keys)
+        .bind(&claimed)
+        .bind(&versions)
+        .bind(&models)
+        .bind(wire::APPLIED_CHANNEL)
+        .bind(&payloads)
+        .fetch_one(&mut *self.tx)
+        .await
+        .map_err(db_error(what(), Stored::Nothing))?;
+        if usize::try_from(fenced).ok() != Some(writes.len()) {
+            return Err(Error::backend(
+                BACKEND,
+                what(),
+                Stored::Nothing,
+                "a cursor is no longer at the version this batch claimed: another process \
+                 moved it on, so the whole commit was refused. Claim again and re-apply from \
+                 the stored cursors"
+                    .to_owned(),
+            ));
+        }
+        self.tx
+            .commit()
+            .await
+            .map_err(db_error(what(), Stored::Unknown))
+    }
+}
+
+impl PerspectiveBatch for PgBatch {
+    fn take_claimed(&mut self) -> Vec<ClaimedModel> {
+        std::mem::take(&mut self.claimed)
+    }
+
+    fn commit(self: Box<Self>, writes: Vec<ModelWrite>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(self.commit_now(writes))
+    }
+}
+
+/// A cursor row of a batch claim: key, then [`CursorRow`]'s columns.
+type KeyedCursorRow = (Uuid, i64, Option<i64>, Option<String>, String);
+
+/// One `wh_events` row of a batch claim, as [`crate::events::EventRow`].
+type BatchEventRow = (i64, Uuid, Uuid, i64, String, String, String);
+
+impl PgPerspectiveStore {
+    async fn claim_batch(
+        &self,
+        perspective: &'static str,
+        keys: &[ModelKey],
+    ) -> Result<Box<dyn PerspectiveBatch>> {
+        let what = || format!("claim perspective `{perspective}` on {} models", keys.len());
+        // Sorted: every batch locks in key order, so two never deadlock.
+        let mut sorted: Vec<Uuid> = keys.iter().map(|k| k.as_uuid()).collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db_error(what(), Stored::Nothing))?;
+        sqlx::query(
+            "insert into wh_perspective_cursors (perspective, model_key)
+             select $1, k from unnest($2::uuid[]) k order by k
+             on conflict do nothing",
+        )
+        .bind(perspective)
+        .bind(&sorted)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error(what(), Stored::Nothing))?;
+        let cursors: Vec<KeyedCursorRow> = sqlx::query_as(
+            "select model_key, version, failed_version, failure_message, skipped::text
+               from wh_perspective_cursors
+              where perspective = $1 and model_key = any($2)
+              order by model_key
+                for update",
+        )
+        .bind(perspective)
+        .bind(&sorted)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error(what(), Stored::Nothing))?;
+        // After the locks, in statements of their own (snapshots taken after
+        // the locks): the models and the streams' events after the cursors.
+        let mut checkpoints = HashMap::with_capacity(cursors.len());
+        let mut after_keys = Vec::with_capacity(cursors.len());
+        let mut after_versions = Vec::with_capacity(cursors.len());
+        for (key, version, failed, message, skipped) in cursors {
+            let checkpoint =
+                decode_cursor((version, failed, message, skipped)).map_err(|e| corrupt(what(), e))?;
+            after_keys.push(key);
+            after_versions.push(version);
+            checkpoints.insert(key, checkpoint);
+        }
+        let models: Vec<(Uuid, String)> = sqlx::query_as(
+            "select model_key, data::text from wh_perspective_rows
+              where perspective = $1 and model_key = any($2)",
+        )
+        .bind(perspective)
+        .bind(&after_keys)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error(what(), Stored::Nothing))?;
+        let events: Vec<BatchEventRow> = sqlx::query_as(
+            "select e.global_position, e.event_id, e.stream_id, e.stream_version, e.event_type,
+                    e.data::text, e.metadata::text
+               from unnest($1::uuid[], $2::int8[]) as k(stream_id, after)
+               join wh_events e on e.stream_id = k.stream_id and e.stream_version > k.after
+              order by e.stream_id, e.stream_version",
+        )
+        .bind(&after_keys)
+        .bind(&after_versions)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error(what(), Stored::Nothing))?;
+        let mut models: HashMap<Uuid, String> = models.into_iter().collect();
+        let mut by_stream: HashMap<Uuid, Option<Vec<Arc<StoredEvent>>>> = HashMap::new();
+        for row in events {
+            let entry = by_stream.entry(row.2).or_insert_with(|| Some(Vec::new()));
+            match (crate::events::decode_event(row), entry.as_mut()) {
+                (Ok(event), Some(list)) => list.push(Arc::new(event)),
+                // Not handed over: the runtime reads the stream itself and
+                // reports the stored row as the event store does.
+                _ => *entry = None,
+            }
+        }
+        let mut claimed = Vec::with_capacity(keys.len());
+        let mut versions = HashMap::with_capacity(keys.len());
+        for key in keys {
+            let uuid = key.as_uuid();
+            let Some(checkpoint) = checkpoints.remove(&uuid) else {
+                continue;
+            };
+            let model = models
+                .remove(&uuid)
+                .map(RawValue::from_string)
+                .transpose()
+                .map_err(|e| corrupt(what(), e))?
+                .map(ModelValue::Json);
+            let events = by_stream.remove(&uuid).unwrap_or(Some(Vec::new()));
+            versions.insert(*key, checkpoint.version);
+            claimed.push(ClaimedModel::new(*key, checkpoint, model, events));
+        }
+        Ok(Box::new(PgBatch {
+            tx,
+            perspective,
+            claimed,
+            versions,
+        }))
+    }
+}
+
 impl PerspectiveStore for PgPerspectiveStore {
     fn model_format(&self) -> ModelFormat {
         ModelFormat::Json
+    }
+
+    /// One transaction for every model: the missing cursor rows are created,
+    /// then every cursor is locked in key order (so two batches never
+    /// deadlock), then the models and the streams' events after the cursors
+    /// are read; the commit writes everything in one statement.
+    fn claim_many<'a>(
+        &'a self,
+        perspective: &'static str,
+        keys: &'a [ModelKey],
+    ) -> BoxFuture<'a, Result<Option<Box<dyn PerspectiveBatch>>>> {
+        Box::pin(async move { self.claim_batch(perspective, keys).await.map(Some) })
     }
 
     fn claim<'a>(

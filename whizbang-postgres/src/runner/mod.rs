@@ -356,7 +356,13 @@ enum BatchError {
     RuntimeGone,
 }
 
-/// Catches `perspective` up on every stream, at most `limit` at once.
+/// The most streams one catch-up transaction of the runner covers.
+const MAX_TOGETHER: usize = 100;
+
+/// Catches `perspective` up on every stream, in at most `limit` tasks at
+/// once, each catching a share of the streams up in one transaction
+/// ([`Runtime::catch_up_together`]), or one by one when that commits nothing
+/// (an event failed to apply: the one-by-one path records the failure).
 /// Returns the partitions of the streams that did not catch up: a failed
 /// cursor (the store recorded it) counts as caught up and does not stop the
 /// others; any other error, or a task that panicked or was cancelled (it has
@@ -368,56 +374,79 @@ async fn catch_up_all(
     streams: &[Uuid],
     limit: usize,
 ) -> BTreeSet<i16> {
-    type Joined = Option<std::result::Result<(Id, Result<(), Error>), tokio::task::JoinError>>;
+    type Outcome = Vec<(StreamId, Result<(), Error>)>;
+    type Joined = Option<std::result::Result<(Id, Outcome), tokio::task::JoinError>>;
+    let limit = limit.max(1);
+    let share = streams.len().div_ceil(limit).clamp(1, MAX_TOGETHER);
     let mut running = JoinSet::new();
-    let mut started: HashMap<Id, StreamId> = HashMap::new();
+    let mut started: HashMap<Id, Vec<StreamId>> = HashMap::new();
     let mut failed = BTreeSet::new();
-    let mut collect = |joined: Joined, started: &mut HashMap<Id, StreamId>| {
-        let (stream, result) = match joined {
+    let mut collect = |joined: Joined, started: &mut HashMap<Id, Vec<StreamId>>| {
+        let outcome = match joined {
             None => return,
-            Some(Ok((id, result))) => (started.remove(&id), result),
+            Some(Ok((id, outcome))) => {
+                started.remove(&id);
+                outcome
+            }
             Some(Err(lost)) => {
-                let stream = started.remove(&lost.id());
+                let streams = started.remove(&lost.id()).unwrap_or_default();
                 tracing::warn!(
-                    perspective, stream = ?stream, error = %lost,
-                    "a catch-up task ended without a result; its partition is read again"
+                    perspective, streams = streams.len(), error = %lost,
+                    "a catch-up task ended without a result; its partitions are read again"
                 );
-                match stream {
-                    Some(stream) => {
-                        failed.insert(crate::wire::partition_of(stream));
-                    }
-                    // Unknown stream: keep every partition of the batch.
-                    None => failed.extend(0..crate::wire::PARTITIONS),
+                if streams.is_empty() {
+                    // Unknown streams: keep every partition of the batch.
+                    failed.extend(0..crate::wire::PARTITIONS);
                 }
+                failed.extend(streams.into_iter().map(crate::wire::partition_of));
                 return;
             }
         };
-        let Some(stream) = stream else { return };
-        match result {
-            Ok(()) => {}
-            Err(Error::PerspectiveFailed {
-                version, message, ..
-            }) => tracing::warn!(
-                perspective, %stream, version, %message,
-                "perspective failed on this stream; its cursor is marked failed (retry or skip it)"
-            ),
-            Err(error) => {
-                tracing::warn!(
-                    perspective, %stream, %error,
-                    "catching up a stream failed; its partition is read again at the next rescan"
-                );
-                failed.insert(crate::wire::partition_of(stream));
+        for (stream, result) in outcome {
+            match result {
+                Ok(()) => {}
+                Err(Error::PerspectiveFailed {
+                    version, message, ..
+                }) => tracing::warn!(
+                    perspective, %stream, version, %message,
+                    "perspective failed on this stream; its cursor is marked failed (retry or skip it)"
+                ),
+                Err(error) => {
+                    tracing::warn!(
+                        perspective, %stream, %error,
+                        "catching up a stream failed; its partition is read again at the next rescan"
+                    );
+                    failed.insert(crate::wire::partition_of(stream));
+                }
             }
         }
     };
-    for stream in streams {
-        while running.len() >= limit.max(1) {
+    for chunk in streams.chunks(share) {
+        while running.len() >= limit {
             collect(running.join_next_with_id().await, &mut started);
         }
         let runtime = runtime.clone();
-        let stream = StreamId::from(*stream);
-        let task = running.spawn(async move { runtime.catch_up(perspective, stream).await.map(drop) });
-        started.insert(task.id(), stream);
+        let chunk: Vec<StreamId> = chunk.iter().copied().map(StreamId::from).collect();
+        let streams = chunk.clone();
+        let task = running.spawn(async move {
+            if streams.len() > 1 {
+                match runtime.catch_up_together(perspective, &streams).await {
+                    Ok(Some(_)) => return streams.into_iter().map(|s| (s, Ok(()))).collect(),
+                    Ok(None) => {}
+                    Err(error) => tracing::debug!(
+                        perspective, streams = streams.len(), %error,
+                        "catching up streams together failed; catching them up one by one"
+                    ),
+                }
+            }
+            let mut outcome = Vec::with_capacity(streams.len());
+            for stream in streams {
+                let result = runtime.catch_up(perspective, stream).await.map(drop);
+                outcome.push((stream, result));
+            }
+            outcome
+        });
+        started.insert(task.id(), chunk);
     }
     while !running.is_empty() {
         collect(running.join_next_with_id().await, &mut started);
