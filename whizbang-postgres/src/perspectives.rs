@@ -28,9 +28,12 @@ use whizbang_core::{Error, EventId, Result};
 ///   transaction back (also a first claim's new cursor row).
 /// - [`commit`](PerspectiveUnit::commit) writes the cursor **fenced** on the
 ///   version it claimed (`where version = <claimed>`; no row updated is an
-///   error and nothing changes), then the model, then one
-///   `NOTIFY` on the applied channel, and commits: model, cursor and applied
-///   status are one transaction.
+///   error and nothing changes) and the model in one statement, and
+///   commits: model, cursor and applied status are one transaction. Then
+///   one `NOTIFY` on the applied channel goes out (after the commit, so
+///   concurrent commits are not serialised by it).
+/// - [`claim_many`](PerspectiveStore::claim_many) does the same for many
+///   models of one perspective in one transaction (the runner's batches).
 /// - Reads never take the lock: they see the last commit.
 /// - A unit holds one pooled connection until it commits or is dropped, and
 ///   applying usually reads events meanwhile: size the pool above the number
@@ -220,6 +223,8 @@ fn decode_models(rows: Vec<ModelRowSql>, operation: impl Fn() -> String) -> Resu
 
 struct PgUnit {
     tx: Transaction<'static, Postgres>,
+    /// For the NOTIFY after the commit.
+    pool: PgPool,
     perspective: &'static str,
     key: ModelKey,
     checkpoint: Checkpoint,
@@ -247,10 +252,10 @@ impl PgUnit {
             .as_ref()
             .map(|f| to_i64(f.version, "failed version"))
             .transpose()?;
-        // One statement: the fenced cursor update (with the NOTIFY riding
-        // on it: once, for the one row, delivered only if the transaction
-        // commits), then the model, written only when the fence held. A
-        // `None` model keeps the stored one, now reflecting the new version.
+        // One statement: the fenced cursor update, then the model, written
+        // only when the fence held. A `None` model keeps the stored one, now
+        // reflecting the new version. The applied NOTIFY goes out after the
+        // commit (see `notify`).
         let fenced: i64 = sqlx::query_scalar(
             "with cursor as (
                  update wh_perspective_cursors
@@ -258,15 +263,15 @@ impl PgUnit {
                         skipped = $6::jsonb, updated_at = now(),
                         attempts = case when $4::int8 is null then 0 else attempts + 1 end
                   where perspective = $1 and model_key = $2 and version = $7
-                 returning pg_notify($8, $9)
+                 returning 1
              ), stored as (
                  insert into wh_perspective_rows (perspective, model_key, version, data)
-                 select $1, $2, $3, $10::text::jsonb from cursor where $10::text is not null
+                 select $1, $2, $3, $8::text::jsonb from cursor where $8::text is not null
                  on conflict (perspective, model_key) do update
                     set version = excluded.version, data = excluded.data, updated_at = now()
              ), kept as (
                  update wh_perspective_rows set version = $3, updated_at = now()
-                  where perspective = $1 and model_key = $2 and $10::text is null
+                  where perspective = $1 and model_key = $2 and $8::text is null
                     and exists (select 1 from cursor)
              )
              select count(*) from cursor",
@@ -278,8 +283,6 @@ impl PgUnit {
         .bind(checkpoint.failure.as_ref().map(|f| f.message.as_str()))
         .bind(encode_skipped(&checkpoint.skipped)?)
         .bind(claimed)
-        .bind(wire::APPLIED_CHANNEL)
-        .bind(wire::encode_applied(perspective, key, checkpoint.version))
         .bind(model.as_ref().map(|json| json.get()))
         .fetch_one(&mut *self.tx)
         .await
@@ -300,7 +303,13 @@ impl PgUnit {
         self.tx
             .commit()
             .await
-            .map_err(db_error(what(), Stored::Unknown))
+            .map_err(db_error(what(), Stored::Unknown))?;
+        crate::notify::after_commit(
+            &self.pool,
+            wire::APPLIED_CHANNEL,
+            vec![wire::encode_applied(perspective, key, checkpoint.version)],
+        );
+        Ok(())
     }
 }
 
@@ -331,6 +340,8 @@ impl PerspectiveUnit for PgUnit {
 /// every cursor row's lock until [`PerspectiveBatch::commit`].
 struct PgBatch {
     tx: Transaction<'static, Postgres>,
+    /// For the NOTIFYs after the commit.
+    pool: PgPool,
     perspective: &'static str,
     claimed: Vec<ClaimedModel>,
     /// Each key's cursor version at claim time (the commit's fence).
@@ -385,7 +396,7 @@ impl PgBatch {
         // One statement: every cursor fenced on the version it was claimed
         // at (the skipped list and failure columns stay: only models without
         // a failure are in a batch), the models written only where the fence
-        // held, and the NOTIFYs (delivered only if the transaction commits).
+        // held. The applied NOTIFYs go out after the commit (see `notify`).
         let fenced: i64 = sqlx::query_scalar(
             "with w as (
                  select * from unnest($2::uuid[], $3::int8[], $4::int8[], $5::text[])
@@ -408,18 +419,14 @@ impl PgBatch {
                  update wh_perspective_rows r set version = w.version, updated_at = now()
                    from w join cursor on cursor.model_key = w.model_key
                   where r.perspective = $1 and r.model_key = w.model_key and w.data is null
-             ), notified as materialized (
-                 select pg_notify($6, p) from unnest($7::text[]) p
              )
-             select count(*) from cursor left join (select count(*) from notified) n on true",
+             select count(*) from cursor",
         )
         .bind(perspective)
         .bind(&keys)
         .bind(&claimed)
         .bind(&versions)
         .bind(&models)
-        .bind(wire::APPLIED_CHANNEL)
-        .bind(&payloads)
         .fetch_one(&mut *self.tx)
         .await
         .map_err(db_error(what(), Stored::Nothing))?;
@@ -437,7 +444,9 @@ impl PgBatch {
         self.tx
             .commit()
             .await
-            .map_err(db_error(what(), Stored::Unknown))
+            .map_err(db_error(what(), Stored::Unknown))?;
+        crate::notify::after_commit(&self.pool, wire::APPLIED_CHANNEL, payloads);
+        Ok(())
     }
 }
 
@@ -558,6 +567,7 @@ impl PgPerspectiveStore {
         }
         Ok(Box::new(PgBatch {
             tx,
+            pool: self.pool.clone(),
             perspective,
             claimed,
             versions,
@@ -639,6 +649,7 @@ impl PerspectiveStore for PgPerspectiveStore {
                 .map_err(|e| corrupt(what(), e))?;
             Ok(Box::new(PgUnit {
                 tx,
+                pool: self.pool.clone(),
                 perspective,
                 key,
                 checkpoint,
