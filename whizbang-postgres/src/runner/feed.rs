@@ -132,10 +132,17 @@ pub(crate) async fn advance_many(
     let fences: Vec<i64> = moves.iter().map(|m| m.1).collect();
     let tx_ids: Vec<&str> = moves.iter().map(|m| m.2.tx_id.as_str()).collect();
     let positions: Vec<i64> = moves.iter().map(|m| m.2.global_position).collect();
+    // `synchronous_commit` off for this statement's transaction: a
+    // checkpoint lost in a crash only makes the feed read again (the cursors
+    // skip what is applied), so its commit need not wait for the flush.
     sqlx::query_scalar(
-        "insert into wh_feed_checkpoints (perspective, partition, tx_id, global_position)
+        "with relaxed as materialized (
+             select set_config('synchronous_commit', 'off', true)
+         )
+         insert into wh_feed_checkpoints (perspective, partition, tx_id, global_position)
          select $1, m.partition, m.tx_id::xid8, m.global_position
-           from unnest($2::int2[], $3::int8[], $4::text[], $5::int8[])
+           from relaxed,
+                unnest($2::int2[], $3::int8[], $4::text[], $5::int8[])
                 as m(partition, fence, tx_id, global_position)
            join wh_partition_leases l
              on l.perspective = $1 and l.partition = m.partition
