@@ -37,8 +37,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
 use whizbang_core::backend::{ApplyReport, EventMetadata, EventStore as _, NewEvent, StreamAppend};
 use whizbang_core::{
-    perspective, receptor, Command, Context, Event, EventId, ExpectedVersion, MessageId,
-    Metadata, Perspective as _, Receptor, Registry, Result, Runtime, StreamId, SyncFilter, SyncOutcome,
+    perspective, receptor, Command, Context, Event, EventId, ExpectedVersion, MessageId, Metadata,
+    Perspective as _, Receptor, Registry, Result, Runtime, StreamId, SyncFilter, SyncOutcome,
 };
 use whizbang_postgres::{PgEventStore, Postgres, PostgresOptions};
 
@@ -228,9 +228,12 @@ impl Db {
 
     async fn drop_now(self) {
         if let Ok(mut admin) = sqlx::PgConnection::connect(&self.admin_url).await {
-            let _ = sqlx::query(&format!("drop database if exists {} with (force)", self.name))
-                .execute(&mut admin)
-                .await;
+            let _ = sqlx::query(&format!(
+                "drop database if exists {} with (force)",
+                self.name
+            ))
+            .execute(&mut admin)
+            .await;
         }
     }
 }
@@ -440,7 +443,11 @@ async fn append(plan: &Plan, rows: &mut Vec<Row>) {
 
 // -------------------------------------------------------- 2. perspectives
 
-async fn runtime_on(url: &str, registry: Registry, options: PostgresOptions) -> (Runtime, Postgres) {
+async fn runtime_on(
+    url: &str,
+    registry: Registry,
+    options: PostgresOptions,
+) -> (Runtime, Postgres) {
     let pg = Postgres::connect_with(url, options)
         .await
         .expect("connect the backend");
@@ -565,10 +572,7 @@ async fn e2e(plan: &Plan, rows: &mut Vec<Row>) {
             let batch: Vec<Uuid> = (0..BATCH).map(|i| streams[(next + i) % STREAMS]).collect();
             next += BATCH;
             let scope = appender.scope();
-            scope
-                .send(NoteMany { streams: batch })
-                .await
-                .expect("send");
+            scope.send(NoteMany { streams: batch }).await.expect("send");
             scope.complete().await.expect("complete");
         }
         let appended = start.elapsed();
@@ -662,14 +666,18 @@ async fn ryw_child(url: String) {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .remove(&stream)
                 .unwrap_or(0);
-            let mut o = printer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut o = printer
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let _ = writeln!(o, "applied {stream} {applied} {committed}");
             let _ = o.flush();
         })
         .build()
         .expect("child: runtime");
     {
-        let mut o = out.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut o = out
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let _ = writeln!(o, "ready");
         let _ = o.flush();
     }
@@ -716,7 +724,10 @@ fn spawn_child(url: &str) -> (ChildGuard, Stamps) {
     let (ready_tx, ready_rx) = mpsc::channel();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(std::result::Result::ok) {
+        for line in BufReader::new(stdout)
+            .lines()
+            .map_while(std::result::Result::ok)
+        {
             let parts: Vec<&str> = line.split_whitespace().collect();
             match parts.as_slice() {
                 ["ready"] => {
@@ -758,7 +769,10 @@ async fn ryw(plan: &Plan, rows: &mut Vec<Row>) {
         if held == 16 {
             break;
         }
-        assert!(Instant::now() < deadline, "the runner process leased no partitions");
+        assert!(
+            Instant::now() < deadline,
+            "the runner process leased no partitions"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // This process only appends and waits: no partitioned runner, and its
@@ -897,13 +911,19 @@ async fn ryw(plan: &Plan, rows: &mut Vec<Row>) {
     let (s50, s99, p50) = (pct(&s, 0.5), pct(&s, 0.99), pct(&p, 0.5));
     row(
         rows,
-        format!("ryw: send_and_sync, runner in another process, p50 / p99 ({} samples)", s.len()),
+        format!(
+            "ryw: send_and_sync, runner in another process, p50 / p99 ({} samples)",
+            s.len()
+        ),
         format!("{s50:.2} / {s99:.2} ms"),
         "p50 <= 3 ms, p99 <= 10 ms",
     );
     row(
         rows,
-        format!("ryw: baseline 100 ms polling awaiter, p50 / p99 ({} samples)", p.len()),
+        format!(
+            "ryw: baseline 100 ms polling awaiter, p50 / p99 ({} samples)",
+            p.len()
+        ),
         format!("{p50:.1} / {:.1} ms", pct(&p, 0.99)),
         "",
     );

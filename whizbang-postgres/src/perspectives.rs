@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use uuid::Uuid;
 use whizbang_core::backend::{
-    BoxFuture, Checkpoint, CheckpointFailure, ModelFormat, ModelKey, ModelRow, ModelValue,
-    ClaimedModel, ModelWrite, PerspectiveBatch, PerspectiveStore, PerspectiveUnit, SkippedEvent,
+    BoxFuture, Checkpoint, CheckpointFailure, ClaimedModel, ModelFormat, ModelKey, ModelRow,
+    ModelValue, ModelWrite, PerspectiveBatch, PerspectiveStore, PerspectiveUnit, SkippedEvent,
     StoredEvent,
 };
 use whizbang_core::error::Stored;
@@ -189,8 +189,15 @@ fn decode_claim_read(rows: Vec<ClaimRow>) -> (Option<String>, Option<Vec<Arc<Sto
         if i == 0 {
             model = m;
         }
-        let (Some(position), Some(id), Some(stream), Some(version), Some(ty), Some(data), Some(meta)) =
-            (position, id, stream, version, event_type, data, metadata)
+        let (
+            Some(position),
+            Some(id),
+            Some(stream),
+            Some(version),
+            Some(ty),
+            Some(data),
+            Some(meta),
+        ) = (position, id, stream, version, event_type, data, metadata)
         else {
             continue;
         };
@@ -380,15 +387,15 @@ impl PgBatch {
             keys.push(w.key.as_uuid());
             claimed.push(to_i64(*at, "cursor version")?);
             versions.push(to_i64(w.checkpoint.version, "cursor version")?);
-            let model =
-                w.model
-                    .as_ref()
-                    .map(ModelValue::to_json)
-                    .transpose()
-                    .map_err(|source| Error::Serialization {
-                        type_name: "read model",
-                        source,
-                    })?;
+            let model = w
+                .model
+                .as_ref()
+                .map(ModelValue::to_json)
+                .transpose()
+                .map_err(|source| Error::Serialization {
+                    type_name: "read model",
+                    source,
+                })?;
             models.push(model.map(|m| m.get().to_owned()));
             entries.push((w.key, w.checkpoint.version));
         }
@@ -510,8 +517,8 @@ impl PgPerspectiveStore {
         let mut after_keys = Vec::with_capacity(cursors.len());
         let mut after_versions = Vec::with_capacity(cursors.len());
         for (key, version, failed, message, skipped) in cursors {
-            let checkpoint =
-                decode_cursor((version, failed, message, skipped)).map_err(|e| corrupt(what(), e))?;
+            let checkpoint = decode_cursor((version, failed, message, skipped))
+                .map_err(|e| corrupt(what(), e))?;
             after_keys.push(key);
             after_versions.push(version);
             checkpoints.insert(key, checkpoint);

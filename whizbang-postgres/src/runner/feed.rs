@@ -54,9 +54,15 @@ pub(crate) async fn read_many(
 ) -> Result<Batches, sqlx::Error> {
     // `held`: committed events at or above the horizon (their transaction is
     // newer than one still open): not consumable yet, but there.
-    let rows: Vec<(i16, bool, Option<String>, Option<i64>, Option<Uuid>, Option<bool>)> =
-        sqlx::query_as(
-            "with snap as materialized (
+    let rows: Vec<(
+        i16,
+        bool,
+        Option<String>,
+        Option<i64>,
+        Option<Uuid>,
+        Option<bool>,
+    )> = sqlx::query_as(
+        "with snap as materialized (
                  select pg_snapshot_xmin(pg_current_snapshot()) as xmin
              ), parts as (
                  select p.partition,
@@ -87,13 +93,13 @@ pub(crate) async fn read_many(
                     limit $4
                ) e on true
               order by parts.partition, e.tx_id, e.global_position",
-        )
-        .bind(perspective)
-        .bind(partitions)
-        .bind(handled)
-        .bind(i64::from(cap))
-        .fetch_all(pool)
-        .await?;
+    )
+    .bind(perspective)
+    .bind(partitions)
+    .bind(handled)
+    .bind(i64::from(cap))
+    .fetch_all(pool)
+    .await?;
     let mut out = Batches::default();
     for (partition, held, tx_id, global_position, stream, pending) in rows {
         if held && (0..32).contains(&partition) {
