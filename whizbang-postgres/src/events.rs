@@ -44,12 +44,15 @@ pub(crate) fn to_i64(value: u64, what: &str) -> Result<i64> {
 
 /// The event log on PostgreSQL. Cheap to clone (it shares the pool).
 ///
-/// - An append is one transaction: one upsert of the stream heads
-///   (`wh_streams`, whose row lock serialises appends per stream, so
-///   [`ExpectedVersion::Any`](whizbang_core::ExpectedVersion::Any) never races),
-///   one `INSERT .. SELECT FROM unnest(..)` of every event, and one
-///   `NOTIFY` on the events channel naming the partitions touched. A version
-///   mismatch or a duplicate id rolls the whole transaction back.
+/// - An append is one transaction holding one statement: an upsert of the
+///   stream heads (`wh_streams`, whose row lock serialises appends per
+///   stream, so [`ExpectedVersion::Any`](whizbang_core::ExpectedVersion::Any)
+///   never races), an `INSERT .. SELECT FROM unnest(..)` of every event at the
+///   versions after its head; then `COMMIT`, then a `NOTIFY` on the events
+///   channel naming the partitions touched (sent after the commit, so that
+///   concurrent appends do not commit one after the other). A version
+///   mismatch or a duplicate id rolls the whole transaction back and
+///   notifies nothing.
 /// - [`StoredEvent::position`] is `wh_events.global_position`: it rises in
 ///   append order within one append but is **not gap-free** (a rolled-back
 ///   append burns positions) and a lower position may commit after a higher
@@ -78,17 +81,7 @@ impl PgEventStore {
     async fn append_all(&self, streams: Vec<StreamAppend>) -> Result<Vec<Arc<StoredEvent>>> {
         let plan = Plan::of(&streams)?;
         let what = || plan.describe();
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(db_error(what(), Stored::Nothing))?;
-        let before = plan.heads(&mut tx).await?;
-        plan.check(&streams, &before)?;
-        if plan.events == 0 {
-            return Ok(Vec::new());
-        }
-        let rows = Rows::of(&streams, &before)?;
+        let rows = Rows::of(&streams)?;
         let partitions: Vec<i16> = rows
             .partitions
             .iter()
@@ -96,40 +89,90 @@ impl PgEventStore {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        // The NOTIFY rides along (evaluated once, delivered at commit, dropped
-        // with a rollback): one round trip stores the events and the wake-up.
-        let inserted: Vec<(Uuid, i64)> = sqlx::query_as(
-            "with stored as (
+        let heads_ids: Vec<Uuid> = plan.added.iter().map(|(s, _)| s.as_uuid()).collect();
+        let heads_added: Vec<i64> = plan.added.iter().map(|(_, n)| *n).collect();
+        let heads_partitions: Vec<i16> = plan
+            .added
+            .iter()
+            .map(|(s, _)| wire::partition_of(*s))
+            .collect();
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db_error(what(), Stored::Nothing))?;
+        // One statement: move every head forward (locking it until commit,
+        // in stream-id order so two appends never deadlock; streams that gain
+        // nothing are only read) and insert the events at the versions that
+        // follow their stream's head. The expectations are checked on what it
+        // returns, before COMMIT; the NOTIFY of the partitions touched goes
+        // out after it (see `notify`).
+        let answer: Vec<(i16, Uuid, i64, i64)> = sqlx::query_as(
+            "with added as (
+                 select h.stream_id, h.added, h.partition, h.ord
+                   from unnest($1::uuid[], $2::int8[], $3::int2[]) with ordinality
+                        as h(stream_id, added, partition, ord)
+             ), heads as (
+                 insert into wh_streams (stream_id, version, partition)
+                 select a.stream_id, a.added, a.partition from added a
+                  where a.added > 0
+                  order by a.ord
+                 on conflict (stream_id) do update
+                    set version = wh_streams.version + excluded.version, updated_at = now()
+                 returning stream_id, version
+             ), kept as (
+                 select s.stream_id, s.version from wh_streams s
+                   join added a on a.stream_id = s.stream_id and a.added = 0
+             ), stored as (
                  insert into wh_events
                      (event_id, stream_id, stream_version, partition, event_type, data, metadata)
-                 select e.event_id, e.stream_id, e.stream_version, e.partition, e.event_type,
-                        e.data::jsonb, e.metadata::jsonb
-                   from unnest($1::uuid[], $2::uuid[], $3::int8[], $4::int2[], $5::text[],
-                               $6::text[], $7::text[]) with ordinality
-                        as e(event_id, stream_id, stream_version, partition, event_type, data,
+                 select e.event_id, e.stream_id, h.version - a.added + e.place, e.partition,
+                        e.event_type, e.data::jsonb, e.metadata::jsonb
+                   from unnest($4::uuid[], $5::uuid[], $6::int8[], $7::int2[], $8::text[],
+                               $9::text[], $10::text[]) with ordinality
+                        as e(event_id, stream_id, place, partition, event_type, data,
                              metadata, ord)
+                   join heads h on h.stream_id = e.stream_id
+                   join added a on a.stream_id = e.stream_id
                   order by e.ord
                  on conflict (event_id) do nothing
-                 returning event_id, global_position
-             ), notified as materialized (select pg_notify($8, $9))
-             select stored.event_id, stored.global_position
-               from stored left join notified on true",
+                 returning event_id, stream_version, global_position
+             )
+             select 0::int2, h.stream_id, h.version - a.added, 0::int8
+               from heads h join added a on a.stream_id = h.stream_id
+             union all
+             select 0::int2, k.stream_id, k.version, 0::int8 from kept k
+             union all
+             select 1::int2, s.event_id, s.stream_version, s.global_position from stored s",
         )
+        .bind(&heads_ids)
+        .bind(&heads_added)
+        .bind(&heads_partitions)
         .bind(&rows.event_ids)
         .bind(&rows.stream_ids)
-        .bind(&rows.versions)
+        .bind(&rows.offsets)
         .bind(&rows.partitions)
         .bind(&rows.types)
         .bind(&rows.data)
         .bind(&rows.metadata)
-        .bind(wire::EVENTS_CHANNEL)
-        .bind(wire::encode_partitions(&partitions))
         .fetch_all(&mut *tx)
         .await
         .map_err(db_error(what(), Stored::Nothing))?;
-        let positions: HashMap<Uuid, i64> = inserted.into_iter().collect();
-        if let Some(dup) = rows.event_ids.iter().find(|id| !positions.contains_key(id)) {
-            // An id already stored: the transaction rolls back on drop.
+        let mut before: HashMap<StreamId, u64> = HashMap::with_capacity(plan.added.len());
+        let mut stored: HashMap<Uuid, (i64, i64)> = HashMap::with_capacity(plan.events);
+        for (kind, id, version, position) in answer {
+            if kind == 0 {
+                before.insert(StreamId::from(id), to_u64(version));
+            } else {
+                stored.insert(id, (version, position));
+            }
+        }
+        // A mismatch or a duplicate id: the transaction rolls back on drop.
+        plan.check(&streams, &before)?;
+        if plan.events == 0 {
+            return Ok(Vec::new());
+        }
+        if let Some(dup) = rows.event_ids.iter().find(|id| !stored.contains_key(id)) {
             return Err(Error::DuplicateEventId {
                 event_id: EventId::from(*dup),
             });
@@ -137,12 +180,17 @@ impl PgEventStore {
         tx.commit()
             .await
             .map_err(db_error(what(), Stored::Unknown))?;
+        crate::notify::after_commit(
+            &self.pool,
+            wire::EVENTS_CHANNEL,
+            vec![wire::encode_partitions(&partitions)],
+        );
         tracing::debug!(
             events = plan.events,
             streams = plan.added.len(),
             "appended events"
         );
-        Ok(rows.stored(streams, &positions))
+        Ok(Rows::stored(streams, &stored))
     }
 }
 
@@ -189,57 +237,6 @@ impl Plan {
         }
     }
 
-    /// Moves every head forward (locking it until commit) and returns each
-    /// stream's version before this append. Streams that gain no events are
-    /// only read.
-    async fn heads(&self, tx: &mut sqlx::PgConnection) -> Result<HashMap<StreamId, u64>> {
-        let (grow, keep): (Vec<_>, Vec<_>) = self.added.iter().partition(|(_, n)| *n > 0);
-        let mut before = HashMap::with_capacity(self.added.len());
-        if !grow.is_empty() {
-            let ids: Vec<Uuid> = grow.iter().map(|(s, _)| s.as_uuid()).collect();
-            let counts: Vec<i64> = grow.iter().map(|(_, n)| *n).collect();
-            let partitions: Vec<i16> = grow.iter().map(|(s, _)| wire::partition_of(*s)).collect();
-            let heads: Vec<(Uuid, i64)> = sqlx::query_as(
-                "insert into wh_streams (stream_id, version, partition)
-                 select h.stream_id, h.version, h.partition
-                   from unnest($1::uuid[], $2::int8[], $3::int2[]) with ordinality
-                        as h(stream_id, version, partition, ord)
-                  order by h.ord
-                 on conflict (stream_id) do update
-                    set version = wh_streams.version + excluded.version, updated_at = now()
-                 returning stream_id, version",
-            )
-            .bind(&ids)
-            .bind(&counts)
-            .bind(&partitions)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_error(self.describe(), Stored::Nothing))?;
-            let added: HashMap<StreamId, i64> = grow.iter().copied().collect();
-            for (stream, now) in heads {
-                let stream = StreamId::from(stream);
-                let n = added.get(&stream).copied().unwrap_or_default();
-                before.insert(stream, to_u64(now - n));
-            }
-        }
-        if !keep.is_empty() {
-            let ids: Vec<Uuid> = keep.iter().map(|(s, _)| s.as_uuid()).collect();
-            let heads: Vec<(Uuid, i64)> = sqlx::query_as(
-                "select stream_id, version from wh_streams where stream_id = any($1)",
-            )
-            .bind(&ids)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_error(self.describe(), Stored::Nothing))?;
-            before.extend(
-                heads
-                    .into_iter()
-                    .map(|(s, v)| (StreamId::from(s), to_u64(v))),
-            );
-        }
-        Ok(before)
-    }
-
     /// Checks each entry's expectation against its stream's version plus what
     /// earlier entries of the same call add.
     fn check(&self, streams: &[StreamAppend], before: &HashMap<StreamId, u64>) -> Result<()> {
@@ -263,7 +260,9 @@ impl Plan {
 struct Rows {
     event_ids: Vec<Uuid>,
     stream_ids: Vec<Uuid>,
-    versions: Vec<i64>,
+    /// 1-based place of the event among this append's events of its stream:
+    /// its version is the stream's head before the append plus this.
+    offsets: Vec<i64>,
     partitions: Vec<i16>,
     types: Vec<&'static str>,
     data: Vec<String>,
@@ -271,26 +270,26 @@ struct Rows {
 }
 
 impl Rows {
-    fn of(streams: &[StreamAppend], before: &HashMap<StreamId, u64>) -> Result<Self> {
+    fn of(streams: &[StreamAppend]) -> Result<Self> {
         let n = streams.iter().map(|s| s.events.len()).sum();
         let mut rows = Rows {
             event_ids: Vec::with_capacity(n),
             stream_ids: Vec::with_capacity(n),
-            versions: Vec::with_capacity(n),
+            offsets: Vec::with_capacity(n),
             partitions: Vec::with_capacity(n),
             types: Vec::with_capacity(n),
             data: Vec::with_capacity(n),
             metadata: Vec::with_capacity(n),
         };
-        let mut next = before.clone();
+        let mut next: HashMap<StreamId, i64> = HashMap::new();
         for s in streams {
             let partition = wire::partition_of(s.stream_id);
             for e in &s.events {
-                let version = next.entry(s.stream_id).or_default();
-                *version += 1;
+                let offset = next.entry(s.stream_id).or_default();
+                *offset += 1;
                 rows.event_ids.push(e.event_id.as_uuid());
                 rows.stream_ids.push(s.stream_id.as_uuid());
-                rows.versions.push(to_i64(*version, "stream version")?);
+                rows.offsets.push(*offset);
                 rows.partitions.push(partition);
                 rows.types.push(e.event_type);
                 rows.data.push(e.data.get().to_owned());
@@ -300,22 +299,24 @@ impl Rows {
         Ok(rows)
     }
 
-    /// The appended events as stored, in the order given.
+    /// The appended events as stored (`stored`: id -> version, position),
+    /// in the order given.
     fn stored(
-        self,
         streams: Vec<StreamAppend>,
-        positions: &HashMap<Uuid, i64>,
+        stored: &HashMap<Uuid, (i64, i64)>,
     ) -> Vec<Arc<StoredEvent>> {
-        let mut versions = self.versions.into_iter();
-        let mut out = Vec::with_capacity(self.event_ids.len());
+        let mut out = Vec::with_capacity(stored.len());
         for s in streams {
             for e in s.events {
-                let id = e.event_id.as_uuid();
+                let (version, position) = stored
+                    .get(&e.event_id.as_uuid())
+                    .copied()
+                    .unwrap_or_default();
                 out.push(Arc::new(StoredEvent {
-                    position: to_u64(positions.get(&id).copied().unwrap_or_default()),
+                    position: to_u64(position),
                     event_id: e.event_id,
                     stream_id: s.stream_id,
-                    stream_version: to_u64(versions.next().unwrap_or_default()),
+                    stream_version: to_u64(version),
                     event_type: Cow::Borrowed(e.event_type),
                     data: e.data,
                     metadata: e.metadata,
@@ -386,9 +387,9 @@ pub(crate) fn location(row: LocationRow) -> EventLocation {
 }
 
 /// One `wh_events` row as read: position, id, stream, version, type, data, metadata.
-type EventRow = (i64, Uuid, Uuid, i64, String, String, String);
+pub(crate) type EventRow = (i64, Uuid, Uuid, i64, String, String, String);
 
-fn decode_event(row: EventRow) -> std::result::Result<StoredEvent, serde_json::Error> {
+pub(crate) fn decode_event(row: EventRow) -> std::result::Result<StoredEvent, serde_json::Error> {
     let (position, event_id, stream_id, version, event_type, data, metadata) = row;
     Ok(StoredEvent {
         position: to_u64(position),

@@ -53,6 +53,7 @@ mod wire;
 mod backend;
 mod events;
 mod listen;
+mod notify;
 mod perspectives;
 mod runner;
 mod sync;

@@ -179,20 +179,24 @@ fn reconnected(targets: &Targets) -> bool {
 fn deliver(notification: &PgNotification, targets: &Targets) -> bool {
     match notification.channel() {
         wire::APPLIED_CHANNEL => {
-            let Some((name, stream, version)) = wire::decode_applied(notification.payload()) else {
-                tracing::debug!(
-                    payload = notification.payload(),
-                    "ignoring a foreign applied payload"
-                );
-                return true;
-            };
-            // A perspective this runtime does not register has no waiter here.
-            let Some(name) = targets.perspectives.iter().find(|p| **p == name) else {
-                return true;
-            };
-            targets
-                .sink
-                .notify(&ApplyReport::new(name, stream, version, Vec::new()))
+            // One entry per line (a batch commit names many streams).
+            for entry in notification.payload().lines() {
+                let Some((name, stream, version)) = wire::decode_applied(entry) else {
+                    tracing::debug!(payload = entry, "ignoring a foreign applied payload");
+                    continue;
+                };
+                // A perspective this runtime does not register has no waiter here.
+                let Some(name) = targets.perspectives.iter().find(|p| **p == name) else {
+                    continue;
+                };
+                if !targets
+                    .sink
+                    .notify(&ApplyReport::new(name, stream, version, Vec::new()))
+                {
+                    return false;
+                }
+            }
+            true
         }
         wire::EVENTS_CHANNEL => {
             match wire::decode_partitions(notification.payload()) {

@@ -6,10 +6,13 @@ use crate::wire;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sqlx::{PgPool, Postgres, Transaction};
+use std::collections::HashMap;
+use std::sync::Arc;
 use uuid::Uuid;
 use whizbang_core::backend::{
-    BoxFuture, Checkpoint, CheckpointFailure, ModelFormat, ModelKey, ModelRow, ModelValue,
-    PerspectiveStore, PerspectiveUnit, SkippedEvent,
+    BoxFuture, Checkpoint, CheckpointFailure, ClaimedModel, ModelFormat, ModelKey, ModelRow,
+    ModelValue, ModelWrite, PerspectiveBatch, PerspectiveStore, PerspectiveUnit, SkippedEvent,
+    StoredEvent,
 };
 use whizbang_core::error::Stored;
 use whizbang_core::store::{ModelOrder, ModelQuery};
@@ -25,9 +28,12 @@ use whizbang_core::{Error, EventId, Result};
 ///   transaction back (also a first claim's new cursor row).
 /// - [`commit`](PerspectiveUnit::commit) writes the cursor **fenced** on the
 ///   version it claimed (`where version = <claimed>`; no row updated is an
-///   error and nothing changes), then the model, then one
-///   `NOTIFY` on the applied channel, and commits: model, cursor and applied
-///   status are one transaction.
+///   error and nothing changes) and the model in one statement, and
+///   commits: model, cursor and applied status are one transaction. Then
+///   one `NOTIFY` on the applied channel goes out (after the commit, so
+///   concurrent commits are not serialised by it).
+/// - [`claim_many`](PerspectiveStore::claim_many) does the same for many
+///   models of one perspective in one transaction (the runner's batches).
 /// - Reads never take the lock: they see the last commit.
 /// - A unit holds one pooled connection until it commits or is dropped, and
 ///   applying usually reads events meanwhile: size the pool above the number
@@ -127,6 +133,83 @@ const SELECT_CURSOR: &str = "select version, failed_version, failure_message, sk
                                from wh_perspective_cursors
                               where perspective = $1 and model_key = $2";
 
+/// Creates the cursor row or locks the existing one; returns it and whether
+/// it was created. No row: another transaction created it after this
+/// statement's snapshot (lock it again with a new statement).
+const CLAIM_CURSOR: &str = "with created as (
+         insert into wh_perspective_cursors (perspective, model_key) values ($1, $2)
+         on conflict do nothing
+         returning version, failed_version, failure_message, skipped::text, true as created
+     ), locked as (
+         select version, failed_version, failure_message, skipped::text, false as created
+           from wh_perspective_cursors
+          where perspective = $1 and model_key = $2
+            for update
+     )
+     select * from created union all select * from locked";
+
+/// The model (on the first row only) and the stream's events after the
+/// cursor (none: one row of nulls besides the model).
+const CLAIM_READ: &str = "select case when e.n is null or e.n = 1 then
+                (select data::text from wh_perspective_rows
+                  where perspective = $1 and model_key = $2) end,
+            e.global_position, e.event_id, e.stream_id, e.stream_version, e.event_type,
+            e.data, e.metadata
+       from (select 1) as one
+       left join lateral (
+           select row_number() over (order by stream_version) as n, global_position,
+                  event_id, stream_id, stream_version, event_type, data::text as data,
+                  metadata::text as metadata
+             from wh_events
+            where stream_id = $2 and stream_version > $3
+       ) e on true
+      order by e.n";
+
+/// One row of [`CLAIM_READ`].
+type ClaimRow = (
+    Option<String>,
+    Option<i64>,
+    Option<Uuid>,
+    Option<Uuid>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+/// The model and the events of [`CLAIM_READ`]'s rows. Events that do not
+/// decode are not handed over (`None`): the runtime then reads the stream
+/// itself and reports the stored row as the event store does.
+fn decode_claim_read(rows: Vec<ClaimRow>) -> (Option<String>, Option<Vec<Arc<StoredEvent>>>) {
+    let mut model = None;
+    let mut events = Some(Vec::with_capacity(rows.len()));
+    for (i, (m, position, id, stream, version, event_type, data, metadata)) in
+        rows.into_iter().enumerate()
+    {
+        if i == 0 {
+            model = m;
+        }
+        let (
+            Some(position),
+            Some(id),
+            Some(stream),
+            Some(version),
+            Some(ty),
+            Some(data),
+            Some(meta),
+        ) = (position, id, stream, version, event_type, data, metadata)
+        else {
+            continue;
+        };
+        let decoded = crate::events::decode_event((position, id, stream, version, ty, data, meta));
+        match (decoded, events.as_mut()) {
+            (Ok(event), Some(list)) => list.push(Arc::new(event)),
+            _ => events = None,
+        }
+    }
+    (model, events)
+}
+
 /// A model row as read: key, version, data.
 type ModelRowSql = (Uuid, i64, String);
 
@@ -147,10 +230,14 @@ fn decode_models(rows: Vec<ModelRowSql>, operation: impl Fn() -> String) -> Resu
 
 struct PgUnit {
     tx: Transaction<'static, Postgres>,
+    /// For the NOTIFY after the commit.
+    pool: PgPool,
     perspective: &'static str,
     key: ModelKey,
     checkpoint: Checkpoint,
     model: Option<Box<RawValue>>,
+    /// The stream's events after the checkpoint, read with the claim.
+    events: Option<Vec<Arc<StoredEvent>>>,
 }
 
 impl PgUnit {
@@ -172,13 +259,29 @@ impl PgUnit {
             .as_ref()
             .map(|f| to_i64(f.version, "failed version"))
             .transpose()?;
-        let fenced = sqlx::query(
-            "update wh_perspective_cursors
-                set version = $3, failed_version = $4, failure_message = $5,
-                    skipped = $6::jsonb, updated_at = now(),
-                    attempts = case when $4::int8 is null then 0 else attempts + 1 end
-              where perspective = $1 and model_key = $2 and version = $7
-             returning pg_notify($8, $9)",
+        // One statement: the fenced cursor update, then the model, written
+        // only when the fence held. A `None` model keeps the stored one, now
+        // reflecting the new version. The applied NOTIFY goes out after the
+        // commit (see `notify`).
+        let fenced: i64 = sqlx::query_scalar(
+            "with cursor as (
+                 update wh_perspective_cursors
+                    set version = $3, failed_version = $4, failure_message = $5,
+                        skipped = $6::jsonb, updated_at = now(),
+                        attempts = case when $4::int8 is null then 0 else attempts + 1 end
+                  where perspective = $1 and model_key = $2 and version = $7
+                 returning 1
+             ), stored as (
+                 insert into wh_perspective_rows (perspective, model_key, version, data)
+                 select $1, $2, $3, $8::text::jsonb from cursor where $8::text is not null
+                 on conflict (perspective, model_key) do update
+                    set version = excluded.version, data = excluded.data, updated_at = now()
+             ), kept as (
+                 update wh_perspective_rows set version = $3, updated_at = now()
+                  where perspective = $1 and model_key = $2 and $8::text is null
+                    and exists (select 1 from cursor)
+             )
+             select count(*) from cursor",
         )
         .bind(perspective)
         .bind(key.as_uuid())
@@ -187,14 +290,11 @@ impl PgUnit {
         .bind(checkpoint.failure.as_ref().map(|f| f.message.as_str()))
         .bind(encode_skipped(&checkpoint.skipped)?)
         .bind(claimed)
-        // The NOTIFY rides on the fenced update: once, for the one row, and
-        // delivered only if the transaction commits.
-        .bind(wire::APPLIED_CHANNEL)
-        .bind(wire::encode_applied(perspective, key, checkpoint.version))
-        .execute(&mut *self.tx)
+        .bind(model.as_ref().map(|json| json.get()))
+        .fetch_one(&mut *self.tx)
         .await
         .map_err(db_error(what(), Stored::Nothing))?;
-        if fenced.rows_affected() != 1 {
+        if fenced != 1 {
             return Err(Error::backend(
                 BACKEND,
                 what(),
@@ -207,34 +307,16 @@ impl PgUnit {
                 ),
             ));
         }
-        let stored_model = match &model {
-            Some(json) => sqlx::query(
-                "insert into wh_perspective_rows (perspective, model_key, version, data)
-                 values ($1, $2, $3, $4::jsonb)
-                 on conflict (perspective, model_key) do update
-                    set version = excluded.version, data = excluded.data, updated_at = now()",
-            )
-            .bind(perspective)
-            .bind(key.as_uuid())
-            .bind(version)
-            .bind(json.get()),
-            // The stored model stays, and reflects the cursor's new version.
-            None => sqlx::query(
-                "update wh_perspective_rows set version = $3, updated_at = now()
-                  where perspective = $1 and model_key = $2",
-            )
-            .bind(perspective)
-            .bind(key.as_uuid())
-            .bind(version),
-        };
-        stored_model
-            .execute(&mut *self.tx)
-            .await
-            .map_err(db_error(what(), Stored::Nothing))?;
         self.tx
             .commit()
             .await
-            .map_err(db_error(what(), Stored::Unknown))
+            .map_err(db_error(what(), Stored::Unknown))?;
+        crate::notify::after_commit(
+            &self.pool,
+            wire::APPLIED_CHANNEL,
+            vec![wire::encode_applied(perspective, key, checkpoint.version)],
+        );
+        Ok(())
     }
 }
 
@@ -248,6 +330,10 @@ impl PerspectiveUnit for PgUnit {
         self.model.clone().map(ModelValue::Json)
     }
 
+    fn take_events(&mut self) -> Option<Vec<Arc<StoredEvent>>> {
+        self.events.take()
+    }
+
     fn commit(
         self: Box<Self>,
         model: Option<ModelValue>,
@@ -257,9 +343,260 @@ impl PerspectiveUnit for PgUnit {
     }
 }
 
+/// Models of one perspective claimed together: one transaction holding
+/// every cursor row's lock until [`PerspectiveBatch::commit`].
+struct PgBatch {
+    tx: Transaction<'static, Postgres>,
+    /// For the NOTIFYs after the commit.
+    pool: PgPool,
+    perspective: &'static str,
+    claimed: Vec<ClaimedModel>,
+    /// Each key's cursor version at claim time (the commit's fence).
+    versions: HashMap<ModelKey, u64>,
+}
+
+impl PgBatch {
+    async fn commit_now(mut self, writes: Vec<ModelWrite>) -> Result<()> {
+        let perspective = self.perspective;
+        let what = || {
+            format!(
+                "commit perspective `{perspective}` on {} models",
+                writes.len()
+            )
+        };
+        let mut keys = Vec::with_capacity(writes.len());
+        let mut claimed = Vec::with_capacity(writes.len());
+        let mut versions = Vec::with_capacity(writes.len());
+        let mut models: Vec<Option<String>> = Vec::with_capacity(writes.len());
+        let mut entries = Vec::with_capacity(writes.len());
+        for w in &writes {
+            let Some(at) = self.versions.get(&w.key) else {
+                return Err(Error::InvalidInput(format!(
+                    "{}: model {} was not claimed in this batch; nothing was committed",
+                    what(),
+                    w.key
+                )));
+            };
+            if w.checkpoint.failure.is_some() {
+                return Err(Error::InvalidInput(format!(
+                    "{}: a batch cannot record a failure (model {}); nothing was committed",
+                    what(),
+                    w.key
+                )));
+            }
+            keys.push(w.key.as_uuid());
+            claimed.push(to_i64(*at, "cursor version")?);
+            versions.push(to_i64(w.checkpoint.version, "cursor version")?);
+            let model = w
+                .model
+                .as_ref()
+                .map(ModelValue::to_json)
+                .transpose()
+                .map_err(|source| Error::Serialization {
+                    type_name: "read model",
+                    source,
+                })?;
+            models.push(model.map(|m| m.get().to_owned()));
+            entries.push((w.key, w.checkpoint.version));
+        }
+        let payloads = wire::encode_applied_many(perspective, &entries);
+        // One statement: every cursor fenced on the version it was claimed
+        // at (the skipped list and failure columns stay: only models without
+        // a failure are in a batch), the models written only where the fence
+        // held. The applied NOTIFYs go out after the commit (see `notify`).
+        let fenced: i64 = sqlx::query_scalar(
+            "with w as (
+                 select * from unnest($2::uuid[], $3::int8[], $4::int8[], $5::text[])
+                          as w(model_key, claimed, version, data)
+             ), cursor as (
+                 update wh_perspective_cursors c
+                    set version = w.version, attempts = 0, updated_at = now()
+                   from w
+                  where c.perspective = $1 and c.model_key = w.model_key
+                    and c.version = w.claimed and c.failed_version is null
+                 returning c.model_key
+             ), stored as (
+                 insert into wh_perspective_rows (perspective, model_key, version, data)
+                 select $1, w.model_key, w.version, w.data::jsonb
+                   from w join cursor on cursor.model_key = w.model_key
+                  where w.data is not null
+                 on conflict (perspective, model_key) do update
+                    set version = excluded.version, data = excluded.data, updated_at = now()
+             ), kept as (
+                 update wh_perspective_rows r set version = w.version, updated_at = now()
+                   from w join cursor on cursor.model_key = w.model_key
+                  where r.perspective = $1 and r.model_key = w.model_key and w.data is null
+             )
+             select count(*) from cursor",
+        )
+        .bind(perspective)
+        .bind(&keys)
+        .bind(&claimed)
+        .bind(&versions)
+        .bind(&models)
+        .fetch_one(&mut *self.tx)
+        .await
+        .map_err(db_error(what(), Stored::Nothing))?;
+        if usize::try_from(fenced).ok() != Some(writes.len()) {
+            return Err(Error::backend(
+                BACKEND,
+                what(),
+                Stored::Nothing,
+                "a cursor is no longer at the version this batch claimed: another process \
+                 moved it on, so the whole commit was refused. Claim again and re-apply from \
+                 the stored cursors"
+                    .to_owned(),
+            ));
+        }
+        self.tx
+            .commit()
+            .await
+            .map_err(db_error(what(), Stored::Unknown))?;
+        crate::notify::after_commit(&self.pool, wire::APPLIED_CHANNEL, payloads);
+        Ok(())
+    }
+}
+
+impl PerspectiveBatch for PgBatch {
+    fn take_claimed(&mut self) -> Vec<ClaimedModel> {
+        std::mem::take(&mut self.claimed)
+    }
+
+    fn commit(self: Box<Self>, writes: Vec<ModelWrite>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(self.commit_now(writes))
+    }
+}
+
+/// A cursor row of a batch claim: key, then [`CursorRow`]'s columns.
+type KeyedCursorRow = (Uuid, i64, Option<i64>, Option<String>, String);
+
+/// One `wh_events` row of a batch claim, as [`crate::events::EventRow`].
+type BatchEventRow = (i64, Uuid, Uuid, i64, String, String, String);
+
+impl PgPerspectiveStore {
+    async fn claim_batch(
+        &self,
+        perspective: &'static str,
+        keys: &[ModelKey],
+    ) -> Result<Box<dyn PerspectiveBatch>> {
+        let what = || format!("claim perspective `{perspective}` on {} models", keys.len());
+        // Sorted: every batch locks in key order, so two never deadlock.
+        let mut sorted: Vec<Uuid> = keys.iter().map(|k| k.as_uuid()).collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db_error(what(), Stored::Nothing))?;
+        sqlx::query(
+            "insert into wh_perspective_cursors (perspective, model_key)
+             select $1, k from unnest($2::uuid[]) k order by k
+             on conflict do nothing",
+        )
+        .bind(perspective)
+        .bind(&sorted)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error(what(), Stored::Nothing))?;
+        let cursors: Vec<KeyedCursorRow> = sqlx::query_as(
+            "select model_key, version, failed_version, failure_message, skipped::text
+               from wh_perspective_cursors
+              where perspective = $1 and model_key = any($2)
+              order by model_key
+                for update",
+        )
+        .bind(perspective)
+        .bind(&sorted)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error(what(), Stored::Nothing))?;
+        // After the locks, in statements of their own (snapshots taken after
+        // the locks): the models and the streams' events after the cursors.
+        let mut checkpoints = HashMap::with_capacity(cursors.len());
+        let mut after_keys = Vec::with_capacity(cursors.len());
+        let mut after_versions = Vec::with_capacity(cursors.len());
+        for (key, version, failed, message, skipped) in cursors {
+            let checkpoint = decode_cursor((version, failed, message, skipped))
+                .map_err(|e| corrupt(what(), e))?;
+            after_keys.push(key);
+            after_versions.push(version);
+            checkpoints.insert(key, checkpoint);
+        }
+        let models: Vec<(Uuid, String)> = sqlx::query_as(
+            "select model_key, data::text from wh_perspective_rows
+              where perspective = $1 and model_key = any($2)",
+        )
+        .bind(perspective)
+        .bind(&after_keys)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error(what(), Stored::Nothing))?;
+        let events: Vec<BatchEventRow> = sqlx::query_as(
+            "select e.global_position, e.event_id, e.stream_id, e.stream_version, e.event_type,
+                    e.data::text, e.metadata::text
+               from unnest($1::uuid[], $2::int8[]) as k(stream_id, after)
+               join wh_events e on e.stream_id = k.stream_id and e.stream_version > k.after
+              order by e.stream_id, e.stream_version",
+        )
+        .bind(&after_keys)
+        .bind(&after_versions)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error(what(), Stored::Nothing))?;
+        let mut models: HashMap<Uuid, String> = models.into_iter().collect();
+        let mut by_stream: HashMap<Uuid, Option<Vec<Arc<StoredEvent>>>> = HashMap::new();
+        for row in events {
+            let entry = by_stream.entry(row.2).or_insert_with(|| Some(Vec::new()));
+            match (crate::events::decode_event(row), entry.as_mut()) {
+                (Ok(event), Some(list)) => list.push(Arc::new(event)),
+                // Not handed over: the runtime reads the stream itself and
+                // reports the stored row as the event store does.
+                _ => *entry = None,
+            }
+        }
+        let mut claimed = Vec::with_capacity(keys.len());
+        let mut versions = HashMap::with_capacity(keys.len());
+        for key in keys {
+            let uuid = key.as_uuid();
+            let Some(checkpoint) = checkpoints.remove(&uuid) else {
+                continue;
+            };
+            let model = models
+                .remove(&uuid)
+                .map(RawValue::from_string)
+                .transpose()
+                .map_err(|e| corrupt(what(), e))?
+                .map(ModelValue::Json);
+            let events = by_stream.remove(&uuid).unwrap_or(Some(Vec::new()));
+            versions.insert(*key, checkpoint.version);
+            claimed.push(ClaimedModel::new(*key, checkpoint, model, events));
+        }
+        Ok(Box::new(PgBatch {
+            tx,
+            pool: self.pool.clone(),
+            perspective,
+            claimed,
+            versions,
+        }))
+    }
+}
+
 impl PerspectiveStore for PgPerspectiveStore {
     fn model_format(&self) -> ModelFormat {
         ModelFormat::Json
+    }
+
+    /// One transaction for every model: the missing cursor rows are created,
+    /// then every cursor is locked in key order (so two batches never
+    /// deadlock), then the models and the streams' events after the cursors
+    /// are read; the commit writes everything in one statement.
+    fn claim_many<'a>(
+        &'a self,
+        perspective: &'static str,
+        keys: &'a [ModelKey],
+    ) -> BoxFuture<'a, Result<Option<Box<dyn PerspectiveBatch>>>> {
+        Box::pin(async move { self.claim_batch(perspective, keys).await.map(Some) })
     }
 
     fn claim<'a>(
@@ -274,46 +611,57 @@ impl PerspectiveStore for PgPerspectiveStore {
                 .begin()
                 .await
                 .map_err(db_error(what(), Stored::Nothing))?;
-            sqlx::query(
-                "insert into wh_perspective_cursors (perspective, model_key) values ($1, $2)
-                 on conflict do nothing",
-            )
-            .bind(perspective)
-            .bind(key.as_uuid())
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error(what(), Stored::Nothing))?;
-            // Lock the cursor row (waiting for another unit's commit or
-            // rollback), then read the model in a statement of its own: its
-            // snapshot is taken after the lock, so it sees the model the
-            // other unit committed. (A join in the locking statement would
-            // re-check only the locked row and return the model as it was.)
-            let cursor: CursorRow = sqlx::query_as(&format!("{SELECT_CURSOR} for update"))
+            // Create the cursor row if it is missing, or lock it (waiting for
+            // another unit's commit or rollback), in one statement. A row
+            // created here is new (no model yet) and locked by our insert.
+            let mut cursor: Option<(CursorRow, bool)> = sqlx::query_as(CLAIM_CURSOR)
                 .bind(perspective)
                 .bind(key.as_uuid())
-                .fetch_one(&mut *tx)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_error(what(), Stored::Nothing))?
+                .map(|(v, f, m, s, created)| ((v, f, m, s), created));
+            if cursor.is_none() {
+                // Another unit created the row after this statement's
+                // snapshot was taken: lock it with a fresh snapshot.
+                cursor = Some((
+                    sqlx::query_as(&format!("{SELECT_CURSOR} for update"))
+                        .bind(perspective)
+                        .bind(key.as_uuid())
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(db_error(what(), Stored::Nothing))?,
+                    false,
+                ));
+            }
+            let (cursor, _created) = cursor.unwrap_or_default();
+            let checkpoint = decode_cursor(cursor).map_err(|e| corrupt(what(), e))?;
+            // Then the model and the stream's events after the cursor, in a
+            // statement of its own: its snapshot is taken after the lock, so
+            // it sees what the other unit committed. (A join in the locking
+            // statement would re-check only the locked row and return the
+            // model as it was.)
+            let after = to_i64(checkpoint.version, "cursor version")?;
+            let rows: Vec<ClaimRow> = sqlx::query_as(CLAIM_READ)
+                .bind(perspective)
+                .bind(key.as_uuid())
+                .bind(after)
+                .fetch_all(&mut *tx)
                 .await
                 .map_err(db_error(what(), Stored::Nothing))?;
-            let checkpoint = decode_cursor(cursor).map_err(|e| corrupt(what(), e))?;
-            let model: Option<String> = sqlx::query_scalar(
-                "select data::text from wh_perspective_rows
-                  where perspective = $1 and model_key = $2",
-            )
-            .bind(perspective)
-            .bind(key.as_uuid())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_error(what(), Stored::Nothing))?;
+            let (model, events) = decode_claim_read(rows);
             let model = model
                 .map(RawValue::from_string)
                 .transpose()
                 .map_err(|e| corrupt(what(), e))?;
             Ok(Box::new(PgUnit {
                 tx,
+                pool: self.pool.clone(),
                 perspective,
                 key,
                 checkpoint,
                 model,
+                events,
             }) as Box<dyn PerspectiveUnit>)
         })
     }

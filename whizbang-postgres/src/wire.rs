@@ -74,6 +74,30 @@ pub(crate) fn decode_applied(payload: &str) -> Option<(&str, StreamId, u64)> {
     Some((perspective, StreamId::from(stream), version))
 }
 
+/// The payloads of one [`APPLIED_CHANNEL`] notification per chunk for a
+/// transaction that committed `perspective` on many streams: one
+/// [`encode_applied`] entry per line, each payload below 7,900 bytes (the
+/// server's cap is 8,000).
+pub(crate) fn encode_applied_many(perspective: &str, entries: &[(StreamId, u64)]) -> Vec<String> {
+    const CAP: usize = 7_900;
+    let mut out = Vec::new();
+    let mut payload = String::new();
+    for (stream, version) in entries {
+        let entry = encode_applied(perspective, *stream, *version);
+        if !payload.is_empty() && payload.len() + 1 + entry.len() > CAP {
+            out.push(std::mem::take(&mut payload));
+        }
+        if !payload.is_empty() {
+            payload.push('\n');
+        }
+        payload.push_str(&entry);
+    }
+    if !payload.is_empty() {
+        out.push(payload);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,6 +109,24 @@ mod tests {
         assert_eq!(decode_applied(&payload), Some(("orders summary", s, 7)));
         assert_eq!(decode_applied("garbage"), None);
         assert_eq!(decode_applied("1 not-a-uuid p"), None);
+    }
+
+    #[test]
+    fn many_applied_entries_split_into_payloads_below_the_cap() {
+        let entries: Vec<(StreamId, u64)> = (1..=300).map(|v| (StreamId::new(), v)).collect();
+        let payloads = encode_applied_many("orders summary", &entries);
+        assert!(payloads.len() > 1);
+        let decoded: Vec<(StreamId, u64)> = payloads
+            .iter()
+            .inspect(|p| assert!(p.len() <= 7_900))
+            .flat_map(|p| p.lines())
+            .map(|line| {
+                let (name, stream, version) = decode_applied(line).expect("decodes");
+                assert_eq!(name, "orders summary");
+                (stream, version)
+            })
+            .collect();
+        assert_eq!(decoded, entries);
     }
 
     #[test]

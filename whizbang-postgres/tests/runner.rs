@@ -555,17 +555,23 @@ async fn an_apply_error_fails_that_cursor_only_and_retry_and_skip_recover_it(poo
         }
         other => panic!("expected Failed, got {other:?}"),
     }
-    // Both failing streams are marked failed; the fine one is not.
-    let failed: Vec<(Uuid, String)> = sqlx::query_as(
-        "select model_key, failure_message from wh_perspective_cursors
-          where perspective = 'pg_runner.picky' and failed_version is not null order by model_key",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
+    // Both failing streams are marked failed (the wait above awaited only
+    // one of them: the other may be marked a moment later); the fine one is not.
     let mut expected = vec![retried, skipped];
     expected.sort();
-    assert_eq!(failed.iter().map(|f| f.0).collect::<Vec<_>>(), expected);
+    let failed: Vec<Uuid> = eventually("both failing streams are marked failed", || async {
+        let failed: Vec<Uuid> = sqlx::query_scalar(
+            "select model_key from wh_perspective_cursors
+              where perspective = 'pg_runner.picky' and failed_version is not null
+              order by model_key",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        (failed.len() >= 2).then_some(failed)
+    })
+    .await;
+    assert_eq!(failed, expected);
 
     // Later events on the fine stream keep applying.
     deposit(&rt, fine, 4).await;

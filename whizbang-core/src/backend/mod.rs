@@ -130,9 +130,9 @@ pub use crate::store::memory::{MemoryEventStore, MemoryPerspectiveStore};
 pub use crate::store::AnyModel;
 #[doc(inline)]
 pub use crate::store::{
-    BoxFuture, Checkpoint, CheckpointFailure, EventLocation, EventMetadata, EventStore,
-    ModelFormat, ModelKey, ModelRow, ModelValue, NewEvent, PerspectiveStore, PerspectiveUnit,
-    SkippedEvent, StoredEvent, StreamAppend,
+    BoxFuture, Checkpoint, CheckpointFailure, ClaimedModel, EventLocation, EventMetadata,
+    EventStore, ModelFormat, ModelKey, ModelRow, ModelValue, ModelWrite, NewEvent,
+    PerspectiveBatch, PerspectiveStore, PerspectiveUnit, SkippedEvent, StoredEvent, StreamAppend,
 };
 #[doc(inline)]
 pub use crate::sync::{

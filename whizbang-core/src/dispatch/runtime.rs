@@ -303,6 +303,35 @@ impl Runtime {
         self.inner.engine.catch_up(reg, stream).await
     }
 
+    /// Brings perspective `perspective` (by name) up to date on every stream
+    /// of `streams` in one transaction, when the perspective store can claim
+    /// many models at once ([`PerspectiveStore::claim_many`]): for a
+    /// backend's runner, which saves a commit per stream. Streams whose
+    /// cursor failed are left as they are. Returns the reports of what was
+    /// committed; `Ok(None)` when nothing was (the store claims one model at
+    /// a time, or an event failed to apply): then call
+    /// [`catch_up`](Self::catch_up) per stream, which records a failure on
+    /// its cursor.
+    ///
+    /// # Errors
+    /// [`Error::UnknownPerspective`] when no perspective of that name is
+    /// registered; backend errors (nothing was committed, or, for a commit
+    /// whose answer was lost, it may have been).
+    pub async fn catch_up_together(
+        &self,
+        perspective: &str,
+        streams: &[crate::message::StreamId],
+    ) -> Result<Option<Vec<ApplyReport>>> {
+        let reg = self
+            .inner
+            .registry
+            .perspective_named(perspective)
+            .ok_or_else(|| Error::UnknownPerspective {
+                name: perspective.to_owned(),
+            })?;
+        self.inner.engine.catch_up_together(reg, streams).await
+    }
+
     /// A cloneable handle that feeds apply reports to this runtime's waiters
     /// like [`notify_applied`](Self::notify_applied), without keeping the
     /// runtime alive: give it to a backend's background task (a LISTEN loop),

@@ -6,8 +6,8 @@ use crate::message::{EventId, StreamId};
 use crate::perspective::PerspectiveRegistration;
 use crate::store::AnyModel;
 use crate::store::{
-    Checkpoint, CheckpointFailure, EventStore, ModelFormat, ModelValue, PerspectiveStore,
-    PerspectiveUnit, SkippedEvent, StoredEvent,
+    Checkpoint, CheckpointFailure, EventStore, ModelFormat, ModelValue, ModelWrite,
+    PerspectiveStore, PerspectiveUnit, SkippedEvent, StoredEvent,
 };
 use std::sync::Arc;
 use tracing::Instrument;
@@ -157,9 +157,19 @@ fn load_model(
     reg: &'static PerspectiveRegistration,
     unit: &mut dyn PerspectiveUnit,
 ) -> std::result::Result<Box<dyn AnyModel>, String> {
-    match guarded("copying the stored model (its `Clone`)", || {
+    let stored = guarded("copying the stored model (its `Clone`)", || {
         unit.take_model()
-    })? {
+    })?;
+    decode_stored(reg, stored)
+}
+
+/// The model as the perspective works on it, from its stored form (a new
+/// one when there is none).
+fn decode_stored(
+    reg: &'static PerspectiveRegistration,
+    stored: Option<ModelValue>,
+) -> std::result::Result<Box<dyn AnyModel>, String> {
+    match stored {
         Some(ModelValue::Typed(m)) => Ok(m),
         Some(ModelValue::Json(j)) => {
             guarded("decoding the stored model", || (reg.decode_model)(&j))?.map_err(|e| {
@@ -231,7 +241,7 @@ impl Engine {
         stream: StreamId,
         upto: u64,
     ) -> Result<Option<ApplyReport>> {
-        let unit = self.perspectives.claim(reg.name, stream).await?;
+        let mut unit = self.perspectives.claim(reg.name, stream).await?;
         let checkpoint = unit.checkpoint().clone();
         if let Some(f) = &checkpoint.failure {
             return Err(Error::PerspectiveFailed {
@@ -241,7 +251,10 @@ impl Engine {
                 message: f.message.clone(),
             });
         }
-        let mut events = self.events.read_stream(stream, checkpoint.version).await?;
+        let mut events = match unit.take_events() {
+            Some(events) => events,
+            None => self.events.read_stream(stream, checkpoint.version).await?,
+        };
         events.retain(|e| e.stream_version <= upto);
         if events.is_empty() {
             return Ok(None);
@@ -249,6 +262,90 @@ impl Engine {
         self.apply_claimed(reg, stream, unit, checkpoint, &events)
             .await
             .map(Some)
+    }
+
+    /// Catches `reg` up on every stream of `streams` in one transaction, when
+    /// the store can claim many models at once. Streams whose cursor failed
+    /// are left as they are. `Ok(None)`: nothing was committed (the store
+    /// claims one key at a time, or an event failed to apply or a model to
+    /// encode); catch the streams up one by one, which records failures.
+    pub(crate) async fn catch_up_together(
+        &self,
+        reg: &'static PerspectiveRegistration,
+        streams: &[StreamId],
+    ) -> Result<Option<Vec<ApplyReport>>> {
+        let span = tracing::debug_span!(
+            "whizbang.perspective.apply_batch",
+            perspective = reg.name,
+            streams = streams.len(),
+        );
+        async move {
+            let Some(mut batch) = self.perspectives.claim_many(reg.name, streams).await? else {
+                return Ok(None);
+            };
+            let mut writes = Vec::new();
+            let mut reports = Vec::new();
+            for claimed in batch.take_claimed() {
+                if claimed.checkpoint.failure.is_some() {
+                    continue;
+                }
+                let events = match claimed.events {
+                    Some(events) => events,
+                    None => {
+                        self.events
+                            .read_stream(claimed.key, claimed.checkpoint.version)
+                            .await?
+                    }
+                };
+                if events.is_empty() {
+                    continue;
+                }
+                let mut stored = claimed.model;
+                let mut model: Option<Box<dyn AnyModel>> = None;
+                let mut applied = Vec::with_capacity(events.len());
+                let mut version = claimed.checkpoint.version;
+                for ev in &events {
+                    if !is_skipped(&claimed.checkpoint, ev.stream_version) {
+                        let loaded = match model.take() {
+                            Some(m) => Ok(m),
+                            None => decode_stored(reg, stored.take()),
+                        };
+                        let m = match loaded {
+                            Ok(m) => model.insert(m),
+                            Err(_) => return Ok(None),
+                        };
+                        if apply_guarded(reg, &mut **m, ev).is_err() {
+                            return Ok(None);
+                        }
+                    }
+                    applied.push(ev.event_id);
+                    version = ev.stream_version;
+                }
+                let Ok(model) = model.map(|m| self.encode(reg, m)).transpose() else {
+                    return Ok(None);
+                };
+                writes.push(ModelWrite {
+                    key: claimed.key,
+                    model,
+                    checkpoint: Checkpoint {
+                        version,
+                        failure: None,
+                        skipped: claimed.checkpoint.skipped,
+                    },
+                });
+                reports.push(ApplyReport::new(reg.name, claimed.key, version, applied));
+            }
+            if writes.is_empty() {
+                return Ok(Some(Vec::new()));
+            }
+            batch.commit(writes).await?;
+            for report in &reports {
+                self.notify(report);
+            }
+            Ok(Some(reports))
+        }
+        .instrument(span)
+        .await
     }
 
     /// Recovers a failed cursor: clears the failure (recording the failing

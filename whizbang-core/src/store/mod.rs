@@ -278,6 +278,14 @@ pub trait PerspectiveUnit: Send {
     /// The stored model, for the unit to work on (`None` when there is none yet).
     /// The stored copy is not changed until [`commit`](Self::commit).
     fn take_model(&mut self) -> Option<ModelValue>;
+    /// The stream's events after the claimed checkpoint, in version order,
+    /// when the store read them together with the claim (a database store
+    /// can, in the claim's own transaction, saving the runtime a read on
+    /// another connection). `None`, the default, makes the runtime read them
+    /// from the event store. Called at most once, right after the claim.
+    fn take_events(&mut self) -> Option<Vec<Arc<StoredEvent>>> {
+        None
+    }
     /// Commits the model and the checkpoint atomically and releases the unit.
     /// A `model` of `None` leaves the stored model as it is (only the checkpoint
     /// changes).
@@ -286,6 +294,63 @@ pub trait PerspectiveUnit: Send {
         model: Option<ModelValue>,
         checkpoint: Checkpoint,
     ) -> BoxFuture<'static, Result<()>>;
+}
+
+/// One model claimed by a [`PerspectiveBatch`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct ClaimedModel {
+    /// The model's key.
+    pub key: ModelKey,
+    /// Its checkpoint at claim time.
+    pub checkpoint: Checkpoint,
+    /// The stored model (`None` when there is none yet).
+    pub model: Option<ModelValue>,
+    /// The stream's events after the checkpoint, in version order, when the
+    /// store read them with the claim; `None`: the runtime reads them.
+    pub events: Option<Vec<Arc<StoredEvent>>>,
+}
+
+impl ClaimedModel {
+    /// A claimed model (for stores implementing [`PerspectiveStore::claim_many`]).
+    #[must_use]
+    pub fn new(
+        key: ModelKey,
+        checkpoint: Checkpoint,
+        model: Option<ModelValue>,
+        events: Option<Vec<Arc<StoredEvent>>>,
+    ) -> Self {
+        ClaimedModel {
+            key,
+            checkpoint,
+            model,
+            events,
+        }
+    }
+}
+
+/// What a [`PerspectiveBatch`] commits for one of its models.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct ModelWrite {
+    /// The model's key (one of the batch's).
+    pub key: ModelKey,
+    /// The new model; `None` leaves the stored one as it is.
+    pub model: Option<ModelValue>,
+    /// The new checkpoint (never a failure: a failing model is not
+    /// committed in a batch).
+    pub checkpoint: Checkpoint,
+}
+
+/// Exclusive work on several models of one perspective, committed in one
+/// transaction: from [`PerspectiveStore::claim_many`]. Dropping it without
+/// committing changes nothing and releases every model.
+pub trait PerspectiveBatch: Send {
+    /// The claimed models, in the order of the keys claimed. Called once.
+    fn take_claimed(&mut self) -> Vec<ClaimedModel>;
+    /// Commits every write (models, checkpoints) atomically and releases
+    /// the batch; models without a write stay as they were.
+    fn commit(self: Box<Self>, writes: Vec<ModelWrite>) -> BoxFuture<'static, Result<()>>;
 }
 
 /// Read models, cursors and applied status.
@@ -309,6 +374,19 @@ pub trait PerspectiveStore: Send + Sync + 'static {
         perspective: &'static str,
         key: ModelKey,
     ) -> BoxFuture<'a, Result<Box<dyn PerspectiveUnit>>>;
+
+    /// Claims several keys of `perspective` at once, so that what is applied
+    /// to all of them commits in one transaction (a database store saves a
+    /// commit per model). Waits while another unit holds one of them. `None`,
+    /// the default: the store claims one key at a time ([`claim`](Self::claim)).
+    fn claim_many<'a>(
+        &'a self,
+        perspective: &'static str,
+        keys: &'a [ModelKey],
+    ) -> BoxFuture<'a, Result<Option<Box<dyn PerspectiveBatch>>>> {
+        let _ = (perspective, keys);
+        Box::pin(async { Ok(None) })
+    }
 
     /// The last committed checkpoint of (`perspective`, `key`); the default
     /// checkpoint (version 0) when none was committed. Never waits for a claim.

@@ -22,10 +22,10 @@ use crate::listen::{gone, Dirty, Gone, Wakeups};
 use crate::PostgresOptions;
 use lease::Lease;
 use sqlx::PgPool;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::task::JoinSet;
+use tokio::task::{Id, JoinSet};
 use tokio::time::MissedTickBehavior;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -99,11 +99,23 @@ impl Runner {
             all: true,
             ..Dirty::default()
         };
+        let mut recheck = FIRST_RECHECK;
         loop {
-            self.scan(runtime, dirty).await;
+            // Partitions whose new events the horizon held back (a
+            // transaction older than theirs was still open) are read again
+            // soon, backing off to the rescan interval, not only at the next
+            // rescan: a short transaction elsewhere must not delay a wake-up
+            // by a whole interval.
+            let held = self.scan(runtime, dirty).await;
             if runtime.upgrade().is_none() {
                 return;
             }
+            let delay = recheck;
+            recheck = if held == 0 {
+                FIRST_RECHECK
+            } else {
+                (recheck * 2).min(options.rescan_interval)
+            };
             dirty = tokio::select! {
                 _ = beat.tick() => {
                     let acquired = self.maintain_if_due().await;
@@ -111,7 +123,9 @@ impl Runner {
                 }
                 _ = rescan.tick() => Dirty { all: true, ..Dirty::default() },
                 () = wakeups.notified() => wakeups.take(),
+                () = tokio::time::sleep(delay), if held != 0 => Dirty::default(),
             };
+            dirty.partitions |= held;
         }
     }
 
@@ -180,156 +194,262 @@ impl Runner {
         Ok(acquired)
     }
 
-    /// Drains the feeds of the leased partitions `dirty` names.
-    async fn scan(&mut self, runtime: &WeakRuntime, dirty: Dirty) {
-        let targets: Vec<Lease> = self
-            .leases
-            .iter()
-            .filter(|l| dirty.has(l.partition))
-            .copied()
-            .collect();
-        for target in targets {
-            loop {
+    /// Drains the feeds of the leased partitions `dirty` names, every
+    /// partition of a perspective together. Returns the partitions whose
+    /// new events the horizon held back (a bit each).
+    async fn scan(&mut self, runtime: &WeakRuntime, dirty: Dirty) -> u32 {
+        let mut held = 0u32;
+        for job in 0..self.jobs.len() {
+            let name = self.jobs[job].name;
+            let mut targets: Vec<Lease> = self
+                .leases
+                .iter()
+                .filter(|l| l.perspective == name && dirty.has(l.partition))
+                .copied()
+                .collect();
+            while !targets.is_empty() {
                 // A long backlog must not starve the heartbeat.
                 let _ = self.maintain_if_due().await;
-                if !self.leases.contains(&target) {
+                targets.retain(|t| self.leases.contains(t));
+                if targets.is_empty() {
                     break;
                 }
-                match self.batch(runtime, &target).await {
-                    Ok(more) if more => continue,
-                    Ok(_) => break,
-                    Err(BatchError::RuntimeGone) => return,
+                match self.batch(runtime, job, &targets).await {
+                    Ok(step) => {
+                        held |= step.held_back;
+                        targets = step.more;
+                    }
+                    Err(BatchError::RuntimeGone) => return held,
                     Err(error) => {
                         tracing::warn!(
-                            perspective = target.perspective, partition = target.partition, %error,
-                            "feed batch failed; the partition is retried at the next rescan"
+                            perspective = name, %error,
+                            "feed batch failed; its partitions are retried at the next rescan"
                         );
                         break;
                     }
                 }
             }
         }
+        held
     }
 
-    /// One batch of one (perspective, partition). Returns whether more may
-    /// follow at once.
-    async fn batch(&mut self, runtime: &WeakRuntime, lease: &Lease) -> Result<bool, BatchError> {
-        let Some(job) = self.jobs.iter().find(|j| j.name == lease.perspective) else {
-            return Ok(false);
-        };
+    /// One batch of one perspective over several leased partitions: one
+    /// read of every partition's feed, the catch-ups of every stream named
+    /// (at most the runner concurrency at once, across partitions), one
+    /// fenced statement moving every checkpoint whose streams all caught up.
+    async fn batch(
+        &mut self,
+        runtime: &WeakRuntime,
+        job: usize,
+        leases: &[Lease],
+    ) -> Result<Step, BatchError> {
+        let perspective = self.jobs[job].name;
         let cap = self.config.options.batch_size;
-        let batch = feed::read(&self.config.pool, lease, &job.handled, cap).await?;
-        let Some(last) = batch.last.clone() else {
-            return Ok(false);
-        };
+        let partitions: Vec<i16> = leases.iter().map(|l| l.partition).collect();
+        let read = feed::read_many(
+            &self.config.pool,
+            perspective,
+            &partitions,
+            &self.jobs[job].handled,
+            cap,
+        )
+        .await?;
+        let streams: Vec<Uuid> = read
+            .batches
+            .values()
+            .flat_map(|b| b.streams.iter().copied())
+            .collect();
+        let events: usize = read.batches.values().map(|b| b.events).sum();
+        if events == 0 {
+            return Ok(Step {
+                more: Vec::new(),
+                held_back: read.held_back,
+            });
+        }
         let span = tracing::debug_span!(
             "whizbang.postgres.batch",
-            perspective = lease.perspective,
-            partition = lease.partition,
-            events = batch.events,
-            streams = batch.streams.len(),
+            perspective,
+            partitions = partitions.len(),
+            events,
+            streams = streams.len(),
         );
         let runtime = runtime.upgrade().ok_or(BatchError::RuntimeGone)?;
         let limit = self.config.options.effective_runner_concurrency();
-        catch_up_all(&runtime, lease.perspective, &batch.streams, limit)
+        let failed = catch_up_all(&runtime, perspective, &streams, limit)
             .instrument(span)
-            .await?;
+            .await;
         drop(runtime);
-        let moved = feed::advance(
+        // A partition with a stream that did not catch up keeps its
+        // checkpoint: its batch is read again at the next rescan.
+        let moves: Vec<(i16, i64, &feed::Position)> = leases
+            .iter()
+            .filter(|l| !failed.contains(&l.partition))
+            .filter_map(|l| {
+                let last = read.batches.get(&l.partition)?.last.as_ref()?;
+                Some((l.partition, l.fence, last))
+            })
+            .collect();
+        let moved = feed::advance_many(
             &self.config.pool,
-            lease.perspective,
-            lease.partition,
+            perspective,
             self.config.instance_id,
-            lease.fence,
-            &last,
+            &moves,
         )
         .await?;
-        if !moved {
-            tracing::warn!(
-                perspective = lease.perspective,
-                partition = lease.partition,
-                fence = lease.fence,
-                "checkpoint not moved: the lease was lost; leaving the partition"
-            );
-            self.leases.remove(lease);
-            return Ok(false);
+        for (partition, fence, _) in &moves {
+            if !moved.contains(partition) {
+                tracing::warn!(
+                    perspective,
+                    partition,
+                    fence,
+                    "checkpoint not moved: the lease was lost; leaving the partition"
+                );
+                self.leases.remove(&Lease {
+                    perspective,
+                    partition: *partition,
+                    fence: *fence,
+                });
+            }
         }
         tracing::debug!(
-            perspective = lease.perspective,
-            partition = lease.partition,
-            events = batch.events,
-            streams = batch.streams.len(),
+            perspective,
+            partitions = moved.len(),
+            events,
+            streams = streams.len(),
             "feed batch consumed"
         );
-        Ok(batch.events >= cap as usize)
+        let more = leases
+            .iter()
+            .filter(|l| {
+                moved.contains(&l.partition)
+                    && read
+                        .batches
+                        .get(&l.partition)
+                        .is_some_and(|b| b.events >= cap as usize)
+            })
+            .copied()
+            .collect();
+        Ok(Step {
+            more,
+            held_back: read.held_back,
+        })
     }
 }
+
+/// What a batch leaves to do.
+struct Step {
+    /// Leases whose feed filled the batch: more may follow at once.
+    more: Vec<Lease>,
+    /// Partitions with events the horizon held back (a bit each).
+    held_back: u32,
+}
+
+/// The first delay before a held-back partition is read again.
+const FIRST_RECHECK: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Why a batch stopped before its checkpoint moved.
 #[derive(Debug, thiserror::Error)]
 enum BatchError {
     #[error("reading or checkpointing the feed failed: {0}")]
     Sql(#[from] sqlx::Error),
-    #[error("catching up stream {stream} failed: {source}")]
-    CatchUp { stream: StreamId, source: Error },
-    #[error("a catch-up task ended without a result: {0}")]
-    Lost(tokio::task::JoinError),
     #[error("the runtime is gone")]
     RuntimeGone,
 }
 
-/// Catches `perspective` up on every stream, at most `limit` at once. A
-/// failed cursor (the store recorded it) does not stop the others; any other
-/// error keeps the checkpoint where it is, so the batch is read again.
+/// The most streams one catch-up transaction of the runner covers.
+const MAX_TOGETHER: usize = 100;
+
+/// Catches `perspective` up on every stream, in at most `limit` tasks at
+/// once, each catching a share of the streams up in one transaction
+/// ([`Runtime::catch_up_together`]), or one by one when that commits nothing
+/// (an event failed to apply: the one-by-one path records the failure).
+/// Returns the partitions of the streams that did not catch up: a failed
+/// cursor (the store recorded it) counts as caught up and does not stop the
+/// others; any other error, or a task that panicked or was cancelled (it has
+/// no result), keeps its partition's checkpoint where it is, so its stream is
+/// read again, never passed over.
 async fn catch_up_all(
     runtime: &Runtime,
     perspective: &'static str,
     streams: &[Uuid],
     limit: usize,
-) -> Result<(), BatchError> {
+) -> BTreeSet<i16> {
+    type Outcome = Vec<(StreamId, Result<(), Error>)>;
+    type Joined = Option<std::result::Result<(Id, Outcome), tokio::task::JoinError>>;
+    let limit = limit.max(1);
+    let share = streams.len().div_ceil(limit).clamp(1, MAX_TOGETHER);
     let mut running = JoinSet::new();
-    let mut first_error = None;
-    let mut results = BTreeMap::new();
-    // A catch-up task that panicked or was cancelled has no result: the
-    // batch must then not be checkpointed, or its stream would be passed over.
-    let mut lost = None;
-    let mut collect = |joined: Option<std::result::Result<_, tokio::task::JoinError>>| match joined
-    {
-        Some(Ok((stream, result))) => {
-            results.insert(stream, result);
-        }
-        Some(Err(error)) => lost = Some(error),
-        None => {}
-    };
-    for stream in streams {
-        while running.len() >= limit.max(1) {
-            collect(running.join_next().await);
-        }
-        let runtime = runtime.clone();
-        let stream = StreamId::from(*stream);
-        running.spawn(async move { (stream, runtime.catch_up(perspective, stream).await) });
-    }
-    while !running.is_empty() {
-        collect(running.join_next().await);
-    }
-    if let Some(error) = lost {
-        return Err(BatchError::Lost(error));
-    }
-    for (stream, result) in results {
-        match result {
-            Ok(_) => {}
-            Err(Error::PerspectiveFailed {
-                version, message, ..
-            }) => tracing::warn!(
-                perspective, %stream, version, %message,
-                "perspective failed on this stream; its cursor is marked failed (retry or skip it)"
-            ),
-            Err(source) => {
-                if first_error.is_none() {
-                    first_error = Some(BatchError::CatchUp { stream, source });
+    let mut started: HashMap<Id, Vec<StreamId>> = HashMap::new();
+    let mut failed = BTreeSet::new();
+    let mut collect = |joined: Joined, started: &mut HashMap<Id, Vec<StreamId>>| {
+        let outcome = match joined {
+            None => return,
+            Some(Ok((id, outcome))) => {
+                started.remove(&id);
+                outcome
+            }
+            Some(Err(lost)) => {
+                let streams = started.remove(&lost.id()).unwrap_or_default();
+                tracing::warn!(
+                    perspective, streams = streams.len(), error = %lost,
+                    "a catch-up task ended without a result; its partitions are read again"
+                );
+                if streams.is_empty() {
+                    // Unknown streams: keep every partition of the batch.
+                    failed.extend(0..crate::wire::PARTITIONS);
+                }
+                failed.extend(streams.into_iter().map(crate::wire::partition_of));
+                return;
+            }
+        };
+        for (stream, result) in outcome {
+            match result {
+                Ok(()) => {}
+                Err(Error::PerspectiveFailed {
+                    version, message, ..
+                }) => tracing::warn!(
+                    perspective, %stream, version, %message,
+                    "perspective failed on this stream; its cursor is marked failed (retry or skip it)"
+                ),
+                Err(error) => {
+                    tracing::warn!(
+                        perspective, %stream, %error,
+                        "catching up a stream failed; its partition is read again at the next rescan"
+                    );
+                    failed.insert(crate::wire::partition_of(stream));
                 }
             }
         }
+    };
+    for chunk in streams.chunks(share) {
+        while running.len() >= limit {
+            collect(running.join_next_with_id().await, &mut started);
+        }
+        let runtime = runtime.clone();
+        let chunk: Vec<StreamId> = chunk.iter().copied().map(StreamId::from).collect();
+        let streams = chunk.clone();
+        let task = running.spawn(async move {
+            if streams.len() > 1 {
+                match runtime.catch_up_together(perspective, &streams).await {
+                    Ok(Some(_)) => return streams.into_iter().map(|s| (s, Ok(()))).collect(),
+                    Ok(None) => {}
+                    Err(error) => tracing::debug!(
+                        perspective, streams = streams.len(), %error,
+                        "catching up streams together failed; catching them up one by one"
+                    ),
+                }
+            }
+            let mut outcome = Vec::with_capacity(streams.len());
+            for stream in streams {
+                let result = runtime.catch_up(perspective, stream).await.map(drop);
+                outcome.push((stream, result));
+            }
+            outcome
+        });
+        started.insert(task.id(), chunk);
     }
-    first_error.map_or(Ok(()), Err)
+    while !running.is_empty() {
+        collect(running.join_next_with_id().await, &mut started);
+    }
+    failed
 }
