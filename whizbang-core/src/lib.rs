@@ -94,8 +94,8 @@ pub use dispatch::{
 pub use error::{Error, Result};
 pub use lens::{Lens, LensQuery, ListQuery, SyncLensExt, SyncedLens};
 pub use message::{
-    Command, Envelope, Event, EventId, ExpectedVersion, InstanceId, Message, MessageId, MessageKind,
-    Metadata, StreamId, StreamKey,
+    Command, Envelope, Event, EventId, ExpectedVersion, InstanceId, Message, MessageId,
+    MessageKind, Metadata, StreamId, StreamKey,
 };
 pub use perspective::{Model, Perspective, PerspectiveMode, Versioned};
 pub use registry::{Registry, RegistryBuilder};

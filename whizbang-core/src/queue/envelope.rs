@@ -93,13 +93,12 @@ impl QueuedMessage {
     /// # Errors
     /// [`Error::Serialization`] when the message does not serialise.
     pub fn from_envelope<M: Message>(envelope: &Envelope<M>) -> Result<Self> {
-        let payload =
-            serde_json::value::to_raw_value(&envelope.message).map_err(|source| {
-                Error::Serialization {
-                    type_name: M::NAME,
-                    source,
-                }
-            })?;
+        let payload = serde_json::value::to_raw_value(&envelope.message).map_err(|source| {
+            Error::Serialization {
+                type_name: M::NAME,
+                source,
+            }
+        })?;
         Ok(QueuedMessage {
             id: envelope.message_id,
             message_type: M::NAME.to_owned(),
@@ -125,12 +124,11 @@ impl QueuedMessage {
                 M::NAME
             )));
         }
-        let message = serde_json::from_str(self.payload.get()).map_err(|source| {
-            Error::Deserialization {
+        let message =
+            serde_json::from_str(self.payload.get()).map_err(|source| Error::Deserialization {
                 type_name: self.message_type.clone(),
                 source,
-            }
-        })?;
+            })?;
         Ok(Envelope {
             message_id: self.id,
             correlation_id: self.correlation_id,

@@ -1,9 +1,7 @@
 //! The queue in memory, with an injectable clock: the reference behaviour
 //! every other queue is held to, and the queue of single-process tests.
 
-use super::limits::{
-    check_batch, check_handler, check_lease, distinct, error_text, MAX_BATCH,
-};
+use super::limits::{check_batch, check_handler, check_lease, distinct, error_text, MAX_BATCH};
 use super::{
     lease_expired_error, DeadLetter, EnqueueOutcome, FailOutcome, LeasedMessage, MessageQueue,
     ProcessedRecord, QueueOptions, QueuedMessage,
@@ -322,7 +320,9 @@ impl MemoryMessageQueue {
         }
         let error = error_text(error);
         let Some(entry) = state.queue.get_mut(&id) else {
-            return Err(Error::Invariant(format!("message {id} vanished under the lock")));
+            return Err(Error::Invariant(format!(
+                "message {id} vanished under the lock"
+            )));
         };
         let attempts = entry.attempts;
         if attempts >= self.options.max_attempts {
@@ -529,11 +529,7 @@ impl MessageQueue for MemoryMessageQueue {
         Box::pin(std::future::ready(Ok(record)))
     }
 
-    fn prune_processed(
-        &self,
-        older_than: Duration,
-        batch: usize,
-    ) -> BoxFuture<'_, Result<usize>> {
+    fn prune_processed(&self, older_than: Duration, batch: usize) -> BoxFuture<'_, Result<usize>> {
         let span = tracing::debug_span!("whizbang.queue.prune_processed", ?older_than, batch);
         traced(span, || self.prune_now(older_than, batch))
     }

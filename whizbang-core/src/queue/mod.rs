@@ -323,8 +323,7 @@ pub trait MessageQueue: Send + Sync + 'static {
     /// # Errors
     /// [`Error::InvalidInput`] for a batch outside 1..=[`limits::MAX_BATCH`];
     /// a backend failure.
-    fn prune_processed(&self, older_than: Duration, batch: usize)
-        -> BoxFuture<'_, Result<usize>>;
+    fn prune_processed(&self, older_than: Duration, batch: usize) -> BoxFuture<'_, Result<usize>>;
 
     /// Up to `max` dead letters, oldest first.
     ///
