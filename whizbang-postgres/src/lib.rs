@@ -54,12 +54,14 @@ mod backend;
 mod events;
 mod listen;
 mod perspectives;
+mod queue;
 mod runner;
 mod sync;
 
 pub use backend::{Postgres, PostgresOptions};
 pub use events::PgEventStore;
 pub use perspectives::PgPerspectiveStore;
+pub use queue::PgMessageQueue;
 pub use sync::PgSyncBackend;
 
 use sqlx::migrate::{MigrateError, Migrator};
