@@ -25,7 +25,7 @@ pub struct QueuedMessage {
     /// refuses it once processed.
     pub id: MessageId,
     /// The message's wire name ([`Message::NAME`]): non-empty, at most
-    /// [`MAX_TYPE_NAME_BYTES`](super::MAX_TYPE_NAME_BYTES) bytes, no control
+    /// [`MAX_TYPE_NAME_BYTES`](super::limits::MAX_TYPE_NAME_BYTES) bytes, no control
     /// characters.
     pub message_type: String,
     /// The serialised message (any JSON value; a unit struct is `null`).
@@ -171,9 +171,9 @@ impl QueuedMessage {
 
     /// Checks what every queue requires before storing the message: a type
     /// name that is non-empty, at most
-    /// [`MAX_TYPE_NAME_BYTES`](super::MAX_TYPE_NAME_BYTES) bytes and free of
+    /// [`MAX_TYPE_NAME_BYTES`](super::limits::MAX_TYPE_NAME_BYTES) bytes and free of
     /// control characters; a payload of at most
-    /// [`MAX_PAYLOAD_BYTES`](super::MAX_PAYLOAD_BYTES) with no `\u0000`
+    /// [`MAX_PAYLOAD_BYTES`](super::limits::MAX_PAYLOAD_BYTES) with no `\u0000`
     /// escape (which no PostgreSQL `jsonb` can hold), and headers free of
     /// that escape too. Queues call it; call it
     /// yourself to fail early.

@@ -447,10 +447,13 @@ impl MemoryMessageQueue {
     }
 }
 
-/// Runs `f` in a debug span and returns its result as a ready future.
-fn traced<'a, T: Send + 'a>(span: tracing::Span, f: impl FnOnce() -> T) -> BoxFuture<'a, T> {
-    let out = span.in_scope(f);
-    Box::pin(std::future::ready(out))
+/// A future that runs `f` in `span` when first polled (not when built, so a
+/// future dropped unpolled changes nothing).
+fn traced<'a, T: Send + 'a>(
+    span: tracing::Span,
+    f: impl FnOnce() -> T + Send + 'a,
+) -> BoxFuture<'a, T> {
+    Box::pin(async move { span.in_scope(f) })
 }
 
 impl MessageQueue for MemoryMessageQueue {
@@ -471,7 +474,7 @@ impl MessageQueue for MemoryMessageQueue {
             correlation_id = %message.correlation_id,
             %instance,
         );
-        traced(span, || self.enqueue_now(message, instance, lease))
+        traced(span, move || self.enqueue_now(message, instance, lease))
     }
 
     fn lease_orphaned(
@@ -481,7 +484,7 @@ impl MessageQueue for MemoryMessageQueue {
         lease: Duration,
     ) -> BoxFuture<'_, Result<Vec<LeasedMessage>>> {
         let span = tracing::debug_span!("whizbang.queue.lease_orphaned", %instance, max);
-        traced(span, || self.lease_orphaned_now(instance, max, lease))
+        traced(span, move || self.lease_orphaned_now(instance, max, lease))
     }
 
     fn complete<'a>(
@@ -492,7 +495,7 @@ impl MessageQueue for MemoryMessageQueue {
     ) -> BoxFuture<'a, Result<()>> {
         let span =
             tracing::debug_span!("whizbang.queue.complete", message_id = %id, %instance, handler);
-        traced(span, || self.complete_now(id, instance, handler))
+        traced(span, move || self.complete_now(id, instance, handler))
     }
 
     fn fail<'a>(
@@ -502,7 +505,7 @@ impl MessageQueue for MemoryMessageQueue {
         error: &'a str,
     ) -> BoxFuture<'a, Result<FailOutcome>> {
         let span = tracing::debug_span!("whizbang.queue.fail", message_id = %id, %instance);
-        traced(span, || self.fail_now(id, instance, error))
+        traced(span, move || self.fail_now(id, instance, error))
     }
 
     fn renew<'a>(
@@ -512,7 +515,7 @@ impl MessageQueue for MemoryMessageQueue {
         lease: Duration,
     ) -> BoxFuture<'a, Result<SystemTime>> {
         let span = tracing::debug_span!("whizbang.queue.renew", count = ids.len(), %instance);
-        traced(span, || self.renew_now(ids, instance, lease))
+        traced(span, move || self.renew_now(ids, instance, lease))
     }
 
     fn release<'a>(
@@ -521,21 +524,24 @@ impl MessageQueue for MemoryMessageQueue {
         instance: InstanceId,
     ) -> BoxFuture<'a, Result<()>> {
         let span = tracing::debug_span!("whizbang.queue.release", count = ids.len(), %instance);
-        traced(span, || self.release_now(ids, instance))
+        traced(span, move || self.release_now(ids, instance))
     }
 
     fn processed(&self, id: MessageId) -> BoxFuture<'_, Result<Option<ProcessedRecord>>> {
-        let record = lock(&self.state).processed.get(&id).cloned();
-        Box::pin(std::future::ready(Ok(record)))
+        let span = tracing::debug_span!("whizbang.queue.processed", message_id = %id);
+        traced(span, move || {
+            Ok(lock(&self.state).processed.get(&id).cloned())
+        })
     }
 
     fn prune_processed(&self, older_than: Duration, batch: usize) -> BoxFuture<'_, Result<usize>> {
         let span = tracing::debug_span!("whizbang.queue.prune_processed", ?older_than, batch);
-        traced(span, || self.prune_now(older_than, batch))
+        traced(span, move || self.prune_now(older_than, batch))
     }
 
     fn dead_letters(&self, max: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>>> {
-        Box::pin(std::future::ready(self.dead_letters_now(max)))
+        let span = tracing::debug_span!("whizbang.queue.dead_letters", max);
+        traced(span, move || self.dead_letters_now(max))
     }
 
     fn replay_dead_letters<'a>(
@@ -543,6 +549,6 @@ impl MessageQueue for MemoryMessageQueue {
         ids: &'a [MessageId],
     ) -> BoxFuture<'a, Result<Vec<MessageId>>> {
         let span = tracing::debug_span!("whizbang.queue.replay_dead_letters", count = ids.len());
-        traced(span, || self.replay_now(ids))
+        traced(span, move || self.replay_now(ids))
     }
 }

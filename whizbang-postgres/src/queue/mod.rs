@@ -480,7 +480,8 @@ impl MessageQueue for PgMessageQueue {
     }
 
     fn processed(&self, id: MessageId) -> BoxFuture<'_, Result<Option<ProcessedRecord>>> {
-        Box::pin(self.processed_now(id))
+        let span = tracing::debug_span!("whizbang.queue.processed", message_id = %id);
+        Box::pin(self.processed_now(id).instrument(span))
     }
 
     fn prune_processed(&self, older_than: Duration, batch: usize) -> BoxFuture<'_, Result<usize>> {
@@ -489,7 +490,8 @@ impl MessageQueue for PgMessageQueue {
     }
 
     fn dead_letters(&self, max: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>>> {
-        Box::pin(self.dead_letters_now(max))
+        let span = tracing::debug_span!("whizbang.queue.dead_letters", max);
+        Box::pin(self.dead_letters_now(max).instrument(span))
     }
 
     fn replay_dead_letters<'a>(
