@@ -209,3 +209,87 @@ async fn the_backend_hands_out_its_queue(pool: PgPool) {
         .expect("complete through another handle");
     pg.close().await;
 }
+
+/// Waits (bounded) until some backend waits on a lock.
+async fn until_a_backend_waits_on_a_lock(pool: &PgPool) {
+    bounded(async {
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "select count(*) from pg_stat_activity
+                  where datname = current_database() and wait_event_type = 'Lock'",
+            )
+            .fetch_one(pool)
+            .await
+            .expect("read pg_stat_activity");
+            if waiting > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+/// The race `wh_enqueue_and_lease` closes, made deterministic: a complete
+/// (or a dead-lettering) of an id holds its transaction open; a redelivery
+/// of the id blocks on the queue row; the complete commits. The redelivery
+/// must answer AlreadyProcessed (DeadLettered), not lease the id again.
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn a_redelivery_blocked_on_a_committing_complete_is_refused(pool: PgPool) {
+    let queue = Arc::new(PgMessageQueue::new(pool.clone()));
+    let me = InstanceId::new();
+    for (finish, expected) in [
+        (
+            "with done as (delete from wh_message_queue where message_id = $1 returning message_id)
+             insert into wh_processed_messages (message_id, handler) select message_id, 'h' from done",
+            EnqueueOutcome::AlreadyProcessed,
+        ),
+        (
+            "with dead as (delete from wh_message_queue where message_id = $1 returning *)
+             insert into wh_dead_letters (message_id, message_type, payload, correlation_id,
+                                          causation_id, headers, enqueued_at, attempts, error)
+             select message_id, message_type, payload, correlation_id, causation_id, headers,
+                    enqueued_at, attempts, 'poison' from dead",
+            EnqueueOutcome::DeadLettered,
+        ),
+    ] {
+        let m = QueuedMessage::from_json("race.blocked", "{}").expect("JSON");
+        let id = m.id;
+        let first = bounded(queue.enqueue_and_lease(m.clone(), me, Duration::from_secs(60)))
+            .await
+            .expect("enqueue");
+        assert!(matches!(first, EnqueueOutcome::Leased(_)));
+
+        let mut tx = pool.begin().await.expect("begin");
+        sqlx::query(finish)
+            .bind(id.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .expect("finish the message, uncommitted");
+        let redelivery = {
+            let queue = Arc::clone(&queue);
+            tokio::spawn(async move {
+                queue
+                    .enqueue_and_lease(m, InstanceId::new(), Duration::from_secs(60))
+                    .await
+            })
+        };
+        until_a_backend_waits_on_a_lock(&pool).await;
+        tx.commit().await.expect("commit");
+        let answer = bounded(redelivery)
+            .await
+            .expect("the task ran")
+            .expect("enqueue");
+        assert_eq!(
+            answer, expected,
+            "a redelivery that waited on the finishing transaction must see its outcome"
+        );
+        let queued: i64 =
+            sqlx::query_scalar("select count(*) from wh_message_queue where message_id = $1")
+                .bind(id.as_uuid())
+                .fetch_one(&pool)
+                .await
+                .expect("count");
+        assert_eq!(queued, 0, "the redelivery took its insert back");
+    }
+}

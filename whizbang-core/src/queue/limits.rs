@@ -125,11 +125,17 @@ pub fn check_batch(what: &str, n: usize) -> Result<()> {
     Ok(())
 }
 
-/// A handler name is 1 to [`MAX_HANDLER_BYTES`] bytes.
+/// A handler name is 1 to [`MAX_HANDLER_BYTES`] bytes, without NUL.
 ///
 /// # Errors
 /// [`Error::InvalidInput`] saying what is wrong.
 pub fn check_handler(id: MessageId, handler: &str) -> Result<()> {
+    if handler.contains('\0') {
+        return Err(Error::InvalidInput(format!(
+            "the handler name completing message {id} holds a NUL character; nothing was \
+             changed. Use a printable handler name"
+        )));
+    }
     if handler.is_empty() || handler.len() > MAX_HANDLER_BYTES {
         return Err(Error::InvalidInput(format!(
             "completing message {id} needs the name of the handler that processed it (1 to \

@@ -1069,6 +1069,10 @@ pub async fn bad_input_is_refused_with_a_typed_error_and_changes_nothing(
         bounded("complete", q.complete(good.id, a, "")).await,
     );
     assert_invalid(
+        "complete with a NUL in the handler name",
+        bounded("complete", q.complete(good.id, a, "a\0b")).await,
+    );
+    assert_invalid(
         "renew with a zero lease",
         bounded("renew", q.renew(&[good.id], a, Duration::ZERO)).await,
     );
