@@ -630,6 +630,23 @@ mod tests {
     }
 
     #[test]
+    fn lease_lost_names_the_instance_and_at_most_ten_ids() {
+        let instance = InstanceId::new();
+        let ids: Vec<MessageId> = (0..12).map(|_| MessageId::new()).collect();
+        let err = Error::LeaseLost {
+            message_ids: ids.clone(),
+            instance,
+        };
+        let text = err.to_string();
+        assert!(text.contains(&instance.to_string()), "{text}");
+        assert!(text.contains(&ids[9].to_string()), "{text}");
+        assert!(!text.contains(&ids[10].to_string()), "{text}");
+        assert!(text.contains("and 2 more"), "{text}");
+        assert!(text.contains("Nothing was changed"), "{text}");
+        assert!(format!("{err:?}").ends_with("(whizbang_core::Error::LeaseLost)"));
+    }
+
+    #[test]
     fn backend_errors_say_what_failed_what_was_stored_and_what_to_check() {
         let err = Error::backend(
             "postgres",

@@ -236,7 +236,7 @@ impl MemoryMessageQueue {
         let mut candidates: Vec<(SystemTime, MessageId)> = state
             .queue
             .iter()
-            .filter(|(_, e)| e.owner.is_none() || e.available_at <= now)
+            .filter(|(_, e)| e.available_at <= now)
             .map(|(id, e)| (e.available_at, *id))
             .collect();
         candidates.sort_unstable();
