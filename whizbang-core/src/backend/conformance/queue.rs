@@ -152,6 +152,7 @@ macro_rules! queue_contracts {
             release_gives_the_lease_and_its_attempt_back,
             prune_removes_only_processed_records_older_than_the_window,
             concurrent_enqueues_of_one_id_lease_it_once,
+            a_dropped_enqueue_leaves_the_message_new_or_leased_until_its_lease_expires,
             bad_input_is_refused_with_a_typed_error_and_changes_nothing,
         }
     };
@@ -977,6 +978,42 @@ pub async fn concurrent_enqueues_of_one_id_lease_it_once(backend: &dyn QueueFact
                  {other:?}"
             ),
         }
+    }
+}
+
+/// An `enqueue_and_lease` future dropped at any point (never polled, or
+/// after some polls) leaves the message either not stored (the next enqueue
+/// leases it) or leased to nobody who knows (its lease expires and
+/// `lease_orphaned` takes it over): never lost, never stuck.
+pub async fn a_dropped_enqueue_leaves_the_message_new_or_leased_until_its_lease_expires(
+    backend: &dyn QueueFactory,
+) {
+    let t = fresh(backend).await;
+    let a = InstanceId::new();
+    for polls in 0..4_u32 {
+        let m = message(900 + u64::from(polls));
+        {
+            let mut fut = t.queue.enqueue_and_lease(m.clone(), a, t.ticks(1));
+            for _ in 0..polls {
+                // One poll, as a timeout or a select! that lost would give
+                // it; a future that finished is not polled again.
+                if tokio::time::timeout(Duration::ZERO, &mut fut).await.is_ok() {
+                    break;
+                }
+            }
+        } // dropped here
+        match enqueue(&t, &m, InstanceId::new(), long(&t)).await {
+            EnqueueOutcome::Leased(_) => continue, // nothing was stored
+            EnqueueOutcome::AlreadyQueued => {}
+            other => panic!("after a dropped enqueue the id answered {other:?}"),
+        }
+        t.pass(2).await;
+        let taken = orphans(&t, InstanceId::new(), 10, long(&t)).await;
+        assert!(
+            ids(&taken).contains(&m.id),
+            "a message whose enqueue was dropped after it leased must be taken over once the \
+             lease expires ({polls} polls)"
+        );
     }
 }
 
