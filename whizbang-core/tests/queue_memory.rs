@@ -37,12 +37,8 @@ async fn the_attempt_limit_contracts_hold_for_limits_of_one_to_three() {
 
 #[tokio::test]
 async fn run_all_passes_on_the_system_clock_with_short_ticks() {
-    let factory = || async {
-        QueueUnderTest::real_time(
-            std::sync::Arc::new(MemoryMessageQueue::new()),
-            Duration::from_millis(5),
-        )
-    };
+    let factory =
+        || async { QueueUnderTest::real_time(MemoryMessageQueue::new(), Duration::from_millis(5)) };
     tokio::time::timeout(
         Duration::from_secs(30),
         whizbang_core::backend::conformance::queue::run_all(&factory),

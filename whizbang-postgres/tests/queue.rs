@@ -20,7 +20,7 @@ use whizbang_postgres::PgMessageQueue;
 const TICK: Duration = Duration::from_millis(400);
 
 fn fixture(pool: PgPool) -> QueueUnderTest {
-    QueueUnderTest::real_time(Arc::new(PgMessageQueue::new(pool)), TICK)
+    QueueUnderTest::real_time(PgMessageQueue::new(pool), TICK)
 }
 
 macro_rules! pg_queue_contracts {
@@ -58,10 +58,7 @@ async fn the_attempt_limit_contracts_hold_with_a_limit_of_one(pool: PgPool) {
                 .await
                 .expect("empty the queue tables");
             QueueUnderTest::real_time(
-                Arc::new(PgMessageQueue::with_options(
-                    pool,
-                    QueueOptions::default().max_attempts(1),
-                )),
+                PgMessageQueue::with_options(pool, QueueOptions::default().max_attempts(1)),
                 TICK,
             )
         }

@@ -139,7 +139,9 @@ impl QueuedMessage {
         })
     }
 
-    /// Sets the id (a transport's delivery id, an event's id).
+    /// Sets the id (a transport's delivery id, an event's id), and the
+    /// correlation id with it while the message starts its own conversation
+    /// (its correlation id was its id).
     #[must_use]
     pub fn with_id(mut self, id: MessageId) -> Self {
         if self.correlation_id == self.id {

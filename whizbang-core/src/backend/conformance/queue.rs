@@ -86,9 +86,9 @@ impl QueueUnderTest {
     /// A queue on real time (a database's clock): time passes by sleeping,
     /// `tick` at a time.
     #[must_use]
-    pub fn real_time(queue: Arc<dyn MessageQueue>, tick: Duration) -> Self {
+    pub fn real_time(queue: impl MessageQueue, tick: Duration) -> Self {
         QueueUnderTest {
-            queue,
+            queue: Arc::new(queue),
             tick,
             pass: Arc::new(|d| Box::pin(tokio::time::sleep(d))),
         }
