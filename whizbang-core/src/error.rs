@@ -5,7 +5,7 @@
 //! [`Error::rejected`] and reach the caller of [`Scope::send`](crate::Scope::send)
 //! unchanged.
 
-use crate::message::{EventId, ExpectedVersion, StreamId};
+use crate::message::{EventId, ExpectedVersion, InstanceId, MessageId, StreamId};
 use std::fmt;
 use std::time::Duration;
 
@@ -376,6 +376,25 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A queue operation named messages this instance no longer holds a lease
+    /// on: the lease expired and another instance (or a later lease of this
+    /// one) took the message over, or the message was already completed,
+    /// failed or dead-lettered. Nothing was changed, for any of the ids.
+    #[error(
+        "instance {instance} no longer holds the lease on message(s) {}: the lease expired and \
+         the message was taken over, or it was already completed or dead-lettered. Nothing was \
+         changed. Stop working on these messages: their new owner processes them (renew leases \
+         more often than they expire to keep a message)",
+        id_list(message_ids)
+    )]
+    LeaseLost {
+        /// The messages whose lease is lost (for a batch renewal, every one
+        /// of them; the others were not renewed either).
+        message_ids: Vec<MessageId>,
+        /// The instance that asked.
+        instance: InstanceId,
+    },
+
     /// An invariant broke: a backend or the runtime itself answered something
     /// that cannot happen (a sync backend that answered no inquiry, a receptor
     /// output of another type). Not caused by your input.
@@ -464,6 +483,7 @@ impl Error {
             Error::DuplicateEventId { .. } => "DuplicateEventId",
             Error::PerspectiveNotFailed { .. } => "PerspectiveNotFailed",
             Error::ModelNotJson { .. } => "ModelNotJson",
+            Error::LeaseLost { .. } => "LeaseLost",
             Error::Invariant(_) => "Invariant",
         }
     }
@@ -477,6 +497,20 @@ impl Error {
             _ => None,
         }
     }
+}
+
+/// Ids, comma-separated (at most 10 shown, then how many more).
+fn id_list(ids: &[MessageId]) -> String {
+    let mut out = ids
+        .iter()
+        .take(10)
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if ids.len() > 10 {
+        out.push_str(&format!(" and {} more", ids.len() - 10));
+    }
+    out
 }
 
 /// "command `A` has" / "commands `A`, `B` have".
@@ -593,6 +627,23 @@ mod tests {
             "ledger unavailable\n\n(whizbang_core::Error::Handler)\n\
              caused by: connection reset by peer",
         );
+    }
+
+    #[test]
+    fn lease_lost_names_the_instance_and_at_most_ten_ids() {
+        let instance = InstanceId::new();
+        let ids: Vec<MessageId> = (0..12).map(|_| MessageId::new()).collect();
+        let err = Error::LeaseLost {
+            message_ids: ids.clone(),
+            instance,
+        };
+        let text = err.to_string();
+        assert!(text.contains(&instance.to_string()), "{text}");
+        assert!(text.contains(&ids[9].to_string()), "{text}");
+        assert!(!text.contains(&ids[10].to_string()), "{text}");
+        assert!(text.contains("and 2 more"), "{text}");
+        assert!(text.contains("Nothing was changed"), "{text}");
+        assert!(format!("{err:?}").ends_with("(whizbang_core::Error::LeaseLost)"));
     }
 
     #[test]

@@ -58,6 +58,7 @@
 //! - [`perspective`](mod@perspective): read-model folds, the engine and the async runner.
 //! - [`lens`]: reading models.
 //! - [`store`]: the storage traits and the in-memory backend.
+//! - [`queue`]: the lease-based message queue under the inbox and the outbox.
 //! - [`backend`]: the seam a storage backend implements, with its contract in one place.
 //! - [`registry`]: the compile-time routing tables.
 //! - [`services`]: typed services for receptors.
@@ -77,6 +78,7 @@ pub mod error;
 pub mod lens;
 pub mod message;
 pub mod perspective;
+pub mod queue;
 pub mod registry;
 pub mod services;
 pub mod stage;
@@ -92,8 +94,8 @@ pub use dispatch::{
 pub use error::{Error, Result};
 pub use lens::{Lens, LensQuery, ListQuery, SyncLensExt, SyncedLens};
 pub use message::{
-    Command, Envelope, Event, EventId, ExpectedVersion, Message, MessageId, MessageKind, Metadata,
-    StreamId, StreamKey,
+    Command, Envelope, Event, EventId, ExpectedVersion, InstanceId, Message, MessageId,
+    MessageKind, Metadata, StreamId, StreamKey,
 };
 pub use perspective::{Model, Perspective, PerspectiveMode, Versioned};
 pub use registry::{Registry, RegistryBuilder};

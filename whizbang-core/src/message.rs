@@ -75,6 +75,12 @@ id_type!(
     /// Identifies an event stream: the aggregate the events belong to.
     StreamId
 );
+id_type!(
+    /// Identifies one running instance of a service (a process, or a worker
+    /// in it): the owner of the leases it takes, on queued messages and on
+    /// partitions.
+    InstanceId
+);
 
 impl From<EventId> for MessageId {
     fn from(id: EventId) -> Self {

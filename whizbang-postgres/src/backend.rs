@@ -4,7 +4,9 @@
 //! `Runtime::builder().backend(pg)`.
 
 use crate::listen::{self, Wakeups};
-use crate::{redact_password, runner, Error, PgEventStore, PgPerspectiveStore, PgSyncBackend};
+use crate::{
+    redact_password, runner, Error, PgEventStore, PgMessageQueue, PgPerspectiveStore, PgSyncBackend,
+};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{Connection as _, PgConnection, PgPool};
 use std::sync::{Arc, Mutex};
@@ -308,6 +310,23 @@ impl Postgres {
     #[must_use]
     pub fn instance_id(&self) -> Uuid {
         self.inner.instance_id
+    }
+
+    /// The message queue on this backend's pool, with the default
+    /// [`QueueOptions`](whizbang_core::queue::QueueOptions) (see
+    /// [`PgMessageQueue`]). Cheap: call it wherever a queue is needed.
+    #[must_use]
+    pub fn message_queue(&self) -> PgMessageQueue {
+        PgMessageQueue::new(self.inner.pool.clone())
+    }
+
+    /// The message queue on this backend's pool with these options.
+    #[must_use]
+    pub fn message_queue_with(
+        &self,
+        options: whizbang_core::queue::QueueOptions,
+    ) -> PgMessageQueue {
+        PgMessageQueue::with_options(self.inner.pool.clone(), options)
     }
 
     /// The options it was connected with.

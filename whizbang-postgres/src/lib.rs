@@ -40,7 +40,20 @@
 //! the per-model perspective cursors (`wh_perspective_cursors`) and read
 //! models (`wh_perspective_rows`); `0002` the runner's instances
 //! (`wh_instances`), partition leases (`wh_partition_leases`) and feed
-//! checkpoints (`wh_feed_checkpoints`).
+//! checkpoints (`wh_feed_checkpoints`); `0003` the message queue
+//! ([`PgMessageQueue`], from [`Postgres::message_queue`]):
+//!
+//! | table | one row per | keys and indexes |
+//! | --- | --- | --- |
+//! | `wh_message_queue` | message waiting (`status` `queued`) or leased (`leased`, with `lease_owner`): type, `jsonb` payload and headers, correlation and causation ids, `enqueued_at`, `available_at` (the lease's expiry, or since when it waits), `attempts`, `last_error` | primary key `message_id`; `wh_message_queue_available_idx` on `(available_at, message_id)`: the next leasable messages, read with `FOR UPDATE SKIP LOCKED` |
+//! | `wh_processed_messages` | message completed: `handler`, `processed_at`; refuses a redelivered id for the retention window | primary key `message_id`; `wh_processed_messages_processed_at_idx` on `processed_at` for pruning by age |
+//! | `wh_dead_letters` | message that used up its attempts: the message, `attempts`, last `error`, `dead_at` | primary key `message_id`; `wh_dead_letters_dead_at_idx` on `(dead_at, message_id)` for listing |
+//!
+//! A message id is in at most one of the three tables. `0003` also creates
+//! the function `wh_enqueue_and_lease`, which enqueues and leases in one
+//! round trip and re-checks the processed and dead tables after its insert
+//! in a new snapshot, so a redelivery racing a complete of the same id is
+//! never leased. Every other queue operation is one SQL statement (CTEs).
 //!
 //! # Errors
 //!
@@ -55,12 +68,14 @@ mod events;
 mod listen;
 mod notify;
 mod perspectives;
+mod queue;
 mod runner;
 mod sync;
 
 pub use backend::{Postgres, PostgresOptions};
 pub use events::PgEventStore;
 pub use perspectives::PgPerspectiveStore;
+pub use queue::PgMessageQueue;
 pub use sync::PgSyncBackend;
 
 use sqlx::migrate::{MigrateError, Migrator};

@@ -77,12 +77,15 @@ async fn migrations_create_the_tables_with_their_keys(pool: PgPool) {
     assert_eq!(
         tables,
         [
+            "wh_dead_letters",
             "wh_events",
             "wh_feed_checkpoints",
             "wh_instances",
+            "wh_message_queue",
             "wh_partition_leases",
             "wh_perspective_cursors",
             "wh_perspective_rows",
+            "wh_processed_messages",
             "wh_streams"
         ]
     );
@@ -143,7 +146,12 @@ async fn migrations_create_the_tables_with_their_keys(pool: PgPool) {
             .fetch_all(&pool)
             .await
             .unwrap();
-    assert_eq!(applied, [(1, true), (2, true)]);
+    let embedded: Vec<(i64, bool)> = whizbang_postgres::MIGRATOR
+        .iter()
+        .map(|m| (m.version, true))
+        .collect();
+    assert_eq!(applied, embedded);
+    assert_eq!(embedded.len(), 3, "0001 events, 0002 runner, 0003 queue");
 }
 
 #[sqlx::test(migrations = false)]
@@ -262,7 +270,7 @@ async fn migrate_twice_is_idempotent(pool: PgPool) {
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(applied, 2, "each migration is recorded once");
+    assert_eq!(applied, 3, "each migration is recorded once");
     let events: i64 = sqlx::query_scalar("select count(*) from wh_events")
         .fetch_one(&pool)
         .await
@@ -344,5 +352,5 @@ async fn connect_to_the_test_server_works(pool: PgPool) {
             .fetch_one(&pool)
             .await
             .unwrap();
-    assert_eq!(tables, 7);
+    assert_eq!(tables, 10);
 }

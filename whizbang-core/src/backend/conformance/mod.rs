@@ -29,6 +29,9 @@
 //! panics with a sentence naming the rule it broke (this is test code). Waits
 //! are bounded: what must finish gets [`BOUND`]; what must keep waiting (a
 //! second claim) is watched for [`GRACE`].
+//!
+//! The message queue's contracts are in [`queue`], with their own runner and
+//! macro: each needs a queue of its own.
 
 use super::{EventStore, PerspectiveStore, StoreSyncBackend, SyncBackend};
 use crate::store::BoxFuture;
@@ -233,6 +236,7 @@ pub async fn run_all(backend: &dyn BackendFactory) {
 mod event_store;
 mod helpers;
 mod perspective_store;
+pub mod queue;
 mod sync_backend;
 
 pub use event_store::*;

@@ -1,0 +1,345 @@
+//! The lease-based message queue: the foundation of the inbox and the outbox.
+//!
+//! This module owns the [`MessageQueue`] contract, the [`QueuedMessage`]
+//! envelope, the outcomes of each operation and the in-memory implementation
+//! ([`MemoryMessageQueue`]). It imports only `message`, `error`, `store` (for
+//! [`BoxFuture`]) and `util`; it knows nothing of dispatch, scopes or sync. A
+//! consumer (the inbox, an outbox publisher, a worker) drives a queue; the
+//! queue only keeps the books.
+//!
+//! # The contract
+//! - **Enqueue and lease in one step.**
+//!   [`enqueue_and_lease`](MessageQueue::enqueue_and_lease) stores a message
+//!   and leases it to the calling instance atomically, keyed by its id:
+//!   a second call with the same id answers [`EnqueueOutcome::AlreadyQueued`]
+//!   while it waits or is leased, [`EnqueueOutcome::AlreadyProcessed`] once it
+//!   was completed (until its processed record is pruned), and
+//!   [`EnqueueOutcome::DeadLettered`] while it sits in the dead letters. Of
+//!   any number of concurrent calls with one id, exactly one leases it.
+//! - **Leases.** A lease belongs to an instance ([`InstanceId`]) until it
+//!   expires. [`complete`](MessageQueue::complete) removes the message and
+//!   records it processed (message id, handler, time) in one step;
+//!   [`fail`](MessageQueue::fail) records the error and gives the message
+//!   back to the queue; [`renew`](MessageQueue::renew) extends leases;
+//!   [`release`](MessageQueue::release) gives leases back unused (a graceful
+//!   shutdown). An expired lease stays with its owner (a late `complete`
+//!   succeeds) until another lease takes the message over:
+//!   [`lease_orphaned`](MessageQueue::lease_orphaned) takes, up to a maximum,
+//!   the messages waiting in the queue and those whose lease expired.
+//! - **Fencing.** Once a message was taken over, its old owner's `complete`,
+//!   `fail`, `renew` and `release` fail with [`Error::LeaseLost`] and change
+//!   nothing. Fencing is per instance: an instance must not take over
+//!   (through `lease_orphaned`) a message it is still processing; it renews
+//!   those.
+//! - **Attempts.** Every lease counts one attempt: the first, and every
+//!   take-over (a crashed handler counts). [`fail`](MessageQueue::fail) at
+//!   the attempt limit ([`QueueOptions::max_attempts`]), or an expired lease
+//!   at the limit found by `lease_orphaned`, moves the message to the dead
+//!   letters with its last error. [`release`](MessageQueue::release) gives
+//!   the attempt back.
+//! - **Processed records** keep an id refused after completion for a
+//!   retention window: [`prune_processed`](MessageQueue::prune_processed)
+//!   deletes, in batches, those older than the window. A message delivered
+//!   again after its record was pruned is processed again: keep the window
+//!   longer than any transport redelivers.
+//! - **Dead letters** are listed ([`dead_letters`](MessageQueue::dead_letters))
+//!   and replayed ([`replay_dead_letters`](MessageQueue::replay_dead_letters)):
+//!   a replayed message waits in the queue again with its attempts at zero.
+//! - **Bad input** (an empty or oversized type name, a payload that is not
+//!   JSON or holds `\u0000`, a zero lease, a batch of zero) is
+//!   [`Error::InvalidInput`] and changes nothing; see [`limits`].
+//!
+//! The contract as tests: `whizbang_core::backend::conformance::queue`
+//! (feature `conformance`). Each operation runs in a `tracing` span named
+//! `whizbang.queue.<operation>` carrying the message id (or count) and the
+//! instance.
+//!
+//! # Example
+//! ```
+//! use std::time::Duration;
+//! use whizbang_core::queue::{EnqueueOutcome, MemoryMessageQueue, MessageQueue, QueuedMessage};
+//! use whizbang_core::InstanceId;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> whizbang_core::Result<()> {
+//! let queue = MemoryMessageQueue::new();
+//! let me = InstanceId::new();
+//! let lease = Duration::from_secs(30);
+//! let message = QueuedMessage::from_json("orders.placed", r#"{"order": 7}"#)?;
+//! let id = message.id;
+//!
+//! // A transport delivers the message: enqueue and lease it in one step.
+//! let EnqueueOutcome::Leased(leased) = queue.enqueue_and_lease(message.clone(), me, lease).await?
+//! else { unreachable!("a new id is leased") };
+//! assert_eq!(leased.attempt, 1);
+//! // .. handle it in a scope, then:
+//! queue.complete(id, me, "orders.inbox").await?;
+//!
+//! // Delivered again: refused, its effects happened once.
+//! let again = queue.enqueue_and_lease(message, me, lease).await?;
+//! assert!(matches!(again, EnqueueOutcome::AlreadyProcessed));
+//! # Ok(()) }
+//! ```
+
+mod envelope;
+pub mod limits;
+mod memory;
+
+pub use envelope::QueuedMessage;
+pub use memory::{ManualClock, MemoryMessageQueue, QueueClock, SystemClock};
+
+#[doc(no_inline)]
+pub use crate::message::InstanceId;
+
+use crate::error::Result;
+use crate::message::MessageId;
+use crate::store::BoxFuture;
+use std::time::{Duration, SystemTime};
+
+#[cfg(doc)]
+use crate::error::Error;
+
+/// How a queue behaves. Builder-style.
+///
+/// ```
+/// use whizbang_core::queue::QueueOptions;
+/// assert_eq!(QueueOptions::default().max_attempts, 5);
+/// assert_eq!(QueueOptions::default().max_attempts(0).max_attempts, 1);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueOptions {
+    /// How many leases a message gets before it goes to the dead letters
+    /// (default 5, at least 1). Take-overs of expired leases count.
+    pub max_attempts: u32,
+}
+
+impl Default for QueueOptions {
+    fn default() -> Self {
+        QueueOptions { max_attempts: 5 }
+    }
+}
+
+impl QueueOptions {
+    /// Sets [`max_attempts`](Self::max_attempts) (raised to 1).
+    #[must_use]
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n.max(1);
+        self
+    }
+}
+
+/// A message leased to an instance.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LeasedMessage {
+    /// The message.
+    pub message: QueuedMessage,
+    /// Which attempt this lease is (1 for the first).
+    pub attempt: u32,
+    /// When the lease expires unless renewed.
+    pub lease_expires_at: SystemTime,
+    /// The error of the previous attempt, if it failed.
+    pub last_error: Option<String>,
+}
+
+/// What [`MessageQueue::enqueue_and_lease`] did.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum EnqueueOutcome {
+    /// The message was new: it is stored and leased to the caller. Process it,
+    /// then [`complete`](MessageQueue::complete) or [`fail`](MessageQueue::fail) it.
+    Leased(LeasedMessage),
+    /// A message with this id waits in the queue or is leased (to anyone, the
+    /// caller included). Nothing was changed: do not process it.
+    AlreadyQueued,
+    /// A message with this id was processed (its record is kept for the
+    /// retention window). Nothing was changed: acknowledge the delivery.
+    AlreadyProcessed,
+    /// A message with this id is in the dead letters. Nothing was changed:
+    /// replay it ([`MessageQueue::replay_dead_letters`]) to process it again.
+    DeadLettered,
+}
+
+/// What [`MessageQueue::fail`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FailOutcome {
+    /// The message waits in the queue for another attempt
+    /// ([`MessageQueue::lease_orphaned`] takes it).
+    Retry {
+        /// Attempts made so far.
+        attempts: u32,
+    },
+    /// The attempt limit is reached: the message is in the dead letters with
+    /// this error.
+    DeadLettered {
+        /// Attempts made.
+        attempts: u32,
+    },
+}
+
+/// The record that a message was processed, kept for idempotency.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessedRecord {
+    /// The message.
+    pub message_id: MessageId,
+    /// The handler that processed it (as given to [`MessageQueue::complete`]).
+    pub handler: String,
+    /// When it was completed.
+    pub processed_at: SystemTime,
+}
+
+/// A message that used up its attempts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeadLetter {
+    /// The message as it was enqueued.
+    pub message: QueuedMessage,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last error (the handler's, or a note that its last lease expired).
+    pub error: String,
+    /// When it was dead-lettered.
+    pub dead_at: SystemTime,
+}
+
+/// The text a dead letter carries when its last lease expired unfinished (the
+/// handler crashed, hung or lost its connection) and no error was recorded.
+#[must_use]
+pub fn lease_expired_error(attempts: u32) -> String {
+    format!(
+        "the lease of attempt {attempts} expired before the message was completed or failed \
+         (the handler crashed, hung, or its instance stopped)"
+    )
+}
+
+/// A lease-based, idempotent message queue (see the [module docs](self) for
+/// the contract). Object-safe: use it as `Arc<dyn MessageQueue>`.
+///
+/// Implementations: [`MemoryMessageQueue`] here, `PgMessageQueue` in
+/// `whizbang-postgres`. The conformance suite holds every implementation to
+/// the same contract.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a whizbang message queue",
+    note = "use `whizbang_core::queue::MemoryMessageQueue` or a backend's queue (`Postgres::message_queue()`)"
+)]
+pub trait MessageQueue: Send + Sync + 'static {
+    /// The options the queue runs with (its attempt limit).
+    fn options(&self) -> &QueueOptions;
+
+    /// Stores `message` and leases it to `instance` for `lease`, atomically;
+    /// idempotent by the message's id (see [`EnqueueOutcome`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for an invalid message
+    /// ([`QueuedMessage::validate`]) or lease; a backend failure.
+    fn enqueue_and_lease(
+        &self,
+        message: QueuedMessage,
+        instance: InstanceId,
+        lease: Duration,
+    ) -> BoxFuture<'_, Result<EnqueueOutcome>>;
+
+    /// Leases to `instance`, for `lease`, up to `max` messages that wait in
+    /// the queue or whose lease expired, those available longest first. Each
+    /// lease counts an attempt; an expired message already at the attempt
+    /// limit goes to the dead letters instead (and is not returned, so fewer
+    /// than `max` may come back while more wait).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a zero or too long lease, or `max` outside
+    /// 1..=[`limits::MAX_BATCH`]; a backend failure.
+    fn lease_orphaned(
+        &self,
+        instance: InstanceId,
+        max: usize,
+        lease: Duration,
+    ) -> BoxFuture<'_, Result<Vec<LeasedMessage>>>;
+
+    /// Removes the message leased by `instance` and records it processed by
+    /// `handler`, in one step.
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`] when `instance` does not hold the message's lease
+    /// (nothing changes); [`Error::InvalidInput`] for an empty handler name;
+    /// a backend failure.
+    fn complete<'a>(
+        &'a self,
+        id: MessageId,
+        instance: InstanceId,
+        handler: &'a str,
+    ) -> BoxFuture<'a, Result<()>>;
+
+    /// Records that the attempt failed with `error`: below the attempt limit
+    /// the message waits in the queue for another lease; at the limit it goes
+    /// to the dead letters with `error`.
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`] when `instance` does not hold the message's lease
+    /// (nothing changes); a backend failure.
+    fn fail<'a>(
+        &'a self,
+        id: MessageId,
+        instance: InstanceId,
+        error: &'a str,
+    ) -> BoxFuture<'a, Result<FailOutcome>>;
+
+    /// Extends the leases `instance` holds on `ids` to `lease` from now, all
+    /// or none. Returns the new expiry.
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`] naming every id `instance` does not hold (then no
+    /// lease is renewed: renew the others again without them);
+    /// [`Error::InvalidInput`] for a zero or too long lease or too many ids;
+    /// a backend failure.
+    fn renew<'a>(
+        &'a self,
+        ids: &'a [MessageId],
+        instance: InstanceId,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<SystemTime>>;
+
+    /// Gives the leases `instance` holds on `ids` back, all or none: the
+    /// messages wait in the queue again, and the attempts these leases
+    /// counted are given back (a graceful shutdown that did not start them).
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`] naming every id `instance` does not hold (then
+    /// nothing is released); a backend failure.
+    fn release<'a>(
+        &'a self,
+        ids: &'a [MessageId],
+        instance: InstanceId,
+    ) -> BoxFuture<'a, Result<()>>;
+
+    /// The processed record of `id`, if it is kept.
+    ///
+    /// # Errors
+    /// A backend failure.
+    fn processed(&self, id: MessageId) -> BoxFuture<'_, Result<Option<ProcessedRecord>>>;
+
+    /// Deletes up to `batch` processed records older than `older_than` (the
+    /// retention window), oldest first, and returns how many. Call it until
+    /// it returns less than `batch`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a batch outside 1..=[`limits::MAX_BATCH`];
+    /// a backend failure.
+    fn prune_processed(&self, older_than: Duration, batch: usize) -> BoxFuture<'_, Result<usize>>;
+
+    /// Up to `max` dead letters, oldest first.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for `max` outside 1..=[`limits::MAX_BATCH`];
+    /// a backend failure.
+    fn dead_letters(&self, max: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>>>;
+
+    /// Moves the dead letters `ids` back to the queue (attempts at zero, the
+    /// last error kept for the next lease). Returns the ids moved; ids not in
+    /// the dead letters are left out.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for too many ids; a backend failure.
+    fn replay_dead_letters<'a>(
+        &'a self,
+        ids: &'a [MessageId],
+    ) -> BoxFuture<'a, Result<Vec<MessageId>>>;
+}

@@ -1,0 +1,85 @@
+//! The memory queue's tracing spans. Alone in its test binary: tracing
+//! caches per call site whether anyone listens, so a test that installs a
+//! subscriber must not share a process with tests that run without one.
+
+use std::time::Duration;
+use whizbang_core::queue::{MemoryMessageQueue, MessageQueue, QueuedMessage};
+use whizbang_core::InstanceId;
+
+/// Records the spans opened while it is the default subscriber: name and
+/// the fields given when the span was created.
+#[derive(Default)]
+struct Spans(std::sync::Mutex<Vec<(String, String)>>);
+
+struct Fields<'a>(&'a mut String);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write as _;
+        let _ = write!(self.0, "{}={:?} ", field.name(), value);
+    }
+}
+
+impl tracing::Subscriber for &'static Spans {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        let mut fields = String::new();
+        span.record(&mut Fields(&mut fields));
+        let mut spans = self.0.lock().expect("not poisoned");
+        spans.push((span.metadata().name().to_owned(), fields));
+        tracing::span::Id::from_u64(spans.len() as u64)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, _: &tracing::Event<'_>) {}
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn every_operation_runs_in_a_span_naming_the_message_and_instance() {
+    let spans: &'static Spans = Box::leak(Box::default());
+    let _default = tracing::subscriber::set_default(spans);
+    let queue = MemoryMessageQueue::new();
+    let me = InstanceId::new();
+    let lease = Duration::from_secs(5);
+    let m = QueuedMessage::from_json("spans.test", "{}").expect("JSON");
+    let id = m.id;
+    queue
+        .enqueue_and_lease(m, me, lease)
+        .await
+        .expect("enqueue");
+    queue.renew(&[id], me, lease).await.expect("renew");
+    queue.fail(id, me, "once").await.expect("fail");
+    queue.lease_orphaned(me, 5, lease).await.expect("lease");
+    queue.complete(id, me, "spans").await.expect("complete");
+    queue.processed(id).await.expect("processed");
+    let recorded = spans.0.lock().expect("not poisoned").clone();
+    let named = |name: &str| {
+        recorded
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, f)| f.clone())
+            .unwrap_or_else(|| panic!("no span {name} in {recorded:?}"))
+    };
+    for op in ["enqueue_and_lease", "fail", "complete", "processed"] {
+        let fields = named(&format!("whizbang.queue.{op}"));
+        assert!(fields.contains(&id.to_string()), "{op}: {fields}");
+    }
+    for op in [
+        "enqueue_and_lease",
+        "renew",
+        "fail",
+        "lease_orphaned",
+        "complete",
+    ] {
+        let fields = named(&format!("whizbang.queue.{op}"));
+        assert!(
+            fields.contains(&me.to_string()),
+            "{op} names the instance: {fields}"
+        );
+    }
+    assert!(named("whizbang.queue.enqueue_and_lease").contains("correlation_id="));
+}
