@@ -53,7 +53,6 @@ mod wire;
 mod backend;
 mod events;
 mod listen;
-mod notify;
 mod perspectives;
 mod runner;
 mod sync;
