@@ -48,11 +48,9 @@ pub(crate) fn to_i64(value: u64, what: &str) -> Result<i64> {
 ///   stream heads (`wh_streams`, whose row lock serialises appends per
 ///   stream, so [`ExpectedVersion::Any`](whizbang_core::ExpectedVersion::Any)
 ///   never races), an `INSERT .. SELECT FROM unnest(..)` of every event at the
-///   versions after its head; then `COMMIT`, then a `NOTIFY` on the events
-///   channel naming the partitions touched (sent after the commit, so that
-///   concurrent appends do not commit one after the other). A version
-///   mismatch or a duplicate id rolls the whole transaction back and
-///   notifies nothing.
+///   versions after its head, and a `NOTIFY` on the events channel naming the
+///   partitions touched; then `COMMIT`. A version mismatch or a duplicate id
+///   rolls the whole transaction back.
 /// - [`StoredEvent::position`] is `wh_events.global_position`: it rises in
 ///   append order within one append but is **not gap-free** (a rolled-back
 ///   append burns positions) and a lower position may commit after a higher
@@ -103,10 +101,10 @@ impl PgEventStore {
             .map_err(db_error(what(), Stored::Nothing))?;
         // One statement: move every head forward (locking it until commit,
         // in stream-id order so two appends never deadlock; streams that gain
-        // nothing are only read) and insert the events at the versions that
-        // follow their stream's head. The expectations are checked on what it
-        // returns, before COMMIT; the NOTIFY of the partitions touched goes
-        // out after it (see `notify`).
+        // nothing are only read), insert the events at the versions that
+        // follow their stream's head, and NOTIFY the partitions touched
+        // (evaluated once, delivered at commit, dropped with a rollback).
+        // The expectations are checked on what it returns, before COMMIT.
         let answer: Vec<(i16, Uuid, i64, i64)> = sqlx::query_as(
             "with added as (
                  select h.stream_id, h.added, h.partition, h.ord
@@ -137,13 +135,14 @@ impl PgEventStore {
                   order by e.ord
                  on conflict (event_id) do nothing
                  returning event_id, stream_version, global_position
-             )
+             ), notified as materialized (select pg_notify($11, $12))
              select 0::int2, h.stream_id, h.version - a.added, 0::int8
                from heads h join added a on a.stream_id = h.stream_id
              union all
              select 0::int2, k.stream_id, k.version, 0::int8 from kept k
              union all
-             select 1::int2, s.event_id, s.stream_version, s.global_position from stored s",
+             select 1::int2, s.event_id, s.stream_version, s.global_position
+               from stored s left join notified on true",
         )
         .bind(&heads_ids)
         .bind(&heads_added)
@@ -155,6 +154,8 @@ impl PgEventStore {
         .bind(&rows.types)
         .bind(&rows.data)
         .bind(&rows.metadata)
+        .bind(wire::EVENTS_CHANNEL)
+        .bind(wire::encode_partitions(&partitions))
         .fetch_all(&mut *tx)
         .await
         .map_err(db_error(what(), Stored::Nothing))?;
@@ -180,11 +181,6 @@ impl PgEventStore {
         tx.commit()
             .await
             .map_err(db_error(what(), Stored::Unknown))?;
-        crate::notify::after_commit(
-            &self.pool,
-            wire::EVENTS_CHANNEL,
-            vec![wire::encode_partitions(&partitions)],
-        );
         tracing::debug!(
             events = plan.events,
             streams = plan.added.len(),

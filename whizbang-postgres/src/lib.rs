@@ -66,7 +66,6 @@ mod wire;
 mod backend;
 mod events;
 mod listen;
-mod notify;
 mod perspectives;
 mod queue;
 mod runner;

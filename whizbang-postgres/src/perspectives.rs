@@ -28,12 +28,9 @@ use whizbang_core::{Error, EventId, Result};
 ///   transaction back (also a first claim's new cursor row).
 /// - [`commit`](PerspectiveUnit::commit) writes the cursor **fenced** on the
 ///   version it claimed (`where version = <claimed>`; no row updated is an
-///   error and nothing changes) and the model in one statement, and
-///   commits: model, cursor and applied status are one transaction. Then
-///   one `NOTIFY` on the applied channel goes out (after the commit, so
-///   concurrent commits are not serialised by it).
-/// - [`claim_many`](PerspectiveStore::claim_many) does the same for many
-///   models of one perspective in one transaction (the runner's batches).
+///   error and nothing changes), then the model, then one
+///   `NOTIFY` on the applied channel, and commits: model, cursor and applied
+///   status are one transaction.
 /// - Reads never take the lock: they see the last commit.
 /// - A unit holds one pooled connection until it commits or is dropped, and
 ///   applying usually reads events meanwhile: size the pool above the number
@@ -230,8 +227,6 @@ fn decode_models(rows: Vec<ModelRowSql>, operation: impl Fn() -> String) -> Resu
 
 struct PgUnit {
     tx: Transaction<'static, Postgres>,
-    /// For the NOTIFY after the commit.
-    pool: PgPool,
     perspective: &'static str,
     key: ModelKey,
     checkpoint: Checkpoint,
@@ -259,10 +254,10 @@ impl PgUnit {
             .as_ref()
             .map(|f| to_i64(f.version, "failed version"))
             .transpose()?;
-        // One statement: the fenced cursor update, then the model, written
-        // only when the fence held. A `None` model keeps the stored one, now
-        // reflecting the new version. The applied NOTIFY goes out after the
-        // commit (see `notify`).
+        // One statement: the fenced cursor update (with the NOTIFY riding
+        // on it: once, for the one row, delivered only if the transaction
+        // commits), then the model, written only when the fence held. A
+        // `None` model keeps the stored one, now reflecting the new version.
         let fenced: i64 = sqlx::query_scalar(
             "with cursor as (
                  update wh_perspective_cursors
@@ -270,15 +265,15 @@ impl PgUnit {
                         skipped = $6::jsonb, updated_at = now(),
                         attempts = case when $4::int8 is null then 0 else attempts + 1 end
                   where perspective = $1 and model_key = $2 and version = $7
-                 returning 1
+                 returning pg_notify($8, $9)
              ), stored as (
                  insert into wh_perspective_rows (perspective, model_key, version, data)
-                 select $1, $2, $3, $8::text::jsonb from cursor where $8::text is not null
+                 select $1, $2, $3, $10::text::jsonb from cursor where $10::text is not null
                  on conflict (perspective, model_key) do update
                     set version = excluded.version, data = excluded.data, updated_at = now()
              ), kept as (
                  update wh_perspective_rows set version = $3, updated_at = now()
-                  where perspective = $1 and model_key = $2 and $8::text is null
+                  where perspective = $1 and model_key = $2 and $10::text is null
                     and exists (select 1 from cursor)
              )
              select count(*) from cursor",
@@ -290,6 +285,8 @@ impl PgUnit {
         .bind(checkpoint.failure.as_ref().map(|f| f.message.as_str()))
         .bind(encode_skipped(&checkpoint.skipped)?)
         .bind(claimed)
+        .bind(wire::APPLIED_CHANNEL)
+        .bind(wire::encode_applied(perspective, key, checkpoint.version))
         .bind(model.as_ref().map(|json| json.get()))
         .fetch_one(&mut *self.tx)
         .await
@@ -310,13 +307,7 @@ impl PgUnit {
         self.tx
             .commit()
             .await
-            .map_err(db_error(what(), Stored::Unknown))?;
-        crate::notify::after_commit(
-            &self.pool,
-            wire::APPLIED_CHANNEL,
-            vec![wire::encode_applied(perspective, key, checkpoint.version)],
-        );
-        Ok(())
+            .map_err(db_error(what(), Stored::Unknown))
     }
 }
 
@@ -347,8 +338,6 @@ impl PerspectiveUnit for PgUnit {
 /// every cursor row's lock until [`PerspectiveBatch::commit`].
 struct PgBatch {
     tx: Transaction<'static, Postgres>,
-    /// For the NOTIFYs after the commit.
-    pool: PgPool,
     perspective: &'static str,
     claimed: Vec<ClaimedModel>,
     /// Each key's cursor version at claim time (the commit's fence).
@@ -403,7 +392,7 @@ impl PgBatch {
         // One statement: every cursor fenced on the version it was claimed
         // at (the skipped list and failure columns stay: only models without
         // a failure are in a batch), the models written only where the fence
-        // held. The applied NOTIFYs go out after the commit (see `notify`).
+        // held, and the NOTIFYs (delivered only if the transaction commits).
         let fenced: i64 = sqlx::query_scalar(
             "with w as (
                  select * from unnest($2::uuid[], $3::int8[], $4::int8[], $5::text[])
@@ -426,14 +415,18 @@ impl PgBatch {
                  update wh_perspective_rows r set version = w.version, updated_at = now()
                    from w join cursor on cursor.model_key = w.model_key
                   where r.perspective = $1 and r.model_key = w.model_key and w.data is null
+             ), notified as materialized (
+                 select pg_notify($6, p) from unnest($7::text[]) p
              )
-             select count(*) from cursor",
+             select count(*) from cursor left join (select count(*) from notified) n on true",
         )
         .bind(perspective)
         .bind(&keys)
         .bind(&claimed)
         .bind(&versions)
         .bind(&models)
+        .bind(wire::APPLIED_CHANNEL)
+        .bind(&payloads)
         .fetch_one(&mut *self.tx)
         .await
         .map_err(db_error(what(), Stored::Nothing))?;
@@ -451,9 +444,7 @@ impl PgBatch {
         self.tx
             .commit()
             .await
-            .map_err(db_error(what(), Stored::Unknown))?;
-        crate::notify::after_commit(&self.pool, wire::APPLIED_CHANNEL, payloads);
-        Ok(())
+            .map_err(db_error(what(), Stored::Unknown))
     }
 }
 
@@ -574,7 +565,6 @@ impl PgPerspectiveStore {
         }
         Ok(Box::new(PgBatch {
             tx,
-            pool: self.pool.clone(),
             perspective,
             claimed,
             versions,
@@ -656,7 +646,6 @@ impl PerspectiveStore for PgPerspectiveStore {
                 .map_err(|e| corrupt(what(), e))?;
             Ok(Box::new(PgUnit {
                 tx,
-                pool: self.pool.clone(),
                 perspective,
                 key,
                 checkpoint,

@@ -10,8 +10,8 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::PgPool;
 use std::time::Duration;
 use whizbang_core::backend::{
-    Checkpoint, CheckpointFailure, EventStore, ModelValue, PerspectiveStore, SkippedEvent,
-    StreamAppend, SyncBackend, UnappliedQuery,
+    Checkpoint, CheckpointFailure, EventStore, ModelValue, ModelWrite, PerspectiveStore,
+    SkippedEvent, StreamAppend, SyncBackend, UnappliedQuery,
 };
 use whizbang_core::{EventId, ExpectedVersion, StreamId};
 use whizbang_postgres::{PgEventStore, PgPerspectiveStore, PgSyncBackend};
@@ -318,4 +318,80 @@ async fn a_commit_dropped_at_any_await_point_is_all_or_nothing_and_releases_the_
         }
     }
     assert!(cut_short > 0, "some commits were cut");
+}
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn claim_many_commits_every_model_at_once_and_a_dropped_batch_changes_nothing(pool: PgPool) {
+    let events = PgEventStore::new(pool.clone());
+    let store = PgPerspectiveStore::new(pool.clone());
+    let (a, b) = (StreamId::new(), StreamId::new());
+    for s in [a, b] {
+        bounded(events.append(vec![StreamAppend {
+            stream_id: s,
+            expected: ExpectedVersion::NoStream,
+            events: vec![
+                event(s, "t.opened", json!({})),
+                event(s, "t.ticked", json!({})),
+            ],
+        }]))
+        .await
+        .unwrap();
+    }
+    // A batch hands over each model's checkpoint and the events after it.
+    let mut batch = bounded(store.claim_many(P, &[b, a]))
+        .await
+        .unwrap()
+        .expect("PostgreSQL claims many models at once");
+    let claimed = batch.take_claimed();
+    assert_eq!(
+        claimed.iter().map(|c| c.key).collect::<Vec<_>>(),
+        vec![b, a]
+    );
+    for c in &claimed {
+        assert_eq!(c.checkpoint.version, 0);
+        assert!(c.model.is_none());
+        let versions: Vec<u64> = c
+            .events
+            .as_ref()
+            .expect("events read with the claim")
+            .iter()
+            .map(|e| e.stream_version)
+            .collect();
+        assert_eq!(versions, vec![1, 2]);
+    }
+    // While it holds the models, a single claim on one of them waits.
+    let waiting = tokio::time::timeout(Duration::from_millis(300), store.claim(P, a)).await;
+    assert!(waiting.is_err(), "a claimed model cannot be claimed again");
+    // Dropped: nothing changes.
+    drop(batch);
+    assert_eq!(bounded(store.checkpoint(P, a)).await.unwrap().version, 0);
+
+    // Committed: both models and cursors, in one transaction.
+    let mut batch = bounded(store.claim_many(P, &[a, b]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(batch.take_claimed().len(), 2);
+    bounded(batch.commit(vec![
+        ModelWrite::new(a, Some(json(json!({ "n": 2 }))), at(2)),
+        ModelWrite::new(b, Some(json(json!({ "n": 20 }))), at(2)),
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(model(&store, P, a).await, Some((json!({ "n": 2 }), 2)));
+    assert_eq!(model(&store, P, b).await, Some((json!({ "n": 20 }), 2)));
+    assert_eq!(bounded(store.checkpoint(P, b)).await.unwrap().version, 2);
+
+    // A write for a model the batch did not claim is refused whole.
+    let mut batch = bounded(store.claim_many(P, &[a])).await.unwrap().unwrap();
+    let claimed = batch.take_claimed();
+    assert!(claimed[0].events.as_ref().is_some_and(Vec::is_empty));
+    assert_eq!(claimed[0].checkpoint.version, 2);
+    let refused = bounded(batch.commit(vec![
+        ModelWrite::new(a, None, at(3)),
+        ModelWrite::new(b, None, at(3)),
+    ]))
+    .await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(bounded(store.checkpoint(P, a)).await.unwrap().version, 2);
 }

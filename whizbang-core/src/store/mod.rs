@@ -342,6 +342,18 @@ pub struct ModelWrite {
     pub checkpoint: Checkpoint,
 }
 
+impl ModelWrite {
+    /// A write of `model` (`None`: keep the stored one) and `checkpoint` for `key`.
+    #[must_use]
+    pub fn new(key: ModelKey, model: Option<ModelValue>, checkpoint: Checkpoint) -> Self {
+        ModelWrite {
+            key,
+            model,
+            checkpoint,
+        }
+    }
+}
+
 /// Exclusive work on several models of one perspective, committed in one
 /// transaction: from [`PerspectiveStore::claim_many`]. Dropping it without
 /// committing changes nothing and releases every model.

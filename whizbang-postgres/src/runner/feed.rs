@@ -43,8 +43,9 @@ pub(crate) struct Batches {
 }
 
 /// Reads up to `cap` events of each of `partitions` after the perspective's
-/// checkpoint on it, of the types it handles, that are safe to consume, in
-/// one statement (one snapshot, one horizon).
+/// checkpoint on it that are safe to consume, in one statement (one
+/// snapshot, one horizon); the streams named are those with an event of a
+/// type the perspective handles that its cursor has not reached.
 pub(crate) async fn read_many(
     pool: &PgPool,
     perspective: &str,
@@ -52,8 +53,42 @@ pub(crate) async fn read_many(
     handled: &[&'static str],
     cap: u32,
 ) -> Result<Batches, sqlx::Error> {
-    // `held`: committed events at or above the horizon (their transaction is
-    // newer than one still open): not consumable yet, but there.
+    // One ordered scan of `wh_events_feed_idx` per partition, stopping at
+    // the cap: a branch per partition (a lateral join over the partitions
+    // made the planner read each partition's whole backlog through bitmaps
+    // and sort it), all in one statement and so one snapshot: the horizon
+    // (`pg_snapshot_xmin`) is the same in every branch. Every event counts
+    // towards the cap; only events of handled types name a stream to catch
+    // up. One more row per partition says whether committed events sit at or
+    // above the horizon (held back by an older open transaction).
+    let mut sql = String::new();
+    for i in 1..=partitions.len() {
+        if i > 1 {
+            sql.push_str(" union all ");
+        }
+        sql.push_str(&format!(
+            "(select $2[{i}] as partition, false as held, e.tx_id::text, e.global_position,
+                     e.stream_id,
+                     e.event_type = any($3) and e.stream_version > coalesce(
+                         (select c.version from wh_perspective_cursors c
+                           where c.perspective = $1 and c.model_key = e.stream_id), 0)
+                from wh_events e
+               where e.partition = $2[{i}]
+                 and (e.tx_id, e.global_position) >
+                     (coalesce((select tx_id from wh_feed_checkpoints
+                                 where perspective = $1 and partition = $2[{i}]), '0'::xid8),
+                      coalesce((select global_position from wh_feed_checkpoints
+                                 where perspective = $1 and partition = $2[{i}]), 0))
+                 and e.tx_id < pg_snapshot_xmin(pg_current_snapshot())
+               order by e.tx_id, e.global_position
+               limit $4)
+             union all
+             select $2[{i}], exists (select 1 from wh_events h
+                                      where h.partition = $2[{i}]
+                                        and h.tx_id >= pg_snapshot_xmin(pg_current_snapshot())),
+                    null, null, null, null"
+        ));
+    }
     let rows: Vec<(
         i16,
         bool,
@@ -61,45 +96,13 @@ pub(crate) async fn read_many(
         Option<i64>,
         Option<Uuid>,
         Option<bool>,
-    )> = sqlx::query_as(
-        "with snap as materialized (
-                 select pg_snapshot_xmin(pg_current_snapshot()) as xmin
-             ), parts as (
-                 select p.partition,
-                        coalesce(cp.tx_id, '0'::xid8) as tx_id,
-                        coalesce(cp.global_position, 0) as global_position,
-                        exists (select 1 from wh_events h, snap
-                                 where h.partition = p.partition and h.tx_id >= snap.xmin
-                                   and h.event_type = any($3)) as held
-                   from unnest($2::int2[]) as p(partition)
-                   left join wh_feed_checkpoints cp
-                          on cp.perspective = $1 and cp.partition = p.partition
-             )
-             select parts.partition, parts.held, e.tx_id::text, e.global_position, e.stream_id,
-                    e.pending
-               from parts
-               left join lateral (
-                   select e.tx_id, e.global_position, e.stream_id,
-                          e.stream_version > coalesce(
-                              (select c.version from wh_perspective_cursors c
-                                where c.perspective = $1 and c.model_key = e.stream_id), 0)
-                              as pending
-                     from wh_events e, snap
-                    where e.partition = parts.partition
-                      and (e.tx_id, e.global_position) > (parts.tx_id, parts.global_position)
-                      and e.tx_id < snap.xmin
-                      and e.event_type = any($3)
-                    order by e.tx_id, e.global_position
-                    limit $4
-               ) e on true
-              order by parts.partition, e.tx_id, e.global_position",
-    )
-    .bind(perspective)
-    .bind(partitions)
-    .bind(handled)
-    .bind(i64::from(cap))
-    .fetch_all(pool)
-    .await?;
+    )> = sqlx::query_as(&sql)
+        .bind(perspective)
+        .bind(partitions)
+        .bind(handled)
+        .bind(i64::from(cap))
+        .fetch_all(pool)
+        .await?;
     let mut out = Batches::default();
     for (partition, held, tx_id, global_position, stream, pending) in rows {
         if held && (0..32).contains(&partition) {
@@ -114,10 +117,18 @@ pub(crate) async fn read_many(
         if pending == Some(true) && !batch.streams.contains(&stream) {
             batch.streams.push(stream);
         }
-        batch.last = Some(Position {
-            tx_id,
-            global_position,
+        // The furthest row read (branches of a `union all` are not
+        // guaranteed to come back in order).
+        let further = batch.last.as_ref().is_none_or(|last| {
+            (tx_id.parse::<u64>().unwrap_or(0), global_position)
+                > (last.tx_id.parse::<u64>().unwrap_or(0), last.global_position)
         });
+        if further {
+            batch.last = Some(Position {
+                tx_id,
+                global_position,
+            });
+        }
     }
     Ok(out)
 }
