@@ -89,14 +89,7 @@ pub(crate) async fn read_many(
                     null, null, null, null"
         ));
     }
-    let rows: Vec<(
-        i16,
-        bool,
-        Option<String>,
-        Option<i64>,
-        Option<Uuid>,
-        Option<bool>,
-    )> = sqlx::query_as(&sql)
+    let rows: Vec<FeedRow> = sqlx::query_as(&sql)
         .bind(perspective)
         .bind(partitions)
         .bind(handled)
@@ -132,6 +125,18 @@ pub(crate) async fn read_many(
     }
     Ok(out)
 }
+
+/// One row of the feed read: partition, whether the horizon held newer
+/// events back, and the event's transaction id, position, stream and whether
+/// its stream is pending (all `None` on a partition's summary row).
+type FeedRow = (
+    i16,
+    bool,
+    Option<String>,
+    Option<i64>,
+    Option<Uuid>,
+    Option<bool>,
+);
 
 /// [`advance`] for several partitions of `perspective` in one statement:
 /// each `(partition, fence, to)` moves only while `owner` holds that lease
