@@ -160,7 +160,10 @@ RS
 HAVE_TIME=0
 if /usr/bin/time -v true >/dev/null 2>&1; then HAVE_TIME=1; fi
 
-# Times a from-scratch build of the generated crate; prints "seconds peak_kb".
+# Times a from-scratch build of the generated crate; prints "seconds peak_kb
+# cpu_seconds" (cpu: user + system time of cargo and the rustc it ran, from
+# /usr/bin/time; "-" without it). Under load from other processes the CPU
+# time varies much less than the wall time, so both are reported.
 time_build() { # dir crate
     local dir=$1 crate=$2 start end log="$1/build.log"
     (cd "$dir" && cargo clean -q -p "$crate" --target-dir "$dir/target")
@@ -170,15 +173,16 @@ time_build() { # dir crate
     if ! (cd "$dir" && "${timer[@]}" cargo build -q --target-dir "$dir/target") 2>"$log"; then
         echo "build of $dir failed:" >&2
         cat "$log" >&2
-        echo "FAILED -"
+        echo "FAILED - -"
         return
     fi
     end=$(date +%s.%N)
-    local kb=-
+    local kb=- cpu=-
     if [ $HAVE_TIME -eq 1 ]; then
         kb=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$log")
+        cpu=$(awk -F': ' '/User time \(seconds\)|System time \(seconds\)/ {s += $2} END {print s}' "$log")
     fi
-    echo "$(echo "$end - $start" | bc -l) $kb"
+    echo "$(echo "$end - $start" | bc -l) $kb $cpu"
 }
 
 median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
@@ -201,23 +205,23 @@ for n in "${SIZES[@]}"; do
         gen_routed "$before" "$n" "$BEFORE"
     fi
     echo "== N=$n: $n receptors, $((n / 4)) perspectives (generated in $OUT)"
-    rt=() ht=() bt=()
+    rt=() ht=() bt=() rct=() hct=() bct=()
     for ((r = 1; r <= ROUNDS; r++)); do
         if [ -n "${BEFORE:-}" ]; then
-            read -r bs bkb < <(time_build "$before" build_cost_routed)
+            read -r bs bkb bc < <(time_build "$before" build_cost_routed)
             if [ "$bs" = FAILED ]; then exit 1; fi
-            bt+=("$bs")
+            bt+=("$bs") bct+=("$bc")
         fi
-        read -r rs rkb < <(time_build "$routed" build_cost_routed)
-        read -r hs hkb < <(time_build "$hand" build_cost_hand)
+        read -r rs rkb rc < <(time_build "$routed" build_cost_routed)
+        read -r hs hkb hc < <(time_build "$hand" build_cost_hand)
         if [ "$rs" = FAILED ] || [ "$hs" = FAILED ]; then exit 1; fi
-        rt+=("$rs") ht+=("$hs")
+        rt+=("$rs") ht+=("$hs") rct+=("$rc") hct+=("$hc")
         if [ -n "${BEFORE:-}" ]; then
-            printf '  round %d: before %6.2f s (peak %s KB)  ratio %.2f\n' \
-                "$r" "$bs" "$bkb" "$(echo "$bs / $hs" | bc -l)"
+            printf '  round %d: before %6.2f s (peak %s KB, cpu %s s)  ratio %.2f\n' \
+                "$r" "$bs" "$bkb" "$bc" "$(echo "$bs / $hs" | bc -l)"
         fi
-        printf '  round %d: routed %6.2f s (peak %s KB)  hand %6.2f s (peak %s KB)  ratio %.2f\n' \
-            "$r" "$rs" "$rkb" "$hs" "$hkb" "$(echo "$rs / $hs" | bc -l)"
+        printf '  round %d: routed %6.2f s (peak %s KB, cpu %s s)  hand %6.2f s (peak %s KB, cpu %s s)  ratio %.2f\n' \
+            "$r" "$rs" "$rkb" "$rc" "$hs" "$hkb" "$hc" "$(echo "$rs / $hs" | bc -l)"
     done
     rm=$(printf '%s\n' "${rt[@]}" | median)
     hm=$(printf '%s\n' "${ht[@]}" | median)
@@ -225,5 +229,14 @@ for n in "${SIZES[@]}"; do
     if [ -n "${BEFORE:-}" ]; then
         bm=$(printf '%s\n' "${bt[@]}" | median)
         printf '  N=%d median: before %.2f s, ratio %.2f\n' "$n" "$bm" "$(echo "$bm / $hm" | bc -l)"
+    fi
+    if [ $HAVE_TIME -eq 1 ]; then
+        rcm=$(printf '%s\n' "${rct[@]}" | median)
+        hcm=$(printf '%s\n' "${hct[@]}" | median)
+        printf '  N=%d median CPU time: routed %.2f s, hand %.2f s, ratio %.2f\n' "$n" "$rcm" "$hcm" "$(echo "$rcm / $hcm" | bc -l)"
+        if [ -n "${BEFORE:-}" ]; then
+            bcm=$(printf '%s\n' "${bct[@]}" | median)
+            printf '  N=%d median CPU time: before %.2f s, ratio %.2f\n' "$n" "$bcm" "$(echo "$bcm / $hcm" | bc -l)"
+        fi
     fi
 done
