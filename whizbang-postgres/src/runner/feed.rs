@@ -42,6 +42,18 @@ pub(crate) struct Batches {
     pub(crate) held_back: u32,
 }
 
+/// One row of the feed read: partition, held back, then the event's
+/// transaction, position, stream and whether it names its stream (all
+/// `None` on the partition's held-back row).
+type FeedRow = (
+    i16,
+    bool,
+    Option<String>,
+    Option<i64>,
+    Option<Uuid>,
+    Option<bool>,
+);
+
 /// Reads up to `cap` events of each of `partitions` after the perspective's
 /// checkpoint on it that are safe to consume, in one statement (one
 /// snapshot, one horizon); the streams named are those with an event of a
@@ -89,14 +101,7 @@ pub(crate) async fn read_many(
                     null, null, null, null"
         ));
     }
-    let rows: Vec<(
-        i16,
-        bool,
-        Option<String>,
-        Option<i64>,
-        Option<Uuid>,
-        Option<bool>,
-    )> = sqlx::query_as(&sql)
+    let rows: Vec<FeedRow> = sqlx::query_as(&sql)
         .bind(perspective)
         .bind(partitions)
         .bind(handled)
