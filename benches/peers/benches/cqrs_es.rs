@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use uuid::Uuid;
 use whizbang_core::{perspective, receptor, Command, Context, Event, Receptor, Runtime};
-use whizbang_peer_bench::{fresh_database, throughput};
+use whizbang_peer_bench::{drop_database, fresh_database, throughput};
 
 // ---- whizbang -----------------------------------------------------------------
 
@@ -259,4 +259,8 @@ async fn main() {
             best.0 / best.1
         );
     }
+    drop(runtime);
+    drop(cqrs);
+    drop_database("whizbang").await;
+    drop_database("cqrs_es").await;
 }
