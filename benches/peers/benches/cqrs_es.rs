@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use uuid::Uuid;
 use whizbang_core::{perspective, receptor, Command, Context, Event, Receptor, Runtime};
-use whizbang_peer_bench::{fresh_database, throughput};
+use whizbang_peer_bench::{drop_database, fresh_database, throughput};
 
 // ---- whizbang -----------------------------------------------------------------
 
@@ -189,10 +189,16 @@ async fn cqrs_framework() -> Arc<Cqrs> {
 
 #[tokio::main]
 async fn main() {
+    // `cargo bench` passes `--bench`; under `cargo test --all-targets` this
+    // runs as a smoke test (a few commands, unoptimised): not measurements.
+    let smoke = !std::env::args().any(|a| a == "--bench");
     let per_client: usize = std::env::var("WHIZBANG_BENCH_COMMANDS")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(400);
+        .unwrap_or(if smoke { 8 } else { 400 });
+    if smoke {
+        println!("peer bench: smoke run (not under `cargo bench`): figures are not measurements");
+    }
     let runtime = whizbang_runtime().await;
     let cqrs = cqrs_framework().await;
     println!("create command + one view row, commands per second ({per_client} per client)");
@@ -253,4 +259,8 @@ async fn main() {
             best.0 / best.1
         );
     }
+    drop(runtime);
+    drop(cqrs);
+    drop_database("whizbang").await;
+    drop_database("cqrs_es").await;
 }

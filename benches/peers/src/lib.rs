@@ -42,6 +42,18 @@ pub async fn fresh_database(suffix: &str) -> String {
     }
 }
 
+/// Drops the database [`fresh_database`] made for `suffix` in this process
+/// (its pools must be closed first). Best effort: a leftover only costs disk.
+pub async fn drop_database(suffix: &str) {
+    use sqlx::Connection as _;
+    let name = format!("whizbang_bench_{suffix}_{}", std::process::id());
+    if let Ok(mut admin) = sqlx::PgConnection::connect(&database_url()).await {
+        let _ = sqlx::query(&format!("drop database if exists {name} with (force)"))
+            .execute(&mut admin)
+            .await;
+    }
+}
+
 /// Runs `clients` concurrent loops of `per_client` calls of `op` and returns
 /// the calls per second.
 pub async fn throughput<F, Fut>(clients: usize, per_client: usize, op: F) -> f64

@@ -42,6 +42,18 @@ pub(crate) struct Batches {
     pub(crate) held_back: u32,
 }
 
+/// One row of the feed read: partition, held back, then the event's
+/// transaction, position, stream and whether it names its stream (all
+/// `None` on the partition's held-back row).
+type FeedRow = (
+    i16,
+    bool,
+    Option<String>,
+    Option<i64>,
+    Option<Uuid>,
+    Option<bool>,
+);
+
 /// Reads up to `cap` events of each of `partitions` after the perspective's
 /// checkpoint on it that are safe to consume, in one statement (one
 /// snapshot, one horizon); the streams named are those with an event of a
@@ -125,18 +137,6 @@ pub(crate) async fn read_many(
     }
     Ok(out)
 }
-
-/// One row of the feed read: partition, whether the horizon held newer
-/// events back, and the event's transaction id, position, stream and whether
-/// its stream is pending (all `None` on a partition's summary row).
-type FeedRow = (
-    i16,
-    bool,
-    Option<String>,
-    Option<i64>,
-    Option<Uuid>,
-    Option<bool>,
-);
 
 /// [`advance`] for several partitions of `perspective` in one statement:
 /// each `(partition, fence, to)` moves only while `owner` holds that lease
