@@ -75,6 +75,7 @@ extern crate self as whizbang_core;
 pub mod backend;
 pub mod dispatch;
 pub mod error;
+pub mod inbox;
 pub mod lens;
 pub mod message;
 pub mod perspective;
