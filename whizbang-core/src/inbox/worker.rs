@@ -64,7 +64,7 @@ impl InboxWorker {
     #[must_use]
     pub fn start(inbox: Inbox, options: InboxWorkerOptions) -> InboxWorkerHandle {
         let shared = Arc::new(Shared {
-            wake: Notify::new(),
+            wake: Arc::new(Notify::new()),
             stop: Notify::new(),
             stopping: AtomicBool::new(false),
         });
@@ -78,7 +78,7 @@ impl InboxWorker {
 }
 
 struct Shared {
-    wake: Notify,
+    wake: Arc<Notify>,
     stop: Notify,
     stopping: AtomicBool,
 }
@@ -105,6 +105,13 @@ impl InboxWorkerHandle {
     /// Makes the worker look for messages now.
     pub fn wake(&self) {
         self.shared.wake.notify_one();
+    }
+
+    /// The worker's wake-up: `notify_one` on it makes the worker look for
+    /// messages now (hand it to a queue's notification listener).
+    #[must_use]
+    pub fn waker(&self) -> Arc<Notify> {
+        Arc::clone(&self.shared.wake)
     }
 
     /// The counters of the worker's inbox (its deliveries' included).
