@@ -29,20 +29,33 @@
 //! use std::sync::Arc;
 //! use whizbang_core::inbox::{Delivery, Inbox};
 //! use whizbang_core::queue::{MemoryMessageQueue, QueuedMessage};
-//! use whizbang_core::{Envelope, Event, Runtime};
+//! use whizbang_core::{perspective, Envelope, Event, LensQuery, Runtime};
 //! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Event, Serialize, Deserialize, Clone)]
 //! struct Shipped { #[stream_key] order: uuid::Uuid }
 //!
+//! #[derive(Default, Clone, Serialize, Deserialize)]
+//! struct Shipments { count: u32 }
+//!
+//! struct ShipmentsView;
+//! #[perspective(model = Shipments, mode = inline)]
+//! impl ShipmentsView {
+//!     fn shipped(m: &mut Shipments, _: &Shipped) { m.count += 1; }
+//! }
+//!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> whizbang_core::Result<()> {
 //! let runtime = Runtime::in_memory()?;
-//! let inbox = Inbox::builder(runtime, Arc::new(MemoryMessageQueue::new()))
+//! let inbox = Inbox::builder(runtime.clone(), Arc::new(MemoryMessageQueue::new()))
 //!     .event::<Shipped>()
 //!     .build();
-//! let message = QueuedMessage::from_envelope(&Envelope::new(Shipped { order: uuid::Uuid::nil() }))?;
+//! let order = uuid::Uuid::now_v7();
+//! // What a transport hands over.
+//! let message = QueuedMessage::from_envelope(&Envelope::new(Shipped { order }))?;
 //! assert_eq!(inbox.deliver(message.clone()).await?, Delivery::Processed);
 //! assert_eq!(inbox.deliver(message).await?, Delivery::AlreadyProcessed);
+//! let view = runtime.lens::<ShipmentsView>().get(order.into()).await?.unwrap();
+//! assert_eq!(view.count, 1, "handled once");
 //! # Ok(()) }
 //! ```
 
