@@ -52,16 +52,18 @@ pub(crate) async fn read_many(
     handled: &[&'static str],
     cap: u32,
 ) -> Result<Batches, sqlx::Error> {
-    // `held`: committed events at or above the horizon (their transaction is
-    // newer than one still open): not consumable yet, but there.
-    let rows: Vec<(
+    /// One row of the query below, its columns in order.
+    type FeedRow = (
         i16,
         bool,
         Option<String>,
         Option<i64>,
         Option<Uuid>,
         Option<bool>,
-    )> = sqlx::query_as(
+    );
+    // `held`: committed events at or above the horizon (their transaction is
+    // newer than one still open): not consumable yet, but there.
+    let rows: Vec<FeedRow> = sqlx::query_as(
         "with snap as materialized (
                  select pg_snapshot_xmin(pg_current_snapshot()) as xmin
              ), parts as (
