@@ -386,3 +386,43 @@ async fn an_inbox_stage_receptor_waits_for_its_perspective() {
     );
     assert_eq!(rt.detached_failures(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_whose_event_was_stored_before_its_instance_died_is_completed_not_dead_lettered()
+{
+    let (rt, effects) = runtime();
+    let clock = ManualClock::new();
+    let queue = Arc::new(MemoryMessageQueue::with_clock(
+        QueueOptions::default().max_attempts(2),
+        clock.clone(),
+    ));
+    let dead_instance = InstanceId::new();
+    let order = Uuid::now_v7();
+    let message = paid(order, 4);
+    bounded(queue.enqueue_and_lease(message.clone(), dead_instance, Duration::from_secs(5)))
+        .await
+        .unwrap();
+    // The dead instance stored the event, then died before completing the message.
+    let scope = rt.scope();
+    bounded(scope.receive(message.decode::<Paid>().unwrap()))
+        .await
+        .unwrap();
+    bounded(scope.complete()).await.unwrap();
+    clock.advance(Duration::from_secs(6));
+
+    let inbox = inbox(&rt, queue.clone());
+    let worker = InboxWorker::start(inbox.clone(), fast_worker());
+    worker.wake();
+    until(|| inbox.stats().processed == 1).await;
+    bounded(worker.shutdown()).await.unwrap();
+    assert!(queue.processed(message.id).await.unwrap().is_some());
+    assert!(queue.dead_letters(10).await.unwrap().is_empty());
+    assert_eq!(
+        common::stream_len(&rt, order).await,
+        1,
+        "the event is stored once"
+    );
+    // Its inline pre-inbox receptor ran again before the append was refused:
+    // effects outside the store are at least once.
+    assert_eq!(effects.handled(order), 2);
+}
