@@ -42,6 +42,8 @@ struct Effects {
     /// Correlation and causation ids the receptor saw, per order.
     ids: Mutex<HashMap<Uuid, (Uuid, Option<Uuid>)>>,
     delay: Mutex<Duration>,
+    /// Handlings started (before the delay).
+    started: std::sync::atomic::AtomicUsize,
 }
 
 impl Effects {
@@ -72,6 +74,9 @@ impl FromServices for Handler {
 #[receptor]
 impl Receptor<Paid> for Handler {
     async fn handle(&self, e: Paid, cx: &mut Context) -> Result<()> {
+        self.0
+            .started
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let delay = *self.0.delay.lock().unwrap();
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -425,4 +430,49 @@ async fn a_message_whose_event_was_stored_before_its_instance_died_is_completed_
     // Its inline pre-inbox receptor ran again before the append was refused:
     // effects outside the store are at least once.
     assert_eq!(effects.handled(order), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_past_its_grace_period_releases_what_did_not_finish() {
+    let (rt, effects) = runtime();
+    *effects.delay.lock().unwrap() = Duration::from_secs(60);
+    let queue = Arc::new(MemoryMessageQueue::new());
+    let feeder = InstanceId::new();
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let m = paid(Uuid::now_v7(), 1);
+        ids.push(m.id);
+        queue
+            .enqueue_and_lease(m, feeder, Duration::from_secs(30))
+            .await
+            .unwrap();
+    }
+    queue.release(&ids, feeder).await.unwrap();
+
+    let first = inbox(&rt, queue.clone());
+    let worker = InboxWorker::start(first.clone(), fast_worker());
+    until(|| effects.started.load(std::sync::atomic::Ordering::SeqCst) == 4).await;
+    let released = bounded(worker.shutdown_within(Duration::from_millis(50)))
+        .await
+        .unwrap();
+    assert_eq!(released, 4);
+    assert_eq!(effects.total(), 0, "nothing finished");
+
+    // Released, not failed: the next lease is the first attempt again.
+    let probe = InstanceId::new();
+    let again = queue
+        .lease_orphaned(probe, 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 4);
+    assert!(again.iter().all(|m| m.attempt == 1), "{again:?}");
+    queue.release(&ids, probe).await.unwrap();
+
+    *effects.delay.lock().unwrap() = Duration::ZERO;
+    let second = inbox(&rt, queue.clone());
+    let worker = InboxWorker::start(second.clone(), fast_worker());
+    until(|| second.stats().processed == 4).await;
+    bounded(worker.shutdown()).await.unwrap();
+    assert_eq!(effects.distinct(), 4);
+    assert!(effects.handled.lock().unwrap().values().all(|n| *n == 1));
 }

@@ -3,9 +3,12 @@
 
 use super::{Inbox, InboxStats};
 use crate::error::Result;
+use crate::message::MessageId;
 use crate::queue::limits::MAX_BATCH;
+use crate::util::lock;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
@@ -67,6 +70,8 @@ impl InboxWorker {
             wake: Arc::new(Notify::new()),
             stop: Notify::new(),
             stopping: AtomicBool::new(false),
+            grace: Mutex::new(None),
+            in_flight: Mutex::new(HashSet::new()),
         });
         let task = tokio::spawn(run(inbox.clone(), options, Arc::clone(&shared)));
         InboxWorkerHandle {
@@ -81,6 +86,10 @@ struct Shared {
     wake: Arc<Notify>,
     stop: Notify,
     stopping: AtomicBool,
+    /// How long a shutdown waits for messages in flight (`None`: until they finish).
+    grace: Mutex<Option<Duration>>,
+    /// The messages being handled.
+    in_flight: Mutex<HashSet<MessageId>>,
 }
 
 /// Controls a running [`InboxWorker`]. Dropping it stops the worker without
@@ -89,7 +98,7 @@ struct Shared {
 pub struct InboxWorkerHandle {
     inbox: Inbox,
     shared: Arc<Shared>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    task: Option<tokio::task::JoinHandle<usize>>,
 }
 
 impl std::fmt::Debug for InboxWorkerHandle {
@@ -132,14 +141,32 @@ impl InboxWorkerHandle {
     ///
     /// # Errors
     /// [`Error::Invariant`](crate::Error::Invariant) when the worker's task panicked.
-    pub async fn shutdown(mut self) -> Result<()> {
+    pub async fn shutdown(self) -> Result<()> {
+        self.stop(None).await.map(drop)
+    }
+
+    /// Stops leasing and waits up to `grace` for the messages in flight; those
+    /// not finished by then are abandoned (their handling dropped, which
+    /// stores nothing it had not appended yet) and their leases released, so
+    /// another instance takes them at once (the attempt is given back).
+    /// Returns how many were released.
+    ///
+    /// # Errors
+    /// [`Error::Invariant`](crate::Error::Invariant) when the worker's task
+    /// panicked.
+    pub async fn shutdown_within(self, grace: Duration) -> Result<usize> {
+        self.stop(Some(grace)).await
+    }
+
+    async fn stop(mut self, grace: Option<Duration>) -> Result<usize> {
+        *lock(&self.shared.grace) = grace;
         self.shared.stopping.store(true, Ordering::SeqCst);
         self.shared.stop.notify_one();
         match self.task.take() {
             Some(task) => task.await.map_err(|e| {
                 crate::error::Error::Invariant(format!("the inbox worker's task failed: {e}"))
             }),
-            None => Ok(()),
+            None => Ok(0),
         }
     }
 }
@@ -151,7 +178,7 @@ impl Drop for InboxWorkerHandle {
     }
 }
 
-async fn run(inbox: Inbox, options: InboxWorkerOptions, shared: Arc<Shared>) {
+async fn run(inbox: Inbox, options: InboxWorkerOptions, shared: Arc<Shared>) -> usize {
     let slots = Arc::new(Semaphore::new(options.concurrency));
     let mut tasks: JoinSet<()> = JoinSet::new();
     let instance = inbox.instance();
@@ -172,11 +199,15 @@ async fn run(inbox: Inbox, options: InboxWorkerOptions, shared: Arc<Shared>) {
                             break; // cannot happen: at most `free` came back
                         };
                         let inbox = inbox.clone();
+                        let shared = Arc::clone(&shared);
+                        let id = leased.message.id;
+                        lock(&shared.in_flight).insert(id);
                         tasks.spawn(async move {
                             let _slot = slot;
                             if let Err(error) = inbox.process(leased).await {
                                 tracing::warn!(%error, "an inbox message was not finished");
                             }
+                            lock(&shared.in_flight).remove(&id);
                         });
                     }
                 }
@@ -190,6 +221,38 @@ async fn run(inbox: Inbox, options: InboxWorkerOptions, shared: Arc<Shared>) {
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     }
-    // Graceful: finish what is in flight (each completes or fails its lease).
-    while tasks.join_next().await.is_some() {}
+    // Graceful: finish what is in flight (each completes or fails its lease),
+    // or within the grace period, then release what did not finish.
+    let grace = *lock(&shared.grace);
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    match grace {
+        None => drain.await,
+        Some(grace) => {
+            if tokio::time::timeout(grace, drain).await.is_err() {
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+            }
+        }
+    }
+    let left: Vec<MessageId> = lock(&shared.in_flight).drain().collect();
+    if left.is_empty() {
+        return 0;
+    }
+    if inbox.queue().release(&left, instance).await.is_ok() {
+        return left.len();
+    }
+    // All or none failed (one finished or was taken over as it was dropped):
+    // one at a time.
+    let mut released = 0;
+    for id in left {
+        match inbox.queue().release(&[id], instance).await {
+            Ok(()) => released += 1,
+            Err(error) => tracing::warn!(
+                %error, message_id = %id,
+                "could not release the lease of an unfinished inbox message; it is taken over \
+                 when the lease expires"
+            ),
+        }
+    }
+    released
 }
