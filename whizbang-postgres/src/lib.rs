@@ -75,7 +75,7 @@ mod sync;
 pub use backend::{Postgres, PostgresOptions};
 pub use events::PgEventStore;
 pub use perspectives::PgPerspectiveStore;
-pub use queue::PgMessageQueue;
+pub use queue::{PgMessageQueue, QueueWakeups, QUEUE_CHANNEL};
 pub use sync::PgSyncBackend;
 
 use sqlx::migrate::{MigrateError, Migrator};

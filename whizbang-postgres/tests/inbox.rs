@@ -201,3 +201,34 @@ async fn a_worker_takes_over_a_message_whose_instance_died(pool: PgPool) {
     drop((inbox, rt));
     bounded(pg.close()).await;
 }
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn a_release_on_another_instance_wakes_an_idle_worker_at_once(pool: PgPool) {
+    let pg = backend(&pool, fast_options()).await;
+    let (rt, inbox, effects) = service(&pg);
+    let queue = pg.message_queue();
+    // It polls once a minute: only the wake-up can make it find the message in time.
+    let worker = InboxWorker::start(
+        inbox.clone(),
+        InboxWorkerOptions::default().poll_interval(Duration::from_secs(60)),
+    );
+    let mut wakeups = queue.wakeups(worker.waker());
+    bounded(wakeups.listening()).await;
+    // A wake-up arriving while the worker is busy is kept (`notify_one`).
+
+    let other = InstanceId::new();
+    let message = credited(1);
+    bounded(queue.enqueue_and_lease(message.clone(), other, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    bounded(queue.release(&[message.id], other)).await.unwrap();
+    eventually("the woken worker handled the released message", || {
+        let done = effects.total() == 1;
+        async move { done.then_some(()) }
+    })
+    .await;
+    bounded(worker.shutdown()).await.unwrap();
+    drop(wakeups);
+    drop((inbox, rt));
+    bounded(pg.close()).await;
+}
