@@ -319,10 +319,13 @@ pub enum Error {
         stage: crate::stage::LifecycleStage,
     },
 
-    /// A receptor fires at a stage this runtime cannot reach.
+    /// A receptor fires at a stage this runtime cannot reach. No stage is
+    /// refused today (inbox stages fire through
+    /// [`Scope::receive`](crate::Scope::receive)); kept for backends that
+    /// cannot reach a stage.
     #[error(
-        "`{receptor}` fires at {stage:?}, which fires for messages received from other processes \
-         through an inbox; this runtime has no inbox backend yet. Use a distribute or perspective stage"
+        "`{receptor}` fires at {stage:?}, which this runtime cannot reach. Use a distribute or \
+         perspective stage"
     )]
     UnsupportedStage {
         /// The receptor.

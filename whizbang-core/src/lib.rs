@@ -59,6 +59,7 @@
 //! - [`lens`]: reading models.
 //! - [`store`]: the storage traits and the in-memory backend.
 //! - [`queue`]: the lease-based message queue under the inbox and the outbox.
+//! - [`inbox`]: messages from other processes, each handled once in its own scope, and the worker that recovers orphans.
 //! - [`backend`]: the seam a storage backend implements, with its contract in one place.
 //! - [`registry`]: the compile-time routing tables.
 //! - [`services`]: typed services for receptors.
@@ -75,6 +76,7 @@ extern crate self as whizbang_core;
 pub mod backend;
 pub mod dispatch;
 pub mod error;
+pub mod inbox;
 pub mod lens;
 pub mod message;
 pub mod perspective;

@@ -21,9 +21,9 @@ pub enum StagePoint {
     PreOutbox,
     /// After distribution, where an outbox row is written.
     PostOutbox,
-    /// Before a message received from another process is handled (needs an inbox backend).
+    /// Before a message received from another process is handled (an inbox, through `Scope::receive`).
     PreInbox,
-    /// After a message received from another process is handled (needs an inbox backend).
+    /// After a message received from another process is handled (an inbox, through `Scope::receive`).
     PostInbox,
     /// At the flush, before the event's perspectives.
     PrePerspective,
@@ -69,7 +69,7 @@ pub enum StageMode {
 /// | --- | --- |
 /// | `PreDistribute` / `PostDistribute` | with the append, before / as the default receptors |
 /// | `PreOutbox` / `PostOutbox` | after distribution, where an outbox row is written |
-/// | `PreInbox` / `PostInbox` | for messages received from other processes (needs an inbox backend) |
+/// | `PreInbox` / `PostInbox` | for messages received from other processes (an inbox, through `Scope::receive`) |
 /// | `PrePerspective` / `PostPerspective` | at the flush, around the event's perspectives |
 /// | `PostAllPerspectives` | after the whole flush |
 ///

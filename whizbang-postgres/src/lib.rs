@@ -54,6 +54,10 @@
 //! round trip and re-checks the processed and dead tables after its insert
 //! in a new snapshot, so a redelivery racing a complete of the same id is
 //! never leased. Every other queue operation is one SQL statement (CTEs).
+//! A fail that retries, a release and a replay send a NOTIFY on
+//! [`QUEUE_CHANNEL`] once committed; [`PgMessageQueue::wakeups`] listens and
+//! wakes an inbox worker (`whizbang_core::inbox`), which handles its messages
+//! on this queue as on any other.
 //!
 //! # Errors
 //!
@@ -74,7 +78,7 @@ mod sync;
 pub use backend::{Postgres, PostgresOptions};
 pub use events::PgEventStore;
 pub use perspectives::PgPerspectiveStore;
-pub use queue::PgMessageQueue;
+pub use queue::{PgMessageQueue, QueueWakeups, QUEUE_CHANNEL};
 pub use sync::PgSyncBackend;
 
 use sqlx::migrate::{MigrateError, Migrator};

@@ -11,10 +11,12 @@
 //! `runtime.rs` (the runtime and its builder), `scope.rs` (the scope's own
 //! state), `context.rs` (what a receptor sees), `stages.rs` (running receptors
 //! at their stages), `flush.rs` (the cancel-safe flush run, `complete()`),
-//! `send.rs` (sending, the cascade, the one append) and `send_and_sync.rs`.
+//! `send.rs` (sending, the cascade, the one append), `receive.rs` (an event
+//! from another process, with the inbox stages) and `send_and_sync.rs`.
 
 mod context;
 mod flush;
+mod receive;
 mod runtime;
 mod scope;
 mod send;

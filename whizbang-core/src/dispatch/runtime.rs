@@ -742,12 +742,6 @@ fn validate_stage(registry: &Registry, reg: &ReceptorRegistration) -> Result<()>
         }
     }
     let stage = reg.effective_stage();
-    if reg.message_kind == MessageKind::Event && stage.is_inbox() {
-        return Err(Error::UnsupportedStage {
-            receptor: reg.path(),
-            stage,
-        });
-    }
     if reg.message_kind == MessageKind::Event && !reg.sync.is_empty() && stage.is_inline() {
         return Err(Error::InlineStageWait {
             receptor: reg.path(),

@@ -3,6 +3,10 @@
 //! statement (its SQL beside this file, in `sql/`); user values travel only as
 //! bind parameters.
 
+mod wake;
+
+pub use wake::{QueueWakeups, QUEUE_CHANNEL};
+
 use crate::events::db_error;
 use serde_json::value::RawValue;
 use sqlx::PgPool;
@@ -113,6 +117,15 @@ impl PgMessageQueue {
     #[must_use]
     pub fn with_options(pool: PgPool, options: QueueOptions) -> Self {
         PgMessageQueue { pool, options }
+    }
+
+    /// Wakes `waker` (`notify_one`) whenever a message becomes leasable on
+    /// this database: a failed attempt waits for its retry, leases were
+    /// released, dead letters were replayed (see [`QueueWakeups`]). Hand it
+    /// an inbox worker's waker so it need not wait for its next poll.
+    #[must_use]
+    pub fn wakeups(&self, waker: std::sync::Arc<tokio::sync::Notify>) -> QueueWakeups {
+        QueueWakeups::start(self.pool.clone(), waker)
     }
 
     /// The pool this queue uses.
@@ -242,9 +255,12 @@ impl PgMessageQueue {
             Some(n) if n >= limit => Ok(FailOutcome::DeadLettered {
                 attempts: to_u32(n),
             }),
-            Some(n) => Ok(FailOutcome::Retry {
-                attempts: to_u32(n),
-            }),
+            Some(n) => {
+                wake::announce(&self.pool);
+                Ok(FailOutcome::Retry {
+                    attempts: to_u32(n),
+                })
+            }
             None => Err(Error::LeaseLost {
                 message_ids: vec![id],
                 instance,
@@ -295,7 +311,9 @@ impl PgMessageQueue {
                     stored,
                 )(e)
             })?;
-        lost_or(ids, &held, instance)
+        lost_or(ids, &held, instance)?;
+        wake::announce(&self.pool);
+        Ok(())
     }
 
     async fn processed_now(&self, id: MessageId) -> Result<Option<ProcessedRecord>> {
@@ -368,6 +386,9 @@ impl PgMessageQueue {
                 let stored = stored_after(&e);
                 db_error(format!("replay {} dead letters", uuids.len()), stored)(e)
             })?;
+        if !moved.is_empty() {
+            wake::announce(&self.pool);
+        }
         // In the order asked for.
         Ok(uuids
             .into_iter()
