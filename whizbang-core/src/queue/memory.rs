@@ -467,13 +467,7 @@ impl MessageQueue for MemoryMessageQueue {
         instance: InstanceId,
         lease: Duration,
     ) -> BoxFuture<'_, Result<EnqueueOutcome>> {
-        let span = tracing::debug_span!(
-            "whizbang.queue.enqueue_and_lease",
-            message_id = %message.id,
-            message_type = %message.message_type,
-            correlation_id = %message.correlation_id,
-            %instance,
-        );
+        let span = super::spans::enqueue_and_lease(&message, instance);
         traced(span, move || self.enqueue_now(message, instance, lease))
     }
 
@@ -483,7 +477,7 @@ impl MessageQueue for MemoryMessageQueue {
         max: usize,
         lease: Duration,
     ) -> BoxFuture<'_, Result<Vec<LeasedMessage>>> {
-        let span = tracing::debug_span!("whizbang.queue.lease_orphaned", %instance, max);
+        let span = super::spans::lease_orphaned(instance, max);
         traced(span, move || self.lease_orphaned_now(instance, max, lease))
     }
 
@@ -493,8 +487,7 @@ impl MessageQueue for MemoryMessageQueue {
         instance: InstanceId,
         handler: &'a str,
     ) -> BoxFuture<'a, Result<()>> {
-        let span =
-            tracing::debug_span!("whizbang.queue.complete", message_id = %id, %instance, handler);
+        let span = super::spans::complete(id, instance, handler);
         traced(span, move || self.complete_now(id, instance, handler))
     }
 
@@ -504,7 +497,7 @@ impl MessageQueue for MemoryMessageQueue {
         instance: InstanceId,
         error: &'a str,
     ) -> BoxFuture<'a, Result<FailOutcome>> {
-        let span = tracing::debug_span!("whizbang.queue.fail", message_id = %id, %instance);
+        let span = super::spans::fail(id, instance);
         traced(span, move || self.fail_now(id, instance, error))
     }
 
@@ -514,7 +507,7 @@ impl MessageQueue for MemoryMessageQueue {
         instance: InstanceId,
         lease: Duration,
     ) -> BoxFuture<'a, Result<SystemTime>> {
-        let span = tracing::debug_span!("whizbang.queue.renew", count = ids.len(), %instance);
+        let span = super::spans::renew(ids.len(), instance);
         traced(span, move || self.renew_now(ids, instance, lease))
     }
 
@@ -523,24 +516,24 @@ impl MessageQueue for MemoryMessageQueue {
         ids: &'a [MessageId],
         instance: InstanceId,
     ) -> BoxFuture<'a, Result<()>> {
-        let span = tracing::debug_span!("whizbang.queue.release", count = ids.len(), %instance);
+        let span = super::spans::release(ids.len(), instance);
         traced(span, move || self.release_now(ids, instance))
     }
 
     fn processed(&self, id: MessageId) -> BoxFuture<'_, Result<Option<ProcessedRecord>>> {
-        let span = tracing::debug_span!("whizbang.queue.processed", message_id = %id);
+        let span = super::spans::processed(id);
         traced(span, move || {
             Ok(lock(&self.state).processed.get(&id).cloned())
         })
     }
 
     fn prune_processed(&self, older_than: Duration, batch: usize) -> BoxFuture<'_, Result<usize>> {
-        let span = tracing::debug_span!("whizbang.queue.prune_processed", ?older_than, batch);
+        let span = super::spans::prune_processed(older_than, batch);
         traced(span, move || self.prune_now(older_than, batch))
     }
 
     fn dead_letters(&self, max: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>>> {
-        let span = tracing::debug_span!("whizbang.queue.dead_letters", max);
+        let span = super::spans::dead_letters(max);
         traced(span, move || self.dead_letters_now(max))
     }
 
@@ -548,7 +541,7 @@ impl MessageQueue for MemoryMessageQueue {
         &'a self,
         ids: &'a [MessageId],
     ) -> BoxFuture<'a, Result<Vec<MessageId>>> {
-        let span = tracing::debug_span!("whizbang.queue.replay_dead_letters", count = ids.len());
+        let span = super::spans::replay_dead_letters(ids.len());
         traced(span, move || self.replay_now(ids))
     }
 }

@@ -83,6 +83,7 @@
 mod envelope;
 pub mod limits;
 mod memory;
+pub mod spans;
 
 pub use envelope::QueuedMessage;
 pub use memory::{ManualClock, MemoryMessageQueue, QueueClock, SystemClock};

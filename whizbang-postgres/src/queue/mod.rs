@@ -434,13 +434,7 @@ impl MessageQueue for PgMessageQueue {
         instance: InstanceId,
         lease: Duration,
     ) -> BoxFuture<'_, Result<EnqueueOutcome>> {
-        let span = tracing::debug_span!(
-            "whizbang.queue.enqueue_and_lease",
-            message_id = %message.id,
-            message_type = %message.message_type,
-            correlation_id = %message.correlation_id,
-            %instance,
-        );
+        let span = whizbang_core::queue::spans::enqueue_and_lease(&message, instance);
         Box::pin(
             self.enqueue_and_lease_now(message, instance, lease)
                 .instrument(span),
@@ -453,7 +447,7 @@ impl MessageQueue for PgMessageQueue {
         max: usize,
         lease: Duration,
     ) -> BoxFuture<'_, Result<Vec<LeasedMessage>>> {
-        let span = tracing::debug_span!("whizbang.queue.lease_orphaned", %instance, max);
+        let span = whizbang_core::queue::spans::lease_orphaned(instance, max);
         Box::pin(
             self.lease_orphaned_now(instance, max, lease)
                 .instrument(span),
@@ -466,8 +460,7 @@ impl MessageQueue for PgMessageQueue {
         instance: InstanceId,
         handler: &'a str,
     ) -> BoxFuture<'a, Result<()>> {
-        let span =
-            tracing::debug_span!("whizbang.queue.complete", message_id = %id, %instance, handler);
+        let span = whizbang_core::queue::spans::complete(id, instance, handler);
         Box::pin(self.complete_now(id, instance, handler).instrument(span))
     }
 
@@ -477,7 +470,7 @@ impl MessageQueue for PgMessageQueue {
         instance: InstanceId,
         error: &'a str,
     ) -> BoxFuture<'a, Result<FailOutcome>> {
-        let span = tracing::debug_span!("whizbang.queue.fail", message_id = %id, %instance);
+        let span = whizbang_core::queue::spans::fail(id, instance);
         Box::pin(self.fail_now(id, instance, error).instrument(span))
     }
 
@@ -487,7 +480,7 @@ impl MessageQueue for PgMessageQueue {
         instance: InstanceId,
         lease: Duration,
     ) -> BoxFuture<'a, Result<SystemTime>> {
-        let span = tracing::debug_span!("whizbang.queue.renew", count = ids.len(), %instance);
+        let span = whizbang_core::queue::spans::renew(ids.len(), instance);
         Box::pin(self.renew_now(ids, instance, lease).instrument(span))
     }
 
@@ -496,22 +489,22 @@ impl MessageQueue for PgMessageQueue {
         ids: &'a [MessageId],
         instance: InstanceId,
     ) -> BoxFuture<'a, Result<()>> {
-        let span = tracing::debug_span!("whizbang.queue.release", count = ids.len(), %instance);
+        let span = whizbang_core::queue::spans::release(ids.len(), instance);
         Box::pin(self.release_now(ids, instance).instrument(span))
     }
 
     fn processed(&self, id: MessageId) -> BoxFuture<'_, Result<Option<ProcessedRecord>>> {
-        let span = tracing::debug_span!("whizbang.queue.processed", message_id = %id);
+        let span = whizbang_core::queue::spans::processed(id);
         Box::pin(self.processed_now(id).instrument(span))
     }
 
     fn prune_processed(&self, older_than: Duration, batch: usize) -> BoxFuture<'_, Result<usize>> {
-        let span = tracing::debug_span!("whizbang.queue.prune_processed", ?older_than, batch);
+        let span = whizbang_core::queue::spans::prune_processed(older_than, batch);
         Box::pin(self.prune_now(older_than, batch).instrument(span))
     }
 
     fn dead_letters(&self, max: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>>> {
-        let span = tracing::debug_span!("whizbang.queue.dead_letters", max);
+        let span = whizbang_core::queue::spans::dead_letters(max);
         Box::pin(self.dead_letters_now(max).instrument(span))
     }
 
@@ -519,7 +512,7 @@ impl MessageQueue for PgMessageQueue {
         &'a self,
         ids: &'a [MessageId],
     ) -> BoxFuture<'a, Result<Vec<MessageId>>> {
-        let span = tracing::debug_span!("whizbang.queue.replay_dead_letters", count = ids.len());
+        let span = whizbang_core::queue::spans::replay_dead_letters(ids.len());
         Box::pin(self.replay_now(ids).instrument(span))
     }
 }
