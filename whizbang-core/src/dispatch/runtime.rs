@@ -293,13 +293,7 @@ impl Runtime {
         perspective: &str,
         stream: crate::message::StreamId,
     ) -> Result<Option<ApplyReport>> {
-        let reg = self
-            .inner
-            .registry
-            .perspective_named(perspective)
-            .ok_or_else(|| Error::UnknownPerspective {
-                name: perspective.to_owned(),
-            })?;
+        let reg = self.perspective_named(perspective)?;
         self.inner.engine.catch_up(reg, stream).await
     }
 
@@ -322,14 +316,21 @@ impl Runtime {
         perspective: &str,
         streams: &[crate::message::StreamId],
     ) -> Result<Option<Vec<ApplyReport>>> {
-        let reg = self
-            .inner
+        let reg = self.perspective_named(perspective)?;
+        self.inner.engine.catch_up_together(reg, streams).await
+    }
+
+    /// The registered perspective called `perspective`.
+    fn perspective_named(
+        &self,
+        perspective: &str,
+    ) -> Result<&'static crate::perspective::PerspectiveRegistration> {
+        self.inner
             .registry
             .perspective_named(perspective)
             .ok_or_else(|| Error::UnknownPerspective {
                 name: perspective.to_owned(),
-            })?;
-        self.inner.engine.catch_up_together(reg, streams).await
+            })
     }
 
     /// A cloneable handle that feeds apply reports to this runtime's waiters

@@ -285,17 +285,24 @@ impl MemoryMessageQueue {
             .collect()
     }
 
+    /// `Err(LeaseLost)` naming every id of `ids` that `instance` does not hold.
+    fn check_held(state: &State, ids: &[MessageId], instance: InstanceId) -> Result<()> {
+        let lost = Self::lost(state, ids, instance);
+        if lost.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::LeaseLost {
+                message_ids: lost,
+                instance,
+            })
+        }
+    }
+
     fn complete_now(&self, id: MessageId, instance: InstanceId, handler: &str) -> Result<()> {
         check_handler(id, handler)?;
         let now = self.clock.now();
         let mut state = lock(&self.state);
-        let lost = Self::lost(&state, &[id], instance);
-        if !lost.is_empty() {
-            return Err(Error::LeaseLost {
-                message_ids: lost,
-                instance,
-            });
-        }
+        Self::check_held(&state, &[id], instance)?;
         state.queue.remove(&id);
         state.processed.insert(
             id,
@@ -311,13 +318,7 @@ impl MemoryMessageQueue {
     fn fail_now(&self, id: MessageId, instance: InstanceId, error: &str) -> Result<FailOutcome> {
         let now = self.clock.now();
         let mut state = lock(&self.state);
-        let lost = Self::lost(&state, &[id], instance);
-        if !lost.is_empty() {
-            return Err(Error::LeaseLost {
-                message_ids: lost,
-                instance,
-            });
-        }
+        Self::check_held(&state, &[id], instance)?;
         let error = error_text(error);
         let Some(entry) = state.queue.get_mut(&id) else {
             return Err(Error::Invariant(format!(
@@ -355,13 +356,7 @@ impl MemoryMessageQueue {
         let expires = self.expiry(self.clock.now(), lease)?;
         let ids = distinct(ids);
         let mut state = lock(&self.state);
-        let lost = Self::lost(&state, &ids, instance);
-        if !lost.is_empty() {
-            return Err(Error::LeaseLost {
-                message_ids: lost,
-                instance,
-            });
-        }
+        Self::check_held(&state, &ids, instance)?;
         for id in &ids {
             if let Some(entry) = state.queue.get_mut(id) {
                 entry.available_at = expires;
@@ -375,13 +370,7 @@ impl MemoryMessageQueue {
         let now = self.clock.now();
         let ids = distinct(ids);
         let mut state = lock(&self.state);
-        let lost = Self::lost(&state, &ids, instance);
-        if !lost.is_empty() {
-            return Err(Error::LeaseLost {
-                message_ids: lost,
-                instance,
-            });
-        }
+        Self::check_held(&state, &ids, instance)?;
         for id in &ids {
             if let Some(entry) = state.queue.get_mut(id) {
                 entry.owner = None;
