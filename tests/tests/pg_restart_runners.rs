@@ -18,7 +18,6 @@
 //! (nothing skipped, nothing applied twice), no (stream, version) reported
 //! by two commits, and both runners still running until told to stop.
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +25,7 @@ use uuid::Uuid;
 use whizbang_postgres::PgEventStore;
 use whizbang_tests::pg::cluster::Cluster;
 use whizbang_tests::pg::db::FreshDb;
-use whizbang_tests::pg::ledger::{self, Tally};
+use whizbang_tests::pg::ledger;
 use whizbang_tests::pg::runners::{self, AppliedLog, RoundStats};
 use whizbang_tests::pg::server::PgServer;
 
@@ -190,29 +189,14 @@ async fn runner_processes_recover_from_a_server_restart_and_a_crash_and_apply_ev
     })
     .await;
 
-    let expected: BTreeSet<String> = streams
-        .iter()
-        .flat_map(|s| (1..=rounds).map(move |v| format!("{s}:{v}")))
-        .collect();
-    let stored = bounded(ledger::event_keys(&db.pool, "seq")).await.unwrap();
-    Tally::of(expected.clone(), stored).assert_exact();
-    let gaps = bounded(ledger::version_gaps(&db.pool)).await.unwrap();
-    assert!(gaps.is_empty(), "versions not gap-free: {gaps:#?}");
-
-    let wrong = bounded(ledger::check_all_folds(&db.pool, TOTALS, fold_totals))
-        .await
-        .unwrap();
-    assert!(
-        wrong.is_empty(),
-        "{} models differ from a fresh fold, e.g.:\n{}",
-        wrong.len(),
-        wrong
-            .iter()
-            .take(10)
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    let expected = bounded(ledger::assert_stored_once_and_folded(
+        &db.pool,
+        &streams,
+        rounds,
+        TOTALS,
+        fold_totals,
+    ))
+    .await;
 
     // No version reported by two commits. (A commit whose answer was lost
     // with the server is applied but not reported: not counted.)

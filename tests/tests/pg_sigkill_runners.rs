@@ -17,7 +17,6 @@
 //! and no (stream, version) reported by two commits, counting the lines of
 //! the killed runners too.
 
-use std::collections::BTreeSet;
 use std::os::unix::process::ExitStatusExt as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -26,7 +25,7 @@ use uuid::Uuid;
 use whizbang_postgres::PgEventStore;
 use whizbang_tests::pg::cluster::{Cluster, WaitError};
 use whizbang_tests::pg::db::FreshDb;
-use whizbang_tests::pg::ledger::{self, Tally};
+use whizbang_tests::pg::ledger;
 use whizbang_tests::pg::runners::{self, AppliedLog};
 
 whizbang_tests::pg_totals!();
@@ -228,30 +227,14 @@ async fn killing_runner_processes_mid_batch_loses_nothing_and_applies_nothing_tw
     lines.extend(labels.into_iter().zip(last));
 
     // The store: every event once, versions gap-free.
-    let expected: BTreeSet<String> = streams
-        .iter()
-        .flat_map(|s| (1..=rounds).map(move |v| format!("{s}:{v}")))
-        .collect();
-    let stored = bounded(ledger::event_keys(&db.pool, "seq")).await.unwrap();
-    Tally::of(expected.clone(), stored).assert_exact();
-    let gaps = bounded(ledger::version_gaps(&db.pool)).await.unwrap();
-    assert!(gaps.is_empty(), "versions not gap-free: {gaps:#?}");
-
-    // The models: each a fresh fold, so every event applied once, in order.
-    let wrong = bounded(ledger::check_all_folds(&db.pool, TOTALS, fold_totals))
-        .await
-        .unwrap();
-    assert!(
-        wrong.is_empty(),
-        "{} models differ from a fresh fold, e.g.:\n{}",
-        wrong.len(),
-        wrong
-            .iter()
-            .take(10)
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    let expected = bounded(ledger::assert_stored_once_and_folded(
+        &db.pool,
+        &streams,
+        rounds,
+        TOTALS,
+        fold_totals,
+    ))
+    .await;
 
     // The reports: no version applied by two commits. (A killed runner may
     // take the line of a commit it made with it: those are not counted.)

@@ -13,13 +13,12 @@
 //! Checked from the runners' reports: every (stream, version) was reported
 //! by exactly one commit, and both runners applied events.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 use uuid::Uuid;
 use whizbang_postgres::PgEventStore;
 use whizbang_tests::pg::cluster::Cluster;
 use whizbang_tests::pg::db::FreshDb;
-use whizbang_tests::pg::ledger::{self, Tally};
+use whizbang_tests::pg::ledger;
 use whizbang_tests::pg::runners::{self, AppliedLog};
 
 whizbang_tests::pg_totals!();
@@ -124,30 +123,14 @@ async fn two_runner_processes_split_the_partitions_and_apply_every_event_once_in
     .await;
 
     // The store: every event once, versions gap-free.
-    let expected: BTreeSet<String> = streams
-        .iter()
-        .flat_map(|s| (1..=EVENTS_PER_STREAM).map(move |v| format!("{s}:{v}")))
-        .collect();
-    let stored = bounded(ledger::event_keys(&db.pool, "seq")).await.unwrap();
-    Tally::of(expected.clone(), stored).assert_exact();
-    let gaps = bounded(ledger::version_gaps(&db.pool)).await.unwrap();
-    assert!(gaps.is_empty(), "versions not gap-free: {gaps:#?}");
-
-    // The models: each a fresh fold (so applied once, in order), 10,000 in all.
-    let wrong = bounded(ledger::check_all_folds(&db.pool, TOTALS, fold_totals))
-        .await
-        .unwrap();
-    assert!(
-        wrong.is_empty(),
-        "{} models differ from a fresh fold, e.g.:\n{}",
-        wrong.len(),
-        wrong
-            .iter()
-            .take(10)
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    let expected = bounded(ledger::assert_stored_once_and_folded(
+        &db.pool,
+        &streams,
+        EVENTS_PER_STREAM,
+        TOTALS,
+        fold_totals,
+    ))
+    .await;
     let (models, count, disorder): (i64, i64, i64) = bounded(
         sqlx::query_as(
             "select count(*), sum((data->>'count')::int8)::int8,

@@ -19,7 +19,7 @@
 //! (nothing applied twice or out of order), and no (stream, version)
 //! reported by two commits.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,7 +27,7 @@ use uuid::Uuid;
 use whizbang_postgres::PgEventStore;
 use whizbang_tests::pg::cluster::{Cluster, Member};
 use whizbang_tests::pg::db::FreshDb;
-use whizbang_tests::pg::ledger::{self, Tally};
+use whizbang_tests::pg::ledger;
 use whizbang_tests::pg::runners::{self, AppliedLog};
 
 whizbang_tests::pg_totals!();
@@ -341,29 +341,14 @@ async fn a_runner_frozen_past_its_lease_is_taken_over_and_its_late_commits_chang
     .await
     .expect("stopping the runners panicked");
 
-    let expected: BTreeSet<String> = streams
-        .iter()
-        .flat_map(|s| (1..=rounds).map(move |v| format!("{s}:{v}")))
-        .collect();
-    let stored = bounded(ledger::event_keys(&db.pool, "seq")).await.unwrap();
-    Tally::of(expected.clone(), stored).assert_exact();
-    let gaps = bounded(ledger::version_gaps(&db.pool)).await.unwrap();
-    assert!(gaps.is_empty(), "versions not gap-free: {gaps:#?}");
-
-    let wrong = bounded(ledger::check_all_folds(&db.pool, TOTALS, fold_totals))
-        .await
-        .unwrap();
-    assert!(
-        wrong.is_empty(),
-        "{} models differ from a fresh fold, e.g.:\n{}",
-        wrong.len(),
-        wrong
-            .iter()
-            .take(10)
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    let expected = bounded(ledger::assert_stored_once_and_folded(
+        &db.pool,
+        &streams,
+        rounds,
+        TOTALS,
+        fold_totals,
+    ))
+    .await;
 
     // Nobody was killed: every commit was reported, each version once.
     let mut log = AppliedLog::new();

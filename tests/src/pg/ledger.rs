@@ -376,3 +376,45 @@ pub async fn event_keys(pool: &PgPool, field: &str) -> Result<BTreeMap<String, u
         .map(|(k, n)| (k, u64::try_from(n).unwrap_or(0)))
         .collect())
 }
+
+/// Asserts the end state every runner-process test checks: the events
+/// `stream:1..=versions` of each of `streams` are stored, each once and
+/// nothing else; versions are gap-free; and every model of `perspective`
+/// equals a fresh fold with `apply` (so each event was applied once, in
+/// order). Returns the expected event keys for the tests' applied-log checks.
+///
+/// # Panics
+/// On the first check that fails, with what differs; when a query fails.
+pub async fn assert_stored_once_and_folded<M: Default + Serialize>(
+    pool: &PgPool,
+    streams: &[impl fmt::Display],
+    versions: u64,
+    perspective: &str,
+    apply: impl FnMut(&mut M, &FoldEvent),
+) -> BTreeSet<String> {
+    let expected: BTreeSet<String> = streams
+        .iter()
+        .flat_map(|s| (1..=versions).map(move |v| format!("{s}:{v}")))
+        .collect();
+    let stored = event_keys(pool, "seq")
+        .await
+        .expect("read the stored events");
+    Tally::of(expected.clone(), stored).assert_exact();
+    let gaps = version_gaps(pool).await.expect("read the stream versions");
+    assert!(gaps.is_empty(), "versions not gap-free: {gaps:#?}");
+    let wrong = check_all_folds(pool, perspective, apply)
+        .await
+        .expect("fold every stream");
+    assert!(
+        wrong.is_empty(),
+        "{} models differ from a fresh fold, e.g.:\n{}",
+        wrong.len(),
+        wrong
+            .iter()
+            .take(10)
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    expected
+}
