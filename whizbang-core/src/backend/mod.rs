@@ -28,6 +28,31 @@
 //! - The typed payload ([`NewEvent::typed`]) is a fast path a store may drop:
 //!   [`StoredEvent::typed`] of `None` is always valid, readers decode `data`.
 //!
+//! # Inline perspectives in the append ([`EventStore::append_inline`])
+//! - When a send's events are handled by inline perspectives, the runtime
+//!   appends with [`append_inline`](EventStore::append_inline), handing the
+//!   store an [`InlineApply`]: the (perspective, model) [`InlineTarget`]s and
+//!   the runtime's own fold (the one the flush and the runner use). A store
+//!   that overrides it applies them between its append and its commit (lock
+//!   each cursor, read checkpoint, model and the stream's events after it,
+//!   fold, write model and cursor, one applied wake-up) and returns the
+//!   targets it applied; the runtime then tells the [`ApplyListener`]s (so
+//!   waiters wake), records a failed target for
+//!   [`Scope::complete`](crate::Scope::complete) to report, and does not claim
+//!   those targets again when the scope flushes. The result is the documented
+//!   inline semantics, made atomic: a perspective's error or panic does not
+//!   undo the append (its cursor is written failed, with the message and the
+//!   version, in the same transaction), the other perspectives still apply,
+//!   and `complete()` returns [`Error::PerspectiveFailed`](crate::Error::PerspectiveFailed).
+//! - The default keeps the two steps: append, then apply the inline
+//!   perspectives when the scope flushes. The memory stores keep it (an
+//!   in-process crash loses both anyway). The PostgreSQL backend overrides it.
+//! - While any event receptor of the runtime fires at a perspective stage
+//!   (`Pre/PostPerspective`, `PostAllPerspectives`, inline or detached), the
+//!   runtime does not use `append_inline` at all: those stages must run
+//!   around each apply, so every inline perspective applies at the flush, as
+//!   before.
+//!
 //! # The perspective store ([`PerspectiveStore`], [`PerspectiveUnit`])
 //! - Keys: one cursor ([`Checkpoint`]) and at most one model per
 //!   (perspective, [`ModelKey`]). Today the key is the stream the model folds;
@@ -131,8 +156,9 @@ pub use crate::store::AnyModel;
 #[doc(inline)]
 pub use crate::store::{
     BoxFuture, Checkpoint, CheckpointFailure, ClaimedModel, EventLocation, EventMetadata,
-    EventStore, ModelFormat, ModelKey, ModelRow, ModelValue, ModelWrite, NewEvent,
-    PerspectiveBatch, PerspectiveStore, PerspectiveUnit, SkippedEvent, StoredEvent, StreamAppend,
+    EventStore, InlineAppended, InlineApply, InlineTarget, ModelFormat, ModelKey, ModelRow,
+    ModelValue, ModelWrite, NewEvent, PerspectiveBatch, PerspectiveStore, PerspectiveUnit,
+    SkippedEvent, StoredEvent, StreamAppend,
 };
 #[doc(inline)]
 pub use crate::sync::{

@@ -5,8 +5,6 @@
 use super::scope::{Scope, ScopeShared};
 use crate::error::{Error, Result};
 use crate::message::StreamId;
-use crate::perspective::engine::Engine;
-use crate::perspective::runner::PerspectiveRunner;
 use crate::perspective::PerspectiveMode;
 use crate::perspective::PerspectiveRegistration;
 use crate::registry::Registry;
@@ -74,11 +72,8 @@ enum Step {
 impl Step {
     fn start(self, shared: Arc<ScopeShared>) -> BoxFuture<'static, Result<()>> {
         Box::pin(async move {
-            let rt = &shared.runtime.inner;
             match self {
-                Step::All(events) => {
-                    flush_perspectives(&rt.registry, &rt.engine, &rt.runner, &events).await
-                }
+                Step::All(events) => flush_perspectives(&shared, &events).await,
                 Step::Around(ev) => {
                     let before = [
                         LifecycleStage::PrePerspectiveInline,
@@ -92,7 +87,7 @@ impl Step {
                     // Only up to this event's version: a later event of the same
                     // stream gets its own pre-perspective stage first.
                     let one = std::slice::from_ref(&ev);
-                    flush_perspectives(&rt.registry, &rt.engine, &rt.runner, one).await?;
+                    flush_perspectives(&shared, one).await?;
                     shared.fire_in_child(&ev, &after).await
                 }
                 Step::PostAll(ev) => {
@@ -302,22 +297,25 @@ pub(super) fn touched(
 /// Applies inline perspectives now, each up to the highest version of its
 /// stream among `events` (never past them: a later event is flushed on its
 /// own, with its own stages), and signals the runner for async ones.
-/// Every key is attempted; the first failure is returned.
+/// Inline ones the append already applied in its transaction are not claimed
+/// again. Every key is attempted; the first failure is returned.
 pub(super) async fn flush_perspectives(
-    registry: &Registry,
-    engine: &Engine,
-    runner: &PerspectiveRunner,
+    shared: &ScopeShared,
     events: &[Arc<StoredEvent>],
 ) -> Result<()> {
+    let rt = &shared.runtime.inner;
     let mut first_error = None;
-    for (reg, stream, upto) in touched_upto(registry, events) {
+    for (reg, stream, upto) in touched_upto(&rt.registry, events) {
         match reg.mode {
             PerspectiveMode::Inline => {
-                if let Err(e) = engine.catch_up_to(reg, stream, upto).await {
+                if shared.applied_inline_upto(reg.name, stream, upto) {
+                    continue;
+                }
+                if let Err(e) = rt.engine.catch_up_to(reg, stream, upto).await {
                     first_error.get_or_insert(e);
                 }
             }
-            PerspectiveMode::Async => runner.signal(reg, stream),
+            PerspectiveMode::Async => rt.runner.signal(reg, stream),
         }
     }
     first_error.map_or(Ok(()), Err)

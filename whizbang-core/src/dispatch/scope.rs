@@ -6,11 +6,12 @@
 
 use super::runtime::Runtime;
 use crate::error::{Error, Result};
-use crate::message::MessageId;
+use crate::message::{MessageId, StreamId};
 use crate::store::EventLocation;
 use crate::store::StoredEvent;
 use crate::sync::{PerspectiveSyncAwaiter, ScopedEventTracker};
 use crate::util::lock;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 pub(crate) struct ScopeShared {
@@ -20,6 +21,10 @@ pub(crate) struct ScopeShared {
     /// The first failure of a flush that had nobody to report it to (a flush
     /// before a wait, a flush finished on a spawned task): `complete()` reports it.
     pub(super) flush_failure: Mutex<Option<Error>>,
+    /// (perspective, stream) pairs an append already applied inline (in its
+    /// transaction), with the stream version it applied up to: the flush
+    /// does not claim them again up to there.
+    inline_applied: Mutex<HashMap<(&'static str, StreamId), u64>>,
 }
 
 /// One unit of work (a request, an inbound message).
@@ -49,6 +54,7 @@ impl Scope {
                 scope_id: MessageId::new(),
                 log: EventLog::default(),
                 flush_failure: Mutex::new(None),
+                inline_applied: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -117,6 +123,29 @@ impl ScopeShared {
 
     pub(super) fn take_failure(&self) -> Option<Error> {
         lock(&self.flush_failure).take()
+    }
+
+    /// Notes that an append applied `perspective` on `stream` up to `version`
+    /// in its own transaction.
+    pub(super) fn note_inline(&self, perspective: &'static str, stream: StreamId, version: u64) {
+        let mut applied = lock(&self.inline_applied);
+        let at = applied.entry((perspective, stream)).or_default();
+        *at = (*at).max(version);
+    }
+
+    /// Whether an append already applied `perspective` on `stream` up to
+    /// `version` (so a flush has nothing to do there).
+    pub(super) fn applied_inline_upto(
+        &self,
+        perspective: &'static str,
+        stream: StreamId,
+        version: u64,
+    ) -> bool {
+        let applied = lock(&self.inline_applied);
+        !applied.is_empty()
+            && applied
+                .get(&(perspective, stream))
+                .is_some_and(|v| *v >= version)
     }
 }
 

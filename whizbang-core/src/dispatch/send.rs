@@ -7,8 +7,9 @@ use super::flush::FlushRun;
 use super::scope::{Scope, ScopeShared};
 use crate::error::{Error, Result};
 use crate::message::{Command, Envelope, Event, EventId, MessageId, Metadata};
+use crate::perspective::inline::{InlineFold, InlineOutcome};
 use crate::stage::LifecycleStage;
-use crate::store::{BoxFuture, NewEvent, StoredEvent, StreamAppend};
+use crate::store::{BoxFuture, InlineTarget, NewEvent, StoredEvent, StreamAppend};
 use crate::sync::SyncEventTracker;
 use std::any::TypeId;
 use std::sync::Arc;
@@ -276,10 +277,30 @@ impl ScopeShared {
                 tracker,
                 ids: tracker.track_new(&rt.registry, &all),
             };
-            let stored = self.runtime.event_store().append(all).await?;
+            // Inline perspectives apply in the append's transaction when the
+            // store can (and no receptor must run around their apply).
+            let inline = if rt.has_flush_stage_receptors {
+                None
+            } else {
+                InlineFold::for_append(
+                    |ty| rt.registry.perspectives_for(ty),
+                    rt.engine.model_format,
+                    &all,
+                )
+            };
+            let (stored, applied) = match &inline {
+                Some(fold) => {
+                    let out = self.runtime.event_store().append_inline(all, fold).await?;
+                    (out.events, out.applied)
+                }
+                None => (self.runtime.event_store().append(all).await?, Vec::new()),
+            };
             // 3. Stored: from here on, no `.await`, so a future dropped now
             // cannot lose the queue.
             tracked.disarm();
+            if let Some(fold) = inline {
+                self.applied_inline(fold.finish(&applied), &stored);
+            }
             self.record(&stored);
             for ev in &stored {
                 let Some(routes) = rt.event_receptors.get(&*ev.event_type) else {
@@ -296,6 +317,33 @@ impl ScopeShared {
             }
             Ok(stored)
         })
+    }
+
+    /// After an append that applied inline perspectives in its transaction:
+    /// tells the listeners (waiters wake), records failures for
+    /// `complete()`, and notes each target's stream version so the flush
+    /// does not claim it again.
+    fn applied_inline(
+        &self,
+        done: Vec<(InlineTarget, InlineOutcome)>,
+        stored: &[Arc<StoredEvent>],
+    ) {
+        let rt = &self.runtime.inner;
+        for (target, outcome) in done {
+            if let Some(report) = &outcome.report {
+                rt.engine.notify(report);
+            }
+            if let Some(error) = outcome.error {
+                self.record_failure(error);
+            }
+            let upto = stored
+                .iter()
+                .filter(|e| e.stream_id == target.key)
+                .map(|e| e.stream_version)
+                .max()
+                .unwrap_or_default();
+            self.note_inline(target.perspective, target.key, upto);
+        }
     }
 
     /// Queues appended events in the scope's event log. If the scope completed meanwhile

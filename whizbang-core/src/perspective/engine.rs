@@ -171,17 +171,23 @@ fn decode_stored(
 ) -> std::result::Result<Box<dyn AnyModel>, String> {
     match stored {
         Some(ModelValue::Typed(m)) => Ok(m),
-        Some(ModelValue::Json(j)) => {
-            guarded("decoding the stored model", || (reg.decode_model)(&j))?.map_err(|e| {
-                format!(
-                    "the stored model of perspective `{}` does not decode: {e}; check that the \
-                     model's serde shape is compatible with what was written",
-                    reg.name
-                )
-            })
-        }
+        Some(ModelValue::Json(j)) => decode_json(reg, &j),
         None => new_model(reg),
     }
+}
+
+/// A stored JSON model decoded, with a panic contained.
+fn decode_json(
+    reg: &'static PerspectiveRegistration,
+    json: &serde_json::value::RawValue,
+) -> std::result::Result<Box<dyn AnyModel>, String> {
+    guarded("decoding the stored model", || (reg.decode_model)(json))?.map_err(|e| {
+        format!(
+            "the stored model of perspective `{}` does not decode: {e}; check that the \
+             model's serde shape is compatible with what was written",
+            reg.name
+        )
+    })
 }
 
 pub(crate) fn panic_message(what: &str, p: &(dyn std::any::Any + Send)) -> String {
@@ -203,6 +209,146 @@ fn model_not_json(perspective: &str, e: &serde_json::Error) -> String {
 
 fn is_skipped(checkpoint: &Checkpoint, version: u64) -> bool {
     !checkpoint.skipped.is_empty() && checkpoint.skipped.iter().any(|s| s.version == version)
+}
+
+/// What [`fold`] did.
+pub(super) struct Folded {
+    /// The model, when an event was applied to it (`None`: the stored one
+    /// stands).
+    pub(super) model: Option<Box<dyn AnyModel>>,
+    /// How far it got.
+    pub(super) progress: Progress,
+    /// The event that failed (its index in the events) and why.
+    pub(super) failed: Option<(usize, String)>,
+}
+
+/// The fold every apply path shares (the flush, the runner, a recovery, and
+/// the inline apply inside an append): applies `events` (the stream after
+/// `checkpoint.version`, in order) to the model `load` yields (called once,
+/// at the first event applied), moving past events recorded as skipped,
+/// stopping at the first event that fails. Every call into user code is
+/// guarded: an error or a panic is a message in [`Folded::failed`].
+pub(super) fn fold(
+    reg: &'static PerspectiveRegistration,
+    checkpoint: &Checkpoint,
+    load: impl FnOnce() -> std::result::Result<Box<dyn AnyModel>, String>,
+    events: &[Arc<StoredEvent>],
+) -> Folded {
+    let mut load = Some(load);
+    let mut model: Option<Box<dyn AnyModel>> = None;
+    let mut progress = Progress {
+        version: checkpoint.version,
+        applied: Vec::with_capacity(events.len()),
+        dirty: false,
+    };
+    for (at, ev) in events.iter().enumerate() {
+        if !is_skipped(checkpoint, ev.stream_version) {
+            let loaded = match (model.take(), load.take()) {
+                (Some(m), _) => Ok(m),
+                (None, Some(load)) => load(),
+                (None, None) => new_model(reg),
+            };
+            let result = loaded.and_then(|m| {
+                let m = model.insert(m);
+                apply_guarded(reg, &mut **m, ev)
+            });
+            if let Err(message) = result {
+                return Folded {
+                    model,
+                    progress,
+                    failed: Some((at, message)),
+                };
+            }
+            progress.dirty = true;
+        }
+        progress.applied.push(ev.event_id);
+        progress.version = ev.stream_version;
+    }
+    Folded {
+        model,
+        progress,
+        failed: None,
+    }
+}
+
+/// What a failure at `ev` commits: the model as of just before it
+/// (`replayed`: `None` when the batch had not changed the model, so the
+/// stored one stands), the cursor version, the events moved past, and the
+/// failure. When the replay failed too (only an impure apply fails on
+/// replay what it applied before), nothing of the batch is committed and the
+/// failure is at its first event.
+pub(super) fn settle_failure(
+    checkpoint: &Checkpoint,
+    progress: Progress,
+    ev: &StoredEvent,
+    message: String,
+    replayed: Option<std::result::Result<ModelValue, String>>,
+) -> (Option<ModelValue>, u64, Vec<EventId>, CheckpointFailure) {
+    tracing::error!(
+        event_id = %ev.event_id, version = ev.stream_version, error = %message,
+        "perspective failed; its cursor on this stream is marked failed"
+    );
+    let failure = CheckpointFailure {
+        version: ev.stream_version,
+        message,
+    };
+    match replayed {
+        None => (None, progress.version, progress.applied, failure),
+        Some(Ok(model)) => (Some(model), progress.version, progress.applied, failure),
+        Some(Err(replay)) => {
+            tracing::error!(error = %replay, "replay after a failure failed too");
+            let failure = CheckpointFailure {
+                version: checkpoint.version + 1,
+                message: format!(
+                    "{replay} (while rebuilding the model after this failure at version {}: {})",
+                    failure.version, failure.message
+                ),
+            };
+            (None, checkpoint.version, Vec::new(), failure)
+        }
+    }
+}
+
+/// The failure recorded when a batch applied but its model does not
+/// serialise for the JSON store: nothing of the batch is committed, the
+/// cursor fails at the batch's first event.
+pub(super) fn unencodable_failure(checkpoint: &Checkpoint, message: String) -> CheckpointFailure {
+    tracing::error!(error = %message, "perspective model does not serialise; cursor marked failed");
+    CheckpointFailure {
+        version: checkpoint.version + 1,
+        message,
+    }
+}
+
+/// The model in the form a store keeps: serialised for a JSON store (the
+/// serialiser guarded like any user code).
+pub(super) fn encode(
+    format: ModelFormat,
+    reg: &'static PerspectiveRegistration,
+    model: Box<dyn AnyModel>,
+) -> std::result::Result<ModelValue, String> {
+    match format {
+        ModelFormat::Typed => Ok(ModelValue::Typed(model)),
+        ModelFormat::Json => guarded("serialising the model", || model.to_json())?
+            .map(ModelValue::Json)
+            .map_err(|e| model_not_json(reg.name, &e)),
+    }
+}
+
+/// The model as the perspective works on it, from a stored form it
+/// borrows (a JSON model is decoded, a typed one copied; a new one when
+/// there is none): the inline fold keeps the stored form for a replay.
+pub(super) fn decode_borrowed(
+    reg: &'static PerspectiveRegistration,
+    stored: Option<&ModelValue>,
+) -> std::result::Result<Box<dyn AnyModel>, String> {
+    match stored {
+        Some(ModelValue::Typed(m)) => {
+            guarded("copying the stored model (its `Clone`)", || m.clone_box())
+        }
+        Some(ModelValue::Json(j)) => decode_json(reg, j),
+        None => new_model(reg),
+    }
 }
 
 impl Engine {
@@ -301,26 +447,20 @@ impl Engine {
                     continue;
                 }
                 let mut stored = claimed.model;
-                let mut model: Option<Box<dyn AnyModel>> = None;
-                let mut applied = Vec::with_capacity(events.len());
-                let mut version = claimed.checkpoint.version;
-                for ev in &events {
-                    if !is_skipped(&claimed.checkpoint, ev.stream_version) {
-                        let loaded = match model.take() {
-                            Some(m) => Ok(m),
-                            None => decode_stored(reg, stored.take()),
-                        };
-                        let m = match loaded {
-                            Ok(m) => model.insert(m),
-                            Err(_) => return Ok(None),
-                        };
-                        if apply_guarded(reg, &mut **m, ev).is_err() {
-                            return Ok(None);
-                        }
-                    }
-                    applied.push(ev.event_id);
-                    version = ev.stream_version;
+                let folded = fold(
+                    reg,
+                    &claimed.checkpoint,
+                    || decode_stored(reg, stored.take()),
+                    &events,
+                );
+                if folded.failed.is_some() {
+                    return Ok(None);
                 }
+                let (model, version, applied) = (
+                    folded.model,
+                    folded.progress.version,
+                    folded.progress.applied,
+                );
                 let Ok(model) = model.map(|m| self.encode(reg, m)).transpose() else {
                     return Ok(None);
                 };
@@ -413,45 +553,27 @@ impl Engine {
         checkpoint: Checkpoint,
         events: &[Arc<StoredEvent>],
     ) -> Result<ApplyReport> {
-        let mut model: Option<Box<dyn AnyModel>> = None;
-        let mut applied = Vec::with_capacity(events.len());
-        let mut version = checkpoint.version;
-        let mut dirty = false;
-        for ev in events {
-            if is_skipped(&checkpoint, ev.stream_version) {
-                applied.push(ev.event_id);
-                version = ev.stream_version;
-                continue;
-            }
-            let loaded = match model.take() {
-                Some(m) => Ok(m),
-                None => load_model(reg, &mut *unit),
-            };
-            let result = loaded.and_then(|m| {
-                let m = model.insert(m);
-                apply_guarded(reg, &mut **m, ev)
-            });
-            if let Err(message) = result {
-                return Err(self
-                    .fail(
-                        reg,
-                        stream,
-                        unit,
-                        checkpoint,
-                        Progress {
-                            version,
-                            applied,
-                            dirty,
-                        },
-                        ev,
-                        message,
-                    )
-                    .await);
-            }
-            applied.push(ev.event_id);
-            version = ev.stream_version;
-            dirty = true;
+        let folded = fold(reg, &checkpoint, || load_model(reg, &mut *unit), events);
+        let Folded {
+            model,
+            progress,
+            failed,
+        } = folded;
+        if let Some((at, message)) = failed {
+            return Err(self
+                .fail(
+                    reg,
+                    stream,
+                    unit,
+                    checkpoint,
+                    progress,
+                    &events[at],
+                    message,
+                )
+                .await);
         }
+        let version = progress.version;
+        let applied = progress.applied;
         let model = match model.map(|m| self.encode(reg, m)).transpose() {
             Ok(m) => m,
             Err(message) => {
@@ -487,51 +609,22 @@ impl Engine {
         ev: &StoredEvent,
         message: String,
     ) -> Error {
-        tracing::error!(
-            event_id = %ev.event_id, version = ev.stream_version, error = %message,
-            "perspective failed; its cursor on this stream is marked failed"
-        );
-        let Progress {
-            mut version,
-            mut applied,
-            dirty,
-        } = progress;
-        let mut failure = CheckpointFailure {
-            version: ev.stream_version,
-            message,
-        };
         // The model may be half-mutated. Apply functions are pure, so the state
         // "everything before the failing event" is rebuilt by replaying the stream
         // from the start: no copy is paid on the hot path. When nothing was
         // applied to the model in this batch, the stored model is already that
-        // state and stays as it is (`None`).
-        let good = if dirty {
-            match self
-                .rebuild(reg, stream, version, &checkpoint)
-                .await
-                .and_then(|m| self.encode(reg, m))
-            {
-                Ok(m) => Some(m),
-                Err(replay) => {
-                    // Only an impure apply fails on replay what it applied before:
-                    // commit nothing of this batch and fail at its first event.
-                    tracing::error!(error = %replay, "replay after a failure failed too");
-                    version = checkpoint.version;
-                    applied.clear();
-                    failure = CheckpointFailure {
-                        version: checkpoint.version + 1,
-                        message: format!(
-                            "{replay} (while rebuilding the model after this failure at \
-                             version {}: {})",
-                            failure.version, failure.message
-                        ),
-                    };
-                    None
-                }
-            }
+        // state and stays as it is.
+        let replayed = if progress.dirty {
+            Some(
+                self.rebuild(reg, stream, progress.version, &checkpoint)
+                    .await
+                    .and_then(|m| encode(self.model_format, reg, m)),
+            )
         } else {
             None
         };
+        let (good, version, applied, failure) =
+            settle_failure(&checkpoint, progress, ev, message, replayed);
         self.commit_failure(
             reg, stream, unit, good, checkpoint, version, applied, failure,
         )
@@ -588,11 +681,7 @@ impl Engine {
         checkpoint: Checkpoint,
         message: String,
     ) -> Error {
-        tracing::error!(error = %message, "perspective model does not serialise; cursor marked failed");
-        let failure = CheckpointFailure {
-            version: checkpoint.version + 1,
-            message,
-        };
+        let failure = unencodable_failure(&checkpoint, message);
         let version = checkpoint.version;
         self.commit_failure(
             reg,
@@ -634,22 +723,16 @@ impl Engine {
         Ok(model)
     }
 
-    /// The model in the form the store keeps: serialised for a JSON store
-    /// (the serialiser guarded like any user code).
+    /// The model in the form the store keeps (see [`encode`]).
     fn encode(
         &self,
         reg: &'static PerspectiveRegistration,
         model: Box<dyn AnyModel>,
     ) -> std::result::Result<ModelValue, String> {
-        match self.model_format {
-            ModelFormat::Typed => Ok(ModelValue::Typed(model)),
-            ModelFormat::Json => guarded("serialising the model", || model.to_json())?
-                .map(ModelValue::Json)
-                .map_err(|e| model_not_json(reg.name, &e)),
-        }
+        encode(self.model_format, reg, model)
     }
 
-    fn notify(&self, report: &ApplyReport) {
+    pub(crate) fn notify(&self, report: &ApplyReport) {
         for l in self.listeners.iter() {
             // A listener's panic must not undo what is committed nor stop the
             // listeners after it (the sync tracker runs first, unguarded cost
@@ -664,12 +747,12 @@ impl Engine {
     }
 }
 
-/// How far a batch got before it failed.
-struct Progress {
+/// How far a batch got (before it failed).
+pub(super) struct Progress {
     /// The cursor: the last event applied (or moved past).
-    version: u64,
+    pub(super) version: u64,
     /// The events applied (or moved past) in this batch.
-    applied: Vec<EventId>,
+    pub(super) applied: Vec<EventId>,
     /// Whether the model was changed in this batch (it must be rebuilt).
-    dirty: bool,
+    pub(super) dirty: bool,
 }

@@ -17,6 +17,7 @@
 
 pub(crate) mod engine;
 pub(crate) mod fold;
+pub(crate) mod inline;
 mod registration;
 pub mod runner;
 

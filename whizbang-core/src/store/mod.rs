@@ -144,6 +144,96 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Where each known id sits; ids the store does not hold are absent.
     fn locate<'a>(&'a self, ids: &'a [EventId]) -> BoxFuture<'a, Result<Vec<EventLocation>>>;
+
+    /// Appends as [`append`](Self::append) does and, when the store can,
+    /// applies the inline perspectives `inline` names **in the same
+    /// transaction**: events, models, cursors (and a failed cursor's record)
+    /// commit together or not at all.
+    ///
+    /// A store that implements it, after its append and before its commit,
+    /// for each of [`InlineApply::targets`] (in a deadlock-free order of its
+    /// choosing; each target once): locks the target's cursor (waiting for a
+    /// claim that holds it), reads its checkpoint, its model and the stream's
+    /// events after the checkpoint (the appended ones included), hands them to
+    /// [`InlineApply::apply`] as a [`ClaimedModel`] whose `events` is `Some`,
+    /// and writes the [`ModelWrite`] it returns (if any) as a
+    /// [`PerspectiveUnit::commit`] would: model, cursor (with its failure when
+    /// it has one) and the store's applied wake-up. It returns the targets it
+    /// did this for in [`InlineAppended::applied`]; the runtime applies the
+    /// others later, as it does for a store that keeps the default.
+    ///
+    /// The default appends with [`append`](Self::append) and applies nothing
+    /// (`applied` is empty): the runtime applies the inline perspectives when
+    /// the scope flushes, in a second step. Dropping the future before it
+    /// completes must leave either everything (events and models) or nothing.
+    ///
+    /// # Errors
+    /// As [`append`](Self::append); an error writing a model or a cursor fails
+    /// the whole append (nothing stored). A perspective's own failure is not
+    /// an error here: it is in the cursor the fold writes.
+    fn append_inline<'a>(
+        &'a self,
+        streams: Vec<StreamAppend>,
+        inline: &'a dyn InlineApply,
+    ) -> BoxFuture<'a, Result<InlineAppended>> {
+        let _ = inline;
+        Box::pin(async move {
+            Ok(InlineAppended {
+                events: self.append(streams).await?,
+                applied: Vec::new(),
+            })
+        })
+    }
+}
+
+/// One model an [`EventStore::append_inline`] applies: an inline
+/// perspective and the key of its model (today the stream).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct InlineTarget {
+    /// The perspective's name.
+    pub perspective: &'static str,
+    /// The model's key.
+    pub key: ModelKey,
+}
+
+/// The runtime's side of [`EventStore::append_inline`]: which models to
+/// apply and the fold that applies them. The store calls back into it from
+/// inside its transaction; [`apply`](Self::apply) is synchronous, runs no
+/// I/O, and contains the perspective's errors and panics (they come back as
+/// a failed cursor in the write, never as a panic).
+pub trait InlineApply: Send + Sync {
+    /// The models to apply, each once.
+    fn targets(&self) -> &[InlineTarget];
+
+    /// Folds the events of `claimed` (the target at `index` of
+    /// [`targets`](Self::targets), as read under its lock; `events` must be
+    /// `Some`) into its model, and returns what to write in the append's
+    /// transaction: the new model (`None`: keep the stored one) and the new
+    /// checkpoint, which carries the failure when an event failed to apply.
+    /// `None`: write nothing (nothing to apply, or its cursor was already
+    /// failed). May be called again for the same target if the store retries
+    /// its transaction; the last call counts.
+    fn apply(&self, index: usize, claimed: ClaimedModel) -> Option<ModelWrite>;
+}
+
+/// What [`EventStore::append_inline`] stored and applied.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct InlineAppended {
+    /// The appended events, as [`EventStore::append`] returns them.
+    pub events: Vec<Arc<StoredEvent>>,
+    /// The indexes (into [`InlineApply::targets`]) of the targets applied in
+    /// the append's transaction, which committed. Empty from a store that
+    /// applies inline perspectives later (the default).
+    pub applied: Vec<usize>,
+}
+
+impl InlineAppended {
+    /// What a store returns: the stored events and the targets it applied.
+    #[must_use]
+    pub fn new(events: Vec<Arc<StoredEvent>>, applied: Vec<usize>) -> Self {
+        InlineAppended { events, applied }
+    }
 }
 
 /// The state of one perspective's progress on one stream.
@@ -337,8 +427,9 @@ pub struct ModelWrite {
     pub key: ModelKey,
     /// The new model; `None` leaves the stored one as it is.
     pub model: Option<ModelValue>,
-    /// The new checkpoint (never a failure: a failing model is not
-    /// committed in a batch).
+    /// The new checkpoint (never a failure in a [`PerspectiveBatch`]: a
+    /// failing model is not committed in a batch; it may be one from
+    /// [`InlineApply::apply`]).
     pub checkpoint: Checkpoint,
 }
 
