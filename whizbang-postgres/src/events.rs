@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 use uuid::Uuid;
 use whizbang_core::backend::{
-    BoxFuture, EventLocation, EventMetadata, EventStore, StoredEvent, StreamAppend,
+    BoxFuture, EventLocation, EventMetadata, EventStore, InlineAppended, InlineApply, StoredEvent,
+    StreamAppend,
 };
 use whizbang_core::error::Stored;
 use whizbang_core::{Error, EventId, MessageId, Metadata, Result, StreamId};
@@ -76,7 +77,14 @@ impl PgEventStore {
         &self.pool
     }
 
-    async fn append_all(&self, streams: Vec<StreamAppend>) -> Result<Vec<Arc<StoredEvent>>> {
+    /// Appends `streams` in one transaction and, with `inline`, applies its
+    /// inline perspectives before the commit (see [`crate::inline`]).
+    /// Returns the stored events and the inline targets applied.
+    async fn append_all(
+        &self,
+        streams: Vec<StreamAppend>,
+        inline: Option<&dyn InlineApply>,
+    ) -> Result<(Vec<Arc<StoredEvent>>, Vec<usize>)> {
         let plan = Plan::of(&streams)?;
         let what = || plan.describe();
         let rows = Rows::of(&streams)?;
@@ -171,22 +179,28 @@ impl PgEventStore {
         // A mismatch or a duplicate id: the transaction rolls back on drop.
         plan.check(&streams, &before)?;
         if plan.events == 0 {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         if let Some(dup) = rows.event_ids.iter().find(|id| !stored.contains_key(id)) {
             return Err(Error::DuplicateEventId {
                 event_id: EventId::from(*dup),
             });
         }
+        let events = Rows::stored(streams, &stored);
+        let applied = match inline {
+            Some(inline) => crate::inline::apply(&mut tx, inline, &events, &before).await?,
+            None => Vec::new(),
+        };
         tx.commit()
             .await
             .map_err(db_error(what(), Stored::Unknown))?;
         tracing::debug!(
             events = plan.events,
             streams = plan.added.len(),
+            inline = applied.len(),
             "appended events"
         );
-        Ok(Rows::stored(streams, &stored))
+        Ok((events, applied))
     }
 }
 
@@ -401,7 +415,20 @@ pub(crate) fn decode_event(row: EventRow) -> std::result::Result<StoredEvent, se
 
 impl EventStore for PgEventStore {
     fn append(&self, streams: Vec<StreamAppend>) -> BoxFuture<'_, Result<Vec<Arc<StoredEvent>>>> {
-        Box::pin(self.append_all(streams))
+        Box::pin(async move { Ok(self.append_all(streams, None).await?.0) })
+    }
+
+    /// Applies the inline perspectives in the append's transaction: see
+    /// [`PgEventStore`].
+    fn append_inline<'a>(
+        &'a self,
+        streams: Vec<StreamAppend>,
+        inline: &'a dyn InlineApply,
+    ) -> BoxFuture<'a, Result<InlineAppended>> {
+        Box::pin(async move {
+            let (events, applied) = self.append_all(streams, Some(inline)).await?;
+            Ok(InlineAppended::new(events, applied))
+        })
     }
 
     fn read_stream(

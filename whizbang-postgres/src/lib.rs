@@ -69,6 +69,7 @@ mod wire;
 
 mod backend;
 mod events;
+mod inline;
 mod listen;
 mod perspectives;
 mod queue;

@@ -73,9 +73,9 @@ struct SkippedDoc {
 }
 
 /// A cursor row as read: version, failed version, failure message, skipped.
-type CursorRow = (i64, Option<i64>, Option<String>, String);
+pub(crate) type CursorRow = (i64, Option<i64>, Option<String>, String);
 
-fn decode_cursor(row: CursorRow) -> std::result::Result<Checkpoint, serde_json::Error> {
+pub(crate) fn decode_cursor(row: CursorRow) -> std::result::Result<Checkpoint, serde_json::Error> {
     let (version, failed_version, message, skipped) = row;
     let skipped: Vec<SkippedDoc> = serde_json::from_str(&skipped)?;
     Ok(Checkpoint {
@@ -98,7 +98,7 @@ fn decode_cursor(row: CursorRow) -> std::result::Result<Checkpoint, serde_json::
     })
 }
 
-fn encode_skipped(skipped: &[SkippedEvent]) -> Result<String> {
+pub(crate) fn encode_skipped(skipped: &[SkippedEvent]) -> Result<String> {
     let docs: Vec<SkippedDoc> = skipped
         .iter()
         .map(|s| SkippedDoc {
@@ -115,7 +115,7 @@ fn encode_skipped(skipped: &[SkippedEvent]) -> Result<String> {
 }
 
 /// A stored value whizbang could not read back.
-fn corrupt(operation: String, source: serde_json::Error) -> Error {
+pub(crate) fn corrupt(operation: String, source: serde_json::Error) -> Error {
     Error::backend(
         BACKEND,
         format!(

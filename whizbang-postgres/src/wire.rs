@@ -79,11 +79,20 @@ pub(crate) fn decode_applied(payload: &str) -> Option<(&str, StreamId, u64)> {
 /// [`encode_applied`] entry per line, each payload below 7,900 bytes (the
 /// server's cap is 8,000).
 pub(crate) fn encode_applied_many(perspective: &str, entries: &[(StreamId, u64)]) -> Vec<String> {
+    encode_applied_lines(entries.iter().map(|(s, v)| (perspective, *s, *v)))
+}
+
+/// The payloads of one [`APPLIED_CHANNEL`] notification per chunk for a
+/// transaction that committed (perspective, stream, version) `entries` of
+/// any perspectives: as [`encode_applied_many`], one entry per line.
+pub(crate) fn encode_applied_lines<'a>(
+    entries: impl IntoIterator<Item = (&'a str, StreamId, u64)>,
+) -> Vec<String> {
     const CAP: usize = 7_900;
     let mut out = Vec::new();
     let mut payload = String::new();
-    for (stream, version) in entries {
-        let entry = encode_applied(perspective, *stream, *version);
+    for (perspective, stream, version) in entries {
+        let entry = encode_applied(perspective, stream, version);
         if !payload.is_empty() && payload.len() + 1 + entry.len() > CAP {
             out.push(std::mem::take(&mut payload));
         }

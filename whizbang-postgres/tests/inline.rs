@@ -1,0 +1,458 @@
+//! Inline perspectives on PostgreSQL apply in the append's transaction: once
+//! a send returns, its inline models and cursors already reflect its events
+//! (written by the same transaction as the events), a failing perspective
+//! marks its cursor failed there without undoing the append, a losing
+//! concurrent append changes no model, and a send dropped at any point
+//! leaves events and models together or neither.
+//!
+//! Every runtime here runs with the partitioned runner off and its in-process
+//! runner paused, so nothing but the append (or an explicit flush, catch-up
+//! or retry) applies a perspective.
+
+mod support;
+
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use support::{backend, bounded, fast_options, shut_down};
+use uuid::Uuid;
+use whizbang_core::{
+    perspective, receptor, Command, Context, Error, Event, ExpectedVersion, Perspective, Receptor,
+    Registry, Result, Runtime, StreamId,
+};
+use whizbang_postgres::Postgres;
+
+// ---- messages -------------------------------------------------------------------------
+
+#[derive(Command, Serialize, Deserialize)]
+#[command(output = ())]
+struct Deposit {
+    account: Uuid,
+    cents: i64,
+}
+
+#[derive(Event, Serialize, Deserialize, Debug, Clone)]
+#[event(name = "pg_inline.deposited")]
+struct Deposited {
+    #[stream_key]
+    account: Uuid,
+    cents: i64,
+}
+
+#[derive(Default)]
+struct Teller;
+
+#[receptor]
+impl Receptor<Deposit> for Teller {
+    async fn handle(&self, cmd: Deposit, cx: &mut Context) -> Result<()> {
+        cx.emit(Deposited {
+            account: cmd.account,
+            cents: cmd.cents,
+        })?;
+        Ok(())
+    }
+}
+
+/// Every deposit in order, so a model that applied one twice or skipped
+/// one differs from a fresh fold.
+#[derive(Default, Clone, Serialize, Deserialize, Debug, PartialEq)]
+struct Ledger {
+    cents: i64,
+    deposits: Vec<i64>,
+}
+
+// ---- perspectives ---------------------------------------------------------------------
+
+struct Balances;
+#[perspective(model = Ledger, name = "pg_inline.balances", mode = inline)]
+impl Balances {
+    fn deposited(l: &mut Ledger, e: &Deposited) {
+        l.cents += e.cents;
+        l.deposits.push(e.cents);
+    }
+}
+
+/// While set, a deposit of 13 cents fails to apply.
+static UNLUCKY: AtomicBool = AtomicBool::new(true);
+
+struct Picky;
+#[perspective(model = Ledger, name = "pg_inline.picky", mode = inline)]
+impl Picky {
+    fn deposited(l: &mut Ledger, e: &Deposited) -> std::result::Result<(), String> {
+        if e.cents == 13 && UNLUCKY.load(Ordering::SeqCst) {
+            return Err("13 cents is unlucky".to_owned());
+        }
+        l.cents += e.cents;
+        l.deposits.push(e.cents);
+        Ok(())
+    }
+}
+
+struct Second;
+#[perspective(model = Ledger, name = "pg_inline.second", mode = inline)]
+impl Second {
+    fn deposited(l: &mut Ledger, e: &Deposited) {
+        l.cents += e.cents;
+        l.deposits.push(e.cents);
+    }
+}
+
+static COUNTED: AtomicUsize = AtomicUsize::new(0);
+
+struct Counted;
+#[perspective(model = Ledger, name = "pg_inline.counted", mode = inline)]
+impl Counted {
+    fn deposited(l: &mut Ledger, e: &Deposited) {
+        COUNTED.fetch_add(1, Ordering::SeqCst);
+        l.cents += e.cents;
+        l.deposits.push(e.cents);
+    }
+}
+
+// ---- helpers --------------------------------------------------------------------------
+
+fn options() -> whizbang_postgres::PostgresOptions {
+    fast_options().runner(false)
+}
+
+/// A runtime on `pg` with the teller and the given perspectives, its
+/// in-process runner paused.
+fn runtime(pg: &Postgres, registry: Registry) -> Runtime {
+    let rt = Runtime::builder()
+        .registry(Arc::new(registry))
+        .backend(pg.clone())
+        .build()
+        .unwrap();
+    rt.runner().pause();
+    rt
+}
+
+/// The stored model of `P` for `account` (`None`: no row).
+async fn model<P: Perspective<Model = Ledger>>(rt: &Runtime, account: Uuid) -> Option<Ledger> {
+    rt.lens::<P>()
+        .get_versioned(account.into())
+        .await
+        .unwrap()
+        .map(|(m, _)| m)
+}
+
+/// `P`'s cursor on `account`: version, failed version, failure message.
+async fn cursor(
+    pool: &PgPool,
+    perspective: &str,
+    account: Uuid,
+) -> Option<(i64, Option<i64>, Option<String>)> {
+    sqlx::query_as(
+        "select version, failed_version, failure_message from wh_perspective_cursors
+          where perspective = $1 and model_key = $2",
+    )
+    .bind(perspective)
+    .bind(account)
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+}
+
+/// The transaction that wrote the stream's last event, its inline model row
+/// and its cursor row (`xmin` of each).
+async fn writers(pool: &PgPool, perspective: &str, account: Uuid) -> (String, String, String) {
+    sqlx::query_as(
+        "select (select xmin::text from wh_events where stream_id = $2
+                  order by stream_version desc limit 1),
+                coalesce((select xmin::text from wh_perspective_rows
+                           where perspective = $1 and model_key = $2), 'none'),
+                (select xmin::text from wh_perspective_cursors
+                  where perspective = $1 and model_key = $2)",
+    )
+    .bind(perspective)
+    .bind(account)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// Asserts that `P`'s stored model of `account` is a fresh fold of its
+/// stored events and that its cursor is at the stream's version: no event
+/// missing, none applied twice.
+async fn assert_is_fresh_fold<P: Perspective<Model = Ledger>>(
+    rt: &Runtime,
+    pool: &PgPool,
+    account: Uuid,
+) {
+    let folded = rt.aggregate::<P>(account).await.unwrap();
+    let stored = model::<P>(rt, account).await;
+    let version = rt
+        .event_store()
+        .stream_version(StreamId::from(account))
+        .await
+        .unwrap();
+    if version == 0 {
+        assert_eq!(stored, None, "{}: a model without events", P::NAME);
+        return;
+    }
+    assert_eq!(
+        stored.as_ref(),
+        Some(&folded.model),
+        "{}'s model of {account} is not a fresh fold of its {version} events",
+        P::NAME
+    );
+    let (at, failed, _) = cursor(pool, P::NAME, account).await.expect("a cursor");
+    assert_eq!((at as u64, failed), (version, None), "{}'s cursor", P::NAME);
+}
+
+fn registry(
+    with: impl FnOnce(whizbang_core::RegistryBuilder) -> whizbang_core::RegistryBuilder,
+) -> Registry {
+    with(Registry::builder().receptors_of::<Teller>())
+        .build()
+        .unwrap()
+}
+
+// ---- tests ----------------------------------------------------------------------------
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn a_send_returns_with_its_inline_model_and_cursor_written_by_the_append(pool: PgPool) {
+    let pg = backend(&pool, options()).await;
+    let rt = runtime(&pg, registry(|r| r.perspective::<Balances>()));
+    let account = Uuid::now_v7();
+    let scope = rt.scope();
+    for cents in [5, 7] {
+        bounded(scope.send(Deposit { account, cents }))
+            .await
+            .unwrap();
+        // Before complete(): already applied, by the append's own transaction.
+        let (event, row, cur) = writers(&pool, "pg_inline.balances", account).await;
+        assert_eq!(
+            (&row, &cur),
+            (&event, &event),
+            "one transaction wrote all three"
+        );
+    }
+    assert_eq!(
+        model::<Balances>(&rt, account).await,
+        Some(Ledger {
+            cents: 12,
+            deposits: vec![5, 7]
+        })
+    );
+    assert_eq!(
+        cursor(&pool, "pg_inline.balances", account).await,
+        Some((2, None, None))
+    );
+    // complete() has nothing left to apply, and the flush claims nothing:
+    // the cursor row is not written again.
+    let (_, _, before) = writers(&pool, "pg_inline.balances", account).await;
+    bounded(scope.complete()).await.unwrap();
+    let (_, _, after) = writers(&pool, "pg_inline.balances", account).await;
+    assert_eq!(before, after, "the flush wrote the cursor again");
+    assert_is_fresh_fold::<Balances>(&rt, &pool, account).await;
+    shut_down(rt, pg).await;
+}
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn a_failing_inline_apply_keeps_the_append_marks_its_cursor_failed_and_others_apply(
+    pool: PgPool,
+) {
+    UNLUCKY.store(true, Ordering::SeqCst);
+    let pg = backend(&pool, options()).await;
+    let rt = runtime(
+        &pg,
+        registry(|r| r.perspective::<Picky>().perspective::<Balances>()),
+    );
+    let account = Uuid::now_v7();
+    let scope = rt.scope();
+    bounded(scope.send(Deposit { account, cents: 4 }))
+        .await
+        .unwrap();
+    bounded(scope.send(Deposit { account, cents: 13 }))
+        .await
+        .unwrap();
+
+    // The events are stored, and in the same transaction as the last one the
+    // picky cursor was marked failed at it, keeping the model before it.
+    let events = rt
+        .event_store()
+        .read_stream(StreamId::from(account), 0)
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 2);
+    let (at, failed, message) = cursor(&pool, "pg_inline.picky", account).await.unwrap();
+    assert_eq!((at, failed), (1, Some(2)));
+    assert!(message.unwrap().contains("13 cents is unlucky"));
+    let (event, _, cur) = writers(&pool, "pg_inline.picky", account).await;
+    assert_eq!(
+        cur, event,
+        "the failure is written by the append's transaction"
+    );
+    assert_eq!(
+        model::<Picky>(&rt, account).await,
+        Some(Ledger {
+            cents: 4,
+            deposits: vec![4]
+        })
+    );
+    // The other perspective applied both.
+    assert_is_fresh_fold::<Balances>(&rt, &pool, account).await;
+
+    // complete() reports the failure.
+    match bounded(scope.complete()).await {
+        Err(Error::PerspectiveFailed {
+            perspective,
+            version,
+            message,
+            ..
+        }) => {
+            assert_eq!((perspective, version), ("pg_inline.picky", 2));
+            assert!(message.contains("13 cents is unlucky"));
+        }
+        other => panic!("expected PerspectiveFailed, got {other:?}"),
+    }
+
+    // Later sends are stored; the failed cursor stays where it is (a new
+    // scope reports it too) until it is retried, which applies everything.
+    let scope = rt.scope();
+    bounded(scope.send(Deposit { account, cents: 1 }))
+        .await
+        .unwrap();
+    assert!(matches!(
+        bounded(scope.complete()).await,
+        Err(Error::PerspectiveFailed { .. })
+    ));
+    assert_eq!(
+        cursor(&pool, "pg_inline.picky", account).await.unwrap().0,
+        1
+    );
+    UNLUCKY.store(false, Ordering::SeqCst);
+    bounded(rt.retry_perspective::<Picky>(account))
+        .await
+        .unwrap();
+    assert_is_fresh_fold::<Picky>(&rt, &pool, account).await;
+    UNLUCKY.store(true, Ordering::SeqCst);
+    shut_down(rt, pg).await;
+}
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn the_loser_of_two_appends_at_the_same_version_changes_no_model(pool: PgPool) {
+    let pg = backend(&pool, options()).await;
+    let rt = runtime(&pg, registry(|r| r.perspective::<Balances>()));
+    for round in 0..10 {
+        let account = Uuid::now_v7();
+        let (a, b) = (rt.scope(), rt.scope());
+        let deposit = |cents| Deposited { account, cents };
+        let (ra, rb) = tokio::join!(
+            bounded(a.publish_expecting(deposit(1), ExpectedVersion::NoStream)),
+            bounded(b.publish_expecting(deposit(2), ExpectedVersion::NoStream)),
+        );
+        let won = match (&ra, &rb) {
+            (Ok(_), Err(Error::Concurrency { .. })) => 1,
+            (Err(Error::Concurrency { .. }), Ok(_)) => 2,
+            other => panic!("round {round}: expected one winner, got {other:?}"),
+        };
+        assert_eq!(
+            model::<Balances>(&rt, account).await,
+            Some(Ledger {
+                cents: won,
+                deposits: vec![won]
+            }),
+            "round {round}"
+        );
+        assert_is_fresh_fold::<Balances>(&rt, &pool, account).await;
+        bounded(a.complete()).await.unwrap();
+        bounded(b.complete()).await.unwrap();
+    }
+    shut_down(rt, pg).await;
+}
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn a_send_dropped_at_any_await_leaves_events_and_models_together_or_neither(pool: PgPool) {
+    let pg = backend(&pool, options()).await;
+    let rt = runtime(
+        &pg,
+        registry(|r| r.perspective::<Balances>().perspective::<Second>()),
+    );
+    let accounts: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    // Kept open until the end, so no flush runs behind the check.
+    let scope = rt.scope();
+    let (mut finished, mut dropped) = (0, 0);
+    for i in 0..120u64 {
+        let account = accounts[(i % 3) as usize];
+        // From "not even started" to "surely finished", in small steps.
+        let budget = Duration::from_micros((i % 40) * 150);
+        let send = scope.send(Deposit {
+            account,
+            cents: i as i64 + 1,
+        });
+        match tokio::time::timeout(budget, send).await {
+            Ok(result) => {
+                result.unwrap();
+                finished += 1;
+            }
+            Err(_) => dropped += 1,
+        }
+    }
+    assert!(
+        finished > 0 && dropped > 0,
+        "{finished} finished, {dropped} dropped"
+    );
+    // A dropped transaction's connection is rolled back before it is reused.
+    for account in &accounts {
+        assert_is_fresh_fold::<Balances>(&rt, &pool, *account).await;
+        assert_is_fresh_fold::<Second>(&rt, &pool, *account).await;
+    }
+    bounded(scope.complete()).await.unwrap();
+    shut_down(rt, pg).await;
+}
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn concurrent_sends_flushes_and_catch_ups_apply_every_event_exactly_once(pool: PgPool) {
+    COUNTED.store(0, Ordering::SeqCst);
+    let pg = backend(&pool, fast_options()).await;
+    let rt = runtime(&pg, registry(|r| r.perspective::<Counted>()));
+    let accounts: Arc<Vec<Uuid>> = Arc::new((0..3).map(|_| Uuid::now_v7()).collect());
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..4i64 {
+        let (rt, accounts) = (rt.clone(), Arc::clone(&accounts));
+        tasks.spawn(async move {
+            for i in 0..20i64 {
+                let scope = rt.scope();
+                let account = accounts[((t + i) % 3) as usize];
+                scope
+                    .send(Deposit {
+                        account,
+                        cents: t * 100 + i,
+                    })
+                    .await
+                    .unwrap();
+                scope.complete().await.unwrap();
+            }
+        });
+    }
+    // Meanwhile, explicit catch-ups claim the same cursors.
+    {
+        let (rt, accounts) = (rt.clone(), Arc::clone(&accounts));
+        tasks.spawn(async move {
+            for i in 0..60usize {
+                let stream = StreamId::from(accounts[i % 3]);
+                rt.catch_up("pg_inline.counted", stream).await.unwrap();
+            }
+        });
+    }
+    bounded(async {
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap();
+        }
+    })
+    .await;
+    // Counted before the checks: a fresh fold applies too.
+    assert_eq!(
+        COUNTED.load(Ordering::SeqCst),
+        80,
+        "each event applied once"
+    );
+    for account in accounts.iter() {
+        assert_is_fresh_fold::<Counted>(&rt, &pool, *account).await;
+    }
+    shut_down(rt, pg).await;
+}
