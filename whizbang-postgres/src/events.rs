@@ -59,6 +59,15 @@ pub(crate) fn to_i64(value: u64, what: &str) -> Result<i64> {
 ///   migration).
 /// - [`StoredEvent::typed`] is always `None`: readers decode `data`.
 /// - Events are immutable: a trigger rejects `UPDATE` and `DELETE` on `wh_events`.
+/// - [`append_inline`](EventStore::append_inline) applies the inline
+///   perspectives the runtime hands it in the append's transaction, before
+///   `COMMIT`: each touched cursor is created if missing and locked
+///   (`for update`, ordered by perspective and key) with its model, the
+///   runtime's fold runs, and one statement writes the cursors (fenced on
+///   the version locked; a failure with its version and message), the models
+///   and one `NOTIFY` on the applied channel. A model moved by a claim this
+///   append waited for, and events a lagging cursor has not applied, are read
+///   again after the lock. Dropping the future rolls everything back.
 #[derive(Clone, Debug)]
 pub struct PgEventStore {
     pool: PgPool,

@@ -16,8 +16,10 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 impl Scope {
-    /// Completes the unit of work: inline perspectives apply now, async ones are
-    /// signalled. Afterwards nothing more can be sent through this scope.
+    /// Completes the unit of work: inline perspectives apply now (those an
+    /// append already applied in its transaction are not claimed again),
+    /// async ones are signalled. Afterwards nothing more can be sent through
+    /// this scope.
     /// Completing twice is harmless.
     ///
     /// Cancel-safe: dropped before it finishes (a timeout, a client that went

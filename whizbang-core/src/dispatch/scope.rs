@@ -31,7 +31,11 @@ pub(crate) struct ScopeShared {
 ///
 /// Commands sent and events published through a scope are appended at once;
 /// their perspectives are applied when the scope completes: inline ones before
-/// [`complete`](Scope::complete) returns, async ones by the runner. A scope
+/// [`complete`](Scope::complete) returns, async ones by the runner. An event
+/// store that implements
+/// [`EventStore::append_inline`](crate::store::EventStore::append_inline)
+/// (PostgreSQL) applies inline ones earlier, in the send's own append
+/// transaction, unless a receptor fires at a perspective stage. A scope
 /// dropped without completing still flushes (on a spawned task) and logs a warning.
 pub struct Scope {
     pub(crate) shared: Arc<ScopeShared>,

@@ -32,6 +32,14 @@ impl Scope {
     /// queued for perspectives; detached receptors start after the append, on
     /// the stored events. Dropping the future before the append stores nothing.
     ///
+    /// When the event store implements
+    /// [`append_inline`](crate::store::EventStore::append_inline) (PostgreSQL)
+    /// and no receptor fires at a perspective stage, the inline perspectives
+    /// of the appended events apply in the append's transaction: when `send`
+    /// returns they are applied (or their cursor is marked failed, which
+    /// [`complete`](Self::complete) reports), and a dropped send leaves
+    /// events and models together or neither.
+    ///
     /// # Errors
     /// [`Error::NoReceptor`], [`Error::ScopeCompleted`], [`Error::Concurrency`],
     /// the receptor's own error, [`Error::CascadeFailed`] when an event receptor
