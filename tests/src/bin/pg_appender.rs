@@ -17,6 +17,10 @@
 //!   the runner off (`PostgresOptions::runner(false)`) and the runtime's
 //!   in-process runner paused: this process applies nothing; another
 //!   process's runner must.
+//! - `pg_appender append-inline <url> <events> <stream>...`: the same with
+//!   the runner off and the in-process runner paused, registering only the
+//!   inline `InlineTotals` (`pg_inline_totals!`): the append applies it in
+//!   its own transaction, nothing else does. (`tests/pg_sigkill_inline.rs`)
 //! - `pg_appender runner <url> <lease_ms> <batch_size>`: only the runner
 //!   (`PostgresOptions::runner(true)`), no appends. Prints `ready <instance
 //!   id>` once started, `applied <stream> <from> <to>` after each commit that
@@ -54,6 +58,7 @@ use whizbang_postgres::{Postgres, PostgresOptions};
 use whizbang_tests::child::{outcome_label, say};
 
 whizbang_tests::pg_totals!();
+whizbang_tests::pg_inline_totals!();
 
 /// A second view of the same events, registered only by the `sync` role:
 /// no runner child runs it, so a wait on it cannot succeed.
@@ -102,6 +107,7 @@ const APPEND_LEASE: Duration = Duration::from_secs(2);
 
 const USAGE: &str = "usage: pg_appender append <url> <events> <stream>... | \
                      pg_appender append-only <url> <events> <stream>... | \
+                     pg_appender append-inline <url> <events> <stream>... | \
                      pg_appender runner <url> <lease_ms> <batch_size> | \
                      pg_appender sync <url> <timeout_ms> | \
                      pg_appender wait <url> <timeout_ms>";
@@ -113,6 +119,7 @@ enum Role {
         events: u64,
         streams: Vec<Uuid>,
         runner: bool,
+        inline: bool,
     },
     Runner {
         url: String,
@@ -136,7 +143,9 @@ fn parse(args: &[String]) -> Result<Role, String> {
             .map_err(|e| format!("{what} must be a number, not {s:?} ({e}); {USAGE}"))
     };
     match args.as_slice() {
-        [mode @ ("append" | "append-only"), url, events, streams @ ..] if !streams.is_empty() => {
+        [mode @ ("append" | "append-only" | "append-inline"), url, events, streams @ ..]
+            if !streams.is_empty() =>
+        {
             let streams = streams
                 .iter()
                 .map(|s| s.parse::<Uuid>())
@@ -147,6 +156,7 @@ fn parse(args: &[String]) -> Result<Role, String> {
                 events: number("events", events)?,
                 streams,
                 runner: *mode == "append",
+                inline: *mode == "append-inline",
             })
         }
         ["runner", url, lease_ms, batch] => Ok(Role::Runner {
@@ -176,7 +186,8 @@ async fn main() -> ExitCode {
             events,
             streams,
             runner,
-        }) => append(&url, events, &streams, runner).await,
+            inline,
+        }) => append(&url, events, &streams, runner, inline).await,
         Ok(Role::Runner { url, lease, batch }) => run_runner(&url, lease, batch).await,
         Ok(Role::Sync { url, timeout }) => sync(&url, timeout).await,
         Ok(Role::Wait { url, timeout }) => wait(&url, timeout).await,
@@ -230,10 +241,25 @@ async fn shut_down(rt: Runtime, pg: Postgres) -> Result<(), String> {
     bounded("closing the backend", pg.close()).await
 }
 
-async fn append(url: &str, events: u64, streams: &[Uuid], runner: bool) -> Result<(), String> {
+async fn append(
+    url: &str,
+    events: u64,
+    streams: &[Uuid],
+    runner: bool,
+    inline: bool,
+) -> Result<(), String> {
     let pg = connect(url, options(APPEND_LEASE).runner(runner)).await?;
+    let registry = if inline {
+        Registry::builder()
+            .perspective::<InlineTotals>()
+            .build()
+            .map(Arc::new)
+            .map_err(|e| e.to_string())?
+    } else {
+        totals_only()?
+    };
     let rt = Runtime::builder()
-        .registry(totals_only()?)
+        .registry(registry)
         .backend(pg.clone())
         .build()
         .map_err(|e| e.to_string())?;

@@ -134,3 +134,25 @@ macro_rules! pg_totals {
         }
     };
 }
+
+/// An inline perspective over `pg_totals!`'s events and model (use it after
+/// `pg_totals!()`): `InlineTotals`, registered as `pg_totals.inline`
+/// (`INLINE_TOTALS`), applied in the append's transaction. Its models are
+/// checked against `fold_totals` as `AccountTotals`' are.
+#[macro_export]
+macro_rules! pg_inline_totals {
+    () => {
+        struct InlineTotals;
+
+        /// The name `InlineTotals` is registered under.
+        #[allow(dead_code)]
+        const INLINE_TOTALS: &str = "pg_totals.inline";
+
+        #[::whizbang_core::perspective(model = Totals, name = "pg_totals.inline", mode = inline)]
+        impl InlineTotals {
+            fn added(m: &mut Totals, e: &Added) {
+                m.add(e.seq, e.amount);
+            }
+        }
+    };
+}
