@@ -99,6 +99,15 @@ impl Second {
     }
 }
 
+struct Third;
+#[perspective(model = Ledger, name = "pg_inline.third", mode = inline)]
+impl Third {
+    fn deposited(l: &mut Ledger, e: &Deposited) {
+        l.cents += e.cents;
+        l.deposits.push(e.cents);
+    }
+}
+
 static COUNTED: AtomicUsize = AtomicUsize::new(0);
 
 struct Counted;
@@ -108,6 +117,23 @@ impl Counted {
         COUNTED.fetch_add(1, Ordering::SeqCst);
         l.cents += e.cents;
         l.deposits.push(e.cents);
+    }
+}
+
+/// Deposits a perspective-stage receptor saw, in order.
+static INSPECTED: std::sync::Mutex<Vec<i64>> = std::sync::Mutex::new(Vec::new());
+
+/// Fires before the perspectives of each deposit: with it registered,
+/// inline perspectives apply when the scope completes, around it.
+#[derive(Default)]
+struct Inspector;
+
+#[receptor]
+#[fire_at(PrePerspectiveInline)]
+impl Receptor<Deposited> for Inspector {
+    async fn handle(&self, e: Deposited, _: &mut Context) -> Result<()> {
+        INSPECTED.lock().unwrap().push(e.cents);
+        Ok(())
     }
 }
 
@@ -454,5 +480,28 @@ async fn concurrent_sends_flushes_and_catch_ups_apply_every_event_exactly_once(p
     for account in accounts.iter() {
         assert_is_fresh_fold::<Counted>(&rt, &pool, *account).await;
     }
+    shut_down(rt, pg).await;
+}
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn with_a_perspective_stage_receptor_inline_perspectives_apply_at_completion_around_it(
+    pool: PgPool,
+) {
+    let pg = backend(&pool, options()).await;
+    let rt = runtime(
+        &pg,
+        registry(|r| r.receptors_of::<Inspector>().perspective::<Third>()),
+    );
+    let account = Uuid::now_v7();
+    let scope = rt.scope();
+    bounded(scope.send(Deposit { account, cents: 9 }))
+        .await
+        .unwrap();
+    // Not applied by the append: the stage must run first.
+    assert_eq!(model::<Third>(&rt, account).await, None);
+    assert!(!INSPECTED.lock().unwrap().contains(&9));
+    bounded(scope.complete()).await.unwrap();
+    assert!(INSPECTED.lock().unwrap().contains(&9));
+    assert_is_fresh_fold::<Third>(&rt, &pool, account).await;
     shut_down(rt, pg).await;
 }
