@@ -160,6 +160,8 @@ macro_rules! conformance_tests {
             read_stream_returns_the_events_after_a_version_in_order,
             stream_version_is_zero_for_a_new_stream_and_counts_its_events,
             locate_finds_stored_ids_and_leaves_unknown_ones_out,
+            append_inline_applies_a_target_with_the_events_or_not_at_all,
+            append_inline_commits_a_failed_cursor_with_the_events,
             a_second_claim_waits_until_the_first_unit_commits,
             a_second_claim_waits_until_the_first_unit_is_dropped,
             claims_on_other_keys_and_perspectives_do_not_wait,
@@ -215,6 +217,8 @@ pub async fn run_all(backend: &dyn BackendFactory) {
     read_stream_returns_the_events_after_a_version_in_order(backend).await;
     stream_version_is_zero_for_a_new_stream_and_counts_its_events(backend).await;
     locate_finds_stored_ids_and_leaves_unknown_ones_out(backend).await;
+    append_inline_applies_a_target_with_the_events_or_not_at_all(backend).await;
+    append_inline_commits_a_failed_cursor_with_the_events(backend).await;
     a_second_claim_waits_until_the_first_unit_commits(backend).await;
     a_second_claim_waits_until_the_first_unit_is_dropped(backend).await;
     claims_on_other_keys_and_perspectives_do_not_wait(backend).await;
@@ -235,10 +239,12 @@ pub async fn run_all(backend: &dyn BackendFactory) {
 
 mod event_store;
 mod helpers;
+mod inline;
 mod perspective_store;
 pub mod queue;
 mod sync_backend;
 
 pub use event_store::*;
+pub use inline::*;
 pub use perspective_store::*;
 pub use sync_backend::*;
