@@ -2,8 +2,11 @@
 //! a send returns, its inline models and cursors already reflect its events
 //! (written by the same transaction as the events), a failing perspective
 //! marks its cursor failed there without undoing the append, a losing
-//! concurrent append changes no model, and a send dropped at any point
-//! leaves events and models together or neither.
+//! concurrent append changes no model, a send dropped at any point leaves
+//! events and models together or neither, concurrent sends and catch-ups
+//! (and the runner) apply each event once, a lagging cursor is folded over
+//! the older events in the append, and with a perspective-stage receptor
+//! registered inline perspectives apply at completion instead.
 //!
 //! Every runtime here runs with the partitioned runner off and its in-process
 //! runner paused, so nothing but the append (or an explicit flush, catch-up
@@ -102,6 +105,15 @@ impl Second {
 struct Third;
 #[perspective(model = Ledger, name = "pg_inline.third", mode = inline)]
 impl Third {
+    fn deposited(l: &mut Ledger, e: &Deposited) {
+        l.cents += e.cents;
+        l.deposits.push(e.cents);
+    }
+}
+
+struct Fourth;
+#[perspective(model = Ledger, name = "pg_inline.fourth", mode = inline)]
+impl Fourth {
     fn deposited(l: &mut Ledger, e: &Deposited) {
         l.cents += e.cents;
         l.deposits.push(e.cents);
@@ -504,4 +516,40 @@ async fn with_a_perspective_stage_receptor_inline_perspectives_apply_at_completi
     assert!(INSPECTED.lock().unwrap().contains(&9));
     assert_is_fresh_fold::<Third>(&rt, &pool, account).await;
     shut_down(rt, pg).await;
+}
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn an_inline_perspective_added_later_folds_the_older_events_in_the_next_append(pool: PgPool) {
+    let pg = backend(&pool, options()).await;
+    // Events appended by a build without the perspective ..
+    let before = runtime(&pg, registry(|r| r.perspective::<Balances>()));
+    let account = Uuid::now_v7();
+    for cents in [1, 2, 3] {
+        let scope = before.scope();
+        bounded(scope.send(Deposit { account, cents }))
+            .await
+            .unwrap();
+        bounded(scope.complete()).await.unwrap();
+    }
+    assert_eq!(cursor(&pool, "pg_inline.fourth", account).await, None);
+    // .. are folded, in order, by the first append of a build with it.
+    let after = runtime(
+        &pg,
+        registry(|r| r.perspective::<Balances>().perspective::<Fourth>()),
+    );
+    let scope = after.scope();
+    bounded(scope.send(Deposit { account, cents: 4 }))
+        .await
+        .unwrap();
+    assert_eq!(
+        model::<Fourth>(&after, account).await,
+        Some(Ledger {
+            cents: 10,
+            deposits: vec![1, 2, 3, 4]
+        })
+    );
+    assert_is_fresh_fold::<Fourth>(&after, &pool, account).await;
+    bounded(scope.complete()).await.unwrap();
+    drop(before);
+    shut_down(after, pg).await;
 }
