@@ -13,6 +13,18 @@ use std::sync::Arc;
 use tracing::Instrument;
 
 impl Scope {
+    /// Fires the receptors of a stored `event` at `stages` (the outbox
+    /// publisher's `PreOutbox`/`PostOutbox`): inline ones each in a child
+    /// scope completed before this returns, detached ones on their own tasks.
+    pub(crate) async fn fire_stages(
+        &self,
+        event: &Arc<StoredEvent>,
+        stages: &[LifecycleStage],
+    ) -> Result<()> {
+        self.shared.log.ensure_open()?;
+        self.shared.fire_in_child(event, stages).await
+    }
+
     /// Handles an event received from another process (an inbox delivery),
     /// through the same path as [`publish`](Self::publish), with the inbox
     /// stages around it:
