@@ -166,9 +166,11 @@ impl<'a> EventModel<'a> {
         } else {
             common.registration()
         };
-        let publish = self
-            .publish
-            .then(|| quote!(const PUBLISH: bool = true;));
+        let publish = self.publish.then(|| {
+            quote!(
+                const PUBLISH: bool = true;
+            )
+        });
         let member = &self.stream_key;
         // Spanned on the field's type: "`T: StreamKey` is not satisfied" lands there.
         let stream_id = quote_spanned! {self.stream_key_ty.span()=>

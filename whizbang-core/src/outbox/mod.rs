@@ -234,7 +234,10 @@ mod tests {
     fn backoff_doubles_up_to_the_cap() {
         let ms = Duration::from_millis;
         let b = |n| backoff(n, ms(100), ms(1000));
-        assert_eq!([b(1), b(2), b(3), b(4), b(5)], [ms(100), ms(200), ms(400), ms(800), ms(1000)]);
+        assert_eq!(
+            [b(1), b(2), b(3), b(4), b(5)],
+            [ms(100), ms(200), ms(400), ms(800), ms(1000)]
+        );
         assert_eq!(backoff(u32::MAX, ms(100), ms(1000)), ms(1000));
     }
 }

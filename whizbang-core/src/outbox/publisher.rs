@@ -185,7 +185,9 @@ impl OutboxPublisher {
     fn edit(mut self, f: impl FnOnce(&mut Shared)) -> Self {
         match Arc::get_mut(&mut self.shared) {
             Some(shared) => f(shared),
-            None => tracing::warn!("an outbox publisher was configured after it was cloned; ignored"),
+            None => {
+                tracing::warn!("an outbox publisher was configured after it was cloned; ignored")
+            }
         }
         self
     }
@@ -298,8 +300,12 @@ impl OutboxPublisher {
         let id = message.id;
         let event = self.stored_event(entry);
         let attempt = async {
-            self.fire(&event, LifecycleStage::PreOutboxInline, LifecycleStage::PreOutboxDetached)
-                .await?;
+            self.fire(
+                &event,
+                LifecycleStage::PreOutboxInline,
+                LifecycleStage::PreOutboxDetached,
+            )
+            .await?;
             s.transport.publish(message).await
         };
         match attempt.await {
@@ -308,7 +314,11 @@ impl OutboxPublisher {
                 bump(&s.counters.published);
                 tracing::debug!("published");
                 if let Err(error) = self
-                    .fire(&event, LifecycleStage::PostOutboxInline, LifecycleStage::PostOutboxDetached)
+                    .fire(
+                        &event,
+                        LifecycleStage::PostOutboxInline,
+                        LifecycleStage::PostOutboxDetached,
+                    )
                     .await
                 {
                     tracing::warn!(%error, "a PostOutbox receptor failed (the event is published)");
@@ -326,11 +336,17 @@ impl OutboxPublisher {
                 match s.outbox.fail(id, s.instance, &text, retry_in).await? {
                     FailOutcome::DeadLettered { attempts } => {
                         bump(&s.counters.dead_lettered);
-                        Ok(PublishOutcome::DeadLettered { attempts, error: text })
+                        Ok(PublishOutcome::DeadLettered {
+                            attempts,
+                            error: text,
+                        })
                     }
                     FailOutcome::Retry { attempts } => {
                         bump(&s.counters.retried);
-                        Ok(PublishOutcome::Retrying { attempts, error: text })
+                        Ok(PublishOutcome::Retrying {
+                            attempts,
+                            error: text,
+                        })
                     }
                 }
             }
