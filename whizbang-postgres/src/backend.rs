@@ -329,6 +329,15 @@ impl Postgres {
         PgMessageQueue::with_options(self.inner.pool.clone(), options)
     }
 
+    /// The outbox on this backend's pool (the rows its event store writes
+    /// for outbound events), with the default
+    /// [`QueueOptions`](whizbang_core::queue::QueueOptions). Hand it to an
+    /// [`OutboxPublisher`](whizbang_core::outbox::OutboxPublisher).
+    #[must_use]
+    pub fn outbox(&self) -> crate::PgOutbox {
+        crate::PgOutbox::new(self.inner.pool.clone())
+    }
+
     /// The options it was connected with.
     #[must_use]
     pub fn options(&self) -> &PostgresOptions {

@@ -178,6 +178,9 @@ impl PgEventStore {
                 event_id: EventId::from(*dup),
             });
         }
+        // The outbox rows of outbound events (`#[event(publish)]`), in this
+        // transaction: they commit or roll back with the events.
+        crate::outbox::write(&mut tx, &streams, &stored).await?;
         tx.commit()
             .await
             .map_err(db_error(what(), Stored::Unknown))?;

@@ -70,6 +70,7 @@ mod wire;
 mod backend;
 mod events;
 mod listen;
+mod outbox;
 mod perspectives;
 mod queue;
 mod runner;
@@ -77,6 +78,7 @@ mod sync;
 
 pub use backend::{Postgres, PostgresOptions};
 pub use events::PgEventStore;
+pub use outbox::PgOutbox;
 pub use perspectives::PgPerspectiveStore;
 pub use queue::{PgMessageQueue, QueueWakeups, QUEUE_CHANNEL};
 pub use sync::PgSyncBackend;

@@ -47,6 +47,17 @@
 //! #[event(name = "orders.shipped", publish)] // leaves the service
 //! struct Shipped { #[stream_key] order: uuid::Uuid }
 //!
+//! // Service B's receptor for it, run when its inbox receives one.
+//! #[derive(Default)]
+//! struct Invoicing;
+//! #[whizbang_core::fire_at(PreInboxInline)]
+//! #[whizbang_core::receptor]
+//! impl whizbang_core::Receptor<Shipped> for Invoicing {
+//!     async fn handle(&self, _: Shipped, _: &mut whizbang_core::Context) -> whizbang_core::Result<()> {
+//!         Ok(())
+//!     }
+//! }
+//!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> whizbang_core::Result<()> {
 //! // Service A: its store writes outbound events to its outbox.
 //! let outbox = MemoryOutbox::new();
