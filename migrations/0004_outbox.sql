@@ -43,3 +43,69 @@ create index wh_outbox_pending_idx on wh_outbox (available_at, message_id)
 -- Dead letters, oldest first; published rows by age (for pruning).
 create index wh_outbox_dead_idx on wh_outbox (dead_at, message_id) where status = 'dead';
 create index wh_outbox_published_idx on wh_outbox (published_at) where status = 'published';
+
+-- The NOTIFY channel `base` in this schema: `base` in `public`, and
+-- `base.<schema>` in any other, so services sharing a database in their own
+-- schemas do not wake (or mislead) each other. Functions below that call it
+-- run with the search_path they were created with.
+create function wh_channel(base text) returns text
+    language sql stable
+    set search_path from current
+    as $$ select case when current_schema() = 'public' then base
+                      else base || '.' || current_schema() end $$;
+
+-- Enqueue a message delivered by another service's transport, waiting for
+-- this schema's inbox workers (not leased), atomically and idempotently by
+-- its id. Answers 'queued' (stored now), 'exists' (the id waits or is
+-- leased), 'processed' or 'dead'. Wakes this schema's queue workers when it
+-- stored the message.
+--
+-- `set search_path from current` pins the schema the migration ran in, so
+-- a caller whose session is in another schema (service A's transport
+-- delivering into service B's inbox) reaches B's tables. Like
+-- wh_enqueue_and_lease, it checks for a processed record or dead letter
+-- again after its insert, in a new snapshot.
+create function wh_enqueue(
+    p_message_id     uuid,
+    p_message_type   text,
+    p_payload        jsonb,
+    p_correlation_id uuid,
+    p_causation_id   uuid,
+    p_headers        jsonb,
+    p_enqueued_at    timestamptz
+) returns text
+    language plpgsql volatile
+    set search_path from current
+    as $$
+declare
+    v_inserted boolean;
+begin
+    if exists (select 1 from wh_processed_messages p where p.message_id = p_message_id) then
+        return 'processed';
+    end if;
+    if exists (select 1 from wh_dead_letters d where d.message_id = p_message_id) then
+        return 'dead';
+    end if;
+    insert into wh_message_queue as q
+        (message_id, message_type, payload, correlation_id, causation_id, headers,
+         enqueued_at, status, lease_owner, available_at, attempts)
+    values
+        (p_message_id, p_message_type, p_payload, p_correlation_id, p_causation_id, p_headers,
+         p_enqueued_at, 'queued', null, now(), 0)
+    on conflict (message_id) do nothing
+    returning true into v_inserted;
+    if v_inserted is null then
+        return 'exists';
+    end if;
+    if exists (select 1 from wh_processed_messages p where p.message_id = p_message_id) then
+        delete from wh_message_queue q where q.message_id = p_message_id;
+        return 'processed';
+    end if;
+    if exists (select 1 from wh_dead_letters d where d.message_id = p_message_id) then
+        delete from wh_message_queue q where q.message_id = p_message_id;
+        return 'dead';
+    end if;
+    perform pg_notify(wh_channel('wh_queue'), '');
+    return 'queued';
+end;
+$$;

@@ -74,14 +74,20 @@ mod outbox;
 mod perspectives;
 mod queue;
 mod runner;
+mod schema;
+mod service;
 mod sync;
+mod transport;
 
 pub use backend::{Postgres, PostgresOptions};
 pub use events::PgEventStore;
 pub use outbox::PgOutbox;
 pub use perspectives::PgPerspectiveStore;
 pub use queue::{PgMessageQueue, QueueWakeups, QUEUE_CHANNEL};
+pub use schema::{SchemaName, MAX_SCHEMA_NAME};
+pub use service::PgService;
 pub use sync::PgSyncBackend;
+pub use transport::PgTransport;
 
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
@@ -157,6 +163,9 @@ pub enum Error {
          database that matches this version"
     )]
     Migrate(#[from] MigrateError),
+    /// The schema asked for ([`PostgresOptions::schema`]) is not a valid name.
+    #[error("invalid PostgreSQL schema for this service: {0}")]
+    InvalidSchema(whizbang_core::Error),
     /// A database operation failed.
     #[error("PostgreSQL operation failed: see the source error for the server's message")]
     Database(#[from] sqlx::Error),
