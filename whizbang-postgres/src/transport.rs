@@ -140,10 +140,12 @@ impl PgTransport {
                 "queued" | "exists" | "processed" | "dead" => {
                     tracing::debug!(target_schema = %target.schema, %outcome, message_id = %message.id, "delivered");
                 }
-                other => return Err(Error::Invariant(format!(
+                other => {
+                    return Err(Error::Invariant(format!(
                     "wh_enqueue in schema `{}` answered {other:?}; is it newer than this build?",
                     target.schema
-                ))),
+                )))
+                }
             }
         }
         Ok(())
