@@ -111,7 +111,7 @@ impl PgTransport {
         let headers = json_text(&message.headers, message.id)?;
         for target in &self.targets {
             if let Some(types) = &target.types {
-                if !types.iter().any(|t| *t == message.message_type) {
+                if !types.contains(&message.message_type) {
                     continue;
                 }
             }

@@ -330,7 +330,7 @@ impl Outbox for MemoryOutbox {
                 _ => None,
             })
             .collect();
-        dead.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        dead.sort_by_key(|a| (a.0, a.1));
         let out = dead.into_iter().take(max).map(|(_, _, d)| d).collect();
         Box::pin(std::future::ready(Ok(out)))
     }
