@@ -46,11 +46,10 @@ create index wh_outbox_published_idx on wh_outbox (published_at) where status = 
 
 -- The NOTIFY channel `base` in this schema: `base` in `public`, and
 -- `base.<schema>` in any other, so services sharing a database in their own
--- schemas do not wake (or mislead) each other. Functions below that call it
--- run with the search_path they were created with.
+-- schemas do not wake (or mislead) each other. The Rust side names the
+-- channels by the same rule from the schema it set (`search_path`).
 create function wh_channel(base text) returns text
     language sql stable
-    set search_path from current
     as $$ select case when current_schema() = 'public' then base
                       else base || '.' || current_schema() end $$;
 

@@ -499,6 +499,7 @@ impl Backend for Postgres {
                         .iter()
                         .map(|p| p.name)
                         .collect(),
+                    channels: listen::Channels::of(&self.inner.listen_pool),
                 };
                 self.keep(tokio::spawn(listen::run(
                     listener,

@@ -154,7 +154,7 @@ impl PgEventStore {
         .bind(&rows.types)
         .bind(&rows.data)
         .bind(&rows.metadata)
-        .bind(wire::EVENTS_CHANNEL)
+        .bind(wire::channel(&self.pool, wire::EVENTS_CHANNEL))
         .bind(wire::encode_partitions(&partitions))
         .fetch_all(&mut *tx)
         .await

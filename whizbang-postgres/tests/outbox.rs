@@ -428,3 +428,40 @@ async fn a_hostile_schema_name_never_reaches_sql(pool: PgPool) {
         .unwrap_err();
     assert!(matches!(err, Error::InvalidInput(_)), "{err}");
 }
+
+#[sqlx::test(migrations = false)]
+async fn services_in_their_own_schemas_notify_on_their_own_channels(pool: PgPool) {
+    let pg_orders = connect(&pool, "orders").await;
+    let _pg_billing = connect(&pool, "billing").await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+        .await
+        .unwrap();
+    listener
+        .listen_all([
+            "whizbang_events.billing",
+            "whizbang_applied.billing",
+            "whizbang_events",
+            "whizbang_events.orders",
+        ])
+        .await
+        .unwrap();
+    let rt_orders = orders(&pg_orders);
+    let scope = rt_orders.scope();
+    scope
+        .send(PlaceOrder {
+            order: Uuid::now_v7(),
+            amount: 1,
+        })
+        .await
+        .unwrap();
+    scope.complete().await.unwrap();
+    // Orders' append notifies orders' events channel, and nothing else.
+    let first = bounded(listener.recv()).await.unwrap();
+    assert_eq!(first.channel(), "whizbang_events.orders");
+    let more = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await;
+    assert!(
+        more.is_err(),
+        "a notification leaked: {:?}",
+        more.map(|n| n.map(|n| n.channel().to_owned()))
+    );
+}

@@ -22,7 +22,7 @@ pub(super) fn announce(pool: &PgPool) {
     let pool = pool.clone();
     handle.spawn(async move {
         if let Err(error) = sqlx::query("select pg_notify($1, '')")
-            .bind(QUEUE_CHANNEL)
+            .bind(crate::wire::channel(&pool, QUEUE_CHANNEL))
             .execute(&pool)
             .await
         {
@@ -78,7 +78,9 @@ async fn listen(
     listening: &watch::Sender<bool>,
 ) -> Result<(), sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen(QUEUE_CHANNEL).await?;
+    listener
+        .listen(&crate::wire::channel(pool, QUEUE_CHANNEL))
+        .await?;
     let _ = listening.send(true);
     waker.notify_one();
     loop {
