@@ -59,6 +59,26 @@
 //! wakes an inbox worker (`whizbang_core::inbox`), which handles its messages
 //! on this queue as on any other.
 //!
+//! `0004` holds the outbox (`wh_outbox`, [`PgOutbox`] from
+//! [`Postgres::outbox`]): one row per outbound event (`#[event(publish)]`),
+//! inserted by [`PgEventStore`]'s append in its own transaction, leased by an
+//! `OutboxPublisher` through the partial index `wh_outbox_pending_idx` on
+//! `(available_at, message_id) where status = 'pending'`, marked `published`
+//! or `dead`. It also creates `wh_enqueue`, which a [`PgTransport`] of
+//! another service calls to put a message in this schema's inbox queue
+//! (pinned to its schema with `set search_path from current`), and
+//! `wh_channel`.
+//!
+//! # Several services in one database
+//!
+//! [`PostgresOptions::schema`] puts a service's tables in a schema of its
+//! own: `search_path` is set on every connection, [`Postgres::migrate`]
+//! creates the schema and migrates in it, and the NOTIFY channels are named
+//! `<channel>.<schema>` (the plain names stay for `public`).
+//! [`PgTransport`] delivers one service's outbox into another's inbox, and
+//! [`Postgres::service`] lets a caller wait until the other service's
+//! perspective applied an event it published ([`PgService`]).
+//!
 //! # Errors
 //!
 //! Every fallible function returns [`Error`]. Its `Display` text says what went

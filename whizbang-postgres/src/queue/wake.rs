@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
-/// The channel the queue notifies when messages become leasable.
+/// The channel the queue notifies when messages become leasable (in a
+/// schema of its own, [`PostgresOptions::schema`](crate::PostgresOptions::schema),
+/// `wh_queue.<schema>`).
 pub const QUEUE_CHANNEL: &str = "wh_queue";
 
 /// Sends the wake-up on its own task, after the statement that made messages
