@@ -419,7 +419,7 @@ async fn a_publisher_dropped_mid_publish_is_taken_over_and_the_event_handled_onc
 }
 
 #[tokio::test]
-async fn a_graceful_shutdown_releases_what_it_did_not_start() {
+async fn release_gives_the_leases_and_their_attempts_back() {
     let outbox = MemoryOutbox::new();
     let (a, _) = sender(&outbox);
     let scope = a.scope();
@@ -458,4 +458,110 @@ async fn a_graceful_shutdown_releases_what_it_did_not_start() {
             .unwrap()
     };
     assert_eq!(outcome, PublishOutcome::Published);
+}
+
+/// Accepts every message after a delay.
+struct Slow(MemoryTransport, Duration);
+impl Transport for Slow {
+    fn publish<'a>(&'a self, message: &'a QueuedMessage) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            tokio::time::sleep(self.1).await;
+            self.0.publish(message).await
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_graceful_shutdown_finishes_the_publish_in_flight_and_releases_the_rest() {
+    let outbox = MemoryOutbox::new();
+    let (a, _) = sender(&outbox);
+    let scope = a.scope();
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let order = Uuid::now_v7();
+        ids.push(
+            scope
+                .publish(OrderPlaced { order, amount: 1 })
+                .await
+                .unwrap(),
+        );
+    }
+    scope.complete().await.unwrap();
+    let transport = MemoryTransport::new();
+    let publisher = OutboxPublisher::new(
+        Arc::new(outbox.clone()),
+        Arc::new(Slow(transport.clone(), ms(100))),
+    )
+    .options(fast().batch(5));
+    let handle = publisher.start();
+    // The first publish is in flight (all five are leased).
+    until(|| {
+        ids.iter().all(|id| {
+            matches!(
+                futures_now(outbox.status(*id)),
+                Some(OutboxStatus::Pending { attempts: 1, .. })
+            )
+        })
+    })
+    .await;
+    bounded(handle.shutdown()).await;
+    assert_eq!(transport.published(), 1, "only the publish in flight ran");
+    let mut published = 0;
+    for id in &ids {
+        match outbox.status(*id).await.unwrap() {
+            Some(OutboxStatus::Published { attempts: 1 }) => published += 1,
+            Some(OutboxStatus::Pending { attempts: 0, .. }) => {}
+            other => panic!("{id}: {other:?}"),
+        }
+    }
+    assert_eq!(
+        published, 1,
+        "the publish in flight finished and was marked"
+    );
+    assert_eq!(publisher.stats().published, 1);
+}
+
+/// The status now (the memory outbox answers at once).
+fn futures_now(f: BoxFuture<'_, Result<Option<OutboxStatus>>>) -> Option<OutboxStatus> {
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    let mut f = f;
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(r) => r.unwrap(),
+        std::task::Poll::Pending => None,
+    }
+}
+
+#[tokio::test]
+async fn a_received_outbound_event_is_not_published_again_by_the_receiver() {
+    let a_outbox = MemoryOutbox::new();
+    let (a, _) = sender(&a_outbox);
+    // B's store has an outbox too: what B receives must not land in it.
+    let b_outbox = MemoryOutbox::new();
+    let effects = Arc::new(Effects::default());
+    let b = Runtime::builder()
+        .event_store(MemoryEventStore::new().with_outbox(b_outbox.clone()))
+        .shared_service(Arc::clone(&effects))
+        .build()
+        .unwrap();
+    let inbox = Inbox::builder(b, Arc::new(MemoryMessageQueue::new()))
+        .event::<OrderPlaced>()
+        .build();
+    let transport = MemoryTransport::new();
+    let _delivery = transport.subscribe(inbox.clone());
+    let order = Uuid::now_v7();
+    let scope = a.scope();
+    scope
+        .publish(OrderPlaced { order, amount: 2 })
+        .await
+        .unwrap();
+    scope.complete().await.unwrap();
+    let publisher = OutboxPublisher::new(Arc::new(a_outbox.clone()), Arc::new(transport));
+    assert_eq!(publisher.publish_once().await.unwrap(), 1);
+    until(|| effects.received(order) == 1).await;
+    until(|| inbox.stats().processed == 1).await;
+    assert!(
+        b_outbox.is_empty(),
+        "B wrote no outbox row for a received event"
+    );
 }
