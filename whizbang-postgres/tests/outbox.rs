@@ -465,3 +465,37 @@ async fn services_in_their_own_schemas_notify_on_their_own_channels(pool: PgPool
         more.map(|n| n.map(|n| n.channel().to_owned()))
     );
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_delivery_wakes_the_other_services_inbox_worker_on_its_own_channel(pool: PgPool) {
+    let pg_orders = connect(&pool, "orders").await;
+    let pg_billing = connect(&pool, "billing").await;
+    let rt_orders = orders(&pg_orders);
+    let (_rt_billing, inbox, invoices) = billing(&pg_billing);
+    // A worker that would poll once a minute: only the wake-up can start it.
+    let worker = InboxWorker::start(
+        inbox.clone(),
+        InboxWorkerOptions::default().poll_interval(Duration::from_secs(60)),
+    );
+    let mut wakeups = pg_billing.message_queue().wakeups(worker.waker());
+    bounded(wakeups.listening()).await;
+    let transport = PgTransport::new(pg_orders.pool().clone())
+        .deliver_to("billing")
+        .unwrap();
+    let publisher = OutboxPublisher::new(Arc::new(pg_orders.outbox()), Arc::new(transport));
+
+    let order = Uuid::now_v7();
+    let scope = rt_orders.scope();
+    scope.send(PlaceOrder { order, amount: 3 }).await.unwrap();
+    scope.complete().await.unwrap();
+    assert_eq!(bounded(publisher.publish_once()).await.unwrap(), 1);
+    // Within the 10 s bound, far below the worker's 60 s poll.
+    bounded(async {
+        while invoices.of(order) == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    drop(wakeups);
+    bounded(worker.shutdown()).await.unwrap();
+}

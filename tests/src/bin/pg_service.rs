@@ -7,7 +7,9 @@
 //!   receives `orders.order_placed` through its inbox (an inbox worker on its
 //!   queue): its `PreInboxInline` receptor opens one invoice per order (an
 //!   event appended with the received one, atomically) and its
-//!   `billing.receivables` perspective sums the amounts. Prints `ready`, then
+//!   `billing.receivables` perspective sums the amounts (its worker is woken
+//!   by the NOTIFY a delivery sends on billing's queue channel, and polls
+//!   every 200 ms besides). Prints `ready`, then
 //!   runs until its stdin closes or it is killed.
 //! - `pg_service orders <url> <n> <publish>`: service orders. Migrates its
 //!   schema and sends `n` `PlaceOrder` commands, each emitting an outbound
@@ -165,10 +167,16 @@ async fn billing(url: &str) -> std::result::Result<(), String> {
         .build();
     let worker = InboxWorker::start(
         inbox,
-        InboxWorkerOptions::default().poll_interval(Duration::from_millis(20)),
+        InboxWorkerOptions::default().poll_interval(Duration::from_millis(200)),
     );
+    // Deliveries into billing's queue NOTIFY its own channel: wake the worker.
+    let mut wakeups = pg.message_queue().wakeups(worker.waker());
+    tokio::time::timeout(BOUND, wakeups.listening())
+        .await
+        .map_err(|_| "LISTEN on billing's queue channel timed out".to_owned())?;
     say("ready");
     until_stdin_closes().await;
+    drop(wakeups);
     worker.shutdown().await.map_err(|e| e.to_string())?;
     Ok(())
 }
