@@ -24,8 +24,8 @@ pub(crate) fn schema_of(pool: &sqlx::PgPool) -> Option<String> {
     let startup = options.get_options()?;
     startup
         .split(' ')
-        .filter_map(|o| o.strip_prefix("search_path="))
-        .last()
+        .rev()
+        .find_map(|o| o.strip_prefix("search_path="))
         .map(str::to_owned)
 }
 
