@@ -112,6 +112,13 @@ impl<'a> EventModel<'a> {
                     name.set(key, attr::name_value(input)?);
                 } else if key == "publish" {
                     // A flag: `#[event(publish)]`.
+                    if input.peek(syn::Token![=]) {
+                        return Err(syn::Error::new(
+                            key.span(),
+                            "`publish` takes no value: write #[event(publish)] to make the \
+                             event leave the service through the outbox, or leave it out",
+                        ));
+                    }
                     publish.set(key, key.clone());
                 } else {
                     krate.set(key, attr::value::<syn::Path>(input)?);
