@@ -565,3 +565,17 @@ async fn a_received_outbound_event_is_not_published_again_by_the_receiver() {
         "B wrote no outbox row for a received event"
     );
 }
+
+#[tokio::test]
+async fn the_memory_outbox_keeps_the_outbox_contracts() {
+    use whizbang_core::backend::conformance::outbox::{run_all, OutboxUnderTest};
+    run_all(&|| async {
+        let outbox = MemoryOutbox::with_options(QueueOptions::default().max_attempts(3));
+        OutboxUnderTest {
+            events: Arc::new(MemoryEventStore::json().with_outbox(outbox.clone())),
+            outbox: Arc::new(outbox),
+            tick: ms(20),
+        }
+    })
+    .await;
+}

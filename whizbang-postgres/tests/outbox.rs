@@ -499,3 +499,31 @@ async fn a_delivery_wakes_the_other_services_inbox_worker_on_its_own_channel(poo
     drop(wakeups);
     bounded(worker.shutdown()).await.unwrap();
 }
+
+#[sqlx::test(migrations = false)]
+async fn the_postgres_outbox_keeps_the_outbox_contracts(pool: PgPool) {
+    use whizbang_core::backend::conformance::outbox::{run_all, OutboxUnderTest};
+    // Each contract gets an empty outbox: a schema of its own.
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let connect = (*pool.connect_options()).clone();
+    run_all(&move || {
+        let n = next.fetch_add(1, Ordering::SeqCst);
+        let connect = connect.clone();
+        async move {
+            let options = fast_options().runner(false).schema(format!("contract_{n}"));
+            let pg = Postgres::connect_with_options(connect, options)
+                .await
+                .unwrap();
+            pg.migrate().await.unwrap();
+            OutboxUnderTest {
+                events: Arc::new(PgEventStore::new(pg.pool().clone())),
+                outbox: Arc::new(whizbang_postgres::PgOutbox::with_options(
+                    pg.pool().clone(),
+                    QueueOptions::default().max_attempts(3),
+                )),
+                tick: Duration::from_millis(300),
+            }
+        }
+    })
+    .await;
+}
