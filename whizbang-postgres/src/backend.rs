@@ -187,6 +187,8 @@ struct Inner {
     listen_pool: PgPool,
     /// The LISTEN tasks and runners started for runtimes, for `close`.
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Other services of the database, by schema ([`Postgres::service`]).
+    services: Mutex<std::collections::HashMap<String, crate::PgService>>,
 }
 
 /// The PostgreSQL backend: event store, perspective store, sync backend,
@@ -321,6 +323,7 @@ impl Postgres {
                 listener: Mutex::new(Some(listener)),
                 listen_pool,
                 tasks: Mutex::new(Vec::new()),
+                services: Mutex::new(std::collections::HashMap::new()),
             }),
         })
     }
@@ -362,9 +365,19 @@ impl Postgres {
     ///
     /// # Errors
     /// [`Error::InvalidSchema`] for an invalid schema name.
+    /// The same `PgService` (and its one LISTEN connection) is handed out
+    /// for a schema every time.
     pub fn service(&self, schema: &str) -> Result<crate::PgService, Error> {
         let schema = crate::SchemaName::new(schema).map_err(Error::InvalidSchema)?;
-        Ok(crate::PgService::new(self.inner.pool.clone(), schema))
+        let mut services = self
+            .inner
+            .services
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(services
+            .entry(schema.as_str().to_owned())
+            .or_insert_with(|| crate::PgService::new(self.inner.pool.clone(), schema))
+            .clone())
     }
 
     /// The connection pool (for your own queries, or tests).

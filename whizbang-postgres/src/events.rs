@@ -180,7 +180,7 @@ impl PgEventStore {
         }
         // The outbox rows of outbound events (`#[event(publish)]`), in this
         // transaction: they commit or roll back with the events.
-        crate::outbox::write(&mut tx, &streams, &stored).await?;
+        crate::outbox::write(&mut tx, &streams, &stored, &self.pool).await?;
         tx.commit()
             .await
             .map_err(db_error(what(), Stored::Unknown))?;

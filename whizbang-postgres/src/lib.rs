@@ -101,7 +101,7 @@ mod transport;
 
 pub use backend::{Postgres, PostgresOptions};
 pub use events::PgEventStore;
-pub use outbox::PgOutbox;
+pub use outbox::{OutboxWakeups, PgOutbox, OUTBOX_CHANNEL};
 pub use perspectives::PgPerspectiveStore;
 pub use queue::{PgMessageQueue, QueueWakeups, QUEUE_CHANNEL};
 pub use schema::{SchemaName, MAX_SCHEMA_NAME};

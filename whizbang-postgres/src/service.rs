@@ -3,8 +3,11 @@
 
 use crate::events::{db_error, to_u64};
 use crate::SchemaName;
+use sqlx::postgres::PgListener;
 use sqlx::PgPool;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use tokio::sync::Notify;
 use tracing::Instrument as _;
 use uuid::Uuid;
 use whizbang_core::backend::EventSyncStatus;
@@ -39,14 +42,33 @@ use whizbang_core::{EventId, Result, StreamId, SyncOutcome};
 /// read from B's `wh_events` and `wh_perspective_cursors` (schema-qualified,
 /// the name validated and quoted): applied once B's cursor for `P` on the
 /// event's stream reached the event's version, exactly as B's own waiters
-/// decide. The wait re-asks with a backoff from 2 ms up to 50 ms (one cheap
-/// primary-key query each), so it ends at most about 50 ms after B applied
-/// the event, or at the timeout.
+/// decide. The wait re-asks whenever the service commits an apply (one
+/// LISTEN connection on its applied channel per `PgService`, started by the
+/// first wait and shared by all; a cheap primary-key query per re-ask), and
+/// on a backoff from 5 ms up to 200 ms besides, which bounds what a lost
+/// notification costs. Cheap to clone (clones share the LISTEN).
 #[derive(Clone, Debug)]
 pub struct PgService {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     pool: PgPool,
     schema: SchemaName,
     statement: String,
+    /// Notified (all waiters) on every NOTIFY on the service's applied channel.
+    applied: Arc<Notify>,
+    /// The LISTEN task, started by the first wait.
+    listener: OnceLock<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(task) = self.listener.get() {
+            task.abort();
+        }
+    }
 }
 
 impl PgService {
@@ -60,16 +82,50 @@ impl PgService {
               where e.event_id = $2"
         );
         PgService {
-            pool,
-            schema,
-            statement,
+            inner: Arc::new(Inner {
+                pool,
+                schema,
+                statement,
+                applied: Arc::new(Notify::new()),
+                listener: OnceLock::new(),
+            }),
         }
+    }
+
+    /// Starts, once, the LISTEN on the service's applied channel (one
+    /// connection for every wait on this service).
+    fn listen(&self) {
+        let inner = &self.inner;
+        inner.listener.get_or_init(|| {
+            let pool = inner.pool.clone();
+            let channel = inner.schema.channel(crate::wire::APPLIED_CHANNEL);
+            let applied = Arc::clone(&inner.applied);
+            tokio::spawn(async move {
+                loop {
+                    let result: std::result::Result<(), sqlx::Error> = async {
+                        let mut listener = PgListener::connect_with(&pool).await?;
+                        listener.listen(&channel).await?;
+                        // What was applied before the LISTEN: re-ask now.
+                        applied.notify_waiters();
+                        loop {
+                            listener.recv().await?;
+                            applied.notify_waiters();
+                        }
+                    }
+                    .await;
+                    if let Err(error) = result {
+                        tracing::debug!(%error, "LISTEN on another service's applied channel failed; retrying in 1 s");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            })
+        });
     }
 
     /// Its schema.
     #[must_use]
     pub fn schema(&self) -> &SchemaName {
-        &self.schema
+        &self.inner.schema
     }
 
     /// Where `event` stands for the service's perspective `perspective`:
@@ -85,15 +141,15 @@ impl PgService {
         event: EventId,
     ) -> Result<EventSyncStatus> {
         type Row = (Uuid, i64, Option<i64>, Option<i64>, Option<String>);
-        let row: Option<Row> = sqlx::query_as(&self.statement)
+        let row: Option<Row> = sqlx::query_as(&self.inner.statement)
             .bind(perspective)
             .bind(event.as_uuid())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.inner.pool)
             .await
             .map_err(db_error(
                 format!(
                     "read whether perspective `{perspective}` of schema `{}` applied event {event}",
-                    self.schema
+                    self.inner.schema
                 ),
                 Stored::Nothing,
             ))?;
@@ -127,7 +183,7 @@ impl PgService {
     ) -> Result<SyncOutcome> {
         let span = tracing::info_span!(
             "whizbang.service.wait",
-            schema = %self.schema,
+            schema = %self.inner.schema,
             perspective,
             event_id = %event,
         );
@@ -142,9 +198,14 @@ impl PgService {
         event: EventId,
         timeout: Duration,
     ) -> Result<SyncOutcome> {
+        self.listen();
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut delay = Duration::from_millis(2);
+        let mut delay = Duration::from_millis(5);
         loop {
+            // Registered before the read: a commit after it wakes this wait.
+            let applied = self.inner.applied.notified();
+            tokio::pin!(applied);
+            applied.as_mut().enable();
             match self.perspective_status(perspective, event).await? {
                 EventSyncStatus::Applied => return Ok(SyncOutcome::Synced),
                 EventSyncStatus::Failed {
@@ -164,8 +225,12 @@ impl PgService {
             if now >= deadline {
                 return Ok(SyncOutcome::TimedOut);
             }
-            tokio::time::sleep(delay.min(deadline - now)).await;
-            delay = (delay * 2).min(Duration::from_millis(50));
+            tokio::select! {
+                () = &mut applied => {}
+                () = tokio::time::sleep(delay.min(deadline - now)) => {
+                    delay = (delay * 2).min(Duration::from_millis(200));
+                }
+            }
         }
     }
 }

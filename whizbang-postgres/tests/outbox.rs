@@ -215,6 +215,11 @@ async fn an_event_leaves_orders_and_billing_applies_it_and_orders_waits_for_it(p
         .runtime(rt_orders.clone())
         .options(quick());
     let handle = publisher.start();
+    // What orders' wait listens to: billing's applied channel.
+    let mut applied = sqlx::postgres::PgListener::connect_with(&pool)
+        .await
+        .unwrap();
+    applied.listen("whizbang_applied.billing").await.unwrap();
 
     // The command in orders emits the outbound event.
     let order = Uuid::now_v7();
@@ -232,6 +237,12 @@ async fn an_event_leaves_orders_and_billing_applies_it_and_orders_waits_for_it(p
     .unwrap();
     assert_eq!(outcome, SyncOutcome::Synced);
     assert_eq!(invoices.of(order), 1);
+    let heard = bounded(applied.recv()).await.unwrap();
+    assert!(
+        heard.payload().contains("pg_outbox.receivables"),
+        "billing's apply NOTIFYs its own applied channel: {}",
+        heard.payload()
+    );
     let model: serde_json::Value = sqlx::query_scalar(
         "select data from billing.wh_perspective_rows where perspective = $1 and model_key = $2",
     )

@@ -212,7 +212,10 @@ async fn orders(url: &str, n: u64, publish: bool) -> std::result::Result<(), Str
     let pg = connect(url, "orders").await?;
     let rt = orders_runtime(&pg)?;
     let handle = if publish {
-        Some(publisher_of(&pg, Arc::new(to_billing(&pg)?)).start())
+        let publisher = publisher_of(&pg, Arc::new(to_billing(&pg)?));
+        // Woken by orders' own appends that wrote outbox rows.
+        let wakeups = pg.outbox().wakeups(publisher.waker());
+        Some((publisher.start(), wakeups))
     } else {
         None
     };
@@ -243,7 +246,8 @@ async fn orders(url: &str, n: u64, publish: bool) -> std::result::Result<(), Str
             say(&format!("sent {i}"));
         }
     }
-    if let Some(handle) = handle {
+    if let Some((handle, wakeups)) = handle {
+        drop(wakeups);
         handle.shutdown().await;
     }
     say("finished");

@@ -218,6 +218,14 @@ impl OutboxPublisher {
         self.edit(|s| s.wake = notify)
     }
 
+    /// What wakes the started publisher: notify it (`notify_one`) when rows
+    /// were written, for example from a backend's LISTEN
+    /// (`PgOutbox::wakeups`).
+    #[must_use]
+    pub fn waker(&self) -> Arc<Notify> {
+        Arc::clone(&self.shared.wake)
+    }
+
     /// The instance that owns its leases.
     #[must_use]
     pub fn instance_id(&self) -> InstanceId {

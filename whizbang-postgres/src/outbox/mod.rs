@@ -29,15 +29,24 @@ const STATUS: &str = include_str!("sql/status.sql");
 const DEAD_LETTERS: &str = include_str!("sql/dead_letters.sql");
 const PRUNE_PUBLISHED: &str = include_str!("sql/prune_published.sql");
 
+/// The channel an append that wrote outbox rows NOTIFYs (once, at commit);
+/// `wh_outbox.<schema>` in a schema of its own.
+pub const OUTBOX_CHANNEL: &str = "wh_outbox";
+
 /// Writes the outbox rows of the outbound events of an append
 /// ([`NewEvent::outbound`](whizbang_core::backend::NewEvent::outbound)) on
 /// `conn`, inside the append's transaction: they commit or roll back with
 /// the events. `stored` maps each appended event id to its (version,
 /// position). One statement; none when no event is outbound.
+///
+/// The statement also NOTIFYs the outbox channel of `pool`'s schema
+/// ([`OUTBOX_CHANNEL`]), delivered when the append commits, to wake
+/// publishers listening with [`PgOutbox::wakeups`].
 pub(crate) async fn write(
     conn: &mut PgConnection,
     streams: &[StreamAppend],
     stored: &HashMap<Uuid, (i64, i64)>,
+    pool: &PgPool,
 ) -> Result<()> {
     let outbound = streams
         .iter()
@@ -67,6 +76,7 @@ pub(crate) async fn write(
     if ids.is_empty() {
         return Ok(());
     }
+    let channel = crate::wire::channel(pool, OUTBOX_CHANNEL);
     sqlx::query(WRITE)
         .bind(&ids)
         .bind(&types)
@@ -77,6 +87,7 @@ pub(crate) async fn write(
         .bind(&enqueued)
         .bind(&stream_ids)
         .bind(&versions)
+        .bind(&channel)
         .execute(conn)
         .await
         .map_err(db_error(
@@ -133,6 +144,40 @@ impl PgOutbox {
     #[must_use]
     pub fn with_options(pool: PgPool, options: QueueOptions) -> Self {
         PgOutbox { pool, options }
+    }
+
+    /// Wakes `waker` (`notify_one`) whenever an append in this outbox's
+    /// schema wrote outbox rows (a NOTIFY on [`OUTBOX_CHANNEL`] at its
+    /// commit), and once after each (re)connect: hand it to
+    /// [`OutboxPublisher::wake_on`](whizbang_core::outbox::OutboxPublisher::wake_on)
+    /// so new rows are published without waiting for the publisher's poll.
+    /// A lost wake-up costs one poll interval. Stops when dropped.
+    #[must_use]
+    pub fn wakeups(&self, waker: std::sync::Arc<tokio::sync::Notify>) -> OutboxWakeups {
+        let pool = self.pool.clone();
+        let (tx, listening) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let channel = crate::wire::channel(&pool, OUTBOX_CHANNEL);
+            loop {
+                let result: std::result::Result<(), sqlx::Error> = async {
+                    let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+                    listener.listen(&channel).await?;
+                    let _ = tx.send(true);
+                    waker.notify_one();
+                    loop {
+                        listener.recv().await?;
+                        waker.notify_one();
+                    }
+                }
+                .await;
+                if let Err(error) = result {
+                    let _ = tx.send(false);
+                    tracing::warn!(%error, "outbox wake-ups lost their connection; reconnecting in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        });
+        OutboxWakeups { task, listening }
     }
 
     /// Deletes up to `batch` published rows published longer than
@@ -353,5 +398,27 @@ impl Outbox for PgOutbox {
 
     fn dead_letters(&self, max: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>>> {
         Box::pin(self.dead_letters_now(max))
+    }
+}
+
+/// A LISTEN on the outbox channel that wakes a publisher (see
+/// [`PgOutbox::wakeups`]). Stops when dropped.
+#[derive(Debug)]
+pub struct OutboxWakeups {
+    task: tokio::task::JoinHandle<()>,
+    listening: tokio::sync::watch::Receiver<bool>,
+}
+
+impl OutboxWakeups {
+    /// Waits until the LISTEN is established (rows written before it are
+    /// covered by the wake-up it gives when it starts).
+    pub async fn listening(&mut self) {
+        let _ = self.listening.wait_for(|l| *l).await;
+    }
+}
+
+impl Drop for OutboxWakeups {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
