@@ -142,6 +142,7 @@ async fn direct_calls(
                 extra: Metadata::default(),
             },
             typed: None,
+            outbound: false,
         }],
     }])?;
     let mut unit = models.claim("TotalsView", stream_id).await?;

@@ -59,6 +59,7 @@
 //! - [`lens`]: reading models.
 //! - [`store`]: the storage traits and the in-memory backend.
 //! - [`queue`]: the lease-based message queue under the inbox and the outbox.
+//! - [`outbox`]: outbound events (`#[event(publish)]`), written in the append, published through a transport.
 //! - [`inbox`]: messages from other processes, each handled once in its own scope, and the worker that recovers orphans.
 //! - [`backend`]: the seam a storage backend implements, with its contract in one place.
 //! - [`registry`]: the compile-time routing tables.
@@ -79,6 +80,7 @@ pub mod error;
 pub mod inbox;
 pub mod lens;
 pub mod message;
+pub mod outbox;
 pub mod perspective;
 pub mod queue;
 pub mod registry;

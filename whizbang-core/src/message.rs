@@ -128,6 +128,13 @@ pub trait Message: Serialize + DeserializeOwned + Send + Sync + 'static {
     note = "add #[derive(whizbang_core::Event)] to `{Self}` and mark its stream id field with #[stream_key]"
 )]
 pub trait Event: Message<Output = ()> {
+    /// Whether the event leaves the service: `#[event(publish)]` sets it.
+    /// Every append of an outbound event writes it to the outbox in the
+    /// append's own transaction (all or nothing with the event), and an
+    /// outbox publisher sends it through a transport
+    /// (see [`outbox`](crate::outbox)).
+    const PUBLISH: bool = false;
+
     /// The stream this event belongs to.
     fn stream_id(&self) -> StreamId;
 }

@@ -111,9 +111,19 @@ pub struct MessageRegistration {
     pub kind: MessageKind,
     /// Its `TypeId`.
     pub type_id: fn() -> TypeId,
+    /// Whether it leaves the service through the outbox (`#[event(publish)]`).
+    pub outbound: bool,
 }
 
 impl MessageRegistration {
+    /// Marks it outbound (`#[event(publish)]`). For generated code.
+    #[doc(hidden)]
+    #[must_use]
+    pub const fn outbound(mut self) -> Self {
+        self.outbound = true;
+        self
+    }
+
     /// The registration of message `M`. For generated code.
     #[doc(hidden)]
     #[must_use]
@@ -124,6 +134,7 @@ impl MessageRegistration {
             module_path,
             kind: M::KIND,
             type_id: TypeId::of::<M>,
+            outbound: false,
         }
     }
 }

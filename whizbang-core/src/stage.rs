@@ -17,9 +17,9 @@ pub enum StagePoint {
     PreDistribute,
     /// With the append, as the default receptors.
     PostDistribute,
-    /// After distribution, before an outbox row is written.
+    /// In the outbox publisher, before an outbound event is published.
     PreOutbox,
-    /// After distribution, where an outbox row is written.
+    /// In the outbox publisher, after an outbound event was published.
     PostOutbox,
     /// Before a message received from another process is handled (an inbox, through `Scope::receive`).
     PreInbox,
@@ -40,17 +40,17 @@ impl StagePoint {
         matches!(self, StagePoint::PreInbox | StagePoint::PostInbox)
     }
 
-    /// Whether this point fires with an append (distribute and outbox points),
-    /// rather than at the flush.
+    /// Whether this point fires in the outbox publisher (for outbound events only).
+    #[must_use]
+    pub const fn is_outbox(self) -> bool {
+        matches!(self, StagePoint::PreOutbox | StagePoint::PostOutbox)
+    }
+
+    /// Whether this point fires with an append (the distribute points),
+    /// rather than at the flush or in the outbox publisher.
     #[must_use]
     pub const fn fires_at_append(self) -> bool {
-        matches!(
-            self,
-            StagePoint::PreDistribute
-                | StagePoint::PostDistribute
-                | StagePoint::PreOutbox
-                | StagePoint::PostOutbox
-        )
+        matches!(self, StagePoint::PreDistribute | StagePoint::PostDistribute)
     }
 }
 
@@ -68,7 +68,7 @@ pub enum StageMode {
 /// | point | fires |
 /// | --- | --- |
 /// | `PreDistribute` / `PostDistribute` | with the append, before / as the default receptors |
-/// | `PreOutbox` / `PostOutbox` | after distribution, where an outbox row is written |
+/// | `PreOutbox` / `PostOutbox` | in the outbox publisher, before / after an outbound event (`#[event(publish)]`) is published |
 /// | `PreInbox` / `PostInbox` | for messages received from other processes (an inbox, through `Scope::receive`) |
 /// | `PrePerspective` / `PostPerspective` | at the flush, around the event's perspectives |
 /// | `PostAllPerspectives` | after the whole flush |
@@ -80,7 +80,7 @@ pub enum StageMode {
 /// Event receptors without `#[fire_at]` run at `PostDistributeInline`, or at
 /// `PostDistributeDetached` when they await perspective sync.
 ///
-/// The inline distribute and outbox stages are a send's cascade: they run
+/// The inline distribute stages are a send's cascade: they run
 /// *before* the send's one append, on the events as they will be stored (ids,
 /// payload, metadata; `position` and `stream_version` are not assigned yet and
 /// read 0), and what they emit is appended together with the send's events, or
@@ -179,8 +179,9 @@ impl LifecycleStage {
         self.point.is_inbox()
     }
 
-    /// Whether this stage fires with an append (distribute and outbox stages:
-    /// inline ones just before it, detached ones after it), rather than at the flush.
+    /// Whether this stage fires with an append (distribute stages: inline
+    /// ones just before it, detached ones after it), rather than at the
+    /// flush or in the outbox publisher.
     #[must_use]
     pub const fn fires_at_append(self) -> bool {
         self.point.fires_at_append()
@@ -270,7 +271,7 @@ mod tests {
     }
 
     #[test]
-    fn append_stages_are_the_distribute_and_outbox_points() {
+    fn append_stages_are_the_distribute_points() {
         let points: Vec<_> = LifecycleStage::at_append().map(|s| s.point).collect();
         assert_eq!(
             points,
@@ -279,10 +280,6 @@ mod tests {
                 StagePoint::PreDistribute,
                 StagePoint::PostDistribute,
                 StagePoint::PostDistribute,
-                StagePoint::PreOutbox,
-                StagePoint::PreOutbox,
-                StagePoint::PostOutbox,
-                StagePoint::PostOutbox,
             ]
         );
     }

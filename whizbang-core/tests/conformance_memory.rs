@@ -380,6 +380,7 @@ async fn woken_by(wake: impl FnOnce(&Runtime, &ApplyReport)) {
                     extra: whizbang_core::Metadata::default(),
                 },
                 typed: None,
+                outbound: false,
             }],
         }])
         .await

@@ -31,6 +31,7 @@ fn event(id: EventId, stream: StreamId) -> NewEvent {
             extra: Metadata::default(),
         },
         typed: None,
+        outbound: false,
     }
 }
 

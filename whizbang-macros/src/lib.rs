@@ -32,6 +32,9 @@ use proc_macro::TokenStream;
 ///   `StreamKey` (`Uuid`, `StreamId`, or your own id type).
 /// - `#[event(name = "orders.created")]` sets the wire name (default: the
 ///   type name). The wire name is stored with every event: keep it stable.
+/// - `#[event(publish)]` makes it an outbound event: besides being stored,
+///   every append of it writes an outbox row in the append's own
+///   transaction, and an outbox publisher sends it to other services.
 /// - `#[event(crate = path)]` names the runtime crate when it is not `::whizbang_core`.
 ///
 /// Events must be concrete (non-generic) structs.
@@ -40,7 +43,7 @@ use proc_macro::TokenStream;
 /// use whizbang_core::Event;
 ///
 /// #[derive(Event, Serialize, Deserialize)]
-/// #[event(name = "orders.created")]
+/// #[event(name = "orders.created", publish)] // leaves the service through the outbox
 /// struct OrderCreated {
 ///     #[stream_key]
 ///     order_id: Uuid,

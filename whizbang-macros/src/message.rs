@@ -64,11 +64,16 @@ impl Common<'_> {
     }
 
     fn registration(&self) -> TokenStream {
+        self.registration_with(&TokenStream::new())
+    }
+
+    /// The registration, with `then` (builder calls) applied to the record.
+    fn registration_with(&self, then: &TokenStream) -> TokenStream {
         let Common { ident, krate, .. } = self;
         let type_name = ident.to_string();
         quote! {
             #krate::__private::inventory::submit! {
-                #krate::__private::MessageRegistration::of::<#ident>(#type_name, ::core::module_path!())
+                #krate::__private::MessageRegistration::of::<#ident>(#type_name, ::core::module_path!())#then
             }
         }
     }
@@ -88,20 +93,33 @@ struct EventModel<'a> {
     common: Common<'a>,
     stream_key: Member,
     stream_key_ty: &'a Type,
+    /// `#[event(publish)]`: the event leaves the service through the outbox.
+    publish: bool,
 }
 
 impl<'a> EventModel<'a> {
     fn from_ast(cx: &Ctxt, input: &'a DeriveInput) -> Option<Self> {
         let mut name = Attr::none(cx, "name");
         let mut krate = Attr::none(cx, "crate");
+        let mut publish = Attr::none(cx, "publish");
         attr::parse_helper_attrs(
             cx,
             &input.attrs,
             "event",
-            &["name", "crate"],
+            &["name", "publish", "crate"],
             |key, input| {
                 if key == "name" {
                     name.set(key, attr::name_value(input)?);
+                } else if key == "publish" {
+                    // A flag: `#[event(publish)]`.
+                    if input.peek(syn::Token![=]) {
+                        return Err(syn::Error::new(
+                            key.span(),
+                            "`publish` takes no value: write #[event(publish)] to make the \
+                             event leave the service through the outbox, or leave it out",
+                        ));
+                    }
+                    publish.set(key, key.clone());
                 } else {
                     krate.set(key, attr::value::<syn::Path>(input)?);
                 }
@@ -136,11 +154,13 @@ impl<'a> EventModel<'a> {
             name: name.get().map_or_else(|| ident.to_string(), |n| n.value()),
             krate: krate.get().unwrap_or_else(attr::default_crate_path),
         };
+        let publish = publish.get().is_some();
         let (stream_key, stream_key_ty) = stream_key?;
         Some(EventModel {
             common,
             stream_key,
             stream_key_ty,
+            publish,
         })
     }
 
@@ -148,7 +168,16 @@ impl<'a> EventModel<'a> {
         let common = &self.common;
         let Common { ident, krate, .. } = common;
         let message = common.message_impl("Event", &quote!(()));
-        let registration = common.registration();
+        let registration = if self.publish {
+            common.registration_with(&quote!(.outbound()))
+        } else {
+            common.registration()
+        };
+        let publish = self.publish.then(|| {
+            quote!(
+                const PUBLISH: bool = true;
+            )
+        });
         let member = &self.stream_key;
         // Spanned on the field's type: "`T: StreamKey` is not satisfied" lands there.
         let stream_id = quote_spanned! {self.stream_key_ty.span()=>
@@ -158,6 +187,7 @@ impl<'a> EventModel<'a> {
             const _: () = {
                 #message
                 impl #krate::__private::Event for #ident {
+                    #publish
                     fn stream_id(&self) -> #krate::__private::StreamId {
                         #stream_id
                     }

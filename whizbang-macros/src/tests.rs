@@ -30,6 +30,18 @@ fn derive_event_implements_message_event_and_registers() {
 }
 
 #[test]
+fn derive_event_with_publish_marks_it_outbound() {
+    let out = expand_derive_event(quote! {
+        #[event(name = "orders.placed", publish)]
+        struct OrderPlaced {
+            #[stream_key]
+            order_id: Uuid,
+        }
+    });
+    insta::assert_snapshot!(pretty(out));
+}
+
+#[test]
 fn derive_event_on_tuple_struct_reads_the_indexed_field() {
     let out = expand_derive_event(quote! {
         struct Pinged(u32, #[stream_key] StreamId);

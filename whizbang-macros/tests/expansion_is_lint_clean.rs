@@ -28,7 +28,7 @@ enum CloseAccount {
 }
 
 #[derive(Event, Serialize, Deserialize)]
-#[event(name = "accounts.opened")]
+#[event(name = "accounts.opened", publish)]
 struct AccountOpened {
     #[stream_key]
     account: Uuid,

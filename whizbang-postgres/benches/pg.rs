@@ -306,6 +306,7 @@ fn new_event(stream: StreamId, n: u64) -> NewEvent {
             extra: Metadata::default(),
         },
         typed: None,
+        outbound: false,
     }
 }
 

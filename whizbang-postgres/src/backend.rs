@@ -59,6 +59,15 @@ pub struct PostgresOptions {
     /// How many (perspective, stream) catch-ups run at once, asked for
     /// (default 4). See [`effective_runner_concurrency`](Self::effective_runner_concurrency).
     pub runner_concurrency: usize,
+    /// The PostgreSQL schema this service keeps its tables in (default
+    /// `None`: the server's default search path, normally `public`). Set
+    /// it to run several services in one database, each with its own
+    /// events, read models, inbox and outbox: every pooled connection (and
+    /// the LISTEN connection) gets `search_path` set to it at connect,
+    /// [`Postgres::migrate`] creates the schema and runs the migrations in
+    /// it, and the `wh_enqueue` function a [`PgTransport`](crate::PgTransport)
+    /// calls is pinned to it. Validated at connect ([`SchemaName`](crate::SchemaName)).
+    pub schema: Option<String>,
 }
 
 impl Default for PostgresOptions {
@@ -72,6 +81,7 @@ impl Default for PostgresOptions {
             batch_size: 500,
             runner: true,
             runner_concurrency: 4,
+            schema: None,
         }
     }
 }
@@ -138,6 +148,13 @@ impl PostgresOptions {
         self
     }
 
+    /// Sets [`schema`](Self::schema).
+    #[must_use]
+    pub fn schema(mut self, name: impl Into<String>) -> Self {
+        self.schema = Some(name.into());
+        self
+    }
+
     /// The concurrency actually used, by the partitioned runner and by the
     /// runtime's in-process runner alike: the one asked for, clamped to
     /// `(pool_size - 1) / 2` (at least 1).
@@ -159,6 +176,8 @@ impl PostgresOptions {
 struct Inner {
     pool: PgPool,
     options: PostgresOptions,
+    /// [`PostgresOptions::schema`], validated.
+    schema: Option<crate::SchemaName>,
     instance_id: Uuid,
     /// The LISTEN connection made by `connect`, taken by the first runtime
     /// the backend is installed on.
@@ -168,6 +187,8 @@ struct Inner {
     listen_pool: PgPool,
     /// The LISTEN tasks and runners started for runtimes, for `close`.
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Other services of the database, by schema ([`Postgres::service`]).
+    services: Mutex<std::collections::HashMap<String, crate::PgService>>,
 }
 
 /// The PostgreSQL backend: event store, perspective store, sync backend,
@@ -234,7 +255,8 @@ impl Postgres {
             source,
         };
         let connect: PgConnectOptions = url.parse().map_err(connect_error)?;
-        Self::connect_to(connect, options)
+        let schema = Self::schema_of(&options)?;
+        Self::connect_to(connect, options, schema)
             .await
             .map_err(connect_error)
     }
@@ -254,18 +276,33 @@ impl Postgres {
             connect.get_port(),
             connect.get_database().unwrap_or_default()
         );
-        Self::connect_to(connect, options)
+        let schema = Self::schema_of(&options)?;
+        Self::connect_to(connect, options, schema)
             .await
             .map_err(|source| Error::Connect { url, source })
+    }
+
+    fn schema_of(options: &PostgresOptions) -> Result<Option<crate::SchemaName>, Error> {
+        options
+            .schema
+            .as_deref()
+            .map(crate::SchemaName::new)
+            .transpose()
+            .map_err(Error::InvalidSchema)
     }
 
     async fn connect_to(
         connect: PgConnectOptions,
         options: PostgresOptions,
+        schema: Option<crate::SchemaName>,
     ) -> Result<Postgres, sqlx::Error> {
         let instance_id = Uuid::now_v7();
         let timeout_ms = options.lease_duration.as_millis().to_string();
-        let connect = connect.options([("idle_in_transaction_session_timeout", timeout_ms)]);
+        let mut connect = connect.options([("idle_in_transaction_session_timeout", timeout_ms)]);
+        if let Some(schema) = &schema {
+            // A validated name: nothing to escape in the startup option.
+            connect = connect.options([("search_path", schema.as_str())]);
+        }
         // One connection first, alone: a pool would retry a refused
         // connection until its acquire timeout and report only "timed out".
         PgConnection::connect_with(&connect).await?.close().await?;
@@ -281,10 +318,12 @@ impl Postgres {
             inner: Arc::new(Inner {
                 pool,
                 options,
+                schema,
                 instance_id,
                 listener: Mutex::new(Some(listener)),
                 listen_pool,
                 tasks: Mutex::new(Vec::new()),
+                services: Mutex::new(std::collections::HashMap::new()),
             }),
         })
     }
@@ -295,8 +334,50 @@ impl Postgres {
     ///
     /// # Errors
     /// [`Error::Migrate`] when a migration fails or an applied one changed.
+    ///
+    /// With a [`schema`](PostgresOptions::schema), creates it first when it
+    /// does not exist, then migrates in it (its own `_sqlx_migrations`).
     pub async fn migrate(&self) -> Result<(), Error> {
+        if let Some(schema) = &self.inner.schema {
+            let create = format!("create schema if not exists {}", schema.quoted());
+            // Two processes creating it at once: one may lose the race on
+            // the catalog's unique index; the schema exists either way.
+            if let Err(error) = sqlx::query(&create).execute(&self.inner.pool).await {
+                let raced = matches!(&error, sqlx::Error::Database(db)
+                    if db.code().is_some_and(|c| c == "23505" || c == "42P06"));
+                if !raced {
+                    return Err(Error::Database(error));
+                }
+            }
+        }
         crate::migrate(&self.inner.pool).await
+    }
+
+    /// The schema this service keeps its tables in, when one was set
+    /// ([`PostgresOptions::schema`]).
+    #[must_use]
+    pub fn schema(&self) -> Option<&crate::SchemaName> {
+        self.inner.schema.as_ref()
+    }
+
+    /// Another service of this database, in `schema`: to wait until its
+    /// perspectives applied events this service published (see [`PgService`](crate::PgService)).
+    ///
+    /// # Errors
+    /// [`Error::InvalidSchema`] for an invalid schema name.
+    /// The same `PgService` (and its one LISTEN connection) is handed out
+    /// for a schema every time.
+    pub fn service(&self, schema: &str) -> Result<crate::PgService, Error> {
+        let schema = crate::SchemaName::new(schema).map_err(Error::InvalidSchema)?;
+        let mut services = self
+            .inner
+            .services
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(services
+            .entry(schema.as_str().to_owned())
+            .or_insert_with(|| crate::PgService::new(self.inner.pool.clone(), schema))
+            .clone())
     }
 
     /// The connection pool (for your own queries, or tests).
@@ -327,6 +408,15 @@ impl Postgres {
         options: whizbang_core::queue::QueueOptions,
     ) -> PgMessageQueue {
         PgMessageQueue::with_options(self.inner.pool.clone(), options)
+    }
+
+    /// The outbox on this backend's pool (the rows its event store writes
+    /// for outbound events), with the default
+    /// [`QueueOptions`](whizbang_core::queue::QueueOptions). Hand it to an
+    /// [`OutboxPublisher`](whizbang_core::outbox::OutboxPublisher).
+    #[must_use]
+    pub fn outbox(&self) -> crate::PgOutbox {
+        crate::PgOutbox::new(self.inner.pool.clone())
     }
 
     /// The options it was connected with.
@@ -422,6 +512,7 @@ impl Backend for Postgres {
                         .iter()
                         .map(|p| p.name)
                         .collect(),
+                    channels: listen::Channels::of(&self.inner.listen_pool),
                 };
                 self.keep(tokio::spawn(listen::run(
                     listener,

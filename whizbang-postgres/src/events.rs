@@ -171,7 +171,7 @@ impl PgEventStore {
         .bind(&rows.types)
         .bind(&rows.data)
         .bind(&rows.metadata)
-        .bind(wire::EVENTS_CHANNEL)
+        .bind(wire::channel(&self.pool, wire::EVENTS_CHANNEL))
         .bind(wire::encode_partitions(&partitions))
         .fetch_all(&mut *tx)
         .await
@@ -195,6 +195,9 @@ impl PgEventStore {
                 event_id: EventId::from(*dup),
             });
         }
+        // The outbox rows of outbound events (`#[event(publish)]`), in this
+        // transaction: they commit or roll back with the events.
+        crate::outbox::write(&mut tx, &streams, &stored, &self.pool).await?;
         let events = Rows::stored(streams, &stored);
         let applied = match inline {
             Some(inline) => crate::inline::apply(&mut tx, inline, &events, &before).await?,

@@ -59,6 +59,26 @@
 //! wakes an inbox worker (`whizbang_core::inbox`), which handles its messages
 //! on this queue as on any other.
 //!
+//! `0004` holds the outbox (`wh_outbox`, [`PgOutbox`] from
+//! [`Postgres::outbox`]): one row per outbound event (`#[event(publish)]`),
+//! inserted by [`PgEventStore`]'s append in its own transaction, leased by an
+//! `OutboxPublisher` through the partial index `wh_outbox_pending_idx` on
+//! `(available_at, message_id) where status = 'pending'`, marked `published`
+//! or `dead`. It also creates `wh_enqueue`, which a [`PgTransport`] of
+//! another service calls to put a message in this schema's inbox queue
+//! (pinned to its schema with `set search_path from current`), and
+//! `wh_channel`.
+//!
+//! # Several services in one database
+//!
+//! [`PostgresOptions::schema`] puts a service's tables in a schema of its
+//! own: `search_path` is set on every connection, [`Postgres::migrate`]
+//! creates the schema and migrates in it, and the NOTIFY channels are named
+//! `<channel>.<schema>` (the plain names stay for `public`).
+//! [`PgTransport`] delivers one service's outbox into another's inbox, and
+//! [`Postgres::service`] lets a caller wait until the other service's
+//! perspective applied an event it published ([`PgService`]).
+//!
 //! # Errors
 //!
 //! Every fallible function returns [`Error`]. Its `Display` text says what went
@@ -71,16 +91,24 @@ mod backend;
 mod events;
 mod inline;
 mod listen;
+mod outbox;
 mod perspectives;
 mod queue;
 mod runner;
+mod schema;
+mod service;
 mod sync;
+mod transport;
 
 pub use backend::{Postgres, PostgresOptions};
 pub use events::PgEventStore;
+pub use outbox::{OutboxWakeups, PgOutbox, OUTBOX_CHANNEL};
 pub use perspectives::PgPerspectiveStore;
 pub use queue::{PgMessageQueue, QueueWakeups, QUEUE_CHANNEL};
+pub use schema::{SchemaName, MAX_SCHEMA_NAME};
+pub use service::PgService;
 pub use sync::PgSyncBackend;
+pub use transport::PgTransport;
 
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
@@ -156,6 +184,9 @@ pub enum Error {
          database that matches this version"
     )]
     Migrate(#[from] MigrateError),
+    /// The schema asked for ([`PostgresOptions::schema`]) is not a valid name.
+    #[error("invalid PostgreSQL schema for this service: {0}")]
+    InvalidSchema(whizbang_core::Error),
     /// A database operation failed.
     #[error("PostgreSQL operation failed: see the source error for the server's message")]
     Database(#[from] sqlx::Error),

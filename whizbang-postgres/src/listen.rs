@@ -85,12 +85,29 @@ pub(crate) async fn gone(mut gone: Gone) {
 }
 
 /// A listener on both channels, LISTENing when this returns.
+/// The channels are those of the pool's schema ([`wire::channel`]).
 pub(crate) async fn connect(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
+    let channels = Channels::of(pool);
     listener
-        .listen_all([wire::EVENTS_CHANNEL, wire::APPLIED_CHANNEL])
+        .listen_all([channels.events.as_str(), channels.applied.as_str()])
         .await?;
     Ok(listener)
+}
+
+/// The names of the events and applied channels in a pool's schema.
+pub(crate) struct Channels {
+    events: String,
+    applied: String,
+}
+
+impl Channels {
+    pub(crate) fn of(pool: &PgPool) -> Self {
+        Channels {
+            events: wire::channel(pool, wire::EVENTS_CHANNEL),
+            applied: wire::channel(pool, wire::APPLIED_CHANNEL),
+        }
+    }
 }
 
 /// What the LISTEN task feeds.
@@ -101,6 +118,8 @@ pub(crate) struct Targets {
     pub(crate) wakeups: std::sync::Arc<Wakeups>,
     /// The perspectives registered in this runtime (their `'static` names).
     pub(crate) perspectives: Vec<&'static str>,
+    /// The channels listened on (those of the backend's schema).
+    pub(crate) channels: Channels,
 }
 
 /// The LISTEN task: runs until the runtime is gone.
@@ -177,34 +196,33 @@ fn reconnected(targets: &Targets) -> bool {
 
 /// Routes one notification. `false` when the runtime is gone.
 fn deliver(notification: &PgNotification, targets: &Targets) -> bool {
-    match notification.channel() {
-        wire::APPLIED_CHANNEL => {
-            // One entry per line (a batch commit names many streams).
-            for entry in notification.payload().lines() {
-                let Some((name, stream, version)) = wire::decode_applied(entry) else {
-                    tracing::debug!(payload = entry, "ignoring a foreign applied payload");
-                    continue;
-                };
-                // A perspective this runtime does not register has no waiter here.
-                let Some(name) = targets.perspectives.iter().find(|p| **p == name) else {
-                    continue;
-                };
-                if !targets
-                    .sink
-                    .notify(&ApplyReport::new(name, stream, version, Vec::new()))
-                {
-                    return false;
-                }
+    let channel = notification.channel();
+    if channel == targets.channels.applied {
+        // One entry per line (a batch commit names many streams).
+        for entry in notification.payload().lines() {
+            let Some((name, stream, version)) = wire::decode_applied(entry) else {
+                tracing::debug!(payload = entry, "ignoring a foreign applied payload");
+                continue;
+            };
+            // A perspective this runtime does not register has no waiter here.
+            let Some(name) = targets.perspectives.iter().find(|p| **p == name) else {
+                continue;
+            };
+            if !targets
+                .sink
+                .notify(&ApplyReport::new(name, stream, version, Vec::new()))
+            {
+                return false;
             }
-            true
         }
-        wire::EVENTS_CHANNEL => {
-            match wire::decode_partitions(notification.payload()) {
-                Some(partitions) => targets.wakeups.partitions(&partitions),
-                None => targets.wakeups.all(),
-            }
-            true
+        true
+    } else if channel == targets.channels.events {
+        match wire::decode_partitions(notification.payload()) {
+            Some(partitions) => targets.wakeups.partitions(&partitions),
+            None => targets.wakeups.all(),
         }
-        _ => true,
+        true
+    } else {
+        true
     }
 }

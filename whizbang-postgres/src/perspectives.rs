@@ -227,6 +227,8 @@ fn decode_models(rows: Vec<ModelRowSql>, operation: impl Fn() -> String) -> Resu
 
 struct PgUnit {
     tx: Transaction<'static, Postgres>,
+    /// The applied channel of the store's schema.
+    channel: String,
     perspective: &'static str,
     key: ModelKey,
     checkpoint: Checkpoint,
@@ -285,7 +287,7 @@ impl PgUnit {
         .bind(checkpoint.failure.as_ref().map(|f| f.message.as_str()))
         .bind(encode_skipped(&checkpoint.skipped)?)
         .bind(claimed)
-        .bind(wire::APPLIED_CHANNEL)
+        .bind(&self.channel)
         .bind(wire::encode_applied(perspective, key, checkpoint.version))
         .bind(model.as_ref().map(|json| json.get()))
         .fetch_one(&mut *self.tx)
@@ -338,6 +340,8 @@ impl PerspectiveUnit for PgUnit {
 /// every cursor row's lock until [`PerspectiveBatch::commit`].
 struct PgBatch {
     tx: Transaction<'static, Postgres>,
+    /// The applied channel of the store's schema.
+    channel: String,
     perspective: &'static str,
     claimed: Vec<ClaimedModel>,
     /// Each key's cursor version at claim time (the commit's fence).
@@ -425,7 +429,7 @@ impl PgBatch {
         .bind(&claimed)
         .bind(&versions)
         .bind(&models)
-        .bind(wire::APPLIED_CHANNEL)
+        .bind(&self.channel)
         .bind(&payloads)
         .fetch_one(&mut *self.tx)
         .await
@@ -565,6 +569,7 @@ impl PgPerspectiveStore {
         }
         Ok(Box::new(PgBatch {
             tx,
+            channel: wire::channel(&self.pool, wire::APPLIED_CHANNEL),
             perspective,
             claimed,
             versions,
@@ -646,6 +651,7 @@ impl PerspectiveStore for PgPerspectiveStore {
                 .map_err(|e| corrupt(what(), e))?;
             Ok(Box::new(PgUnit {
                 tx,
+                channel: wire::channel(&self.pool, wire::APPLIED_CHANNEL),
                 perspective,
                 key,
                 checkpoint,

@@ -16,6 +16,31 @@ pub(crate) const EVENTS_CHANNEL: &str = "whizbang_events";
 /// [`encode_applied`]'s.
 pub(crate) const APPLIED_CHANNEL: &str = "whizbang_applied";
 
+/// The schema a pool's connections work in, when it was set through
+/// [`PostgresOptions::schema`](crate::PostgresOptions::schema) (a
+/// `search_path` startup option): `None` otherwise.
+pub(crate) fn schema_of(pool: &sqlx::PgPool) -> Option<String> {
+    let options = pool.connect_options();
+    let startup = options.get_options()?;
+    startup
+        .split(' ')
+        .rev()
+        .find_map(|o| o.strip_prefix("search_path="))
+        .map(str::to_owned)
+}
+
+/// The name of NOTIFY channel `base` for the connections of `pool`: `base`
+/// itself, or `base.<schema>` when the pool works in a schema of its own
+/// (not `public`), so services sharing a database in their own schemas
+/// neither wake nor mislead each other. The same rule as the SQL function
+/// `wh_channel` (migration `0004_outbox.sql`) and [`SchemaName::channel`](crate::SchemaName::channel).
+pub(crate) fn channel(pool: &sqlx::PgPool, base: &str) -> String {
+    match schema_of(pool) {
+        Some(schema) if schema != "public" => format!("{base}.{schema}"),
+        _ => base.to_owned(),
+    }
+}
+
 /// How many partitions streams fall into. Fixed: each stored event carries
 /// its partition, so changing this would mean rewriting the event table.
 pub(crate) const PARTITIONS: i16 = 16;

@@ -82,6 +82,7 @@ async fn migrations_create_the_tables_with_their_keys(pool: PgPool) {
             "wh_feed_checkpoints",
             "wh_instances",
             "wh_message_queue",
+            "wh_outbox",
             "wh_partition_leases",
             "wh_perspective_cursors",
             "wh_perspective_rows",
@@ -151,7 +152,11 @@ async fn migrations_create_the_tables_with_their_keys(pool: PgPool) {
         .map(|m| (m.version, true))
         .collect();
     assert_eq!(applied, embedded);
-    assert_eq!(embedded.len(), 3, "0001 events, 0002 runner, 0003 queue");
+    assert_eq!(
+        embedded.len(),
+        4,
+        "0001 events, 0002 runner, 0003 queue, 0004 outbox"
+    );
 }
 
 #[sqlx::test(migrations = false)]
@@ -270,7 +275,7 @@ async fn migrate_twice_is_idempotent(pool: PgPool) {
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(applied, 3, "each migration is recorded once");
+    assert_eq!(applied, 4, "each migration is recorded once");
     let events: i64 = sqlx::query_scalar("select count(*) from wh_events")
         .fetch_one(&pool)
         .await
@@ -352,5 +357,41 @@ async fn connect_to_the_test_server_works(pool: PgPool) {
             .fetch_one(&pool)
             .await
             .unwrap();
-    assert_eq!(tables, 10);
+    assert_eq!(tables, 11);
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_backend_with_a_schema_migrates_in_it_and_twice_is_idempotent(pool: PgPool) {
+    let options = whizbang_postgres::PostgresOptions::default().schema("svc_a");
+    let connect = (*pool.connect_options()).clone();
+    let pg = whizbang_postgres::Postgres::connect_with_options(connect.clone(), options.clone())
+        .await
+        .unwrap();
+    // Two processes starting at once.
+    let again = whizbang_postgres::Postgres::connect_with_options(connect, options)
+        .await
+        .unwrap();
+    let (a, b) = tokio::join!(pg.migrate(), again.migrate());
+    a.unwrap();
+    b.unwrap();
+    pg.migrate().await.expect("a second migrate is a no-op");
+    let in_schema: Vec<String> = sqlx::query_scalar(
+        "select tablename::text from pg_tables where schemaname = 'svc_a' and tablename like 'wh\\_%' order by 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(in_schema.len(), 11, "{in_schema:?}");
+    let in_public: i64 = sqlx::query_scalar(
+        "select count(*) from pg_tables where schemaname = 'public' and tablename like 'wh\\_%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(in_public, 0, "nothing was created outside the schema");
+    let applied: i64 = sqlx::query_scalar("select count(*) from svc_a._sqlx_migrations")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(applied, 4);
 }

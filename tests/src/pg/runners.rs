@@ -248,6 +248,7 @@ fn added(stream: Uuid, seq: u64, amount: u64) -> NewEvent {
             extra: Metadata::default(),
         },
         typed: None,
+        outbound: false,
     }
 }
 

@@ -336,6 +336,7 @@ pub(crate) fn encode_event<E: Event>(event: E, metadata: EventMetadata) -> Resul
         data,
         Arc::new(decoded),
         metadata,
+        E::PUBLISH,
     ))
 }
 
@@ -346,6 +347,7 @@ fn new_event(
     data: Box<RawValue>,
     typed: Arc<dyn Any + Send + Sync>,
     metadata: EventMetadata,
+    outbound: bool,
 ) -> NewEvent {
     NewEvent {
         event_id: EventId::new(),
@@ -354,6 +356,7 @@ fn new_event(
         data,
         metadata,
         typed: Some(typed),
+        outbound,
     }
 }
 

@@ -13,6 +13,18 @@ use std::sync::Arc;
 use tracing::Instrument;
 
 impl Scope {
+    /// Fires the receptors of a stored `event` at `stages` (the outbox
+    /// publisher's `PreOutbox`/`PostOutbox`): inline ones each in a child
+    /// scope completed before this returns, detached ones on their own tasks.
+    pub(crate) async fn fire_stages(
+        &self,
+        event: &Arc<StoredEvent>,
+        stages: &[LifecycleStage],
+    ) -> Result<()> {
+        self.shared.log.ensure_open()?;
+        self.shared.fire_in_child(event, stages).await
+    }
+
     /// Handles an event received from another process (an inbox delivery),
     /// through the same path as [`publish`](Self::publish), with the inbox
     /// stages around it:
@@ -22,8 +34,9 @@ impl Scope {
     /// 2. The event is appended with its envelope's id as its event id (a
     ///    second delivery that got this far is refused by the store with
     ///    [`Error::DuplicateEventId`]), its correlation, causation and
-    ///    metadata, after the usual distribute and outbox cascade; it is
-    ///    queued for the scope's perspectives.
+    ///    metadata, after the usual distribute cascade; it is queued for the
+    ///    scope's perspectives. It is not published again: its append writes
+    ///    no outbox row, even for an `#[event(publish)]` type.
     /// 3. `PreInboxDetached` receptors start; then `PostInboxInline`
     ///    receptors run (each in a child scope completed before this returns)
     ///    and `PostInboxDetached` ones start.
@@ -65,6 +78,10 @@ impl Scope {
                 },
             )?;
             new.event_id = event_id;
+            // A received event was published by the service it came from:
+            // storing it here writes no outbox row (no echo, no loop between
+            // services that deliver to each other).
+            new.outbound = false;
             // 1. PreInboxInline, on the event as it will be stored.
             let provisional = Arc::new(StoredEvent {
                 position: 0,

@@ -624,8 +624,9 @@ impl RuntimeBuilder {
         for reg in registry.receptors() {
             validate_stage(&registry, reg)?;
             let stage = reg.effective_stage();
-            has_flush_stage_receptors |=
-                reg.message_kind == MessageKind::Event && !stage.fires_at_append();
+            has_flush_stage_receptors |= reg.message_kind == MessageKind::Event
+                && !stage.fires_at_append()
+                && !stage.point.is_outbox();
             let receptor = (reg.build)(&services)?;
             match reg.message_kind {
                 MessageKind::Command => {

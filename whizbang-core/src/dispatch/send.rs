@@ -23,7 +23,7 @@ impl Scope {
     ///
     /// A send is all or nothing. The events the receptor emitted are first
     /// cascaded to the inline event receptors of the append stages
-    /// (`Pre/PostDistributeInline`, `Pre/PostOutboxInline`, in stage order,
+    /// (`Pre/PostDistributeInline`, in stage order,
     /// breadth first), which run *before* the append on the events as they will
     /// be stored (ids, payload and metadata; their `position` and
     /// `stream_version` read 0, as they are not assigned yet). Then the

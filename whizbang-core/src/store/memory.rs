@@ -3,7 +3,7 @@
 
 use super::{
     BoxFuture, Checkpoint, EventLocation, EventStore, ModelFormat, ModelKey, ModelRow, ModelValue,
-    PerspectiveStore, PerspectiveUnit, StoredEvent, StreamAppend,
+    OutboxSink, PerspectiveStore, PerspectiveUnit, StoredEvent, StreamAppend,
 };
 use crate::error::Stored;
 use crate::error::{Error, Result};
@@ -27,6 +27,7 @@ struct EventLog {
 pub struct MemoryEventStore {
     log: Arc<Mutex<EventLog>>,
     json_only: bool,
+    outbox: Option<Arc<dyn OutboxSink>>,
 }
 
 impl std::fmt::Debug for MemoryEventStore {
@@ -59,6 +60,17 @@ impl MemoryEventStore {
             json_only: true,
             ..Self::default()
         }
+    }
+
+    /// This store, writing its outbound events
+    /// ([`NewEvent::outbound`](super::NewEvent::outbound)) to `outbox` inside
+    /// each append, under the same lock: an append that fails writes nothing
+    /// to it, one that succeeds writes every outbound event of it. Without an
+    /// outbox, outbound events are stored and not published.
+    #[must_use]
+    pub fn with_outbox(mut self, outbox: impl OutboxSink) -> Self {
+        self.outbox = Some(Arc::new(outbox));
+        self
     }
 
     /// Every event, in global order.
@@ -104,8 +116,10 @@ impl MemoryEventStore {
             }
         }
         let mut out = Vec::with_capacity(streams.iter().map(|s| s.events.len()).sum());
+        let mut outbound = Vec::new();
         for s in streams {
             for e in s.events {
+                let is_outbound = e.outbound;
                 let position = log.all.len() as u64 + 1;
                 let stream = log.streams.entry(s.stream_id).or_default();
                 let stored = Arc::new(StoredEvent {
@@ -121,8 +135,15 @@ impl MemoryEventStore {
                 stream.push(Arc::clone(&stored));
                 log.by_id.insert(stored.event_id, Arc::clone(&stored));
                 log.all.push(Arc::clone(&stored));
+                if is_outbound {
+                    outbound.push(Arc::clone(&stored));
+                }
                 out.push(stored);
             }
+        }
+        if let (Some(outbox), false) = (&self.outbox, outbound.is_empty()) {
+            // Still under the log's lock: the append and its outbox rows are one step.
+            outbox.write(&outbound);
         }
         Ok(out)
     }

@@ -55,6 +55,10 @@ pub struct NewEvent {
     /// (into [`StoredEvent::typed`]) to spare a decode. Any store may ignore
     /// it; `data` is the event.
     pub typed: Option<Arc<dyn Any + Send + Sync>>,
+    /// Whether the event leaves the service ([`Event::PUBLISH`](crate::Event::PUBLISH)):
+    /// a store writes an outbox row for it in the append's own transaction
+    /// (all or nothing with the event).
+    pub outbound: bool,
 }
 
 impl std::fmt::Debug for NewEvent {
@@ -63,6 +67,7 @@ impl std::fmt::Debug for NewEvent {
             .field("event_id", &self.event_id)
             .field("stream_id", &self.stream_id)
             .field("event_type", &self.event_type)
+            .field("outbound", &self.outbound)
             .finish_non_exhaustive()
     }
 }
@@ -123,6 +128,17 @@ pub struct EventLocation {
     pub stream_version: u64,
     /// Its wire name.
     pub event_type: std::borrow::Cow<'static, str>,
+}
+
+/// Where an in-process event store writes its outbound events
+/// ([`NewEvent::outbound`]) inside an append
+/// ([`MemoryEventStore::with_outbox`](memory::MemoryEventStore::with_outbox)).
+/// A database store writes its outbox rows in the append's transaction
+/// instead. The outbox (`whizbang_core::outbox::MemoryOutbox`) implements it.
+pub trait OutboxSink: Send + Sync + 'static {
+    /// Records `events`, all appended by one append that succeeded, in order.
+    /// Called while the store holds its lock: do not call back into the store.
+    fn write(&self, events: &[Arc<StoredEvent>]);
 }
 
 /// The durable event log.

@@ -75,9 +75,9 @@ pub struct PgMessageQueue {
     options: QueueOptions,
 }
 
-/// A queue row as the statements return it.
+/// A queue row as the statements return it (the outbox's rows too).
 #[derive(sqlx::FromRow)]
-struct MessageRow {
+pub(crate) struct MessageRow {
     message_id: Uuid,
     message_type: String,
     payload: String,
@@ -85,7 +85,7 @@ struct MessageRow {
     causation_id: Option<Uuid>,
     headers: String,
     enqueued_us: i64,
-    attempts: i32,
+    pub(crate) attempts: i32,
 }
 
 #[derive(sqlx::FromRow)]
@@ -399,7 +399,7 @@ impl PgMessageQueue {
 }
 
 impl MessageRow {
-    fn into_message(self) -> Result<QueuedMessage> {
+    pub(crate) fn into_message(self) -> Result<QueuedMessage> {
         let id = MessageId::from(self.message_id);
         let payload =
             RawValue::from_string(self.payload).map_err(|source| Error::Deserialization {
@@ -536,7 +536,7 @@ fn lost_or(asked: Vec<MessageId>, held: &[Uuid], instance: InstanceId) -> Result
 /// What a failed single-statement write left: nothing when the server
 /// refused it or no connection was had; unknown when the connection broke
 /// while it ran (it may have committed).
-fn stored_after(e: &sqlx::Error) -> Stored {
+pub(crate) fn stored_after(e: &sqlx::Error) -> Stored {
     match e {
         sqlx::Error::Database(_)
         | sqlx::Error::PoolTimedOut
@@ -566,7 +566,7 @@ fn refused_or_failed(e: sqlx::Error, id: MessageId, message_type: &str, what: St
     db_error(what, stored)(e)
 }
 
-fn json_text(headers: &Metadata, id: MessageId) -> Result<String> {
+pub(crate) fn json_text(headers: &Metadata, id: MessageId) -> Result<String> {
     serde_json::to_string(headers).map_err(|e| {
         Error::InvalidInput(format!(
             "the headers of message {id} do not serialise ({e}); nothing was queued"
@@ -576,7 +576,7 @@ fn json_text(headers: &Metadata, id: MessageId) -> Result<String> {
 
 /// The text around the attempt count in a dead letter whose last lease
 /// expired, taken from [`lease_expired_error`] so both queues say the same.
-fn expired_error_parts() -> (String, String) {
+pub(crate) fn expired_error_parts() -> (String, String) {
     const MARK: u32 = 987_654_321;
     let text = lease_expired_error(MARK);
     let mark = MARK.to_string();
@@ -586,32 +586,32 @@ fn expired_error_parts() -> (String, String) {
     }
 }
 
-fn attempt_limit(options: &QueueOptions) -> i32 {
+pub(crate) fn attempt_limit(options: &QueueOptions) -> i32 {
     i32::try_from(options.max_attempts.max(1)).unwrap_or(i32::MAX)
 }
 
-fn batch_i64(n: usize) -> i64 {
+pub(crate) fn batch_i64(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-fn to_u32(n: i32) -> u32 {
+pub(crate) fn to_u32(n: i32) -> u32 {
     u32::try_from(n).unwrap_or_default()
 }
 
 /// A duration in microseconds (bounded by the callers' checks).
-fn duration_micros(d: Duration) -> i64 {
+pub(crate) fn duration_micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
 /// Microseconds since the Unix epoch (negative before it).
-fn to_micros(t: SystemTime) -> i64 {
+pub(crate) fn to_micros(t: SystemTime) -> i64 {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
         Err(e) => i64::try_from(e.duration().as_micros()).map_or(i64::MIN, |us| -us),
     }
 }
 
-fn from_micros(us: i64) -> SystemTime {
+pub(crate) fn from_micros(us: i64) -> SystemTime {
     let offset = Duration::from_micros(us.unsigned_abs());
     if us >= 0 {
         UNIX_EPOCH.checked_add(offset)

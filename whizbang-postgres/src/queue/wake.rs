@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
-/// The channel the queue notifies when messages become leasable.
+/// The channel the queue notifies when messages become leasable (in a
+/// schema of its own, [`PostgresOptions::schema`](crate::PostgresOptions::schema),
+/// `wh_queue.<schema>`).
 pub const QUEUE_CHANNEL: &str = "wh_queue";
 
 /// Sends the wake-up on its own task, after the statement that made messages
@@ -22,7 +24,7 @@ pub(super) fn announce(pool: &PgPool) {
     let pool = pool.clone();
     handle.spawn(async move {
         if let Err(error) = sqlx::query("select pg_notify($1, '')")
-            .bind(QUEUE_CHANNEL)
+            .bind(crate::wire::channel(&pool, QUEUE_CHANNEL))
             .execute(&pool)
             .await
         {
@@ -78,7 +80,9 @@ async fn listen(
     listening: &watch::Sender<bool>,
 ) -> Result<(), sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen(QUEUE_CHANNEL).await?;
+    listener
+        .listen(&crate::wire::channel(pool, QUEUE_CHANNEL))
+        .await?;
     let _ = listening.send(true);
     waker.notify_one();
     loop {

@@ -35,6 +35,7 @@ pub(crate) fn event(
             extra: Metadata::default(),
         },
         typed: None,
+        outbound: false,
     }
 }
 

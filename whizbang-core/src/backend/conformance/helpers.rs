@@ -77,6 +77,7 @@ pub(super) fn event(stream: StreamId, event_type: &'static str, n: u64) -> NewEv
             extra,
         },
         typed: None,
+        outbound: false,
     }
 }
 

@@ -31,7 +31,7 @@
 //! second claim) is watched for [`GRACE`].
 //!
 //! The message queue's contracts are in [`queue`], with their own runner and
-//! macro: each needs a queue of its own.
+//! macro: each needs a queue of its own. The outbox's are in [`outbox`].
 
 use super::{EventStore, PerspectiveStore, StoreSyncBackend, SyncBackend};
 use crate::store::BoxFuture;
@@ -240,6 +240,7 @@ pub async fn run_all(backend: &dyn BackendFactory) {
 mod event_store;
 mod helpers;
 mod inline;
+pub mod outbox;
 mod perspective_store;
 pub mod queue;
 mod sync_backend;
