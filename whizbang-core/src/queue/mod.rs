@@ -84,9 +84,11 @@ mod envelope;
 pub mod limits;
 mod memory;
 pub mod spans;
+mod tick;
 
 pub use envelope::QueuedMessage;
 pub use memory::{ManualClock, MemoryMessageQueue, QueueClock, SystemClock};
+pub use tick::{Completion, Failure, QueueLag, TickRequest, TickResponse};
 
 #[doc(no_inline)]
 pub use crate::message::InstanceId;
@@ -102,9 +104,16 @@ use crate::error::Error;
 /// How a queue behaves. Builder-style.
 ///
 /// ```
+/// use std::time::Duration;
 /// use whizbang_core::queue::QueueOptions;
 /// assert_eq!(QueueOptions::default().max_attempts, 5);
 /// assert_eq!(QueueOptions::default().max_attempts(0).max_attempts, 1);
+///
+/// // A failed attempt waits base * 2^(attempt - 1), at most the cap.
+/// let o = QueueOptions::default().retry_backoff(Duration::from_millis(100), Duration::from_secs(1));
+/// assert_eq!(o.backoff_after(1), Duration::from_millis(100));
+/// assert_eq!(o.backoff_after(3), Duration::from_millis(400));
+/// assert_eq!(o.backoff_after(30), Duration::from_secs(1));
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -112,11 +121,22 @@ pub struct QueueOptions {
     /// How many leases a message gets before it goes to the dead letters
     /// (default 5, at least 1). Take-overs of expired leases count.
     pub max_attempts: u32,
+    /// How long a message waits after its first failed attempt before it
+    /// may be leased again (default 1 s); each further failure doubles the
+    /// wait, up to [`retry_backoff_cap`](Self::retry_backoff_cap). Zero
+    /// retries at once.
+    pub retry_backoff_base: Duration,
+    /// The longest wait between a failed attempt and the next (default 5 min).
+    pub retry_backoff_cap: Duration,
 }
 
 impl Default for QueueOptions {
     fn default() -> Self {
-        QueueOptions { max_attempts: 5 }
+        QueueOptions {
+            max_attempts: 5,
+            retry_backoff_base: Duration::from_secs(1),
+            retry_backoff_cap: Duration::from_secs(5 * 60),
+        }
     }
 }
 
@@ -126,6 +146,25 @@ impl QueueOptions {
     pub fn max_attempts(mut self, n: u32) -> Self {
         self.max_attempts = n.max(1);
         self
+    }
+
+    /// Sets the retry backoff: after failed attempt `n` a message waits
+    /// `base * 2^(n - 1)`, at most `cap` (both at most
+    /// [`limits::MAX_LEASE`]; a cap below the base is raised to it).
+    #[must_use]
+    pub fn retry_backoff(mut self, base: Duration, cap: Duration) -> Self {
+        self.retry_backoff_base = base.min(limits::MAX_LEASE);
+        self.retry_backoff_cap = cap.min(limits::MAX_LEASE).max(self.retry_backoff_base);
+        self
+    }
+
+    /// How long a message waits after its `attempts`-th attempt failed:
+    /// `base * 2^(attempts - 1)`, at most the cap.
+    #[must_use]
+    pub fn backoff_after(&self, attempts: u32) -> Duration {
+        1u32.checked_shl(attempts.saturating_sub(1))
+            .and_then(|factor| self.retry_backoff_base.checked_mul(factor))
+            .map_or(self.retry_backoff_cap, |d| d.min(self.retry_backoff_cap))
     }
 }
 
@@ -270,8 +309,9 @@ pub trait MessageQueue: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<()>>;
 
     /// Records that the attempt failed with `error`: below the attempt limit
-    /// the message waits in the queue for another lease; at the limit it goes
-    /// to the dead letters with `error`.
+    /// the message waits in the queue for another lease, available again
+    /// after the retry backoff ([`QueueOptions::backoff_after`] its
+    /// attempts); at the limit it goes to the dead letters with `error`.
     ///
     /// # Errors
     /// [`Error::LeaseLost`] when `instance` does not hold the message's lease
@@ -343,4 +383,39 @@ pub trait MessageQueue: Send + Sync + 'static {
         &'a self,
         ids: &'a [MessageId],
     ) -> BoxFuture<'a, Result<Vec<MessageId>>>;
+
+    /// How far behind the queue is: the messages leasable now and how long
+    /// the oldest of them has waited. `None` when the queue cannot tell
+    /// cheaply (the default).
+    ///
+    /// # Errors
+    /// A backend failure.
+    fn lag(&self) -> BoxFuture<'_, Result<Option<QueueLag>>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// One worker tick: records `request`'s completions and failures, renews
+    /// the leases it names, then leases up to
+    /// [`lease_max`](TickRequest::lease_max) messages, and measures the lag
+    /// (see [`TickRequest`] and [`TickResponse`]). Unlike
+    /// [`renew`](Self::renew), an id `instance` no longer holds does not stop
+    /// the others: it is answered in [`TickResponse::lost`] and nothing is
+    /// changed for it.
+    ///
+    /// The default runs the single calls one after another (not atomic: on
+    /// an error, some of the request may have been recorded; sent again, a
+    /// recorded completion answers lost). A backend overrides it with one
+    /// round trip (`PgMessageQueue` calls one SQL function).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a zero or too long lease, an empty handler
+    /// name, or more than [`limits::MAX_BATCH`] ids or leases; a backend
+    /// failure.
+    fn tick(&self, instance: InstanceId, request: TickRequest) -> BoxFuture<'_, Result<TickResponse>> {
+        let span = spans::tick(instance, &request);
+        Box::pin(tracing::Instrument::instrument(
+            tick::by_single_calls(self, instance, request),
+            span,
+        ))
+    }
 }
