@@ -117,11 +117,18 @@ async fn a_failed_message_waits_an_exponential_backoff_before_its_next_lease() {
         queue.fail(m.id, me, "flaky").await.unwrap();
         clock.advance(Duration::from_secs(wait) - Duration::from_millis(1));
         assert!(
-            queue.lease_orphaned(me, 10, lease).await.unwrap().is_empty(),
+            queue
+                .lease_orphaned(me, 10, lease)
+                .await
+                .unwrap()
+                .is_empty(),
             "attempt {attempt}: not leasable before its backoff of {wait} s"
         );
         let lag = queue.lag().await.unwrap().unwrap();
-        assert_eq!(lag.depth, 0, "a message in its backoff is not counted as lag");
+        assert_eq!(
+            lag.depth, 0,
+            "a message in its backoff is not counted as lag"
+        );
         clock.advance(Duration::from_millis(1));
         let again = queue.lease_orphaned(me, 10, lease).await.unwrap();
         assert_eq!(again.len(), 1, "attempt {attempt}: leasable after {wait} s");
@@ -166,8 +173,15 @@ async fn a_tick_reports_renews_and_leases_in_one_call_and_answers_lost_ids() {
         .await
         .unwrap();
     assert_eq!(response.completed, [ids[0]]);
-    assert_eq!(response.failed, [(ids[1], FailOutcome::Retry { attempts: 1 })]);
-    assert_eq!(response.lost, [stranger.id], "a lease it does not hold is lost");
+    assert_eq!(
+        response.failed,
+        [(ids[1], FailOutcome::Retry { attempts: 1 })]
+    );
+    assert_eq!(
+        response.lost,
+        [stranger.id],
+        "a lease it does not hold is lost"
+    );
     let mut renewed = response.renewed.clone();
     renewed.sort();
     let mut want = vec![ids[2], ids[3]];

@@ -444,7 +444,10 @@ impl Inbox {
     /// [`process`](Self::process), but neither renews its lease nor
     /// completes or fails it: the worker does that in its ticks. `Err` holds
     /// the error text to fail it with.
-    pub(crate) async fn handle_leased(&self, leased: &LeasedMessage) -> std::result::Result<(), String> {
+    pub(crate) async fn handle_leased(
+        &self,
+        leased: &LeasedMessage,
+    ) -> std::result::Result<(), String> {
         let message = &leased.message;
         let span = tracing::info_span!(
             "whizbang.inbox.process",

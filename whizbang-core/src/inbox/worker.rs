@@ -240,7 +240,12 @@ impl Books {
     /// One round trip: reports what finished, renews when due, leases up to
     /// `free`, measures the lag when due. Returns the new leases (empty on
     /// an error, after which what finished is reported again next time).
-    async fn tick(&mut self, free: usize, renew_every: Duration, lag_every: Duration) -> Vec<LeasedMessage> {
+    async fn tick(
+        &mut self,
+        free: usize,
+        renew_every: Duration,
+        lag_every: Duration,
+    ) -> Vec<LeasedMessage> {
         let renew_due = !self.in_flight.is_empty() && self.last_renew.elapsed() >= renew_every;
         let lag_due = self.last_lag.is_none_or(|at| at.elapsed() >= lag_every);
         let mut request = TickRequest::lease(free, self.lease);
@@ -315,9 +320,13 @@ impl Books {
             if let Some(lag) = response.lag {
                 c.queue_depth.store(lag.depth, Ordering::Relaxed);
                 let micros = u64::try_from(lag.oldest.as_micros()).unwrap_or(UNMEASURED - 1);
-                c.queue_lag.store(micros.min(UNMEASURED - 1), Ordering::Relaxed);
+                c.queue_lag
+                    .store(micros.min(UNMEASURED - 1), Ordering::Relaxed);
                 span.record("queue_depth", lag.depth);
-                span.record("queue_lag_ms", u64::try_from(lag.oldest.as_millis()).unwrap_or(u64::MAX));
+                span.record(
+                    "queue_lag_ms",
+                    u64::try_from(lag.oldest.as_millis()).unwrap_or(u64::MAX),
+                );
             }
         }
         span.record("completed", response.completed.len());

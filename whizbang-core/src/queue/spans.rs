@@ -77,13 +77,19 @@ pub fn replay_dead_letters(count: usize) -> Span {
 /// `whizbang.queue.tick`: the instance, how many completions, failures and
 /// renewals it reports, and how many leases it asks for.
 #[must_use]
-pub fn tick(instance: InstanceId, request: &super::TickRequest) -> Span {
+pub fn tick(
+    instance: InstanceId,
+    completed: usize,
+    failed: usize,
+    renew: usize,
+    lease_max: usize,
+) -> Span {
     tracing::debug_span!(
         "whizbang.queue.tick",
         %instance,
-        completed = request.completed.len(),
-        failed = request.failed.len(),
-        renew = request.renew.len(),
-        lease_max = request.lease_max,
+        completed,
+        failed,
+        renew,
+        lease_max,
     )
 }
