@@ -151,7 +151,10 @@ async fn migrations_create_the_tables_with_their_keys(pool: PgPool) {
         .map(|m| (m.version, true))
         .collect();
     assert_eq!(applied, embedded);
-    assert_eq!(embedded.len(), 3, "0001 events, 0002 runner, 0003 queue");
+    assert!(
+        embedded.len() >= 4,
+        "0001 events, 0002 runner, 0003 queue, 0004 queue tick, ..: {embedded:?}"
+    );
 }
 
 #[sqlx::test(migrations = false)]
@@ -270,7 +273,8 @@ async fn migrate_twice_is_idempotent(pool: PgPool) {
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(applied, 3, "each migration is recorded once");
+    let embedded = i64::try_from(whizbang_postgres::MIGRATOR.iter().count()).unwrap();
+    assert_eq!(applied, embedded, "each migration is recorded once");
     let events: i64 = sqlx::query_scalar("select count(*) from wh_events")
         .fetch_one(&pool)
         .await
