@@ -1,6 +1,7 @@
 //! An inbox worker process for the PostgreSQL worker tests (`tests/pg_workers.rs`).
 //!
-//! Usage: `pg_worker <url> <name> <lease_ms> <max_attempts> <backoff_ms>`.
+//! Usage: `pg_worker <url> <name> <lease_ms> <max_attempts> <backoff_ms>
+//! [concurrency]` (default concurrency 8).
 //!
 //! A runtime on the PostgreSQL backend (runner off: its one perspective is
 //! inline) with an inbox that receives `pg_workers.job` events, and an
@@ -20,7 +21,6 @@ use serde::{Deserialize, Serialize};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncBufReadExt as _;
 use whizbang_core::inbox::{Inbox, InboxWorker, InboxWorkerOptions};
 use whizbang_core::queue::QueueOptions;
 use whizbang_core::{
@@ -91,27 +91,31 @@ fn number(name: &str, text: &str) -> std::result::Result<u64, String> {
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.as_slice() {
-        [url, name, lease_ms, max_attempts, backoff_ms] => {
+        [url, name, lease_ms, max_attempts, backoff_ms, rest @ ..] if rest.len() <= 1 => {
+            let concurrency = rest.first().map_or(Ok(8), |c| number("concurrency", c));
             match (
                 number("lease_ms", lease_ms),
                 number("max_attempts", max_attempts),
                 number("backoff_ms", backoff_ms),
+                concurrency,
             ) {
-                (Ok(lease), Ok(max), Ok(backoff)) => {
+                (Ok(lease), Ok(max), Ok(backoff), Ok(concurrency)) => {
                     run(
                         url,
                         name,
                         Duration::from_millis(lease),
                         u32::try_from(max).unwrap_or(u32::MAX),
                         Duration::from_millis(backoff),
+                        usize::try_from(concurrency).unwrap_or(8),
                     )
                     .await
                 }
-                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e),
+                (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), _) | (.., Err(e)) => Err(e),
             }
         }
         _ => Err(
-            "usage: pg_worker <url> <name> <lease_ms> <max_attempts> <backoff_ms>".to_owned(),
+            "usage: pg_worker <url> <name> <lease_ms> <max_attempts> <backoff_ms> [concurrency]"
+                .to_owned(),
         ),
     };
     match result {
@@ -129,8 +133,9 @@ async fn run(
     lease: Duration,
     max_attempts: u32,
     backoff: Duration,
+    concurrency: usize,
 ) -> std::result::Result<(), String> {
-    let options = PostgresOptions::default().pool_size(10).runner(false);
+    let options = PostgresOptions::default().pool_size(u32::try_from(concurrency + 4).unwrap_or(36)).runner(false);
     let pg = tokio::time::timeout(Duration::from_secs(30), Postgres::connect_with(url, options))
         .await
         .map_err(|_| "connecting took longer than 30 s".to_owned())?
@@ -160,22 +165,26 @@ async fn run(
     let worker = InboxWorker::start(
         inbox.clone(),
         InboxWorkerOptions::default()
-            .concurrency(8)
+            .concurrency(concurrency)
             .poll_interval(Duration::from_millis(50)),
     );
     say(&format!("ready {instance}"));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
-    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            line = stdin.next_line() => match line {
-                Ok(Some(_)) => continue,
-                Ok(None) | Err(_) => break,
-            },
+    // The end of stdin, read on a thread of its own (a blocked read there
+    // does not hold up the exit, as one on tokio's blocking pool would).
+    let (eof_tx, eof) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while std::io::stdin().read_line(&mut sink).is_ok_and(|n| n > 0) {
+            sink.clear();
         }
+        let _ = eof_tx.send(());
+    });
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = eof => {}
     }
     tokio::time::timeout(Duration::from_secs(60), worker.shutdown())
         .await
