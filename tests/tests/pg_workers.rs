@@ -224,9 +224,16 @@ async fn four_worker_processes_handle_20000_jobs_exactly_once_and_share_them() {
     assert_each_handled_once_in_effect(&db.pool, &ids).await;
     let shares = by_handler(&db.pool).await;
     eprintln!("20,000 jobs in {took:?} by 4 workers: {shares:?}; {stats:?}");
-    assert_eq!(shares.len(), 4, "all four workers processed jobs: {shares:?}");
+    assert_eq!(
+        shares.len(),
+        4,
+        "all four workers processed jobs: {shares:?}"
+    );
     for (handler, n) in &shares {
-        assert!(*n >= JOBS / 20, "{handler} did only {n} of {JOBS}: {shares:?}");
+        assert!(
+            *n >= JOBS / 20,
+            "{handler} did only {n} of {JOBS}: {shares:?}"
+        );
     }
     let processed: u64 = stats.iter().map(|l| stat(l, "processed")).sum();
     assert_eq!(processed, 20_000, "the workers' counters add up: {stats:?}");
@@ -275,7 +282,9 @@ async fn sigkill_random_workers_20_times_while_20000_jobs_flow_loses_and_doubles
         tokio::task::block_in_place(|| {
             let member = &mut cluster.members()[victim];
             member.kill();
-            let status = member.wait_timeout(CHILD_BOUND).expect("the killed worker exits");
+            let status = member
+                .wait_timeout(CHILD_BOUND)
+                .expect("the killed worker exits");
             assert_eq!(
                 std::os::unix::process::ExitStatusExt::signal(&status),
                 Some(9),
@@ -319,7 +328,14 @@ async fn poison_jobs_reach_the_dead_letters_with_their_errors_and_the_others_flo
     let _serial = SERIAL.lock().await;
     let db = FreshDb::create().await;
     let bucket = buckets(20);
-    let poison = enqueue_jobs(&db.pool, &bucket, -1, 0, serde_json::json!({"poison": true})).await;
+    let poison = enqueue_jobs(
+        &db.pool,
+        &bucket,
+        JOBS,
+        JOBS + 1,
+        serde_json::json!({"poison": true}),
+    )
+    .await;
     let garbage: Uuid = sqlx::query_scalar(
         "insert into wh_message_queue
              (message_id, message_type, payload, correlation_id, enqueued_at, status,
@@ -355,7 +371,10 @@ async fn poison_jobs_reach_the_dead_letters_with_their_errors_and_the_others_flo
     };
     let (_, attempts, error) = find(poison[0]);
     assert_eq!(*attempts, 3, "after the attempt limit");
-    assert!(error.contains("always fails"), "with the handler's error: {error}");
+    assert!(
+        error.contains("always fails"),
+        "with the handler's error: {error}"
+    );
     let (_, attempts, error) = find(garbage);
     assert_eq!(*attempts, 3, "after the attempt limit");
     assert!(
@@ -397,7 +416,14 @@ async fn a_sigstopped_worker_past_its_lease_is_fenced_after_another_completes_it
     };
     let _serial = SERIAL.lock().await;
     let db = FreshDb::create().await;
-    let ids = enqueue_jobs(&db.pool, &buckets(1), 0, 1, serde_json::json!({"sleep_ms": 2_000})).await;
+    let ids = enqueue_jobs(
+        &db.pool,
+        &buckets(1),
+        0,
+        1,
+        serde_json::json!({"sleep_ms": 2_000}),
+    )
+    .await;
     let mut a = Member::spawn(worker(&db.url, "a", spec));
     tokio::task::block_in_place(|| {
         ready(&mut a);
@@ -430,8 +456,16 @@ async fn a_sigstopped_worker_past_its_lease_is_fenced_after_another_completes_it
         a.wait_line(|l| l.starts_with("stopped "), CHILD_BOUND)
             .unwrap_or_else(|e| panic!("A did not stop: {e}"))
     });
-    assert_eq!(stat(&a_stats, "lost"), 1, "A's complete was refused: {a_stats}");
-    assert_eq!(stat(&a_stats, "processed"), 0, "A completed nothing: {a_stats}");
+    assert_eq!(
+        stat(&a_stats, "lost"),
+        1,
+        "A's complete was refused: {a_stats}"
+    );
+    assert_eq!(
+        stat(&a_stats, "processed"),
+        0,
+        "A completed nothing: {a_stats}"
+    );
     let (handler_after, at_after): (String, i64) = sqlx::query_as(
         "select handler, (extract(epoch from processed_at) * 1000000)::int8
            from wh_processed_messages where message_id = $1",
@@ -463,22 +497,20 @@ async fn a_sigterm_under_load_finishes_what_the_worker_holds_and_loses_nothing()
     let db = FreshDb::create().await;
     let ids = enqueue_jobs(&db.pool, &buckets(100), 0, JOBS, serde_json::json!({})).await;
     let mut cluster = Cluster::spawn(3, |i| worker(&db.url, &format!("w{i}"), FAST));
-    let instances: Vec<Uuid> = tokio::task::block_in_place(|| {
-        cluster.members().iter_mut().map(ready).collect()
-    });
+    let instances: Vec<Uuid> =
+        tokio::task::block_in_place(|| cluster.members().iter_mut().map(ready).collect());
     // Under load: wait until a quarter is done, then stop worker 0.
     let deadline = Instant::now() + DRAIN_BOUND;
     while count(&db.pool, "select count(*) from wh_processed_messages").await < JOBS / 4 {
         assert!(Instant::now() < deadline, "the workers made no progress");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let leased_before: i64 = sqlx::query_scalar(
-        "select count(*) from wh_message_queue where lease_owner = $1",
-    )
-    .bind(instances[0])
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    let leased_before: i64 =
+        sqlx::query_scalar("select count(*) from wh_message_queue where lease_owner = $1")
+            .bind(instances[0])
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     let line = tokio::task::block_in_place(|| {
         let member = &mut cluster.members()[0];
         whizbang_tests::process::signal("-TERM", member.id()).expect("run kill -TERM");
@@ -489,13 +521,12 @@ async fn a_sigterm_under_load_finishes_what_the_worker_holds_and_loses_nothing()
         assert!(status.success(), "a graceful stop exits 0: {status}");
         line
     });
-    let leased_after: i64 = sqlx::query_scalar(
-        "select count(*) from wh_message_queue where lease_owner = $1",
-    )
-    .bind(instances[0])
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    let leased_after: i64 =
+        sqlx::query_scalar("select count(*) from wh_message_queue where lease_owner = $1")
+            .bind(instances[0])
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(
         leased_after, 0,
         "the stopped worker left no row leased (it held {leased_before} before)"

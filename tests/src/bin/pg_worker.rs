@@ -72,7 +72,10 @@ impl FromServices for Working {
 impl Receptor<Job> for Working {
     async fn handle(&self, job: Job, _: &mut Context) -> Result<()> {
         if job.poison {
-            return Err(Error::rejected(format!("poison job {} always fails", job.n)));
+            return Err(Error::rejected(format!(
+                "poison job {} always fails",
+                job.n
+            )));
         }
         if job.sleep_ms > 0 {
             say(&format!("handling {}", job.n));
@@ -135,11 +138,16 @@ async fn run(
     backoff: Duration,
     concurrency: usize,
 ) -> std::result::Result<(), String> {
-    let options = PostgresOptions::default().pool_size(u32::try_from(concurrency + 4).unwrap_or(36)).runner(false);
-    let pg = tokio::time::timeout(Duration::from_secs(30), Postgres::connect_with(url, options))
-        .await
-        .map_err(|_| "connecting took longer than 30 s".to_owned())?
-        .map_err(|e| e.to_string())?;
+    let options = PostgresOptions::default()
+        .pool_size(u32::try_from(concurrency + 4).unwrap_or(36))
+        .runner(false);
+    let pg = tokio::time::timeout(
+        Duration::from_secs(30),
+        Postgres::connect_with(url, options),
+    )
+    .await
+    .map_err(|_| "connecting took longer than 30 s".to_owned())?
+    .map_err(|e| e.to_string())?;
     let registry = Registry::builder()
         .perspective::<BucketTotals>()
         .receptors_of::<Working>()
