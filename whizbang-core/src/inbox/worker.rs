@@ -52,15 +52,34 @@ impl InboxWorkerOptions {
 }
 
 /// Recovers orphaned inbox messages: those waiting in the queue (a failed
-/// attempt's retry, a released lease) and those whose lease expired (their
-/// instance died). Each is handled in its own scope by
-/// [`Inbox::process`], at most [`concurrency`](InboxWorkerOptions::concurrency)
-/// at once, leases renewed while they run.
+/// attempt's retry after its backoff, a released lease) and those whose
+/// lease expired (their instance died). Each is handled in its own scope by
+/// the inbox's handling, at most [`concurrency`](InboxWorkerOptions::concurrency)
+/// at once.
+///
+/// **One round trip per tick.** Each round is one [`MessageQueue::tick`]:
+/// the completions and failures of the messages that finished since the
+/// last round, the renewal of the leases it holds (every
+/// [`renew_every`](super::InboxOptions::renew_every)), as many new leases as
+/// it has free slots, and, once per
+/// [`poll_interval`](InboxWorkerOptions::poll_interval), the queue's lag. An
+/// idle worker costs one cheap query per poll. A finished message is
+/// completed in the next round (at once: a finishing handler wakes the
+/// loop), so between its handling and that round it stays leased; if the
+/// instance dies then, another takes it over, and the inbox completes it
+/// without a second effect (its event id is stored already).
+///
+/// A message the tick answers lost (another instance took it over) is
+/// counted in [`InboxStats::lease_lost`] and its result dropped.
 ///
 /// It looks every [`poll_interval`](InboxWorkerOptions::poll_interval), when
 /// woken ([`InboxWorkerHandle::wake`], or the `Notify` from
 /// [`InboxWorkerHandle::waker`] given to a queue's notification listener), and
-/// as soon as a slot frees up.
+/// as soon as a message finishes. Each round runs in a `whizbang.inbox.tick`
+/// span recording what it completed, failed, leased and lost, and the queue
+/// depth and lag it measured.
+///
+/// [`MessageQueue::tick`]: crate::queue::MessageQueue::tick
 #[derive(Debug)]
 pub struct InboxWorker;
 

@@ -384,7 +384,7 @@ impl TickRequest {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QueueLag {
     /// Messages leasable now (waiting, or with an expired lease), counted up
-    /// to [`MAX_BATCH`](super::limits::MAX_BATCH) (a deeper queue reports that).
+    /// to [`MAX_BATCH`](limits::MAX_BATCH) (a deeper queue reports that).
     pub depth: u64,
     /// How long the oldest leasable message has been leasable (zero when
     /// none is).
