@@ -271,9 +271,20 @@ async fn sigkill_random_workers_20_times_while_20000_jobs_flow_loses_and_doubles
     };
     let mut kills = 0;
     let mut processed_at_kills = Vec::new();
+    // The kills spread over the flow: kill k comes once about
+    // (k + 1) / (KILLS + 5) of the jobs are done (so the last comes at about
+    // 80 %), a random worker each time.
+    let deadline = Instant::now() + DRAIN_BOUND;
     while kills < KILLS {
-        tokio::time::sleep(Duration::from_millis(150 + next() % 300)).await;
-        let processed = count(&db.pool, "select count(*) from wh_processed_messages").await;
+        let threshold = JOBS * (i64::try_from(kills).unwrap() + 1) / (KILLS as i64 + 5);
+        let processed = loop {
+            let processed = count(&db.pool, "select count(*) from wh_processed_messages").await;
+            if processed >= threshold {
+                break processed;
+            }
+            assert!(Instant::now() < deadline, "no progress after {kills} kills");
+            tokio::time::sleep(Duration::from_millis(20 + next() % 60)).await;
+        };
         assert!(
             processed < JOBS,
             "all jobs finished after only {kills} kills: the kills must happen while jobs flow"
