@@ -256,7 +256,10 @@ async fn one_message_delivered_three_times_is_handled_once(pool: PgPool) {
         .iter()
         .filter(|o| **o == Delivery::Processed)
         .count();
-    assert_eq!(processed, 1, "exactly one delivery handled it: {outcomes:?}");
+    assert_eq!(
+        processed, 1,
+        "exactly one delivery handled it: {outcomes:?}"
+    );
     assert!(
         outcomes.iter().all(|o| matches!(
             o,
@@ -264,8 +267,14 @@ async fn one_message_delivered_three_times_is_handled_once(pool: PgPool) {
         )),
         "{outcomes:?}"
     );
-    let again = bounded(services[1].2.deliver(message.clone())).await.unwrap();
-    assert_eq!(again, Delivery::AlreadyProcessed, "a later delivery runs nothing");
+    let again = bounded(services[1].2.deliver(message.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        Delivery::AlreadyProcessed,
+        "a later delivery runs nothing"
+    );
     let effects: u32 = services.iter().map(|s| s.3.total()).sum();
     assert_eq!(effects, 1, "one side effect");
     let (events,): (i64,) = sqlx::query_as("select count(*) from wh_events where event_id = $1")
