@@ -22,7 +22,7 @@
 //!   LISTEN/NOTIFY round (the floor) in the same run.
 //! - `idle`: an `InboxWorker` with nothing to do for 10 s (poll 1 s, and
 //!   poll 50 ms): queries per second (the database's committed transactions)
-//!   and this process's CPU time per second.
+//!   and CPU time per second, in this process and in its PostgreSQL backends.
 
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgListener, PgPoolOptions};
@@ -445,7 +445,12 @@ async fn latency(n: usize) {
 
 /// This process's CPU time (user + system), from /proc.
 fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    cpu_time_of("self")
+}
+
+/// A process's CPU time (user + system), from /proc (zero if unreadable).
+fn cpu_time_of(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let fields: Vec<&str> = after.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of stat: 12 and 13 after the name.
@@ -453,6 +458,21 @@ fn cpu_time() -> Duration {
         .get(11..13)
         .map_or(0, |f| f.iter().filter_map(|t| t.parse::<u64>().ok()).sum());
     Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
+}
+
+/// The CPU time of the server processes serving database `name` (readable
+/// when the server runs on this machine as a user we may read), by pid.
+async fn backend_cpu(pool: &PgPool, name: &str) -> std::collections::HashMap<i32, Duration> {
+    let pids: Vec<i32> = sqlx::query_scalar(
+        "select pid from pg_stat_activity where datname = $1 and pid <> pg_backend_pid()",
+    )
+    .bind(name)
+    .fetch_all(pool)
+    .await
+    .expect("read pg_stat_activity");
+    pids.into_iter()
+        .map(|pid| (pid, cpu_time_of(&pid.to_string())))
+        .collect()
 }
 
 async fn commits(pool: &PgPool, name: &str) -> i64 {
@@ -487,22 +507,36 @@ async fn idle(seconds: u64) {
         let mut wakeups = queue.wakeups(worker.waker());
         wakeups.listening().await;
         tokio::time::sleep(Duration::from_millis(1_500)).await;
-        // The stats pool's own reads are one commit each: counted and subtracted.
+        // The bench's own two reads between the counts (pg_stat_activity,
+        // then the first pg_stat_database) are one commit each: subtracted.
         let before = commits(&db.pool, &db.name).await;
+        let server_before = backend_cpu(&db.pool, &db.name).await;
+        let ticks_before = worker.stats().ticks;
         let cpu_before = cpu_time();
         let started = Instant::now();
         tokio::time::sleep(Duration::from_secs(seconds)).await;
         let elapsed = started.elapsed().as_secs_f64();
         let cpu = (cpu_time().saturating_sub(cpu_before)).as_secs_f64();
+        let ticks = worker.stats().ticks - ticks_before;
+        let server_after = backend_cpu(&db.pool, &db.name).await;
+        let server: f64 = server_after
+            .iter()
+            .filter_map(|(pid, after)| {
+                server_before
+                    .get(pid)
+                    .map(|before| after.saturating_sub(*before).as_secs_f64())
+            })
+            .sum();
         tokio::time::sleep(Duration::from_millis(1_000)).await; // stats are sent lazily
         let after = commits(&db.pool, &db.name).await;
-        let ticks = worker.stats().ticks;
         println!(
-            "idle (poll {poll_ms} ms): {:.1} queries/s ({} transactions in {elapsed:.1} s, \
-             {ticks} ticks so far), CPU {:.2} ms/s of this process",
-            (after - before - 1) as f64 / elapsed,
-            after - before - 1,
-            cpu * 1e3 / elapsed
+            "idle (poll {poll_ms} ms): {:.1} queries/s (the worker's ticks: {ticks} in \
+             {elapsed:.1} s; the database counted {} transactions), CPU {:.2} ms/s in this process, {:.2} ms/s in its \
+             PostgreSQL backends (10 ms resolution)",
+            ticks as f64 / elapsed,
+            after - before - 2,
+            cpu * 1e3 / elapsed,
+            server * 1e3 / elapsed
         );
         drop(wakeups);
         worker.shutdown().await.expect("shutdown");
