@@ -16,7 +16,8 @@
 //!   `tick`: one message a tick (lease 1, its completion in the next tick)
 //!   against 100 a tick. Ratio batched / single (goal >= 5x).
 //! - `latency`: a message made leasable by another connection (INSERT and
-//!   `pg_notify('wh_queue')` in one transaction, as a transport would) until
+//!   `pg_notify('wh_queue')` in one autocommit statement, as a transport
+//!   would) until
 //!   an `InboxWorker` (woken by `PgMessageQueue::wakeups`, polling only once
 //!   a second) starts its handler: p50 / p99 (goal p50 5 ms), against a raw
 //!   LISTEN/NOTIFY round (the floor) in the same run.
@@ -384,6 +385,7 @@ async fn latency(n: usize) {
     listener.listen("bench_floor").await.expect("listen");
     let mut floor = Vec::with_capacity(n);
     let mut ours = Vec::with_capacity(n);
+    let mut after_commit = Vec::with_capacity(n);
     let sender = db.pool.clone();
     tokio::time::sleep(Duration::from_millis(1100)).await; // past the first poll
     for i in 0..n {
@@ -398,41 +400,45 @@ async fn latency(n: usize) {
         let stream = Uuid::now_v7();
         let id = Uuid::now_v7();
         let started = Instant::now();
-        let mut tx = sender.begin().await.expect("begin");
+        // One autocommit statement: the row and its NOTIFY commit together.
         sqlx::query(
-            "insert into wh_message_queue
-                 (message_id, message_type, payload, correlation_id, enqueued_at, status,
-                  available_at, attempts)
-             values ($1, 'bench.queue.ping', jsonb_build_object('stream', $2::uuid), $1, now(),
-                     'queued', now(), 0)",
+            "with queued as (
+                 insert into wh_message_queue
+                     (message_id, message_type, payload, correlation_id, enqueued_at, status,
+                      available_at, attempts)
+                 values ($1, 'bench.queue.ping', jsonb_build_object('stream', $2::uuid), $1,
+                         now(), 'queued', now(), 0)
+                 returning 1)
+             select pg_notify('wh_queue', '') from queued",
         )
         .bind(id)
         .bind(stream)
-        .execute(&mut *tx)
+        .execute(&sender)
         .await
-        .expect("insert");
-        sqlx::query("select pg_notify('wh_queue', '')")
-            .execute(&mut *tx)
-            .await
-            .expect("notify");
-        tx.commit().await.expect("commit");
+        .expect("enqueue and notify");
+        let committed = Instant::now();
         let (got, at) = tokio::time::timeout(Duration::from_secs(5), starts.recv())
             .await
             .expect("the handler started within 5 s")
             .expect("a start");
         assert_eq!(got, stream);
         ours.push(at.duration_since(started).as_secs_f64() * 1e3);
+        after_commit.push(at.duration_since(committed).as_secs_f64() * 1e3);
         if i % 10 == 9 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
     floor.sort_by(f64::total_cmp);
     ours.sort_by(f64::total_cmp);
+    after_commit.sort_by(f64::total_cmp);
     println!(
-        "latency: enqueue (insert + notify, committed) -> handler start p50 {:.2} ms, p99 {:.2} ms \
-         (goal p50 5 ms); raw NOTIFY -> LISTEN p50 {:.2} ms, p99 {:.2} ms; {n} messages",
+        "latency: enqueue (one autocommit insert + notify) -> handler start p50 {:.2} ms, p99 \
+         {:.2} ms (goal p50 5 ms); of which after the enqueue returned p50 {:.2} ms, p99 {:.2} \
+         ms; raw NOTIFY -> LISTEN p50 {:.2} ms, p99 {:.2} ms; {n} messages",
         pct(&ours, 0.5),
         pct(&ours, 0.99),
+        pct(&after_commit, 0.5),
+        pct(&after_commit, 0.99),
         pct(&floor, 0.5),
         pct(&floor, 0.99)
     );
