@@ -476,3 +476,52 @@ async fn a_shutdown_past_its_grace_period_releases_what_did_not_finish() {
     assert_eq!(effects.distinct(), 4);
     assert!(effects.handled.lock().unwrap().values().all(|n| *n == 1));
 }
+
+/// The worker's counters: ticks (one queue round trip each), the queue's
+/// depth and lag measured in its ticks, and processed messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_counts_its_ticks_and_measures_the_queue_depth_and_lag() {
+    let (rt, effects) = runtime();
+    let queue = Arc::new(MemoryMessageQueue::new());
+    let inbox = inbox(&rt, queue.clone());
+    let dead = InstanceId::new();
+    let orders: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
+    for order in &orders {
+        bounded(queue.enqueue_and_lease(paid(*order, 1), dead, Duration::from_millis(1)))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await; // all five are orphans
+    *effects.delay.lock().unwrap() = Duration::from_millis(400);
+    assert_eq!(inbox.stats().queue_depth, None, "nothing measured yet");
+    let worker = InboxWorker::start(
+        inbox.clone(),
+        InboxWorkerOptions::default()
+            .concurrency(1)
+            .poll_interval(Duration::from_millis(20)),
+    );
+    // The first tick leases one (a slow handling) and measures the four left.
+    until(|| inbox.stats().queue_depth.is_some()).await;
+    let stats = inbox.stats();
+    assert_eq!(stats.queue_depth, Some(4), "{stats:?}");
+    assert!(
+        stats
+            .queue_lag
+            .is_some_and(|lag| lag >= Duration::from_millis(15)),
+        "the oldest waited since it became an orphan: {stats:?}"
+    );
+    assert!(stats.ticks >= 1);
+    *effects.delay.lock().unwrap() = Duration::ZERO;
+    until(|| inbox.stats().processed == 5).await;
+    until(|| inbox.stats().queue_depth == Some(0)).await;
+    let stats = inbox.stats();
+    assert_eq!(stats.queue_lag, Some(Duration::ZERO), "{stats:?}");
+    assert!(
+        stats.ticks >= 5,
+        "at least one tick per message leased one at a time: {stats:?}"
+    );
+    bounded(worker.shutdown()).await.unwrap();
+    for order in &orders {
+        assert_eq!(effects.handled(*order), 1);
+    }
+}

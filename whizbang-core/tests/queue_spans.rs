@@ -42,7 +42,10 @@ impl tracing::Subscriber for &'static Spans {
 async fn every_operation_runs_in_a_span_naming_the_message_and_instance() {
     let spans: &'static Spans = Box::leak(Box::default());
     let _default = tracing::subscriber::set_default(spans);
-    let queue = MemoryMessageQueue::new();
+    // No retry backoff: the failed message is leased again at once.
+    let queue = MemoryMessageQueue::with_options(
+        whizbang_core::queue::QueueOptions::default().retry_backoff(Duration::ZERO, Duration::ZERO),
+    );
     let me = InstanceId::new();
     let lease = Duration::from_secs(5);
     let m = QueuedMessage::from_json("spans.test", "{}").expect("JSON");
@@ -56,6 +59,10 @@ async fn every_operation_runs_in_a_span_naming_the_message_and_instance() {
     queue.lease_orphaned(me, 5, lease).await.expect("lease");
     queue.complete(id, me, "spans").await.expect("complete");
     queue.processed(id).await.expect("processed");
+    queue
+        .tick(me, whizbang_core::queue::TickRequest::lease(1, lease))
+        .await
+        .expect("tick");
     let recorded = spans.0.lock().expect("not poisoned").clone();
     let named = |name: &str| {
         recorded
@@ -74,6 +81,7 @@ async fn every_operation_runs_in_a_span_naming_the_message_and_instance() {
         "fail",
         "lease_orphaned",
         "complete",
+        "tick",
     ] {
         let fields = named(&format!("whizbang.queue.{op}"));
         assert!(

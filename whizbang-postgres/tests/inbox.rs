@@ -232,3 +232,66 @@ async fn a_release_on_another_instance_wakes_an_idle_worker_at_once(pool: PgPool
     drop((inbox, rt));
     bounded(pg.close()).await;
 }
+
+/// One message delivered three times (by three runtimes at once, then once
+/// more after it completed) is handled once: one side effect, one stored
+/// event, one processed record; the other deliveries run nothing.
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn one_message_delivered_three_times_is_handled_once(pool: PgPool) {
+    let options = fast_options().pool_size(4);
+    let mut services = Vec::new();
+    for _ in 0..3 {
+        let pg = backend(&pool, options.clone()).await;
+        let (rt, inbox, effects) = service(&pg);
+        services.push((pg, rt, inbox, effects));
+    }
+    let message = credited(3);
+    let (x, y, z) = tokio::join!(
+        services[0].2.deliver(message.clone()),
+        services[1].2.deliver(message.clone()),
+        services[2].2.deliver(message.clone()),
+    );
+    let outcomes = [x.unwrap(), y.unwrap(), z.unwrap()];
+    let processed = outcomes
+        .iter()
+        .filter(|o| **o == Delivery::Processed)
+        .count();
+    assert_eq!(
+        processed, 1,
+        "exactly one delivery handled it: {outcomes:?}"
+    );
+    assert!(
+        outcomes.iter().all(|o| matches!(
+            o,
+            Delivery::Processed | Delivery::AlreadyQueued | Delivery::AlreadyProcessed
+        )),
+        "{outcomes:?}"
+    );
+    let again = bounded(services[1].2.deliver(message.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        Delivery::AlreadyProcessed,
+        "a later delivery runs nothing"
+    );
+    let effects: u32 = services.iter().map(|s| s.3.total()).sum();
+    assert_eq!(effects, 1, "one side effect");
+    let (events,): (i64,) = sqlx::query_as("select count(*) from wh_events where event_id = $1")
+        .bind(message.id.as_uuid())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 1, "its event is stored once");
+    let (records,): (i64,) =
+        sqlx::query_as("select count(*) from wh_processed_messages where message_id = $1")
+            .bind(message.id.as_uuid())
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(records, 1);
+    for (pg, rt, inbox, _) in services {
+        drop((inbox, rt));
+        bounded(pg.close()).await;
+    }
+}

@@ -152,10 +152,9 @@ async fn migrations_create_the_tables_with_their_keys(pool: PgPool) {
         .map(|m| (m.version, true))
         .collect();
     assert_eq!(applied, embedded);
-    assert_eq!(
-        embedded.len(),
-        4,
-        "0001 events, 0002 runner, 0003 queue, 0004 outbox"
+    assert!(
+        embedded.len() >= 4,
+        "0001 events, 0002 runner, 0003 queue, 0004 outbox, 0005 queue tick, ..: {embedded:?}"
     );
 }
 
@@ -275,7 +274,8 @@ async fn migrate_twice_is_idempotent(pool: PgPool) {
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(applied, 4, "each migration is recorded once");
+    let embedded = i64::try_from(whizbang_postgres::MIGRATOR.iter().count()).unwrap();
+    assert_eq!(applied, embedded, "each migration is recorded once");
     let events: i64 = sqlx::query_scalar("select count(*) from wh_events")
         .fetch_one(&pool)
         .await

@@ -19,8 +19,15 @@ use whizbang_postgres::PgMessageQueue;
 /// statement takes on a loaded machine, so "before expiry" stays before it.
 const TICK: Duration = Duration::from_millis(400);
 
+/// The retry backoff the contracts run with: well below a tick (short
+/// leases expire in a tick). `a_failed_message_waits_its_backoff_on_the_database_clock`
+/// tests the backoff itself.
+fn contract_options() -> QueueOptions {
+    QueueOptions::default().retry_backoff(Duration::from_millis(20), Duration::from_millis(40))
+}
+
 fn fixture(pool: PgPool) -> QueueUnderTest {
-    QueueUnderTest::real_time(PgMessageQueue::new(pool), TICK)
+    QueueUnderTest::real_time(PgMessageQueue::with_options(pool, contract_options()), TICK)
 }
 
 macro_rules! pg_queue_contracts {
@@ -58,7 +65,7 @@ async fn the_attempt_limit_contracts_hold_with_a_limit_of_one(pool: PgPool) {
                 .await
                 .expect("empty the queue tables");
             QueueUnderTest::real_time(
-                PgMessageQueue::with_options(pool, QueueOptions::default().max_attempts(1)),
+                PgMessageQueue::with_options(pool, contract_options().max_attempts(1)),
                 TICK,
             )
         }
@@ -289,4 +296,175 @@ async fn a_redelivery_blocked_on_a_committing_complete_is_refused(pool: PgPool) 
                 .expect("count");
         assert_eq!(queued, 0, "the redelivery took its insert back");
     }
+}
+
+/// A failed attempt's message is not leasable before its backoff (base,
+/// doubled per attempt, capped) on the database's clock, and is after it;
+/// the tick's failures wait the same backoff.
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn a_failed_message_waits_its_backoff_on_the_database_clock(pool: PgPool) {
+    use whizbang_core::queue::{FailOutcome, TickRequest};
+    let base = Duration::from_millis(300);
+    let options = QueueOptions::default()
+        .max_attempts(10)
+        .retry_backoff(base, Duration::from_millis(600));
+    let queue = PgMessageQueue::with_options(pool, options);
+    let me = InstanceId::new();
+    let lease = Duration::from_secs(60);
+    let m = QueuedMessage::from_json("pg_queue.flaky", "{}").unwrap();
+    bounded(queue.enqueue_and_lease(m.clone(), me, lease))
+        .await
+        .unwrap();
+    // Attempt 1 waits 300 ms, attempt 2 600 ms, attempt 3 the 600 ms cap;
+    // attempt 3 fails through a tick.
+    for (attempt, wait) in [(1u32, 300u64), (2, 600), (3, 600)] {
+        let failed_at = std::time::Instant::now();
+        if attempt < 3 {
+            let outcome = bounded(queue.fail(m.id, me, "flaky")).await.unwrap();
+            assert_eq!(outcome, FailOutcome::Retry { attempts: attempt });
+        } else {
+            let response =
+                bounded(queue.tick(me, TickRequest::lease(0, lease).fail(m.id, "flaky")))
+                    .await
+                    .unwrap();
+            assert_eq!(
+                response.failed,
+                [(m.id, FailOutcome::Retry { attempts: 3 })]
+            );
+        }
+        let early = bounded(queue.lease_orphaned(me, 10, lease)).await.unwrap();
+        assert!(
+            early.is_empty() || failed_at.elapsed() >= Duration::from_millis(wait),
+            "attempt {attempt}: leased again before its backoff of {wait} ms"
+        );
+        tokio::time::sleep(Duration::from_millis(wait + 50)).await;
+        let again = bounded(queue.lease_orphaned(me, 10, lease)).await.unwrap();
+        assert_eq!(
+            again.len(),
+            1,
+            "attempt {attempt}: leasable after {wait} ms"
+        );
+        assert_eq!(again[0].attempt, attempt + 1);
+        assert_eq!(again[0].last_error.as_deref(), Some("flaky"));
+    }
+}
+
+/// One tick (one SQL call) completes, fails, renews, leases and measures the
+/// lag; ids the instance does not hold come back lost, change nothing and do
+/// not stop the rest.
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn a_tick_does_a_workers_round_in_one_call_and_answers_lost_ids(pool: PgPool) {
+    use whizbang_core::queue::{FailOutcome, TickRequest};
+    let options = QueueOptions::default().max_attempts(2);
+    let queue = PgMessageQueue::with_options(pool.clone(), options);
+    let (me, other) = (InstanceId::new(), InstanceId::new());
+    let lease = Duration::from_secs(60);
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let m = QueuedMessage::from_json("pg_queue.tick", &format!("{{\"i\":{i}}}")).unwrap();
+        ids.push(m.id);
+        bounded(queue.enqueue_and_lease(m, me, lease))
+            .await
+            .unwrap();
+    }
+    // ids[4] is on its second (last) attempt: its failure dead-letters it.
+    bounded(queue.release(&[ids[4]], me)).await.unwrap();
+    sqlx::query("update wh_message_queue set attempts = 1 where message_id = $1")
+        .bind(ids[4].as_uuid())
+        .execute(&pool)
+        .await
+        .unwrap();
+    let taken = bounded(queue.lease_orphaned(me, 10, lease)).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    let stranger = QueuedMessage::from_json("pg_queue.tick", "{}").unwrap();
+    bounded(queue.enqueue_and_lease(stranger.clone(), other, lease))
+        .await
+        .unwrap();
+    let waiting: Vec<QueuedMessage> = (0..3)
+        .map(|i| QueuedMessage::from_json("pg_queue.tick", &format!("{{\"w\":{i}}}")).unwrap())
+        .collect();
+    for m in &waiting {
+        bounded(queue.enqueue_and_lease(m.clone(), other, Duration::from_millis(1)))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    let response = bounded(
+        queue.tick(
+            me,
+            TickRequest::lease(2, lease)
+                .complete(ids[0], "tick-handler")
+                .fail(ids[1], "boom")
+                .fail(ids[4], "poison")
+                .renew([ids[2], ids[3], stranger.id])
+                .measure_lag(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.completed, [ids[0]]);
+    let mut failed = response.failed.clone();
+    failed.sort_by_key(|(id, _)| *id);
+    let mut want = vec![
+        (ids[1], FailOutcome::Retry { attempts: 1 }),
+        (ids[4], FailOutcome::DeadLettered { attempts: 2 }),
+    ];
+    want.sort_by_key(|(id, _)| *id);
+    assert_eq!(failed, want);
+    assert_eq!(
+        response.lost,
+        [stranger.id],
+        "a lease it does not hold is lost"
+    );
+    let mut renewed = response.renewed.clone();
+    renewed.sort();
+    let mut held = vec![ids[2], ids[3]];
+    held.sort();
+    assert_eq!(renewed, held, "the held leases are renewed anyway");
+    assert!(response.renewed_until.is_some());
+    assert_eq!(
+        response.leased.len(),
+        2,
+        "two of the three expired leases are taken"
+    );
+    let lag = response.lag.expect("the lag was measured");
+    assert_eq!(lag.depth, 1, "one expired lease is left leasable");
+    assert!(
+        lag.oldest > Duration::ZERO && lag.oldest < Duration::from_secs(30),
+        "{lag:?}"
+    );
+
+    let record = bounded(queue.processed(ids[0])).await.unwrap().unwrap();
+    assert_eq!(record.handler, "tick-handler");
+    let dead = bounded(queue.dead_letters(10)).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0].message.id, dead[0].error.as_str()),
+        (ids[4], "poison")
+    );
+    let owner: Option<uuid::Uuid> =
+        sqlx::query_scalar("select lease_owner from wh_message_queue where message_id = $1")
+            .bind(stranger.id.as_uuid())
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(owner, Some(other.as_uuid()), "the lost id was not changed");
+
+    // Sent again (an earlier tick recorded it), a completion is lost; an idle
+    // tick changes nothing and measures the lag.
+    let again = bounded(queue.tick(me, TickRequest::lease(0, lease).complete(ids[0], "h")))
+        .await
+        .unwrap();
+    assert_eq!(again.lost, [ids[0]]);
+    let idle = bounded(queue.tick(
+        InstanceId::new(),
+        TickRequest::lease(0, lease).measure_lag(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(idle.lag.map(|l| l.depth), Some(1));
+    assert!(idle.leased.is_empty() && idle.completed.is_empty());
+    let lag = bounded(queue.lag()).await.unwrap().unwrap();
+    assert_eq!(lag.depth, 1);
 }

@@ -155,15 +155,50 @@ pub struct InboxStats {
     /// Messages whose lease was taken over before they completed or failed
     /// (another instance handles them).
     pub lease_lost: u64,
+    /// Queue round trips its workers made ([`MessageQueue::tick`]).
+    pub ticks: u64,
+    /// Messages leasable in the queue at a worker's last measure (counted up
+    /// to [`MAX_BATCH`](crate::queue::limits::MAX_BATCH)); `None` before the
+    /// first, or when the queue cannot tell.
+    pub queue_depth: Option<u64>,
+    /// How long the oldest leasable message had waited at a worker's last
+    /// measure (the queue lag); `None` as for
+    /// [`queue_depth`](Self::queue_depth).
+    pub queue_lag: Option<Duration>,
 }
 
-#[derive(Default)]
+/// `u64::MAX` in a gauge: not measured.
+const UNMEASURED: u64 = u64::MAX;
+
 struct Counters {
     processed: AtomicU64,
     retried: AtomicU64,
     dead_lettered: AtomicU64,
     duplicates: AtomicU64,
     lease_lost: AtomicU64,
+    ticks: AtomicU64,
+    queue_depth: AtomicU64,
+    /// Microseconds.
+    queue_lag: AtomicU64,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            processed: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            lease_lost: AtomicU64::new(0),
+            ticks: AtomicU64::new(0),
+            queue_depth: AtomicU64::new(UNMEASURED),
+            queue_lag: AtomicU64::new(UNMEASURED),
+        }
+    }
+}
+
+fn gauge(value: &AtomicU64) -> Option<u64> {
+    Some(value.load(Ordering::Relaxed)).filter(|v| *v != UNMEASURED)
 }
 
 fn bump(counter: &AtomicU64) {
@@ -307,6 +342,9 @@ impl Inbox {
             dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
             duplicates: c.duplicates.load(Ordering::Relaxed),
             lease_lost: c.lease_lost.load(Ordering::Relaxed),
+            ticks: c.ticks.load(Ordering::Relaxed),
+            queue_depth: gauge(&c.queue_depth),
+            queue_lag: gauge(&c.queue_lag).map(Duration::from_micros),
         }
     }
 
@@ -400,6 +438,38 @@ impl Inbox {
             _ => {}
         }
         outcome
+    }
+
+    /// Handles a message this inbox's instance leased, in a new scope, like
+    /// [`process`](Self::process), but neither renews its lease nor
+    /// completes or fails it: the worker does that in its ticks. `Err` holds
+    /// the error text to fail it with.
+    pub(crate) async fn handle_leased(
+        &self,
+        leased: &LeasedMessage,
+    ) -> std::result::Result<(), String> {
+        let message = &leased.message;
+        let span = tracing::info_span!(
+            "whizbang.inbox.process",
+            message_id = %message.id,
+            message_type = %message.message_type,
+            correlation_id = %message.correlation_id,
+            causation_id = message.causation_id.map(tracing::field::display),
+            attempt = leased.attempt,
+            instance = %self.inner.instance,
+        );
+        let id = message.id;
+        match self.handle(message).instrument(span.clone()).await {
+            Ok(()) => Ok(()),
+            // An earlier attempt stored the event and stopped before it
+            // completed the message: its effects happened; complete it now.
+            Err(Error::DuplicateEventId { event_id }) if event_id == id.into() => Ok(()),
+            Err(error) => {
+                let text = error.to_string();
+                span.in_scope(|| tracing::warn!(error = %text, "inbox message failed"));
+                Err(text)
+            }
+        }
     }
 
     /// Runs the message's handling while renewing its lease.

@@ -4,7 +4,7 @@
 use super::limits::{check_batch, check_handler, check_lease, distinct, error_text, MAX_BATCH};
 use super::{
     lease_expired_error, DeadLetter, EnqueueOutcome, FailOutcome, LeasedMessage, MessageQueue,
-    ProcessedRecord, QueueOptions, QueuedMessage,
+    ProcessedRecord, QueueLag, QueueOptions, QueuedMessage,
 };
 use crate::error::{Error, Result};
 use crate::message::{InstanceId, MessageId};
@@ -341,7 +341,8 @@ impl MemoryMessageQueue {
             return Ok(FailOutcome::DeadLettered { attempts });
         }
         entry.owner = None;
-        entry.available_at = now;
+        let backoff = self.options.backoff_after(attempts);
+        entry.available_at = now.checked_add(backoff).unwrap_or(now);
         entry.last_error = Some(error);
         Ok(FailOutcome::Retry { attempts })
     }
@@ -400,6 +401,21 @@ impl MemoryMessageQueue {
             state.processed.remove(id);
         }
         Ok(old.len())
+    }
+
+    fn lag_now(&self) -> QueueLag {
+        let now = self.clock.now();
+        let state = lock(&self.state);
+        let mut depth = 0u64;
+        let mut oldest = now;
+        for entry in state.queue.values().filter(|e| e.available_at <= now) {
+            depth += 1;
+            oldest = oldest.min(entry.available_at);
+        }
+        QueueLag {
+            depth: depth.min(MAX_BATCH as u64),
+            oldest: now.duration_since(oldest).unwrap_or_default(),
+        }
     }
 
     fn dead_letters_now(&self, max: usize) -> Result<Vec<DeadLetter>> {
@@ -532,5 +548,9 @@ impl MessageQueue for MemoryMessageQueue {
     ) -> BoxFuture<'a, Result<Vec<MessageId>>> {
         let span = super::spans::replay_dead_letters(ids.len());
         traced(span, move || self.replay_now(ids))
+    }
+
+    fn lag(&self) -> BoxFuture<'_, Result<Option<QueueLag>>> {
+        Box::pin(async move { Ok(Some(self.lag_now())) })
     }
 }

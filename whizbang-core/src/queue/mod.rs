@@ -94,17 +94,24 @@ pub use crate::message::InstanceId;
 use crate::error::Result;
 use crate::message::MessageId;
 use crate::store::BoxFuture;
+use limits::{check_batch, check_handler, check_lease};
 use std::time::{Duration, SystemTime};
 
-#[cfg(doc)]
 use crate::error::Error;
 
 /// How a queue behaves. Builder-style.
 ///
 /// ```
+/// use std::time::Duration;
 /// use whizbang_core::queue::QueueOptions;
 /// assert_eq!(QueueOptions::default().max_attempts, 5);
 /// assert_eq!(QueueOptions::default().max_attempts(0).max_attempts, 1);
+///
+/// // A failed attempt waits base * 2^(attempt - 1), at most the cap.
+/// let o = QueueOptions::default().retry_backoff(Duration::from_millis(100), Duration::from_secs(1));
+/// assert_eq!(o.backoff_after(1), Duration::from_millis(100));
+/// assert_eq!(o.backoff_after(3), Duration::from_millis(400));
+/// assert_eq!(o.backoff_after(30), Duration::from_secs(1));
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -112,11 +119,22 @@ pub struct QueueOptions {
     /// How many leases a message gets before it goes to the dead letters
     /// (default 5, at least 1). Take-overs of expired leases count.
     pub max_attempts: u32,
+    /// How long a message waits after its first failed attempt before it
+    /// may be leased again (default 1 s); each further failure doubles the
+    /// wait, up to [`retry_backoff_cap`](Self::retry_backoff_cap). Zero
+    /// retries at once.
+    pub retry_backoff_base: Duration,
+    /// The longest wait between a failed attempt and the next (default 5 min).
+    pub retry_backoff_cap: Duration,
 }
 
 impl Default for QueueOptions {
     fn default() -> Self {
-        QueueOptions { max_attempts: 5 }
+        QueueOptions {
+            max_attempts: 5,
+            retry_backoff_base: Duration::from_secs(1),
+            retry_backoff_cap: Duration::from_secs(5 * 60),
+        }
     }
 }
 
@@ -126,6 +144,25 @@ impl QueueOptions {
     pub fn max_attempts(mut self, n: u32) -> Self {
         self.max_attempts = n.max(1);
         self
+    }
+
+    /// Sets the retry backoff: after failed attempt `n` a message waits
+    /// `base * 2^(n - 1)`, at most `cap` (both at most
+    /// [`limits::MAX_LEASE`]; a cap below the base is raised to it).
+    #[must_use]
+    pub fn retry_backoff(mut self, base: Duration, cap: Duration) -> Self {
+        self.retry_backoff_base = base.min(limits::MAX_LEASE);
+        self.retry_backoff_cap = cap.min(limits::MAX_LEASE).max(self.retry_backoff_base);
+        self
+    }
+
+    /// How long a message waits after its `attempts`-th attempt failed:
+    /// `base * 2^(attempts - 1)`, at most the cap.
+    #[must_use]
+    pub fn backoff_after(&self, attempts: u32) -> Duration {
+        1u32.checked_shl(attempts.saturating_sub(1))
+            .and_then(|factor| self.retry_backoff_base.checked_mul(factor))
+            .map_or(self.retry_backoff_cap, |d| d.min(self.retry_backoff_cap))
     }
 }
 
@@ -212,6 +249,181 @@ pub fn lease_expired_error(attempts: u32) -> String {
     )
 }
 
+// ------------------------------------------------------------ worker ticks
+
+/// A message a worker finished: complete it, recording `handler`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// The message.
+    pub id: MessageId,
+    /// The handler name its processed record carries.
+    pub handler: String,
+}
+
+/// A message whose attempt failed with `error`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// The message.
+    pub id: MessageId,
+    /// What went wrong (kept as the message's last error).
+    pub error: String,
+}
+
+/// What a worker sends in one [`MessageQueue::tick`]: what it finished, the
+/// leases it keeps, and how many new messages it takes.
+///
+/// ```
+/// use std::time::Duration;
+/// use whizbang_core::queue::TickRequest;
+///
+/// // An idle worker with 8 free slots: one call, nothing to report.
+/// let idle = TickRequest::lease(8, Duration::from_secs(30));
+/// assert!(idle.completed.is_empty() && idle.failed.is_empty() && idle.renew.is_empty());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TickRequest {
+    /// Messages to complete (each removed and recorded processed).
+    pub completed: Vec<Completion>,
+    /// Messages whose attempt failed (each retried after its backoff, or
+    /// dead-lettered at the attempt limit).
+    pub failed: Vec<Failure>,
+    /// Messages whose leases to extend to [`lease`](Self::lease) from now.
+    pub renew: Vec<MessageId>,
+    /// How many messages to lease (0 for none), as
+    /// [`lease_orphaned`](MessageQueue::lease_orphaned) would.
+    pub lease_max: usize,
+    /// The lease length of renewals and new leases.
+    pub lease: Duration,
+    /// Whether to measure the queue's lag ([`TickResponse::lag`]).
+    pub measure_lag: bool,
+}
+
+impl TickRequest {
+    /// A tick that reports nothing and leases up to `max` messages for `lease`.
+    #[must_use]
+    pub fn lease(max: usize, lease: Duration) -> Self {
+        TickRequest {
+            completed: Vec::new(),
+            failed: Vec::new(),
+            renew: Vec::new(),
+            lease_max: max,
+            lease,
+            measure_lag: false,
+        }
+    }
+
+    /// Adds a completion.
+    #[must_use]
+    pub fn complete(mut self, id: MessageId, handler: impl Into<String>) -> Self {
+        self.completed.push(Completion {
+            id,
+            handler: handler.into(),
+        });
+        self
+    }
+
+    /// Adds a failure.
+    #[must_use]
+    pub fn fail(mut self, id: MessageId, error: impl Into<String>) -> Self {
+        self.failed.push(Failure {
+            id,
+            error: error.into(),
+        });
+        self
+    }
+
+    /// Adds leases to renew.
+    #[must_use]
+    pub fn renew(mut self, ids: impl IntoIterator<Item = MessageId>) -> Self {
+        self.renew.extend(ids);
+        self
+    }
+
+    /// Asks for the lag too.
+    #[must_use]
+    pub fn measure_lag(mut self) -> Self {
+        self.measure_lag = true;
+        self
+    }
+
+    /// Whether the request reports nothing and leases nothing.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.completed.is_empty()
+            && self.failed.is_empty()
+            && self.renew.is_empty()
+            && self.lease_max == 0
+            && !self.measure_lag
+    }
+
+    /// The checks every queue runs before a tick changes anything.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] saying what is wrong.
+    pub fn validate(&self) -> Result<()> {
+        check_lease(self.lease)?;
+        for (what, n) in [
+            ("a tick's completions", self.completed.len()),
+            ("a tick's failures", self.failed.len()),
+            ("a tick's renewals", self.renew.len()),
+            ("a tick's leases", self.lease_max),
+        ] {
+            if n > 0 {
+                check_batch(what, n)?;
+            }
+        }
+        for c in &self.completed {
+            check_handler(c.id, &c.handler)?;
+        }
+        Ok(())
+    }
+}
+
+/// How far behind a queue is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueLag {
+    /// Messages leasable now (waiting, or with an expired lease), counted up
+    /// to [`MAX_BATCH`](limits::MAX_BATCH) (a deeper queue reports that).
+    pub depth: u64,
+    /// How long the oldest leasable message has been leasable (zero when
+    /// none is).
+    pub oldest: Duration,
+}
+
+/// What a [`MessageQueue::tick`] did.
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct TickResponse {
+    /// The completions recorded.
+    pub completed: Vec<MessageId>,
+    /// The failures recorded, with what became of each message.
+    pub failed: Vec<(MessageId, FailOutcome)>,
+    /// The leases renewed, and their new expiry (`None` when none was).
+    pub renewed: Vec<MessageId>,
+    /// The new expiry of the renewed leases.
+    pub renewed_until: Option<SystemTime>,
+    /// The ids of the request's completions, failures and renewals that
+    /// `instance` no longer holds (taken over, or finished by an earlier
+    /// tick): nothing was changed for them.
+    pub lost: Vec<MessageId>,
+    /// The messages newly leased.
+    pub leased: Vec<LeasedMessage>,
+    /// The lag, when asked for and the queue can tell.
+    pub lag: Option<QueueLag>,
+}
+
+impl TickResponse {
+    /// [`Error::LeaseLost`] naming [`lost`](Self::lost), if any.
+    #[must_use]
+    pub fn lost_error(&self, instance: InstanceId) -> Option<Error> {
+        (!self.lost.is_empty()).then(|| Error::LeaseLost {
+            message_ids: self.lost.clone(),
+            instance,
+        })
+    }
+}
+
 /// A lease-based, idempotent message queue (see the [module docs](self) for
 /// the contract). Object-safe: use it as `Arc<dyn MessageQueue>`.
 ///
@@ -270,8 +482,9 @@ pub trait MessageQueue: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<()>>;
 
     /// Records that the attempt failed with `error`: below the attempt limit
-    /// the message waits in the queue for another lease; at the limit it goes
-    /// to the dead letters with `error`.
+    /// the message waits in the queue for another lease, available again
+    /// after the retry backoff ([`QueueOptions::backoff_after`] its
+    /// attempts); at the limit it goes to the dead letters with `error`.
     ///
     /// # Errors
     /// [`Error::LeaseLost`] when `instance` does not hold the message's lease
@@ -343,4 +556,107 @@ pub trait MessageQueue: Send + Sync + 'static {
         &'a self,
         ids: &'a [MessageId],
     ) -> BoxFuture<'a, Result<Vec<MessageId>>>;
+
+    /// How far behind the queue is: the messages leasable now and how long
+    /// the oldest of them has waited. `None` when the queue cannot tell
+    /// cheaply (the default).
+    ///
+    /// # Errors
+    /// A backend failure.
+    fn lag(&self) -> BoxFuture<'_, Result<Option<QueueLag>>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// One worker tick: records `request`'s completions and failures, renews
+    /// the leases it names, then leases up to
+    /// [`lease_max`](TickRequest::lease_max) messages, and measures the lag
+    /// (see [`TickRequest`] and [`TickResponse`]). Unlike
+    /// [`renew`](Self::renew), an id `instance` no longer holds does not stop
+    /// the others: it is answered in [`TickResponse::lost`] and nothing is
+    /// changed for it.
+    ///
+    /// The default runs the single calls one after another (not atomic: on
+    /// an error, some of the request may have been recorded; sent again, a
+    /// recorded completion answers lost). A backend overrides it with one
+    /// round trip (`PgMessageQueue` calls one SQL function).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a zero or too long lease, an empty handler
+    /// name, or more than [`limits::MAX_BATCH`] ids or leases; a backend
+    /// failure.
+    fn tick(
+        &self,
+        instance: InstanceId,
+        request: TickRequest,
+    ) -> BoxFuture<'_, Result<TickResponse>> {
+        let span = spans::tick(
+            instance,
+            request.completed.len(),
+            request.failed.len(),
+            request.renew.len(),
+            request.lease_max,
+        );
+        Box::pin(tracing::Instrument::instrument(
+            tick_by_single_calls(self, instance, request),
+            span,
+        ))
+    }
+}
+
+/// [`MessageQueue::tick`] from the single calls, one after another.
+async fn tick_by_single_calls<Q: MessageQueue + ?Sized>(
+    queue: &Q,
+    instance: InstanceId,
+    request: TickRequest,
+) -> Result<TickResponse> {
+    request.validate()?;
+    let mut response = TickResponse::default();
+    let mut seen = std::collections::HashSet::new();
+    for c in &request.completed {
+        if !seen.insert(c.id) {
+            continue;
+        }
+        match queue.complete(c.id, instance, &c.handler).await {
+            Ok(()) => response.completed.push(c.id),
+            Err(Error::LeaseLost { .. }) => response.lost.push(c.id),
+            Err(e) => return Err(e),
+        }
+    }
+    for f in &request.failed {
+        if !seen.insert(f.id) {
+            continue;
+        }
+        match queue.fail(f.id, instance, &f.error).await {
+            Ok(outcome) => response.failed.push((f.id, outcome)),
+            Err(Error::LeaseLost { .. }) => response.lost.push(f.id),
+            Err(e) => return Err(e),
+        }
+    }
+    let mut renew: Vec<MessageId> = limits::distinct(&request.renew)
+        .into_iter()
+        .filter(|id| !seen.contains(id))
+        .collect();
+    while !renew.is_empty() {
+        match queue.renew(&renew, instance, request.lease).await {
+            Ok(until) => {
+                response.renewed_until = Some(until);
+                response.renewed = renew;
+                break;
+            }
+            Err(Error::LeaseLost { message_ids, .. }) if !message_ids.is_empty() => {
+                renew.retain(|id| !message_ids.contains(id));
+                response.lost.extend(message_ids);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if request.lease_max > 0 {
+        response.leased = queue
+            .lease_orphaned(instance, request.lease_max, request.lease)
+            .await?;
+    }
+    if request.measure_lag {
+        response.lag = queue.lag().await?;
+    }
+    Ok(response)
 }

@@ -73,3 +73,23 @@ pub fn dead_letters(max: usize) -> Span {
 pub fn replay_dead_letters(count: usize) -> Span {
     tracing::debug_span!("whizbang.queue.replay_dead_letters", count)
 }
+
+/// `whizbang.queue.tick`: the instance, how many completions, failures and
+/// renewals it reports, and how many leases it asks for.
+#[must_use]
+pub fn tick(
+    instance: InstanceId,
+    completed: usize,
+    failed: usize,
+    renew: usize,
+    lease_max: usize,
+) -> Span {
+    tracing::debug_span!(
+        "whizbang.queue.tick",
+        %instance,
+        completed,
+        failed,
+        renew,
+        lease_max,
+    )
+}

@@ -17,7 +17,8 @@ use whizbang_core::backend::BoxFuture;
 use whizbang_core::error::Stored;
 use whizbang_core::queue::{
     lease_expired_error, limits, DeadLetter, EnqueueOutcome, FailOutcome, LeasedMessage,
-    MessageQueue, ProcessedRecord, QueueOptions, QueuedMessage,
+    MessageQueue, ProcessedRecord, QueueLag, QueueOptions, QueuedMessage, TickRequest,
+    TickResponse,
 };
 use whizbang_core::{Error, InstanceId, MessageId, Metadata, Result};
 
@@ -31,6 +32,8 @@ const PROCESSED: &str = include_str!("sql/processed.sql");
 const PRUNE_PROCESSED: &str = include_str!("sql/prune_processed.sql");
 const DEAD_LETTERS: &str = include_str!("sql/dead_letters.sql");
 const REPLAY_DEAD_LETTERS: &str = include_str!("sql/replay_dead_letters.sql");
+const TICK: &str = include_str!("sql/tick.sql");
+const LAG: &str = include_str!("sql/lag.sql");
 
 /// The [`MessageQueue`] on PostgreSQL. Cheap to clone (it shares the pool).
 /// Get one from [`Postgres::message_queue`](crate::Postgres::message_queue)
@@ -41,6 +44,12 @@ const REPLAY_DEAD_LETTERS: &str = include_str!("sql/replay_dead_letters.sql");
 ///   function `wh_enqueue_and_lease`, which checks for a processed record or
 ///   dead letter again after its insert, in a new snapshot: a complete of the
 ///   same id committing meanwhile cannot get the id leased twice.
+/// - [`tick`](MessageQueue::tick) is one call of the SQL function
+///   `wh_queue_tick` (migration `0005_queue_tick.sql`): a worker's
+///   completions, failures, renewals, new leases and the lag in one round
+///   trip; an idle worker's tick is one index probe.
+/// - A failed attempt's message is leasable again after the retry backoff
+///   ([`QueueOptions::backoff_after`]), counted on the database's clock.
 /// - [`lease_orphaned`](MessageQueue::lease_orphaned) reads the next
 ///   leasable rows through `wh_message_queue_available_idx` with
 ///   `FOR UPDATE SKIP LOCKED`, so concurrent instances take disjoint batches.
@@ -94,6 +103,24 @@ struct LeasedRow {
     message: MessageRow,
     lease_expires_us: i64,
     last_error: Option<String>,
+}
+
+/// A row of `wh_queue_tick`.
+#[derive(sqlx::FromRow)]
+struct TickRow {
+    kind: String,
+    message_id: Option<Uuid>,
+    attempts: Option<i32>,
+    at_us: Option<i64>,
+    message_type: Option<String>,
+    payload: Option<String>,
+    correlation_id: Option<Uuid>,
+    causation_id: Option<Uuid>,
+    headers: Option<String>,
+    enqueued_us: Option<i64>,
+    last_error: Option<String>,
+    depth: Option<i64>,
+    now_us: i64,
 }
 
 #[derive(sqlx::FromRow)]
@@ -245,6 +272,8 @@ impl PgMessageQueue {
             .bind(instance.as_uuid())
             .bind(&error)
             .bind(limit)
+            .bind(duration_micros(self.options.retry_backoff_base))
+            .bind(duration_micros(self.options.retry_backoff_cap))
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| {
@@ -256,7 +285,9 @@ impl PgMessageQueue {
                 attempts: to_u32(n),
             }),
             Some(n) => {
-                wake::announce(&self.pool);
+                if self.options.backoff_after(to_u32(n)).is_zero() {
+                    wake::announce(&self.pool);
+                }
                 Ok(FailOutcome::Retry {
                     attempts: to_u32(n),
                 })
@@ -314,6 +345,151 @@ impl PgMessageQueue {
         lost_or(ids, &held, instance)?;
         wake::announce(&self.pool);
         Ok(())
+    }
+
+    async fn tick_now(&self, instance: InstanceId, request: TickRequest) -> Result<TickResponse> {
+        request.validate()?;
+        let mut seen = std::collections::HashSet::new();
+        let (mut complete, mut handlers) = (Vec::new(), Vec::new());
+        for c in &request.completed {
+            if seen.insert(c.id) {
+                complete.push(c.id.as_uuid());
+                handlers.push(c.handler.as_str());
+            }
+        }
+        let (mut fail, mut errors) = (Vec::new(), Vec::new());
+        for f in &request.failed {
+            if seen.insert(f.id) {
+                fail.push(f.id.as_uuid());
+                errors.push(limits::error_text(&f.error));
+            }
+        }
+        let renew: Vec<Uuid> = limits::distinct(&request.renew)
+            .into_iter()
+            .filter(|id| seen.insert(*id))
+            .map(|id| id.as_uuid())
+            .collect();
+        let (before, after) = expired_error_parts();
+        let lag_cap = if request.measure_lag {
+            batch_i64(limits::MAX_BATCH)
+        } else {
+            0
+        };
+        let rows: Vec<TickRow> = sqlx::query_as(TICK)
+            .bind(instance.as_uuid())
+            .bind(&complete)
+            .bind(&handlers)
+            .bind(&fail)
+            .bind(&errors)
+            .bind(&renew)
+            .bind(duration_micros(request.lease))
+            .bind(batch_i64(request.lease_max))
+            .bind(attempt_limit(&self.options))
+            .bind(duration_micros(self.options.retry_backoff_base))
+            .bind(duration_micros(self.options.retry_backoff_cap))
+            .bind(before)
+            .bind(after)
+            .bind(lag_cap)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| {
+                let stored = stored_after(&e);
+                db_error(
+                    format!(
+                        "run a queue tick ({} completions, {} failures, {} renewals, up to {} \
+                         leases)",
+                        complete.len(),
+                        fail.len(),
+                        renew.len(),
+                        request.lease_max
+                    ),
+                    stored,
+                )(e)
+            })?;
+        let mut response = TickResponse::default();
+        let mut answered = std::collections::HashSet::new();
+        let mut retry_now = false;
+        for row in rows {
+            let id = row.message_id.map(MessageId::from);
+            let attempts = to_u32(row.attempts.unwrap_or_default());
+            match (row.kind.as_str(), id) {
+                ("completed", Some(id)) => {
+                    answered.insert(id);
+                    response.completed.push(id);
+                }
+                ("retry", Some(id)) => {
+                    answered.insert(id);
+                    retry_now |= row.at_us.is_some_and(|at| at <= row.now_us);
+                    response.failed.push((id, FailOutcome::Retry { attempts }));
+                }
+                ("dead", Some(id)) => {
+                    answered.insert(id);
+                    response
+                        .failed
+                        .push((id, FailOutcome::DeadLettered { attempts }));
+                }
+                ("renewed", Some(id)) => {
+                    answered.insert(id);
+                    response.renewed.push(id);
+                    response.renewed_until = row.at_us.map(from_micros);
+                }
+                ("leased", Some(id)) => {
+                    let message = MessageRow {
+                        message_id: id.as_uuid(),
+                        message_type: row.message_type.unwrap_or_default(),
+                        payload: row.payload.unwrap_or_default(),
+                        correlation_id: row.correlation_id.unwrap_or_default(),
+                        causation_id: row.causation_id,
+                        headers: row.headers.unwrap_or_default(),
+                        enqueued_us: row.enqueued_us.unwrap_or_default(),
+                        attempts: row.attempts.unwrap_or_default(),
+                    };
+                    response.leased.push(LeasedMessage {
+                        attempt: attempts,
+                        message: message.into_message()?,
+                        lease_expires_at: from_micros(row.at_us.unwrap_or_default()),
+                        last_error: row.last_error,
+                    });
+                }
+                ("lag", None) => {
+                    response.lag = Some(QueueLag {
+                        depth: u64::try_from(row.depth.unwrap_or_default()).unwrap_or_default(),
+                        oldest: row.at_us.map_or(Duration::ZERO, |at| {
+                            Duration::from_micros(
+                                u64::try_from(row.now_us.saturating_sub(at)).unwrap_or_default(),
+                            )
+                        }),
+                    });
+                }
+                (other, _) => {
+                    return Err(Error::Invariant(format!(
+                        "wh_queue_tick answered a {other:?} row it does not define; is the \
+                         schema newer than this build? (the tick's changes are stored)"
+                    )))
+                }
+            }
+        }
+        let asked = complete.iter().chain(&fail).chain(&renew);
+        response.lost = asked
+            .map(|u| MessageId::from(*u))
+            .filter(|id| !answered.contains(id))
+            .collect();
+        if retry_now {
+            wake::announce(&self.pool);
+        }
+        Ok(response)
+    }
+
+    async fn lag_now(&self) -> Result<Option<QueueLag>> {
+        let (depth, oldest_us): (i64, i64) = sqlx::query_as(LAG)
+            .bind(batch_i64(limits::MAX_BATCH))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error("measure the queue's lag", Stored::Nothing))?;
+        Ok(Some(QueueLag {
+            depth: u64::try_from(depth).unwrap_or_default(),
+            oldest: Duration::from_micros(u64::try_from(oldest_us).unwrap_or_default()),
+        }))
     }
 
     async fn processed_now(&self, id: MessageId) -> Result<Option<ProcessedRecord>> {
@@ -514,6 +690,25 @@ impl MessageQueue for PgMessageQueue {
     ) -> BoxFuture<'a, Result<Vec<MessageId>>> {
         let span = whizbang_core::queue::spans::replay_dead_letters(ids.len());
         Box::pin(self.replay_now(ids).instrument(span))
+    }
+
+    fn lag(&self) -> BoxFuture<'_, Result<Option<QueueLag>>> {
+        Box::pin(self.lag_now())
+    }
+
+    fn tick(
+        &self,
+        instance: InstanceId,
+        request: TickRequest,
+    ) -> BoxFuture<'_, Result<TickResponse>> {
+        let span = whizbang_core::queue::spans::tick(
+            instance,
+            request.completed.len(),
+            request.failed.len(),
+            request.renew.len(),
+            request.lease_max,
+        );
+        Box::pin(self.tick_now(instance, request).instrument(span))
     }
 }
 

@@ -99,6 +99,13 @@ impl QueueUnderTest {
         (self.pass)(self.tick * ticks).await;
     }
 
+    /// Lets the retry backoff after failed attempt `attempts` pass
+    /// ([`QueueOptions::backoff_after`](crate::queue::QueueOptions::backoff_after)).
+    /// On real time, keep the queue's backoff well below its tick.
+    pub async fn pass_backoff(&self, attempts: u32) {
+        (self.pass)(self.queue.options().backoff_after(attempts)).await;
+    }
+
     fn ticks(&self, n: u32) -> Duration {
         self.tick * n
     }
@@ -549,6 +556,7 @@ pub async fn failing_at_the_attempt_limit_dead_letters_the_message_with_its_erro
             FailOutcome::Retry { attempts: attempt },
             "a fail below the limit gives the message back for another attempt"
         );
+        t.pass_backoff(attempt).await;
         let next = orphans(&t, a, 10, long(&t)).await;
         assert_eq!(
             ids(&next),
@@ -631,11 +639,12 @@ pub async fn dead_letters_are_listed_and_replayed_into_the_queue(backend: &dyn Q
     let (m1, m2) = (message(61), message(62));
     for m in [&m1, &m2] {
         leased(&t, m, a, long(&t)).await;
-        for _ in 1..max {
+        for attempt in 1..max {
             ok(
                 "fail",
                 bounded("fail", t.queue.fail(m.id, a, "poison")).await,
             );
+            t.pass_backoff(attempt).await;
             assert_eq!(orphans(&t, a, 10, long(&t)).await.len(), 1);
         }
         ok(
@@ -711,6 +720,7 @@ pub async fn lease_orphaned_takes_waiting_and_expired_messages_up_to_max(
         "fail",
         bounded("fail", t.queue.fail(held[0].id, a, "retry me")).await,
     );
+    t.pass_backoff(1).await;
     assert_eq!(
         ids(&orphans(&t, b, 10, long(&t)).await),
         BTreeSet::from([held[0].id]),
