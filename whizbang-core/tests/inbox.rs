@@ -525,3 +525,74 @@ async fn the_worker_counts_its_ticks_and_measures_the_queue_depth_and_lag() {
         assert_eq!(effects.handled(*order), 1);
     }
 }
+
+#[derive(Event, Serialize, Deserialize, Debug, Clone)]
+struct Exploding {
+    #[stream_key]
+    id: Uuid,
+}
+
+struct Exploder;
+impl FromServices for Exploder {
+    fn from_services(_: &Services) -> Result<Self> {
+        Ok(Exploder)
+    }
+}
+
+#[receptor]
+impl Receptor<Exploding> for Exploder {
+    async fn handle(&self, _: Exploding, _: &mut Context) -> Result<()> {
+        panic!("the exploding receptor panics (on purpose, in a test)")
+    }
+}
+
+/// A handler that panics does not take the worker down: its message is
+/// failed (retried after its backoff, dead-lettered at the limit) with an
+/// error saying the handling stopped, and the others flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_fails_its_message_and_the_worker_keeps_going() {
+    let (rt, effects) = runtime();
+    let queue = Arc::new(MemoryMessageQueue::with_options(
+        QueueOptions::default()
+            .max_attempts(3)
+            .retry_backoff(Duration::from_millis(5), Duration::from_millis(5)),
+    ));
+    let inbox = Inbox::builder(rt.clone(), queue.clone())
+        .event::<Paid>()
+        .event::<Exploding>()
+        .lease(Duration::from_secs(30))
+        .build();
+    let boom =
+        QueuedMessage::from_envelope(&Envelope::new(Exploding { id: Uuid::now_v7() })).unwrap();
+    let dead = InstanceId::new();
+    bounded(queue.enqueue_and_lease(boom.clone(), dead, Duration::from_millis(1)))
+        .await
+        .unwrap();
+    let orders: Vec<Uuid> = (0..10).map(|_| Uuid::now_v7()).collect();
+    for order in &orders {
+        bounded(queue.enqueue_and_lease(paid(*order, 1), dead, Duration::from_millis(1)))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let worker = InboxWorker::start(inbox.clone(), fast_worker());
+    until(|| inbox.stats().dead_lettered == 1 && inbox.stats().processed == 10).await;
+    bounded(worker.shutdown()).await.unwrap();
+    let letters = queue.dead_letters(10).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].message.id, boom.id);
+    assert_eq!(letters[0].attempts, 3);
+    assert!(
+        letters[0].error.contains("panicked"),
+        "{}",
+        letters[0].error
+    );
+    assert_eq!(
+        inbox.stats().retried,
+        1,
+        "attempt 2 retried, attempt 3 dead"
+    );
+    for order in &orders {
+        assert_eq!(effects.handled(*order), 1);
+    }
+}
