@@ -538,3 +538,49 @@ async fn the_postgres_outbox_keeps_the_outbox_contracts(pool: PgPool) {
     })
     .await;
 }
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn published_rows_are_pruned_by_age_in_batches(pool: PgPool) {
+    let store = PgEventStore::new(pool.clone());
+    let outbox = whizbang_postgres::PgOutbox::new(pool.clone());
+    let me = InstanceId::new();
+    for _ in 0..3 {
+        let stream = StreamId::new();
+        let mut e = event(stream, "pg_outbox.order_placed", serde_json::json!({}));
+        e.outbound = true;
+        bounded(store.append(vec![StreamAppend {
+            stream_id: stream,
+            expected: ExpectedVersion::NoStream,
+            events: vec![e],
+        }]))
+        .await
+        .unwrap();
+    }
+    let leased = outbox.lease(me, 10, Duration::from_secs(60)).await.unwrap();
+    // Two published, one still pending.
+    for entry in &leased[..2] {
+        outbox
+            .mark_published(entry.leased.message.id, me)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        outbox
+            .prune_published(Duration::from_secs(3600), 10)
+            .await
+            .unwrap(),
+        0,
+        "too young"
+    );
+    assert_eq!(
+        outbox.prune_published(Duration::ZERO, 1).await.unwrap(),
+        1,
+        "a batch of one"
+    );
+    assert_eq!(outbox.prune_published(Duration::ZERO, 10).await.unwrap(), 1);
+    let left: i64 = sqlx::query_scalar("select count(*) from wh_outbox")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 1, "the pending row stays");
+}
