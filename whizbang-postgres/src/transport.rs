@@ -1,8 +1,7 @@
 //! The PostgreSQL transport: one service's outbox delivered into other
 //! services' inboxes through the database they share, with no broker.
 
-use crate::events::db_error;
-use crate::queue::{json_text, stored_after, to_micros};
+use crate::queue::{db_failed, json_text, to_micros};
 use crate::SchemaName;
 use sqlx::PgPool;
 use whizbang_core::backend::BoxFuture;
@@ -125,17 +124,11 @@ impl PgTransport {
                 .bind(to_micros(message.enqueued_at))
                 .fetch_one(&self.pool)
                 .await
-                .map_err(|e| {
-                    let stored = stored_after(&e);
-                    db_error(
-                        format!(
-                            "deliver message {} into the inbox of schema `{}` (is that service \
+                .map_err(db_failed(format!(
+                    "deliver message {} into the inbox of schema `{}` (is that service \
                              migrated?)",
-                            message.id, target.schema
-                        ),
-                        stored,
-                    )(e)
-                })?;
+                    message.id, target.schema
+                )))?;
             match outcome.as_str() {
                 "queued" | "exists" | "processed" | "dead" => {
                     tracing::debug!(target_schema = %target.schema, %outcome, message_id = %message.id, "delivered");

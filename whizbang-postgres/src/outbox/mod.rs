@@ -7,8 +7,8 @@
 
 use crate::events::db_error;
 use crate::queue::{
-    attempt_limit, batch_i64, duration_micros, expired_error_parts, from_micros, json_text,
-    stored_after, to_micros, to_u32, MessageRow,
+    attempt_limit, batch_i64, db_failed, duration_micros, expired_error_parts, from_micros,
+    json_text, to_micros, to_u32, MessageRow,
 };
 use sqlx::{PgConnection, PgPool};
 use std::collections::HashMap;
@@ -194,10 +194,7 @@ impl PgOutbox {
             .bind(batch_i64(batch))
             .fetch_one(&self.pool)
             .await
-            .map_err(|e| {
-                let stored = stored_after(&e);
-                db_error("prune published outbox rows", stored)(e)
-            })?;
+            .map_err(db_failed("prune published outbox rows"))?;
         Ok(usize::try_from(n).unwrap_or_default())
     }
 
@@ -219,10 +216,7 @@ impl PgOutbox {
             .bind(after)
             .fetch_all(&self.pool)
             .await
-            .map_err(|e| {
-                let stored = stored_after(&e);
-                db_error(format!("lease up to {max} outbox rows"), stored)(e)
-            })?;
+            .map_err(db_failed(format!("lease up to {max} outbox rows")))?;
         rows.into_iter()
             .map(|row| {
                 Ok(OutboxEntry {
@@ -245,10 +239,7 @@ impl PgOutbox {
             .bind(instance.as_uuid())
             .fetch_optional(&self.pool)
             .await
-            .map_err(|e| {
-                let stored = stored_after(&e);
-                db_error(format!("mark outbox row {id} published"), stored)(e)
-            })?;
+            .map_err(db_failed(format!("mark outbox row {id} published")))?;
         match done {
             Some(_) => Ok(()),
             None => Err(Error::LeaseLost {
@@ -275,13 +266,9 @@ impl PgOutbox {
             .bind(duration_micros(retry_in))
             .fetch_optional(&self.pool)
             .await
-            .map_err(|e| {
-                let stored = stored_after(&e);
-                db_error(
-                    format!("record a failed publish of outbox row {id}"),
-                    stored,
-                )(e)
-            })?;
+            .map_err(db_failed(format!(
+                "record a failed publish of outbox row {id}"
+            )))?;
         match attempts {
             Some(n) if n >= limit => Ok(FailOutcome::DeadLettered {
                 attempts: to_u32(n),
@@ -304,10 +291,7 @@ impl PgOutbox {
             .bind(instance.as_uuid())
             .execute(&self.pool)
             .await
-            .map_err(|e| {
-                let stored = stored_after(&e);
-                db_error(format!("release {} outbox leases", ids.len()), stored)(e)
-            })?;
+            .map_err(db_failed(format!("release {} outbox leases", ids.len())))?;
         Ok(())
     }
 

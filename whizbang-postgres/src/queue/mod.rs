@@ -222,10 +222,7 @@ impl PgMessageQueue {
             .bind(after)
             .fetch_all(&self.pool)
             .await
-            .map_err(|e| {
-                let stored = stored_after(&e);
-                db_error(format!("lease up to {max} orphaned messages"), stored)(e)
-            })?;
+            .map_err(db_failed(format!("lease up to {max} orphaned messages")))?;
         rows.into_iter()
             .map(|row| {
                 Ok(LeasedMessage {
@@ -246,10 +243,7 @@ impl PgMessageQueue {
             .bind(handler)
             .fetch_optional(&self.pool)
             .await
-            .map_err(|e| {
-                let stored = stored_after(&e);
-                db_error(format!("complete message {id}"), stored)(e)
-            })?;
+            .map_err(db_failed(format!("complete message {id}")))?;
         match done {
             Some(_) => Ok(()),
             None => Err(Error::LeaseLost {
@@ -276,10 +270,7 @@ impl PgMessageQueue {
             .bind(duration_micros(self.options.retry_backoff_cap))
             .fetch_optional(&self.pool)
             .await
-            .map_err(|e| {
-                let stored = stored_after(&e);
-                db_error(format!("record the failure of message {id}"), stored)(e)
-            })?;
+            .map_err(db_failed(format!("record the failure of message {id}")))?;
         match attempts {
             Some(n) if n >= limit => Ok(FailOutcome::DeadLettered {
                 attempts: to_u32(n),
@@ -315,13 +306,10 @@ impl PgMessageQueue {
             .bind(duration_micros(lease))
             .fetch_one(&self.pool)
             .await
-            .map_err(|e| {
-                let stored = stored_after(&e);
-                db_error(
-                    format!("renew the leases of {} messages", ids.len()),
-                    stored,
-                )(e)
-            })?;
+            .map_err(db_failed(format!(
+                "renew the leases of {} messages",
+                ids.len()
+            )))?;
         lost_or(ids, &held, instance)?;
         Ok(from_micros(expires))
     }
@@ -335,13 +323,10 @@ impl PgMessageQueue {
             .bind(instance.as_uuid())
             .fetch_one(&self.pool)
             .await
-            .map_err(|e| {
-                let stored = stored_after(&e);
-                db_error(
-                    format!("release the leases of {} messages", ids.len()),
-                    stored,
-                )(e)
-            })?;
+            .map_err(db_failed(format!(
+                "release the leases of {} messages",
+                ids.len()
+            )))?;
         lost_or(ids, &held, instance)?;
         wake::announce(&self.pool);
         Ok(())
@@ -392,20 +377,14 @@ impl PgMessageQueue {
             .bind(lag_cap)
             .fetch_all(&self.pool)
             .await
-            .map_err(|e| {
-                let stored = stored_after(&e);
-                db_error(
-                    format!(
-                        "run a queue tick ({} completions, {} failures, {} renewals, up to {} \
+            .map_err(db_failed(format!(
+                "run a queue tick ({} completions, {} failures, {} renewals, up to {} \
                          leases)",
-                        complete.len(),
-                        fail.len(),
-                        renew.len(),
-                        request.lease_max
-                    ),
-                    stored,
-                )(e)
-            })?;
+                complete.len(),
+                fail.len(),
+                renew.len(),
+                request.lease_max
+            )))?;
         let mut response = TickResponse::default();
         let mut answered = std::collections::HashSet::new();
         let mut retry_now = false;
@@ -519,10 +498,7 @@ impl PgMessageQueue {
             .bind(batch_i64(batch))
             .execute(&self.pool)
             .await
-            .map_err(|e| {
-                let stored = stored_after(&e);
-                db_error("prune processed-message records", stored)(e)
-            })?;
+            .map_err(db_failed("prune processed-message records"))?;
         Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX))
     }
 
@@ -558,10 +534,7 @@ impl PgMessageQueue {
             .bind(&uuids)
             .fetch_all(&self.pool)
             .await
-            .map_err(|e| {
-                let stored = stored_after(&e);
-                db_error(format!("replay {} dead letters", uuids.len()), stored)(e)
-            })?;
+            .map_err(db_failed(format!("replay {} dead letters", uuids.len())))?;
         if !moved.is_empty() {
             wake::announce(&self.pool);
         }
@@ -731,6 +704,15 @@ fn lost_or(asked: Vec<MessageId>, held: &[Uuid], instance: InstanceId) -> Result
 /// What a failed single-statement write left: nothing when the server
 /// refused it or no connection was had; unknown when the connection broke
 /// while it ran (it may have committed).
+/// [`db_error`] with what was stored read from the error itself
+/// ([`stored_after`]): for single statements that commit on their own.
+pub(crate) fn db_failed(operation: impl Into<String>) -> impl FnOnce(sqlx::Error) -> Error {
+    move |e| {
+        let stored = stored_after(&e);
+        db_error(operation, stored)(e)
+    }
+}
+
 pub(crate) fn stored_after(e: &sqlx::Error) -> Stored {
     match e {
         sqlx::Error::Database(_)
