@@ -20,6 +20,7 @@ use whizbang_core::{
     perspective, receptor, Command, Context, Event, InstanceId, Receptor, Registry, Result,
     Runtime, SyncFilter, SyncOutcome,
 };
+use whizbang_postgres::__private::{advance_checkpoint, partition_of};
 use whizbang_postgres::{PgMessageQueue, Postgres};
 
 // ---- the service under repair -------------------------------------------------------------
@@ -282,7 +283,7 @@ async fn failed_cursors_are_listed_then_skipped_and_retried_and_the_runner_appli
     .await;
     assert!(matches!(
         wait_stream(&rt, skipped).await,
-        SyncOutcome::Synced { .. }
+        SyncOutcome::Synced
     ));
     let model = eventually("the skipped stream applied its next event", || {
         let lens = rt.lens::<Picky>();
@@ -312,10 +313,35 @@ async fn failed_cursors_are_listed_then_skipped_and_retried_and_the_runner_appli
 
     // Fix the cause, retry: the runner applies the event; a waiter ends Synced.
     UNLUCKY.store(false, Ordering::SeqCst);
+    let partition = partition_of(retried.into());
+    let (owner, fence): (Uuid, i64) = sqlx::query_as(
+        "select owner, fence from wh_partition_leases
+          where perspective = 'pg_cli.picky' and partition = $1",
+    )
+    .bind(partition)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     ok(&url, &["retry", "pg_cli.picky", &retried.to_string()]).await;
+    // A batch the runner read before the retry (at the old fence) can no
+    // longer move the checkpoint forward over the retried stream.
+    assert!(
+        !advance_checkpoint(
+            &pool,
+            "pg_cli.picky",
+            partition,
+            owner,
+            fence,
+            "999999999",
+            1
+        )
+        .await
+        .unwrap(),
+        "the retry released the partition's lease (fence bumped)"
+    );
     assert!(matches!(
         wait_stream(&rt, retried).await,
-        SyncOutcome::Synced { .. }
+        SyncOutcome::Synced
     ));
     let (model, _) = rt
         .lens::<Picky>()
