@@ -213,6 +213,16 @@ async fn failed_cursors_are_listed_then_skipped_and_retried_and_the_runner_appli
         (n == 2).then_some(())
     })
     .await;
+    eventually("the fine stream applied", || async {
+        let applied: Option<i64> =
+            sqlx::query_scalar("select version from wh_perspective_cursors where model_key = $1")
+                .bind(fine)
+                .fetch_optional(&pool)
+                .await
+                .unwrap();
+        (applied == Some(1)).then_some(())
+    })
+    .await;
     eventually("the runner's checkpoints passed the failures", || async {
         (checkpoint_past(&pool, retried).await && checkpoint_past(&pool, skipped).await)
             .then_some(())
