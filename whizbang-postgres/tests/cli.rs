@@ -1,0 +1,481 @@
+//! The `whizbang` operator tool, run as a process on a fresh database per
+//! test prepared through the library: a runtime whose perspective fails on a
+//! poison event (status and failed list the cursor; skip and retry recover
+//! it, the partitioned runner applies and waiters wake), dead letters listed
+//! and replayed, and clear errors with a non-zero exit code.
+
+mod support;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::PgPool;
+use std::process::{Command as Process, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use support::{backend, bounded, eventually, fast_options, shut_down};
+use uuid::Uuid;
+use whizbang_core::queue::{MessageQueue as _, QueueOptions, QueuedMessage};
+use whizbang_core::{
+    perspective, receptor, Command, Context, Event, InstanceId, Receptor, Registry, Result,
+    Runtime, SyncFilter, SyncOutcome,
+};
+use whizbang_postgres::__private::{advance_checkpoint, partition_of};
+use whizbang_postgres::{PgMessageQueue, Postgres};
+
+// ---- the service under repair -------------------------------------------------------------
+
+#[derive(Command, Serialize, Deserialize)]
+#[command(output = ())]
+struct Deposit {
+    account: Uuid,
+    cents: i64,
+}
+
+#[derive(Event, Serialize, Deserialize, Debug, Clone)]
+#[event(name = "pg_cli.deposited")]
+struct Deposited {
+    #[stream_key]
+    account: Uuid,
+    cents: i64,
+}
+
+#[derive(Default)]
+struct Teller;
+
+#[receptor]
+impl Receptor<Deposit> for Teller {
+    async fn handle(&self, cmd: Deposit, cx: &mut Context) -> Result<()> {
+        cx.emit(Deposited {
+            account: cmd.account,
+            cents: cmd.cents,
+        })?;
+        Ok(())
+    }
+}
+
+#[derive(Default, Clone, Serialize, Deserialize, Debug, PartialEq)]
+struct Balance {
+    cents: i64,
+    deposits: u64,
+}
+
+/// While set, an apply of 13 cents fails (the poison event).
+static UNLUCKY: AtomicBool = AtomicBool::new(true);
+
+struct Picky;
+#[perspective(model = Balance, name = "pg_cli.picky")]
+impl Picky {
+    fn deposited(b: &mut Balance, e: &Deposited) -> std::result::Result<(), String> {
+        if e.cents == 13 && UNLUCKY.load(Ordering::SeqCst) {
+            return Err("13 cents is unlucky".to_owned());
+        }
+        b.cents += e.cents;
+        b.deposits += 1;
+        Ok(())
+    }
+}
+
+/// A runtime on `pg` whose in-process runner is paused: only the
+/// partitioned runner (the one in the database) applies the perspective.
+fn runtime(pg: &Postgres) -> Runtime {
+    let registry = Registry::builder()
+        .receptors_of::<Teller>()
+        .perspective::<Picky>()
+        .build()
+        .unwrap();
+    let rt = Runtime::builder()
+        .registry(Arc::new(registry))
+        .backend(pg.clone())
+        .build()
+        .unwrap();
+    rt.runner().pause();
+    rt
+}
+
+async fn deposit(rt: &Runtime, account: Uuid, cents: i64) {
+    let scope = rt.scope();
+    bounded(scope.send(Deposit { account, cents }))
+        .await
+        .unwrap();
+    bounded(scope.complete()).await.unwrap();
+}
+
+// ---- running the tool ---------------------------------------------------------------------
+
+/// The URL of the test database: DATABASE_URL with its database name.
+fn url_of(pool: &PgPool) -> String {
+    let base = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let database = pool.connect_options().get_database().unwrap().to_owned();
+    let (prefix, rest) = base.rsplit_once('/').expect("DATABASE_URL has a database");
+    match rest.split_once('?') {
+        Some((_, query)) => format!("{prefix}/{database}?{query}"),
+        None => format!("{prefix}/{database}"),
+    }
+}
+
+/// Runs `whizbang` with `args` against `url` (in the environment), within a
+/// bound.
+async fn whizbang(url: &str, args: &[&str]) -> Output {
+    let mut cmd = tokio::process::Command::from(Process::new(env!("CARGO_BIN_EXE_whizbang")));
+    cmd.args(args).env("DATABASE_URL", url).kill_on_drop(true);
+    tokio::time::timeout(Duration::from_secs(30), cmd.output())
+        .await
+        .expect("whizbang finished within 30 s")
+        .expect("whizbang ran")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs `whizbang` and expects success; returns its standard output.
+async fn ok(url: &str, args: &[&str]) -> String {
+    let out = whizbang(url, args).await;
+    assert!(
+        out.status.success(),
+        "whizbang {args:?} failed ({}): {}{}",
+        out.status,
+        stdout(&out),
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+/// Runs `whizbang --json` and parses its output.
+async fn ok_json(url: &str, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let text = ok(url, &all).await;
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// Runs `whizbang` and expects a failure with exit code 1 and a message on
+/// standard error containing `needle`.
+async fn refused(url: &str, args: &[&str], needle: &str) {
+    let out = whizbang(url, args).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "whizbang {args:?}: {err}");
+    assert!(err.contains(needle), "whizbang {args:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// Whether the runner's checkpoint for the perspective is past the first
+/// event of `stream` (the failure was passed over, as the runner does).
+async fn checkpoint_past(pool: &PgPool, stream: Uuid) -> bool {
+    sqlx::query_scalar(
+        "select exists (
+             select 1 from wh_feed_checkpoints c join wh_events e
+               on e.stream_id = $1 and e.stream_version = 1 and c.partition = e.partition
+              where c.perspective = 'pg_cli.picky'
+                and (c.tx_id, c.global_position) >= (e.tx_id, e.global_position))",
+    )
+    .bind(stream)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+async fn wait_stream(rt: &Runtime, stream: Uuid) -> SyncOutcome {
+    bounded(
+        rt.sync_awaiter()
+            .wait::<Picky>(SyncFilter::for_stream(stream).with_timeout(Duration::from_secs(8))),
+    )
+    .await
+    .unwrap()
+    .outcome
+}
+
+// ---- tests --------------------------------------------------------------------------------
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn failed_cursors_are_listed_then_skipped_and_retried_and_the_runner_applies(pool: PgPool) {
+    let url = url_of(&pool);
+    let pg = backend(&pool, fast_options()).await;
+    let rt = runtime(&pg);
+    let (fine, retried, skipped) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    deposit(&rt, retried, 13).await;
+    deposit(&rt, skipped, 13).await;
+    deposit(&rt, skipped, 5).await;
+    deposit(&rt, fine, 1).await;
+    eventually("both poison events failed their cursors", || async {
+        let n: i64 = sqlx::query_scalar(
+            "select count(*) from wh_perspective_cursors where failed_version is not null",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        (n == 2).then_some(())
+    })
+    .await;
+    eventually("the fine stream applied", || async {
+        let applied: Option<i64> =
+            sqlx::query_scalar("select version from wh_perspective_cursors where model_key = $1")
+                .bind(fine)
+                .fetch_optional(&pool)
+                .await
+                .unwrap();
+        (applied == Some(1)).then_some(())
+    })
+    .await;
+    eventually("the runner's checkpoints passed the failures", || async {
+        (checkpoint_past(&pool, retried).await && checkpoint_past(&pool, skipped).await)
+            .then_some(())
+    })
+    .await;
+
+    // status: the perspective, its failed cursors, an instance with leases.
+    let status = ok_json(&url, &["status"]).await;
+    let perspectives = status["perspectives"].as_array().unwrap();
+    let picky = perspectives
+        .iter()
+        .find(|p| p["name"] == "pg_cli.picky")
+        .unwrap_or_else(|| panic!("{status:#}"));
+    let failed = picky["failed"].as_array().unwrap();
+    let mut streams: Vec<String> = failed
+        .iter()
+        .map(|f| f["stream"].as_str().unwrap().to_owned())
+        .collect();
+    streams.sort();
+    let mut expected = vec![retried.to_string(), skipped.to_string()];
+    expected.sort();
+    assert_eq!(streams, expected, "{status:#}");
+    for f in failed {
+        assert_eq!(f["failed_version"], 1);
+        assert!(f["message"]
+            .as_str()
+            .unwrap()
+            .contains("13 cents is unlucky"));
+    }
+    assert_eq!(picky["streams"], 3, "{status:#}");
+    // The skipped stream is two events behind its head, the retried one one.
+    assert_eq!(picky["lag_events"], 3, "{status:#}");
+    let instances = status["instances"].as_array().unwrap();
+    assert_eq!(instances.len(), 1, "{status:#}");
+    assert_eq!(
+        instances[0]["instance_id"],
+        pg.instance_id().to_string(),
+        "{status:#}"
+    );
+    let leased: usize = instances[0]["leases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["partitions"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(leased, 16, "one instance holds every partition: {status:#}");
+    assert_eq!(status["queue"]["dead_letters"], 0);
+    // The table names them too.
+    let table = ok(&url, &["status"]).await;
+    assert!(table.contains("pg_cli.picky") && table.contains(&retried.to_string()));
+    let listed = ok(&url, &["failed"]).await;
+    assert!(listed.contains(&skipped.to_string()) && listed.contains("13 cents is unlucky"));
+    let listed = ok_json(&url, &["failed"]).await;
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+
+    // Skip the poison event (still failing): the runner moves past it and
+    // applies the rest; a waiter ends Synced.
+    ok(
+        &url,
+        &[
+            "skip",
+            "pg_cli.picky",
+            &skipped.to_string(),
+            "--reason",
+            "known bad deposit",
+        ],
+    )
+    .await;
+    assert!(matches!(
+        wait_stream(&rt, skipped).await,
+        SyncOutcome::Synced
+    ));
+    let model = eventually("the skipped stream applied its next event", || {
+        let lens = rt.lens::<Picky>();
+        async move {
+            let (model, _) = lens.get_versioned(skipped.into()).await.unwrap()?;
+            (model.deposits >= 1).then_some(model)
+        }
+    })
+    .await;
+    assert_eq!(
+        model,
+        Balance {
+            cents: 5,
+            deposits: 1
+        }
+    );
+    let (version, failed_version, reason): (i64, Option<i64>, String) = sqlx::query_as(
+        "select version, failed_version, skipped->0->>'reason' from wh_perspective_cursors
+          where perspective = 'pg_cli.picky' and model_key = $1",
+    )
+    .bind(skipped)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((version, failed_version), (2, None));
+    assert_eq!(reason, "known bad deposit");
+
+    // Fix the cause, retry: the runner applies the event; a waiter ends Synced.
+    UNLUCKY.store(false, Ordering::SeqCst);
+    let partition = partition_of(retried.into());
+    let (owner, fence): (Uuid, i64) = sqlx::query_as(
+        "select owner, fence from wh_partition_leases
+          where perspective = 'pg_cli.picky' and partition = $1",
+    )
+    .bind(partition)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    ok(&url, &["retry", "pg_cli.picky", &retried.to_string()]).await;
+    // A batch the runner read before the retry (at the old fence) can no
+    // longer move the checkpoint forward over the retried stream.
+    assert!(
+        !advance_checkpoint(
+            &pool,
+            "pg_cli.picky",
+            partition,
+            owner,
+            fence,
+            "999999999",
+            1
+        )
+        .await
+        .unwrap(),
+        "the retry released the partition's lease (fence bumped)"
+    );
+    assert!(matches!(
+        wait_stream(&rt, retried).await,
+        SyncOutcome::Synced
+    ));
+    let (model, _) = rt
+        .lens::<Picky>()
+        .get_versioned(retried.into())
+        .await
+        .unwrap()
+        .expect("the retried stream has a model");
+    assert_eq!(
+        model,
+        Balance {
+            cents: 13,
+            deposits: 1
+        }
+    );
+    let status = ok_json(&url, &["status"]).await;
+    let picky = status["perspectives"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "pg_cli.picky")
+        .unwrap();
+    assert_eq!(picky["failed"].as_array().unwrap().len(), 0, "{status:#}");
+    assert_eq!(picky["lag_events"], 0, "{status:#}");
+
+    // Nothing to retry any more, unknown names: refused, nothing changed.
+    refused(
+        &url,
+        &["retry", "pg_cli.picky", &retried.to_string()],
+        "has not failed",
+    )
+    .await;
+    refused(
+        &url,
+        &["retry", "pg_cli.nope", &retried.to_string()],
+        "unknown perspective `pg_cli.nope`",
+    )
+    .await;
+    refused(
+        &url,
+        &[
+            "skip",
+            "pg_cli.picky",
+            &Uuid::now_v7().to_string(),
+            "--reason",
+            "x",
+        ],
+        "has no cursor on stream",
+    )
+    .await;
+    shut_down(rt, pg).await;
+}
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn dead_letters_are_listed_and_replayed(pool: PgPool) {
+    let url = url_of(&pool);
+    let queue = PgMessageQueue::with_options(pool.clone(), QueueOptions::default().max_attempts(1));
+    let me = InstanceId::new();
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let payload = serde_json::value::to_raw_value(&serde_json::json!({ "n": n })).unwrap();
+        let message = QueuedMessage::new("pg_cli.poison", payload);
+        ids.push(message.id.as_uuid());
+        bounded(queue.enqueue_and_lease(message, me, Duration::from_secs(30)))
+            .await
+            .unwrap();
+        bounded(queue.fail(ids[n].into(), me, "poison pill"))
+            .await
+            .unwrap();
+    }
+    let listed = ok_json(&url, &["dead-letters", "list"]).await;
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 3);
+    for letter in listed {
+        assert_eq!(letter["error"], "poison pill");
+        assert_eq!(letter["message_type"], "pg_cli.poison");
+    }
+    let table = ok(&url, &["dead-letters", "list"]).await;
+    assert!(table.contains(&ids[1].to_string()) && table.contains("poison pill"));
+    let status = ok_json(&url, &["status"]).await;
+    assert_eq!(status["queue"]["dead_letters"], 3);
+
+    // One by id, then the rest; an id that is not a dead letter is an error.
+    let replayed = ok_json(&url, &["dead-letters", "replay", &ids[0].to_string()]).await;
+    assert_eq!(replayed["replayed"], serde_json::json!([ids[0]]));
+    refused(
+        &url,
+        &["dead-letters", "replay", &ids[0].to_string()],
+        "not dead letters",
+    )
+    .await;
+    let replayed = ok_json(&url, &["dead-letters", "replay", "--all"]).await;
+    assert_eq!(replayed["replayed"].as_array().unwrap().len(), 2);
+    let status = ok_json(&url, &["status"]).await;
+    assert_eq!(status["queue"]["dead_letters"], 0);
+    assert_eq!(status["queue"]["queued"], 3);
+    let queued: i64 =
+        sqlx::query_scalar("select count(*) from wh_message_queue where attempts = 0")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(queued, 3, "replayed messages wait again with no attempts");
+}
+
+#[sqlx::test(migrations = false)]
+async fn an_unmigrated_database_and_an_unreachable_server_are_clear_errors(pool: PgPool) {
+    let url = url_of(&pool);
+    refused(&url, &["status"], "missing whizbang migrations").await;
+    refused(
+        "postgres://postgres@127.0.0.1:1/postgres",
+        &["status"],
+        "could not connect to PostgreSQL at 127.0.0.1:1/postgres",
+    )
+    .await;
+    // --database-url overrides DATABASE_URL.
+    let out = whizbang(
+        "postgres://postgres@127.0.0.1:1/postgres",
+        &["--database-url", &url, "failed"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("missing whizbang migrations"));
+    // A schema nobody migrated.
+    refused(&url, &["--schema", "billing", "status"], "schema `billing`").await;
+    // A usage error is exit code 2.
+    let out = whizbang(&url, &["retry", "only-a-name"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
