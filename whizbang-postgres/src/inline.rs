@@ -12,8 +12,9 @@
 //!    append);
 //! 3. the runtime's fold runs in process ([`InlineApply::apply`]); one
 //!    statement writes every cursor (fenced on the version locked, with its
-//!    failure record when an event failed), every model, and one `NOTIFY`
-//!    on the applied channel (delivered only if the append commits).
+//!    failure record when an event failed) and every model; the `NOTIFY`
+//!    on the applied channel is sent after the append commits (with the
+//!    append's own, see [`crate::notify`]).
 //!
 //! A claim elsewhere (the runner, a flush, a retry) locks the same cursor
 //! row: it waits for this transaction, then finds the cursor moved on, and
@@ -21,6 +22,7 @@
 //! reads what it committed (step 2), so nothing is skipped.
 
 use crate::events::{db_error, decode_event, to_i64, to_u64, EventRow, BACKEND};
+use crate::notify::Notifications;
 use crate::perspectives::{corrupt, decode_cursor, encode_skipped};
 use crate::wire;
 use serde_json::value::RawValue;
@@ -75,8 +77,8 @@ const LOCK: &str = "select c.perspective, c.model_key, c.version, c.failed_versi
       order by t.ord
         for update of c";
 
-/// Writes every cursor fenced on the version locked, the models where the
-/// fence held, and the applied NOTIFYs; returns how many cursors it wrote.
+/// Writes every cursor fenced on the version locked and the models where the
+/// fence held; returns how many cursors it wrote.
 const WRITE: &str = "with w as (
          select * from unnest($1::text[], $2::uuid[], $3::int8[], $4::int8[], $5::int8[],
                               $6::text[], $7::text[], $8::text[])
@@ -106,10 +108,8 @@ const WRITE: &str = "with w as (
              on cursor.perspective = w.perspective and cursor.model_key = w.model_key
           where r.perspective = w.perspective and r.model_key = w.model_key
             and w.data is null
-     ), notified as materialized (
-         select pg_notify($9, p) from unnest($10::text[]) p
      )
-     select count(*) from cursor left join (select count(*) from notified) n on true";
+     select count(*) from cursor";
 
 /// A row of [`CREATE_AND_LOCK`] or [`LOCK`]: perspective, key, the cursor's
 /// columns, the model's version and data, whether this statement created it.
@@ -133,13 +133,16 @@ struct Locked {
 
 /// Applies `inline`'s targets in the open transaction `conn` of an append
 /// that stored `appended`; `before` holds each appended stream's version
-/// before the append. Returns the targets applied (all of them): the
-/// caller commits.
+/// before the append. Adds the applied wake-ups on `channel` to `wake`.
+/// Returns the targets applied (all of them): the caller commits, then
+/// sends `wake`.
 pub(crate) async fn apply(
     conn: &mut PgConnection,
     inline: &dyn InlineApply,
     appended: &[Arc<StoredEvent>],
     before: &HashMap<StreamId, u64>,
+    channel: &str,
+    wake: &mut Notifications,
 ) -> Result<Vec<usize>> {
     let targets = inline.targets();
     if targets.is_empty() {
@@ -273,8 +276,6 @@ pub(crate) async fn apply(
             .bind(&writes.messages)
             .bind(&writes.skipped)
             .bind(&writes.models)
-            .bind(wire::APPLIED_CHANNEL)
-            .bind(&payloads)
             .fetch_one(&mut *conn)
             .await
             .map_err(db_error(what(), Stored::Nothing))?;
@@ -288,6 +289,7 @@ pub(crate) async fn apply(
                     .to_owned(),
             ));
         }
+        wake.extend(channel, payloads);
     }
     Ok(order)
 }

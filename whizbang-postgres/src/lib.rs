@@ -91,6 +91,7 @@ mod backend;
 mod events;
 mod inline;
 mod listen;
+mod notify;
 mod outbox;
 mod perspectives;
 mod queue;

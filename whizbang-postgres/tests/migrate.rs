@@ -394,5 +394,8 @@ async fn a_backend_with_a_schema_migrates_in_it_and_twice_is_idempotent(pool: Pg
         .await
         .unwrap();
     let embedded = i64::try_from(whizbang_postgres::MIGRATOR.iter().count()).unwrap();
-    assert_eq!(applied, embedded, "each migration recorded once, in the schema");
+    assert_eq!(
+        applied, embedded,
+        "each migration recorded once, in the schema"
+    );
 }
