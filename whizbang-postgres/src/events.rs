@@ -1,6 +1,5 @@
 //! The event store on PostgreSQL: `wh_events` and its stream heads `wh_streams`.
 
-use crate::notify::Notifications;
 use crate::wire;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -49,20 +48,10 @@ pub(crate) fn to_i64(value: u64, what: &str) -> Result<i64> {
 /// - An append is one transaction holding one statement: an upsert of the
 ///   stream heads (`wh_streams`, whose row lock serialises appends per
 ///   stream, so [`ExpectedVersion::Any`](whizbang_core::ExpectedVersion::Any)
-///   never races) and an `INSERT .. SELECT FROM unnest(..)` of every event at
-///   the versions after its head; then `COMMIT`. A version mismatch or a
-///   duplicate id rolls the whole transaction back.
-/// - The wake-ups are sent after `COMMIT`, on the same connection, in one
-///   autocommit statement with `synchronous_commit = off` for that statement
-///   only: a `NOTIFY` on the events channel naming the partitions touched,
-///   one on the outbox channel when outbox rows were written, and the
-///   inline perspectives' applied notifications. (A `NOTIFY` inside the
-///   append would hold PostgreSQL's database-wide notify lock through the
-///   append's WAL flush and serialise every notifying commit.) A wake-up is
-///   lost, and nothing else, if the process dies or the future is dropped
-///   between the two, or if the notify statement fails (logged at `warn`;
-///   the append still returns `Ok`): the runner's rescan timer and the
-///   waiters' bounded re-ask find the events without it.
+///   never races), an `INSERT .. SELECT FROM unnest(..)` of every event at the
+///   versions after its head, and a `NOTIFY` on the events channel naming the
+///   partitions touched; then `COMMIT`. A version mismatch or a duplicate id
+///   rolls the whole transaction back.
 /// - [`StoredEvent::position`] is `wh_events.global_position`: it rises in
 ///   append order within one append but is **not gap-free** (a rolled-back
 ///   append burns positions) and a lower position may commit after a higher
@@ -75,9 +64,8 @@ pub(crate) fn to_i64(value: u64, what: &str) -> Result<i64> {
 ///   `COMMIT`: each touched cursor is created if missing and locked
 ///   (`for update`, ordered by perspective and key) with its model, the
 ///   runtime's fold runs, and one statement writes the cursors (fenced on
-///   the version locked; a failure with its version and message) and the
-///   models; their applied notifications go out with the append's wake-ups,
-///   after `COMMIT`. A model moved by a claim this
+///   the version locked; a failure with its version and message), the models
+///   and one `NOTIFY` on the applied channel. A model moved by a claim this
 ///   append waited for, and events a lagging cursor has not applied, are read
 ///   again after the lock. Dropping the future rolls everything back.
 #[derive(Clone, Debug)]
@@ -123,21 +111,17 @@ impl PgEventStore {
             .iter()
             .map(|(s, _)| wire::partition_of(*s))
             .collect();
-        // The transaction runs on a connection this call holds, so the
-        // wake-ups go out on it right after COMMIT (see [`crate::notify`]).
-        let mut conn = self
+        let mut tx = self
             .pool
-            .acquire()
-            .await
-            .map_err(db_error(what(), Stored::Nothing))?;
-        let mut tx = sqlx::Connection::begin(&mut *conn)
+            .begin()
             .await
             .map_err(db_error(what(), Stored::Nothing))?;
         // One statement: move every head forward (locking it until commit,
         // in stream-id order so two appends never deadlock; streams that gain
-        // nothing are only read) and insert the events at the versions that
-        // follow their stream's head. The expectations are checked on what
-        // it returns, before COMMIT.
+        // nothing are only read), insert the events at the versions that
+        // follow their stream's head, and NOTIFY the partitions touched
+        // (evaluated once, delivered at commit, dropped with a rollback).
+        // The expectations are checked on what it returns, before COMMIT.
         let answer: Vec<(i16, Uuid, i64, i64)> = sqlx::query_as(
             "with added as (
                  select h.stream_id, h.added, h.partition, h.ord
@@ -168,14 +152,14 @@ impl PgEventStore {
                   order by e.ord
                  on conflict (event_id) do nothing
                  returning event_id, stream_version, global_position
-             )
+             ), notified as materialized (select pg_notify($11, $12))
              select 0::int2, h.stream_id, h.version - a.added, 0::int8
                from heads h join added a on a.stream_id = h.stream_id
              union all
              select 0::int2, k.stream_id, k.version, 0::int8 from kept k
              union all
              select 1::int2, s.event_id, s.stream_version, s.global_position
-               from stored s",
+               from stored s left join notified on true",
         )
         .bind(&heads_ids)
         .bind(&heads_added)
@@ -187,6 +171,8 @@ impl PgEventStore {
         .bind(&rows.types)
         .bind(&rows.data)
         .bind(&rows.metadata)
+        .bind(wire::channel(&self.pool, wire::EVENTS_CHANNEL))
+        .bind(wire::encode_partitions(&partitions))
         .fetch_all(&mut *tx)
         .await
         .map_err(db_error(what(), Stored::Nothing))?;
@@ -211,31 +197,18 @@ impl PgEventStore {
         }
         // The outbox rows of outbound events (`#[event(publish)]`), in this
         // transaction: they commit or roll back with the events.
-        let mut wake = Notifications::default();
-        wake.push(
-            &wire::channel(&self.pool, wire::EVENTS_CHANNEL),
-            wire::encode_partitions(&partitions),
-        );
-        if crate::outbox::write(&mut tx, &streams, &stored).await? {
-            wake.push(
-                &wire::channel(&self.pool, crate::outbox::OUTBOX_CHANNEL),
-                String::new(),
-            );
-        }
+        crate::outbox::write(&mut tx, &streams, &stored, &self.pool).await?;
         let events = Rows::stored(streams, &stored);
         let applied = match inline {
             Some(inline) => {
                 let channel = wire::channel(&self.pool, wire::APPLIED_CHANNEL);
-                crate::inline::apply(&mut tx, inline, &events, &before, &channel, &mut wake).await?
+                crate::inline::apply(&mut tx, inline, &events, &before, &channel).await?
             }
             None => Vec::new(),
         };
         tx.commit()
             .await
             .map_err(db_error(what(), Stored::Unknown))?;
-        // Stored. The wake-ups follow on the same connection; losing them
-        // (a failure, a crash, this future dropped here) loses no data.
-        wake.send_after_commit(&mut conn, &what()).await;
         tracing::debug!(
             events = plan.events,
             streams = plan.added.len(),

@@ -12,9 +12,8 @@
 //!    append);
 //! 3. the runtime's fold runs in process ([`InlineApply::apply`]); one
 //!    statement writes every cursor (fenced on the version locked, with its
-//!    failure record when an event failed) and every model; the `NOTIFY`
-//!    on the applied channel is sent after the append commits (with the
-//!    append's own, see [`crate::notify`]).
+//!    failure record when an event failed), every model, and one `NOTIFY`
+//!    on the applied channel (delivered only if the append commits).
 //!
 //! A claim elsewhere (the runner, a flush, a retry) locks the same cursor
 //! row: it waits for this transaction, then finds the cursor moved on, and
@@ -22,7 +21,6 @@
 //! reads what it committed (step 2), so nothing is skipped.
 
 use crate::events::{db_error, decode_event, to_i64, to_u64, EventRow, BACKEND};
-use crate::notify::Notifications;
 use crate::perspectives::{corrupt, decode_cursor, encode_skipped};
 use crate::wire;
 use serde_json::value::RawValue;
@@ -77,8 +75,8 @@ const LOCK: &str = "select c.perspective, c.model_key, c.version, c.failed_versi
       order by t.ord
         for update of c";
 
-/// Writes every cursor fenced on the version locked and the models where the
-/// fence held; returns how many cursors it wrote.
+/// Writes every cursor fenced on the version locked, the models where the
+/// fence held, and the applied NOTIFYs; returns how many cursors it wrote.
 const WRITE: &str = "with w as (
          select * from unnest($1::text[], $2::uuid[], $3::int8[], $4::int8[], $5::int8[],
                               $6::text[], $7::text[], $8::text[])
@@ -108,8 +106,12 @@ const WRITE: &str = "with w as (
              on cursor.perspective = w.perspective and cursor.model_key = w.model_key
           where r.perspective = w.perspective and r.model_key = w.model_key
             and w.data is null
+     ), notified as materialized (
+         select pg_notify($9, p) from unnest($10::text[]) p
      )
-     select count(*) from cursor";
+     -- Both counted in the select list: a join to an unused aggregate would be
+     -- removed by the planner, and an unread CTE never runs its pg_notify.
+     select (select count(*) from cursor), (select count(*) from notified)";
 
 /// A row of [`CREATE_AND_LOCK`] or [`LOCK`]: perspective, key, the cursor's
 /// columns, the model's version and data, whether this statement created it.
@@ -133,16 +135,15 @@ struct Locked {
 
 /// Applies `inline`'s targets in the open transaction `conn` of an append
 /// that stored `appended`; `before` holds each appended stream's version
-/// before the append. Adds the applied wake-ups on `channel` to `wake`.
-/// Returns the targets applied (all of them): the caller commits, then
-/// sends `wake`.
+/// before the append; the applied NOTIFY goes to `channel` (the applied
+/// channel of the store's schema). Returns the targets applied (all of them): the
+/// caller commits.
 pub(crate) async fn apply(
     conn: &mut PgConnection,
     inline: &dyn InlineApply,
     appended: &[Arc<StoredEvent>],
     before: &HashMap<StreamId, u64>,
     channel: &str,
-    wake: &mut Notifications,
 ) -> Result<Vec<usize>> {
     let targets = inline.targets();
     if targets.is_empty() {
@@ -276,6 +277,8 @@ pub(crate) async fn apply(
             .bind(&writes.messages)
             .bind(&writes.skipped)
             .bind(&writes.models)
+            .bind(channel)
+            .bind(&payloads)
             .fetch_one(&mut *conn)
             .await
             .map_err(db_error(what(), Stored::Nothing))?;
@@ -289,7 +292,6 @@ pub(crate) async fn apply(
                     .to_owned(),
             ));
         }
-        wake.extend(channel, payloads);
     }
     Ok(order)
 }

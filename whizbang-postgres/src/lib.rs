@@ -91,7 +91,6 @@ mod backend;
 mod events;
 mod inline;
 mod listen;
-mod notify;
 mod outbox;
 mod perspectives;
 mod queue;

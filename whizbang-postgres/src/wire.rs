@@ -6,15 +6,13 @@
 
 use whizbang_core::StreamId;
 
-/// Channel an append NOTIFYs (right after its commit, in one statement with
-/// its other wake-ups: see [`crate::notify`])
+/// Channel an append NOTIFYs (inside its transaction, once per transaction)
 /// so runners in other processes look for new work at once. The payload is
 /// the partitions the append touched, comma-separated (see [`encode_partitions`]).
 pub(crate) const EVENTS_CHANNEL: &str = "whizbang_events";
 
-/// Channel a perspective commit NOTIFYs (inside a runner's unit or batch
-/// transaction, once per transaction; after an append's commit for inline
-/// perspectives) so waiters in other processes re-ask at once. The payload is
+/// Channel a perspective commit NOTIFYs (inside its transaction, once per
+/// transaction) so waiters in other processes re-ask at once. The payload is
 /// [`encode_applied`]'s.
 pub(crate) const APPLIED_CHANNEL: &str = "whizbang_applied";
 

@@ -554,12 +554,12 @@ async fn an_inline_perspective_added_later_folds_the_older_events_in_the_next_ap
     shut_down(after, pg).await;
 }
 
-/// An append's wake-ups go out after its commit, once per channel of the
-/// service's schema: a listener that hears the applied notification of an
-/// inline perspective already reads the model it names, and the events
+/// An append's wake-ups reach the channels of the service's schema once
+/// each when it commits: a listener that hears the applied notification of
+/// an inline perspective already reads the model it names, and the events
 /// notification names the stream's partition.
 #[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
-async fn an_inline_append_wakes_the_schema_channels_after_its_commit(pool: PgPool) {
+async fn an_inline_append_wakes_the_schema_channels_once_each_at_commit(pool: PgPool) {
     let pg = backend(&pool, options().schema("ledger")).await;
     bounded(pg.migrate()).await.unwrap();
     let rt = runtime(&pg, registry(|r| r.perspective::<Balances>()));

@@ -29,8 +29,7 @@ const STATUS: &str = include_str!("sql/status.sql");
 const DEAD_LETTERS: &str = include_str!("sql/dead_letters.sql");
 const PRUNE_PUBLISHED: &str = include_str!("sql/prune_published.sql");
 
-/// The channel an append that wrote outbox rows NOTIFYs (once, right after
-/// its commit);
+/// The channel an append that wrote outbox rows NOTIFYs (once, at commit);
 /// `wh_outbox.<schema>` in a schema of its own.
 pub const OUTBOX_CHANNEL: &str = "wh_outbox";
 
@@ -40,14 +39,15 @@ pub const OUTBOX_CHANNEL: &str = "wh_outbox";
 /// the events. `stored` maps each appended event id to its (version,
 /// position). One statement; none when no event is outbound.
 ///
-/// Returns whether it wrote rows: the append then NOTIFYs the outbox channel
-/// of its schema ([`OUTBOX_CHANNEL`]) after its commit, to wake publishers
-/// listening with [`PgOutbox::wakeups`].
+/// The statement also NOTIFYs the outbox channel of `pool`'s schema
+/// ([`OUTBOX_CHANNEL`]), delivered when the append commits, to wake
+/// publishers listening with [`PgOutbox::wakeups`].
 pub(crate) async fn write(
     conn: &mut PgConnection,
     streams: &[StreamAppend],
     stored: &HashMap<Uuid, (i64, i64)>,
-) -> Result<bool> {
+    pool: &PgPool,
+) -> Result<()> {
     let outbound = streams
         .iter()
         .flat_map(|s| s.events.iter().map(move |e| (s.stream_id, e)))
@@ -74,8 +74,9 @@ pub(crate) async fn write(
         versions.push(stored.get(&id).map_or(0, |(version, _)| *version));
     }
     if ids.is_empty() {
-        return Ok(false);
+        return Ok(());
     }
+    let channel = crate::wire::channel(pool, OUTBOX_CHANNEL);
     sqlx::query(WRITE)
         .bind(&ids)
         .bind(&types)
@@ -86,13 +87,14 @@ pub(crate) async fn write(
         .bind(&enqueued)
         .bind(&stream_ids)
         .bind(&versions)
+        .bind(&channel)
         .execute(conn)
         .await
         .map_err(db_error(
             format!("write the outbox rows of {} outbound events", ids.len()),
             Stored::Nothing,
         ))?;
-    Ok(true)
+    Ok(())
 }
 
 /// The [`Outbox`] on PostgreSQL. Cheap to clone (it shares the pool). Get
@@ -145,7 +147,7 @@ impl PgOutbox {
     }
 
     /// Wakes `waker` (`notify_one`) whenever an append in this outbox's
-    /// schema wrote outbox rows (a NOTIFY on [`OUTBOX_CHANNEL`] after its
+    /// schema wrote outbox rows (a NOTIFY on [`OUTBOX_CHANNEL`] at its
     /// commit), and once after each (re)connect: hand it to
     /// [`OutboxPublisher::wake_on`](whizbang_core::outbox::OutboxPublisher::wake_on)
     /// so new rows are published without waiting for the publisher's poll.
