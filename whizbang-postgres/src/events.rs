@@ -200,7 +200,10 @@ impl PgEventStore {
         crate::outbox::write(&mut tx, &streams, &stored, &self.pool).await?;
         let events = Rows::stored(streams, &stored);
         let applied = match inline {
-            Some(inline) => crate::inline::apply(&mut tx, inline, &events, &before).await?,
+            Some(inline) => {
+                let channel = wire::channel(&self.pool, wire::APPLIED_CHANNEL);
+                crate::inline::apply(&mut tx, inline, &events, &before, &channel).await?
+            }
             None => Vec::new(),
         };
         tx.commit()

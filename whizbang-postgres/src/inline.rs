@@ -109,7 +109,9 @@ const WRITE: &str = "with w as (
      ), notified as materialized (
          select pg_notify($9, p) from unnest($10::text[]) p
      )
-     select count(*) from cursor left join (select count(*) from notified) n on true";
+     -- Both counted in the select list: a join to an unused aggregate would be
+     -- removed by the planner, and an unread CTE never runs its pg_notify.
+     select (select count(*) from cursor), (select count(*) from notified)";
 
 /// A row of [`CREATE_AND_LOCK`] or [`LOCK`]: perspective, key, the cursor's
 /// columns, the model's version and data, whether this statement created it.
@@ -133,13 +135,15 @@ struct Locked {
 
 /// Applies `inline`'s targets in the open transaction `conn` of an append
 /// that stored `appended`; `before` holds each appended stream's version
-/// before the append. Returns the targets applied (all of them): the
+/// before the append; the applied NOTIFY goes to `channel` (the applied
+/// channel of the store's schema). Returns the targets applied (all of them): the
 /// caller commits.
 pub(crate) async fn apply(
     conn: &mut PgConnection,
     inline: &dyn InlineApply,
     appended: &[Arc<StoredEvent>],
     before: &HashMap<StreamId, u64>,
+    channel: &str,
 ) -> Result<Vec<usize>> {
     let targets = inline.targets();
     if targets.is_empty() {
@@ -273,7 +277,7 @@ pub(crate) async fn apply(
             .bind(&writes.messages)
             .bind(&writes.skipped)
             .bind(&writes.models)
-            .bind(wire::APPLIED_CHANNEL)
+            .bind(channel)
             .bind(&payloads)
             .fetch_one(&mut *conn)
             .await

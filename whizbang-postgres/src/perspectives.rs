@@ -422,7 +422,9 @@ impl PgBatch {
              ), notified as materialized (
                  select pg_notify($6, p) from unnest($7::text[]) p
              )
-             select count(*) from cursor left join (select count(*) from notified) n on true",
+             -- Both counted in the select list: a join to an unused aggregate would be
+     -- removed by the planner, and an unread CTE never runs its pg_notify.
+     select (select count(*) from cursor), (select count(*) from notified)",
         )
         .bind(perspective)
         .bind(&keys)

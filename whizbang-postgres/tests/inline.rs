@@ -553,3 +553,58 @@ async fn an_inline_perspective_added_later_folds_the_older_events_in_the_next_ap
     drop(before);
     shut_down(after, pg).await;
 }
+
+/// An append's wake-ups reach the channels of the service's schema once
+/// each when it commits: a listener that hears the applied notification of
+/// an inline perspective already reads the model it names, and the events
+/// notification names the stream's partition.
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn an_inline_append_wakes_the_schema_channels_once_each_at_commit(pool: PgPool) {
+    let pg = backend(&pool, options().schema("ledger")).await;
+    bounded(pg.migrate()).await.unwrap();
+    let rt = runtime(&pg, registry(|r| r.perspective::<Balances>()));
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+        .await
+        .unwrap();
+    listener
+        .listen_all(["whizbang_events.ledger", "whizbang_applied.ledger"])
+        .await
+        .unwrap();
+    let account = Uuid::now_v7();
+    bounded(rt.scope().send(Deposit { account, cents: 9 }))
+        .await
+        .unwrap();
+    let mut heard = Vec::new();
+    for _ in 0..2 {
+        let n = bounded(listener.recv()).await.unwrap();
+        if n.channel() == "whizbang_applied.ledger" {
+            // The model is committed before the wake-up is sent.
+            assert_eq!(
+                model::<Balances>(&rt, account).await,
+                Some(Ledger {
+                    cents: 9,
+                    deposits: vec![9]
+                })
+            );
+        }
+        heard.push((n.channel().to_owned(), n.payload().to_owned()));
+    }
+    heard.sort();
+    assert_eq!(heard.len(), 2);
+    assert_eq!(heard[0].0, "whizbang_applied.ledger");
+    assert_eq!(heard[0].1, format!("1 {account} pg_inline.balances"));
+    assert_eq!(heard[1].0, "whizbang_events.ledger");
+    let partition: i16 = sqlx::query_scalar("select partition from ledger.wh_events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(heard[1].1, partition.to_string());
+    // Nothing else on either channel for this one append.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), listener.recv())
+            .await
+            .is_err(),
+        "one notification per channel"
+    );
+    shut_down(rt, pg).await;
+}
