@@ -14,25 +14,17 @@
 //! perspective commit are whole or absent, and a dead session's claim goes.
 //! Killing runner processes is `tests/pg_sigkill_runners.rs`.
 
-use std::collections::BTreeSet;
-use std::os::unix::process::ExitStatusExt as _;
 use std::time::Duration;
-use uuid::Uuid;
 use whizbang_core::{Runtime, StreamId};
 use whizbang_postgres::{Postgres, PostgresOptions};
-use whizbang_tests::pg::cluster::{Cluster, WaitError};
+use whizbang_tests::pg::appenders::{kill_appenders, KillPlan};
 use whizbang_tests::pg::db::FreshDb;
-use whizbang_tests::pg::ledger::{self, Tally};
+use whizbang_tests::pg::ledger;
 
 whizbang_tests::pg_totals!();
 
 /// No step of this test may take longer than this.
 const BOUND: Duration = Duration::from_secs(60);
-const CHILDREN: usize = 2;
-const STREAMS_PER_CHILD: usize = 3;
-const EVENTS_PER_STREAM: u64 = 200;
-/// How many times a child is killed.
-const KILLS: usize = 12;
 
 async fn bounded<F: std::future::Future>(f: F) -> F::Output {
     tokio::time::timeout(BOUND, f)
@@ -40,123 +32,12 @@ async fn bounded<F: std::future::Future>(f: F) -> F::Output {
         .expect("finished within the bound")
 }
 
-fn appender(url: &str, streams: &[Uuid]) -> std::process::Command {
-    let mut cmd = Cluster::command(env!("CARGO_BIN_EXE_pg_appender"));
-    cmd.arg("append")
-        .arg(url)
-        .arg(EVENTS_PER_STREAM.to_string());
-    cmd.args(streams.iter().map(Uuid::to_string));
-    cmd
-}
-
-/// What the children did, as the parent saw it.
-struct Run {
-    kills: usize,
-    acked: BTreeSet<String>,
-}
-
-/// Runs the children, killing one at a time `KILLS` times, until both
-/// finish. Blocking: run it off the async workers.
-fn run_children(url: &str, streams: &[Vec<Uuid>]) -> Run {
-    let mut cluster = Cluster::spawn(CHILDREN, |i| appender(url, &streams[i]));
-    let mut acked = BTreeSet::new();
-    let mut finished = [false; CHILDREN];
-    let mut kills = 0;
-    let keep = |acked: &mut BTreeSet<String>, lines: &[String]| {
-        for line in lines {
-            if let Some(key) = line.strip_prefix("appended ") {
-                acked.insert(key.to_owned());
-            }
-        }
-    };
-    for k in 0..KILLS * 2 {
-        if kills == KILLS || finished.iter().all(|f| *f) {
-            break;
-        }
-        let i = k % CHILDREN;
-        if finished[i] {
-            continue;
-        }
-        // A varying number of appends before the kill: 10 to 47.
-        let wanted = 10 + (k * 13) % 38;
-        let mut seen = 0;
-        while seen < wanted {
-            match cluster[i].next_line(BOUND) {
-                Ok(line) if line == "finished" => {
-                    finished[i] = true;
-                    break;
-                }
-                Ok(_) => seen += 1,
-                Err(WaitError::Closed { lines }) => {
-                    let status = cluster[i].wait_timeout(BOUND);
-                    panic!("child {i} exited ({status:?}) before finishing; lines: {lines:?}");
-                }
-                Err(e) => panic!("child {i}: {e}"),
-            }
-        }
-        if finished[i] {
-            continue;
-        }
-        cluster[i].kill();
-        let status = cluster[i]
-            .wait_timeout(BOUND)
-            .expect("the killed child exits");
-        assert_eq!(
-            status.signal(),
-            Some(9),
-            "child {i} died of SIGKILL: {status}"
-        );
-        keep(&mut acked, cluster[i].lines());
-        cluster.respawn(i, appender(url, &streams[i]));
-        kills += 1;
-    }
-    for (i, done) in finished.iter().enumerate() {
-        if !done {
-            cluster[i]
-                .wait_line(|l| l == "finished", BOUND * 2)
-                .unwrap_or_else(|e| panic!("child {i} never finished: {e}"));
-        }
-    }
-    let statuses = cluster
-        .wait_all(BOUND)
-        .unwrap_or_else(|running| panic!("children {running:?} never exited"));
-    assert!(statuses.iter().all(|s| s.success()), "{statuses:?}");
-    for i in 0..CHILDREN {
-        keep(&mut acked, cluster[i].lines());
-    }
-    Run { kills, acked }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_appending_processes_loses_nothing_and_applies_nothing_twice() {
     let db = bounded(FreshDb::create()).await;
-    let streams: Vec<Vec<Uuid>> = (0..CHILDREN)
-        .map(|_| (0..STREAMS_PER_CHILD).map(|_| Uuid::now_v7()).collect())
-        .collect();
-    let url = db.url.clone();
-    let children_streams = streams.clone();
-    let run = tokio::time::timeout(
-        BOUND * 5,
-        tokio::task::spawn_blocking(move || run_children(&url, &children_streams)),
-    )
-    .await
-    .expect("the children finished within the bound")
-    .expect("the children's driver panicked");
-    assert!(run.kills >= 10, "only {} kills landed", run.kills);
-
-    // Every event stored exactly once, every acknowledged one among them.
-    let expected: BTreeSet<String> = streams
-        .iter()
-        .flatten()
-        .flat_map(|s| (1..=EVENTS_PER_STREAM).map(move |seq| format!("{s}:{seq}")))
-        .collect();
-    let not_expected: Vec<&String> = run.acked.difference(&expected).collect();
-    assert!(not_expected.is_empty(), "acknowledged: {not_expected:?}");
-    let seen = bounded(ledger::event_keys(&db.pool, "seq")).await.unwrap();
-    let tally = Tally::of(expected, seen);
-    tally.assert_exact();
-    let gaps = bounded(ledger::version_gaps(&db.pool)).await.unwrap();
-    assert!(gaps.is_empty(), "versions not gap-free: {gaps:#?}");
+    let plan = KillPlan::new(env!("CARGO_BIN_EXE_pg_appender"), "append", 2, 3);
+    // Stored exactly once, gap-free, at least 10 kills: checked in there.
+    let run = kill_appenders(&db, &plan).await;
 
     let stale = bounded(ledger::check_all_folds(&db.pool, TOTALS, fold_totals))
         .await
@@ -167,7 +48,7 @@ async fn killing_appending_processes_loses_nothing_and_applies_nothing_twice() {
         run.kills,
         run.acked.len(),
         stale.len(),
-        CHILDREN * STREAMS_PER_CHILD
+        plan.all_streams().count()
     );
 
     // Catch every stream up here (a backend without a runner: only these
@@ -179,7 +60,7 @@ async fn killing_appending_processes_loses_nothing_and_applies_nothing_twice() {
     .await
     .unwrap();
     let rt = Runtime::builder().backend(pg.clone()).build().unwrap();
-    for &stream in streams.iter().flatten() {
+    for stream in plan.all_streams() {
         bounded(rt.catch_up(TOTALS, StreamId::from(stream)))
             .await
             .unwrap_or_else(|e| panic!("catch up {stream}: {e:?}"));

@@ -1,4 +1,5 @@
-//! What the PostgreSQL process tests share: [`db`] (a fresh, migrated
+//! What the PostgreSQL process tests share: [`appenders`] (appender
+//! processes killed while they append), [`db`] (a fresh, migrated
 //! database per test), [`server`] (a private server a test may stop and
 //! restart), [`cluster`] (N child processes to kill, stop and continue),
 //! [`ledger`] (counting lost and duplicated work; models against a fresh fold),
@@ -41,6 +42,7 @@
 //! `tests/pg_cross_process_sync.rs` pairs a runner with `pg_appender sync`,
 //! a process that appends and waits with its runner off.
 
+pub mod appenders;
 pub mod cluster;
 pub mod db;
 pub mod ledger;
