@@ -7,8 +7,8 @@
 
 use crate::events::db_error;
 use crate::queue::{
-    attempt_limit, batch_i64, db_failed, duration_micros, expired_error_parts, from_micros,
-    json_text, to_micros, to_u32, MessageRow,
+    attempt_limit, batch_i64, db_failed, duration_micros, from_micros, json_text, lease_rows,
+    to_micros, to_u32, LeasedRow, MessageRow,
 };
 use sqlx::{PgConnection, PgPool};
 use std::collections::HashMap;
@@ -17,7 +17,7 @@ use uuid::Uuid;
 use whizbang_core::backend::{BoxFuture, StreamAppend};
 use whizbang_core::error::Stored;
 use whizbang_core::outbox::{Outbox, OutboxEntry, OutboxStatus};
-use whizbang_core::queue::{limits, DeadLetter, FailOutcome, LeasedMessage, QueueOptions};
+use whizbang_core::queue::{limits, DeadLetter, FailOutcome, QueueOptions};
 use whizbang_core::{Error, EventId, InstanceId, MessageId, Result, StreamId};
 
 const WRITE: &str = include_str!("sql/write.sql");
@@ -115,11 +115,9 @@ pub struct PgOutbox {
 }
 
 #[derive(sqlx::FromRow)]
-struct LeasedRow {
+struct OutboxLeasedRow {
     #[sqlx(flatten)]
-    message: MessageRow,
-    lease_expires_us: i64,
-    last_error: Option<String>,
+    leased: LeasedRow,
     stream_id: Uuid,
     stream_version: i64,
 }
@@ -204,28 +202,20 @@ impl PgOutbox {
         max: usize,
         lease: Duration,
     ) -> Result<Vec<OutboxEntry>> {
-        limits::check_batch("outbox lease", max)?;
-        limits::check_lease(lease)?;
-        let (before, after) = expired_error_parts();
-        let rows: Vec<LeasedRow> = sqlx::query_as(LEASE)
-            .bind(instance.as_uuid())
-            .bind(batch_i64(max))
-            .bind(duration_micros(lease))
-            .bind(attempt_limit(&self.options))
-            .bind(before)
-            .bind(after)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_failed(format!("lease up to {max} outbox rows")))?;
+        let rows: Vec<OutboxLeasedRow> = lease_rows(
+            &self.pool,
+            LEASE,
+            "outbox lease",
+            instance,
+            max,
+            lease,
+            &self.options,
+        )
+        .await?;
         rows.into_iter()
             .map(|row| {
                 Ok(OutboxEntry {
-                    leased: LeasedMessage {
-                        attempt: to_u32(row.message.attempts),
-                        message: row.message.into_message()?,
-                        lease_expires_at: from_micros(row.lease_expires_us),
-                        last_error: row.last_error,
-                    },
+                    leased: row.leased.into_leased()?,
                     stream_id: StreamId::from(row.stream_id),
                     stream_version: u64::try_from(row.stream_version).unwrap_or_default(),
                 })

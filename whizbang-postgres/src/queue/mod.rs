@@ -97,12 +97,57 @@ pub(crate) struct MessageRow {
     pub(crate) attempts: i32,
 }
 
+/// A leased message as the lease statements return it (the outbox's rows
+/// flatten it too).
 #[derive(sqlx::FromRow)]
-struct LeasedRow {
+pub(crate) struct LeasedRow {
     #[sqlx(flatten)]
     message: MessageRow,
     lease_expires_us: i64,
     last_error: Option<String>,
+}
+
+impl LeasedRow {
+    pub(crate) fn into_leased(self) -> Result<LeasedMessage> {
+        Ok(LeasedMessage {
+            attempt: to_u32(self.message.attempts),
+            message: self.message.into_message()?,
+            lease_expires_at: from_micros(self.lease_expires_us),
+            last_error: self.last_error,
+        })
+    }
+}
+
+/// Runs a lease statement after checking its arguments. Every lease
+/// statement (the queue's orphans, the outbox's rows) takes the same
+/// parameters: `$1` the instance, `$2` at most how many, `$3` the lease in
+/// microseconds, `$4` the attempt limit, and `$5`/`$6` the dead-letter text
+/// around the attempt count of a lease that expired once too often.
+pub(crate) async fn lease_rows<R>(
+    pool: &PgPool,
+    sql: &'static str,
+    what: &str,
+    instance: InstanceId,
+    max: usize,
+    lease: Duration,
+    options: &QueueOptions,
+) -> Result<Vec<R>>
+where
+    R: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    limits::check_batch(what, max)?;
+    limits::check_lease(lease)?;
+    let (before, after) = expired_error_parts();
+    sqlx::query_as(sql)
+        .bind(instance.as_uuid())
+        .bind(batch_i64(max))
+        .bind(duration_micros(lease))
+        .bind(attempt_limit(options))
+        .bind(before)
+        .bind(after)
+        .fetch_all(pool)
+        .await
+        .map_err(db_failed(format!("{what}: lease up to {max}")))
 }
 
 /// A row of `wh_queue_tick`.
@@ -210,29 +255,17 @@ impl PgMessageQueue {
         max: usize,
         lease: Duration,
     ) -> Result<Vec<LeasedMessage>> {
-        limits::check_batch("lease_orphaned", max)?;
-        limits::check_lease(lease)?;
-        let (before, after) = expired_error_parts();
-        let rows: Vec<LeasedRow> = sqlx::query_as(LEASE_ORPHANED)
-            .bind(instance.as_uuid())
-            .bind(batch_i64(max))
-            .bind(duration_micros(lease))
-            .bind(attempt_limit(&self.options))
-            .bind(before)
-            .bind(after)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_failed(format!("lease up to {max} orphaned messages")))?;
-        rows.into_iter()
-            .map(|row| {
-                Ok(LeasedMessage {
-                    attempt: to_u32(row.message.attempts),
-                    message: row.message.into_message()?,
-                    lease_expires_at: from_micros(row.lease_expires_us),
-                    last_error: row.last_error,
-                })
-            })
-            .collect()
+        let rows: Vec<LeasedRow> = lease_rows(
+            &self.pool,
+            LEASE_ORPHANED,
+            "lease_orphaned",
+            instance,
+            max,
+            lease,
+            &self.options,
+        )
+        .await?;
+        rows.into_iter().map(LeasedRow::into_leased).collect()
     }
 
     async fn complete_now(&self, id: MessageId, instance: InstanceId, handler: &str) -> Result<()> {
