@@ -2,6 +2,10 @@
 //! caches per call site whether anyone listens, so a test that installs a
 //! subscriber must not share a process with tests that run without one.
 
+mod common;
+
+use common::spans::Spans;
+
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use whizbang_core::backend::MemoryEventStore;
@@ -31,42 +35,9 @@ impl Receptor<Ship> for Dock {
     }
 }
 
-/// Records the spans opened while it is the default subscriber: name and
-/// the fields given when the span was created.
-#[derive(Default)]
-struct Spans(std::sync::Mutex<Vec<(String, String)>>);
-
-struct Fields<'a>(&'a mut String);
-
-impl tracing::field::Visit for Fields<'_> {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        use std::fmt::Write as _;
-        let _ = write!(self.0, "{}={:?} ", field.name(), value);
-    }
-}
-
-impl tracing::Subscriber for &'static Spans {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        let mut fields = String::new();
-        span.record(&mut Fields(&mut fields));
-        let mut spans = self.0.lock().expect("not poisoned");
-        spans.push((span.metadata().name().to_owned(), fields));
-        tracing::span::Id::from_u64(spans.len() as u64)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, _: &tracing::Event<'_>) {}
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn publishing_runs_in_a_span_naming_its_message_correlation_and_causation() {
-    let spans: &'static Spans = Box::leak(Box::default());
-    let _default = tracing::subscriber::set_default(spans);
+    let (spans, _default) = Spans::install();
     let outbox = MemoryOutbox::new();
     let rt = Runtime::builder()
         .event_store(MemoryEventStore::new().with_outbox(outbox.clone()))
@@ -92,7 +63,7 @@ async fn publishing_runs_in_a_span_naming_its_message_correlation_and_causation(
             .expect("published within 30 s")
             .expect("published");
     assert_eq!(published, 1);
-    let recorded = spans.0.lock().expect("not poisoned").clone();
+    let recorded = spans.recorded();
     let fields = recorded
         .iter()
         .find(|(n, _)| n == "whizbang.outbox.publish")

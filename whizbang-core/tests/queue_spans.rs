@@ -2,46 +2,17 @@
 //! caches per call site whether anyone listens, so a test that installs a
 //! subscriber must not share a process with tests that run without one.
 
+mod common;
+
+use common::spans::Spans;
+
 use std::time::Duration;
 use whizbang_core::queue::{MemoryMessageQueue, MessageQueue, QueuedMessage};
 use whizbang_core::InstanceId;
 
-/// Records the spans opened while it is the default subscriber: name and
-/// the fields given when the span was created.
-#[derive(Default)]
-struct Spans(std::sync::Mutex<Vec<(String, String)>>);
-
-struct Fields<'a>(&'a mut String);
-
-impl tracing::field::Visit for Fields<'_> {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        use std::fmt::Write as _;
-        let _ = write!(self.0, "{}={:?} ", field.name(), value);
-    }
-}
-
-impl tracing::Subscriber for &'static Spans {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        let mut fields = String::new();
-        span.record(&mut Fields(&mut fields));
-        let mut spans = self.0.lock().expect("not poisoned");
-        spans.push((span.metadata().name().to_owned(), fields));
-        tracing::span::Id::from_u64(spans.len() as u64)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, _: &tracing::Event<'_>) {}
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn every_operation_runs_in_a_span_naming_the_message_and_instance() {
-    let spans: &'static Spans = Box::leak(Box::default());
-    let _default = tracing::subscriber::set_default(spans);
+    let (spans, _default) = Spans::install();
     // No retry backoff: the failed message is leased again at once.
     let queue = MemoryMessageQueue::with_options(
         whizbang_core::queue::QueueOptions::default().retry_backoff(Duration::ZERO, Duration::ZERO),
@@ -63,7 +34,7 @@ async fn every_operation_runs_in_a_span_naming_the_message_and_instance() {
         .tick(me, whizbang_core::queue::TickRequest::lease(1, lease))
         .await
         .expect("tick");
-    let recorded = spans.0.lock().expect("not poisoned").clone();
+    let recorded = spans.recorded();
     let named = |name: &str| {
         recorded
             .iter()

@@ -4,6 +4,8 @@
 //! that includes this module keeps only the handlers it declares itself.
 #![allow(dead_code)] // each binary uses a different subset
 
+pub(crate) mod spans;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
