@@ -18,7 +18,6 @@
 //! (nothing skipped, nothing applied twice), no (stream, version) reported
 //! by two commits, and both runners still running until told to stop.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
@@ -26,7 +25,7 @@ use whizbang_postgres::PgEventStore;
 use whizbang_tests::pg::cluster::Cluster;
 use whizbang_tests::pg::db::FreshDb;
 use whizbang_tests::pg::ledger;
-use whizbang_tests::pg::runners::{self, AppliedLog, RoundStats};
+use whizbang_tests::pg::runners::{self, AppendPace, AppliedLog, BackgroundAppender};
 use whizbang_tests::pg::server::PgServer;
 
 whizbang_tests::pg_totals!();
@@ -101,40 +100,24 @@ async fn runner_processes_recover_from_a_server_restart_and_a_crash_and_apply_ev
     .await;
 
     let streams: Vec<Uuid> = (0..STREAMS).map(|_| Uuid::now_v7()).collect();
-    let appending = Arc::new(AtomicBool::new(true));
-    let rounds_done = Arc::new(AtomicU64::new(0));
-    let appender = {
-        let (store, streams, appending, done) = (
-            PgEventStore::new(db.pool.clone()),
-            streams.clone(),
-            Arc::clone(&appending),
-            Arc::clone(&rounds_done),
-        );
-        tokio::spawn(async move {
-            let mut stats = RoundStats::default();
-            let mut rounds = 0;
-            while appending.load(Ordering::SeqCst) && rounds < MAX_ROUNDS {
-                let deadline = tokio::time::Instant::now() + BOUND;
-                let round =
-                    runners::append_round(&store, &streams, rounds + 1, amount, PER_TX, deadline)
-                        .await
-                        .unwrap_or_else(|e| panic!("append round {}: {e}", rounds + 1));
-                stats.retried += round.retried;
-                stats.found_committed += round.found_committed;
-                rounds += 1;
-                done.store(rounds, Ordering::SeqCst);
-                tokio::time::sleep(PACE).await;
-            }
-            (rounds, stats)
-        })
-    };
+    let appender = BackgroundAppender::start(
+        PgEventStore::new(db.pool.clone()),
+        streams.clone(),
+        amount,
+        AppendPace {
+            per_tx: PER_TX,
+            pace: PACE,
+            max_rounds: MAX_ROUNDS,
+            bound: BOUND,
+        },
+    );
 
     // Runners applying; then the restart; everything appended before it
     // applied after it; then the crash; the same again.
     applied_up_to(&db.pool, 3).await;
     let mut marks = Vec::new();
     for crash in [false, true] {
-        let before = rounds_done.load(Ordering::SeqCst);
+        let before = appender.rounds_done();
         let s = Arc::clone(&server);
         blocking(move || {
             if crash {
@@ -146,14 +129,9 @@ async fn runner_processes_recover_from_a_server_restart_and_a_crash_and_apply_ev
         .await
         .unwrap_or_else(|e| panic!("{e}"));
         applied_up_to(&db.pool, i64::try_from(before).unwrap()).await;
-        marks.push((before, rounds_done.load(Ordering::SeqCst)));
+        marks.push((before, appender.rounds_done()));
     }
-    appending.store(false, Ordering::SeqCst);
-    let (rounds, stats) = bounded(appender).await.expect("the appender panicked");
-    assert!(
-        rounds < MAX_ROUNDS,
-        "events stopped flowing before the crash was over"
-    );
+    let (rounds, stats) = appender.stop("the crash", BOUND).await;
     runners::wait_applied(&db.pool, TOTALS, BOUND)
         .await
         .unwrap_or_else(|e| panic!("{e}"));

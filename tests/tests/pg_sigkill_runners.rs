@@ -18,15 +18,13 @@
 //! the killed runners too.
 
 use std::os::unix::process::ExitStatusExt as _;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 use whizbang_postgres::PgEventStore;
 use whizbang_tests::pg::cluster::{Cluster, WaitError};
 use whizbang_tests::pg::db::FreshDb;
 use whizbang_tests::pg::ledger;
-use whizbang_tests::pg::runners::{self, AppliedLog};
+use whizbang_tests::pg::runners::{self, AppendPace, AppliedLog, BackgroundAppender};
 
 whizbang_tests::pg_totals!();
 
@@ -151,26 +149,17 @@ async fn killing_runner_processes_mid_batch_loses_nothing_and_applies_nothing_tw
     let streams: Vec<Uuid> = (0..STREAMS).map(|_| Uuid::now_v7()).collect();
 
     // Events flow until the kills are over.
-    let appending = Arc::new(AtomicBool::new(true));
-    let appender = {
-        let (store, streams, appending) = (
-            PgEventStore::new(db.pool.clone()),
-            streams.clone(),
-            Arc::clone(&appending),
-        );
-        tokio::spawn(async move {
-            let mut rounds = 0;
-            while appending.load(Ordering::SeqCst) && rounds < MAX_ROUNDS {
-                let deadline = tokio::time::Instant::now() + BOUND;
-                runners::append_round(&store, &streams, rounds + 1, amount, PER_TX, deadline)
-                    .await
-                    .unwrap_or_else(|e| panic!("append round {}: {e}", rounds + 1));
-                rounds += 1;
-                tokio::time::sleep(PACE).await;
-            }
-            rounds
-        })
-    };
+    let appender = BackgroundAppender::start(
+        PgEventStore::new(db.pool.clone()),
+        streams.clone(),
+        amount,
+        AppendPace {
+            per_tx: PER_TX,
+            pace: PACE,
+            max_rounds: MAX_ROUNDS,
+            bound: BOUND,
+        },
+    );
 
     let (pool, url) = (db.pool.clone(), db.url.clone());
     let handle = tokio::runtime::Handle::current();
@@ -182,12 +171,7 @@ async fn killing_runner_processes_mid_batch_loses_nothing_and_applies_nothing_tw
     .await
     .expect("the kills finished within their bound")
     .expect("the kill loop panicked");
-    appending.store(false, Ordering::SeqCst);
-    let rounds = bounded(appender).await.expect("the appender panicked");
-    assert!(
-        rounds < MAX_ROUNDS,
-        "events stopped flowing before the kills ended"
-    );
+    let (rounds, _) = appender.stop("the kills", BOUND).await;
     runners::wait_applied(&db.pool, TOTALS, BOUND)
         .await
         .unwrap_or_else(|e| panic!("{e}"));

@@ -20,15 +20,13 @@
 //! reported by two commits.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 use whizbang_postgres::PgEventStore;
 use whizbang_tests::pg::cluster::{Cluster, Member};
 use whizbang_tests::pg::db::FreshDb;
 use whizbang_tests::pg::ledger;
-use whizbang_tests::pg::runners::{self, AppliedLog};
+use whizbang_tests::pg::runners::{self, AppendPace, AppliedLog, BackgroundAppender};
 
 whizbang_tests::pg_totals!();
 
@@ -270,26 +268,17 @@ async fn a_runner_frozen_past_its_lease_is_taken_over_and_its_late_commits_chang
     let db = bounded(FreshDb::create()).await;
     let streams: Vec<Uuid> = (0..STREAMS).map(|_| Uuid::now_v7()).collect();
 
-    let appending = Arc::new(AtomicBool::new(true));
-    let appender = {
-        let (store, streams, appending) = (
-            PgEventStore::new(db.pool.clone()),
-            streams.clone(),
-            Arc::clone(&appending),
-        );
-        tokio::spawn(async move {
-            let mut rounds = 0;
-            while appending.load(Ordering::SeqCst) && rounds < MAX_ROUNDS {
-                let deadline = tokio::time::Instant::now() + BOUND;
-                runners::append_round(&store, &streams, rounds + 1, amount, PER_TX, deadline)
-                    .await
-                    .unwrap_or_else(|e| panic!("append round {}: {e}", rounds + 1));
-                rounds += 1;
-                tokio::time::sleep(PACE).await;
-            }
-            rounds
-        })
-    };
+    let appender = BackgroundAppender::start(
+        PgEventStore::new(db.pool.clone()),
+        streams.clone(),
+        amount,
+        AppendPace {
+            per_tx: PER_TX,
+            pace: PACE,
+            max_rounds: MAX_ROUNDS,
+            bound: BOUND,
+        },
+    );
 
     let (pool, url) = (db.pool.clone(), db.url.clone());
     let handle = tokio::runtime::Handle::current();
@@ -300,12 +289,7 @@ async fn a_runner_frozen_past_its_lease_is_taken_over_and_its_late_commits_chang
     .await
     .expect("the scenario finished within its bound")
     .expect("the scenario panicked");
-    appending.store(false, Ordering::SeqCst);
-    let rounds = bounded(appender).await.expect("the appender panicked");
-    assert!(
-        rounds < MAX_ROUNDS,
-        "events stopped flowing before the scenario ended"
-    );
+    let (rounds, _) = appender.stop("the scenario", BOUND).await;
     runners::wait_applied(&db.pool, TOTALS, BOUND)
         .await
         .unwrap_or_else(|e| panic!("{e}"));

@@ -320,3 +320,90 @@ pub async fn append_round(
     }
     Ok(stats)
 }
+
+/// [`append_round`] in a background task, one round after another (`pace`
+/// apart), until [`stop`](Self::stop) or `max_rounds`: events that keep
+/// flowing while a test kills, freezes or restarts something.
+#[derive(Debug)]
+pub struct BackgroundAppender {
+    running: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    done: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<(u64, RoundStats)>,
+    max_rounds: u64,
+}
+
+/// How a [`BackgroundAppender`] appends.
+#[derive(Clone, Copy, Debug)]
+pub struct AppendPace {
+    /// Streams per transaction.
+    pub per_tx: usize,
+    /// The pause between rounds.
+    pub pace: Duration,
+    /// At most this many rounds (reaching it fails [`BackgroundAppender::stop`]:
+    /// the events stopped flowing before the test was done).
+    pub max_rounds: u64,
+    /// No round may take longer than this.
+    pub bound: Duration,
+}
+
+impl BackgroundAppender {
+    /// Starts appending `pg_totals!` events (`amount` each) to `streams`
+    /// through `store`.
+    pub fn start(
+        store: impl EventStore,
+        streams: Vec<Uuid>,
+        amount: fn(Uuid, u64) -> u64,
+        how: AppendPace,
+    ) -> BackgroundAppender {
+        use std::sync::atomic::Ordering;
+        let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (go, count) = (running.clone(), done.clone());
+        let task = tokio::spawn(async move {
+            let mut stats = RoundStats::default();
+            let mut rounds = 0;
+            while go.load(Ordering::SeqCst) && rounds < how.max_rounds {
+                let deadline = tokio::time::Instant::now() + how.bound;
+                let round =
+                    append_round(&store, &streams, rounds + 1, amount, how.per_tx, deadline)
+                        .await
+                        .unwrap_or_else(|e| panic!("append round {}: {e}", rounds + 1));
+                stats.retried += round.retried;
+                stats.found_committed += round.found_committed;
+                rounds += 1;
+                count.store(rounds, Ordering::SeqCst);
+                tokio::time::sleep(how.pace).await;
+            }
+            (rounds, stats)
+        });
+        BackgroundAppender {
+            running,
+            done,
+            task,
+            max_rounds: how.max_rounds,
+        }
+    }
+
+    /// Rounds fully appended so far.
+    #[must_use]
+    pub fn rounds_done(&self) -> u64 {
+        self.done.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Stops after the round in flight and returns the rounds appended and
+    /// the retries seen. Panics when the appender panicked, or when it had
+    /// reached `max_rounds` (the events stopped flowing before `what` was over).
+    pub async fn stop(self, what: &str, bound: Duration) -> (u64, RoundStats) {
+        self.running
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let (rounds, stats) = tokio::time::timeout(bound, self.task)
+            .await
+            .expect("the appender stopped within the bound")
+            .expect("the appender panicked");
+        assert!(
+            rounds < self.max_rounds,
+            "events stopped flowing before {what} was over"
+        );
+        (rounds, stats)
+    }
+}
