@@ -7,8 +7,8 @@
 
 use crate::events::db_error;
 use crate::queue::{
-    attempt_limit, batch_i64, db_failed, duration_micros, from_micros, json_text, lease_rows,
-    to_micros, to_u32, LeasedRow, MessageRow,
+    attempt_limit, batch_i64, db_failed, duration_micros, fail_outcome, from_micros, held,
+    json_text, lease_rows, to_micros, to_u32, LeasedRow, MessageRow,
 };
 use sqlx::{PgConnection, PgPool};
 use std::collections::HashMap;
@@ -18,7 +18,7 @@ use whizbang_core::backend::{BoxFuture, StreamAppend};
 use whizbang_core::error::Stored;
 use whizbang_core::outbox::{Outbox, OutboxEntry, OutboxStatus};
 use whizbang_core::queue::{limits, DeadLetter, FailOutcome, QueueOptions};
-use whizbang_core::{Error, EventId, InstanceId, MessageId, Result, StreamId};
+use whizbang_core::{EventId, InstanceId, MessageId, Result, StreamId};
 
 const WRITE: &str = include_str!("sql/write.sql");
 const LEASE: &str = include_str!("sql/lease.sql");
@@ -230,13 +230,7 @@ impl PgOutbox {
             .fetch_optional(&self.pool)
             .await
             .map_err(db_failed(format!("mark outbox row {id} published")))?;
-        match done {
-            Some(_) => Ok(()),
-            None => Err(Error::LeaseLost {
-                message_ids: vec![id],
-                instance,
-            }),
-        }
+        held(done, id, instance).map(drop)
     }
 
     async fn fail_now(
@@ -259,18 +253,7 @@ impl PgOutbox {
             .map_err(db_failed(format!(
                 "record a failed publish of outbox row {id}"
             )))?;
-        match attempts {
-            Some(n) if n >= limit => Ok(FailOutcome::DeadLettered {
-                attempts: to_u32(n),
-            }),
-            Some(n) => Ok(FailOutcome::Retry {
-                attempts: to_u32(n),
-            }),
-            None => Err(Error::LeaseLost {
-                message_ids: vec![id],
-                instance,
-            }),
-        }
+        fail_outcome(attempts, limit, id, instance)
     }
 
     async fn release_now(&self, ids: &[MessageId], instance: InstanceId) -> Result<()> {

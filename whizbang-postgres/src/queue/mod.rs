@@ -277,13 +277,7 @@ impl PgMessageQueue {
             .fetch_optional(&self.pool)
             .await
             .map_err(db_failed(format!("complete message {id}")))?;
-        match done {
-            Some(_) => Ok(()),
-            None => Err(Error::LeaseLost {
-                message_ids: vec![id],
-                instance,
-            }),
-        }
+        held(done, id, instance).map(drop)
     }
 
     async fn fail_now(
@@ -304,23 +298,13 @@ impl PgMessageQueue {
             .fetch_optional(&self.pool)
             .await
             .map_err(db_failed(format!("record the failure of message {id}")))?;
-        match attempts {
-            Some(n) if n >= limit => Ok(FailOutcome::DeadLettered {
-                attempts: to_u32(n),
-            }),
-            Some(n) => {
-                if self.options.backoff_after(to_u32(n)).is_zero() {
-                    wake::announce(&self.pool);
-                }
-                Ok(FailOutcome::Retry {
-                    attempts: to_u32(n),
-                })
+        let outcome = fail_outcome(attempts, limit, id, instance)?;
+        if let FailOutcome::Retry { attempts } = outcome {
+            if self.options.backoff_after(attempts).is_zero() {
+                wake::announce(&self.pool);
             }
-            None => Err(Error::LeaseLost {
-                message_ids: vec![id],
-                instance,
-            }),
         }
+        Ok(outcome)
     }
 
     async fn renew_now(
@@ -794,6 +778,32 @@ pub(crate) fn expired_error_parts() -> (String, String) {
         Some((before, after)) => (before.to_owned(), after.to_owned()),
         None => (text, String::new()),
     }
+}
+
+/// What a statement fenced on the lease returned, or [`Error::LeaseLost`]
+/// when it returned nothing (`instance` no longer holds message `id`).
+pub(crate) fn held<T>(row: Option<T>, id: MessageId, instance: InstanceId) -> Result<T> {
+    row.ok_or_else(|| Error::LeaseLost {
+        message_ids: vec![id],
+        instance,
+    })
+}
+
+/// The outcome of a fenced statement that recorded a failed attempt and
+/// returned the attempts made (`None`: the lease was lost).
+pub(crate) fn fail_outcome(
+    attempts: Option<i32>,
+    limit: i32,
+    id: MessageId,
+    instance: InstanceId,
+) -> Result<FailOutcome> {
+    let n = held(attempts, id, instance)?;
+    let attempts = to_u32(n);
+    Ok(if n >= limit {
+        FailOutcome::DeadLettered { attempts }
+    } else {
+        FailOutcome::Retry { attempts }
+    })
 }
 
 pub(crate) fn attempt_limit(options: &QueueOptions) -> i32 {
