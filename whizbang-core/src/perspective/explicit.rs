@@ -377,9 +377,10 @@ impl PerspectiveSync {
                 ids
             }
             Target::All => {
+                let behind = (!self.full).then_some(reg.name);
                 engine
                     .events
-                    .streams_with_types(reg.name, reg.event_types)
+                    .streams_with_types(behind, reg.event_types)
                     .await?
             }
         };

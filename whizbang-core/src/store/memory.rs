@@ -183,7 +183,7 @@ impl EventStore for MemoryEventStore {
 
     fn streams_with_types<'a>(
         &'a self,
-        _perspective: &'a str,
+        _behind: Option<&'a str>,
         event_types: &'a [&'a str],
     ) -> BoxFuture<'a, Result<Vec<StreamId>>> {
         let mut streams: Vec<StreamId> = lock(&self.log)

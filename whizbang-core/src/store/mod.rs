@@ -163,11 +163,12 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// The streams holding events of any of `event_types`, ordered by id,
     /// each once: what an explicit sync of every stream of a perspective
-    /// ([`PerspectiveSync::all`](crate::PerspectiveSync::all)) visits.
-    /// `perspective` names the perspective asking: a store that also keeps
-    /// its cursors (a database) may leave out the streams whose cursor is
-    /// already at or past their last event of those types; a store that
-    /// does not returns them all (the sync then reports them as skipped).
+    /// ([`PerspectiveSync::all`](crate::PerspectiveSync::all)) visits. With
+    /// `behind` (the perspective's name), a store that also keeps the
+    /// perspective's cursors (a database) may leave out the streams whose
+    /// cursor is already at or past their last event of those types; a
+    /// store that does not returns them all (the sync reports them
+    /// skipped). `None`: every such stream (a full refold).
     ///
     /// The default refuses: the store cannot list its streams, so name the
     /// streams to sync instead.
@@ -177,14 +178,14 @@ pub trait EventStore: Send + Sync + 'static {
     /// unsupported); backend errors.
     fn streams_with_types<'a>(
         &'a self,
-        perspective: &'a str,
+        behind: Option<&'a str>,
         event_types: &'a [&'a str],
     ) -> BoxFuture<'a, Result<Vec<StreamId>>> {
-        let _ = event_types;
+        let _ = (behind, event_types);
         Box::pin(async move {
             Err(crate::Error::backend(
                 "event store",
-                format!("list the streams perspective `{perspective}` handles"),
+                "list the streams holding a perspective's events",
                 crate::error::Stored::Nothing,
                 "this event store cannot list its streams by event type (it keeps the \
                  default of EventStore::streams_with_types); name the streams to sync with \
