@@ -102,6 +102,9 @@ pub use message::{
     MessageKind, Metadata, StreamId, StreamKey,
 };
 pub use perspective::{Model, Perspective, PerspectiveMode, Versioned};
+pub use perspective::{
+    ModelOp, PerspectiveSync, SyncHandle, SyncItem, SyncMode, SyncReport, SyncRun, Tombstone,
+};
 pub use registry::{Registry, RegistryBuilder};
 pub use services::{FromServices, Services};
 pub use stage::{LifecycleStage, StageMode, StagePoint, SyncFire};
@@ -116,7 +119,8 @@ pub mod __private {
     pub use crate::dispatch::{Receptor, Registered, SyncRequirement};
     pub use crate::message::{Command, Event, Message, MessageKind, StreamId, StreamKey};
     pub use crate::perspective::{
-        applied, event_payload, ApplyError, ApplyOutput, Perspective, PerspectiveMode,
+        applied, applied_op, event_payload, ApplyError, ApplyOutput, ModelOp, Perspective,
+        PerspectiveMode,
     };
     pub use crate::registry::{MessageRegistration, PerspectiveRegistration, ReceptorRegistration};
     pub use crate::stage::names as stage;

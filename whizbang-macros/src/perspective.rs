@@ -251,11 +251,11 @@ impl<'a> PerspectiveModel<'a> {
             let name = quote_spanned!(event.span()=> <#event as #p::Message>::NAME);
             let payload = quote_spanned!(event.span()=> #p::event_payload::<#event>(event));
             let call = quote_spanned! {method.span()=>
-                #p::ApplyOutput::into_apply_result(Self::#method(model, &payload))
+                #p::ApplyOutput::into_model_op(Self::#method(model, &payload))
             };
             quote! {
                 if event.event_type == #name {
-                    return #p::applied(match #payload {
+                    return #p::applied_op(match #payload {
                         #p::Result::Ok(payload) => #call,
                         #p::Result::Err(e) => #p::Result::Err(e),
                     });
@@ -277,8 +277,15 @@ impl<'a> PerspectiveModel<'a> {
                         model: &mut #model,
                         event: &#p::StoredEvent,
                     ) -> #p::Result<bool, #p::ApplyError> {
+                        <Self as #p::Perspective>::apply_op(model, event)
+                            .map(|op| #p::Option::is_some(&op))
+                    }
+                    fn apply_op(
+                        model: &mut #model,
+                        event: &#p::StoredEvent,
+                    ) -> #p::Result<#p::Option<#p::ModelOp>, #p::ApplyError> {
                         #(#applies)*
-                        #p::Result::Ok(false)
+                        #p::Result::Ok(#p::Option::None)
                     }
                 }
                 #p::inventory::submit! {

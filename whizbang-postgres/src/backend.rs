@@ -68,6 +68,11 @@ pub struct PostgresOptions {
     /// it, and the `wh_enqueue` function a [`PgTransport`](crate::PgTransport)
     /// calls is pinned to it. Validated at connect ([`SchemaName`](crate::SchemaName)).
     pub schema: Option<String>,
+    /// How many explicit sync runs `wh_sync_log` keeps (default
+    /// [`DEFAULT_SYNC_LOG_KEEP`](crate::DEFAULT_SYNC_LOG_KEEP), at least 1).
+    pub sync_log_keep: u32,
+    /// When set, sync runs older than this are pruned too (default `None`).
+    pub sync_log_max_age: Option<Duration>,
 }
 
 impl Default for PostgresOptions {
@@ -82,6 +87,8 @@ impl Default for PostgresOptions {
             runner: true,
             runner_concurrency: 4,
             schema: None,
+            sync_log_keep: crate::DEFAULT_SYNC_LOG_KEEP,
+            sync_log_max_age: None,
         }
     }
 }
@@ -152,6 +159,20 @@ impl PostgresOptions {
     #[must_use]
     pub fn schema(mut self, name: impl Into<String>) -> Self {
         self.schema = Some(name.into());
+        self
+    }
+
+    /// Sets [`sync_log_keep`](Self::sync_log_keep) (at least 1).
+    #[must_use]
+    pub fn sync_log_keep(mut self, runs: u32) -> Self {
+        self.sync_log_keep = runs.max(1);
+        self
+    }
+
+    /// Sets [`sync_log_max_age`](Self::sync_log_max_age).
+    #[must_use]
+    pub fn sync_log_max_age(mut self, age: Duration) -> Self {
+        self.sync_log_max_age = Some(age);
         self
     }
 
@@ -487,6 +508,11 @@ impl Backend for Postgres {
         builder
             .event_store(PgEventStore::new(pool.clone()))
             .perspective_store(PgPerspectiveStore::new(pool.clone()))
+            .sync_log(crate::PgSyncLog::new(
+                pool.clone(),
+                self.inner.options.sync_log_keep,
+                self.inner.options.sync_log_max_age,
+            ))
             .sync_backend(PgSyncBackend::new(pool))
             .runner_concurrency(concurrency)
             .apply_listener(RuntimeAlive(alive))

@@ -500,6 +500,40 @@ impl EventStore for PgEventStore {
         })
     }
 
+    /// One query: per stream, its last event of those types (an index-only
+    /// scan of `wh_events_type_idx`), against the perspective's cursor when
+    /// `behind` names it (streams already caught up are left out).
+    fn streams_with_types<'a>(
+        &'a self,
+        behind: Option<&'a str>,
+        event_types: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<Vec<StreamId>>> {
+        Box::pin(async move {
+            if event_types.is_empty() {
+                return Ok(Vec::new());
+            }
+            let rows: Vec<Uuid> = sqlx::query_scalar(
+                "select h.stream_id
+                   from (select stream_id, max(stream_version) as head
+                           from wh_events where event_type = any($2)
+                          group by stream_id) h
+                   left join wh_perspective_cursors c
+                     on c.perspective = $1 and c.model_key = h.stream_id
+                  where $1::text is null or c.version is null or c.version < h.head
+                  order by h.stream_id",
+            )
+            .bind(behind)
+            .bind(event_types)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error(
+                "list the streams holding a perspective's events",
+                Stored::Nothing,
+            ))?;
+            Ok(rows.into_iter().map(StreamId::from).collect())
+        })
+    }
+
     fn locate<'a>(&'a self, ids: &'a [EventId]) -> BoxFuture<'a, Result<Vec<EventLocation>>> {
         Box::pin(async move {
             if ids.is_empty() {

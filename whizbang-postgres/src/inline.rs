@@ -76,12 +76,13 @@ const LOCK: &str = "select c.perspective, c.model_key, c.version, c.failed_versi
         for update of c";
 
 /// Writes every cursor fenced on the version locked, the models where the
-/// fence held, and the applied NOTIFYs; returns how many cursors it wrote.
+/// fence held (deleting those a tombstone deleted), and the applied
+/// NOTIFYs; returns how many cursors it wrote.
 const WRITE: &str = "with w as (
          select * from unnest($1::text[], $2::uuid[], $3::int8[], $4::int8[], $5::int8[],
-                              $6::text[], $7::text[], $8::text[])
+                              $6::text[], $7::text[], $8::text[], $11::bool[])
                 as w(perspective, model_key, claimed, version, failed_version,
-                     failure_message, skipped, data)
+                     failure_message, skipped, data, deleting)
      ), cursor as (
          update wh_perspective_cursors c
             set version = w.version, failed_version = w.failed_version,
@@ -105,7 +106,12 @@ const WRITE: &str = "with w as (
            from w join cursor
              on cursor.perspective = w.perspective and cursor.model_key = w.model_key
           where r.perspective = w.perspective and r.model_key = w.model_key
-            and w.data is null
+            and w.data is null and not w.deleting
+     ), deleted as (
+         delete from wh_perspective_rows r
+          using w join cursor
+             on cursor.perspective = w.perspective and cursor.model_key = w.model_key
+          where r.perspective = w.perspective and r.model_key = w.model_key and w.deleting
      ), notified as materialized (
          select pg_notify($9, p) from unnest($10::text[]) p
      )
@@ -279,6 +285,7 @@ pub(crate) async fn apply(
             .bind(&writes.models)
             .bind(channel)
             .bind(&payloads)
+            .bind(&writes.deletes)
             .fetch_one(&mut *conn)
             .await
             .map_err(db_error(what(), Stored::Nothing))?;
@@ -311,6 +318,7 @@ struct Writes<'a> {
     messages: Vec<Option<String>>,
     skipped: Vec<String>,
     models: Vec<Option<String>>,
+    deletes: Vec<bool>,
     notify: Vec<(&'a str, StreamId, u64)>,
 }
 
@@ -320,6 +328,7 @@ impl<'a> Writes<'a> {
             key,
             model,
             checkpoint,
+            delete,
             ..
         } = write;
         let model =
@@ -346,6 +355,7 @@ impl<'a> Writes<'a> {
             .push(checkpoint.failure.as_ref().map(|f| f.message.clone()));
         self.skipped.push(encode_skipped(&checkpoint.skipped)?);
         self.models.push(model.map(|m| m.get().to_owned()));
+        self.deletes.push(delete);
         self.notify.push((perspective, key, checkpoint.version));
         Ok(())
     }

@@ -98,6 +98,7 @@ mod runner;
 mod schema;
 mod service;
 mod sync;
+mod sync_log;
 mod transport;
 
 pub use backend::{Postgres, PostgresOptions};
@@ -108,6 +109,7 @@ pub use queue::{PgMessageQueue, QueueWakeups, QUEUE_CHANNEL};
 pub use schema::{SchemaName, MAX_SCHEMA_NAME};
 pub use service::PgService;
 pub use sync::PgSyncBackend;
+pub use sync_log::{PgSyncLog, DEFAULT_SYNC_LOG_KEEP};
 pub use transport::PgTransport;
 
 use sqlx::migrate::{MigrateError, Migrator};

@@ -238,7 +238,14 @@ struct PgUnit {
 }
 
 impl PgUnit {
-    async fn commit_now(mut self, model: Option<ModelValue>, checkpoint: Checkpoint) -> Result<()> {
+    /// Commits `checkpoint` with `model` (`None`: keep the stored one), or,
+    /// when `delete`, deletes the stored model (a tombstone) instead.
+    async fn commit_now(
+        mut self,
+        model: Option<ModelValue>,
+        checkpoint: Checkpoint,
+        delete: bool,
+    ) -> Result<()> {
         let (perspective, key) = (self.perspective, self.key);
         let what = || format!("commit perspective `{perspective}` on model {key}");
         let model =
@@ -259,7 +266,8 @@ impl PgUnit {
         // One statement: the fenced cursor update (with the NOTIFY riding
         // on it: once, for the one row, delivered only if the transaction
         // commits), then the model, written only when the fence held. A
-        // `None` model keeps the stored one, now reflecting the new version.
+        // `None` model keeps the stored one, now reflecting the new version;
+        // a deletion removes it (the cursor stays).
         let fenced: i64 = sqlx::query_scalar(
             "with cursor as (
                  update wh_perspective_cursors
@@ -276,6 +284,10 @@ impl PgUnit {
              ), kept as (
                  update wh_perspective_rows set version = $3, updated_at = now()
                   where perspective = $1 and model_key = $2 and $10::text is null
+                    and not $11 and exists (select 1 from cursor)
+             ), deleted as (
+                 delete from wh_perspective_rows
+                  where perspective = $1 and model_key = $2 and $11
                     and exists (select 1 from cursor)
              )
              select count(*) from cursor",
@@ -290,6 +302,7 @@ impl PgUnit {
         .bind(&self.channel)
         .bind(wire::encode_applied(perspective, key, checkpoint.version))
         .bind(model.as_ref().map(|json| json.get()))
+        .bind(delete)
         .fetch_one(&mut *self.tx)
         .await
         .map_err(db_error(what(), Stored::Nothing))?;
@@ -332,7 +345,11 @@ impl PerspectiveUnit for PgUnit {
         model: Option<ModelValue>,
         checkpoint: Checkpoint,
     ) -> BoxFuture<'static, Result<()>> {
-        Box::pin(self.commit_now(model, checkpoint))
+        Box::pin(self.commit_now(model, checkpoint, false))
+    }
+
+    fn commit_delete(self: Box<Self>, checkpoint: Checkpoint) -> BoxFuture<'static, Result<()>> {
+        Box::pin(self.commit_now(None, checkpoint, true))
     }
 }
 
@@ -361,6 +378,7 @@ impl PgBatch {
         let mut claimed = Vec::with_capacity(writes.len());
         let mut versions = Vec::with_capacity(writes.len());
         let mut models: Vec<Option<String>> = Vec::with_capacity(writes.len());
+        let mut deletes = Vec::with_capacity(writes.len());
         let mut entries = Vec::with_capacity(writes.len());
         for w in &writes {
             let Some(at) = self.versions.get(&w.key) else {
@@ -390,6 +408,7 @@ impl PgBatch {
                     source,
                 })?;
             models.push(model.map(|m| m.get().to_owned()));
+            deletes.push(w.delete);
             entries.push((w.key, w.checkpoint.version));
         }
         let payloads = wire::encode_applied_many(perspective, &entries);
@@ -399,8 +418,8 @@ impl PgBatch {
         // held, and the NOTIFYs (delivered only if the transaction commits).
         let fenced: i64 = sqlx::query_scalar(
             "with w as (
-                 select * from unnest($2::uuid[], $3::int8[], $4::int8[], $5::text[])
-                          as w(model_key, claimed, version, data)
+                 select * from unnest($2::uuid[], $3::int8[], $4::int8[], $5::text[], $8::bool[])
+                          as w(model_key, claimed, version, data, deleting)
              ), cursor as (
                  update wh_perspective_cursors c
                     set version = w.version, attempts = 0, updated_at = now()
@@ -419,6 +438,11 @@ impl PgBatch {
                  update wh_perspective_rows r set version = w.version, updated_at = now()
                    from w join cursor on cursor.model_key = w.model_key
                   where r.perspective = $1 and r.model_key = w.model_key and w.data is null
+                    and not w.deleting
+             ), deleted as (
+                 delete from wh_perspective_rows r
+                  using w join cursor on cursor.model_key = w.model_key
+                  where r.perspective = $1 and r.model_key = w.model_key and w.deleting
              ), notified as materialized (
                  select pg_notify($6, p) from unnest($7::text[]) p
              )
@@ -433,6 +457,7 @@ impl PgBatch {
         .bind(&models)
         .bind(&self.channel)
         .bind(&payloads)
+        .bind(&deletes)
         .fetch_one(&mut *self.tx)
         .await
         .map_err(db_error(what(), Stored::Nothing))?;

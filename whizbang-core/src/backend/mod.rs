@@ -150,6 +150,8 @@ pub use crate::dispatch::Backend;
 #[doc(inline)]
 pub use crate::perspective::engine::{ApplyListener, ApplyReport};
 #[doc(inline)]
+pub use crate::perspective::{MemorySyncLog, SyncLog, SyncRun, SyncRunOutcome};
+#[doc(inline)]
 pub use crate::store::memory::{MemoryEventStore, MemoryPerspectiveStore};
 #[doc(inline)]
 pub use crate::store::AnyModel;

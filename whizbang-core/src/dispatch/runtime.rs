@@ -35,6 +35,8 @@ pub(crate) struct RuntimeInner {
     pub(crate) detached_failures: AtomicU64,
     /// Called on each detached receptor failure.
     pub(crate) on_detached_failure: Option<DetachedFailureHook>,
+    /// Where sync runs are recorded.
+    pub(crate) sync_log: Arc<dyn crate::perspective::SyncLog>,
 }
 
 /// The hook [`RuntimeBuilder::on_detached_failure`] installs.
@@ -424,6 +426,7 @@ pub struct RuntimeBuilder {
     on_detached_failure: Option<DetachedFailureHook>,
     apply_listeners: Vec<Arc<dyn ApplyListener>>,
     on_start: Vec<StartHook>,
+    sync_log: Option<Arc<dyn crate::perspective::SyncLog>>,
 }
 
 /// Runs once the runtime is built (see [`RuntimeBuilder::on_start`]).
@@ -452,6 +455,7 @@ impl Default for RuntimeBuilder {
             on_detached_failure: None,
             apply_listeners: Vec::new(),
             on_start: Vec::new(),
+            sync_log: None,
         }
     }
 }
@@ -575,6 +579,15 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Where explicit sync runs are recorded (default: a
+    /// [`MemorySyncLog`](crate::perspective::MemorySyncLog) of the last 100);
+    /// a backend installs its own. See [`Runtime::sync_log`].
+    #[must_use]
+    pub fn sync_log(mut self, log: impl crate::perspective::SyncLog) -> Self {
+        self.sync_log = Some(Arc::new(log));
+        self
+    }
+
     /// How many (perspective, stream) catch-ups the async runner runs at once (default 16).
     #[must_use]
     pub fn runner_concurrency(mut self, n: usize) -> Self {
@@ -680,6 +693,9 @@ impl RuntimeBuilder {
                 has_flush_stage_receptors,
                 detached_failures: AtomicU64::new(0),
                 on_detached_failure: self.on_detached_failure,
+                sync_log: self
+                    .sync_log
+                    .unwrap_or_else(|| Arc::new(crate::perspective::MemorySyncLog::default())),
             }),
         };
         for hook in self.on_start {

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::message::{EventId, StreamId};
-use crate::perspective::PerspectiveRegistration;
+use crate::perspective::{ModelOp, PerspectiveRegistration};
 use crate::store::AnyModel;
 use crate::store::{
     Checkpoint, CheckpointFailure, EventStore, ModelFormat, ModelValue, ModelWrite,
@@ -130,21 +130,22 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> std::result::Result<T, Strin
         .map_err(|panic| panic_message(what, &*panic))
 }
 
-/// Applies one event, turning an error or a panic into its message.
+/// Applies one event, turning an error or a panic into its message; says
+/// whether the model is now deleted (a tombstone).
 fn apply_guarded(
     reg: &'static PerspectiveRegistration,
     model: &mut dyn AnyModel,
     ev: &StoredEvent,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<ModelOp, String> {
     match guarded("apply", || (reg.apply)(model, ev)) {
-        Ok(Ok(_)) => Ok(()),
+        Ok(Ok(op)) => Ok(op.unwrap_or_default()),
         Ok(Err(e)) => Err(e.0),
         Err(message) => Err(message),
     }
 }
 
 /// A fresh model (`Default`), with a panic contained.
-fn new_model(
+pub(super) fn new_model(
     reg: &'static PerspectiveRegistration,
 ) -> std::result::Result<Box<dyn AnyModel>, String> {
     guarded("constructing the model (its `Default`)", || {
@@ -165,7 +166,7 @@ fn load_model(
 
 /// The model as the perspective works on it, from its stored form (a new
 /// one when there is none).
-fn decode_stored(
+pub(super) fn decode_stored(
     reg: &'static PerspectiveRegistration,
     stored: Option<ModelValue>,
 ) -> std::result::Result<Box<dyn AnyModel>, String> {
@@ -220,6 +221,9 @@ pub(super) struct Folded {
     pub(super) progress: Progress,
     /// The event that failed (its index in the events) and why.
     pub(super) failed: Option<(usize, String)>,
+    /// Whether the last event applied deleted the model (a tombstone):
+    /// commit a deletion, not `model`.
+    pub(super) deleted: bool,
 }
 
 /// The fold every apply path shares (the flush, the runner, a recovery, and
@@ -227,7 +231,10 @@ pub(super) struct Folded {
 /// `checkpoint.version`, in order) to the model `load` yields (called once,
 /// at the first event applied), moving past events recorded as skipped,
 /// stopping at the first event that fails. Every call into user code is
-/// guarded: an error or a panic is a message in [`Folded::failed`].
+/// guarded: an error or a panic is a message in [`Folded::failed`]. An
+/// event whose apply returns a tombstone deletes the model: a later event
+/// starts from a fresh one, and [`Folded::deleted`] says whether the fold
+/// ended deleted.
 pub(super) fn fold(
     reg: &'static PerspectiveRegistration,
     checkpoint: &Checkpoint,
@@ -236,6 +243,7 @@ pub(super) fn fold(
 ) -> Folded {
     let mut load = Some(load);
     let mut model: Option<Box<dyn AnyModel>> = None;
+    let mut deleted = false;
     let mut progress = Progress {
         version: checkpoint.version,
         applied: Vec::with_capacity(events.len()),
@@ -252,12 +260,22 @@ pub(super) fn fold(
                 let m = model.insert(m);
                 apply_guarded(reg, &mut **m, ev)
             });
-            if let Err(message) = result {
-                return Folded {
-                    model,
-                    progress,
-                    failed: Some((at, message)),
-                };
+            match result {
+                Err(message) => {
+                    return Folded {
+                        model,
+                        progress,
+                        failed: Some((at, message)),
+                        deleted,
+                    };
+                }
+                Ok(ModelOp::Delete) => {
+                    // Gone; the next event applied starts from `Default`.
+                    model = None;
+                    load = None;
+                    deleted = true;
+                }
+                Ok(ModelOp::Keep) => deleted = false,
             }
             progress.dirty = true;
         }
@@ -268,6 +286,7 @@ pub(super) fn fold(
         model,
         progress,
         failed: None,
+        deleted,
     }
 }
 
@@ -472,6 +491,7 @@ impl Engine {
                         failure: None,
                         skipped: claimed.checkpoint.skipped,
                     },
+                    delete: folded.deleted,
                 });
                 reports.push(ApplyReport::new(reg.name, claimed.key, version, applied));
             }
@@ -558,6 +578,7 @@ impl Engine {
             model,
             progress,
             failed,
+            deleted,
         } = folded;
         if let Some((at, message)) = failed {
             return Err(self
@@ -574,6 +595,17 @@ impl Engine {
         }
         let version = progress.version;
         let applied = progress.applied;
+        if deleted {
+            unit.commit_delete(Checkpoint {
+                version,
+                failure: None,
+                skipped: checkpoint.skipped,
+            })
+            .await?;
+            let report = ApplyReport::new(reg.name, stream, version, applied);
+            self.notify(&report);
+            return Ok(report);
+        }
         let model = match model.map(|m| self.encode(reg, m)).transpose() {
             Ok(m) => m,
             Err(message) => {
@@ -718,7 +750,10 @@ impl Engine {
             if is_skipped(checkpoint, ev.stream_version) {
                 continue;
             }
-            apply_guarded(reg, &mut *model, &ev)?;
+            if apply_guarded(reg, &mut *model, &ev)? == ModelOp::Delete {
+                // Deleted before the failing event: it starts from `Default`.
+                model = new_model(reg)?;
+            }
         }
         Ok(model)
     }

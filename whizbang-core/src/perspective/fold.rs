@@ -13,7 +13,7 @@
 use crate::error::{Error, Result};
 use crate::message::StreamId;
 use crate::perspective::engine::panic_message;
-use crate::perspective::Perspective;
+use crate::perspective::{ModelOp, Perspective};
 use crate::store::EventStore;
 use serde::{Deserialize, Serialize};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -92,7 +92,16 @@ pub(crate) async fn fold<P: Perspective>(
     })?;
     let mut version = 0;
     for ev in &stored {
-        match catch_unwind(AssertUnwindSafe(|| P::apply(&mut model, ev))) {
+        match catch_unwind(AssertUnwindSafe(|| P::apply_op(&mut model, ev))) {
+            // A tombstone: a later event starts from a fresh model.
+            Ok(Ok(Some(ModelOp::Delete))) => {
+                model = catch_unwind(P::Model::default).map_err(|p| {
+                    failed(
+                        ev.stream_version,
+                        panic_message("constructing the model (its `Default`)", &*p),
+                    )
+                })?;
+            }
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(failed(ev.stream_version, e.0)),
             Err(p) => return Err(failed(ev.stream_version, panic_message("apply", &*p))),

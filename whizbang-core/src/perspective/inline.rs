@@ -131,6 +131,7 @@ impl InlineFold {
             model,
             progress,
             failed,
+            deleted,
         } = fold(
             reg,
             &checkpoint,
@@ -178,15 +179,17 @@ impl InlineFold {
         if let Some(f) = &failure {
             report = report.with_failure(f.clone());
         }
-        let write = ModelWrite::new(
-            key,
-            model,
-            Checkpoint {
-                version,
-                failure,
-                skipped: checkpoint.skipped,
-            },
-        );
+        let checkpoint = Checkpoint {
+            version,
+            failure,
+            skipped: checkpoint.skipped,
+        };
+        // A tombstone stands only when the whole batch applied.
+        let write = if deleted && checkpoint.failure.is_none() {
+            ModelWrite::deleting(key, checkpoint)
+        } else {
+            ModelWrite::new(key, model, checkpoint)
+        };
         let outcome = InlineOutcome {
             report: Some(report),
             error,

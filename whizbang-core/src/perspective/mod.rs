@@ -16,18 +16,26 @@
 //! [`Runtime::skip_failed_event`](crate::Runtime::skip_failed_event).
 
 pub(crate) mod engine;
+mod explicit;
 pub(crate) mod fold;
 pub(crate) mod inline;
 mod registration;
 pub mod runner;
+mod sync_log;
+mod tombstone;
 
 use crate::store::StoredEvent;
 use std::any::TypeId;
 
 pub use crate::store::{AnyModel, Model};
 pub use engine::ApplyReport;
+pub use explicit::{
+    PerspectiveSync, SyncHandle, SyncItem, SyncMode, SyncReport, SyncTotals, DEFAULT_SYNC_CHUNK,
+};
 pub use fold::Versioned;
 pub use registration::PerspectiveRegistration;
+pub use sync_log::{MemorySyncLog, SyncLog, SyncRun, SyncRunOutcome, DEFAULT_SYNC_LOG_CAPACITY};
+pub use tombstone::{ModelOp, Tombstone};
 
 /// When a perspective applies its events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -57,6 +65,18 @@ pub trait ApplyOutput {
     /// # Errors
     /// The apply method's own error, as text.
     fn into_apply_result(self) -> Result<(), ApplyError>;
+
+    /// Converts to what became of the model: kept (the default), or
+    /// deleted for a [`Tombstone`] / [`ModelOp::Delete`].
+    ///
+    /// # Errors
+    /// The apply method's own error, as text.
+    fn into_model_op(self) -> Result<ModelOp, ApplyError>
+    where
+        Self: Sized,
+    {
+        self.into_apply_result().map(|()| ModelOp::Keep)
+    }
 }
 
 impl ApplyOutput for () {
@@ -95,6 +115,21 @@ pub trait Perspective: Send + Sync + 'static {
     /// # Errors
     /// The apply method's error, or a payload that does not decode.
     fn apply(model: &mut Self::Model, event: &StoredEvent) -> Result<bool, ApplyError>;
+
+    /// Applies one event and says what became of the model: `Ok(None)` when
+    /// it does not handle this event type, [`ModelOp::Delete`] when the
+    /// apply method returned a [`Tombstone`]. The default calls
+    /// [`apply`](Self::apply) (a hand-written perspective never deletes);
+    /// `#[perspective]` generates both.
+    ///
+    /// # Errors
+    /// The apply method's error, or a payload that does not decode.
+    fn apply_op(
+        model: &mut Self::Model,
+        event: &StoredEvent,
+    ) -> Result<Option<ModelOp>, ApplyError> {
+        Self::apply(model, event).map(|handled| handled.then_some(ModelOp::Keep))
+    }
 }
 
 /// A stored event's payload as `E`: the typed value an in-process store kept,
@@ -159,4 +194,15 @@ fn undecodable(event: &StoredEvent, e: &serde_json::Error) -> ApplyError {
 #[doc(hidden)]
 pub fn applied(result: Result<(), ApplyError>) -> Result<bool, ApplyError> {
     result.map(|()| true)
+}
+
+/// The result of one routed apply as a model operation: `Ok(Some(op))`
+/// when the method succeeded. Used by generated perspective code; not part
+/// of the public API.
+///
+/// # Errors
+/// The payload's or the method's error, as given.
+#[doc(hidden)]
+pub fn applied_op(result: Result<ModelOp, ApplyError>) -> Result<Option<ModelOp>, ApplyError> {
+    result.map(Some)
 }

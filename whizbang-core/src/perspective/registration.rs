@@ -2,7 +2,7 @@
 //! types and the erased functions the engine calls (new model, decode, apply).
 //! The registry collects these; this file imports nothing of it.
 
-use super::{ApplyError, Perspective, PerspectiveMode};
+use super::{ApplyError, ModelOp, Perspective, PerspectiveMode};
 use crate::store::{AnyModel, StoredEvent};
 use serde_json::value::RawValue;
 use std::any::TypeId;
@@ -24,7 +24,7 @@ pub struct PerspectiveRegistration {
     pub perspective_type: fn() -> TypeId,
     pub(crate) new_model: fn() -> Box<dyn AnyModel>,
     pub(crate) decode_model: fn(&RawValue) -> Result<Box<dyn AnyModel>, serde_json::Error>,
-    pub(crate) apply: fn(&mut dyn AnyModel, &StoredEvent) -> Result<bool, ApplyError>,
+    pub(crate) apply: fn(&mut dyn AnyModel, &StoredEvent) -> Result<Option<ModelOp>, ApplyError>,
 }
 
 fn new_model<P: Perspective>() -> Box<dyn AnyModel> {
@@ -38,9 +38,9 @@ fn decode_model<P: Perspective>(raw: &RawValue) -> Result<Box<dyn AnyModel>, ser
 fn erased_apply<P: Perspective>(
     model: &mut dyn AnyModel,
     event: &StoredEvent,
-) -> Result<bool, ApplyError> {
+) -> Result<Option<ModelOp>, ApplyError> {
     match model.as_any_mut().downcast_mut::<P::Model>() {
-        Some(m) => P::apply(m, event),
+        Some(m) => P::apply_op(m, event),
         None => Err(ApplyError(format!(
             "perspective {} was handed a model of another type",
             P::NAME

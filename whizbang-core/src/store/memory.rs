@@ -181,6 +181,25 @@ impl EventStore for MemoryEventStore {
         Box::pin(async move { Ok(v) })
     }
 
+    fn streams_with_types<'a>(
+        &'a self,
+        _behind: Option<&'a str>,
+        event_types: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<Vec<StreamId>>> {
+        let mut streams: Vec<StreamId> = lock(&self.log)
+            .streams
+            .iter()
+            .filter(|(_, events)| {
+                events
+                    .iter()
+                    .any(|e| event_types.contains(&e.event_type.as_ref()))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        streams.sort_unstable();
+        Box::pin(async move { Ok(streams) })
+    }
+
     fn locate<'a>(&'a self, ids: &'a [EventId]) -> BoxFuture<'a, Result<Vec<EventLocation>>> {
         let log = lock(&self.log);
         let found = ids
@@ -326,17 +345,30 @@ impl PerspectiveUnit for MemoryUnit {
             );
             return Box::pin(async move { Err(err) });
         }
+        self.swap(model.map(Some), checkpoint);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn commit_delete(self: Box<Self>, checkpoint: Checkpoint) -> BoxFuture<'static, Result<()>> {
+        self.swap(Some(None), checkpoint);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+impl MemoryUnit {
+    /// Swaps in the new model (`Keep`: the stored one stays; `Delete`: none)
+    /// and the checkpoint, under the short lock.
+    fn swap(&self, model: Option<Option<ModelValue>>, checkpoint: Checkpoint) {
         let mut committed = lock(&self.slot.committed);
         let old = match model {
-            Some(m) => committed.model.replace(m),
+            Some(m) => std::mem::replace(&mut committed.model, m),
             None => None,
         };
         committed.checkpoint = checkpoint;
         drop(committed);
-        // The old model drops after the lock is released; `self` (and with it
-        // the claim) is released here, after the swap.
+        // The old model drops after the lock is released; the claim is
+        // released when the unit drops, after the swap.
         drop(old);
-        Box::pin(async { Ok(()) })
     }
 }
 

@@ -161,6 +161,39 @@ pub trait EventStore: Send + Sync + 'static {
     /// Where each known id sits; ids the store does not hold are absent.
     fn locate<'a>(&'a self, ids: &'a [EventId]) -> BoxFuture<'a, Result<Vec<EventLocation>>>;
 
+    /// The streams holding events of any of `event_types`, ordered by id,
+    /// each once: what an explicit sync of every stream of a perspective
+    /// ([`PerspectiveSync::all`](crate::PerspectiveSync::all)) visits. With
+    /// `behind` (the perspective's name), a store that also keeps the
+    /// perspective's cursors (a database) may leave out the streams whose
+    /// cursor is already at or past their last event of those types; a
+    /// store that does not returns them all (the sync reports them
+    /// skipped). `None`: every such stream (a full refold).
+    ///
+    /// The default refuses: the store cannot list its streams, so name the
+    /// streams to sync instead.
+    ///
+    /// # Errors
+    /// [`Error::Backend`](crate::Error::Backend) from the default (listing
+    /// unsupported); backend errors.
+    fn streams_with_types<'a>(
+        &'a self,
+        behind: Option<&'a str>,
+        event_types: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<Vec<StreamId>>> {
+        let _ = (behind, event_types);
+        Box::pin(async move {
+            Err(crate::Error::backend(
+                "event store",
+                "list the streams holding a perspective's events",
+                crate::error::Stored::Nothing,
+                "this event store cannot list its streams by event type (it keeps the \
+                 default of EventStore::streams_with_types); name the streams to sync with \
+                 `.streams(ids)` instead of `.all()`",
+            ))
+        })
+    }
+
     /// Appends as [`append`](Self::append) does and, when the store can,
     /// applies the inline perspectives `inline` names **in the same
     /// transaction**: events, models, cursors (and a failed cursor's record)
@@ -400,6 +433,31 @@ pub trait PerspectiveUnit: Send {
         model: Option<ModelValue>,
         checkpoint: Checkpoint,
     ) -> BoxFuture<'static, Result<()>>;
+
+    /// Deletes the stored model (a tombstone: the perspective's apply
+    /// returned [`Tombstone`](crate::Tombstone)) and commits `checkpoint`,
+    /// atomically, and releases the unit. The cursor is kept, so the events
+    /// it is past are never applied again; readers see no model
+    /// ([`PerspectiveStore::load_model`] returns `None`, lists leave it out)
+    /// until a later event creates a fresh one.
+    ///
+    /// The default refuses (nothing is committed): a store that keeps the
+    /// default cannot run perspectives that delete their models.
+    ///
+    /// # Errors
+    /// As [`commit`](Self::commit); the default's refusal.
+    fn commit_delete(self: Box<Self>, checkpoint: Checkpoint) -> BoxFuture<'static, Result<()>> {
+        let version = checkpoint.version;
+        Box::pin(async move {
+            Err(crate::Error::backend(
+                "perspective store",
+                format!("delete a model (a tombstone) with its cursor at version {version}"),
+                crate::error::Stored::Nothing,
+                "this perspective store does not implement PerspectiveUnit::commit_delete, so \
+                 it cannot run perspectives whose apply returns a Tombstone",
+            ))
+        })
+    }
 }
 
 /// One model claimed by a [`PerspectiveBatch`].
@@ -447,6 +505,10 @@ pub struct ModelWrite {
     /// failing model is not committed in a batch; it may be one from
     /// [`InlineApply::apply`]).
     pub checkpoint: Checkpoint,
+    /// Delete the stored model (a tombstone) instead of writing `model`
+    /// (which is then `None`); the cursor is written all the same. See
+    /// [`PerspectiveUnit::commit_delete`].
+    pub delete: bool,
 }
 
 impl ModelWrite {
@@ -457,6 +519,19 @@ impl ModelWrite {
             key,
             model,
             checkpoint,
+            delete: false,
+        }
+    }
+
+    /// A write that deletes the model of `key` (a tombstone) and writes
+    /// `checkpoint`: the cursor stays, the model row goes.
+    #[must_use]
+    pub fn deleting(key: ModelKey, checkpoint: Checkpoint) -> Self {
+        ModelWrite {
+            key,
+            model: None,
+            checkpoint,
+            delete: true,
         }
     }
 }
@@ -468,7 +543,8 @@ pub trait PerspectiveBatch: Send {
     /// The claimed models, in the order of the keys claimed. Called once.
     fn take_claimed(&mut self) -> Vec<ClaimedModel>;
     /// Commits every write (models, checkpoints) atomically and releases
-    /// the batch; models without a write stay as they were.
+    /// the batch; models without a write stay as they were. A write with
+    /// [`ModelWrite::delete`] deletes its model and keeps its cursor.
     fn commit(self: Box<Self>, writes: Vec<ModelWrite>) -> BoxFuture<'static, Result<()>>;
 }
 

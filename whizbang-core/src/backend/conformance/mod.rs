@@ -172,6 +172,8 @@ macro_rules! conformance_tests {
             failure_and_skipped_records_round_trip,
             list_models_is_ordered_by_key_and_leaves_out_keys_without_a_model,
             every_store_keeps_a_json_model,
+            commit_delete_removes_the_model_and_keeps_the_cursor,
+            a_batch_write_that_deletes_removes_the_model_and_keeps_the_cursor,
             sync_backend_answers_applied_once_the_cursor_reached_the_event,
             sync_backend_answers_pending_for_stored_events_not_yet_applied,
             sync_backend_answers_not_arrived_for_unknown_ids,
@@ -229,6 +231,8 @@ pub async fn run_all(backend: &dyn BackendFactory) {
     failure_and_skipped_records_round_trip(backend).await;
     list_models_is_ordered_by_key_and_leaves_out_keys_without_a_model(backend).await;
     every_store_keeps_a_json_model(backend).await;
+    commit_delete_removes_the_model_and_keeps_the_cursor(backend).await;
+    a_batch_write_that_deletes_removes_the_model_and_keeps_the_cursor(backend).await;
     sync_backend_answers_applied_once_the_cursor_reached_the_event(backend).await;
     sync_backend_answers_pending_for_stored_events_not_yet_applied(backend).await;
     sync_backend_answers_not_arrived_for_unknown_ids(backend).await;
@@ -244,8 +248,10 @@ pub mod outbox;
 mod perspective_store;
 pub mod queue;
 mod sync_backend;
+mod tombstone;
 
 pub use event_store::*;
 pub use inline::*;
 pub use perspective_store::*;
 pub use sync_backend::*;
+pub use tombstone::*;
