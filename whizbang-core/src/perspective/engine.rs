@@ -165,7 +165,7 @@ fn load_model(
 
 /// The model as the perspective works on it, from its stored form (a new
 /// one when there is none).
-fn decode_stored(
+pub(super) fn decode_stored(
     reg: &'static PerspectiveRegistration,
     stored: Option<ModelValue>,
 ) -> std::result::Result<Box<dyn AnyModel>, String> {

@@ -12,6 +12,7 @@
 //! `error` and `util`.
 
 pub mod memory;
+pub mod rebuild;
 
 use crate::error::Result;
 use crate::message::{EventId, ExpectedVersion, MessageId, Metadata, StreamId};
@@ -160,6 +161,27 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Where each known id sits; ids the store does not hold are absent.
     fn locate<'a>(&'a self, ids: &'a [EventId]) -> BoxFuture<'a, Result<Vec<EventLocation>>>;
+
+    /// Every stream holding an event of one of `event_types`, with its
+    /// current version (all its events counted), ordered by stream: what a
+    /// rebuild covers ([`Runtime::rebuild`](crate::Runtime::rebuild)).
+    ///
+    /// # Errors
+    /// The default: [`Error::Unsupported`](crate::Error::Unsupported) (the
+    /// store cannot list streams, so its perspectives cannot be rebuilt).
+    fn stream_heads<'a>(
+        &'a self,
+        event_types: &'a [&'static str],
+    ) -> BoxFuture<'a, Result<Vec<(StreamId, u64)>>> {
+        let _ = event_types;
+        Box::pin(async {
+            Err(crate::Error::Unsupported(
+                "list the streams of a perspective's event types (EventStore::stream_heads): \
+                 this event store does not, so rebuilds cannot run on it"
+                    .to_owned(),
+            ))
+        })
+    }
 
     /// Appends as [`append`](Self::append) does and, when the store can,
     /// applies the inline perspectives `inline` names **in the same
@@ -484,6 +506,13 @@ pub trait PerspectiveStore: Send + Sync + 'static {
     /// store that keeps models in process.
     fn model_format(&self) -> ModelFormat {
         ModelFormat::Json
+    }
+
+    /// Rebuilds beside live ([`rebuild::RebuildStore`]): `None`, the default,
+    /// when the store offers none ([`Runtime::rebuild`](crate::Runtime::rebuild)
+    /// then fails with [`Error::Unsupported`](crate::Error::Unsupported)).
+    fn rebuilds(&self) -> Option<&dyn rebuild::RebuildStore> {
+        None
     }
 
     /// Claims exclusive work on (`perspective`, `key`), waiting while another
