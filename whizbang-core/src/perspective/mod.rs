@@ -18,8 +18,8 @@
 pub(crate) mod engine;
 pub(crate) mod fold;
 pub(crate) mod inline;
-mod registration;
 pub mod rebuild;
+mod registration;
 pub mod runner;
 
 use crate::store::StoredEvent;

@@ -41,11 +41,11 @@ use super::PerspectiveRegistration;
 use crate::dispatch::Runtime;
 use crate::error::{Error, Result};
 use crate::message::StreamId;
+use crate::store::rebuild::{final_write, unsupported};
 pub use crate::store::rebuild::{
     shadow_name, RebuildFence, RebuildPhase, RebuildProgress, RebuildStart, RebuildStore,
     SHADOW_SUFFIX,
 };
-use crate::store::rebuild::{final_write, unsupported};
 use crate::store::PerspectiveStore;
 use crate::util::lock;
 use std::collections::HashMap;
@@ -165,9 +165,7 @@ pub enum VersionCheck {
 type Todo = Vec<(StreamId, u64, u64)>;
 
 /// A copy of `reg` under its shadow name, interned per perspective.
-fn shadow_registration(
-    reg: &'static PerspectiveRegistration,
-) -> &'static PerspectiveRegistration {
+fn shadow_registration(reg: &'static PerspectiveRegistration) -> &'static PerspectiveRegistration {
     static SHADOWS: Mutex<Vec<&'static PerspectiveRegistration>> = Mutex::new(Vec::new());
     let shadow = shadow_name(reg.name);
     let mut all = lock(&SHADOWS);
@@ -248,7 +246,11 @@ impl Rebuilder<'_> {
         if let Some(tx) = &self.options.progress {
             tx.send_replace(self.progress.clone());
         }
-        self.store.save_progress(&self.progress).await
+        self.store.save_progress(&self.progress).await?;
+        // A long rebuild on an in-process store never waits: let the
+        // runner, readers and writers on this thread have their turn.
+        tokio::task::yield_now().await;
+        Ok(())
     }
 
     /// Folds `todo` into the shadow, a chunk of streams per transaction.
@@ -265,6 +267,7 @@ impl Rebuilder<'_> {
             self.fold_chunk(&chunk).await?;
             self.folded += chunk_events;
             self.progress.done += chunk_events;
+            self.progress.total = self.progress.total.max(self.progress.done);
             chunk.clear();
             chunk_events = 0;
             self.publish().await?;
@@ -364,6 +367,8 @@ impl Rebuilder<'_> {
             self.progress.done += n;
             writes.push(final_write(stream, model, folded.progress.version));
         }
+        // Events that arrived after the count were folded too.
+        self.progress.total = self.progress.total.max(self.progress.done);
         let models = self.shadow_versions().await?.len() + writes.len();
         fence
             .swap(self.live.name, self.shadow.name, writes, self.live.version)
@@ -392,6 +397,10 @@ impl Rebuilder<'_> {
         }
         let (models, fenced) = self.swap().await?;
         self.progress.phase = RebuildPhase::Done;
+        let secs = self.started.elapsed().as_secs_f64();
+        if secs > 0.0 {
+            self.progress.rate = self.folded as f64 / secs;
+        }
         self.progress.eta = Some(Duration::ZERO);
         if let Some(tx) = &self.options.progress {
             tx.send_replace(self.progress.clone());
@@ -461,11 +470,12 @@ impl Runtime {
         name: &str,
         options: RebuildOptions,
     ) -> Result<RebuildReport> {
-        let live = self.registry().perspective_named(name).ok_or_else(|| {
-            Error::UnknownPerspective {
-                name: name.to_owned(),
-            }
-        })?;
+        let live =
+            self.registry()
+                .perspective_named(name)
+                .ok_or_else(|| Error::UnknownPerspective {
+                    name: name.to_owned(),
+                })?;
         let perspectives = &*self.inner.engine.perspectives;
         let store = perspectives
             .rebuilds()
@@ -492,8 +502,11 @@ impl Runtime {
         let result = rebuilder.run().instrument(span).await;
         match &result {
             Ok(report) => tracing::info!(
-                perspective = live.name, models = report.models, events = report.events,
-                folded = report.folded, fenced_ms = report.fenced.as_millis() as u64,
+                perspective = live.name,
+                models = report.models,
+                events = report.events,
+                folded = report.folded,
+                fenced_ms = report.fenced.as_millis() as u64,
                 "perspective rebuilt and swapped in"
             ),
             Err(e) => {
