@@ -94,6 +94,7 @@ mod listen;
 mod outbox;
 mod perspectives;
 mod queue;
+mod rebuild;
 mod runner;
 mod schema;
 mod service;

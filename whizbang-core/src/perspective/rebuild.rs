@@ -36,7 +36,7 @@
 //! compares each with the version the store recorded and, per
 //! [`VersionPolicy`], rebuilds the ones that are behind or refuses to go on.
 
-use super::engine::{decode_stored, encode, fold, Engine};
+use super::engine::{decode_stored, encode, fold, ApplyReport, Engine};
 use super::PerspectiveRegistration;
 use crate::dispatch::Runtime;
 use crate::error::{Error, Result};
@@ -190,7 +190,10 @@ fn shadow_registration(reg: &'static PerspectiveRegistration) -> &'static Perspe
 
 /// One rebuild's state.
 struct Rebuilder<'r> {
+    /// Folds into the shadow: its commits are heard by nobody.
     engine: Engine,
+    /// The runtime's engine: tells the listeners of the swap.
+    notify: Engine,
     store: &'r dyn RebuildStore,
     perspectives: &'r dyn PerspectiveStore,
     live: &'static PerspectiveRegistration,
@@ -370,10 +373,17 @@ impl Rebuilder<'_> {
         // Events that arrived after the count were folded too.
         self.progress.total = self.progress.total.max(self.progress.done);
         let models = self.shadow_versions().await?.len() + writes.len();
-        fence
+        let moved = fence
             .swap(self.live.name, self.shadow.name, writes, self.live.version)
             .await?;
-        Ok((models, fenced_at.elapsed()))
+        let fenced = fenced_at.elapsed();
+        // Waiters on the models that moved ahead re-ask (their events may be
+        // applied now, by the new models).
+        for (key, version) in moved {
+            self.notify
+                .notify(&ApplyReport::new(self.live.name, key, version, Vec::new()));
+        }
+        Ok((models, fenced))
     }
 
     async fn run(&mut self) -> Result<RebuildReport> {
@@ -490,6 +500,7 @@ impl Runtime {
         engine.listeners = Vec::new().into();
         let mut rebuilder = Rebuilder {
             engine,
+            notify: self.inner.engine.clone(),
             store,
             perspectives,
             live,

@@ -153,13 +153,18 @@ pub trait RebuildFence: Send {
     /// shadow's, removes the shadow, records `version` as the one the live
     /// models are built with, ends the rebuild's record, and lifts the
     /// fence. Readers see the old models or the new ones, never a mix.
+    ///
+    /// Returns the models whose cursor the swap moved ahead of the old live
+    /// one, with the new cursor version: their waiters are woken (a store
+    /// shared by processes also wakes the other processes' waiters, as a
+    /// commit does).
     fn swap(
         self: Box<Self>,
         live: &'static str,
         shadow: &'static str,
         writes: Vec<ModelWrite>,
         version: u32,
-    ) -> BoxFuture<'static, Result<()>>;
+    ) -> BoxFuture<'static, Result<Vec<(ModelKey, u64)>>>;
 }
 
 /// What a perspective store offers for rebuilds beside live
@@ -252,8 +257,9 @@ impl RebuildFence for MemoryFence {
         shadow: &'static str,
         writes: Vec<ModelWrite>,
         version: u32,
-    ) -> BoxFuture<'static, Result<()>> {
+    ) -> BoxFuture<'static, Result<Vec<(ModelKey, u64)>>> {
         let store = &self.store;
+        let mut moved = Vec::new();
         // Under the slot map's lock: readers look a slot up under it, so
         // they see every live slot before the swap or every one after.
         {
@@ -267,6 +273,16 @@ impl RebuildFence for MemoryFence {
                 }
                 committed.checkpoint = w.checkpoint;
             }
+            let old = slots.get(live);
+            for (key, slot) in &rebuilt {
+                let new = lock(&slot.committed).checkpoint.version;
+                let was = old
+                    .and_then(|o| o.get(key))
+                    .map_or(0, |s| lock(&s.committed).checkpoint.version);
+                if new > was {
+                    moved.push((*key, new));
+                }
+            }
             slots.insert(live, rebuilt);
         }
         let mut book = lock(&store.rebuilds);
@@ -279,7 +295,7 @@ impl RebuildFence for MemoryFence {
         }
         drop(book);
         // `self` (the fence) drops here, after the swap: claims go on, on the new slots.
-        Box::pin(async { Ok(()) })
+        Box::pin(async { Ok(moved) })
     }
 }
 
