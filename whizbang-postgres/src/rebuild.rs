@@ -188,10 +188,8 @@ impl PgFence {
         sqlx::query(
             "with gone_rows as (
                  delete from wh_perspective_rows where perspective = $1
-             ), gone_cursors as (
-                 delete from wh_perspective_cursors where perspective = $1
              )
-             select count(*) from gone_rows, gone_cursors",
+             delete from wh_perspective_cursors where perspective = $1",
         )
         .bind(live)
         .execute(&mut *tx)
