@@ -197,6 +197,8 @@ struct Rebuilder<'r> {
     store: &'r dyn RebuildStore,
     perspectives: &'r dyn PerspectiveStore,
     live: &'static PerspectiveRegistration,
+    /// What is folded into: the shadow (a rebuild) or the live perspective
+    /// (a catch-up to the head).
     shadow: &'static PerspectiveRegistration,
     options: RebuildOptions,
     progress: RebuildProgress,
@@ -239,17 +241,28 @@ impl Rebuilder<'_> {
         Ok(todo)
     }
 
-    async fn publish(&mut self) -> Result<()> {
+    /// Sends the progress to the watch channel only (a catch-up stores none).
+    fn send(&self) {
+        if let Some(tx) = &self.options.progress {
+            tx.send_replace(self.progress.clone());
+        }
+    }
+
+    fn measure(&mut self) {
         let secs = self.started.elapsed().as_secs_f64();
         if self.folded > 0 && secs > 0.0 {
             self.progress.rate = self.folded as f64 / secs;
             let left = self.progress.total.saturating_sub(self.progress.done) as f64;
             self.progress.eta = Some(Duration::from_secs_f64(left / self.progress.rate));
         }
-        if let Some(tx) = &self.options.progress {
-            tx.send_replace(self.progress.clone());
+    }
+
+    async fn publish(&mut self) -> Result<()> {
+        self.measure();
+        self.send();
+        if self.shadow.name != self.live.name {
+            self.store.save_progress(&self.progress).await?;
         }
-        self.store.save_progress(&self.progress).await?;
         // A long rebuild on an in-process store never waits: let the
         // runner, readers and writers on this thread have their turn.
         tokio::task::yield_now().await;
@@ -300,6 +313,9 @@ impl Rebuilder<'_> {
 
     /// A shadow failure, named for the live perspective.
     fn failed(&self, e: Error) -> Error {
+        if self.shadow.name == self.live.name {
+            return e;
+        }
         match e {
             Error::PerspectiveFailed {
                 stream,
@@ -428,7 +444,84 @@ impl Rebuilder<'_> {
     }
 }
 
+/// What [`Runtime::catch_up_to_head`] did.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct CatchUpReport {
+    /// The perspective.
+    pub perspective: &'static str,
+    /// Streams it was behind on.
+    pub streams: usize,
+    /// Events applied (or moved past).
+    pub events: u64,
+    /// How long it took.
+    pub elapsed: Duration,
+}
+
 impl Runtime {
+    /// Brings the perspective registered as `name` up to the head of the
+    /// event store now, in the caller's task: every stream holding its event
+    /// types whose cursor is behind is caught up, a chunk of streams per
+    /// transaction ([`RebuildOptions::chunk_events`]), with progress sent to
+    /// [`RebuildOptions::progress`]. Its commits are ordinary applies:
+    /// waiters wake. Dropping the future leaves every committed chunk
+    /// applied and nothing half-applied.
+    ///
+    /// # Errors
+    /// [`Error::UnknownPerspective`]; [`Error::Unsupported`] when a store
+    /// cannot list streams or offers no rebuild support;
+    /// [`Error::PerspectiveFailed`] for a stream that fails (the others of
+    /// its chunk are applied, its cursor records the failure); a backend error.
+    pub async fn catch_up_to_head(
+        &self,
+        name: &str,
+        options: RebuildOptions,
+    ) -> Result<CatchUpReport> {
+        let live =
+            self.registry()
+                .perspective_named(name)
+                .ok_or_else(|| Error::UnknownPerspective {
+                    name: name.to_owned(),
+                })?;
+        let perspectives = &*self.inner.engine.perspectives;
+        let store = perspectives
+            .rebuilds()
+            .ok_or_else(|| unsupported(live.name))?;
+        let span = tracing::info_span!(
+            "whizbang.perspective.catch_up_to_head",
+            perspective = live.name
+        );
+        let mut run = Rebuilder {
+            engine: self.inner.engine.clone(),
+            notify: self.inner.engine.clone(),
+            store,
+            perspectives,
+            live,
+            shadow: live,
+            progress: RebuildProgress::new(live.name, live.version, RebuildPhase::Building),
+            options,
+            started: Instant::now(),
+            folded: 0,
+        };
+        async {
+            let todo = run.pass().await?;
+            let streams = todo.len();
+            run.send();
+            run.build(todo).await?;
+            run.progress.phase = RebuildPhase::Done;
+            run.measure();
+            run.send();
+            Ok(CatchUpReport {
+                perspective: live.name,
+                streams,
+                events: run.folded,
+                elapsed: run.started.elapsed(),
+            })
+        }
+        .instrument(span)
+        .await
+    }
+
     /// Rebuilds perspective `P`'s read models beside the live ones and swaps
     /// them in (see [`rebuild`](crate::perspective::rebuild)).
     ///
