@@ -75,6 +75,9 @@ pub struct RebuildOptions {
     /// At most this many catch-up passes before the fence is taken anyway
     /// (default 5).
     pub max_passes: u32,
+    /// Chunks folded at once (default 2: one reads while another folds
+    /// and commits).
+    pub parallel: usize,
     /// Where progress is sent after each chunk (default none).
     pub progress: Option<watch::Sender<RebuildProgress>>,
 }
@@ -85,6 +88,7 @@ impl Default for RebuildOptions {
             chunk_events: 20_000,
             fence_below: 1_000,
             max_passes: 5,
+            parallel: 2,
             progress: None,
         }
     }
@@ -95,6 +99,13 @@ impl RebuildOptions {
     #[must_use]
     pub fn chunk_events(mut self, n: u64) -> Self {
         self.chunk_events = n.max(1);
+        self
+    }
+
+    /// Sets [`parallel`](Self::parallel) (at least 1).
+    #[must_use]
+    pub fn parallel(mut self, n: usize) -> Self {
+        self.parallel = n.max(1);
         self
     }
 
@@ -188,6 +199,23 @@ fn shadow_registration(reg: &'static PerspectiveRegistration) -> &'static Perspe
     leaked
 }
 
+/// Folds `chunk` into `target`: in one transaction when the store claims
+/// many models at once, else one stream at a time (which also records a
+/// stream's failure in its cursor and reports it).
+async fn fold_chunk(
+    engine: &Engine,
+    target: &'static PerspectiveRegistration,
+    chunk: &[StreamId],
+) -> Result<()> {
+    if engine.catch_up_together(target, chunk).await?.is_some() {
+        return Ok(());
+    }
+    for stream in chunk {
+        engine.catch_up(target, *stream).await?;
+    }
+    Ok(())
+}
+
 /// One rebuild's state.
 struct Rebuilder<'r> {
     /// Folds into the shadow: its commits are heard by nobody.
@@ -269,8 +297,12 @@ impl Rebuilder<'_> {
         Ok(())
     }
 
-    /// Folds `todo` into the shadow, a chunk of streams per transaction.
+    /// Folds `todo` into the shadow, a chunk of streams per transaction,
+    /// [`RebuildOptions::parallel`] chunks at a time (one reads while
+    /// another folds and commits). Dropping it aborts the chunks in flight:
+    /// each commits whole or not at all.
     async fn build(&mut self, todo: Todo) -> Result<()> {
+        let mut in_flight: tokio::task::JoinSet<(u64, Result<()>)> = tokio::task::JoinSet::new();
         let mut chunk: Vec<StreamId> = Vec::new();
         let mut chunk_events = 0;
         let mut rest = todo.into_iter().peekable();
@@ -280,35 +312,40 @@ impl Rebuilder<'_> {
             if chunk_events < self.options.chunk_events && rest.peek().is_some() {
                 continue;
             }
-            self.fold_chunk(&chunk).await?;
-            self.folded += chunk_events;
-            self.progress.done += chunk_events;
-            self.progress.total = self.progress.total.max(self.progress.done);
-            chunk.clear();
-            chunk_events = 0;
-            self.publish().await?;
+            while in_flight.len() >= self.options.parallel.max(1) {
+                self.chunk_done(in_flight.join_next().await).await?;
+            }
+            let (engine, shadow) = (self.engine.clone(), self.shadow);
+            let streams = std::mem::take(&mut chunk);
+            let events = std::mem::take(&mut chunk_events);
+            in_flight.spawn(async move { (events, fold_chunk(&engine, shadow, &streams).await) });
+        }
+        while let Some(done) = in_flight.join_next().await {
+            self.chunk_done(Some(done)).await?;
         }
         Ok(())
     }
 
-    async fn fold_chunk(&self, chunk: &[StreamId]) -> Result<()> {
-        if self
-            .engine
-            .catch_up_together(self.shadow, chunk)
-            .await?
-            .is_some()
-        {
-            return Ok(());
-        }
-        // One by one: the store claims one key at a time, or a stream
-        // failed (its failure is recorded in the shadow and reported).
-        for stream in chunk {
-            self.engine
-                .catch_up(self.shadow, *stream)
-                .await
-                .map_err(|e| self.failed(e))?;
-        }
-        Ok(())
+    /// Counts a finished chunk (or fails with its error).
+    async fn chunk_done(
+        &mut self,
+        done: Option<std::result::Result<(u64, Result<()>), tokio::task::JoinError>>,
+    ) -> Result<()> {
+        let (events, result) = match done {
+            Some(Ok(done)) => done,
+            Some(Err(e)) => {
+                return Err(Error::Invariant(format!(
+                    "a rebuild chunk of perspective `{}` ended without an answer: {e}",
+                    self.live.name
+                )))
+            }
+            None => return Ok(()),
+        };
+        result.map_err(|e| self.failed(e))?;
+        self.folded += events;
+        self.progress.done += events;
+        self.progress.total = self.progress.total.max(self.progress.done);
+        self.publish().await
     }
 
     /// A shadow failure, named for the live perspective.
