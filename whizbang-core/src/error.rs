@@ -398,6 +398,35 @@ pub enum Error {
         instance: InstanceId,
     },
 
+    /// The backend does not offer what was asked of it (a store without
+    /// rebuild support, an operation it does not implement): names the
+    /// operation and what to use instead.
+    ///
+    /// ```
+    /// # use whizbang_core::Error;
+    /// let err = Error::Unsupported("rebuild perspective `p`: the event store lists no streams".into());
+    /// assert!(err.to_string().contains("not supported"));
+    /// ```
+    #[error("not supported by this backend: {0}")]
+    Unsupported(String),
+
+    /// A perspective declares a newer version of its apply code than the one
+    /// its live read models were built with, and the runtime was told not to
+    /// rebuild on its own.
+    #[error(
+        "perspective `{perspective}` declares version {declared} but its read models were built \
+         with version {built}: rebuild it (`runtime.rebuild::<P>()` or `whizbang rebuild \
+         {perspective}`) or let the runtime do it at start"
+    )]
+    PerspectiveVersion {
+        /// The perspective.
+        perspective: &'static str,
+        /// The version its code declares.
+        declared: u32,
+        /// The version its live models were built with.
+        built: u32,
+    },
+
     /// An invariant broke: a backend or the runtime itself answered something
     /// that cannot happen (a sync backend that answered no inquiry, a receptor
     /// output of another type). Not caused by your input.
@@ -488,6 +517,8 @@ impl Error {
             Error::ModelNotJson { .. } => "ModelNotJson",
             Error::LeaseLost { .. } => "LeaseLost",
             Error::Invariant(_) => "Invariant",
+            Error::Unsupported(_) => "Unsupported",
+            Error::PerspectiveVersion { .. } => "PerspectiveVersion",
         }
     }
 

@@ -51,6 +51,8 @@ struct PerspectiveOptions {
     model: Option<Type>,
     name: Option<syn::LitStr>,
     mode: Mode,
+    /// `version = N` (N >= 1): bumped when the apply code changes.
+    version: Option<syn::LitInt>,
     krate: syn::Path,
 }
 
@@ -60,10 +62,11 @@ impl PerspectiveOptions {
         let mut name = Attr::none(cx, "name");
         let mut mode = Attr::none(cx, "mode");
         let mut krate = Attr::none(cx, "crate");
+        let mut version = Attr::none(cx, "version");
         attr::parse_args(
             cx,
             args,
-            &["model", "name", "mode", "crate"],
+            &["model", "name", "mode", "version", "crate"],
             |key, input| {
                 if key == "model" {
                     model.set(key, attr::value::<Type>(input)?);
@@ -83,6 +86,17 @@ impl PerspectiveOptions {
                         }
                     };
                     mode.set(key, parsed);
+                } else if key == "version" {
+                    let lit = attr::value::<syn::LitInt>(input)?;
+                    match lit.base10_parse::<u32>() {
+                        Ok(v) if v >= 1 => version.set(key, lit),
+                        _ => {
+                            return Err(syn::Error::new(
+                                lit.span(),
+                                "expected `version = N` with N a whole number from 1 to 4294967295",
+                            ))
+                        }
+                    }
                 } else {
                     krate.set(key, attr::value::<syn::Path>(input)?);
                 }
@@ -100,6 +114,7 @@ impl PerspectiveOptions {
             model,
             name: name.get(),
             mode: mode.get().unwrap_or(Mode::Async),
+            version: version.get(),
             krate: krate.get().unwrap_or_else(attr::default_crate_path),
         }
     }
@@ -263,6 +278,10 @@ impl<'a> PerspectiveModel<'a> {
             }
         });
         let type_name = attr::compact(self_ty);
+        let version = options.version.as_ref().map(|v| {
+            let v = v.base10_parse::<u32>().unwrap_or(1);
+            quote!(const VERSION: u32 = #v;)
+        });
         quote! {
             const _: () = {
                 impl #p::Perspective for #self_ty {
@@ -270,6 +289,7 @@ impl<'a> PerspectiveModel<'a> {
                     const NAME: &'static str = #name;
                     const MODE: #p::PerspectiveMode = #mode;
                     const EVENT_TYPES: &'static [&'static str] = &[#(#names),*];
+                    #version
                     fn event_type_ids() -> #p::Vec<#p::TypeId> {
                         <[#p::TypeId]>::to_vec(&[#(#type_ids),*])
                     }

@@ -73,6 +73,13 @@ pub struct PostgresOptions {
     pub sync_log_keep: u32,
     /// When set, sync runs older than this are pruned too (default `None`).
     pub sync_log_max_age: Option<Duration>,
+    /// What a runner process does at start with a perspective whose
+    /// `#[perspective(version = N)]` is above the version its live models
+    /// were built with (default [`VersionPolicy::Rebuild`]: rebuild it beside
+    /// live, in the background; [`VersionPolicy::Refuse`]: log an error
+    /// saying to run `whizbang rebuild`, and apply with the new code
+    /// meanwhile). See `whizbang_core::perspective::rebuild`.
+    pub on_version_bump: whizbang_core::perspective::rebuild::VersionPolicy,
 }
 
 impl Default for PostgresOptions {
@@ -89,6 +96,7 @@ impl Default for PostgresOptions {
             schema: None,
             sync_log_keep: crate::DEFAULT_SYNC_LOG_KEEP,
             sync_log_max_age: None,
+            on_version_bump: whizbang_core::perspective::rebuild::VersionPolicy::Rebuild,
         }
     }
 }
@@ -98,6 +106,16 @@ impl PostgresOptions {
     #[must_use]
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Sets [`on_version_bump`](Self::on_version_bump).
+    #[must_use]
+    pub fn on_version_bump(
+        mut self,
+        policy: whizbang_core::perspective::rebuild::VersionPolicy,
+    ) -> Self {
+        self.on_version_bump = policy;
+        self
     }
 
     /// Sets [`pool_size`](Self::pool_size) (raised to 2: a catch-up holds
@@ -546,6 +564,18 @@ impl Backend for Postgres {
                     targets,
                     stop.clone(),
                 )));
+                if self.inner.options.runner {
+                    // Version checks at start, and the operator's requests.
+                    self.keep(tokio::spawn(crate::requests::run(
+                        crate::requests::Config {
+                            pool: self.inner.pool.clone(),
+                            instance_id,
+                            options: self.inner.options.clone(),
+                        },
+                        runtime.downgrade(),
+                        stop.clone(),
+                    )));
+                }
                 if self.inner.options.runner {
                     let config = runner::Config {
                         pool: self.inner.pool.clone(),

@@ -534,6 +534,13 @@ impl EventStore for PgEventStore {
         })
     }
 
+    fn stream_heads<'a>(
+        &'a self,
+        event_types: &'a [&'static str],
+    ) -> BoxFuture<'a, Result<Vec<(StreamId, u64)>>> {
+        Box::pin(crate::rebuild::stream_heads(&self.pool, event_types))
+    }
+
     fn locate<'a>(&'a self, ids: &'a [EventId]) -> BoxFuture<'a, Result<Vec<EventLocation>>> {
         Box::pin(async move {
             if ids.is_empty() {

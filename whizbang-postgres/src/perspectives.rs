@@ -47,13 +47,22 @@ use whizbang_core::{Error, EventId, Result};
 #[derive(Clone, Debug)]
 pub struct PgPerspectiveStore {
     pool: PgPool,
+    /// The connections holding this store's rebuilds' locks (see `rebuild.rs`).
+    rebuild_locks: crate::rebuild::RebuildLocks,
 }
 
 impl PgPerspectiveStore {
     /// A perspective store over `pool` (migrated with [`migrate`](crate::migrate)).
     #[must_use]
     pub fn new(pool: PgPool) -> Self {
-        PgPerspectiveStore { pool }
+        PgPerspectiveStore {
+            pool,
+            rebuild_locks: crate::rebuild::RebuildLocks::default(),
+        }
+    }
+
+    pub(crate) fn rebuild_locks(&self) -> &crate::rebuild::RebuildLocks {
+        &self.rebuild_locks
     }
 
     /// The pool this store uses.
@@ -607,6 +616,10 @@ impl PgPerspectiveStore {
 impl PerspectiveStore for PgPerspectiveStore {
     fn model_format(&self) -> ModelFormat {
         ModelFormat::Json
+    }
+
+    fn rebuilds(&self) -> Option<&dyn whizbang_core::perspective::rebuild::RebuildStore> {
+        Some(self)
     }
 
     /// One transaction for every model: the missing cursor rows are created,

@@ -479,3 +479,155 @@ async fn an_unmigrated_database_and_an_unreachable_server_are_clear_errors(pool:
     let out = whizbang(&url, &["retry", "only-a-name"]).await;
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
+
+// ---- sync and rebuild, carried out by a running service -------------------------------------
+
+/// Folds deposits; its rebuilds run while deposits keep arriving.
+struct Ledger;
+#[perspective(model = Balance, name = "pg_cli.ledger")]
+impl Ledger {
+    fn deposited(b: &mut Balance, e: &Deposited) {
+        b.cents += e.cents;
+        b.deposits += 1;
+    }
+}
+
+/// Fails on 13 cents, always: a rebuild of it fails in the service.
+struct Grumpy;
+#[perspective(model = Balance, name = "pg_cli.grumpy")]
+impl Grumpy {
+    fn deposited(b: &mut Balance, e: &Deposited) -> std::result::Result<(), String> {
+        if e.cents == 13 {
+            return Err("13 cents is unlucky".to_owned());
+        }
+        b.cents += e.cents;
+        b.deposits += 1;
+        Ok(())
+    }
+}
+
+/// A service running the teller and perspective `P` (its partitioned runner
+/// and the request task on).
+fn service_of<P: whizbang_core::Perspective>(pg: &Postgres) -> Runtime {
+    let registry = Registry::builder()
+        .receptors_of::<Teller>()
+        .perspective::<P>()
+        .build()
+        .unwrap();
+    let rt = Runtime::builder()
+        .registry(Arc::new(registry))
+        .backend(pg.clone())
+        .build()
+        .unwrap();
+    rt.runner().pause();
+    rt
+}
+
+/// Every account's `Ledger` model, once caught up, equals a fresh fold.
+async fn ledger_equals_fresh_fold(rt: &Runtime, accounts: &[Uuid]) {
+    for account in accounts {
+        let fold = rt.aggregate::<Ledger>(*account).await.unwrap();
+        let lens = rt.lens::<Ledger>();
+        let got = eventually(&format!("{account} caught up"), || {
+            let lens = lens.clone();
+            async move {
+                let got = lens.get_versioned((*account).into()).await.unwrap()?;
+                (got.1 >= fold.version).then_some(got)
+            }
+        })
+        .await;
+        assert_eq!(got, (fold.model.clone(), fold.version), "{account}");
+    }
+}
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn a_rebuild_requested_from_the_tool_under_load_ends_equal_to_a_fresh_fold(pool: PgPool) {
+    let url = url_of(&pool);
+    let pg = backend(&pool, fast_options()).await;
+    let rt = service_of::<Ledger>(&pg);
+    let accounts: Vec<Uuid> = (0..30).map(|_| Uuid::now_v7()).collect();
+    for round in 0..5 {
+        for (i, account) in accounts.iter().enumerate() {
+            deposit(&rt, *account, (round * 7 + i) as i64).await;
+        }
+    }
+    ledger_equals_fresh_fold(&rt, &accounts).await;
+
+    // Deposits keep arriving while the tool asks for the rebuild.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (rt, stop, accounts) = (rt.clone(), Arc::clone(&stop), accounts.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                deposit(&rt, accounts[n % accounts.len()], 1).await;
+                n += 1;
+            }
+            n
+        })
+    };
+    let out = ok(&url, &["--json", "rebuild", "pg_cli.ledger"]).await;
+    stop.store(true, Ordering::SeqCst);
+    let written = bounded(writer).await.unwrap();
+    assert!(written > 0);
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let last = lines.last().expect("progress lines");
+    assert_eq!(last["status"], "done", "{out}");
+    assert_eq!(last["kind"], "rebuild");
+    assert_eq!(last["done"], last["total"], "{out}");
+    assert!(last["total"].as_i64().unwrap() >= 150, "{out}");
+    ledger_equals_fresh_fold(&rt, &accounts).await;
+    let status: String = sqlx::query_scalar(
+        "select status from wh_operator_requests where perspective = 'pg_cli.ledger'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(status, "done");
+
+    // `sync` as plain text: a bar redrawn in place, ending at 100%.
+    deposit(&rt, accounts[0], 5).await;
+    let text = ok(&url, &["sync", "pg_cli.ledger"]).await;
+    assert!(text.contains('\r') && text.contains("100.0%"), "{text:?}");
+    assert!(text.contains("(done)"), "{text:?}");
+    ledger_equals_fresh_fold(&rt, &accounts).await;
+    shut_down(rt, pg).await;
+}
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn a_request_nobody_serves_or_that_fails_exits_non_zero_with_the_reason(pool: PgPool) {
+    let url = url_of(&pool);
+    // No service runs this perspective: withdrawn after the timeout.
+    refused(
+        &url,
+        &["rebuild", "pg_cli.nobody", "--timeout", "1"],
+        "no running service picked up the rebuild of perspective `pg_cli.nobody` within 1s",
+    )
+    .await;
+    let left: i64 = sqlx::query_scalar("select count(*) from wh_operator_requests")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the request was withdrawn");
+
+    // The service fails the rebuild: the tool says why.
+    let pg = backend(&pool, fast_options()).await;
+    let rt = service_of::<Grumpy>(&pg);
+    let account = Uuid::now_v7();
+    deposit(&rt, account, 13).await;
+    refused(&url, &["rebuild", "pg_cli.grumpy"], "13 cents is unlucky").await;
+    let (status, error): (String, Option<String>) = sqlx::query_as(
+        "select status, error from wh_operator_requests where perspective = 'pg_cli.grumpy'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(status, "failed");
+    assert!(error
+        .unwrap()
+        .contains("live models were left as they were"));
+    shut_down(rt, pg).await;
+}

@@ -249,7 +249,7 @@ impl std::fmt::Debug for PerspectiveSync {
         f.debug_struct("PerspectiveSync")
             .field(
                 "perspective",
-                &self.perspective.as_ref().map(|r| r.name).map_err(|n| n),
+                &self.perspective.as_ref().map(|r| r.name),
             )
             .field("target", &self.target)
             .field("full", &self.full)

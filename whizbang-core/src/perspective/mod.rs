@@ -19,6 +19,7 @@ pub(crate) mod engine;
 mod explicit;
 pub(crate) mod fold;
 pub(crate) mod inline;
+pub mod rebuild;
 mod registration;
 pub mod runner;
 mod sync_log;
@@ -108,6 +109,11 @@ pub trait Perspective: Send + Sync + 'static {
     const MODE: PerspectiveMode;
     /// Wire names of the event types it handles, in declaration order.
     const EVENT_TYPES: &'static [&'static str];
+    /// The version of its apply code (`#[perspective(model = M, version = 2)]`;
+    /// default 1). Bump it when the apply functions change: a store that
+    /// remembers the version its live models were built with rebuilds them
+    /// (see [`rebuild`]).
+    const VERSION: u32 = 1;
     /// The `TypeId`s of the event types it handles, in declaration order.
     fn event_type_ids() -> Vec<TypeId>;
     /// Applies one event. `Ok(false)` when it does not handle this event type.

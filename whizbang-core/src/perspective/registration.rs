@@ -20,6 +20,8 @@ pub struct PerspectiveRegistration {
     pub mode: PerspectiveMode,
     /// Wire names of the event types it handles.
     pub event_types: &'static [&'static str],
+    /// The version of its apply code ([`Perspective::VERSION`]).
+    pub version: u32,
     /// The `TypeId` of the perspective type.
     pub perspective_type: fn() -> TypeId,
     pub(crate) new_model: fn() -> Box<dyn AnyModel>,
@@ -59,6 +61,7 @@ impl PerspectiveRegistration {
             module_path,
             mode: P::MODE,
             event_types: P::EVENT_TYPES,
+            version: P::VERSION,
             perspective_type: TypeId::of::<P>,
             new_model: new_model::<P>,
             decode_model: decode_model::<P>,

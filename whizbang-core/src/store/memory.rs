@@ -149,6 +149,27 @@ impl MemoryEventStore {
     }
 }
 
+impl MemoryEventStore {
+    /// Every stream holding an event of one of `event_types`, with its
+    /// version (all its events counted), ordered by stream.
+    fn heads_of(&self, event_types: &[&str]) -> Vec<(StreamId, u64)> {
+        let log = lock(&self.log);
+        let mut heads: Vec<(StreamId, u64)> = log
+            .streams
+            .iter()
+            .filter(|(_, events)| {
+                events
+                    .iter()
+                    .any(|e| event_types.contains(&e.event_type.as_ref()))
+            })
+            .map(|(id, events)| (*id, events.len() as u64))
+            .collect();
+        drop(log);
+        heads.sort_unstable_by_key(|(id, _)| *id);
+        heads
+    }
+}
+
 impl EventStore for MemoryEventStore {
     fn append(&self, streams: Vec<StreamAppend>) -> BoxFuture<'_, Result<Vec<Arc<StoredEvent>>>> {
         let r = self.append_now(streams);
@@ -186,18 +207,17 @@ impl EventStore for MemoryEventStore {
         _behind: Option<&'a str>,
         event_types: &'a [&'a str],
     ) -> BoxFuture<'a, Result<Vec<StreamId>>> {
-        let mut streams: Vec<StreamId> = lock(&self.log)
-            .streams
-            .iter()
-            .filter(|(_, events)| {
-                events
-                    .iter()
-                    .any(|e| event_types.contains(&e.event_type.as_ref()))
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        streams.sort_unstable();
+        let streams = self.heads_of(event_types).into_iter().map(|(id, _)| id);
+        let streams = streams.collect();
         Box::pin(async move { Ok(streams) })
+    }
+
+    fn stream_heads<'a>(
+        &'a self,
+        event_types: &'a [&'static str],
+    ) -> BoxFuture<'a, Result<Vec<(StreamId, u64)>>> {
+        let heads = self.heads_of(event_types);
+        Box::pin(async move { Ok(heads) })
     }
 
     fn locate<'a>(&'a self, ids: &'a [EventId]) -> BoxFuture<'a, Result<Vec<EventLocation>>> {
@@ -219,18 +239,18 @@ impl EventStore for MemoryEventStore {
 
 /// What readers see of one (perspective, key): the last commit.
 #[derive(Default)]
-struct Committed {
-    checkpoint: Checkpoint,
-    model: Option<ModelValue>,
+pub(super) struct Committed {
+    pub(super) checkpoint: Checkpoint,
+    pub(super) model: Option<ModelValue>,
 }
 
 /// One (perspective, key). The claim and the committed state are separate
 /// locks, so readers never wait for a claim: a unit works on a copy of the
 /// model and its commit swaps the new state in under the short std lock.
 #[derive(Default)]
-struct Slot {
+pub(super) struct Slot {
     claim: Arc<tokio::sync::Mutex<()>>,
-    committed: Mutex<Committed>,
+    pub(super) committed: Mutex<Committed>,
 }
 
 type SlotRef = Arc<Slot>;
@@ -242,8 +262,11 @@ type SlotRef = Arc<Slot>;
 /// ([`ModelFormat::Json`]), as a database does, and refuses typed models.
 #[derive(Clone)]
 pub struct MemoryPerspectiveStore {
-    slots: Arc<Mutex<HashMap<&'static str, IdMap<ModelKey, SlotRef>>>>,
+    pub(super) slots: Arc<Mutex<HashMap<&'static str, IdMap<ModelKey, SlotRef>>>>,
     format: ModelFormat,
+    /// Per perspective: every claim holds its read side, a rebuild's fence its write side.
+    gates: super::rebuild::Gates,
+    pub(super) rebuilds: Arc<Mutex<super::rebuild::MemoryRebuilds>>,
 }
 
 impl Default for MemoryPerspectiveStore {
@@ -251,6 +274,8 @@ impl Default for MemoryPerspectiveStore {
         MemoryPerspectiveStore {
             slots: Arc::default(),
             format: ModelFormat::Typed,
+            gates: Arc::default(),
+            rebuilds: Arc::default(),
         }
     }
 }
@@ -297,6 +322,11 @@ impl MemoryPerspectiveStore {
         )
     }
 
+    /// The gate of `perspective` (see [`RebuildStore::fence`](super::rebuild::RebuildStore::fence)).
+    pub(super) fn gate(&self, perspective: &'static str) -> Arc<tokio::sync::RwLock<()>> {
+        Arc::clone(lock(&self.gates).entry(perspective).or_default())
+    }
+
     fn existing(&self, perspective: &str, key: ModelKey) -> Option<SlotRef> {
         lock(&self.slots)
             .get(perspective)
@@ -312,6 +342,8 @@ struct MemoryUnit {
     format: ModelFormat,
     checkpoint: Checkpoint,
     _claim: tokio::sync::OwnedMutexGuard<()>,
+    /// Released after the claim (fields drop in order).
+    _gate: tokio::sync::OwnedRwLockReadGuard<()>,
 }
 
 impl PerspectiveUnit for MemoryUnit {
@@ -386,14 +418,22 @@ impl PerspectiveStore for MemoryPerspectiveStore {
         self.format
     }
 
+    fn rebuilds(&self) -> Option<&dyn super::rebuild::RebuildStore> {
+        Some(self)
+    }
+
     fn claim<'a>(
         &'a self,
         perspective: &'static str,
         key: ModelKey,
     ) -> BoxFuture<'a, Result<Box<dyn PerspectiveUnit>>> {
-        let slot = self.slot(perspective, key);
+        let gate = self.gate(perspective);
         let format = self.format;
         Box::pin(async move {
+            // The gate first: a rebuild's swap replaces the slots, so the
+            // slot is looked up only once no fence is held.
+            let gate = gate.read_owned().await;
+            let slot = self.slot(perspective, key);
             let claim = Arc::clone(&slot.claim).lock_owned().await;
             let checkpoint = lock(&slot.committed).checkpoint.clone();
             Ok(Box::new(MemoryUnit {
@@ -403,6 +443,7 @@ impl PerspectiveStore for MemoryPerspectiveStore {
                 format,
                 checkpoint,
                 _claim: claim,
+                _gate: gate,
             }) as Box<dyn PerspectiveUnit>)
         })
     }

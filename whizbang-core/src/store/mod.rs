@@ -12,6 +12,7 @@
 //! `error` and `util`.
 
 pub mod memory;
+pub mod rebuild;
 
 use crate::error::Result;
 use crate::message::{EventId, ExpectedVersion, MessageId, Metadata, StreamId};
@@ -190,6 +191,27 @@ pub trait EventStore: Send + Sync + 'static {
                 "this event store cannot list its streams by event type (it keeps the \
                  default of EventStore::streams_with_types); name the streams to sync with \
                  `.streams(ids)` instead of `.all()`",
+            ))
+        })
+    }
+
+    /// Every stream holding an event of one of `event_types`, with its
+    /// current version (all its events counted), ordered by stream: what a
+    /// rebuild covers ([`Runtime::rebuild`](crate::Runtime::rebuild)).
+    ///
+    /// # Errors
+    /// The default: [`Error::Unsupported`](crate::Error::Unsupported) (the
+    /// store cannot list streams, so its perspectives cannot be rebuilt).
+    fn stream_heads<'a>(
+        &'a self,
+        event_types: &'a [&'static str],
+    ) -> BoxFuture<'a, Result<Vec<(StreamId, u64)>>> {
+        let _ = event_types;
+        Box::pin(async {
+            Err(crate::Error::Unsupported(
+                "list the streams of a perspective's event types (EventStore::stream_heads): \
+                 this event store does not, so rebuilds cannot run on it"
+                    .to_owned(),
             ))
         })
     }
@@ -560,6 +582,13 @@ pub trait PerspectiveStore: Send + Sync + 'static {
     /// store that keeps models in process.
     fn model_format(&self) -> ModelFormat {
         ModelFormat::Json
+    }
+
+    /// Rebuilds beside live ([`rebuild::RebuildStore`]): `None`, the default,
+    /// when the store offers none ([`Runtime::rebuild`](crate::Runtime::rebuild)
+    /// then fails with [`Error::Unsupported`](crate::Error::Unsupported)).
+    fn rebuilds(&self) -> Option<&dyn rebuild::RebuildStore> {
+        None
     }
 
     /// Claims exclusive work on (`perspective`, `key`), waiting while another

@@ -4,10 +4,14 @@
 //! It reads and repairs what the library stores, without the services'
 //! code: `status` (perspectives, their lag and failed cursors, the message
 //! queue, the outbox, live instances and their partition leases), `failed`,
-//! `retry` and `skip` for a failed perspective cursor, and `dead-letters`
-//! `list` and `replay` for the message queue. A readable table by default,
+//! `retry` and `skip` for a failed perspective cursor, `dead-letters`
+//! `list` and `replay` for the message queue, and `sync` and `rebuild`,
+//! which a running service carries out (with a progress bar). A readable table by default,
 //! JSON with `--json`. Exit code 0 on success, 1 when the command failed
 //! (the message says why), 2 for a usage error.
+
+#[path = "whizbang/requests.rs"]
+mod requests;
 
 use clap::{Parser, Subcommand};
 use serde::Serialize;
@@ -74,6 +78,24 @@ enum Command {
     /// The message queue's dead letters.
     #[command(subcommand)]
     DeadLetters(DeadLetters),
+    /// Asks a running service to bring a perspective up to the head of the
+    /// event store now, and shows its progress.
+    Sync {
+        /// The perspective's registered name.
+        perspective: String,
+        /// Give up when no service picks the request up within this many seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Asks a running service to rebuild a perspective beside its live read
+    /// models and swap them in, and shows its progress.
+    Rebuild {
+        /// The perspective's registered name.
+        perspective: String,
+        /// Give up when no service picks the request up within this many seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -168,6 +190,30 @@ async fn dispatch(cli: &Cli, db: &Db) -> Outcome<()> {
         Command::DeadLetters(DeadLetters::Replay { ids, all }) => {
             dead_letters_replay(db, ids, *all, cli.json).await
         }
+        Command::Sync {
+            perspective,
+            timeout,
+        } => requests::request(
+            &db.pool,
+            "sync",
+            perspective,
+            Duration::from_secs(*timeout),
+            cli.json,
+        )
+        .await
+        .map_err(Failure),
+        Command::Rebuild {
+            perspective,
+            timeout,
+        } => requests::request(
+            &db.pool,
+            "rebuild",
+            perspective,
+            Duration::from_secs(*timeout),
+            cli.json,
+        )
+        .await
+        .map_err(Failure),
     }
 }
 

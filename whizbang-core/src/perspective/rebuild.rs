@@ -1,0 +1,728 @@
+//! Rebuilds beside live: a perspective's read models built again from the
+//! event store while the live ones keep serving and keep being applied,
+//! then swapped in atomically.
+//!
+//! [`Runtime::rebuild`](crate::Runtime::rebuild) (or
+//! [`rebuild_named`](crate::Runtime::rebuild_named)):
+//! 1. **Build**: lists the streams holding the perspective's event types
+//!    ([`EventStore::stream_heads`](crate::store::EventStore::stream_heads)) and
+//!    folds them, a chunk of streams per transaction, into the shadow
+//!    generation ([`shadow_name`]: the same store, the name
+//!    `<name>~rebuild`). No listener hears of these commits: waiters only
+//!    ever see the live models. It repeats over what arrived meanwhile until
+//!    little is left.
+//! 2. **Swap**: fences the live perspective
+//!    ([`RebuildStore::fence`]: its claims wait), folds the last events into
+//!    the shadow, and swaps it in with one atomic step
+//!    ([`RebuildFence::swap`]) that also records the version the models are
+//!    built with. Readers see the old models or the new ones, never a mix;
+//!    a waiter told "applied" is told so by the cursors of the models it
+//!    reads, before the swap and after it.
+//!
+//! The shadow's cursors are its progress: a rebuild stopped anywhere (an
+//! error, its future dropped, its process killed) leaves the live models as
+//! they were, and the next rebuild to the same version resumes from the
+//! shadow instead of from zero. A rebuild whose new code fails on a stream
+//! stops before the swap with [`Error::PerspectiveFailed`]: the live models
+//! stay, and the shadow keeps the failed cursor until the next rebuild.
+//!
+//! Progress ([`RebuildProgress`]: events done out of total, rate, time left)
+//! goes to an optional watch channel ([`RebuildOptions::progress`]) and to the
+//! store ([`RebuildStore::save_progress`]), where other processes read it.
+//!
+//! Versions: `#[perspective(model = M, version = 2)]` declares the version of
+//! the apply code ([`Perspective::VERSION`](crate::Perspective::VERSION)).
+//! [`Runtime::check_perspective_versions`](crate::Runtime::check_perspective_versions)
+//! compares each with the version the store recorded and, per
+//! [`VersionPolicy`], rebuilds the ones that are behind or refuses to go on.
+
+use super::engine::{decode_stored, encode, fold, ApplyReport, Engine};
+use super::PerspectiveRegistration;
+use crate::dispatch::Runtime;
+use crate::error::{Error, Result};
+use crate::message::StreamId;
+use crate::store::rebuild::{final_write, unsupported};
+pub use crate::store::rebuild::{
+    shadow_name, RebuildFence, RebuildPhase, RebuildProgress, RebuildStart, RebuildStore,
+    SHADOW_SUFFIX,
+};
+use crate::store::PerspectiveStore;
+use crate::util::lock;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tracing::Instrument;
+
+/// How a rebuild runs. Builder-style.
+///
+/// ```
+/// use whizbang_core::perspective::rebuild::RebuildOptions;
+/// let (options, progress) = RebuildOptions::default().chunk_events(5_000).watch();
+/// assert_eq!(options.chunk_events, 5_000);
+/// assert_eq!(progress.borrow().done, 0);
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct RebuildOptions {
+    /// About how many events one transaction of the build folds (default
+    /// 20,000; whole streams, at least one per transaction).
+    pub chunk_events: u64,
+    /// Catch-up passes stop, and the fence is taken, once at most this many
+    /// events are left to fold (default 1,000): the fence is held while they
+    /// are folded.
+    pub fence_below: u64,
+    /// At most this many catch-up passes before the fence is taken anyway
+    /// (default 5).
+    pub max_passes: u32,
+    /// Chunks folded at once (default 2: one reads while another folds
+    /// and commits).
+    pub parallel: usize,
+    /// Where progress is sent after each chunk (default none).
+    pub progress: Option<watch::Sender<RebuildProgress>>,
+}
+
+impl Default for RebuildOptions {
+    fn default() -> Self {
+        RebuildOptions {
+            chunk_events: 20_000,
+            fence_below: 1_000,
+            max_passes: 5,
+            parallel: 2,
+            progress: None,
+        }
+    }
+}
+
+impl RebuildOptions {
+    /// Sets [`chunk_events`](Self::chunk_events) (at least 1).
+    #[must_use]
+    pub fn chunk_events(mut self, n: u64) -> Self {
+        self.chunk_events = n.max(1);
+        self
+    }
+
+    /// Sets [`parallel`](Self::parallel) (at least 1).
+    #[must_use]
+    pub fn parallel(mut self, n: usize) -> Self {
+        self.parallel = n.max(1);
+        self
+    }
+
+    /// Sets [`fence_below`](Self::fence_below).
+    #[must_use]
+    pub fn fence_below(mut self, n: u64) -> Self {
+        self.fence_below = n;
+        self
+    }
+
+    /// These options sending progress to a new watch channel, and its receiver.
+    #[must_use]
+    pub fn watch(mut self) -> (Self, watch::Receiver<RebuildProgress>) {
+        let (tx, rx) = watch::channel(RebuildProgress::default());
+        self.progress = Some(tx);
+        (self, rx)
+    }
+}
+
+/// What a finished rebuild did.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct RebuildReport {
+    /// The perspective (live name).
+    pub perspective: &'static str,
+    /// The version its models are now built with.
+    pub version: u32,
+    /// Models swapped in.
+    pub models: usize,
+    /// Events the new models reflect.
+    pub events: u64,
+    /// Events folded by this run (less than [`events`](Self::events) after a resume).
+    pub folded: u64,
+    /// Whether it resumed an interrupted rebuild.
+    pub resumed: bool,
+    /// How long it took, fence included.
+    pub elapsed: Duration,
+    /// How long the live perspective was fenced.
+    pub fenced: Duration,
+}
+
+/// What [`Runtime::check_perspective_versions`] does with a perspective whose
+/// declared version is above the recorded one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum VersionPolicy {
+    /// Rebuild it now, beside live (the default).
+    #[default]
+    Rebuild,
+    /// Fail with [`Error::PerspectiveVersion`], telling the user to rebuild.
+    Refuse,
+}
+
+/// What [`Runtime::check_perspective_versions`] found for one perspective.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum VersionCheck {
+    /// No version was recorded: the declared one is recorded now.
+    Recorded(u32),
+    /// The recorded version is the declared one (or a newer one, from a
+    /// newer release running beside this one: left alone).
+    Current(u32),
+    /// Rebuilt from the recorded version to the declared one.
+    Rebuilt(RebuildReport),
+}
+
+/// Streams of one pass: (stream, head, what the shadow reflects).
+type Todo = Vec<(StreamId, u64, u64)>;
+
+/// A copy of `reg` under its shadow name, interned per perspective.
+fn shadow_registration(reg: &'static PerspectiveRegistration) -> &'static PerspectiveRegistration {
+    static SHADOWS: Mutex<Vec<&'static PerspectiveRegistration>> = Mutex::new(Vec::new());
+    let shadow = shadow_name(reg.name);
+    let mut all = lock(&SHADOWS);
+    if let Some(found) = all.iter().find(|r| r.name == shadow) {
+        return found;
+    }
+    let leaked: &'static PerspectiveRegistration = Box::leak(Box::new(PerspectiveRegistration {
+        name: shadow,
+        type_name: reg.type_name,
+        module_path: reg.module_path,
+        mode: reg.mode,
+        event_types: reg.event_types,
+        version: reg.version,
+        perspective_type: reg.perspective_type,
+        new_model: reg.new_model,
+        decode_model: reg.decode_model,
+        apply: reg.apply,
+    }));
+    all.push(leaked);
+    leaked
+}
+
+/// Folds `chunk` into `target`: in one transaction when the store claims
+/// many models at once, else one stream at a time (which also records a
+/// stream's failure in its cursor and reports it).
+async fn fold_chunk(
+    engine: &Engine,
+    target: &'static PerspectiveRegistration,
+    chunk: &[StreamId],
+) -> Result<()> {
+    if engine.catch_up_together(target, chunk).await?.is_some() {
+        return Ok(());
+    }
+    for stream in chunk {
+        engine.catch_up(target, *stream).await?;
+    }
+    Ok(())
+}
+
+/// One rebuild's state.
+struct Rebuilder<'r> {
+    /// Folds into the shadow: its commits are heard by nobody.
+    engine: Engine,
+    /// The runtime's engine: tells the listeners of the swap.
+    notify: Engine,
+    store: &'r dyn RebuildStore,
+    perspectives: &'r dyn PerspectiveStore,
+    live: &'static PerspectiveRegistration,
+    /// What is folded into: the shadow (a rebuild) or the live perspective
+    /// (a catch-up to the head).
+    shadow: &'static PerspectiveRegistration,
+    options: RebuildOptions,
+    progress: RebuildProgress,
+    started: Instant,
+    folded: u64,
+}
+
+impl Rebuilder<'_> {
+    /// What the shadow reflects of each stream (its cursor versions).
+    async fn shadow_versions(&self) -> Result<HashMap<StreamId, u64>> {
+        Ok(self
+            .perspectives
+            .list_models(self.shadow.name)
+            .await?
+            .into_iter()
+            .map(|row| (row.id, row.version))
+            .collect())
+    }
+
+    /// The streams the shadow is behind on; updates the totals.
+    async fn pass(&mut self) -> Result<Todo> {
+        let heads = self
+            .engine
+            .events
+            .stream_heads(self.live.event_types)
+            .await?;
+        let done = self.shadow_versions().await?;
+        let mut todo = Vec::new();
+        let (mut total, mut reflected) = (0, 0);
+        for (stream, head) in heads {
+            let at = done.get(&stream).copied().unwrap_or(0).min(head);
+            total += head;
+            reflected += at;
+            if at < head {
+                todo.push((stream, head, at));
+            }
+        }
+        self.progress.total = total;
+        self.progress.done = reflected;
+        Ok(todo)
+    }
+
+    /// Sends the progress to the watch channel only (a catch-up stores none).
+    fn send(&self) {
+        if let Some(tx) = &self.options.progress {
+            tx.send_replace(self.progress.clone());
+        }
+    }
+
+    fn measure(&mut self) {
+        let secs = self.started.elapsed().as_secs_f64();
+        if self.folded > 0 && secs > 0.0 {
+            self.progress.rate = self.folded as f64 / secs;
+            let left = self.progress.total.saturating_sub(self.progress.done) as f64;
+            self.progress.eta = Some(Duration::from_secs_f64(left / self.progress.rate));
+        }
+    }
+
+    async fn publish(&mut self) -> Result<()> {
+        self.measure();
+        self.send();
+        if self.shadow.name != self.live.name {
+            self.store.save_progress(&self.progress).await?;
+        }
+        // A long rebuild on an in-process store never waits: let the
+        // runner, readers and writers on this thread have their turn.
+        tokio::task::yield_now().await;
+        Ok(())
+    }
+
+    /// Folds `todo` into the shadow, a chunk of streams per transaction,
+    /// [`RebuildOptions::parallel`] chunks at a time (one reads while
+    /// another folds and commits). Dropping it aborts the chunks in flight:
+    /// each commits whole or not at all.
+    async fn build(&mut self, todo: Todo) -> Result<()> {
+        let mut in_flight: tokio::task::JoinSet<(u64, Result<()>)> = tokio::task::JoinSet::new();
+        let mut chunk: Vec<StreamId> = Vec::new();
+        let mut chunk_events = 0;
+        let mut rest = todo.into_iter().peekable();
+        while let Some((stream, head, at)) = rest.next() {
+            chunk.push(stream);
+            chunk_events += head - at;
+            if chunk_events < self.options.chunk_events && rest.peek().is_some() {
+                continue;
+            }
+            while in_flight.len() >= self.options.parallel.max(1) {
+                self.chunk_done(in_flight.join_next().await).await?;
+            }
+            let (engine, shadow) = (self.engine.clone(), self.shadow);
+            let streams = std::mem::take(&mut chunk);
+            let events = std::mem::take(&mut chunk_events);
+            in_flight.spawn(async move { (events, fold_chunk(&engine, shadow, &streams).await) });
+        }
+        while let Some(done) = in_flight.join_next().await {
+            self.chunk_done(Some(done)).await?;
+        }
+        Ok(())
+    }
+
+    /// Counts a finished chunk (or fails with its error).
+    async fn chunk_done(
+        &mut self,
+        done: Option<std::result::Result<(u64, Result<()>), tokio::task::JoinError>>,
+    ) -> Result<()> {
+        let (events, result) = match done {
+            Some(Ok(done)) => done,
+            Some(Err(e)) => {
+                return Err(Error::Invariant(format!(
+                    "a rebuild chunk of perspective `{}` ended without an answer: {e}",
+                    self.live.name
+                )))
+            }
+            None => return Ok(()),
+        };
+        result.map_err(|e| self.failed(e))?;
+        self.folded += events;
+        self.progress.done += events;
+        self.progress.total = self.progress.total.max(self.progress.done);
+        self.publish().await
+    }
+
+    /// A shadow failure, named for the live perspective.
+    fn failed(&self, e: Error) -> Error {
+        if self.shadow.name == self.live.name {
+            return e;
+        }
+        match e {
+            Error::PerspectiveFailed {
+                stream,
+                version,
+                message,
+                ..
+            } => Error::PerspectiveFailed {
+                perspective: self.live.name,
+                stream,
+                version,
+                message: format!(
+                    "{message} (while rebuilding it at version {}; the live models were left \
+                     as they were: fix the apply code and rebuild again)",
+                    self.live.version
+                ),
+            },
+            other => other,
+        }
+    }
+
+    /// Fenced: the last events into the shadow, and the swap.
+    async fn swap(&mut self) -> Result<(usize, Duration)> {
+        let fence = self.store.fence(self.live.name).await?;
+        let fenced_at = Instant::now();
+        self.progress.phase = RebuildPhase::Swapping;
+        let todo = self.pass().await?;
+        let mut writes = Vec::with_capacity(todo.len());
+        for (stream, _, at) in todo {
+            let events = self.engine.events.read_stream(stream, at).await?;
+            let stored = self
+                .perspectives
+                .load_model(self.shadow.name, stream)
+                .await?
+                .map(|row| row.model);
+            let checkpoint = crate::store::Checkpoint {
+                version: at,
+                ..Default::default()
+            };
+            let mut stored = stored;
+            let folded = fold(
+                self.shadow,
+                &checkpoint,
+                || decode_stored(self.shadow, stored.take()),
+                &events,
+            );
+            if let Some((i, message)) = folded.failed {
+                return Err(self.failed(Error::PerspectiveFailed {
+                    perspective: self.shadow.name,
+                    stream,
+                    version: events[i].stream_version,
+                    message,
+                }));
+            }
+            let model = folded
+                .model
+                .map(|m| encode(self.engine.model_format, self.shadow, m))
+                .transpose()
+                .map_err(|message| {
+                    self.failed(Error::PerspectiveFailed {
+                        perspective: self.shadow.name,
+                        stream,
+                        version: at + 1,
+                        message,
+                    })
+                })?;
+            let n = folded.progress.version - at;
+            self.folded += n;
+            self.progress.done += n;
+            writes.push(final_write(stream, model, folded.progress.version));
+        }
+        // Events that arrived after the count were folded too.
+        self.progress.total = self.progress.total.max(self.progress.done);
+        let models = self.shadow_versions().await?.len() + writes.len();
+        let moved = fence
+            .swap(self.live.name, self.shadow.name, writes, self.live.version)
+            .await?;
+        let fenced = fenced_at.elapsed();
+        // Waiters on the models that moved ahead re-ask (their events may be
+        // applied now, by the new models).
+        for (key, version) in moved {
+            self.notify
+                .notify(&ApplyReport::new(self.live.name, key, version, Vec::new()));
+        }
+        Ok((models, fenced))
+    }
+
+    async fn run(&mut self) -> Result<RebuildReport> {
+        let start = self
+            .store
+            .begin(self.live.name, self.shadow.name, self.live.version)
+            .await?;
+        self.progress.phase = RebuildPhase::Building;
+        let mut todo = self.pass().await?;
+        self.progress.resumed_from = self.progress.done;
+        self.publish().await?;
+        let mut passes = 0;
+        loop {
+            let left: u64 = todo.iter().map(|(_, head, at)| head - at).sum();
+            if left <= self.options.fence_below || passes >= self.options.max_passes {
+                break;
+            }
+            self.build(todo).await?;
+            passes += 1;
+            todo = self.pass().await?;
+        }
+        let (models, fenced) = self.swap().await?;
+        self.progress.phase = RebuildPhase::Done;
+        let secs = self.started.elapsed().as_secs_f64();
+        if secs > 0.0 {
+            self.progress.rate = self.folded as f64 / secs;
+        }
+        self.progress.eta = Some(Duration::ZERO);
+        if let Some(tx) = &self.options.progress {
+            tx.send_replace(self.progress.clone());
+        }
+        Ok(RebuildReport {
+            perspective: self.live.name,
+            version: self.live.version,
+            models: models.min(self.progress.total as usize),
+            events: self.progress.done,
+            folded: self.folded,
+            resumed: start == RebuildStart::Resume,
+            elapsed: self.started.elapsed(),
+            fenced,
+        })
+    }
+}
+
+/// What [`Runtime::catch_up_to_head`] did.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct CatchUpReport {
+    /// The perspective.
+    pub perspective: &'static str,
+    /// Streams it was behind on.
+    pub streams: usize,
+    /// Events applied (or moved past).
+    pub events: u64,
+    /// How long it took.
+    pub elapsed: Duration,
+}
+
+impl Runtime {
+    /// Brings the perspective registered as `name` up to the head of the
+    /// event store now, in the caller's task: every stream holding its event
+    /// types whose cursor is behind is caught up, a chunk of streams per
+    /// transaction ([`RebuildOptions::chunk_events`]), with progress sent to
+    /// [`RebuildOptions::progress`]. Its commits are ordinary applies:
+    /// waiters wake. Dropping the future leaves every committed chunk
+    /// applied and nothing half-applied.
+    ///
+    /// # Errors
+    /// [`Error::UnknownPerspective`]; [`Error::Unsupported`] when a store
+    /// cannot list streams or offers no rebuild support;
+    /// [`Error::PerspectiveFailed`] for a stream that fails (the others of
+    /// its chunk are applied, its cursor records the failure); a backend error.
+    pub async fn catch_up_to_head(
+        &self,
+        name: &str,
+        options: RebuildOptions,
+    ) -> Result<CatchUpReport> {
+        let live =
+            self.registry()
+                .perspective_named(name)
+                .ok_or_else(|| Error::UnknownPerspective {
+                    name: name.to_owned(),
+                })?;
+        let perspectives = &*self.inner.engine.perspectives;
+        let store = perspectives
+            .rebuilds()
+            .ok_or_else(|| unsupported(live.name))?;
+        let span = tracing::info_span!(
+            "whizbang.perspective.catch_up_to_head",
+            perspective = live.name
+        );
+        let mut run = Rebuilder {
+            engine: self.inner.engine.clone(),
+            notify: self.inner.engine.clone(),
+            store,
+            perspectives,
+            live,
+            shadow: live,
+            progress: RebuildProgress::new(live.name, live.version, RebuildPhase::Building),
+            options,
+            started: Instant::now(),
+            folded: 0,
+        };
+        async {
+            let todo = run.pass().await?;
+            let streams = todo.len();
+            run.send();
+            run.build(todo).await?;
+            run.progress.phase = RebuildPhase::Done;
+            run.measure();
+            run.send();
+            Ok(CatchUpReport {
+                perspective: live.name,
+                streams,
+                events: run.folded,
+                elapsed: run.started.elapsed(),
+            })
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Rebuilds perspective `P`'s read models beside the live ones and swaps
+    /// them in (see [`rebuild`](crate::perspective::rebuild)).
+    ///
+    /// ```
+    /// # use serde::{Deserialize, Serialize};
+    /// # use uuid::Uuid;
+    /// # use whizbang_core::{perspective, Event, Runtime};
+    /// #[derive(Event, Serialize, Deserialize)]
+    /// struct Deposited { #[stream_key] account: Uuid, cents: i64 }
+    /// #[derive(Default, Clone, Serialize, Deserialize)]
+    /// struct Balance { cents: i64 }
+    /// struct Balances;
+    /// #[perspective(model = Balance, version = 2)]
+    /// impl Balances {
+    ///     fn deposited(b: &mut Balance, e: &Deposited) { b.cents += e.cents; }
+    /// }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> whizbang_core::Result<()> {
+    /// let runtime = Runtime::in_memory()?;
+    /// let account = Uuid::now_v7();
+    /// let scope = runtime.scope();
+    /// scope.publish(Deposited { account, cents: 5 }).await?;
+    /// scope.complete().await?;
+    /// let report = runtime.rebuild::<Balances>().await?;
+    /// assert_eq!((report.version, report.events), (2, 1));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// See [`rebuild_named`](Self::rebuild_named).
+    pub async fn rebuild<P: super::Perspective>(&self) -> Result<RebuildReport> {
+        self.rebuild_named(P::NAME, RebuildOptions::default()).await
+    }
+
+    /// Rebuilds the perspective registered as `name`, with `options`.
+    ///
+    /// Dropping the future at any point leaves the live models as they were
+    /// (the swap is one atomic step); the shadow built so far stays, and the
+    /// next rebuild to the same version resumes from it.
+    ///
+    /// # Errors
+    /// [`Error::UnknownPerspective`] for a name not registered;
+    /// [`Error::Unsupported`] when a store offers no rebuild;
+    /// [`Error::InvalidInput`] when another rebuild of it runs;
+    /// [`Error::PerspectiveFailed`] when the apply code fails on a stream
+    /// (nothing is swapped); a backend error.
+    pub async fn rebuild_named(
+        &self,
+        name: &str,
+        options: RebuildOptions,
+    ) -> Result<RebuildReport> {
+        let live =
+            self.registry()
+                .perspective_named(name)
+                .ok_or_else(|| Error::UnknownPerspective {
+                    name: name.to_owned(),
+                })?;
+        let perspectives = &*self.inner.engine.perspectives;
+        let store = perspectives
+            .rebuilds()
+            .ok_or_else(|| unsupported(live.name))?;
+        let span = tracing::info_span!(
+            "whizbang.perspective.rebuild",
+            perspective = live.name,
+            version = live.version,
+        );
+        let mut engine = self.inner.engine.clone();
+        // The shadow has no waiters: its commits are heard by nobody.
+        engine.listeners = Vec::new().into();
+        let mut rebuilder = Rebuilder {
+            engine,
+            notify: self.inner.engine.clone(),
+            store,
+            perspectives,
+            live,
+            shadow: shadow_registration(live),
+            progress: RebuildProgress::new(live.name, live.version, RebuildPhase::Starting),
+            options,
+            started: Instant::now(),
+            folded: 0,
+        };
+        let result = rebuilder.run().instrument(span).await;
+        match &result {
+            Ok(report) => tracing::info!(
+                perspective = live.name,
+                models = report.models,
+                events = report.events,
+                folded = report.folded,
+                fenced_ms = report.fenced.as_millis() as u64,
+                "perspective rebuilt and swapped in"
+            ),
+            Err(e) => {
+                tracing::error!(perspective = live.name, error = %e, "rebuild failed; live models unchanged");
+                rebuilder.progress.phase = RebuildPhase::Failed;
+                rebuilder.progress.error = Some(e.to_string());
+                if let Some(tx) = &rebuilder.options.progress {
+                    tx.send_replace(rebuilder.progress.clone());
+                }
+                if let Err(e2) = store.abandon(live.name, &e.to_string()).await {
+                    tracing::warn!(error = %e2, "could not record the failed rebuild");
+                }
+            }
+        }
+        result
+    }
+
+    /// The last progress a rebuild of `name` recorded in the store (this
+    /// process's or another's); `None` when none ran.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] when the store offers no rebuild; a backend error.
+    pub async fn rebuild_progress(&self, name: &str) -> Result<Option<RebuildProgress>> {
+        let store = self
+            .inner
+            .engine
+            .perspectives
+            .rebuilds()
+            .ok_or_else(|| unsupported(name))?;
+        store.progress(name).await
+    }
+
+    /// Compares every registered perspective's declared version
+    /// ([`Perspective::VERSION`](crate::Perspective::VERSION)) with the one
+    /// its live models were built with, as the store recorded it: records it
+    /// when none is (a first start), and for one declared above the record,
+    /// rebuilds it ([`VersionPolicy::Rebuild`], one after the other) or
+    /// fails ([`VersionPolicy::Refuse`]). A record above the declared
+    /// version (an older release beside a newer one) is left alone.
+    ///
+    /// # Errors
+    /// [`Error::PerspectiveVersion`] under [`VersionPolicy::Refuse`];
+    /// [`Error::Unsupported`] when the store offers no rebuild; a rebuild's error.
+    pub async fn check_perspective_versions(
+        &self,
+        policy: VersionPolicy,
+    ) -> Result<Vec<(&'static str, VersionCheck)>> {
+        let perspectives = &*self.inner.engine.perspectives;
+        let store = perspectives
+            .rebuilds()
+            .ok_or_else(|| unsupported("(all)"))?;
+        let mut checks = Vec::new();
+        for reg in self.registry().perspectives() {
+            let check = match store.built_version(reg.name).await? {
+                None => {
+                    store.record_version(reg.name, reg.version).await?;
+                    VersionCheck::Recorded(reg.version)
+                }
+                Some(built) if built >= reg.version => VersionCheck::Current(built),
+                Some(built) => match policy {
+                    VersionPolicy::Refuse => {
+                        return Err(Error::PerspectiveVersion {
+                            perspective: reg.name,
+                            declared: reg.version,
+                            built,
+                        })
+                    }
+                    VersionPolicy::Rebuild => VersionCheck::Rebuilt(
+                        self.rebuild_named(reg.name, RebuildOptions::default())
+                            .await?,
+                    ),
+                },
+            };
+            checks.push((reg.name, check));
+        }
+        Ok(checks)
+    }
+}
