@@ -101,7 +101,7 @@ pub use message::{
     Command, Envelope, Event, EventId, ExpectedVersion, InstanceId, Message, MessageId,
     MessageKind, Metadata, StreamId, StreamKey,
 };
-pub use perspective::{Model, Perspective, PerspectiveMode, Versioned};
+pub use perspective::{IntoModelKey, Model, Perspective, PerspectiveMode, Versioned};
 pub use registry::{Registry, RegistryBuilder};
 pub use services::{FromServices, Services};
 pub use stage::{LifecycleStage, StageMode, StagePoint, SyncFire};
@@ -116,8 +116,10 @@ pub mod __private {
     pub use crate::dispatch::{Receptor, Registered, SyncRequirement};
     pub use crate::message::{Command, Event, Message, MessageKind, StreamId, StreamKey};
     pub use crate::perspective::{
-        applied, event_payload, ApplyError, ApplyOutput, Perspective, PerspectiveMode,
+        applied, event_payload, ApplyError, ApplyOutput, IntoModelKey, Perspective,
+        PerspectiveMode,
     };
+    pub use crate::store::ModelKey;
     pub use crate::registry::{MessageRegistration, PerspectiveRegistration, ReceptorRegistration};
     pub use crate::stage::names as stage;
     pub use crate::stage::{LifecycleStage, SyncFire};

@@ -76,6 +76,14 @@ impl SyncBackend for PgSyncBackend {
         inquiries: &'a [SyncInquiry],
     ) -> BoxFuture<'a, Result<Vec<SyncInquiryResult>>> {
         Box::pin(async move {
+            if let Some(q) = inquiries.iter().find(|q| q.keyed) {
+                // Keyed perspectives are not applied by this backend yet: an
+                // answer from stream cursors would never say Applied.
+                return Err(whizbang_core::Error::KeyedUnsupported {
+                    perspective: q.perspective,
+                    missing: "keyed sync answers (a global cursor) from the PostgreSQL backend",
+                });
+            }
             let asked: usize = inquiries.iter().map(|q| q.event_ids.len()).sum();
             let mut perspectives = Vec::with_capacity(asked);
             let mut ids = Vec::with_capacity(asked);

@@ -125,13 +125,13 @@ pub(crate) enum Recovery {
 
 /// Runs user code (model construction, decode, apply), turning a panic into
 /// its message so one bad perspective cannot take down the task running it.
-fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+pub(super) fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> std::result::Result<T, String> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
         .map_err(|panic| panic_message(what, &*panic))
 }
 
 /// Applies one event, turning an error or a panic into its message.
-fn apply_guarded(
+pub(super) fn apply_guarded(
     reg: &'static PerspectiveRegistration,
     model: &mut dyn AnyModel,
     ev: &StoredEvent,
@@ -165,7 +165,7 @@ fn load_model(
 
 /// The model as the perspective works on it, from its stored form (a new
 /// one when there is none).
-fn decode_stored(
+pub(super) fn decode_stored(
     reg: &'static PerspectiveRegistration,
     stored: Option<ModelValue>,
 ) -> std::result::Result<Box<dyn AnyModel>, String> {
@@ -371,6 +371,11 @@ impl Engine {
         stream: StreamId,
         upto: u64,
     ) -> Result<Option<ApplyReport>> {
+        if reg.is_keyed() {
+            // One cursor for the perspective: catching up covers every stream.
+            let reports = self.catch_up_keyed(reg).await?;
+            return Ok(reports.into_iter().rev().find(|r| r.stream == stream));
+        }
         let span = tracing::debug_span!(
             "whizbang.perspective.apply",
             perspective = reg.name,
@@ -497,6 +502,13 @@ impl Engine {
         stream: StreamId,
         recovery: Recovery,
     ) -> Result<ApplyReport> {
+        if reg.is_keyed() {
+            let skip = match recovery {
+                Recovery::Retry => None,
+                Recovery::Skip(reason) => Some(reason),
+            };
+            return self.recover_keyed(reg, skip).await;
+        }
         let span = tracing::info_span!(
             "whizbang.perspective.recover",
             perspective = reg.name,

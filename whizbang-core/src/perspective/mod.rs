@@ -18,15 +18,18 @@
 pub(crate) mod engine;
 pub(crate) mod fold;
 pub(crate) mod inline;
+mod key;
+pub(crate) mod keyed;
 mod registration;
 pub mod runner;
 
-use crate::store::StoredEvent;
+use crate::store::{ModelKey, StoredEvent};
 use std::any::TypeId;
 
 pub use crate::store::{AnyModel, Model};
 pub use engine::ApplyReport;
 pub use fold::Versioned;
+pub use key::{IntoModelKey, KEYED_CURSOR};
 pub use registration::PerspectiveRegistration;
 
 /// When a perspective applies its events.
@@ -95,6 +98,20 @@ pub trait Perspective: Send + Sync + 'static {
     /// # Errors
     /// The apply method's error, or a payload that does not decode.
     fn apply(model: &mut Self::Model, event: &StoredEvent) -> Result<bool, ApplyError>;
+    /// Whether its models are keyed by a value taken from each event
+    /// (`#[perspective(model = M, key = field)]`, see [`IntoModelKey`])
+    /// rather than by the event's stream.
+    const KEYED: bool = false;
+    /// The key of the model `event` folds into, for a keyed perspective;
+    /// `Ok(None)` when it does not handle this event type (and always for a
+    /// perspective keyed by stream).
+    ///
+    /// # Errors
+    /// A payload that does not decode.
+    fn model_key(event: &StoredEvent) -> Result<Option<ModelKey>, ApplyError> {
+        let _ = event;
+        Ok(None)
+    }
 }
 
 /// A stored event's payload as `E`: the typed value an in-process store kept,

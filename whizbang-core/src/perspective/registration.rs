@@ -3,7 +3,7 @@
 //! The registry collects these; this file imports nothing of it.
 
 use super::{ApplyError, Perspective, PerspectiveMode};
-use crate::store::{AnyModel, StoredEvent};
+use crate::store::{AnyModel, ModelKey, StoredEvent};
 use serde_json::value::RawValue;
 use std::any::TypeId;
 
@@ -25,6 +25,8 @@ pub struct PerspectiveRegistration {
     pub(crate) new_model: fn() -> Box<dyn AnyModel>,
     pub(crate) decode_model: fn(&RawValue) -> Result<Box<dyn AnyModel>, serde_json::Error>,
     pub(crate) apply: fn(&mut dyn AnyModel, &StoredEvent) -> Result<bool, ApplyError>,
+    /// For a keyed perspective: the key of the model an event folds into.
+    pub(crate) key_of: Option<fn(&StoredEvent) -> Result<Option<ModelKey>, ApplyError>>,
 }
 
 fn new_model<P: Perspective>() -> Box<dyn AnyModel> {
@@ -63,7 +65,20 @@ impl PerspectiveRegistration {
             new_model: new_model::<P>,
             decode_model: decode_model::<P>,
             apply: erased_apply::<P>,
+            key_of: if P::KEYED {
+                Some(P::model_key)
+            } else {
+                None
+            },
         }
+    }
+
+    /// Whether its models are keyed by a value taken from each event (one
+    /// cursor for the perspective, in the store's global order) rather than
+    /// by stream.
+    #[must_use]
+    pub fn is_keyed(&self) -> bool {
+        self.key_of.is_some()
     }
 
     /// Whether it handles events with this wire name.

@@ -161,6 +161,36 @@ pub trait EventStore: Send + Sync + 'static {
     /// Where each known id sits; ids the store does not hold are absent.
     fn locate<'a>(&'a self, ids: &'a [EventId]) -> BoxFuture<'a, Result<Vec<EventLocation>>>;
 
+    /// Up to `limit` events with a global position greater than `after`, in
+    /// global order: the feed a keyed perspective
+    /// ([`IntoModelKey`](crate::IntoModelKey)) consumes with one cursor.
+    /// Only events that are safe to consume: once an event is returned, no
+    /// event can later appear at or below its position (a database returns
+    /// only events of transactions below its snapshot horizon).
+    ///
+    /// `Ok(None)`, the default: the store offers no such order, and keyed
+    /// perspectives fail with [`Error::KeyedUnsupported`](crate::Error::KeyedUnsupported).
+    fn read_global(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Option<Vec<Arc<StoredEvent>>>>> {
+        let _ = (after, limit);
+        Box::pin(async { Ok(None) })
+    }
+
+    /// The global position ([`StoredEvent::position`], the order of
+    /// [`read_global`](Self::read_global)) of each id the store holds; ids it
+    /// does not hold are absent. `Ok(None)`, the default: the store offers no
+    /// global order.
+    fn global_positions<'a>(
+        &'a self,
+        ids: &'a [EventId],
+    ) -> BoxFuture<'a, Result<Option<Vec<(EventId, u64)>>>> {
+        let _ = ids;
+        Box::pin(async { Ok(None) })
+    }
+
     /// Appends as [`append`](Self::append) does and, when the store can,
     /// applies the inline perspectives `inline` names **in the same
     /// transaction**: events, models, cursors (and a failed cursor's record)
