@@ -116,13 +116,12 @@ pub mod __private {
     pub use crate::dispatch::{Receptor, Registered, SyncRequirement};
     pub use crate::message::{Command, Event, Message, MessageKind, StreamId, StreamKey};
     pub use crate::perspective::{
-        applied, event_payload, ApplyError, ApplyOutput, IntoModelKey, Perspective,
-        PerspectiveMode,
+        applied, event_payload, ApplyError, ApplyOutput, IntoModelKey, Perspective, PerspectiveMode,
     };
-    pub use crate::store::ModelKey;
     pub use crate::registry::{MessageRegistration, PerspectiveRegistration, ReceptorRegistration};
     pub use crate::stage::names as stage;
     pub use crate::stage::{LifecycleStage, SyncFire};
+    pub use crate::store::ModelKey;
     pub use crate::store::StoredEvent;
     pub use ::core::any::TypeId;
     pub use ::core::option::Option;

@@ -446,7 +446,10 @@ async fn a_failed_event_stops_the_cursor_and_waits_report_it_until_skipped() {
     bounded(rt.wait_idle()).await;
     let picky = rt.lens::<Picky>();
     // What applied before the failing event is committed; nothing after.
-    assert_eq!(picky.get_by_key(customer).await.unwrap().unwrap().seqs, vec![1]);
+    assert_eq!(
+        picky.get_by_key(customer).await.unwrap().unwrap().seqs,
+        vec![1]
+    );
     let cp = cursor::<Picky>(&models).await;
     let failure = cp.failure.expect("the cursor is failed");
     assert_eq!(failure.version, events.all_events()[1].position);
@@ -491,7 +494,10 @@ async fn a_catch_up_dropped_mid_way_commits_nothing_and_the_next_one_applies_eve
     bounded(rt.catch_up(CustomerTotals::NAME, KEYED_CURSOR))
         .await
         .unwrap();
-    assert_eq!(totals(&rt, customer).await, fresh_fold(&events).remove(&customer));
+    assert_eq!(
+        totals(&rt, customer).await,
+        fresh_fold(&events).remove(&customer)
+    );
 }
 
 #[tokio::test]

@@ -280,7 +280,10 @@ impl<'a> PerspectiveModel<'a> {
             }
         });
         let type_name = attr::compact(self_ty);
-        let keyed = options.key.as_ref().map(|field| expand_key(&p, field, routes));
+        let keyed = options
+            .key
+            .as_ref()
+            .map(|field| expand_key(&p, field, routes));
         quote! {
             const _: () = {
                 impl #p::Perspective for #self_ty {

@@ -373,7 +373,10 @@ impl Engine {
                 failure: failure.message,
             });
         } else {
-            tracing::info!(position = failure.version, "retrying a failed keyed perspective");
+            tracing::info!(
+                position = failure.version,
+                "retrying a failed keyed perspective"
+            );
         }
         let version = cursor.version;
         batch

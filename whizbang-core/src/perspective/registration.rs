@@ -65,11 +65,7 @@ impl PerspectiveRegistration {
             new_model: new_model::<P>,
             decode_model: decode_model::<P>,
             apply: erased_apply::<P>,
-            key_of: if P::KEYED {
-                Some(P::model_key)
-            } else {
-                None
-            },
+            key_of: if P::KEYED { Some(P::model_key) } else { None },
         }
     }
 

@@ -502,7 +502,10 @@ impl PerspectiveStore for MemoryPerspectiveStore {
         let mut by_key: Vec<SlotRef> = {
             let mut sorted: Vec<&(ModelKey, SlotRef)> = ordered.iter().collect();
             sorted.sort_unstable_by_key(|(key, _)| *key);
-            sorted.into_iter().map(|(_, slot)| Arc::clone(slot)).collect()
+            sorted
+                .into_iter()
+                .map(|(_, slot)| Arc::clone(slot))
+                .collect()
         };
         Box::pin(async move {
             // Claimed in key order, as every claimant of several keys does:
