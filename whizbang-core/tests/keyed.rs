@@ -220,6 +220,23 @@ async fn publish_orders(rt: &Runtime, customers: &[Uuid], n: u64, first: u64) {
 
 // ------------------------------------------------------------------- tests
 
+/// The keyed contracts of the conformance suite, in both model formats.
+mod typed_conformance {
+    use whizbang_core::backend::conformance::Stores;
+    use whizbang_core::backend::{MemoryEventStore, MemoryPerspectiveStore};
+    whizbang_core::keyed_conformance_tests!(|| async {
+        Stores::new(MemoryEventStore::new(), MemoryPerspectiveStore::new())
+    });
+}
+
+mod json_conformance {
+    use whizbang_core::backend::conformance::Stores;
+    use whizbang_core::backend::{MemoryEventStore, MemoryPerspectiveStore};
+    whizbang_core::keyed_conformance_tests!(|| async {
+        Stores::new(MemoryEventStore::json(), MemoryPerspectiveStore::json())
+    });
+}
+
 #[tokio::test]
 async fn customer_totals_across_many_order_streams_equal_a_fresh_fold() {
     for (events, models) in [

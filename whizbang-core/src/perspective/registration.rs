@@ -7,6 +7,9 @@ use crate::store::{AnyModel, ModelKey, StoredEvent};
 use serde_json::value::RawValue;
 use std::any::TypeId;
 
+/// The key of the model an event folds into, for a keyed perspective.
+pub(crate) type KeyOf = fn(&StoredEvent) -> Result<Option<ModelKey>, ApplyError>;
+
 /// A perspective, as registered by `#[perspective]`.
 #[derive(Debug)]
 pub struct PerspectiveRegistration {
@@ -26,7 +29,7 @@ pub struct PerspectiveRegistration {
     pub(crate) decode_model: fn(&RawValue) -> Result<Box<dyn AnyModel>, serde_json::Error>,
     pub(crate) apply: fn(&mut dyn AnyModel, &StoredEvent) -> Result<bool, ApplyError>,
     /// For a keyed perspective: the key of the model an event folds into.
-    pub(crate) key_of: Option<fn(&StoredEvent) -> Result<Option<ModelKey>, ApplyError>>,
+    pub(crate) key_of: Option<KeyOf>,
 }
 
 fn new_model<P: Perspective>() -> Box<dyn AnyModel> {

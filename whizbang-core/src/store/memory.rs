@@ -218,7 +218,7 @@ impl EventStore for MemoryEventStore {
     fn global_positions<'a>(
         &'a self,
         ids: &'a [EventId],
-    ) -> BoxFuture<'a, Result<Option<Vec<(EventId, u64)>>>> {
+    ) -> BoxFuture<'a, Result<Option<super::GlobalPositions>>> {
         let log = lock(&self.log);
         let found = ids
             .iter()

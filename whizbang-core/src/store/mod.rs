@@ -186,7 +186,7 @@ pub trait EventStore: Send + Sync + 'static {
     fn global_positions<'a>(
         &'a self,
         ids: &'a [EventId],
-    ) -> BoxFuture<'a, Result<Option<Vec<(EventId, u64)>>>> {
+    ) -> BoxFuture<'a, Result<Option<GlobalPositions>>> {
         let _ = ids;
         Box::pin(async { Ok(None) })
     }
@@ -231,6 +231,10 @@ pub trait EventStore: Send + Sync + 'static {
         })
     }
 }
+
+/// What [`EventStore::global_positions`] answers: each id the store holds
+/// with its global position.
+pub type GlobalPositions = Vec<(EventId, u64)>;
 
 /// One model an [`EventStore::append_inline`] applies: an inline
 /// perspective and the key of its model (today the stream).
