@@ -76,13 +76,18 @@ impl SyncBackend for PgSyncBackend {
         inquiries: &'a [SyncInquiry],
     ) -> BoxFuture<'a, Result<Vec<SyncInquiryResult>>> {
         Box::pin(async move {
-            if let Some(q) = inquiries.iter().find(|q| q.keyed) {
-                // Keyed perspectives are not applied by this backend yet: an
-                // answer from stream cursors would never say Applied.
-                return Err(whizbang_core::Error::KeyedUnsupported {
-                    perspective: q.perspective,
-                    missing: "keyed sync answers (a global cursor) from the PostgreSQL backend",
-                });
+            if inquiries.iter().any(|q| q.keyed) {
+                // Keyed perspectives answer from their one cursor; the others
+                // as below, each in order.
+                let mut out = Vec::with_capacity(inquiries.len());
+                for q in inquiries {
+                    if q.keyed {
+                        out.push(crate::keyed::answer(&self.pool, q).await?);
+                    } else {
+                        out.extend(self.inquire(std::slice::from_ref(q)).await?);
+                    }
+                }
+                return Ok(out);
             }
             let asked: usize = inquiries.iter().map(|q| q.event_ids.len()).sum();
             let mut perspectives = Vec::with_capacity(asked);

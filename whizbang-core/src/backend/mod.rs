@@ -156,12 +156,12 @@ pub use crate::store::AnyModel;
 #[doc(inline)]
 pub use crate::store::{
     BoxFuture, Checkpoint, CheckpointFailure, ClaimedModel, EventLocation, EventMetadata,
-    EventStore, InlineAppended, InlineApply, InlineTarget, ModelFormat, ModelKey, ModelRow,
-    ModelValue, ModelWrite, NewEvent, PerspectiveBatch, PerspectiveStore, PerspectiveUnit,
-    SkippedEvent, StoredEvent, StreamAppend,
+    EventStore, GlobalPositions, InlineAppended, InlineApply, InlineTarget, ModelFormat, ModelKey,
+    ModelRow, ModelValue, ModelWrite, NewEvent, PerspectiveBatch, PerspectiveStore,
+    PerspectiveUnit, SkippedEvent, StoredEvent, StreamAppend,
 };
 #[doc(inline)]
 pub use crate::sync::{
-    EventSyncStatus, StoreSyncBackend, SyncBackend, SyncInquiry, SyncInquiryResult, UnappliedQuery,
-    WakeupSink,
+    keyed_status, EventSyncStatus, StoreSyncBackend, SyncBackend, SyncInquiry, SyncInquiryResult,
+    UnappliedQuery, WakeupSink,
 };

@@ -425,6 +425,10 @@ impl Engine {
         reg: &'static PerspectiveRegistration,
         streams: &[StreamId],
     ) -> Result<Option<Vec<ApplyReport>>> {
+        if reg.is_keyed() {
+            // One cursor for the perspective: catching up covers every stream.
+            return self.catch_up_keyed(reg).await.map(Some);
+        }
         let span = tracing::debug_span!(
             "whizbang.perspective.apply_batch",
             perspective = reg.name,

@@ -253,6 +253,45 @@ impl StoreSyncBackend {
     }
 }
 
+/// The status of one awaited event for a keyed perspective, whose one
+/// cursor is `cursor`: applied when the cursor has reached the event's
+/// global `position` (skipped events count), failed when the cursor failed
+/// at or before it, pending when it is stored but not reached (also when the
+/// store has not given it a global position yet), not arrived when the
+/// store does not hold it (`location` is `None`), not applicable when the
+/// perspective does not handle its type. Every backend answers keyed
+/// inquiries with it.
+#[must_use]
+pub fn keyed_status(
+    handled: &[&str],
+    location: Option<&crate::store::EventLocation>,
+    position: Option<u64>,
+    cursor: &crate::store::Checkpoint,
+) -> EventSyncStatus {
+    let Some(loc) = location else {
+        return EventSyncStatus::NotArrived;
+    };
+    if !handled.contains(&&*loc.event_type) {
+        return EventSyncStatus::NotApplicable;
+    }
+    let pending = EventSyncStatus::Pending {
+        stream: loc.stream_id,
+        version: loc.stream_version,
+    };
+    let Some(position) = position else {
+        return pending;
+    };
+    match &cursor.failure {
+        Some(f) if f.version <= position => EventSyncStatus::Failed {
+            stream: loc.stream_id,
+            version: f.version,
+            message: f.message.clone(),
+        },
+        _ if cursor.version >= position => EventSyncStatus::Applied,
+        _ => pending,
+    }
+}
+
 impl StoreSyncBackend {
     /// The answer for a keyed perspective: an event is applied when the
     /// perspective's cursor has passed its global position (skipped events
@@ -279,24 +318,12 @@ impl StoreSyncBackend {
             .event_ids
             .iter()
             .map(|id| {
-                let status = match (by_id.get(id), positions.get(id)) {
-                    (Some(loc), _) if !inquiry.handled.contains(&&*loc.event_type) => {
-                        EventSyncStatus::NotApplicable
-                    }
-                    (Some(loc), Some(&position)) => match &cursor.failure {
-                        Some(f) if f.version <= position => EventSyncStatus::Failed {
-                            stream: loc.stream_id,
-                            version: f.version,
-                            message: f.message.clone(),
-                        },
-                        _ if cursor.version >= position => EventSyncStatus::Applied,
-                        _ => EventSyncStatus::Pending {
-                            stream: loc.stream_id,
-                            version: loc.stream_version,
-                        },
-                    },
-                    _ => EventSyncStatus::NotArrived,
-                };
+                let status = keyed_status(
+                    inquiry.handled,
+                    by_id.get(id).copied(),
+                    positions.get(id).copied(),
+                    &cursor,
+                );
                 (*id, status)
             })
             .collect();
