@@ -193,27 +193,26 @@ pub(crate) async fn answer(pool: &PgPool, inquiry: &SyncInquiry) -> Result<SyncI
         .event_ids
         .iter()
         .zip(rows)
-        .map(|(id, (event, stream, version, ty, seq, at, failed, message))| {
-            let loc = match (event, stream, version, ty) {
-                (Some(e), Some(s), Some(v), Some(t)) => Some(location((e, s, v, t) as LocationRow)),
-                _ => None,
-            };
-            let cursor = Checkpoint {
-                version: at.map_or(0, to_u64),
-                failure: failed.map(|v| CheckpointFailure {
-                    version: to_u64(v),
-                    message: message.unwrap_or_default(),
-                }),
-                skipped: Vec::new(),
-            };
-            let status = keyed_status(
-                inquiry.handled,
-                loc.as_ref(),
-                seq.map(to_u64),
-                &cursor,
-            );
-            (*id, status)
-        })
+        .map(
+            |(id, (event, stream, version, ty, seq, at, failed, message))| {
+                let loc = match (event, stream, version, ty) {
+                    (Some(e), Some(s), Some(v), Some(t)) => {
+                        Some(location((e, s, v, t) as LocationRow))
+                    }
+                    _ => None,
+                };
+                let cursor = Checkpoint {
+                    version: at.map_or(0, to_u64),
+                    failure: failed.map(|v| CheckpointFailure {
+                        version: to_u64(v),
+                        message: message.unwrap_or_default(),
+                    }),
+                    skipped: Vec::new(),
+                };
+                let status = keyed_status(inquiry.handled, loc.as_ref(), seq.map(to_u64), &cursor);
+                (*id, status)
+            },
+        )
         .collect();
     Ok(SyncInquiryResult {
         perspective: inquiry.perspective,

@@ -295,11 +295,29 @@ impl Engine {
                 None,
                 Checkpoint {
                     version,
-                    failure: failure.as_ref().map(|(_, f)| f.clone()),
-                    skipped: cursor.skipped,
+                    failure: None,
+                    skipped: cursor.skipped.clone(),
                 },
             ));
             batch.commit(writes).await?;
+            if let Some((_, f)) = &failure {
+                // A batch records no failure: mark the cursor failed in a
+                // unit of its own. Lost to a crash, the next catch-up
+                // applies the same event again and fails on it again.
+                let unit = self.perspectives.claim(reg.name, KEYED_CURSOR).await?;
+                let now = unit.checkpoint().clone();
+                if now.version == version && now.failure.is_none() {
+                    unit.commit(
+                        None,
+                        Checkpoint {
+                            version,
+                            failure: Some(f.clone()),
+                            skipped: now.skipped,
+                        },
+                    )
+                    .await?;
+                }
+            }
             let mut reports = reports(reg, &events[..upto], version);
             if let Some((at, f)) = &failure {
                 reports.push(
@@ -326,22 +344,9 @@ impl Engine {
         reg: &'static PerspectiveRegistration,
         skip: Option<String>,
     ) -> Result<ApplyReport> {
-        let Some(mut batch) = self
-            .perspectives
-            .claim_many(reg.name, &[KEYED_CURSOR])
-            .await?
-        else {
-            return Err(unsupported(
-                reg,
-                "a perspective store that commits many models at once (claim_many)",
-            ));
-        };
-        let mut cursor = batch
-            .take_claimed()
-            .into_iter()
-            .find(|c| c.key == KEYED_CURSOR)
-            .map(|c| c.checkpoint)
-            .unwrap_or_default();
+        // A unit, not a batch: only a unit's commit clears a failure.
+        let unit = self.perspectives.claim(reg.name, KEYED_CURSOR).await?;
+        let mut cursor = unit.checkpoint().clone();
         let Some(failure) = cursor.failure.take() else {
             return Err(Error::PerspectiveNotFailed {
                 perspective: reg.name,
@@ -379,9 +384,7 @@ impl Engine {
             );
         }
         let version = cursor.version;
-        batch
-            .commit(vec![ModelWrite::new(KEYED_CURSOR, None, cursor)])
-            .await?;
+        unit.commit(None, cursor).await?;
         let reports = self.catch_up_keyed(reg).await?;
         let version = reports.last().map_or(version, |r| r.version);
         let applied = reports.into_iter().flat_map(|r| r.applied).collect();

@@ -166,7 +166,10 @@ pub trait EventStore: Send + Sync + 'static {
     /// ([`IntoModelKey`](crate::IntoModelKey)) consumes with one cursor.
     /// Only events that are safe to consume: once an event is returned, no
     /// event can later appear at or below its position (a database returns
-    /// only events of transactions below its snapshot horizon).
+    /// only events of transactions below its snapshot horizon). The events'
+    /// [`StoredEvent::position`] is their place in this order, which a store
+    /// may number apart from its other positions (PostgreSQL numbers its
+    /// safe feed order without gaps).
     ///
     /// `Ok(None)`, the default: the store offers no such order, and keyed
     /// perspectives fail with [`Error::KeyedUnsupported`](crate::Error::KeyedUnsupported).
@@ -179,10 +182,13 @@ pub trait EventStore: Send + Sync + 'static {
         Box::pin(async { Ok(None) })
     }
 
-    /// The global position ([`StoredEvent::position`], the order of
-    /// [`read_global`](Self::read_global)) of each id the store holds; ids it
-    /// does not hold are absent. `Ok(None)`, the default: the store offers no
-    /// global order.
+    /// The global position (the [`StoredEvent::position`] that
+    /// [`read_global`](Self::read_global) returns it with) of each id the
+    /// store has placed in its global order. Ids it does not hold are absent,
+    /// and so are ids it holds but has not placed yet (a store may place an
+    /// event only once it is safe to consume): a keyed sync answer takes
+    /// those as pending. `Ok(None)`, the default: the store offers no global
+    /// order.
     fn global_positions<'a>(
         &'a self,
         ids: &'a [EventId],
