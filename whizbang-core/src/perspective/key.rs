@@ -14,6 +14,22 @@
 //! one transaction: exactly once, in order. Read-your-writes is exact: an
 //! event is applied when the cursor has passed its global position.
 //!
+//! - Read a model with [`Lens::get_by_key`](crate::Lens::get_by_key); its
+//!   version ([`Lens::get_versioned`](crate::Lens::get_versioned)) is the
+//!   global position of the last event applied to it.
+//! - Waits (`send_and_sync`, `#[await_perspective_sync]`, a lens
+//!   `with_sync`) work as for any async perspective and are exact.
+//! - A failure stops the whole perspective at the failing event's global
+//!   position (the cursor is one); retry or skip it with
+//!   [`Runtime::retry_perspective`](crate::Runtime::retry_perspective) /
+//!   [`Runtime::skip_failed_event`](crate::Runtime::skip_failed_event)
+//!   (the stream argument is ignored: pass [`KEYED_CURSOR`]).
+//! - A keyed perspective is always async, and a stream fold
+//!   ([`Runtime::aggregate`](crate::Runtime::aggregate)) of one is refused.
+//! - The backend must offer a global order and batches: the memory stores
+//!   and PostgreSQL do; others answer
+//!   [`Error::KeyedUnsupported`](crate::Error::KeyedUnsupported).
+//!
 //! ```
 //! use whizbang_core::{perspective, Event, StreamId};
 //! use uuid::Uuid;

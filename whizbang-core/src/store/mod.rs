@@ -333,12 +333,13 @@ pub struct CheckpointFailure {
 
 /// The key of one read model of a perspective.
 ///
-/// Today every perspective keeps one model per stream, keyed by the stream's
-/// id, so this is [`StreamId`]. Perspectives keyed by something else (a
-/// customer across its order streams, one global row) are planned: a backend
-/// should treat the key as an opaque id of the model row, not assume it names
-/// a stream in the event store, so that it can carry other keys later without
-/// a schema change (store it in its own column, e.g. `model_id`).
+/// A perspective keyed by stream keeps one model per stream, keyed by the
+/// stream's id. A keyed (multi-stream) perspective
+/// ([`IntoModelKey`](crate::IntoModelKey)) keeps one model per value taken
+/// from its events (a customer across its order streams), and its one
+/// cursor under [`KEYED_CURSOR`](crate::perspective::KEYED_CURSOR). Both are
+/// ids, so this is [`StreamId`]; a backend treats the key as an opaque id of
+/// the model row, never as naming a stream in the event store.
 pub type ModelKey = StreamId;
 
 /// How a perspective store keeps read models, declared by
