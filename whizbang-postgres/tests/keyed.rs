@@ -9,6 +9,7 @@ mod support;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use support::{backend, bounded, eventually, fast_options, shut_down};
@@ -46,6 +47,23 @@ impl CustomerTotals {
     fn placed(t: &mut Totals, e: &OrderPlaced) {
         t.amount += e.amount;
         t.seqs.push(e.seq);
+    }
+}
+
+/// While set, an order of 13 fails to apply in [`PickyTotals`].
+static UNLUCKY: AtomicBool = AtomicBool::new(true);
+
+struct PickyTotals;
+
+#[perspective(model = Totals, key = customer, name = "pg_keyed.picky_totals")]
+impl PickyTotals {
+    fn placed(t: &mut Totals, e: &OrderPlaced) -> std::result::Result<(), String> {
+        if e.amount == 13 && UNLUCKY.load(Ordering::SeqCst) {
+            return Err("unlucky amount".into());
+        }
+        t.amount += e.amount;
+        t.seqs.push(e.seq);
+        Ok(())
     }
 }
 
@@ -280,5 +298,70 @@ async fn a_keyed_catch_up_dropped_mid_way_commits_nothing(pool: PgPool) {
         totals(&rt, customer).await,
         fresh_fold(&pool).await.remove(&customer)
     );
+    shut_down(rt, pg).await;
+}
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn a_failed_keyed_cursor_is_reported_to_waits_and_a_retry_applies_the_rest(pool: PgPool) {
+    let pg = backend(&pool, fast_options().runner(false)).await;
+    let rt = Runtime::builder()
+        .registry(Arc::new(
+            Registry::builder()
+                .perspective::<PickyTotals>()
+                .build()
+                .unwrap(),
+        ))
+        .backend(pg.clone())
+        .build()
+        .unwrap();
+    let customer = Uuid::now_v7();
+    let scope = rt.scope();
+    for (seq, amount) in [(1, 1), (2, 13), (3, 3)] {
+        bounded(scope.publish(OrderPlaced {
+            order: Uuid::now_v7(),
+            customer,
+            amount,
+            seq,
+        }))
+        .await
+        .unwrap();
+    }
+    let waited =
+        bounded(scope.sync_awaiter().wait::<PickyTotals>(
+            SyncFilter::current_scope().with_timeout(Duration::from_secs(20)),
+        ))
+        .await
+        .unwrap();
+    let SyncOutcome::Failed { message, .. } = &waited.outcome else {
+        panic!("expected Failed, got {:?}", waited.outcome);
+    };
+    assert!(message.contains("unlucky amount"), "{message}");
+    bounded(scope.complete()).await.unwrap();
+    bounded(rt.wait_idle()).await;
+    let lens = rt.lens::<PickyTotals>();
+    assert_eq!(
+        lens.get_by_key(customer).await.unwrap().unwrap().seqs,
+        vec![1],
+        "what applied before the failing event is committed, nothing after it"
+    );
+    let store = PgPerspectiveStore::new(pool.clone());
+    let cursor = store
+        .checkpoint(PickyTotals::NAME, KEYED_CURSOR)
+        .await
+        .unwrap();
+    assert!(cursor.failure.is_some(), "the keyed cursor is failed");
+
+    // The cause fixed, a retry applies the failing event and the rest.
+    UNLUCKY.store(false, Ordering::SeqCst);
+    bounded(rt.retry_perspective::<PickyTotals>(KEYED_CURSOR))
+        .await
+        .unwrap();
+    let got = lens.get_by_key(customer).await.unwrap().unwrap();
+    assert_eq!((got.amount, got.seqs), (17, vec![1, 2, 3]));
+    let cursor = store
+        .checkpoint(PickyTotals::NAME, KEYED_CURSOR)
+        .await
+        .unwrap();
+    assert!(cursor.failure.is_none());
     shut_down(rt, pg).await;
 }
