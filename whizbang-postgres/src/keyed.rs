@@ -22,8 +22,8 @@ use sqlx::PgPool;
 use std::sync::Arc;
 use uuid::Uuid;
 use whizbang_core::backend::{
-    keyed_status, Checkpoint, CheckpointFailure, GlobalPositions, StoredEvent, SyncInquiry,
-    SyncInquiryResult,
+    keyed_status, Checkpoint, CheckpointFailure, EventLocation, GlobalPositions, StoredEvent,
+    SyncInquiry, SyncInquiryResult, UnappliedQuery,
 };
 use whizbang_core::error::Stored;
 use whizbang_core::perspective::KEYED_CURSOR;
@@ -219,4 +219,43 @@ pub(crate) async fn answer(pool: &PgPool, inquiry: &SyncInquiry) -> Result<SyncI
         expected_ids: inquiry.event_ids.clone(),
         statuses,
     })
+}
+
+/// The events of the handled types a keyed perspective has not applied:
+/// those numbered after its cursor, and those not numbered yet (after the
+/// last numbered event in feed order, an index range scan). Its cost grows
+/// with the perspective's backlog, not with the history.
+pub(crate) async fn unapplied(pool: &PgPool, query: &UnappliedQuery) -> Result<Vec<EventLocation>> {
+    let rows: Vec<LocationRow> = sqlx::query_as(
+        "with cursor as (
+             select coalesce(max(version), 0) as at from wh_perspective_cursors
+              where perspective = $1 and model_key = $3
+         ), last as (
+             select tx_id, global_position from wh_event_order
+              order by feed_seq desc limit 1
+         )
+         select e.event_id, e.stream_id, e.stream_version, e.event_type
+           from wh_event_order o join wh_events e on e.event_id = o.event_id
+          where o.feed_seq > (select at from cursor) and e.event_type = any($2::text[])
+         union all
+         select e.event_id, e.stream_id, e.stream_version, e.event_type
+           from wh_events e
+          where (e.tx_id, e.global_position) >
+                (coalesce((select tx_id from last), '0'::xid8),
+                 coalesce((select global_position from last), 0))
+            and e.event_type = any($2::text[])",
+    )
+    .bind(query.perspective)
+    .bind(query.handled)
+    .bind(KEYED_CURSOR.as_uuid())
+    .fetch_all(pool)
+    .await
+    .map_err(db_error(
+        format!(
+            "list the events keyed perspective `{}` has not applied",
+            query.perspective
+        ),
+        Stored::Nothing,
+    ))?;
+    Ok(rows.into_iter().map(location).collect())
 }

@@ -156,6 +156,9 @@ impl SyncBackend for PgSyncBackend {
             if query.handled.is_empty() {
                 return Ok(Vec::new());
             }
+            if query.keyed {
+                return crate::keyed::unapplied(&self.pool, query).await;
+            }
             let rows: Vec<LocationRow> = sqlx::query_as(
                 "select e.event_id, e.stream_id, e.stream_version, e.event_type
                    from wh_events e

@@ -15,7 +15,7 @@ use std::time::Duration;
 use support::{backend, bounded, eventually, fast_options, shut_down};
 use uuid::Uuid;
 use whizbang_core::backend::conformance::Stores;
-use whizbang_core::backend::{EventStore, PerspectiveStore};
+use whizbang_core::backend::{EventStore, PerspectiveStore, SyncBackend, UnappliedQuery};
 use whizbang_core::perspective::KEYED_CURSOR;
 use whizbang_core::{
     perspective, Event, IntoModelKey, Perspective, Registry, Runtime, SyncFilter, SyncOutcome,
@@ -363,5 +363,42 @@ async fn a_failed_keyed_cursor_is_reported_to_waits_and_a_retry_applies_the_rest
         .await
         .unwrap();
     assert!(cursor.failure.is_none());
+    shut_down(rt, pg).await;
+}
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn an_open_ended_wait_on_a_keyed_perspective_lists_only_its_backlog(pool: PgPool) {
+    let pg = backend(&pool, fast_options().runner(false)).await;
+    let rt = runtime(&pg);
+    rt.runner().pause();
+    let customer = Uuid::now_v7();
+    publish_orders(&rt, &[customer], 3, 0).await;
+    let sync = PgSyncBackend::new(pool.clone());
+    let query = UnappliedQuery::new(CustomerTotals::NAME, CustomerTotals::EVENT_TYPES).keyed();
+    // Before anything is numbered or applied: all three.
+    assert_eq!(bounded(sync.unapplied(&query)).await.unwrap().len(), 3);
+
+    bounded(rt.catch_up(CustomerTotals::NAME, KEYED_CURSOR))
+        .await
+        .unwrap();
+    let applied = totals(&rt, customer).await.map_or(0, |t| t.seqs.len());
+    let left = bounded(sync.unapplied(&query)).await.unwrap().len();
+    assert_eq!(
+        applied + left,
+        3,
+        "what is not applied is listed, nothing else"
+    );
+
+    // An `all()` wait covers the backlog and ends Synced once it is applied.
+    rt.runner().resume();
+    let waited = bounded(
+        rt.sync_awaiter()
+            .wait::<CustomerTotals>(SyncFilter::all().with_timeout(Duration::from_secs(20))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(waited.outcome, SyncOutcome::Synced);
+    assert_eq!(totals(&rt, customer).await.unwrap().seqs.len(), 3);
+    assert!(bounded(sync.unapplied(&query)).await.unwrap().is_empty());
     shut_down(rt, pg).await;
 }

@@ -137,16 +137,27 @@ pub struct UnappliedQuery {
     pub perspective: &'static str,
     /// Wire names of the event types it handles (only these can be pending).
     pub handled: &'static [&'static str],
+    /// Whether the perspective is keyed: unapplied means after its one
+    /// cursor in the global order (see [`SyncInquiry::keyed`]).
+    pub keyed: bool,
 }
 
 impl UnappliedQuery {
-    /// The query for one perspective.
+    /// The query for one perspective (keyed by stream).
     #[must_use]
     pub fn new(perspective: &'static str, handled: &'static [&'static str]) -> Self {
         UnappliedQuery {
             perspective,
             handled,
+            keyed: false,
         }
+    }
+
+    /// The same query, for a keyed perspective.
+    #[must_use]
+    pub fn keyed(mut self) -> Self {
+        self.keyed = true;
+        self
     }
 }
 
