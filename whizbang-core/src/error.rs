@@ -441,6 +441,25 @@ pub enum Error {
          your input: please report it with this message"
     )]
     Invariant(String),
+
+    /// A keyed perspective ([`IntoModelKey`](crate::IntoModelKey)) needs
+    /// what the configured backend does not offer: an event store with a
+    /// global order ([`EventStore::read_global`](crate::store::EventStore::read_global),
+    /// [`global_positions`](crate::store::EventStore::global_positions)) or a
+    /// perspective store that commits many models in one transaction
+    /// ([`PerspectiveStore::claim_many`](crate::store::PerspectiveStore::claim_many)).
+    /// Nothing was applied.
+    #[error(
+        "perspective `{perspective}` is keyed (`key = ..`) and needs {missing}, which the \
+         configured backend does not offer; nothing was applied. Use a backend that supports \
+         keyed perspectives (the in-memory stores do), or key the perspective by stream"
+    )]
+    KeyedUnsupported {
+        /// The keyed perspective.
+        perspective: &'static str,
+        /// What the backend lacks.
+        missing: &'static str,
+    },
 }
 
 impl Error {
@@ -519,6 +538,7 @@ impl Error {
             Error::Invariant(_) => "Invariant",
             Error::Unsupported(_) => "Unsupported",
             Error::PerspectiveVersion { .. } => "PerspectiveVersion",
+            Error::KeyedUnsupported { .. } => "KeyedUnsupported",
         }
     }
 

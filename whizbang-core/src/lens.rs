@@ -5,7 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::message::StreamId;
-use crate::perspective::{Perspective, Versioned};
+use crate::perspective::{IntoModelKey, Perspective, Versioned};
 use crate::store::{ModelQuery, ModelRow, ModelValue, PerspectiveStore};
 use crate::sync::{PerspectiveSyncAwaiter, PerspectiveSyncOptions};
 use std::future::Future;
@@ -250,6 +250,20 @@ impl<P: Perspective> Lens<P> {
                 })
             }
         }
+    }
+
+    /// The model of a keyed perspective stored under `key`: the value its
+    /// events carry in the field `#[perspective(key = ..)]` names (a
+    /// customer id). The same read as [`get`](LensQuery::get), with the key
+    /// converted ([`IntoModelKey`]).
+    ///
+    /// # Errors
+    /// A backend or decode error.
+    pub async fn get_by_key(&self, key: impl IntoModelKey) -> Result<Option<P::Model>> {
+        Ok(self
+            .get_versioned(key.to_model_key())
+            .await?
+            .map(|(m, _)| m))
     }
 
     /// The model with this id and the stream version it reflects.

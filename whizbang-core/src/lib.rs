@@ -101,7 +101,7 @@ pub use message::{
     Command, Envelope, Event, EventId, ExpectedVersion, InstanceId, Message, MessageId,
     MessageKind, Metadata, StreamId, StreamKey,
 };
-pub use perspective::{Model, Perspective, PerspectiveMode, Versioned};
+pub use perspective::{IntoModelKey, Model, Perspective, PerspectiveMode, Versioned};
 pub use perspective::{
     ModelOp, PerspectiveSync, SyncHandle, SyncItem, SyncMode, SyncReport, SyncRun, Tombstone,
 };
@@ -119,12 +119,13 @@ pub mod __private {
     pub use crate::dispatch::{Receptor, Registered, SyncRequirement};
     pub use crate::message::{Command, Event, Message, MessageKind, StreamId, StreamKey};
     pub use crate::perspective::{
-        applied, applied_op, event_payload, ApplyError, ApplyOutput, ModelOp, Perspective,
-        PerspectiveMode,
+        applied, applied_op, event_payload, ApplyError, ApplyOutput, IntoModelKey, ModelOp,
+        Perspective, PerspectiveMode,
     };
     pub use crate::registry::{MessageRegistration, PerspectiveRegistration, ReceptorRegistration};
     pub use crate::stage::names as stage;
     pub use crate::stage::{LifecycleStage, SyncFire};
+    pub use crate::store::ModelKey;
     pub use crate::store::StoredEvent;
     pub use ::core::any::TypeId;
     pub use ::core::option::Option;

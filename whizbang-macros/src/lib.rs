@@ -114,6 +114,12 @@ pub fn receptor(args: TokenStream, item: TokenStream) -> TokenStream {
 /// - `name = ".."`: its stable name (default: the type name).
 /// - `mode = inline | async`: applied when the emitting scope completes, or
 ///   in the background (default `async`).
+/// - `key = field`: a keyed (multi-stream) perspective: one model per value
+///   of `field`, which every handled event type must have, with a type that
+///   converts into the model key (`IntoModelKey`: `Uuid`, `StreamId`, your
+///   ids). Checked at compile time: a missing field is an error on the
+///   event type in the method's signature. Applied by the runner in the
+///   store's global order with one cursor; not with `mode = inline`.
 /// - `crate = path`: the runtime crate when it is not `::whizbang_core`.
 ///
 /// ```text

@@ -53,6 +53,8 @@ struct PerspectiveOptions {
     mode: Mode,
     /// `version = N` (N >= 1): bumped when the apply code changes.
     version: Option<syn::LitInt>,
+    /// `key = field`: a keyed (multi-stream) perspective.
+    key: Option<Ident>,
     krate: syn::Path,
 }
 
@@ -63,10 +65,11 @@ impl PerspectiveOptions {
         let mut mode = Attr::none(cx, "mode");
         let mut krate = Attr::none(cx, "crate");
         let mut version = Attr::none(cx, "version");
+        let mut model_key = Attr::none(cx, "key");
         attr::parse_args(
             cx,
             args,
-            &["model", "name", "mode", "version", "crate"],
+            &["model", "name", "mode", "version", "key", "crate"],
             |key, input| {
                 if key == "model" {
                     model.set(key, attr::value::<Type>(input)?);
@@ -97,6 +100,10 @@ impl PerspectiveOptions {
                             ))
                         }
                     }
+                } else if key == "key" {
+                    input.parse::<syn::Token![=]>()?;
+                    let field = input.call(Ident::parse_any)?;
+                    model_key.set(key, field);
                 } else {
                     krate.set(key, attr::value::<syn::Path>(input)?);
                 }
@@ -110,11 +117,21 @@ impl PerspectiveOptions {
                 "#[perspective] needs `model = YourModel`: the read model its methods fold events into",
             );
         }
+        let mode = mode.get().unwrap_or(Mode::Async);
+        let key = model_key.get();
+        if let (Some(field), Mode::Inline) = (&key, mode) {
+            cx.error_at(
+                field.span(),
+                "a keyed perspective (`key = ..`) is applied in the store's global order by the \
+                 runner: it cannot be `mode = inline`; remove `mode = inline`",
+            );
+        }
         PerspectiveOptions {
             model,
             name: name.get(),
-            mode: mode.get().unwrap_or(Mode::Async),
+            mode,
             version: version.get(),
+            key,
             krate: krate.get().unwrap_or_else(attr::default_crate_path),
         }
     }
@@ -282,6 +299,10 @@ impl<'a> PerspectiveModel<'a> {
             let v = v.base10_parse::<u32>().unwrap_or(1);
             quote!(const VERSION: u32 = #v;)
         });
+        let keyed = options
+            .key
+            .as_ref()
+            .map(|field| expand_key(&p, field, routes));
         quote! {
             const _: () = {
                 impl #p::Perspective for #self_ty {
@@ -307,11 +328,46 @@ impl<'a> PerspectiveModel<'a> {
                         #(#applies)*
                         #p::Result::Ok(#p::Option::None)
                     }
+                    #keyed
                 }
                 #p::inventory::submit! {
                     #p::PerspectiveRegistration::of::<#self_ty>(#type_name, ::core::module_path!())
                 }
             };
+        }
+    }
+}
+
+/// `KEYED` and `model_key` of a keyed perspective: per routed event type,
+/// its field `field` converted into the model key. The field access and the
+/// conversion are spanned on the event type in the method's signature, so a
+/// missing field or a type that is no key lands on the user's code.
+fn expand_key(p: &TokenStream, field: &Ident, routes: &[Route<'_>]) -> TokenStream {
+    let keys = routes.iter().map(|Route { event, .. }| {
+        let name = quote_spanned!(event.span()=> <#event as #p::Message>::NAME);
+        let field = Ident::new(&field.unraw().to_string(), event.span());
+        let key = quote_spanned! {event.span()=>
+            #p::IntoModelKey::to_model_key(&payload.#field)
+        };
+        quote! {
+            if event.event_type == #name {
+                return match #p::event_payload::<#event>(event) {
+                    #p::Result::Ok(payload) => {
+                        let payload: &#event = &payload;
+                        #p::Result::Ok(#p::Option::Some(#key))
+                    }
+                    #p::Result::Err(e) => #p::Result::Err(e),
+                };
+            }
+        }
+    });
+    quote! {
+        const KEYED: bool = true;
+        fn model_key(
+            event: &#p::StoredEvent,
+        ) -> #p::Result<#p::Option<#p::ModelKey>, #p::ApplyError> {
+            #(#keys)*
+            #p::Result::Ok(#p::Option::None)
         }
     }
 }

@@ -157,6 +157,24 @@ fn perspective_routes_each_event_to_its_method() {
 }
 
 #[test]
+fn keyed_perspective_takes_each_events_key_field() {
+    let out = expand_perspective(
+        quote!(model = CustomerTotals, key = customer_id),
+        quote! {
+            impl Customers {
+                fn placed(m: &mut CustomerTotals, e: &OrderPlaced) {
+                    m.total += e.amount;
+                }
+                fn refunded(m: &mut CustomerTotals, e: &OrderRefunded) {
+                    m.total -= e.amount;
+                }
+            }
+        },
+    );
+    insta::assert_snapshot!(pretty(out));
+}
+
+#[test]
 fn errors_are_collected_and_the_item_is_kept() {
     let out = expand_perspective(
         quote!(name = "", colour = blue, mode = inline, mode = async),

@@ -561,4 +561,29 @@ impl EventStore for PgEventStore {
             Ok(rows.into_iter().map(location).collect())
         })
     }
+
+    /// The gap-free numbering of the feed's safe order (see the `keyed`
+    /// module): events carry their number as `position`.
+    fn read_global(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Option<Vec<Arc<StoredEvent>>>>> {
+        Box::pin(async move {
+            crate::keyed::read_global(&self.pool, after, limit)
+                .await
+                .map(Some)
+        })
+    }
+
+    fn global_positions<'a>(
+        &'a self,
+        ids: &'a [EventId],
+    ) -> BoxFuture<'a, Result<Option<whizbang_core::backend::GlobalPositions>>> {
+        Box::pin(async move {
+            crate::keyed::global_positions(&self.pool, ids)
+                .await
+                .map(Some)
+        })
+    }
 }

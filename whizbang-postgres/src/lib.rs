@@ -90,6 +90,7 @@ mod wire;
 mod backend;
 mod events;
 mod inline;
+mod keyed;
 mod listen;
 mod outbox;
 mod perspectives;

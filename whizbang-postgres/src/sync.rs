@@ -76,6 +76,19 @@ impl SyncBackend for PgSyncBackend {
         inquiries: &'a [SyncInquiry],
     ) -> BoxFuture<'a, Result<Vec<SyncInquiryResult>>> {
         Box::pin(async move {
+            if inquiries.iter().any(|q| q.keyed) {
+                // Keyed perspectives answer from their one cursor; the others
+                // as below, each in order.
+                let mut out = Vec::with_capacity(inquiries.len());
+                for q in inquiries {
+                    if q.keyed {
+                        out.push(crate::keyed::answer(&self.pool, q).await?);
+                    } else {
+                        out.extend(self.inquire(std::slice::from_ref(q)).await?);
+                    }
+                }
+                return Ok(out);
+            }
             let asked: usize = inquiries.iter().map(|q| q.event_ids.len()).sum();
             let mut perspectives = Vec::with_capacity(asked);
             let mut ids = Vec::with_capacity(asked);
@@ -142,6 +155,9 @@ impl SyncBackend for PgSyncBackend {
         Box::pin(async move {
             if query.handled.is_empty() {
                 return Ok(Vec::new());
+            }
+            if query.keyed {
+                return crate::keyed::unapplied(&self.pool, query).await;
             }
             let rows: Vec<LocationRow> = sqlx::query_as(
                 "select e.event_id, e.stream_id, e.stream_version, e.event_type

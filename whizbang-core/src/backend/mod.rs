@@ -82,6 +82,26 @@
 //! before it. [`StoreSyncBackend`] answers from any event store and
 //! perspective store pair; a database backend may answer in one query.
 //!
+//! # Keyed perspectives ([`EventStore::read_global`])
+//! A keyed (multi-stream) perspective ([`IntoModelKey`](crate::IntoModelKey))
+//! needs three things of a backend, each with a default that declines
+//! ([`Error::KeyedUnsupported`](crate::Error::KeyedUnsupported)):
+//! - [`read_global`](EventStore::read_global): the events after a position
+//!   in one global order, only those safe to consume (none can later appear
+//!   behind one returned); [`global_positions`](EventStore::global_positions):
+//!   where ids sit in it (absent until placed).
+//! - [`claim_many`](PerspectiveStore::claim_many): the cursor (the key
+//!   [`KEYED_CURSOR`](crate::perspective::KEYED_CURSOR)) and the models of
+//!   one batch claimed and committed in one transaction; the failure of a
+//!   keyed cursor is recorded through a [`PerspectiveUnit`] (a batch never
+//!   records one).
+//! - A sync answer for [`SyncInquiry::keyed`] from the perspective's one
+//!   cursor: [`keyed_status`] decides each id.
+//! The contracts are in `conformance::keyed`, apart from the others (a
+//! backend may not offer keyed perspectives). A report of the cursor's
+//! commit (its key is [`KEYED_CURSOR`](crate::perspective::KEYED_CURSOR))
+//! fed to a [`WakeupSink`] wakes every wait on that perspective.
+//!
 //! # Wake-ups, both ways
 //! - Out: the runtime tells every [`ApplyListener`] registered with
 //!   [`RuntimeBuilder::apply_listener`](crate::RuntimeBuilder::apply_listener)
@@ -158,12 +178,12 @@ pub use crate::store::AnyModel;
 #[doc(inline)]
 pub use crate::store::{
     BoxFuture, Checkpoint, CheckpointFailure, ClaimedModel, EventLocation, EventMetadata,
-    EventStore, InlineAppended, InlineApply, InlineTarget, ModelFormat, ModelKey, ModelRow,
-    ModelValue, ModelWrite, NewEvent, PerspectiveBatch, PerspectiveStore, PerspectiveUnit,
-    SkippedEvent, StoredEvent, StreamAppend,
+    EventStore, GlobalPositions, InlineAppended, InlineApply, InlineTarget, ModelFormat, ModelKey,
+    ModelRow, ModelValue, ModelWrite, NewEvent, PerspectiveBatch, PerspectiveStore,
+    PerspectiveUnit, SkippedEvent, StoredEvent, StreamAppend,
 };
 #[doc(inline)]
 pub use crate::sync::{
-    EventSyncStatus, StoreSyncBackend, SyncBackend, SyncInquiry, SyncInquiryResult, UnappliedQuery,
-    WakeupSink,
+    keyed_status, EventSyncStatus, StoreSyncBackend, SyncBackend, SyncInquiry, SyncInquiryResult,
+    UnappliedQuery, WakeupSink,
 };

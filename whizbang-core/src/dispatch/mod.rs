@@ -16,6 +16,7 @@
 
 mod context;
 mod flush;
+mod rebuild;
 mod receive;
 mod runtime;
 mod scope;

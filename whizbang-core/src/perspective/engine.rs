@@ -125,14 +125,14 @@ pub(crate) enum Recovery {
 
 /// Runs user code (model construction, decode, apply), turning a panic into
 /// its message so one bad perspective cannot take down the task running it.
-fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+pub(crate) fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> std::result::Result<T, String> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
         .map_err(|panic| panic_message(what, &*panic))
 }
 
 /// Applies one event, turning an error or a panic into its message; says
 /// whether the model is now deleted (a tombstone).
-fn apply_guarded(
+pub(crate) fn apply_guarded(
     reg: &'static PerspectiveRegistration,
     model: &mut dyn AnyModel,
     ev: &StoredEvent,
@@ -145,7 +145,7 @@ fn apply_guarded(
 }
 
 /// A fresh model (`Default`), with a panic contained.
-pub(super) fn new_model(
+pub(crate) fn new_model(
     reg: &'static PerspectiveRegistration,
 ) -> std::result::Result<Box<dyn AnyModel>, String> {
     guarded("constructing the model (its `Default`)", || {
@@ -166,7 +166,7 @@ fn load_model(
 
 /// The model as the perspective works on it, from its stored form (a new
 /// one when there is none).
-pub(super) fn decode_stored(
+pub(crate) fn decode_stored(
     reg: &'static PerspectiveRegistration,
     stored: Option<ModelValue>,
 ) -> std::result::Result<Box<dyn AnyModel>, String> {
@@ -213,17 +213,17 @@ fn is_skipped(checkpoint: &Checkpoint, version: u64) -> bool {
 }
 
 /// What [`fold`] did.
-pub(super) struct Folded {
+pub(crate) struct Folded {
     /// The model, when an event was applied to it (`None`: the stored one
     /// stands).
-    pub(super) model: Option<Box<dyn AnyModel>>,
+    pub(crate) model: Option<Box<dyn AnyModel>>,
     /// How far it got.
-    pub(super) progress: Progress,
+    pub(crate) progress: Progress,
     /// The event that failed (its index in the events) and why.
-    pub(super) failed: Option<(usize, String)>,
+    pub(crate) failed: Option<(usize, String)>,
     /// Whether the last event applied deleted the model (a tombstone):
     /// commit a deletion, not `model`.
-    pub(super) deleted: bool,
+    pub(crate) deleted: bool,
 }
 
 /// The fold every apply path shares (the flush, the runner, a recovery, and
@@ -235,7 +235,7 @@ pub(super) struct Folded {
 /// event whose apply returns a tombstone deletes the model: a later event
 /// starts from a fresh one, and [`Folded::deleted`] says whether the fold
 /// ended deleted.
-pub(super) fn fold(
+pub(crate) fn fold(
     reg: &'static PerspectiveRegistration,
     checkpoint: &Checkpoint,
     load: impl FnOnce() -> std::result::Result<Box<dyn AnyModel>, String>,
@@ -296,7 +296,7 @@ pub(super) fn fold(
 /// failure. When the replay failed too (only an impure apply fails on
 /// replay what it applied before), nothing of the batch is committed and the
 /// failure is at its first event.
-pub(super) fn settle_failure(
+pub(crate) fn settle_failure(
     checkpoint: &Checkpoint,
     progress: Progress,
     ev: &StoredEvent,
@@ -331,7 +331,7 @@ pub(super) fn settle_failure(
 /// The failure recorded when a batch applied but its model does not
 /// serialise for the JSON store: nothing of the batch is committed, the
 /// cursor fails at the batch's first event.
-pub(super) fn unencodable_failure(checkpoint: &Checkpoint, message: String) -> CheckpointFailure {
+pub(crate) fn unencodable_failure(checkpoint: &Checkpoint, message: String) -> CheckpointFailure {
     tracing::error!(error = %message, "perspective model does not serialise; cursor marked failed");
     CheckpointFailure {
         version: checkpoint.version + 1,
@@ -341,7 +341,7 @@ pub(super) fn unencodable_failure(checkpoint: &Checkpoint, message: String) -> C
 
 /// The model in the form a store keeps: serialised for a JSON store (the
 /// serialiser guarded like any user code).
-pub(super) fn encode(
+pub(crate) fn encode(
     format: ModelFormat,
     reg: &'static PerspectiveRegistration,
     model: Box<dyn AnyModel>,
@@ -357,7 +357,7 @@ pub(super) fn encode(
 /// The model as the perspective works on it, from a stored form it
 /// borrows (a JSON model is decoded, a typed one copied; a new one when
 /// there is none): the inline fold keeps the stored form for a replay.
-pub(super) fn decode_borrowed(
+pub(crate) fn decode_borrowed(
     reg: &'static PerspectiveRegistration,
     stored: Option<&ModelValue>,
 ) -> std::result::Result<Box<dyn AnyModel>, String> {
@@ -390,6 +390,11 @@ impl Engine {
         stream: StreamId,
         upto: u64,
     ) -> Result<Option<ApplyReport>> {
+        if reg.is_keyed() {
+            // One cursor for the perspective: catching up covers every stream.
+            let reports = self.catch_up_keyed(reg).await?;
+            return Ok(reports.into_iter().rev().find(|r| r.stream == stream));
+        }
         let span = tracing::debug_span!(
             "whizbang.perspective.apply",
             perspective = reg.name,
@@ -439,6 +444,10 @@ impl Engine {
         reg: &'static PerspectiveRegistration,
         streams: &[StreamId],
     ) -> Result<Option<Vec<ApplyReport>>> {
+        if reg.is_keyed() {
+            // One cursor for the perspective: catching up covers every stream.
+            return self.catch_up_keyed(reg).await.map(Some);
+        }
         let span = tracing::debug_span!(
             "whizbang.perspective.apply_batch",
             perspective = reg.name,
@@ -517,6 +526,13 @@ impl Engine {
         stream: StreamId,
         recovery: Recovery,
     ) -> Result<ApplyReport> {
+        if reg.is_keyed() {
+            let skip = match recovery {
+                Recovery::Retry => None,
+                Recovery::Skip(reason) => Some(reason),
+            };
+            return self.recover_keyed(reg, skip).await;
+        }
         let span = tracing::info_span!(
             "whizbang.perspective.recover",
             perspective = reg.name,
@@ -783,11 +799,11 @@ impl Engine {
 }
 
 /// How far a batch got (before it failed).
-pub(super) struct Progress {
+pub(crate) struct Progress {
     /// The cursor: the last event applied (or moved past).
-    pub(super) version: u64,
+    pub(crate) version: u64,
     /// The events applied (or moved past) in this batch.
-    pub(super) applied: Vec<EventId>,
+    pub(crate) applied: Vec<EventId>,
     /// Whether the model was changed in this batch (it must be rebuilt).
-    pub(super) dirty: bool,
+    pub(crate) dirty: bool,
 }

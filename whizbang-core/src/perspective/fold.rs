@@ -77,6 +77,14 @@ pub(crate) async fn fold<P: Perspective>(
     events: &dyn EventStore,
     stream: StreamId,
 ) -> Result<Versioned<P::Model>> {
+    if P::KEYED {
+        return Err(Error::InvalidInput(format!(
+            "perspective `{}` is keyed (`key = ..`): its models gather events of many streams, \
+             so a fold of one stream is not one of them; read the model with \
+             `Lens::get_by_key` instead",
+            P::NAME
+        )));
+    }
     let stored = events.read_stream(stream, 0).await?;
     let failed = |version: u64, message: String| Error::FoldFailed {
         perspective: P::NAME,

@@ -19,13 +19,15 @@ pub(crate) mod engine;
 mod explicit;
 pub(crate) mod fold;
 pub(crate) mod inline;
+mod key;
+pub(crate) mod keyed;
 pub mod rebuild;
 mod registration;
 pub mod runner;
 mod sync_log;
 mod tombstone;
 
-use crate::store::StoredEvent;
+use crate::store::{ModelKey, StoredEvent};
 use std::any::TypeId;
 
 pub use crate::store::{AnyModel, Model};
@@ -34,6 +36,7 @@ pub use explicit::{
     PerspectiveSync, SyncHandle, SyncItem, SyncMode, SyncReport, SyncTotals, DEFAULT_SYNC_CHUNK,
 };
 pub use fold::Versioned;
+pub use key::{IntoModelKey, KEYED_CURSOR};
 pub use registration::PerspectiveRegistration;
 pub use sync_log::{MemorySyncLog, SyncLog, SyncRun, SyncRunOutcome, DEFAULT_SYNC_LOG_CAPACITY};
 pub use tombstone::{ModelOp, Tombstone};
@@ -135,6 +138,21 @@ pub trait Perspective: Send + Sync + 'static {
         event: &StoredEvent,
     ) -> Result<Option<ModelOp>, ApplyError> {
         Self::apply(model, event).map(|handled| handled.then_some(ModelOp::Keep))
+    }
+
+    /// Whether its models are keyed by a value taken from each event
+    /// (`#[perspective(model = M, key = field)]`, see [`IntoModelKey`])
+    /// rather than by the event's stream.
+    const KEYED: bool = false;
+    /// The key of the model `event` folds into, for a keyed perspective;
+    /// `Ok(None)` when it does not handle this event type (and always for a
+    /// perspective keyed by stream).
+    ///
+    /// # Errors
+    /// A payload that does not decode.
+    fn model_key(event: &StoredEvent) -> Result<Option<ModelKey>, ApplyError> {
+        let _ = event;
+        Ok(None)
     }
 }
 

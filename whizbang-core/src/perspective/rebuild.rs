@@ -38,10 +38,9 @@
 
 use super::engine::{decode_stored, encode, fold, ApplyReport, Engine};
 use super::PerspectiveRegistration;
-use crate::dispatch::Runtime;
 use crate::error::{Error, Result};
 use crate::message::StreamId;
-use crate::store::rebuild::{final_write, unsupported};
+use crate::store::rebuild::final_write;
 pub use crate::store::rebuild::{
     shadow_name, RebuildFence, RebuildPhase, RebuildProgress, RebuildStart, RebuildStore,
     SHADOW_SUFFIX,
@@ -52,7 +51,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use tracing::Instrument;
 
 /// How a rebuild runs. Builder-style.
 ///
@@ -176,7 +174,9 @@ pub enum VersionCheck {
 type Todo = Vec<(StreamId, u64, u64)>;
 
 /// A copy of `reg` under its shadow name, interned per perspective.
-fn shadow_registration(reg: &'static PerspectiveRegistration) -> &'static PerspectiveRegistration {
+pub(crate) fn shadow_registration(
+    reg: &'static PerspectiveRegistration,
+) -> &'static PerspectiveRegistration {
     static SHADOWS: Mutex<Vec<&'static PerspectiveRegistration>> = Mutex::new(Vec::new());
     let shadow = shadow_name(reg.name);
     let mut all = lock(&SHADOWS);
@@ -194,6 +194,7 @@ fn shadow_registration(reg: &'static PerspectiveRegistration) -> &'static Perspe
         new_model: reg.new_model,
         decode_model: reg.decode_model,
         apply: reg.apply,
+        key_of: reg.key_of,
     }));
     all.push(leaked);
     leaked
@@ -202,7 +203,7 @@ fn shadow_registration(reg: &'static PerspectiveRegistration) -> &'static Perspe
 /// Folds `chunk` into `target`: in one transaction when the store claims
 /// many models at once, else one stream at a time (which also records a
 /// stream's failure in its cursor and reports it).
-async fn fold_chunk(
+pub(crate) async fn fold_chunk(
     engine: &Engine,
     target: &'static PerspectiveRegistration,
     chunk: &[StreamId],
@@ -217,26 +218,26 @@ async fn fold_chunk(
 }
 
 /// One rebuild's state.
-struct Rebuilder<'r> {
+pub(crate) struct Rebuilder<'r> {
     /// Folds into the shadow: its commits are heard by nobody.
-    engine: Engine,
+    pub(crate) engine: Engine,
     /// The runtime's engine: tells the listeners of the swap.
-    notify: Engine,
-    store: &'r dyn RebuildStore,
-    perspectives: &'r dyn PerspectiveStore,
-    live: &'static PerspectiveRegistration,
+    pub(crate) notify: Engine,
+    pub(crate) store: &'r dyn RebuildStore,
+    pub(crate) perspectives: &'r dyn PerspectiveStore,
+    pub(crate) live: &'static PerspectiveRegistration,
     /// What is folded into: the shadow (a rebuild) or the live perspective
     /// (a catch-up to the head).
-    shadow: &'static PerspectiveRegistration,
-    options: RebuildOptions,
-    progress: RebuildProgress,
-    started: Instant,
-    folded: u64,
+    pub(crate) shadow: &'static PerspectiveRegistration,
+    pub(crate) options: RebuildOptions,
+    pub(crate) progress: RebuildProgress,
+    pub(crate) started: Instant,
+    pub(crate) folded: u64,
 }
 
 impl Rebuilder<'_> {
     /// What the shadow reflects of each stream (its cursor versions).
-    async fn shadow_versions(&self) -> Result<HashMap<StreamId, u64>> {
+    pub(crate) async fn shadow_versions(&self) -> Result<HashMap<StreamId, u64>> {
         Ok(self
             .perspectives
             .list_models(self.shadow.name)
@@ -247,7 +248,7 @@ impl Rebuilder<'_> {
     }
 
     /// The streams the shadow is behind on; updates the totals.
-    async fn pass(&mut self) -> Result<Todo> {
+    pub(crate) async fn pass(&mut self) -> Result<Todo> {
         let heads = self
             .engine
             .events
@@ -270,13 +271,13 @@ impl Rebuilder<'_> {
     }
 
     /// Sends the progress to the watch channel only (a catch-up stores none).
-    fn send(&self) {
+    pub(crate) fn send(&self) {
         if let Some(tx) = &self.options.progress {
             tx.send_replace(self.progress.clone());
         }
     }
 
-    fn measure(&mut self) {
+    pub(crate) fn measure(&mut self) {
         let secs = self.started.elapsed().as_secs_f64();
         if self.folded > 0 && secs > 0.0 {
             self.progress.rate = self.folded as f64 / secs;
@@ -285,7 +286,7 @@ impl Rebuilder<'_> {
         }
     }
 
-    async fn publish(&mut self) -> Result<()> {
+    pub(crate) async fn publish(&mut self) -> Result<()> {
         self.measure();
         self.send();
         if self.shadow.name != self.live.name {
@@ -301,7 +302,7 @@ impl Rebuilder<'_> {
     /// [`RebuildOptions::parallel`] chunks at a time (one reads while
     /// another folds and commits). Dropping it aborts the chunks in flight:
     /// each commits whole or not at all.
-    async fn build(&mut self, todo: Todo) -> Result<()> {
+    pub(crate) async fn build(&mut self, todo: Todo) -> Result<()> {
         let mut in_flight: tokio::task::JoinSet<(u64, Result<()>)> = tokio::task::JoinSet::new();
         let mut chunk: Vec<StreamId> = Vec::new();
         let mut chunk_events = 0;
@@ -327,7 +328,7 @@ impl Rebuilder<'_> {
     }
 
     /// Counts a finished chunk (or fails with its error).
-    async fn chunk_done(
+    pub(crate) async fn chunk_done(
         &mut self,
         done: Option<std::result::Result<(u64, Result<()>), tokio::task::JoinError>>,
     ) -> Result<()> {
@@ -349,7 +350,7 @@ impl Rebuilder<'_> {
     }
 
     /// A shadow failure, named for the live perspective.
-    fn failed(&self, e: Error) -> Error {
+    pub(crate) fn failed(&self, e: Error) -> Error {
         if self.shadow.name == self.live.name {
             return e;
         }
@@ -374,7 +375,7 @@ impl Rebuilder<'_> {
     }
 
     /// Fenced: the last events into the shadow, and the swap.
-    async fn swap(&mut self) -> Result<(usize, Duration)> {
+    pub(crate) async fn swap(&mut self) -> Result<(usize, Duration)> {
         let fence = self.store.fence(self.live.name).await?;
         let fenced_at = Instant::now();
         self.progress.phase = RebuildPhase::Swapping;
@@ -439,7 +440,7 @@ impl Rebuilder<'_> {
         Ok((models, fenced))
     }
 
-    async fn run(&mut self) -> Result<RebuildReport> {
+    pub(crate) async fn run(&mut self) -> Result<RebuildReport> {
         let start = self
             .store
             .begin(self.live.name, self.shadow.name, self.live.version)
@@ -493,236 +494,4 @@ pub struct CatchUpReport {
     pub events: u64,
     /// How long it took.
     pub elapsed: Duration,
-}
-
-impl Runtime {
-    /// Brings the perspective registered as `name` up to the head of the
-    /// event store now, in the caller's task: every stream holding its event
-    /// types whose cursor is behind is caught up, a chunk of streams per
-    /// transaction ([`RebuildOptions::chunk_events`]), with progress sent to
-    /// [`RebuildOptions::progress`]. Its commits are ordinary applies:
-    /// waiters wake. Dropping the future leaves every committed chunk
-    /// applied and nothing half-applied.
-    ///
-    /// # Errors
-    /// [`Error::UnknownPerspective`]; [`Error::Unsupported`] when a store
-    /// cannot list streams or offers no rebuild support;
-    /// [`Error::PerspectiveFailed`] for a stream that fails (the others of
-    /// its chunk are applied, its cursor records the failure); a backend error.
-    pub async fn catch_up_to_head(
-        &self,
-        name: &str,
-        options: RebuildOptions,
-    ) -> Result<CatchUpReport> {
-        let live =
-            self.registry()
-                .perspective_named(name)
-                .ok_or_else(|| Error::UnknownPerspective {
-                    name: name.to_owned(),
-                })?;
-        let perspectives = &*self.inner.engine.perspectives;
-        let store = perspectives
-            .rebuilds()
-            .ok_or_else(|| unsupported(live.name))?;
-        let span = tracing::info_span!(
-            "whizbang.perspective.catch_up_to_head",
-            perspective = live.name
-        );
-        let mut run = Rebuilder {
-            engine: self.inner.engine.clone(),
-            notify: self.inner.engine.clone(),
-            store,
-            perspectives,
-            live,
-            shadow: live,
-            progress: RebuildProgress::new(live.name, live.version, RebuildPhase::Building),
-            options,
-            started: Instant::now(),
-            folded: 0,
-        };
-        async {
-            let todo = run.pass().await?;
-            let streams = todo.len();
-            run.send();
-            run.build(todo).await?;
-            run.progress.phase = RebuildPhase::Done;
-            run.measure();
-            run.send();
-            Ok(CatchUpReport {
-                perspective: live.name,
-                streams,
-                events: run.folded,
-                elapsed: run.started.elapsed(),
-            })
-        }
-        .instrument(span)
-        .await
-    }
-
-    /// Rebuilds perspective `P`'s read models beside the live ones and swaps
-    /// them in (see [`rebuild`](crate::perspective::rebuild)).
-    ///
-    /// ```
-    /// # use serde::{Deserialize, Serialize};
-    /// # use uuid::Uuid;
-    /// # use whizbang_core::{perspective, Event, Runtime};
-    /// #[derive(Event, Serialize, Deserialize)]
-    /// struct Deposited { #[stream_key] account: Uuid, cents: i64 }
-    /// #[derive(Default, Clone, Serialize, Deserialize)]
-    /// struct Balance { cents: i64 }
-    /// struct Balances;
-    /// #[perspective(model = Balance, version = 2)]
-    /// impl Balances {
-    ///     fn deposited(b: &mut Balance, e: &Deposited) { b.cents += e.cents; }
-    /// }
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> whizbang_core::Result<()> {
-    /// let runtime = Runtime::in_memory()?;
-    /// let account = Uuid::now_v7();
-    /// let scope = runtime.scope();
-    /// scope.publish(Deposited { account, cents: 5 }).await?;
-    /// scope.complete().await?;
-    /// let report = runtime.rebuild::<Balances>().await?;
-    /// assert_eq!((report.version, report.events), (2, 1));
-    /// # Ok(()) }
-    /// ```
-    ///
-    /// # Errors
-    /// See [`rebuild_named`](Self::rebuild_named).
-    pub async fn rebuild<P: super::Perspective>(&self) -> Result<RebuildReport> {
-        self.rebuild_named(P::NAME, RebuildOptions::default()).await
-    }
-
-    /// Rebuilds the perspective registered as `name`, with `options`.
-    ///
-    /// Dropping the future at any point leaves the live models as they were
-    /// (the swap is one atomic step); the shadow built so far stays, and the
-    /// next rebuild to the same version resumes from it.
-    ///
-    /// # Errors
-    /// [`Error::UnknownPerspective`] for a name not registered;
-    /// [`Error::Unsupported`] when a store offers no rebuild;
-    /// [`Error::InvalidInput`] when another rebuild of it runs;
-    /// [`Error::PerspectiveFailed`] when the apply code fails on a stream
-    /// (nothing is swapped); a backend error.
-    pub async fn rebuild_named(
-        &self,
-        name: &str,
-        options: RebuildOptions,
-    ) -> Result<RebuildReport> {
-        let live =
-            self.registry()
-                .perspective_named(name)
-                .ok_or_else(|| Error::UnknownPerspective {
-                    name: name.to_owned(),
-                })?;
-        let perspectives = &*self.inner.engine.perspectives;
-        let store = perspectives
-            .rebuilds()
-            .ok_or_else(|| unsupported(live.name))?;
-        let span = tracing::info_span!(
-            "whizbang.perspective.rebuild",
-            perspective = live.name,
-            version = live.version,
-        );
-        let mut engine = self.inner.engine.clone();
-        // The shadow has no waiters: its commits are heard by nobody.
-        engine.listeners = Vec::new().into();
-        let mut rebuilder = Rebuilder {
-            engine,
-            notify: self.inner.engine.clone(),
-            store,
-            perspectives,
-            live,
-            shadow: shadow_registration(live),
-            progress: RebuildProgress::new(live.name, live.version, RebuildPhase::Starting),
-            options,
-            started: Instant::now(),
-            folded: 0,
-        };
-        let result = rebuilder.run().instrument(span).await;
-        match &result {
-            Ok(report) => tracing::info!(
-                perspective = live.name,
-                models = report.models,
-                events = report.events,
-                folded = report.folded,
-                fenced_ms = report.fenced.as_millis() as u64,
-                "perspective rebuilt and swapped in"
-            ),
-            Err(e) => {
-                tracing::error!(perspective = live.name, error = %e, "rebuild failed; live models unchanged");
-                rebuilder.progress.phase = RebuildPhase::Failed;
-                rebuilder.progress.error = Some(e.to_string());
-                if let Some(tx) = &rebuilder.options.progress {
-                    tx.send_replace(rebuilder.progress.clone());
-                }
-                if let Err(e2) = store.abandon(live.name, &e.to_string()).await {
-                    tracing::warn!(error = %e2, "could not record the failed rebuild");
-                }
-            }
-        }
-        result
-    }
-
-    /// The last progress a rebuild of `name` recorded in the store (this
-    /// process's or another's); `None` when none ran.
-    ///
-    /// # Errors
-    /// [`Error::Unsupported`] when the store offers no rebuild; a backend error.
-    pub async fn rebuild_progress(&self, name: &str) -> Result<Option<RebuildProgress>> {
-        let store = self
-            .inner
-            .engine
-            .perspectives
-            .rebuilds()
-            .ok_or_else(|| unsupported(name))?;
-        store.progress(name).await
-    }
-
-    /// Compares every registered perspective's declared version
-    /// ([`Perspective::VERSION`](crate::Perspective::VERSION)) with the one
-    /// its live models were built with, as the store recorded it: records it
-    /// when none is (a first start), and for one declared above the record,
-    /// rebuilds it ([`VersionPolicy::Rebuild`], one after the other) or
-    /// fails ([`VersionPolicy::Refuse`]). A record above the declared
-    /// version (an older release beside a newer one) is left alone.
-    ///
-    /// # Errors
-    /// [`Error::PerspectiveVersion`] under [`VersionPolicy::Refuse`];
-    /// [`Error::Unsupported`] when the store offers no rebuild; a rebuild's error.
-    pub async fn check_perspective_versions(
-        &self,
-        policy: VersionPolicy,
-    ) -> Result<Vec<(&'static str, VersionCheck)>> {
-        let perspectives = &*self.inner.engine.perspectives;
-        let store = perspectives
-            .rebuilds()
-            .ok_or_else(|| unsupported("(all)"))?;
-        let mut checks = Vec::new();
-        for reg in self.registry().perspectives() {
-            let check = match store.built_version(reg.name).await? {
-                None => {
-                    store.record_version(reg.name, reg.version).await?;
-                    VersionCheck::Recorded(reg.version)
-                }
-                Some(built) if built >= reg.version => VersionCheck::Current(built),
-                Some(built) => match policy {
-                    VersionPolicy::Refuse => {
-                        return Err(Error::PerspectiveVersion {
-                            perspective: reg.name,
-                            declared: reg.version,
-                            built,
-                        })
-                    }
-                    VersionPolicy::Rebuild => VersionCheck::Rebuilt(
-                        self.rebuild_named(reg.name, RebuildOptions::default())
-                            .await?,
-                    ),
-                },
-            };
-            checks.push((reg.name, check));
-        }
-        Ok(checks)
-    }
 }

@@ -3,9 +3,12 @@
 //! The registry collects these; this file imports nothing of it.
 
 use super::{ApplyError, ModelOp, Perspective, PerspectiveMode};
-use crate::store::{AnyModel, StoredEvent};
+use crate::store::{AnyModel, ModelKey, StoredEvent};
 use serde_json::value::RawValue;
 use std::any::TypeId;
+
+/// The key of the model an event folds into, for a keyed perspective.
+pub(crate) type KeyOf = fn(&StoredEvent) -> Result<Option<ModelKey>, ApplyError>;
 
 /// A perspective, as registered by `#[perspective]`.
 #[derive(Debug)]
@@ -27,6 +30,8 @@ pub struct PerspectiveRegistration {
     pub(crate) new_model: fn() -> Box<dyn AnyModel>,
     pub(crate) decode_model: fn(&RawValue) -> Result<Box<dyn AnyModel>, serde_json::Error>,
     pub(crate) apply: fn(&mut dyn AnyModel, &StoredEvent) -> Result<Option<ModelOp>, ApplyError>,
+    /// For a keyed perspective: the key of the model an event folds into.
+    pub(crate) key_of: Option<KeyOf>,
 }
 
 fn new_model<P: Perspective>() -> Box<dyn AnyModel> {
@@ -66,7 +71,16 @@ impl PerspectiveRegistration {
             new_model: new_model::<P>,
             decode_model: decode_model::<P>,
             apply: erased_apply::<P>,
+            key_of: if P::KEYED { Some(P::model_key) } else { None },
         }
+    }
+
+    /// Whether its models are keyed by a value taken from each event (one
+    /// cursor for the perspective, in the store's global order) rather than
+    /// by stream.
+    #[must_use]
+    pub fn is_keyed(&self) -> bool {
+        self.key_of.is_some()
     }
 
     /// Whether it handles events with this wire name.

@@ -89,6 +89,12 @@ impl PerspectiveRunner {
 
     /// Asks the runner to bring (`reg`, `stream`) up to date.
     pub(crate) fn signal(&self, reg: &'static PerspectiveRegistration, stream: StreamId) {
+        // A keyed perspective has one cursor: one queued run covers every stream.
+        let stream = if reg.is_keyed() {
+            crate::perspective::KEYED_CURSOR
+        } else {
+            stream
+        };
         let key = (reg.name, stream);
         if !lock(&self.shared.queued).insert(key) {
             return; // already queued and not yet started: it will see these events

@@ -2,8 +2,9 @@
 //! reference behaviour every other backend is tested against.
 
 use super::{
-    BoxFuture, Checkpoint, EventLocation, EventStore, ModelFormat, ModelKey, ModelRow, ModelValue,
-    OutboxSink, PerspectiveStore, PerspectiveUnit, StoredEvent, StreamAppend,
+    BoxFuture, Checkpoint, ClaimedModel, EventLocation, EventStore, ModelFormat, ModelKey,
+    ModelRow, ModelValue, ModelWrite, OutboxSink, PerspectiveBatch, PerspectiveStore,
+    PerspectiveUnit, StoredEvent, StreamAppend,
 };
 use crate::error::Stored;
 use crate::error::{Error, Result};
@@ -235,6 +236,37 @@ impl EventStore for MemoryEventStore {
         drop(log);
         Box::pin(async move { Ok(found) })
     }
+
+    fn read_global(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Option<Vec<Arc<StoredEvent>>>>> {
+        // Positions are assigned under the log's lock, gap-free: every
+        // event is safe to consume as soon as it is stored.
+        let log = lock(&self.log);
+        let from = usize::try_from(after)
+            .unwrap_or(usize::MAX)
+            .min(log.all.len());
+        let to = from.saturating_add(limit).min(log.all.len());
+        let events = log.all[from..to].to_vec();
+        drop(log);
+        Box::pin(async move { Ok(Some(events)) })
+    }
+
+    fn global_positions<'a>(
+        &'a self,
+        ids: &'a [EventId],
+    ) -> BoxFuture<'a, Result<Option<super::GlobalPositions>>> {
+        let log = lock(&self.log);
+        let found = ids
+            .iter()
+            .filter_map(|id| log.by_id.get(id))
+            .map(|e| (e.event_id, e.position))
+            .collect();
+        drop(log);
+        Box::pin(async move { Ok(Some(found)) })
+    }
 }
 
 /// What readers see of one (perspective, key): the last commit.
@@ -365,42 +397,119 @@ impl PerspectiveUnit for MemoryUnit {
         model: Option<ModelValue>,
         checkpoint: Checkpoint,
     ) -> BoxFuture<'static, Result<()>> {
-        if self.format == ModelFormat::Json && matches!(model, Some(ModelValue::Typed(_))) {
-            let err = Error::backend(
-                "memory",
-                format!(
-                    "commit the model of perspective `{}` for {}",
-                    self.perspective, self.key
-                ),
-                Stored::Nothing,
-                "this store keeps JSON models (MemoryPerspectiveStore::json) and was handed a                  typed one; commit ModelValue::Json (the runtime does, since the store declares                  ModelFormat::Json)",
-            );
+        if let Err(err) = check_format(self.format, self.perspective, self.key, model.as_ref()) {
             return Box::pin(async move { Err(err) });
         }
-        self.swap(model.map(Some), checkpoint);
+        swap_in(&self.slot, model.map(Some), checkpoint);
+        // `self` (and with it the claim) is released here, after the swap.
         Box::pin(async { Ok(()) })
     }
 
     fn commit_delete(self: Box<Self>, checkpoint: Checkpoint) -> BoxFuture<'static, Result<()>> {
-        self.swap(Some(None), checkpoint);
+        swap_in(&self.slot, Some(None), checkpoint);
         Box::pin(async { Ok(()) })
     }
 }
 
-impl MemoryUnit {
-    /// Swaps in the new model (`Keep`: the stored one stays; `Delete`: none)
-    /// and the checkpoint, under the short lock.
-    fn swap(&self, model: Option<Option<ModelValue>>, checkpoint: Checkpoint) {
-        let mut committed = lock(&self.slot.committed);
-        let old = match model {
-            Some(m) => std::mem::replace(&mut committed.model, m),
-            None => None,
-        };
-        committed.checkpoint = checkpoint;
-        drop(committed);
-        // The old model drops after the lock is released; the claim is
-        // released when the unit drops, after the swap.
-        drop(old);
+/// Refuses a typed model for a store that keeps JSON.
+fn check_format(
+    format: ModelFormat,
+    perspective: &str,
+    key: ModelKey,
+    model: Option<&ModelValue>,
+) -> Result<()> {
+    if format == ModelFormat::Json && matches!(model, Some(ModelValue::Typed(_))) {
+        return Err(Error::backend(
+            "memory",
+            format!("commit the model of perspective `{perspective}` for {key}"),
+            Stored::Nothing,
+            "this store keeps JSON models (MemoryPerspectiveStore::json) and was handed a \
+             typed one; commit ModelValue::Json (the runtime does, since the store declares \
+             ModelFormat::Json)",
+        ));
+    }
+    Ok(())
+}
+
+/// Makes `model` and `checkpoint` the committed state of `slot`: `None`
+/// keeps the stored model, `Some(None)` deletes it (a tombstone),
+/// `Some(Some(m))` replaces it.
+fn swap_in(slot: &Slot, model: Option<Option<ModelValue>>, checkpoint: Checkpoint) {
+    let mut committed = lock(&slot.committed);
+    let old = match model {
+        Some(m) => std::mem::replace(&mut committed.model, m),
+        None => None,
+    };
+    committed.checkpoint = checkpoint;
+    drop(committed);
+    // The old model drops after the lock is released.
+    drop(old);
+}
+
+/// Several claimed (perspective, key) slots, committed together: every
+/// write is checked before any is swapped in, so a commit is all or nothing.
+struct MemoryBatch {
+    perspective: &'static str,
+    format: ModelFormat,
+    /// The claimed slots with their key, in the order the keys were given.
+    slots: Vec<(ModelKey, SlotRef)>,
+    _claims: Vec<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl PerspectiveBatch for MemoryBatch {
+    fn take_claimed(&mut self) -> Vec<ClaimedModel> {
+        self.slots
+            .iter()
+            .map(|(key, slot)| {
+                let committed = lock(&slot.committed);
+                ClaimedModel::new(
+                    *key,
+                    committed.checkpoint.clone(),
+                    committed.model.as_ref().map(ModelValue::clone_value),
+                    None,
+                )
+            })
+            .collect()
+    }
+
+    fn commit(self: Box<Self>, writes: Vec<ModelWrite>) -> BoxFuture<'static, Result<()>> {
+        let mut planned = Vec::with_capacity(writes.len());
+        for write in writes {
+            let checked = check_format(
+                self.format,
+                self.perspective,
+                write.key,
+                write.model.as_ref(),
+            )
+            .and_then(|()| {
+                self.slots
+                    .iter()
+                    .find(|(key, _)| *key == write.key)
+                    .map(|(_, slot)| Arc::clone(slot))
+                    .ok_or_else(|| {
+                        Error::InvalidInput(format!(
+                            "a batch of perspective `{}` was asked to commit a model for {}, \
+                             which it did not claim; nothing was committed",
+                            self.perspective, write.key
+                        ))
+                    })
+            });
+            match checked {
+                Ok(slot) => planned.push((slot, write)),
+                Err(err) => return Box::pin(async move { Err(err) }),
+            }
+        }
+        // In the order written: a writer that puts a cursor last makes it
+        // visible after the models it covers.
+        for (slot, write) in planned {
+            let model = if write.delete {
+                Some(None)
+            } else {
+                write.model.map(Some)
+            };
+            swap_in(&slot, model, write.checkpoint);
+        }
+        Box::pin(async { Ok(()) })
     }
 }
 
@@ -445,6 +554,43 @@ impl PerspectiveStore for MemoryPerspectiveStore {
                 _claim: claim,
                 _gate: gate,
             }) as Box<dyn PerspectiveUnit>)
+        })
+    }
+
+    fn claim_many<'a>(
+        &'a self,
+        perspective: &'static str,
+        keys: &'a [ModelKey],
+    ) -> BoxFuture<'a, Result<Option<Box<dyn PerspectiveBatch>>>> {
+        let format = self.format;
+        // The keys as given (each once), and the same slots in key order to claim.
+        let mut seen: IdMap<ModelKey, ()> = IdMap::default();
+        let ordered: Vec<(ModelKey, SlotRef)> = keys
+            .iter()
+            .filter(|key| seen.insert(**key, ()).is_none())
+            .map(|key| (*key, self.slot(perspective, *key)))
+            .collect();
+        let mut by_key: Vec<SlotRef> = {
+            let mut sorted: Vec<&(ModelKey, SlotRef)> = ordered.iter().collect();
+            sorted.sort_unstable_by_key(|(key, _)| *key);
+            sorted
+                .into_iter()
+                .map(|(_, slot)| Arc::clone(slot))
+                .collect()
+        };
+        Box::pin(async move {
+            // Claimed in key order, as every claimant of several keys does:
+            // no two batches wait for each other in a cycle.
+            let mut claims = Vec::with_capacity(by_key.len());
+            for slot in by_key.drain(..) {
+                claims.push(slot.claim.clone().lock_owned().await);
+            }
+            Ok(Some(Box::new(MemoryBatch {
+                perspective,
+                format,
+                slots: ordered,
+                _claims: claims,
+            }) as Box<dyn PerspectiveBatch>))
         })
     }
 

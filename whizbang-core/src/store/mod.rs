@@ -13,6 +13,9 @@
 
 pub mod memory;
 pub mod rebuild;
+mod rebuild_state;
+
+pub use rebuild_state::{RebuildPhase, RebuildProgress, RebuildStart};
 
 use crate::error::Result;
 use crate::message::{EventId, ExpectedVersion, MessageId, Metadata, StreamId};
@@ -216,6 +219,42 @@ pub trait EventStore: Send + Sync + 'static {
         })
     }
 
+    /// Up to `limit` events with a global position greater than `after`, in
+    /// global order: the feed a keyed perspective
+    /// ([`IntoModelKey`](crate::IntoModelKey)) consumes with one cursor.
+    /// Only events that are safe to consume: once an event is returned, no
+    /// event can later appear at or below its position (a database returns
+    /// only events of transactions below its snapshot horizon). The events'
+    /// [`StoredEvent::position`] is their place in this order, which a store
+    /// may number apart from its other positions (PostgreSQL numbers its
+    /// safe feed order without gaps).
+    ///
+    /// `Ok(None)`, the default: the store offers no such order, and keyed
+    /// perspectives fail with [`Error::KeyedUnsupported`](crate::Error::KeyedUnsupported).
+    fn read_global(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Option<Vec<Arc<StoredEvent>>>>> {
+        let _ = (after, limit);
+        Box::pin(async { Ok(None) })
+    }
+
+    /// The global position (the [`StoredEvent::position`] that
+    /// [`read_global`](Self::read_global) returns it with) of each id the
+    /// store has placed in its global order. Ids it does not hold are absent,
+    /// and so are ids it holds but has not placed yet (a store may place an
+    /// event only once it is safe to consume): a keyed sync answer takes
+    /// those as pending. `Ok(None)`, the default: the store offers no global
+    /// order.
+    fn global_positions<'a>(
+        &'a self,
+        ids: &'a [EventId],
+    ) -> BoxFuture<'a, Result<Option<GlobalPositions>>> {
+        let _ = ids;
+        Box::pin(async { Ok(None) })
+    }
+
     /// Appends as [`append`](Self::append) does and, when the store can,
     /// applies the inline perspectives `inline` names **in the same
     /// transaction**: events, models, cursors (and a failed cursor's record)
@@ -256,6 +295,10 @@ pub trait EventStore: Send + Sync + 'static {
         })
     }
 }
+
+/// What [`EventStore::global_positions`] answers: each id the store holds
+/// with its global position.
+pub type GlobalPositions = Vec<(EventId, u64)>;
 
 /// One model an [`EventStore::append_inline`] applies: an inline
 /// perspective and the key of its model (today the stream).
@@ -348,12 +391,13 @@ pub struct CheckpointFailure {
 
 /// The key of one read model of a perspective.
 ///
-/// Today every perspective keeps one model per stream, keyed by the stream's
-/// id, so this is [`StreamId`]. Perspectives keyed by something else (a
-/// customer across its order streams, one global row) are planned: a backend
-/// should treat the key as an opaque id of the model row, not assume it names
-/// a stream in the event store, so that it can carry other keys later without
-/// a schema change (store it in its own column, e.g. `model_id`).
+/// A perspective keyed by stream keeps one model per stream, keyed by the
+/// stream's id. A keyed (multi-stream) perspective
+/// ([`IntoModelKey`](crate::IntoModelKey)) keeps one model per value taken
+/// from its events (a customer across its order streams), and its one
+/// cursor under [`KEYED_CURSOR`](crate::perspective::KEYED_CURSOR). Both are
+/// ids, so this is [`StreamId`]; a backend treats the key as an opaque id of
+/// the model row, never as naming a stream in the event store.
 pub type ModelKey = StreamId;
 
 /// How a perspective store keeps read models, declared by
@@ -584,10 +628,10 @@ pub trait PerspectiveStore: Send + Sync + 'static {
         ModelFormat::Json
     }
 
-    /// Rebuilds beside live ([`rebuild::RebuildStore`]): `None`, the default,
+    /// Rebuilds beside live ([`RebuildStore`]): `None`, the default,
     /// when the store offers none ([`Runtime::rebuild`](crate::Runtime::rebuild)
     /// then fails with [`Error::Unsupported`](crate::Error::Unsupported)).
-    fn rebuilds(&self) -> Option<&dyn rebuild::RebuildStore> {
+    fn rebuilds(&self) -> Option<&dyn RebuildStore> {
         None
     }
 
@@ -912,4 +956,88 @@ impl<M: Model> AnyModel for M {
     fn into_any(self: Box<Self>) -> Box<dyn Any> {
         self
     }
+}
+
+/// The live perspective fenced: no apply of it commits (its claims wait)
+/// until [`swap`](Self::swap) commits or the fence is dropped, which lifts
+/// it and changes nothing.
+pub trait RebuildFence: Send {
+    /// In one atomic step: writes `writes` to the shadow generation `shadow`
+    /// (the last events, folded while fenced; each with the checkpoint it
+    /// reaches), replaces every model and cursor of `live` with the
+    /// shadow's, removes the shadow, records `version` as the one the live
+    /// models are built with, ends the rebuild's record, and lifts the
+    /// fence. Readers see the old models or the new ones, never a mix.
+    ///
+    /// Returns the models whose cursor the swap moved ahead of the old live
+    /// one, with the new cursor version: their waiters are woken (a store
+    /// shared by processes also wakes the other processes' waiters, as a
+    /// commit does).
+    fn swap(
+        self: Box<Self>,
+        live: &'static str,
+        shadow: &'static str,
+        writes: Vec<ModelWrite>,
+        version: u32,
+    ) -> BoxFuture<'static, Result<Vec<(ModelKey, u64)>>>;
+}
+
+/// What a perspective store offers for rebuilds beside live
+/// ([`PerspectiveStore::rebuilds`](PerspectiveStore::rebuilds)).
+pub trait RebuildStore: Send + Sync {
+    /// Starts (or resumes) the rebuild of `live` to `version`, as the only
+    /// one running for it: a store shared by processes refuses a second one
+    /// while the first is alive ([`Error::InvalidInput`] naming it) and lets
+    /// a new one take over a rebuild whose process died. A shadow left by a
+    /// rebuild to another version is discarded.
+    ///
+    /// # Errors
+    /// When another rebuild of `live` runs; a backend error.
+    fn begin<'a>(
+        &'a self,
+        live: &'static str,
+        shadow: &'static str,
+        version: u32,
+    ) -> BoxFuture<'a, Result<RebuildStart>>;
+
+    /// Records how far the rebuild got (readable by other processes with
+    /// [`progress`](Self::progress)) and keeps its claim alive.
+    ///
+    /// # Errors
+    /// When the rebuild was taken over by another process; a backend error.
+    fn save_progress<'a>(&'a self, progress: &'a RebuildProgress) -> BoxFuture<'a, Result<()>>;
+
+    /// The last progress recorded for `live`'s rebuild (`None`: none ran).
+    ///
+    /// # Errors
+    /// A backend error.
+    fn progress<'a>(&'a self, live: &'a str) -> BoxFuture<'a, Result<Option<RebuildProgress>>>;
+
+    /// Ends a rebuild that stopped with `error` (the shadow stays, so a
+    /// later rebuild to the same version resumes from it).
+    ///
+    /// # Errors
+    /// A backend error.
+    fn abandon<'a>(&'a self, live: &'static str, error: &'a str) -> BoxFuture<'a, Result<()>>;
+
+    /// Fences `live`: waits until no unit of it is held, and holds off new
+    /// claims until the fence is swapped or dropped.
+    ///
+    /// # Errors
+    /// A backend error.
+    fn fence<'a>(&'a self, live: &'static str) -> BoxFuture<'a, Result<Box<dyn RebuildFence>>>;
+
+    /// The version of the apply code `live`'s models were built with
+    /// (`None`: never recorded).
+    ///
+    /// # Errors
+    /// A backend error.
+    fn built_version<'a>(&'a self, live: &'a str) -> BoxFuture<'a, Result<Option<u32>>>;
+
+    /// Records `version` as the one `live`'s models are built with, when none
+    /// is recorded yet (a first start). Never lowers or changes a recorded one.
+    ///
+    /// # Errors
+    /// A backend error.
+    fn record_version<'a>(&'a self, live: &'a str, version: u32) -> BoxFuture<'a, Result<()>>;
 }

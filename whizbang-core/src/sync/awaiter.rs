@@ -281,7 +281,10 @@ impl PerspectiveSyncAwaiter {
         filter.streams(&mut streams);
         let mut out = Vec::new();
         if filter.open_ended() {
-            let query = UnappliedQuery::new(reg.name, reg.event_types);
+            let mut query = UnappliedQuery::new(reg.name, reg.event_types);
+            if reg.is_keyed() {
+                query = query.keyed();
+            }
             out.extend(
                 self.sync
                     .backend

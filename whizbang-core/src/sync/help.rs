@@ -22,9 +22,17 @@ pub(crate) async fn help_along(
         return;
     }
     let started = tokio::time::Instant::now();
+    let mut keyed_done: Vec<&'static str> = Vec::new();
     for (reg, stream) in touched {
         if reg.mode != PerspectiveMode::Async {
             continue;
+        }
+        if reg.is_keyed() {
+            // One catch-up covers every stream of a keyed perspective.
+            if keyed_done.contains(&reg.name) {
+                continue;
+            }
+            keyed_done.push(reg.name);
         }
         let Some(left) = budget.checked_sub(started.elapsed()) else {
             break;

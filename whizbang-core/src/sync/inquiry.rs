@@ -21,6 +21,12 @@ pub struct SyncInquiry {
     pub handled: &'static [&'static str],
     /// The ids expected.
     pub event_ids: Vec<EventId>,
+    /// Whether the perspective is keyed ([`IntoModelKey`](crate::IntoModelKey)):
+    /// then an event is applied when the perspective's one cursor (the
+    /// checkpoint of [`KEYED_CURSOR`](crate::perspective::KEYED_CURSOR)) has
+    /// reached its global position, not when a cursor on its stream has
+    /// reached its version.
+    pub keyed: bool,
 }
 
 /// Where one awaited event stands for one perspective. More statuses may
@@ -131,16 +137,27 @@ pub struct UnappliedQuery {
     pub perspective: &'static str,
     /// Wire names of the event types it handles (only these can be pending).
     pub handled: &'static [&'static str],
+    /// Whether the perspective is keyed: unapplied means after its one
+    /// cursor in the global order (see [`SyncInquiry::keyed`]).
+    pub keyed: bool,
 }
 
 impl UnappliedQuery {
-    /// The query for one perspective.
+    /// The query for one perspective (keyed by stream).
     #[must_use]
     pub fn new(perspective: &'static str, handled: &'static [&'static str]) -> Self {
         UnappliedQuery {
             perspective,
             handled,
+            keyed: false,
         }
+    }
+
+    /// The same query, for a keyed perspective.
+    #[must_use]
+    pub fn keyed(mut self) -> Self {
+        self.keyed = true;
+        self
     }
 }
 
@@ -173,8 +190,8 @@ pub trait SyncBackend: Send + Sync + 'static {
 
 /// Answers inquiries from an event store and a perspective store: it locates
 /// the ids, then reads the perspective's cursor on each event's stream (one
-/// read per stream). It relies on each model being keyed by its stream (the
-/// only keying today, see [`ModelKey`](crate::store::ModelKey)).
+/// read per stream); for a keyed perspective ([`SyncInquiry::keyed`]) it
+/// compares the perspective's one cursor with each event's global position.
 #[derive(Clone)]
 pub struct StoreSyncBackend {
     events: Arc<dyn EventStore>,
@@ -198,6 +215,9 @@ impl StoreSyncBackend {
     }
 
     async fn answer(&self, inquiry: &SyncInquiry) -> Result<SyncInquiryResult> {
+        if inquiry.keyed {
+            return self.answer_keyed(inquiry).await;
+        }
         let located = self.events.locate(&inquiry.event_ids).await?;
         let by_id: HashMap<EventId, &crate::store::EventLocation> =
             located.iter().map(|l| (l.event_id, l)).collect();
@@ -236,6 +256,88 @@ impl StoreSyncBackend {
             };
             statuses.push((*id, status));
         }
+        Ok(SyncInquiryResult {
+            perspective: inquiry.perspective,
+            expected_ids: inquiry.event_ids.clone(),
+            statuses,
+        })
+    }
+}
+
+/// The status of one awaited event for a keyed perspective, whose one
+/// cursor is `cursor`: applied when the cursor has reached the event's
+/// global `position` (skipped events count), failed when the cursor failed
+/// at or before it, pending when it is stored but not reached (also when the
+/// store has not given it a global position yet), not arrived when the
+/// store does not hold it (`location` is `None`), not applicable when the
+/// perspective does not handle its type. Every backend answers keyed
+/// inquiries with it.
+#[must_use]
+pub fn keyed_status(
+    handled: &[&str],
+    location: Option<&crate::store::EventLocation>,
+    position: Option<u64>,
+    cursor: &crate::store::Checkpoint,
+) -> EventSyncStatus {
+    let Some(loc) = location else {
+        return EventSyncStatus::NotArrived;
+    };
+    if !handled.contains(&&*loc.event_type) {
+        return EventSyncStatus::NotApplicable;
+    }
+    let pending = EventSyncStatus::Pending {
+        stream: loc.stream_id,
+        version: loc.stream_version,
+    };
+    let Some(position) = position else {
+        return pending;
+    };
+    match &cursor.failure {
+        Some(f) if f.version <= position => EventSyncStatus::Failed {
+            stream: loc.stream_id,
+            version: f.version,
+            message: f.message.clone(),
+        },
+        _ if cursor.version >= position => EventSyncStatus::Applied,
+        _ => pending,
+    }
+}
+
+impl StoreSyncBackend {
+    /// The answer for a keyed perspective: an event is applied when the
+    /// perspective's cursor has passed its global position (skipped events
+    /// count), failed when the cursor failed at or before it.
+    async fn answer_keyed(&self, inquiry: &SyncInquiry) -> Result<SyncInquiryResult> {
+        let located = self.events.locate(&inquiry.event_ids).await?;
+        let positions: HashMap<EventId, u64> = self
+            .events
+            .global_positions(&inquiry.event_ids)
+            .await?
+            .ok_or(crate::Error::KeyedUnsupported {
+                perspective: inquiry.perspective,
+                missing: "an event store with a global order",
+            })?
+            .into_iter()
+            .collect();
+        let cursor = self
+            .perspectives
+            .checkpoint(inquiry.perspective, crate::perspective::KEYED_CURSOR)
+            .await?;
+        let by_id: HashMap<EventId, &crate::store::EventLocation> =
+            located.iter().map(|l| (l.event_id, l)).collect();
+        let statuses = inquiry
+            .event_ids
+            .iter()
+            .map(|id| {
+                let status = keyed_status(
+                    inquiry.handled,
+                    by_id.get(id).copied(),
+                    positions.get(id).copied(),
+                    &cursor,
+                );
+                (*id, status)
+            })
+            .collect();
         Ok(SyncInquiryResult {
             perspective: inquiry.perspective,
             expected_ids: inquiry.event_ids.clone(),

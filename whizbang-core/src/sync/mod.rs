@@ -34,7 +34,8 @@ pub(crate) use help::help_along;
 pub use outcome::{SyncOutcome, SyncResult};
 
 pub use inquiry::{
-    EventSyncStatus, StoreSyncBackend, SyncBackend, SyncInquiry, SyncInquiryResult, UnappliedQuery,
+    keyed_status, EventSyncStatus, StoreSyncBackend, SyncBackend, SyncInquiry, SyncInquiryResult,
+    UnappliedQuery,
 };
 pub(crate) use scope::SyncScope;
 pub(crate) use tracker::SyncRuntime;

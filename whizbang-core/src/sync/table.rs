@@ -234,6 +234,20 @@ impl Table {
         look
     }
 
+    /// Queues every registration of `perspective` to re-ask now: its keyed
+    /// cursor moved (a report on [`KEYED_CURSOR`](crate::perspective::KEYED_CURSOR),
+    /// from another process, names no stream). Returns whether any was queued.
+    pub(crate) fn wake_perspective(&mut self, perspective: &str) -> bool {
+        let Table { regs, index } = self;
+        let mut look = false;
+        for (id, r) in regs.iter_mut() {
+            if r.perspective.name == perspective {
+                look |= index.queue(*id, r);
+            }
+        }
+        look
+    }
+
     /// Takes the registrations an apply woke (at most a round's worth), marking
     /// each in flight.
     pub(super) fn take_woken(&mut self) -> Batch {

@@ -270,7 +270,13 @@ impl SyncEventTracker {
                 }
             }
         }
-        lock(&self.waiters).wake(report.perspective, report.stream, &report.applied);
+        let mut waiters = lock(&self.waiters);
+        if report.stream == crate::perspective::KEYED_CURSOR {
+            // A keyed perspective's cursor moved elsewhere: every wait on it
+            // may be decided now.
+            waiters.wake_perspective(report.perspective);
+        }
+        waiters.wake(report.perspective, report.stream, &report.applied);
     }
 }
 

@@ -265,6 +265,7 @@ fn ask(table: &mut Table, batch: &[u64]) -> Ask {
                     perspective: r.perspective.name,
                     handled: r.perspective.event_types,
                     event_ids: r.ids.to_vec(),
+                    keyed: r.perspective.is_keyed(),
                 });
                 seen.push(None);
                 single.push(true);

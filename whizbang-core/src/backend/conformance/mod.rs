@@ -32,6 +32,8 @@
 //!
 //! The message queue's contracts are in [`queue`], with their own runner and
 //! macro: each needs a queue of its own. The outbox's are in [`outbox`].
+//! Those of keyed perspectives (a global order, batches, keyed sync
+//! answers), which a backend may not offer, are in [`keyed`].
 
 use super::{EventStore, PerspectiveStore, StoreSyncBackend, SyncBackend};
 use crate::store::BoxFuture;
@@ -244,6 +246,7 @@ pub async fn run_all(backend: &dyn BackendFactory) {
 mod event_store;
 mod helpers;
 mod inline;
+pub mod keyed;
 pub mod outbox;
 mod perspective_store;
 pub mod queue;

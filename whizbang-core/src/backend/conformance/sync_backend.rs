@@ -35,6 +35,7 @@ async fn statuses(
         perspective,
         handled: &["conformance.ticked"],
         event_ids: ids.to_vec(),
+        keyed: false,
     }];
     let mut answers = ok(
         "inquire",
@@ -173,11 +174,13 @@ pub async fn sync_backend_answers_each_inquiry_in_order(backend: &dyn BackendFac
             perspective: P,
             handled: &["conformance.ticked"],
             event_ids: vec![ids[1]],
+            keyed: false,
         },
         SyncInquiry {
             perspective: Q,
             handled: &["conformance.ticked"],
             event_ids: vec![ids[1]],
+            keyed: false,
         },
     ];
     let answers = ok(

@@ -1,0 +1,585 @@
+//! Keyed (multi-stream) perspectives on the in-memory backend: a customer's
+//! totals folded from many order streams, in the store's global order, with
+//! one cursor per perspective. Exactly once under concurrent appenders and
+//! two runtimes, exact read-your-writes, failures and recovery, and
+//! catch-ups dropped mid-way.
+
+mod common;
+use common::{bounded, ms};
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use uuid::Uuid;
+use whizbang_core::backend::{
+    EventSyncStatus, MemoryEventStore, MemoryPerspectiveStore, PerspectiveStore, StoreSyncBackend,
+    SyncBackend, SyncInquiry,
+};
+use whizbang_core::perspective::KEYED_CURSOR;
+use whizbang_core::store::{BoxFuture, EventLocation, EventStore, StoredEvent, StreamAppend};
+use whizbang_core::{
+    await_perspective_sync, perspective, receptor, Command, Context, Error, Event, EventId,
+    IntoModelKey, Perspective, Receptor, Result, Runtime, StreamId, SyncFilter, SyncOutcome,
+};
+
+// ---------------------------------------------------------------- messages
+
+#[derive(Event, Serialize, Deserialize, Debug, Clone)]
+#[event(name = "keyed.order_placed")]
+struct OrderPlaced {
+    #[stream_key]
+    order: Uuid,
+    customer: Uuid,
+    amount: u64,
+    /// Unique per event: the model records each, so a double apply shows.
+    seq: u64,
+}
+
+#[derive(Event, Serialize, Deserialize, Debug, Clone)]
+#[event(name = "keyed.order_refunded")]
+struct OrderRefunded {
+    #[stream_key]
+    order: Uuid,
+    customer: StreamId,
+    amount: u64,
+    seq: u64,
+}
+
+/// Handled by no keyed perspective: the cursor moves past it.
+#[derive(Event, Serialize, Deserialize, Debug, Clone)]
+#[event(name = "keyed.noise")]
+struct Noise {
+    #[stream_key]
+    order: Uuid,
+}
+
+#[derive(Default, Clone, Serialize, Deserialize, Debug, PartialEq)]
+struct Totals {
+    placed: u64,
+    refunded: u64,
+    seqs: Vec<u64>,
+}
+
+/// A poison amount: the failing perspective refuses it.
+const POISON: u64 = 666;
+
+struct CustomerTotals;
+
+#[perspective(model = Totals, key = customer, name = "keyed.customer_totals")]
+impl CustomerTotals {
+    fn placed(t: &mut Totals, e: &OrderPlaced) {
+        t.placed += e.amount;
+        t.seqs.push(e.seq);
+    }
+    fn refunded(t: &mut Totals, e: &OrderRefunded) {
+        t.refunded += e.amount;
+        t.seqs.push(e.seq);
+    }
+}
+
+/// The same fold, refusing [`POISON`].
+struct Picky;
+
+#[perspective(model = Totals, key = customer, name = "keyed.picky")]
+impl Picky {
+    fn placed(t: &mut Totals, e: &OrderPlaced) -> std::result::Result<(), String> {
+        if e.amount == POISON {
+            return Err("poisoned amount".into());
+        }
+        t.placed += e.amount;
+        t.seqs.push(e.seq);
+        Ok(())
+    }
+}
+
+// ------------------------------------------- a command and an awaiting receptor
+
+#[derive(Command, Serialize, Deserialize)]
+struct PlaceOrder {
+    customer: Uuid,
+    amount: u64,
+    seq: u64,
+}
+
+#[derive(Default)]
+struct Orders;
+
+#[receptor]
+impl Receptor<PlaceOrder> for Orders {
+    async fn handle(&self, cmd: PlaceOrder, cx: &mut Context) -> Result<()> {
+        cx.emit(OrderPlaced {
+            order: Uuid::now_v7(),
+            customer: cmd.customer,
+            amount: cmd.amount,
+            seq: cmd.seq,
+        })?;
+        Ok(())
+    }
+}
+
+/// What the awaiting receptor saw in the customer's totals when it ran.
+static SEEN: std::sync::Mutex<Vec<(StreamId, u64)>> = std::sync::Mutex::new(Vec::new());
+
+#[derive(Default)]
+struct AfterRefund;
+
+#[await_perspective_sync(CustomerTotals, timeout_ms = 5000)]
+#[receptor]
+impl Receptor<OrderRefunded> for AfterRefund {
+    async fn handle(&self, e: OrderRefunded, cx: &mut Context) -> Result<()> {
+        let totals = cx.lens::<CustomerTotals>().get_by_key(e.customer).await?;
+        SEEN.lock()
+            .unwrap()
+            .push((e.customer, totals.map_or(0, |t| t.refunded)));
+        Ok(())
+    }
+}
+
+// ----------------------------------------------------------------- helpers
+
+fn placed(order: Uuid, customer: Uuid, amount: u64, seq: u64) -> OrderPlaced {
+    OrderPlaced {
+        order,
+        customer,
+        amount,
+        seq,
+    }
+}
+
+/// The totals of every customer, folded afresh from every stored event.
+fn fresh_fold(store: &MemoryEventStore) -> BTreeMap<Uuid, Totals> {
+    let mut out: BTreeMap<Uuid, Totals> = BTreeMap::new();
+    for ev in store.all_events() {
+        match &*ev.event_type {
+            "keyed.order_placed" => {
+                let e: OrderPlaced = serde_json::from_str(ev.data.get()).unwrap();
+                let t = out.entry(e.customer).or_default();
+                t.placed += e.amount;
+                t.seqs.push(e.seq);
+            }
+            "keyed.order_refunded" => {
+                let e: OrderRefunded = serde_json::from_str(ev.data.get()).unwrap();
+                let t = out.entry(e.customer.as_uuid()).or_default();
+                t.refunded += e.amount;
+                t.seqs.push(e.seq);
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+async fn totals(rt: &Runtime, customer: Uuid) -> Option<Totals> {
+    rt.lens::<CustomerTotals>()
+        .get_by_key(customer)
+        .await
+        .unwrap()
+}
+
+async fn cursor<P: Perspective>(store: &dyn PerspectiveStore) -> whizbang_core::store::Checkpoint {
+    store.checkpoint(P::NAME, KEYED_CURSOR).await.unwrap()
+}
+
+fn stores() -> (MemoryEventStore, MemoryPerspectiveStore) {
+    (MemoryEventStore::new(), MemoryPerspectiveStore::new())
+}
+
+fn runtime(events: &MemoryEventStore, models: &MemoryPerspectiveStore) -> Runtime {
+    Runtime::builder()
+        .event_store(events.clone())
+        .perspective_store(models.clone())
+        .build()
+        .unwrap()
+}
+
+/// Publishes `n` orders spread over `customers`, each on its own order
+/// stream (two events per order), with `seq` from `first`.
+async fn publish_orders(rt: &Runtime, customers: &[Uuid], n: u64, first: u64) {
+    let scope = rt.scope();
+    for i in 0..n {
+        let customer = customers[usize::try_from(i).unwrap() % customers.len()];
+        let order = Uuid::now_v7();
+        let seq = first + 2 * i;
+        scope
+            .publish(placed(order, customer, i + 1, seq))
+            .await
+            .unwrap();
+        scope.publish(Noise { order }).await.unwrap();
+        scope
+            .publish(OrderRefunded {
+                order,
+                customer: customer.into(),
+                amount: 1,
+                seq: seq + 1,
+            })
+            .await
+            .unwrap();
+    }
+    bounded(scope.complete()).await.unwrap();
+}
+
+// ------------------------------------------------------------------- tests
+
+/// The keyed contracts of the conformance suite, in both model formats.
+mod typed_conformance {
+    use whizbang_core::backend::conformance::Stores;
+    use whizbang_core::backend::{MemoryEventStore, MemoryPerspectiveStore};
+    whizbang_core::keyed_conformance_tests!(|| async {
+        Stores::new(MemoryEventStore::new(), MemoryPerspectiveStore::new())
+    });
+}
+
+mod json_conformance {
+    use whizbang_core::backend::conformance::Stores;
+    use whizbang_core::backend::{MemoryEventStore, MemoryPerspectiveStore};
+    whizbang_core::keyed_conformance_tests!(|| async {
+        Stores::new(MemoryEventStore::json(), MemoryPerspectiveStore::json())
+    });
+}
+
+#[tokio::test]
+async fn customer_totals_across_many_order_streams_equal_a_fresh_fold() {
+    for (events, models) in [
+        stores(),
+        (MemoryEventStore::json(), MemoryPerspectiveStore::json()),
+    ] {
+        let rt = runtime(&events, &models);
+        let customers: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+        publish_orders(&rt, &customers, 40, 0).await;
+        bounded(rt.wait_idle()).await;
+
+        let expected = fresh_fold(&events);
+        assert_eq!(expected.len(), 3);
+        for customer in &customers {
+            let got = totals(&rt, *customer).await.expect("a model per customer");
+            assert_eq!(&got, &expected[customer], "customer {customer}");
+        }
+        // One model per customer, none per order stream, and no cursor row.
+        let listed = models.list_models(CustomerTotals::NAME).await.unwrap();
+        assert_eq!(listed.len(), 3);
+        // The cursor passed every event, the unhandled ones included.
+        let last = events.all_events().last().unwrap().position;
+        assert_eq!(cursor::<CustomerTotals>(&models).await.version, last);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appenders_and_two_runtimes_apply_each_event_exactly_once() {
+    let (events, models) = stores();
+    let a = runtime(&events, &models);
+    let b = runtime(&events, &models);
+    let customers: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
+    let mut tasks = Vec::new();
+    for w in 0..6u64 {
+        let rt = if w % 2 == 0 { a.clone() } else { b.clone() };
+        let customers = customers.clone();
+        tasks.push(tokio::spawn(async move {
+            publish_orders(&rt, &customers, 25, w * 1000).await;
+        }));
+    }
+    for t in tasks {
+        bounded(t).await.unwrap();
+    }
+    // Both runtimes catch up on the same stores at the same time.
+    let (ra, rb) = tokio::join!(
+        a.catch_up(CustomerTotals::NAME, KEYED_CURSOR),
+        b.catch_up(CustomerTotals::NAME, KEYED_CURSOR)
+    );
+    ra.unwrap();
+    rb.unwrap();
+    bounded(a.wait_idle()).await;
+    bounded(b.wait_idle()).await;
+
+    let expected = fresh_fold(&events);
+    for customer in &customers {
+        let mut got = totals(&a, *customer).await.unwrap();
+        let mut seqs = got.seqs.clone();
+        seqs.sort_unstable();
+        seqs.dedup();
+        assert_eq!(seqs.len(), got.seqs.len(), "an event applied twice");
+        let mut want = expected[customer].clone();
+        got.seqs.sort_unstable();
+        want.seqs.sort_unstable();
+        assert_eq!(got, want, "customer {customer}: every event exactly once");
+    }
+    assert_eq!(
+        cursor::<CustomerTotals>(&models).await.version,
+        events.all_events().len() as u64
+    );
+}
+
+#[tokio::test]
+async fn events_of_one_customer_apply_in_global_order() {
+    let (events, models) = stores();
+    let rt = runtime(&events, &models);
+    let customer = Uuid::now_v7();
+    let scope = rt.scope();
+    for seq in 0..30 {
+        // A new order stream for every event: only the global order orders them.
+        scope
+            .publish(placed(Uuid::now_v7(), customer, 1, seq))
+            .await
+            .unwrap();
+    }
+    bounded(scope.complete()).await.unwrap();
+    bounded(rt.wait_idle()).await;
+    let got = totals(&rt, customer).await.unwrap();
+    assert_eq!(got.seqs, (0..30).collect::<Vec<_>>());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_on_a_keyed_perspective_ends_synced_only_after_the_totals_include_the_event() {
+    let (events, models) = stores();
+    let rt = runtime(&events, &models);
+    let customer = Uuid::now_v7();
+    publish_orders(&rt, &[customer], 2, 0).await;
+    bounded(rt.wait_idle()).await;
+    let before = totals(&rt, customer).await.unwrap();
+
+    rt.runner().pause();
+    let scope = rt.scope();
+    scope
+        .publish(placed(Uuid::now_v7(), customer, 100, 500))
+        .await
+        .unwrap();
+    let id = scope.emitted()[0].event_id;
+    let backend = StoreSyncBackend::new(Arc::new(events.clone()), Arc::new(models.clone()));
+    let inquiry = [SyncInquiry {
+        perspective: CustomerTotals::NAME,
+        handled: CustomerTotals::EVENT_TYPES,
+        event_ids: vec![id, EventId::new()],
+        keyed: true,
+    }];
+    let answer = backend.inquire(&inquiry).await.unwrap();
+    assert!(
+        matches!(answer[0].statuses[0].1, EventSyncStatus::Pending { .. }),
+        "{answer:?}"
+    );
+    assert_eq!(answer[0].statuses[1].1, EventSyncStatus::NotArrived);
+
+    // Paused: the wait times out, and the totals do not include the event.
+    let waited = bounded(
+        scope
+            .sync_awaiter()
+            .wait::<CustomerTotals>(SyncFilter::current_scope().with_timeout(ms(200))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(waited.outcome, SyncOutcome::TimedOut);
+    assert_eq!(totals(&rt, customer).await.unwrap(), before);
+
+    // Resumed: the wait ends Synced, and the totals include it.
+    rt.runner().resume();
+    let waited = bounded(
+        scope
+            .sync_awaiter()
+            .wait::<CustomerTotals>(SyncFilter::current_scope().with_timeout(ms(5000))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(waited.outcome, SyncOutcome::Synced);
+    let after = totals(&rt, customer).await.unwrap();
+    assert_eq!(after.placed, before.placed + 100);
+    assert!(after.seqs.contains(&500));
+    let answer = backend.inquire(&inquiry).await.unwrap();
+    assert_eq!(answer[0].statuses[0].1, EventSyncStatus::Applied);
+    bounded(scope.complete()).await.unwrap();
+}
+
+#[tokio::test]
+async fn send_and_sync_and_await_perspective_sync_see_the_keyed_totals() {
+    let (events, models) = stores();
+    let rt = runtime(&events, &models);
+    let customer = Uuid::now_v7();
+    let scope = rt.scope();
+    let sent = bounded(scope.send_and_sync(PlaceOrder {
+        customer,
+        amount: 7,
+        seq: 1,
+    }))
+    .await
+    .unwrap();
+    assert!(sent.is_synced(), "{:?}", sent.results);
+    assert!(sent
+        .results
+        .iter()
+        .any(|r| r.perspective == CustomerTotals::NAME));
+    assert_eq!(totals(&rt, customer).await.unwrap().placed, 7);
+    bounded(scope.complete()).await.unwrap();
+
+    // The awaiting receptor runs after the keyed totals include the refund.
+    let scope = rt.scope();
+    scope
+        .publish(OrderRefunded {
+            order: Uuid::now_v7(),
+            customer: customer.into(),
+            amount: 3,
+            seq: 2,
+        })
+        .await
+        .unwrap();
+    bounded(scope.complete()).await.unwrap();
+    bounded(rt.wait_idle()).await;
+    let seen: Vec<u64> = SEEN
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(c, _)| c.as_uuid() == customer)
+        .map(|(_, refunded)| *refunded)
+        .collect();
+    assert_eq!(seen, vec![3]);
+}
+
+#[tokio::test]
+async fn a_failed_event_stops_the_cursor_and_waits_report_it_until_skipped() {
+    let (events, models) = stores();
+    let rt = runtime(&events, &models);
+    let customer = Uuid::now_v7();
+    let scope = rt.scope();
+    scope
+        .publish(placed(Uuid::now_v7(), customer, 1, 1))
+        .await
+        .unwrap();
+    scope
+        .publish(placed(Uuid::now_v7(), customer, POISON, 2))
+        .await
+        .unwrap();
+    scope
+        .publish(placed(Uuid::now_v7(), customer, 3, 3))
+        .await
+        .unwrap();
+    let waited = bounded(
+        scope
+            .sync_awaiter()
+            .wait::<Picky>(SyncFilter::current_scope().with_timeout(ms(5000))),
+    )
+    .await
+    .unwrap();
+    let SyncOutcome::Failed { message, .. } = &waited.outcome else {
+        panic!("expected Failed, got {:?}", waited.outcome);
+    };
+    assert!(message.contains("poisoned amount"), "{message}");
+    bounded(scope.complete()).await.unwrap();
+    bounded(rt.wait_idle()).await;
+    let picky = rt.lens::<Picky>();
+    // What applied before the failing event is committed; nothing after.
+    assert_eq!(
+        picky.get_by_key(customer).await.unwrap().unwrap().seqs,
+        vec![1]
+    );
+    let cp = cursor::<Picky>(&models).await;
+    let failure = cp.failure.expect("the cursor is failed");
+    assert_eq!(failure.version, events.all_events()[1].position);
+
+    // A retry fails again (the cause is in the event), a skip moves past it.
+    let retried = rt.retry_perspective::<Picky>(KEYED_CURSOR).await;
+    assert!(
+        matches!(retried, Err(Error::PerspectiveFailed { .. })),
+        "{retried:?}"
+    );
+    rt.skip_failed_event::<Picky>(KEYED_CURSOR, "bad amount")
+        .await
+        .unwrap();
+    let got = picky.get_by_key(customer).await.unwrap().unwrap();
+    assert_eq!(got.seqs, vec![1, 3]);
+    let cp = cursor::<Picky>(&models).await;
+    assert!(cp.failure.is_none());
+    assert_eq!(cp.skipped.len(), 1);
+    assert_eq!(cp.version, events.all_events().len() as u64);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_catch_up_dropped_mid_way_commits_nothing_and_the_next_one_applies_everything() {
+    let (events, models) = stores();
+    let rt = runtime(&events, &models);
+    rt.runner().pause();
+    let customer = Uuid::now_v7();
+    publish_orders(&rt, &[customer], 5, 0).await;
+
+    // Hold the customer's model: the catch-up reads, then waits on its claim.
+    let held = models
+        .claim(CustomerTotals::NAME, customer.to_model_key())
+        .await
+        .unwrap();
+    let dropped =
+        tokio::time::timeout(ms(50), rt.catch_up(CustomerTotals::NAME, KEYED_CURSOR)).await;
+    assert!(dropped.is_err(), "the catch-up was waiting for the claim");
+    assert_eq!(cursor::<CustomerTotals>(&models).await.version, 0);
+    assert_eq!(totals(&rt, customer).await, None);
+    drop(held);
+
+    bounded(rt.catch_up(CustomerTotals::NAME, KEYED_CURSOR))
+        .await
+        .unwrap();
+    assert_eq!(
+        totals(&rt, customer).await,
+        fresh_fold(&events).remove(&customer)
+    );
+}
+
+#[tokio::test]
+async fn a_stream_fold_of_a_keyed_perspective_is_refused_with_a_typed_error() {
+    let rt = Runtime::in_memory().unwrap();
+    let err = rt
+        .aggregate::<CustomerTotals>(Uuid::now_v7())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidInput(m) if m.contains("get_by_key")),
+        "{err:?}"
+    );
+}
+
+// ------------------------------------- a backend without a global order
+
+/// An event store that keeps the defaults of the global-order methods.
+#[derive(Clone, Default)]
+struct NoGlobalOrder(MemoryEventStore);
+
+impl EventStore for NoGlobalOrder {
+    fn append(&self, streams: Vec<StreamAppend>) -> BoxFuture<'_, Result<Vec<Arc<StoredEvent>>>> {
+        self.0.append(streams)
+    }
+    fn read_stream(
+        &self,
+        stream: StreamId,
+        after_version: u64,
+    ) -> BoxFuture<'_, Result<Vec<Arc<StoredEvent>>>> {
+        self.0.read_stream(stream, after_version)
+    }
+    fn stream_version(&self, stream: StreamId) -> BoxFuture<'_, Result<u64>> {
+        self.0.stream_version(stream)
+    }
+    fn locate<'a>(&'a self, ids: &'a [EventId]) -> BoxFuture<'a, Result<Vec<EventLocation>>> {
+        self.0.locate(ids)
+    }
+}
+
+#[tokio::test]
+async fn a_store_without_a_global_order_refuses_keyed_perspectives_with_a_typed_error() {
+    let rt = Runtime::builder()
+        .event_store(NoGlobalOrder::default())
+        .build()
+        .unwrap();
+    rt.runner().pause();
+    let scope = rt.scope();
+    scope
+        .publish(placed(Uuid::now_v7(), Uuid::now_v7(), 1, 1))
+        .await
+        .unwrap();
+    bounded(scope.complete()).await.unwrap();
+    let err = rt
+        .catch_up(CustomerTotals::NAME, KEYED_CURSOR)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::KeyedUnsupported {
+                perspective: "keyed.customer_totals",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}

@@ -1,0 +1,405 @@
+//! Keyed (multi-stream) perspectives on a real database: the keyed
+//! contracts of the conformance suite, customer totals folded from many
+//! order streams by concurrent appenders and two runtimes (each event
+//! exactly once, equal to a fresh fold), a wait in one process ended by
+//! another process's apply, and a catch-up dropped mid-way.
+
+mod support;
+
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use support::{backend, bounded, eventually, fast_options, shut_down};
+use uuid::Uuid;
+use whizbang_core::backend::conformance::Stores;
+use whizbang_core::backend::{EventStore, PerspectiveStore, SyncBackend, UnappliedQuery};
+use whizbang_core::perspective::KEYED_CURSOR;
+use whizbang_core::{
+    perspective, Event, IntoModelKey, Perspective, Registry, Runtime, SyncFilter, SyncOutcome,
+};
+use whizbang_postgres::{PgEventStore, PgPerspectiveStore, PgSyncBackend, Postgres};
+
+// ---- messages and the keyed perspective ------------------------------------------------
+
+#[derive(Event, Serialize, Deserialize, Debug, Clone)]
+#[event(name = "pg_keyed.order_placed")]
+struct OrderPlaced {
+    #[stream_key]
+    order: Uuid,
+    customer: Uuid,
+    amount: i64,
+    seq: u64,
+}
+
+#[derive(Default, Clone, Serialize, Deserialize, Debug, PartialEq)]
+struct Totals {
+    amount: i64,
+    seqs: Vec<u64>,
+}
+
+struct CustomerTotals;
+
+#[perspective(model = Totals, key = customer, name = "pg_keyed.customer_totals")]
+impl CustomerTotals {
+    fn placed(t: &mut Totals, e: &OrderPlaced) {
+        t.amount += e.amount;
+        t.seqs.push(e.seq);
+    }
+}
+
+/// While set, an order of 13 fails to apply in [`PickyTotals`].
+static UNLUCKY: AtomicBool = AtomicBool::new(true);
+
+struct PickyTotals;
+
+#[perspective(model = Totals, key = customer, name = "pg_keyed.picky_totals")]
+impl PickyTotals {
+    fn placed(t: &mut Totals, e: &OrderPlaced) -> std::result::Result<(), String> {
+        if e.amount == 13 && UNLUCKY.load(Ordering::SeqCst) {
+            return Err("unlucky amount".into());
+        }
+        t.amount += e.amount;
+        t.seqs.push(e.seq);
+        Ok(())
+    }
+}
+
+// ---- helpers ----------------------------------------------------------------------------
+
+fn registry() -> Arc<Registry> {
+    Arc::new(
+        Registry::builder()
+            .perspective::<CustomerTotals>()
+            .build()
+            .unwrap(),
+    )
+}
+
+fn runtime(pg: &Postgres) -> Runtime {
+    Runtime::builder()
+        .registry(registry())
+        .backend(pg.clone())
+        .build()
+        .unwrap()
+}
+
+/// Publishes `n` orders of `customers` in turn, each on a new order stream.
+async fn publish_orders(rt: &Runtime, customers: &[Uuid], n: u64, first_seq: u64) {
+    for i in 0..n {
+        let scope = rt.scope();
+        let customer = customers[usize::try_from(i).unwrap() % customers.len()];
+        bounded(scope.publish(OrderPlaced {
+            order: Uuid::now_v7(),
+            customer,
+            amount: i64::try_from(i).unwrap() + 1,
+            seq: first_seq + i,
+        }))
+        .await
+        .unwrap();
+        bounded(scope.complete()).await.unwrap();
+    }
+}
+
+/// Every customer's totals folded afresh from the stored events, in the
+/// feed's order.
+async fn fresh_fold(pool: &PgPool) -> BTreeMap<Uuid, Totals> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "select data::text from wh_events where event_type = 'pg_keyed.order_placed'
+          order by tx_id, global_position",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let mut out: BTreeMap<Uuid, Totals> = BTreeMap::new();
+    for (data,) in rows {
+        let e: OrderPlaced = serde_json::from_str(&data).unwrap();
+        let t = out.entry(e.customer).or_default();
+        t.amount += e.amount;
+        t.seqs.push(e.seq);
+    }
+    out
+}
+
+async fn totals(rt: &Runtime, customer: Uuid) -> Option<Totals> {
+    rt.lens::<CustomerTotals>()
+        .get_by_key(customer)
+        .await
+        .unwrap()
+}
+
+fn stores(pool: &PgPool) -> Stores {
+    Stores::new(
+        PgEventStore::new(pool.clone()),
+        PgPerspectiveStore::new(pool.clone()),
+    )
+    .with_sync_backend(PgSyncBackend::new(pool.clone()))
+}
+
+// ---- tests ------------------------------------------------------------------------------
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn the_keyed_contracts_hold_on_postgres(pool: PgPool) {
+    let s = stores(&pool);
+    whizbang_core::backend::conformance::keyed::run_all(&move || {
+        let s = s.clone();
+        async move { s }
+    })
+    .await;
+}
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn concurrent_appenders_and_two_runtimes_fold_each_event_once_into_the_customer_totals(
+    pool: PgPool,
+) {
+    let (pg_a, pg_b) = (
+        backend(&pool, fast_options()).await,
+        backend(&pool, fast_options()).await,
+    );
+    let (a, b) = (runtime(&pg_a), runtime(&pg_b));
+    let customers: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    let mut appenders = Vec::new();
+    for w in 0..4u64 {
+        let rt = if w % 2 == 0 { a.clone() } else { b.clone() };
+        let customers = customers.clone();
+        appenders.push(tokio::spawn(async move {
+            publish_orders(&rt, &customers, 15, w * 1000).await;
+        }));
+    }
+    for t in appenders {
+        bounded(t).await.unwrap();
+    }
+    let expected = fresh_fold(&pool).await;
+    assert_eq!(expected.values().map(|t| t.seqs.len()).sum::<usize>(), 60);
+    for customer in &customers {
+        let want = expected[customer].clone();
+        let got = eventually("the customer's totals include every order", || async {
+            totals(&a, *customer)
+                .await
+                .filter(|t| t.seqs.len() >= want.seqs.len())
+        })
+        .await;
+        let mut seqs = got.seqs.clone();
+        seqs.sort_unstable();
+        seqs.dedup();
+        assert_eq!(seqs.len(), got.seqs.len(), "an order was applied twice");
+        assert_eq!(got, want, "the totals are a fresh fold, in global order");
+    }
+    // The cursor stands on the last numbered event; every event is numbered.
+    let numbered: i64 = sqlx::query_scalar("select count(*) from wh_event_order")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(numbered, 60);
+    let cursor = PgPerspectiveStore::new(pool.clone())
+        .checkpoint(CustomerTotals::NAME, KEYED_CURSOR)
+        .await
+        .unwrap();
+    assert_eq!(cursor.version, 60);
+    assert!(cursor.failure.is_none());
+    shut_down(a, pg_a).await;
+    shut_down(b, pg_b).await;
+}
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn a_wait_on_a_keyed_perspective_ends_synced_when_another_process_applies_the_event(
+    pool: PgPool,
+) {
+    // The writer applies nothing itself: its runners are off and paused.
+    let writer_pg = backend(&pool, fast_options().runner(false)).await;
+    let writer = runtime(&writer_pg);
+    writer.runner().pause();
+    let customer = Uuid::now_v7();
+    let scope = writer.scope();
+    bounded(scope.publish(OrderPlaced {
+        order: Uuid::now_v7(),
+        customer,
+        amount: 42,
+        seq: 1,
+    }))
+    .await
+    .unwrap();
+    let awaiter = scope.sync_awaiter();
+    let waited = bounded(awaiter.wait::<CustomerTotals>(
+        SyncFilter::current_scope().with_timeout(Duration::from_millis(300)),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        waited.outcome,
+        SyncOutcome::TimedOut,
+        "nobody applies keyed perspectives yet"
+    );
+    assert_eq!(totals(&writer, customer).await, None);
+
+    // Another process's runner applies it; the writer's wait ends Synced
+    // and its read sees the totals.
+    let applier_pg = backend(&pool, fast_options()).await;
+    let applier = runtime(&applier_pg);
+    let waited =
+        bounded(awaiter.wait::<CustomerTotals>(
+            SyncFilter::current_scope().with_timeout(Duration::from_secs(20)),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(waited.outcome, SyncOutcome::Synced);
+    let got = totals(&writer, customer).await.unwrap();
+    assert_eq!(got.amount, 42);
+    bounded(scope.complete()).await.unwrap();
+    shut_down(applier, applier_pg).await;
+    shut_down(writer, writer_pg).await;
+}
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn a_keyed_catch_up_dropped_mid_way_commits_nothing(pool: PgPool) {
+    let pg = backend(&pool, fast_options().runner(false)).await;
+    let rt = runtime(&pg);
+    rt.runner().pause();
+    let customer = Uuid::now_v7();
+    publish_orders(&rt, &[customer], 5, 0).await;
+
+    // Every event numbered first (the horizon is the cluster's: another
+    // test's open transaction may hold it back a while).
+    let events = PgEventStore::new(pool.clone());
+    eventually(
+        "the orders take their place in the global order",
+        || async {
+            let page = events.read_global(0, 100).await.unwrap().unwrap();
+            (page.len() == 5).then_some(())
+        },
+    )
+    .await;
+    // Hold the customer's model: the catch-up reads the events, then waits
+    // on the model's lock inside its transaction.
+    let store = PgPerspectiveStore::new(pool.clone());
+    let held = bounded(store.claim(CustomerTotals::NAME, customer.to_model_key()))
+        .await
+        .unwrap();
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(300),
+        rt.catch_up(CustomerTotals::NAME, KEYED_CURSOR),
+    )
+    .await;
+    assert!(dropped.is_err(), "the catch-up was waiting for the lock");
+    drop(held);
+    let cursor = store
+        .checkpoint(CustomerTotals::NAME, KEYED_CURSOR)
+        .await
+        .unwrap();
+    assert_eq!(cursor.version, 0, "the dropped catch-up committed nothing");
+    assert_eq!(totals(&rt, customer).await, None);
+
+    bounded(rt.catch_up(CustomerTotals::NAME, KEYED_CURSOR))
+        .await
+        .unwrap();
+    assert_eq!(
+        totals(&rt, customer).await,
+        fresh_fold(&pool).await.remove(&customer)
+    );
+    shut_down(rt, pg).await;
+}
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn a_failed_keyed_cursor_is_reported_to_waits_and_a_retry_applies_the_rest(pool: PgPool) {
+    // The partitioned runner on: it reads again events the cluster's
+    // snapshot horizon held back (the in-process runner is a fast path).
+    let pg = backend(&pool, fast_options()).await;
+    let rt = Runtime::builder()
+        .registry(Arc::new(
+            Registry::builder()
+                .perspective::<PickyTotals>()
+                .build()
+                .unwrap(),
+        ))
+        .backend(pg.clone())
+        .build()
+        .unwrap();
+    let customer = Uuid::now_v7();
+    let scope = rt.scope();
+    for (seq, amount) in [(1, 1), (2, 13), (3, 3)] {
+        bounded(scope.publish(OrderPlaced {
+            order: Uuid::now_v7(),
+            customer,
+            amount,
+            seq,
+        }))
+        .await
+        .unwrap();
+    }
+    let waited =
+        bounded(scope.sync_awaiter().wait::<PickyTotals>(
+            SyncFilter::current_scope().with_timeout(Duration::from_secs(20)),
+        ))
+        .await
+        .unwrap();
+    let SyncOutcome::Failed { message, .. } = &waited.outcome else {
+        panic!("expected Failed, got {:?}", waited.outcome);
+    };
+    assert!(message.contains("unlucky amount"), "{message}");
+    bounded(scope.complete()).await.unwrap();
+    bounded(rt.wait_idle()).await;
+    let lens = rt.lens::<PickyTotals>();
+    assert_eq!(
+        lens.get_by_key(customer).await.unwrap().unwrap().seqs,
+        vec![1],
+        "what applied before the failing event is committed, nothing after it"
+    );
+    let store = PgPerspectiveStore::new(pool.clone());
+    let cursor = store
+        .checkpoint(PickyTotals::NAME, KEYED_CURSOR)
+        .await
+        .unwrap();
+    assert!(cursor.failure.is_some(), "the keyed cursor is failed");
+
+    // The cause fixed, a retry applies the failing event and the rest.
+    UNLUCKY.store(false, Ordering::SeqCst);
+    bounded(rt.retry_perspective::<PickyTotals>(KEYED_CURSOR))
+        .await
+        .unwrap();
+    let got = lens.get_by_key(customer).await.unwrap().unwrap();
+    assert_eq!((got.amount, got.seqs), (17, vec![1, 2, 3]));
+    let cursor = store
+        .checkpoint(PickyTotals::NAME, KEYED_CURSOR)
+        .await
+        .unwrap();
+    assert!(cursor.failure.is_none());
+    shut_down(rt, pg).await;
+}
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn an_open_ended_wait_on_a_keyed_perspective_lists_only_its_backlog(pool: PgPool) {
+    let pg = backend(&pool, fast_options().runner(false)).await;
+    let rt = runtime(&pg);
+    rt.runner().pause();
+    let customer = Uuid::now_v7();
+    publish_orders(&rt, &[customer], 3, 0).await;
+    let sync = PgSyncBackend::new(pool.clone());
+    let query = UnappliedQuery::new(CustomerTotals::NAME, CustomerTotals::EVENT_TYPES).keyed();
+    // Before anything is numbered or applied: all three.
+    assert_eq!(bounded(sync.unapplied(&query)).await.unwrap().len(), 3);
+
+    // An `all()` wait begun on that backlog ends Synced once another
+    // process's runner applies it.
+    let awaiter = rt.sync_awaiter();
+    let wait = tokio::spawn(async move {
+        awaiter
+            .wait::<CustomerTotals>(SyncFilter::all().with_timeout(Duration::from_secs(9)))
+            .await
+    });
+    let tracker = Arc::clone(rt.sync_tracker());
+    eventually("the wait is registered", || {
+        let tracker = Arc::clone(&tracker);
+        async move { (tracker.waiter_count() > 0).then_some(()) }
+    })
+    .await;
+    let applier_pg = backend(&pool, fast_options()).await;
+    let applier = runtime(&applier_pg);
+    let waited = bounded(wait).await.unwrap().unwrap();
+    assert_eq!(waited.outcome, SyncOutcome::Synced);
+    assert_eq!(totals(&rt, customer).await.unwrap().seqs.len(), 3);
+    assert!(bounded(sync.unapplied(&query)).await.unwrap().is_empty());
+    shut_down(applier, applier_pg).await;
+    shut_down(rt, pg).await;
+}
