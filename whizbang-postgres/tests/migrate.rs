@@ -87,7 +87,8 @@ async fn migrations_create_the_tables_with_their_keys(pool: PgPool) {
             "wh_perspective_cursors",
             "wh_perspective_rows",
             "wh_processed_messages",
-            "wh_streams"
+            "wh_streams",
+            "wh_sync_log"
         ]
     );
 
@@ -154,7 +155,7 @@ async fn migrations_create_the_tables_with_their_keys(pool: PgPool) {
     assert_eq!(applied, embedded);
     assert!(
         embedded.len() >= 4,
-        "0001 events, 0002 runner, 0003 queue, 0004 outbox, 0005 queue tick, ..: {embedded:?}"
+        "0001 events, 0002 runner, 0003 queue, 0004 outbox, 0005 queue tick, 0006 sync log, ..: {embedded:?}"
     );
 }
 
@@ -357,7 +358,7 @@ async fn connect_to_the_test_server_works(pool: PgPool) {
             .fetch_one(&pool)
             .await
             .unwrap();
-    assert_eq!(tables, 11);
+    assert_eq!(tables, 12);
 }
 
 #[sqlx::test(migrations = false)]
@@ -381,7 +382,7 @@ async fn a_backend_with_a_schema_migrates_in_it_and_twice_is_idempotent(pool: Pg
     .fetch_all(&pool)
     .await
     .unwrap();
-    assert_eq!(in_schema.len(), 11, "{in_schema:?}");
+    assert_eq!(in_schema.len(), 12, "{in_schema:?}");
     let in_public: i64 = sqlx::query_scalar(
         "select count(*) from pg_tables where schemaname = 'public' and tablename like 'wh\\_%'",
     )
