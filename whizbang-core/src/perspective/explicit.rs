@@ -247,10 +247,7 @@ pub struct PerspectiveSync {
 impl std::fmt::Debug for PerspectiveSync {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PerspectiveSync")
-            .field(
-                "perspective",
-                &self.perspective.as_ref().map(|r| r.name).map_err(|n| n),
-            )
+            .field("perspective", &self.perspective.as_ref().map(|r| r.name))
             .field("target", &self.target)
             .field("full", &self.full)
             .field("retry_failed", &self.retry_failed)
