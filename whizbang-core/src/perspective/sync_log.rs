@@ -133,6 +133,14 @@ impl SyncRun {
 /// Where sync runs are recorded: the memory ring, or a backend's table
 /// (PostgreSQL: `wh_sync_log`). Install one with
 /// [`RuntimeBuilder::sync_log`](crate::RuntimeBuilder::sync_log).
+///
+/// Each recorded run is also a `whizbang.sync.run` tracing span (for an
+/// explicit sync) and these `metrics` facade metrics, each labelled
+/// `perspective` and `mode`:
+/// - `whizbang_sync_runs_total` (also labelled `outcome`),
+/// - `whizbang_sync_applied_total`, `whizbang_sync_skipped_total`,
+///   `whizbang_sync_failed_total` (streams),
+/// - `whizbang_sync_duration_seconds` (histogram).
 pub trait SyncLog: Send + Sync + 'static {
     /// Records one run (pruning old ones to the log's retention).
     ///
@@ -201,8 +209,8 @@ impl Runtime {
         self.inner.sync_log.recent(limit).await
     }
 
-    /// Records a sync run: emits its metrics (see the counters in
-    /// [`SyncLog`]'s module) and writes it to the [`SyncLog`]. Explicit
+    /// Records a sync run: emits its metrics (listed on [`SyncLog`]) and
+    /// writes it to the [`SyncLog`]. Explicit
     /// syncs call it; other runs (a strategy's, a rebuild) may too. A log
     /// that cannot write is reported with `tracing`, never as an error.
     pub async fn record_sync_run(&self, run: &SyncRun) {
