@@ -2,17 +2,7 @@
 //!
 //! The types an apply method returns to delete its model; see [`Tombstone`].
 
-use super::{ApplyError, ApplyOutput};
-
-/// What an apply method did to its model.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum ModelOp {
-    /// The model stays (as the method left it).
-    #[default]
-    Keep,
-    /// The model is deleted (a tombstone); its cursor stays.
-    Delete,
-}
+use super::{ApplyError, ApplyOutput, ModelOp};
 
 /// An apply method returns [`Tombstone`] (or `Result<Tombstone, E>`, or a
 /// [`ModelOp`] when it decides at run time) to delete the model of its
