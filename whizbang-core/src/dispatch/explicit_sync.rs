@@ -127,7 +127,7 @@ impl PerspectiveSync {
     /// in this runtime; [`Error::InvalidInput`] for a chunk size of 0; a
     /// backend error listing the streams for [`all`](Self::all). Per-stream
     /// failures (a failed cursor, an apply error, a backend error on one
-    /// chunk) are not errors: they are [`SyncItem::Failed`] in the report.
+    /// chunk) are not errors: they are [`SyncItem::Failed`](crate::SyncItem::Failed) in the report.
     pub async fn run(self) -> Result<SyncReport> {
         let started = Instant::now();
         let started_at = std::time::SystemTime::now();

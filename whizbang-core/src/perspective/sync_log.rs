@@ -56,7 +56,7 @@ impl SyncRunOutcome {
 pub struct SyncRun {
     /// The perspective.
     pub perspective: String,
-    /// How it ran: a [`SyncMode`] name for an explicit sync, or the kind of
+    /// How it ran: a [`SyncMode`](crate::SyncMode) name for an explicit sync, or the kind of
     /// another run (e.g. `rebuild`).
     pub mode: String,
     /// What it covered, in short: the streams named (the first few and how
