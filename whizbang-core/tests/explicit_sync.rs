@@ -807,3 +807,19 @@ async fn a_waiter_on_the_events_ends_synced_once_an_explicit_sync_applies_them()
         Some(Total { sum: 4, count: 1 })
     );
 }
+
+#[tokio::test]
+async fn an_event_the_perspective_does_not_handle_leaves_a_deleted_model_deleted() {
+    let rt = runtime::<Carts>();
+    let cart = StreamId::new();
+    add(&rt, cart, &[1]).await;
+    close(&rt, cart, true).await;
+    let noted = new_event(cart, "xsync.noted", serde_json::json!({ "id": cart }));
+    append(&rt, cart, vec![noted]).await;
+    let report = bounded(rt.sync::<Carts>().streams([cart]).run())
+        .await
+        .unwrap();
+    assert_eq!(applied(report.item(cart)), (0, 3, true));
+    assert_eq!(model::<Carts>(&rt, cart).await, None);
+    assert_eq!(cursor(&rt, "xsync.carts", cart).await.version, 3);
+}

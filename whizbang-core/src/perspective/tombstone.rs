@@ -9,7 +9,10 @@ use super::{ApplyError, ApplyOutput, ModelOp};
 /// stream. The fold records the deletion; the store removes the model but
 /// keeps the cursor, so later events are not applied again and waiters stay
 /// exact; a lens `get` returns `None` afterwards. A later event on the same
-/// stream starts a fresh model from `Default`, as for a new stream.
+/// stream starts a fresh model from `Default`, as for a new stream (an event
+/// the perspective does not handle keeps the model deleted when it is
+/// applied in the same batch as the tombstone; alone, in a later batch, it
+/// stores a `Default` model, as a new stream's first unhandled event does).
 ///
 /// ```
 /// use whizbang_core::{perspective, Event, ModelOp, Tombstone};
