@@ -22,5 +22,5 @@ create table wh_sync_log (
     error       text
 );
 
--- Newest first, for reading and for pruning by age.
+-- For pruning by age (reads and the row retention go by id, the insert order).
 create index wh_sync_log_started_at_idx on wh_sync_log (started_at desc, id desc);

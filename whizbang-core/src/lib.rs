@@ -95,6 +95,7 @@ pub use dispatch::{
     Context, DetachedFailure, NotSynced, Receptor, Runtime, RuntimeBuilder, Scope, SendAndSync,
     SyncRequirement, WeakRuntime,
 };
+pub use dispatch::{PerspectiveSync, SyncHandle};
 pub use error::{Error, Result};
 pub use lens::{Lens, LensQuery, ListQuery, SyncLensExt, SyncedLens};
 pub use message::{
@@ -102,9 +103,7 @@ pub use message::{
     MessageKind, Metadata, StreamId, StreamKey,
 };
 pub use perspective::{IntoModelKey, Model, Perspective, PerspectiveMode, Versioned};
-pub use perspective::{
-    ModelOp, PerspectiveSync, SyncHandle, SyncItem, SyncMode, SyncReport, SyncRun, Tombstone,
-};
+pub use perspective::{ModelOp, SyncItem, SyncMode, SyncReport, SyncRun, Tombstone};
 pub use registry::{Registry, RegistryBuilder};
 pub use services::{FromServices, Services};
 pub use stage::{LifecycleStage, StageMode, StagePoint, SyncFire};

@@ -779,3 +779,52 @@ async fn every_run_emits_metrics_labelled_by_perspective_and_mode() {
         1
     );
 }
+
+#[tokio::test]
+async fn a_waiter_on_the_events_ends_synced_once_an_explicit_sync_applies_them() {
+    let rt = runtime::<Totals>();
+    rt.runner().pause(); // only the explicit sync applies
+    let stream = StreamId::new();
+    let data = serde_json::json!({ "id": stream, "n": 4 });
+    let stored = rt
+        .event_store()
+        .append(vec![StreamAppend {
+            stream_id: stream,
+            expected: ExpectedVersion::Any,
+            events: vec![new_event(stream, "xsync.added", data)],
+        }])
+        .await
+        .unwrap();
+    let awaiter = rt.sync_awaiter();
+    let filter = whizbang_core::SyncFilter::event_ids([stored[0].event_id]);
+    let wait = tokio::spawn(async move {
+        awaiter
+            .wait::<Totals>(filter.with_timeout(common::BOUND))
+            .await
+    });
+    bounded(rt.sync::<Totals>().streams([stream]).run())
+        .await
+        .unwrap();
+    let result = bounded(wait).await.unwrap().unwrap();
+    assert!(result.is_synced(), "{result:?}");
+    assert_eq!(
+        model::<Totals>(&rt, stream).await,
+        Some(Total { sum: 4, count: 1 })
+    );
+}
+
+#[tokio::test]
+async fn an_event_the_perspective_does_not_handle_leaves_a_deleted_model_deleted() {
+    let rt = runtime::<Carts>();
+    let cart = StreamId::new();
+    add(&rt, cart, &[1]).await;
+    close(&rt, cart, true).await;
+    let noted = new_event(cart, "xsync.noted", serde_json::json!({ "id": cart }));
+    append(&rt, cart, vec![noted]).await;
+    let report = bounded(rt.sync::<Carts>().streams([cart]).run())
+        .await
+        .unwrap();
+    assert_eq!(applied(report.item(cart)), (0, 3, true));
+    assert_eq!(model::<Carts>(&rt, cart).await, None);
+    assert_eq!(cursor(&rt, "xsync.carts", cart).await.version, 3);
+}

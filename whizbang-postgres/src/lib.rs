@@ -69,6 +69,13 @@
 //! (pinned to its schema with `set search_path from current`), and
 //! `wh_channel`.
 //!
+//! `0006` holds the sync log (`wh_sync_log`, written by [`PgSyncLog`]): one
+//! row per explicit sync run (perspective, mode, target, `started_at`,
+//! duration, applied/skipped/failed counts, outcome, error), indexed on
+//! `(started_at desc, id desc)`, pruned on every insert to
+//! [`PostgresOptions::sync_log_keep`] rows (and
+//! [`PostgresOptions::sync_log_max_age`]).
+//!
 //! # Several services in one database
 //!
 //! [`PostgresOptions::schema`] puts a service's tables in a schema of its

@@ -108,23 +108,23 @@ impl SyncLog for PgSyncLog {
                 .map_or(0, micros);
             let max_age_us = self.max_age.map(micros);
             // One statement: the insert, then the prune (rows past the
-            // newest `keep`, and rows older than the max age).
+            // newest `keep`, and rows older than the max age), on the
+            // primary key. The insert is not visible to the prune's
+            // snapshot: it keeps `keep - 1` of the rows before it.
             sqlx::query(
                 "with added as (
                      insert into wh_sync_log (perspective, mode, target, started_at, duration_us,
                                               applied, skipped, failed, outcome, error)
-                     values ($1, $2, $3, to_timestamp(0) + $4::int8 * interval '1 microsecond', $5, $6, $7, $8, $9, $10)
+                     values ($1, $2, $3, to_timestamp(0) + $4::int8 * interval '1 microsecond',
+                             $5, $6, $7, $8, $9, $10)
                      returning id
-                 ), kept as (
-                     -- The insert is not visible to this statement: keep
-                     -- one row fewer than the retention besides it.
-                     select id from wh_sync_log order by started_at desc, id desc
-                      limit greatest($11 - 1, 0)
                  )
-                 delete from wh_sync_log l
-                  where l.id not in (select id from kept)
+                 delete from wh_sync_log
+                  where $11 <= 1
+                     or id < (select id from wh_sync_log order by id desc
+                               offset greatest($11 - 2, 0) limit 1)
                      or ($12::int8 is not null
-                         and l.started_at < now() - $12::int8 * interval '1 microsecond')",
+                         and started_at < now() - $12::int8 * interval '1 microsecond')",
             )
             .bind(&run.perspective)
             .bind(&run.mode)
@@ -154,7 +154,7 @@ impl SyncLog for PgSyncLog {
                 "select perspective, mode, target,
                         (extract(epoch from started_at) * 1e6)::int8, duration_us,
                         applied, skipped, failed, outcome, error
-                   from wh_sync_log order by started_at desc, id desc limit $1",
+                   from wh_sync_log order by id desc limit $1",
             )
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&self.pool)

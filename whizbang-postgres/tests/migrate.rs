@@ -88,7 +88,8 @@ async fn migrations_create_the_tables_with_their_keys(pool: PgPool) {
             "wh_perspective_cursors",
             "wh_perspective_rows",
             "wh_processed_messages",
-            "wh_streams"
+            "wh_streams",
+            "wh_sync_log"
         ]
     );
 
@@ -155,7 +156,7 @@ async fn migrations_create_the_tables_with_their_keys(pool: PgPool) {
     assert_eq!(applied, embedded);
     assert!(
         embedded.len() >= 4,
-        "0001 events, 0002 runner, 0003 queue, 0004 outbox, 0005 queue tick, ..: {embedded:?}"
+        "0001 events, 0002 runner, 0003 queue, 0004 outbox, 0005 queue tick, 0006 sync log, ..: {embedded:?}"
     );
 }
 

@@ -15,6 +15,7 @@
 //! from another process, with the inbox stages) and `send_and_sync.rs`.
 
 mod context;
+mod explicit_sync;
 mod flush;
 mod rebuild;
 mod receive;
@@ -27,6 +28,7 @@ mod stages;
 pub use crate::stage::{LifecycleStage, SyncFire};
 pub(crate) use context::encode_event;
 pub use context::Context;
+pub use explicit_sync::{PerspectiveSync, SyncHandle};
 pub use runtime::DetachedFailure;
 pub use runtime::{Backend, Runtime, RuntimeBuilder, WeakRuntime};
 pub use scope::Scope;

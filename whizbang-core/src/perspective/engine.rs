@@ -131,14 +131,15 @@ pub(crate) fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> std::result::Resu
 }
 
 /// Applies one event, turning an error or a panic into its message; says
-/// whether the model is now deleted (a tombstone).
+/// what became of the model (`None`: the perspective does not handle the
+/// event, the model is untouched).
 pub(crate) fn apply_guarded(
     reg: &'static PerspectiveRegistration,
     model: &mut dyn AnyModel,
     ev: &StoredEvent,
-) -> std::result::Result<ModelOp, String> {
+) -> std::result::Result<Option<ModelOp>, String> {
     match guarded("apply", || (reg.apply)(model, ev)) {
-        Ok(Ok(op)) => Ok(op.unwrap_or_default()),
+        Ok(Ok(op)) => Ok(op),
         Ok(Err(e)) => Err(e.0),
         Err(message) => Err(message),
     }
@@ -269,13 +270,20 @@ pub(crate) fn fold(
                         deleted,
                     };
                 }
-                Ok(ModelOp::Delete) => {
+                Ok(Some(ModelOp::Delete)) => {
                     // Gone; the next event applied starts from `Default`.
                     model = None;
                     load = None;
                     deleted = true;
                 }
-                Ok(ModelOp::Keep) => deleted = false,
+                Ok(Some(ModelOp::Keep)) => deleted = false,
+                // Not handled: a deleted model stays deleted (the fresh
+                // one loaded for the call is not kept).
+                Ok(None) => {
+                    if deleted {
+                        model = None;
+                    }
+                }
             }
             progress.dirty = true;
         }
@@ -766,7 +774,7 @@ impl Engine {
             if is_skipped(checkpoint, ev.stream_version) {
                 continue;
             }
-            if apply_guarded(reg, &mut *model, &ev)? == ModelOp::Delete {
+            if apply_guarded(reg, &mut *model, &ev)? == Some(ModelOp::Delete) {
                 // Deleted before the failing event: it starts from `Default`.
                 model = new_model(reg)?;
             }

@@ -1,38 +1,24 @@
-//! Explicit sync: the caller says when a perspective is brought up to date.
+//! Explicit sync, the perspective side: what a run reports ([`SyncReport`],
+//! per stream a [`SyncItem`]) and the engine's batch that syncs a chunk of
+//! streams. The builder, `Runtime::sync`, is dispatch's.
 //!
-//! [`Runtime::sync`] returns a [`PerspectiveSync`] builder: for named streams
-//! ([`streams`](PerspectiveSync::streams), incremental), for every stream
-//! holding events the perspective handles ([`all`](PerspectiveSync::all)),
-//! or from scratch ([`full`](PerspectiveSync::full)). Many streams are one
-//! batch: the store claims a chunk of models at once and commits them in
-//! one transaction ([`PerspectiveStore::claim_many`]), so a thousand ids cost
-//! a few round trips, not a thousand. [`run`](PerspectiveSync::run) syncs in
-//! the caller's task; [`deferred`](PerspectiveSync::deferred) spawns it and
-//! hands back a [`SyncHandle`]; [`Runtime::sync_many`] runs several
-//! perspectives in parallel.
-//!
+//! Many streams are one batch: the store claims a chunk of models at once
+//! and commits them in one transaction ([`PerspectiveStore::claim_many`]).
 //! The semantics are the engine's: each model is applied exactly once under
 //! its claim, a failed cursor stays failed (reported as such, unless the
-//! caller asks [`retry_failed`](PerspectiveSync::retry_failed)), waiters are
-//! woken by every commit, and dropping a run mid-way leaves every model
-//! either as it was or as committed (each chunk commits atomically). One
-//! stream's failure does not fail the run: the [`SyncReport`] lists what was
-//! applied, skipped and failed.
+//! caller asks to retry), listeners (waiters) hear of every commit, and a
+//! chunk commits atomically or not at all. One stream's failure does not
+//! fail the chunk.
 //!
 //! [`PerspectiveStore::claim_many`]: crate::store::PerspectiveStore::claim_many
 
 use super::engine::{decode_stored, encode, fold, new_model, Engine, Folded, Recovery};
 use super::{ApplyReport, PerspectiveRegistration};
-use crate::dispatch::Runtime;
 use crate::error::{Error, Result};
 use crate::message::StreamId;
-use crate::perspective::Perspective;
 use crate::store::{Checkpoint, ClaimedModel, ModelWrite, StoredEvent};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How many models one batch claims and commits, unless the caller says.
 pub const DEFAULT_SYNC_CHUNK: usize = 500;
@@ -220,329 +206,13 @@ pub struct SyncTotals {
     pub failed: usize,
 }
 
-/// Which streams a sync visits.
-#[derive(Clone, Debug)]
-enum Target {
-    Streams(Vec<StreamId>),
-    All,
-}
-
-/// An explicit sync of one perspective, being set up: from
-/// [`Runtime::sync`] or [`Runtime::sync_named`]. Nothing happens until
-/// [`run`](Self::run) or [`deferred`](Self::deferred).
-///
-/// Without [`streams`](Self::streams) it syncs every stream
-/// ([`all`](Self::all)).
-#[must_use = "a sync does nothing until `.run().await` or `.deferred()`"]
-#[derive(Clone)]
-pub struct PerspectiveSync {
-    runtime: Runtime,
-    perspective: std::result::Result<&'static PerspectiveRegistration, String>,
-    target: Target,
-    full: bool,
-    retry_failed: bool,
-    chunk: usize,
-}
-
-impl std::fmt::Debug for PerspectiveSync {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PerspectiveSync")
-            .field("perspective", &self.perspective.as_ref().map(|r| r.name))
-            .field("target", &self.target)
-            .field("full", &self.full)
-            .field("retry_failed", &self.retry_failed)
-            .field("chunk", &self.chunk)
-            .finish()
-    }
-}
-
-impl PerspectiveSync {
-    /// Syncs these streams (incremental unless [`full`](Self::full)), as
-    /// one batch. Ids given twice are synced once; an empty list is a no-op
-    /// run with an empty report.
-    pub fn streams<I>(mut self, ids: I) -> Self
-    where
-        I: IntoIterator,
-        I::Item: Into<StreamId>,
-    {
-        self.target = Target::Streams(ids.into_iter().map(Into::into).collect());
-        self
-    }
-
-    /// Syncs every stream holding events the perspective handles, up to
-    /// the head (the default). Needs an event store that lists streams
-    /// ([`EventStore::streams_with_types`](crate::store::EventStore::streams_with_types)).
-    pub fn all(mut self) -> Self {
-        self.target = Target::All;
-        self
-    }
-
-    /// Refolds from scratch: each model is claimed, folded from version 0
-    /// into a fresh model and committed in place of the old one (a model
-    /// whose fold fails keeps its old state and cursor, and is reported
-    /// failed). For the named streams, or all.
-    pub fn full(mut self) -> Self {
-        self.full = true;
-        self
-    }
-
-    /// Retries failed cursors instead of reporting them failed: clears the
-    /// failure and applies again from the failing event (as
-    /// [`Runtime::retry_perspective`] does).
-    pub fn retry_failed(mut self) -> Self {
-        self.retry_failed = true;
-        self
-    }
-
-    /// Claims and commits at most `n` models per transaction (default
-    /// [`DEFAULT_SYNC_CHUNK`]). `0` is refused when the sync runs.
-    pub fn chunk_size(mut self, n: usize) -> Self {
-        self.chunk = n;
-        self
-    }
-
-    /// The mode this sync runs in.
-    #[must_use]
-    pub fn mode(&self) -> SyncMode {
-        match (&self.target, self.full) {
-            (Target::Streams(_), false) => SyncMode::Streams,
-            (Target::All, false) => SyncMode::All,
-            (Target::Streams(_), true) => SyncMode::FullStreams,
-            (Target::All, true) => SyncMode::FullAll,
-        }
-    }
-
-    /// Runs the sync now, in the caller's task.
-    ///
-    /// Dropping the future mid-way is safe: every model is either as it was
-    /// or as committed by a chunk that completed.
-    ///
-    /// # Errors
-    /// [`Error::UnknownPerspective`] when the perspective is not registered
-    /// in this runtime; [`Error::InvalidInput`] for a chunk size of 0; a
-    /// backend error listing the streams for [`all`](Self::all). Per-stream
-    /// failures (a failed cursor, an apply error, a backend error on one
-    /// chunk) are not errors: they are [`SyncItem::Failed`] in the report.
-    pub async fn run(self) -> Result<SyncReport> {
-        let started = Instant::now();
-        let started_at = std::time::SystemTime::now();
-        let mode = self.mode();
-        let name = match &self.perspective {
-            Ok(reg) => reg.name,
-            Err(name) => name.as_str(),
-        }
-        .to_owned();
-        let span = tracing::info_span!(
-            "whizbang.sync.run",
-            perspective = %name,
-            mode = mode.as_str(),
-            streams = tracing::field::Empty,
-            applied = tracing::field::Empty,
-            skipped = tracing::field::Empty,
-            failed = tracing::field::Empty,
-            outcome = tracing::field::Empty,
-        );
-        let runtime = self.runtime.clone();
-        let target = super::sync_log::target_summary(match &self.target {
-            Target::Streams(ids) => Some(ids),
-            Target::All => None,
-        });
-        let result = tracing::Instrument::instrument(self.run_inner(started), span.clone()).await;
-        let started = (started_at, started);
-        super::sync_log::finish(&runtime, &span, &name, mode, target, started, &result).await;
-        result
-    }
-
-    async fn run_inner(self, started: Instant) -> Result<SyncReport> {
-        let reg = self
-            .perspective
-            .clone()
-            .map_err(|name| Error::UnknownPerspective { name })?;
-        if self.chunk == 0 {
-            return Err(Error::InvalidInput(format!(
-                "explicit sync of perspective `{}`: a chunk size of 0 claims nothing; give at \
-                 least 1 (the default is {DEFAULT_SYNC_CHUNK})",
-                reg.name
-            )));
-        }
-        let mode = self.mode();
-        let engine = &self.runtime.inner.engine;
-        let streams = match self.target {
-            Target::Streams(mut ids) => {
-                ids.sort_unstable();
-                ids.dedup();
-                ids
-            }
-            Target::All => {
-                let behind = (!self.full).then_some(reg.name);
-                engine
-                    .events
-                    .streams_with_types(behind, reg.event_types)
-                    .await?
-            }
-        };
-        tracing::Span::current().record("streams", streams.len());
-        let options = Options {
-            full: self.full,
-            retry_failed: self.retry_failed,
-        };
-        let mut items = Vec::with_capacity(streams.len());
-        for chunk in streams.chunks(self.chunk) {
-            engine.sync_chunk(reg, chunk, options, &mut items).await;
-        }
-        Ok(SyncReport {
-            perspective: reg.name,
-            mode,
-            items,
-            duration: started.elapsed(),
-        })
-    }
-
-    /// Runs the sync on a new task and returns its handle: await it for the
-    /// report, or drop it and the sync still runs to the end.
-    pub fn deferred(self) -> SyncHandle {
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => SyncHandle(Deferred::Running(handle.spawn(self.run()))),
-            Err(_) => SyncHandle(Deferred::Failed(Some(Error::NoTokioRuntime))),
-        }
-    }
-}
-
-/// A sync running on its own task, from [`PerspectiveSync::deferred`]:
-/// await it for the report. Dropping it does not cancel the sync.
-#[derive(Debug)]
-#[must_use = "await the handle for the report, or drop it to let the sync finish unobserved"]
-pub struct SyncHandle(Deferred);
-
-#[derive(Debug)]
-enum Deferred {
-    Running(tokio::task::JoinHandle<Result<SyncReport>>),
-    Failed(Option<Error>),
-}
-
-impl SyncHandle {
-    /// Whether the sync has finished (the handle would resolve at once).
-    #[must_use]
-    pub fn is_finished(&self) -> bool {
-        match &self.0 {
-            Deferred::Running(h) => h.is_finished(),
-            Deferred::Failed(_) => true,
-        }
-    }
-}
-
-impl Future for SyncHandle {
-    type Output = Result<SyncReport>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.get_mut().0 {
-            Deferred::Running(handle) => Pin::new(handle).poll(cx).map(|joined| {
-                joined.unwrap_or_else(|e| {
-                    Err(Error::Invariant(format!(
-                        "the task running a deferred sync ended without a report: {e}"
-                    )))
-                })
-            }),
-            Deferred::Failed(error) => Poll::Ready(Err(error.take().unwrap_or_else(|| {
-                Error::Invariant("a deferred sync's handle was polled after it resolved".into())
-            }))),
-        }
-    }
-}
-
-impl Runtime {
-    /// An explicit sync of perspective `P`: set it up, then
-    /// [`run`](PerspectiveSync::run) it or run it
-    /// [`deferred`](PerspectiveSync::deferred).
-    ///
-    /// ```
-    /// # use whizbang_core::{perspective, Event, Runtime, StreamId};
-    /// # #[derive(Event, serde::Serialize, serde::Deserialize)]
-    /// # #[event(name = "doc.sync.opened")] struct Opened { #[stream_key] id: uuid::Uuid }
-    /// # struct Counts;
-    /// # #[perspective(model = u32, name = "doc.sync.counts")]
-    /// # impl Counts { fn opened(n: &mut u32, _: &Opened) { *n += 1; } }
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> whizbang_core::Result<()> {
-    /// let runtime = Runtime::in_memory()?;
-    /// let (a, b) = (StreamId::new(), StreamId::new());
-    /// let report = runtime.sync::<Counts>().streams([a, b]).run().await?;
-    /// assert_eq!(report.totals().skipped, 2); // nothing to apply yet
-    /// let everything = runtime.sync::<Counts>().all().deferred();
-    /// assert!(everything.await?.items.is_empty());
-    /// # Ok(()) }
-    /// ```
-    pub fn sync<P: Perspective>(&self) -> PerspectiveSync {
-        let perspective = self
-            .inner
-            .registry
-            .perspective::<P>()
-            .map_err(|_| P::NAME.to_owned());
-        self.sync_with(perspective)
-    }
-
-    /// An explicit sync of the perspective called `name` (for tools that
-    /// have only its name). An unknown name fails when the sync runs, with
-    /// [`Error::UnknownPerspective`].
-    pub fn sync_named(&self, name: &str) -> PerspectiveSync {
-        let perspective = self
-            .inner
-            .registry
-            .perspective_named(name)
-            .ok_or_else(|| name.to_owned());
-        self.sync_with(perspective)
-    }
-
-    fn sync_with(
-        &self,
-        perspective: std::result::Result<&'static PerspectiveRegistration, String>,
-    ) -> PerspectiveSync {
-        PerspectiveSync {
-            runtime: self.clone(),
-            perspective,
-            target: Target::All,
-            full: false,
-            retry_failed: false,
-            chunk: DEFAULT_SYNC_CHUNK,
-        }
-    }
-
-    /// Runs several syncs in parallel, each on its own task, and returns
-    /// their results in the order given. Dropping the future does not
-    /// cancel the syncs (see [`PerspectiveSync::deferred`]).
-    ///
-    /// ```
-    /// # use whizbang_core::{perspective, Event, Runtime};
-    /// # #[derive(Event, serde::Serialize, serde::Deserialize)]
-    /// # #[event(name = "doc.many.opened")] struct Opened { #[stream_key] id: uuid::Uuid }
-    /// # struct A; struct B;
-    /// # #[perspective(model = u32, name = "doc.many.a")]
-    /// # impl A { fn opened(n: &mut u32, _: &Opened) { *n += 1; } }
-    /// # #[perspective(model = u32, name = "doc.many.b")]
-    /// # impl B { fn opened(n: &mut u32, _: &Opened) { *n += 1; } }
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> whizbang_core::Result<()> {
-    /// let runtime = Runtime::in_memory()?;
-    /// let results = runtime.sync_many([runtime.sync::<A>(), runtime.sync::<B>().full()]).await;
-    /// assert!(results.iter().all(Result::is_ok));
-    /// # Ok(()) }
-    /// ```
-    pub async fn sync_many(
-        &self,
-        syncs: impl IntoIterator<Item = PerspectiveSync>,
-    ) -> Vec<Result<SyncReport>> {
-        let handles: Vec<SyncHandle> = syncs.into_iter().map(PerspectiveSync::deferred).collect();
-        let mut results = Vec::with_capacity(handles.len());
-        for handle in handles {
-            results.push(handle.await);
-        }
-        results
-    }
-}
-
 /// How a chunk is synced.
 #[derive(Clone, Copy, Debug)]
-struct Options {
-    full: bool,
-    retry_failed: bool,
+pub(crate) struct Options {
+    /// Refold from scratch.
+    pub(crate) full: bool,
+    /// Retry failed cursors instead of reporting them.
+    pub(crate) retry_failed: bool,
 }
 
 /// What a claimed model needs, decided under the claim.
@@ -563,7 +233,7 @@ impl Engine {
     /// store claims many at once (else one by one), appending an item per
     /// stream to `items`. Never fails as a whole: a backend error fails the
     /// chunk's streams.
-    async fn sync_chunk(
+    pub(crate) async fn sync_chunk(
         &self,
         reg: &'static PerspectiveRegistration,
         streams: &[StreamId],

@@ -132,7 +132,7 @@ fn fold_upto(
         };
         match apply_guarded(reg, &mut *entry.0, ev) {
             Err(message) => return (models, Some((r.at, message))),
-            Ok(ModelOp::Delete) => {
+            Ok(Some(ModelOp::Delete)) => {
                 // Gone; the next event for this key starts from `Default`.
                 match new_model(reg) {
                     Ok(fresh) => entry.0 = fresh,
@@ -140,7 +140,9 @@ fn fold_upto(
                 }
                 entry.2 = true;
             }
-            Ok(ModelOp::Keep) => entry.2 = false,
+            Ok(Some(ModelOp::Keep)) => entry.2 = false,
+            // Routed events are handled ones; nothing changed.
+            Ok(None) => {}
         }
         entry.1 = ev.position;
     }

@@ -16,7 +16,7 @@
 //! [`Runtime::skip_failed_event`](crate::Runtime::skip_failed_event).
 
 pub(crate) mod engine;
-mod explicit;
+pub(crate) mod explicit;
 pub(crate) mod fold;
 pub(crate) mod inline;
 mod key;
@@ -32,14 +32,12 @@ use std::any::TypeId;
 
 pub use crate::store::{AnyModel, Model};
 pub use engine::ApplyReport;
-pub use explicit::{
-    PerspectiveSync, SyncHandle, SyncItem, SyncMode, SyncReport, SyncTotals, DEFAULT_SYNC_CHUNK,
-};
+pub use explicit::{SyncItem, SyncMode, SyncReport, SyncTotals, DEFAULT_SYNC_CHUNK};
 pub use fold::Versioned;
 pub use key::{IntoModelKey, KEYED_CURSOR};
 pub use registration::PerspectiveRegistration;
 pub use sync_log::{MemorySyncLog, SyncLog, SyncRun, SyncRunOutcome, DEFAULT_SYNC_LOG_CAPACITY};
-pub use tombstone::{ModelOp, Tombstone};
+pub use tombstone::Tombstone;
 
 /// When a perspective applies its events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -58,6 +56,16 @@ impl std::fmt::Display for ApplyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// What an apply method did to its model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ModelOp {
+    /// The model stays (as the method left it).
+    #[default]
+    Keep,
+    /// The model is deleted (a tombstone); its cursor stays.
+    Delete,
 }
 
 /// What an apply method may return: `()` or `Result<(), E: Display>`.

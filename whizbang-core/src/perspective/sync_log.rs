@@ -1,27 +1,14 @@
-//! The sync log and metrics: every explicit sync run is recorded.
-//!
-//! A run emits the `whizbang.sync.run` tracing span (perspective, mode,
-//! counts, outcome), `metrics` facade counters and a histogram (so users
-//! export with the recorder they already run: Prometheus, OpenTelemetry),
-//! and a [`SyncRun`] record handed to the runtime's [`SyncLog`]. The memory
-//! log keeps the last runs in a ring; a database backend keeps them in a
-//! table. Other runs (a strategy's, a rebuild) record through the same hook,
-//! [`Runtime::record_sync_run`].
-//!
-//! Metrics, each labelled `perspective` and `mode`:
-//! - `whizbang_sync_runs_total` (also labelled `outcome`),
-//! - `whizbang_sync_applied_total`, `whizbang_sync_skipped_total`,
-//!   `whizbang_sync_failed_total` (streams),
-//! - `whizbang_sync_duration_seconds` (histogram).
+//! The sync log: a [`SyncRun`] record per sync run, kept by the runtime's
+//! [`SyncLog`] (the memory ring by default; a database backend keeps a
+//! table). Recording a run (and its metrics) is dispatch's
+//! (`Runtime::record_sync_run`).
 
-use super::explicit::{SyncMode, SyncReport};
-use crate::dispatch::Runtime;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::store::BoxFuture;
 use crate::util::lock;
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 /// How many runs [`MemorySyncLog::default`] keeps.
 pub const DEFAULT_SYNC_LOG_CAPACITY: usize = 100;
@@ -69,7 +56,7 @@ impl SyncRunOutcome {
 pub struct SyncRun {
     /// The perspective.
     pub perspective: String,
-    /// How it ran: a [`SyncMode`] name for an explicit sync, or the kind of
+    /// How it ran: a [`SyncMode`](crate::SyncMode) name for an explicit sync, or the kind of
     /// another run (e.g. `rebuild`).
     pub mode: String,
     /// What it covered, in short: the streams named (the first few and how
@@ -133,6 +120,14 @@ impl SyncRun {
 /// Where sync runs are recorded: the memory ring, or a backend's table
 /// (PostgreSQL: `wh_sync_log`). Install one with
 /// [`RuntimeBuilder::sync_log`](crate::RuntimeBuilder::sync_log).
+///
+/// Each recorded run is also a `whizbang.sync.run` tracing span (for an
+/// explicit sync) and these `metrics` facade metrics, each labelled
+/// `perspective` and `mode`:
+/// - `whizbang_sync_runs_total` (also labelled `outcome`),
+/// - `whizbang_sync_applied_total`, `whizbang_sync_skipped_total`,
+///   `whizbang_sync_failed_total` (streams),
+/// - `whizbang_sync_duration_seconds` (histogram).
 pub trait SyncLog: Send + Sync + 'static {
     /// Records one run (pruning old ones to the log's retention).
     ///
@@ -189,107 +184,4 @@ impl SyncLog for MemorySyncLog {
         let runs: Vec<SyncRun> = lock(&self.runs).iter().rev().take(limit).cloned().collect();
         Box::pin(async move { Ok(runs) })
     }
-}
-
-impl Runtime {
-    /// The most recent sync runs this runtime's [`SyncLog`] keeps, newest
-    /// first, at most `limit`.
-    ///
-    /// # Errors
-    /// The log's backend errors.
-    pub async fn sync_log(&self, limit: usize) -> Result<Vec<SyncRun>> {
-        self.inner.sync_log.recent(limit).await
-    }
-
-    /// Records a sync run: emits its metrics (see the counters in
-    /// [`SyncLog`]'s module) and writes it to the [`SyncLog`]. Explicit
-    /// syncs call it; other runs (a strategy's, a rebuild) may too. A log
-    /// that cannot write is reported with `tracing`, never as an error.
-    pub async fn record_sync_run(&self, run: &SyncRun) {
-        emit_metrics(run);
-        if let Err(e) = self.inner.sync_log.record(run).await {
-            tracing::warn!(
-                perspective = %run.perspective, mode = %run.mode, error = %e,
-                "could not record a sync run in the sync log; the run itself stands"
-            );
-        }
-    }
-}
-
-fn emit_metrics(run: &SyncRun) {
-    let labels = [
-        ("perspective", run.perspective.clone()),
-        ("mode", run.mode.clone()),
-    ];
-    let mut with_outcome = labels.to_vec();
-    with_outcome.push(("outcome", run.outcome.as_str().to_owned()));
-    metrics::counter!("whizbang_sync_runs_total", &with_outcome).increment(1);
-    metrics::counter!("whizbang_sync_applied_total", &labels).increment(run.applied);
-    metrics::counter!("whizbang_sync_skipped_total", &labels).increment(run.skipped);
-    metrics::counter!("whizbang_sync_failed_total", &labels).increment(run.failed);
-    metrics::histogram!("whizbang_sync_duration_seconds", &labels)
-        .record(run.duration.as_secs_f64());
-}
-
-/// What an explicit sync covered, in short.
-pub(super) fn target_summary(streams: Option<&[crate::message::StreamId]>) -> String {
-    const SHOWN: usize = 3;
-    match streams {
-        None => "all streams".to_owned(),
-        Some(ids) => {
-            let shown: Vec<String> = ids.iter().take(SHOWN).map(ToString::to_string).collect();
-            let more = ids.len().saturating_sub(SHOWN);
-            let list = shown.join(", ");
-            match (ids.len(), more) {
-                (0, _) => "no streams".to_owned(),
-                (1, _) => format!("1 stream: {list}"),
-                (n, 0) => format!("{n} streams: {list}"),
-                (n, more) => format!("{n} streams: {list} and {more} more"),
-            }
-        }
-    }
-}
-
-/// Ends an explicit sync run: records the counts and outcome on its span,
-/// emits its metrics and writes its [`SyncRun`].
-pub(super) async fn finish(
-    runtime: &Runtime,
-    span: &tracing::Span,
-    perspective: &str,
-    mode: SyncMode,
-    target: String,
-    (started_at, started): (SystemTime, Instant),
-    result: &Result<SyncReport>,
-) {
-    let run = match result {
-        Ok(report) => {
-            let t = report.totals();
-            SyncRun::new(
-                perspective,
-                mode.as_str(),
-                target,
-                started_at,
-                report.duration,
-                (t.applied as u64, t.skipped as u64, t.failed as u64),
-            )
-        }
-        Err(e) => SyncRun::new(
-            perspective,
-            mode.as_str(),
-            target,
-            started_at,
-            started.elapsed(),
-            (0, 0, 0),
-        )
-        .with_error(e.to_string()),
-    };
-    span.record("applied", run.applied);
-    span.record("skipped", run.skipped);
-    span.record("failed", run.failed);
-    span.record("outcome", run.outcome.as_str());
-    if let Err(Error::UnknownPerspective { .. }) = result {
-        // Nothing ran: no record, no metrics for a name that is not a perspective.
-        return;
-    }
-    runtime.record_sync_run(&run).await;
 }

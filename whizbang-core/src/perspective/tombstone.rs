@@ -1,43 +1,34 @@
 //! Tombstones: an apply method that deletes its model.
 //!
-//! An apply method returns [`Tombstone`] (or `Result<Tombstone, E>`, or a
-//! [`ModelOp`] when it decides at run time) to delete the model of its
-//! stream. The fold records the deletion; the store removes the model but
-//! keeps the cursor, so later events are not applied again and waiters stay
-//! exact; a lens `get` returns `None` afterwards. A later event on the same
-//! stream starts a fresh model from `Default`, as for a new stream.
-//!
-//! ```
-//! use whizbang_core::{perspective, Event, ModelOp, Tombstone};
-//! # #[derive(Event, serde::Serialize, serde::Deserialize)]
-//! # #[event(name = "doc.tomb.opened")] struct Opened { #[stream_key] id: uuid::Uuid }
-//! # #[derive(Event, serde::Serialize, serde::Deserialize)]
-//! # #[event(name = "doc.tomb.closed")] struct Closed { #[stream_key] id: uuid::Uuid, purge: bool }
-//! struct OpenCarts;
-//! #[perspective(model = u32, name = "doc.tomb.carts")]
-//! impl OpenCarts {
-//!     fn opened(n: &mut u32, _: &Opened) { *n += 1; }
-//!     fn closed(_: &mut u32, e: &Closed) -> ModelOp {
-//!         if e.purge { ModelOp::Delete } else { ModelOp::Keep }
-//!     }
-//! }
-//! ```
+//! The types an apply method returns to delete its model; see [`Tombstone`].
 
-use super::{ApplyError, ApplyOutput};
+use super::{ApplyError, ApplyOutput, ModelOp};
 
-/// What an apply method did to its model.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum ModelOp {
-    /// The model stays (as the method left it).
-    #[default]
-    Keep,
-    /// The model is deleted (a tombstone); its cursor stays.
-    Delete,
-}
-
-/// Returned by an apply method to delete its model (see the
-/// [module docs](self)): the row goes, the cursor stays, a later event
-/// starts from `Default`.
+/// An apply method returns [`Tombstone`] (or `Result<Tombstone, E>`, or a
+/// [`ModelOp`] when it decides at run time) to delete the model of its
+/// stream. The fold records the deletion; the store removes the model but
+/// keeps the cursor, so later events are not applied again and waiters stay
+/// exact; a lens `get` returns `None` afterwards. A later event on the same
+/// stream starts a fresh model from `Default`, as for a new stream (an event
+/// the perspective does not handle keeps the model deleted when it is
+/// applied in the same batch as the tombstone; alone, in a later batch, it
+/// stores a `Default` model, as a new stream's first unhandled event does).
+///
+/// ```
+/// use whizbang_core::{perspective, Event, ModelOp, Tombstone};
+/// # #[derive(Event, serde::Serialize, serde::Deserialize)]
+/// # #[event(name = "doc.tomb.opened")] struct Opened { #[stream_key] id: uuid::Uuid }
+/// # #[derive(Event, serde::Serialize, serde::Deserialize)]
+/// # #[event(name = "doc.tomb.closed")] struct Closed { #[stream_key] id: uuid::Uuid, purge: bool }
+/// struct OpenCarts;
+/// #[perspective(model = u32, name = "doc.tomb.carts")]
+/// impl OpenCarts {
+///     fn opened(n: &mut u32, _: &Opened) { *n += 1; }
+///     fn closed(_: &mut u32, e: &Closed) -> ModelOp {
+///         if e.purge { ModelOp::Delete } else { ModelOp::Keep }
+///     }
+/// }
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Tombstone;
 
