@@ -133,7 +133,7 @@ fn generated_impls_name_and_route_every_message() {
     assert_eq!(welcomer.sync[0].timeout_ms, 20_000);
     assert_eq!(welcomer.sync[1].fire, SyncFire::Always);
     assert_eq!(registry.perspectives().len(), 2);
-    assert!(OwnersByAccount::KEYED);
-    assert!(!AccountViews::KEYED);
+    const { assert!(OwnersByAccount::KEYED) };
+    const { assert!(!AccountViews::KEYED) };
     assert_eq!(registry.messages().len(), 4);
 }
