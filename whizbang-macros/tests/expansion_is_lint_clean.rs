@@ -85,6 +85,16 @@ impl AccountViews {
     }
 }
 
+/// A keyed perspective: its key function is generated code too.
+struct OwnersByAccount;
+
+#[perspective(model = AccountView, key = account)]
+impl OwnersByAccount {
+    fn opened(view: &mut AccountView, e: &AccountOpened) {
+        view.owner.clone_from(&e.owner);
+    }
+}
+
 #[derive(Default)]
 struct Welcomer;
 
@@ -122,6 +132,8 @@ fn generated_impls_name_and_route_every_message() {
     assert_eq!(welcomer.sync[0].event_types, ["accounts.opened"]);
     assert_eq!(welcomer.sync[0].timeout_ms, 20_000);
     assert_eq!(welcomer.sync[1].fire, SyncFire::Always);
-    assert_eq!(registry.perspectives().len(), 1);
+    assert_eq!(registry.perspectives().len(), 2);
+    const { assert!(OwnersByAccount::KEYED) };
+    const { assert!(!AccountViews::KEYED) };
     assert_eq!(registry.messages().len(), 4);
 }

@@ -16,6 +16,12 @@
 //! [`PgPerspectiveStore::claim_many`](crate::PgPerspectiveStore) transaction
 //! and commits them together, with the applied NOTIFY of every key written
 //! (the cursor's wakes every wait on the perspective in other processes).
+//!
+//! The horizon is the server's: while a transaction is open anywhere on it,
+//! newer events wait to be numbered. The partitioned runner reads held-back
+//! partitions again soon and catches the keyed perspective up then (once,
+//! for all the streams it found); a process without it applies them at its
+//! next local append.
 
 use crate::events::{db_error, decode_event, location, to_u64, EventRow, LocationRow, BACKEND};
 use sqlx::PgPool;

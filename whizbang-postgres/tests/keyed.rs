@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use support::{backend, bounded, eventually, fast_options, shut_down};
+use support::{
+    backend, bounded, bounded_within, eventually, eventually_within, fast_options, shut_down,
+};
 use uuid::Uuid;
 use whizbang_core::backend::conformance::Stores;
 use whizbang_core::backend::{EventStore, PerspectiveStore, SyncBackend, UnappliedQuery};
@@ -68,6 +70,14 @@ impl PickyTotals {
 }
 
 // ---- helpers ----------------------------------------------------------------------------
+
+/// The bound of a step that waits for events to become safe to consume:
+/// the snapshot horizon is the server's, so any transaction open on it (a
+/// `CREATE DATABASE` of a parallel test) holds them back meanwhile.
+const HORIZON: Duration = Duration::from_secs(60);
+
+/// A wait's timeout, within [`HORIZON`].
+const WAIT: Duration = Duration::from_secs(50);
 
 fn registry() -> Arc<Registry> {
     Arc::new(
@@ -175,11 +185,15 @@ async fn concurrent_appenders_and_two_runtimes_fold_each_event_once_into_the_cus
     assert_eq!(expected.values().map(|t| t.seqs.len()).sum::<usize>(), 60);
     for customer in &customers {
         let want = expected[customer].clone();
-        let got = eventually("the customer's totals include every order", || async {
-            totals(&a, *customer)
-                .await
-                .filter(|t| t.seqs.len() >= want.seqs.len())
-        })
+        let got = eventually_within(
+            HORIZON,
+            "the customer's totals include every order",
+            || async {
+                totals(&a, *customer)
+                    .await
+                    .filter(|t| t.seqs.len() >= want.seqs.len())
+            },
+        )
         .await;
         let mut seqs = got.seqs.clone();
         seqs.sort_unstable();
@@ -238,12 +252,12 @@ async fn a_wait_on_a_keyed_perspective_ends_synced_when_another_process_applies_
     // and its read sees the totals.
     let applier_pg = backend(&pool, fast_options()).await;
     let applier = runtime(&applier_pg);
-    let waited =
-        bounded(awaiter.wait::<CustomerTotals>(
-            SyncFilter::current_scope().with_timeout(Duration::from_secs(20)),
-        ))
-        .await
-        .unwrap();
+    let waited = bounded_within(
+        HORIZON,
+        awaiter.wait::<CustomerTotals>(SyncFilter::current_scope().with_timeout(WAIT)),
+    )
+    .await
+    .unwrap();
     assert_eq!(waited.outcome, SyncOutcome::Synced);
     let got = totals(&writer, customer).await.unwrap();
     assert_eq!(got.amount, 42);
@@ -328,12 +342,14 @@ async fn a_failed_keyed_cursor_is_reported_to_waits_and_a_retry_applies_the_rest
         .await
         .unwrap();
     }
-    let waited =
-        bounded(scope.sync_awaiter().wait::<PickyTotals>(
-            SyncFilter::current_scope().with_timeout(Duration::from_secs(20)),
-        ))
-        .await
-        .unwrap();
+    let waited = bounded_within(
+        HORIZON,
+        scope
+            .sync_awaiter()
+            .wait::<PickyTotals>(SyncFilter::current_scope().with_timeout(WAIT)),
+    )
+    .await
+    .unwrap();
     let SyncOutcome::Failed { message, .. } = &waited.outcome else {
         panic!("expected Failed, got {:?}", waited.outcome);
     };
@@ -385,7 +401,7 @@ async fn an_open_ended_wait_on_a_keyed_perspective_lists_only_its_backlog(pool: 
     let awaiter = rt.sync_awaiter();
     let wait = tokio::spawn(async move {
         awaiter
-            .wait::<CustomerTotals>(SyncFilter::all().with_timeout(Duration::from_secs(9)))
+            .wait::<CustomerTotals>(SyncFilter::all().with_timeout(WAIT))
             .await
     });
     let tracker = Arc::clone(rt.sync_tracker());
@@ -396,7 +412,7 @@ async fn an_open_ended_wait_on_a_keyed_perspective_lists_only_its_backlog(pool: 
     .await;
     let applier_pg = backend(&pool, fast_options()).await;
     let applier = runtime(&applier_pg);
-    let waited = bounded(wait).await.unwrap().unwrap();
+    let waited = bounded_within(HORIZON, wait).await.unwrap().unwrap();
     assert_eq!(waited.outcome, SyncOutcome::Synced);
     assert_eq!(totals(&rt, customer).await.unwrap().seqs.len(), 3);
     assert!(bounded(sync.unapplied(&query)).await.unwrap().is_empty());

@@ -97,6 +97,7 @@
 //!   records one).
 //! - A sync answer for [`SyncInquiry::keyed`] from the perspective's one
 //!   cursor: [`keyed_status`] decides each id.
+//!
 //! The contracts are in `conformance::keyed`, apart from the others (a
 //! backend may not offer keyed perspectives). A report of the cursor's
 //! commit (its key is [`KEYED_CURSOR`](crate::perspective::KEYED_CURSOR))

@@ -378,6 +378,12 @@ async fn catch_up_all(
     type Joined = Option<std::result::Result<(Id, Outcome), tokio::task::JoinError>>;
     let limit = limit.max(1);
     let share = streams.len().div_ceil(limit).clamp(1, MAX_TOGETHER);
+    // A keyed perspective has one cursor: one catch-up covers every stream.
+    let keyed = runtime
+        .registry()
+        .perspective_named(perspective)
+        .is_some_and(|r| r.is_keyed());
+    let share = if keyed { streams.len().max(1) } else { share };
     let mut running = JoinSet::new();
     let mut started: HashMap<Id, Vec<StreamId>> = HashMap::new();
     let mut failed = BTreeSet::new();

@@ -12,7 +12,12 @@ const BOUND: Duration = Duration::from_secs(10);
 
 /// `f`, which must finish within [`BOUND`].
 pub(crate) async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(BOUND, f)
+    bounded_within(BOUND, f).await
+}
+
+/// `f`, which must finish within `bound`.
+pub(crate) async fn bounded_within<F: std::future::Future>(bound: Duration, f: F) -> F::Output {
+    tokio::time::timeout(bound, f)
         .await
         .expect("finished within the bound")
 }
@@ -63,19 +68,28 @@ pub(crate) async fn backend(
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, within [`BOUND`].
-pub(crate) async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + BOUND;
+    eventually_within(BOUND, what, check).await
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, within `bound`.
+pub(crate) async fn eventually_within<T, F, Fut>(bound: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + bound;
     loop {
         if let Some(value) = check().await {
             return value;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "timed out after {BOUND:?} waiting until {what}"
+            "timed out after {bound:?} waiting until {what}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -123,25 +123,32 @@ async fn read_global(s: &Stores, after: u64, limit: usize) -> Vec<Arc<StoredEven
 /// position: a store may place events in the order only once they are safe
 /// to consume (a database: once older transactions ended).
 async fn settle(s: &Stores, ids: &[EventId]) {
-    bounded(
-        "every appended event to take its place in the global order",
-        async {
+    // A database's horizon is its whole server's: a transaction open
+    // anywhere on it holds events back, so this gets a bound of its own.
+    let placed = tokio::time::timeout(SETTLE, async {
+        loop {
+            let mut after = 0;
             loop {
-                let mut after = 0;
-                loop {
-                    let page = read_global(s, after, 1000).await;
-                    let Some(last) = page.last() else { break };
-                    after = last.position;
-                }
-                if positions(s, ids).await.len() == ids.len() {
-                    return;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                let page = read_global(s, after, 1000).await;
+                let Some(last) = page.last() else { break };
+                after = last.position;
             }
-        },
-    )
+            if positions(s, ids).await.len() == ids.len() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
     .await;
+    assert!(
+        placed.is_ok(),
+        "every appended event must take its place in the global order (read_global, \
+         global_positions) within {SETTLE:?}"
+    );
 }
+
+/// How long appended events may take to be placed in the global order.
+pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The position of each id, in the order of `ids` (once all have one).
 async fn positions_of(s: &Stores, ids: &[EventId]) -> Vec<u64> {
