@@ -216,6 +216,36 @@ async fn fold_chunk(
     Ok(())
 }
 
+/// The rebuilds running in this process, by (perspective store, name): a
+/// second rebuild of the same perspective on the same store is refused
+/// while the first runs (the store refuses one from another process).
+static RUNNING: Mutex<Vec<(usize, &'static str)>> = Mutex::new(Vec::new());
+
+/// Holds a perspective's entry in [`RUNNING`]; dropped with the rebuild's
+/// future, so a dropped rebuild can be started again at once.
+struct Running((usize, &'static str));
+
+impl Running {
+    fn claim(store: &dyn PerspectiveStore, live: &'static str) -> Result<Running> {
+        let key = (std::ptr::from_ref(store).cast::<()>() as usize, live);
+        let mut running = lock(&RUNNING);
+        if running.contains(&key) {
+            return Err(Error::InvalidInput(format!(
+                "rebuild perspective `{live}`: a rebuild of it is already running in this \
+                 process; wait for it to finish"
+            )));
+        }
+        running.push(key);
+        Ok(Running(key))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        lock(&RUNNING).retain(|k| *k != self.0);
+    }
+}
+
 /// One rebuild's state.
 struct Rebuilder<'r> {
     /// Folds into the shadow: its commits are heard by nobody.
@@ -620,6 +650,7 @@ impl Runtime {
         let store = perspectives
             .rebuilds()
             .ok_or_else(|| unsupported(live.name))?;
+        let _running = Running::claim(perspectives, live.name)?;
         let span = tracing::info_span!(
             "whizbang.perspective.rebuild",
             perspective = live.name,
