@@ -172,7 +172,8 @@ async fn readers_see_every_old_model_or_every_new_one_never_a_mix() {
         let (rt, stop, old) = (rt.clone(), Arc::clone(&stop), old.clone());
         tokio::spawn(async move {
             let (mut saw_old, mut saw_new) = (0, 0);
-            while !stop.load(Ordering::Relaxed) {
+            // At least one read, then until stopped.
+            while saw_old + saw_new == 0 || !stop.load(Ordering::Relaxed) {
                 let now: Vec<i64> = rt
                     .lens::<Balances>()
                     .list(ListQuery::all())

@@ -228,7 +228,7 @@ async fn readers_see_every_old_model_or_every_new_one_and_a_second_rebuild_is_re
         let (rt, stop, old, new) = (rt.clone(), Arc::clone(&stop), old.clone(), new.clone());
         tokio::spawn(async move {
             let mut reads = 0;
-            while !stop.load(Ordering::SeqCst) {
+            while reads == 0 || !stop.load(Ordering::SeqCst) {
                 let now: Vec<i64> = rt
                     .lens::<Swapped>()
                     .list(ListQuery::all())
