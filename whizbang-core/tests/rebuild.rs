@@ -13,7 +13,10 @@ use uuid::Uuid;
 use whizbang_core::perspective::rebuild::{
     shadow_name, RebuildOptions, RebuildPhase, VersionCheck, VersionPolicy,
 };
-use whizbang_core::{perspective, Error, Event, LensQuery, ListQuery, Runtime};
+use whizbang_core::{
+    perspective, Error, Event, LensQuery, ListQuery, PerspectiveSyncOptions, Runtime, SyncFilter,
+    SyncOutcome,
+};
 
 #[derive(Event, Serialize, Deserialize)]
 #[event(name = "rebuild.deposited")]
@@ -169,7 +172,8 @@ async fn readers_see_every_old_model_or_every_new_one_never_a_mix() {
         let (rt, stop, old) = (rt.clone(), Arc::clone(&stop), old.clone());
         tokio::spawn(async move {
             let (mut saw_old, mut saw_new) = (0, 0);
-            while !stop.load(Ordering::Relaxed) {
+            // At least one read, then until stopped.
+            while saw_old + saw_new == 0 || !stop.load(Ordering::Relaxed) {
                 let now: Vec<i64> = rt
                     .lens::<Balances>()
                     .list(ListQuery::all())
@@ -346,4 +350,41 @@ async fn declared_versions_are_recorded_then_rebuilt_or_refused() {
         rt.rebuild_named("nope", RebuildOptions::default()).await,
         Err(Error::UnknownPerspective { .. })
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_is_synced_by_the_swap_and_then_reads_its_event() {
+    let _serial = SERIAL.lock().await;
+    NEW_CODE.store(false, Ordering::Relaxed);
+    let rt = Runtime::in_memory().unwrap();
+    let account = Uuid::now_v7();
+    deposit(&rt, &[account], 3).await;
+    rt.wait_idle().await;
+    // Paused: from here only the rebuild's swap can apply the next event.
+    rt.runner().pause();
+    deposit(&rt, &[account], 1).await;
+    let waiter = {
+        let rt = rt.clone();
+        tokio::spawn(async move {
+            let options = PerspectiveSyncOptions::new(SyncFilter::for_stream(account))
+                .timeout(std::time::Duration::from_secs(30));
+            let r = rt.sync_awaiter().wait::<Balances>(options).await.unwrap();
+            // Synced: the models it reads reflect the event.
+            let m = rt
+                .lens::<Balances>()
+                .get(account.into())
+                .await
+                .unwrap()
+                .unwrap();
+            (r.outcome, m.deposits)
+        })
+    };
+    let report = bounded(rt.rebuild_named("Balances", RebuildOptions::default()))
+        .await
+        .unwrap();
+    assert_eq!(report.events, 4);
+    let (outcome, deposits) = bounded(waiter).await.unwrap();
+    assert_eq!(outcome, SyncOutcome::Synced);
+    assert_eq!(deposits, 4);
+    rt.runner().resume();
 }

@@ -3,7 +3,8 @@
 //! run, on a fresh database.
 //!
 //! Run: `cargo bench -p whizbang-postgres --bench rebuild` (1,000,000
-//! events); `-- --quick` for 100,000; `-- --events N` for N. Needs
+//! events); `-- --quick` for 100,000; `-- --events N` for N; `--chunk N`
+//! and `--parallel N` set the rebuild's options. Needs
 //! PostgreSQL at `DATABASE_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`).
 //!
@@ -121,10 +122,10 @@ async fn raw_replay(pool: &PgPool, events: u64) -> f64 {
 }
 
 /// A full rebuild: events/s.
-async fn rebuild(rt: &Runtime, events: u64) -> f64 {
+async fn rebuild(rt: &Runtime, events: u64, options: RebuildOptions) -> f64 {
     let started = Instant::now();
     let report = rt
-        .rebuild_named("bench_rebuild.totals", RebuildOptions::default())
+        .rebuild_named("bench_rebuild.totals", options)
         .await
         .expect("rebuild");
     assert_eq!(report.events, events);
@@ -139,6 +140,22 @@ async fn main() {
         None if args.iter().any(|a| a == "--quick") => 100_000,
         None => 1_000_000,
     };
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .map(|i| args[i + 1].parse::<u64>().expect("a number"))
+    };
+    let mut options = RebuildOptions::default();
+    if let Some(chunk) = arg("--chunk") {
+        options = options.chunk_events(chunk);
+    }
+    if let Some(parallel) = arg("--parallel") {
+        options = options.parallel(usize::try_from(parallel).expect("fits"));
+    }
+    println!(
+        "chunks of {} events, {} in flight",
+        options.chunk_events, options.parallel
+    );
     let url = database_url();
     let name = format!("wh_bench_rebuild_{}", std::process::id());
     let mut admin = sqlx::PgConnection::connect(&url)
@@ -174,7 +191,7 @@ async fn main() {
     println!("| --- | ---: | ---: | ---: |");
     for pair in 1..=2 {
         let raw = raw_replay(&pool, events).await;
-        let rebuilt = rebuild(&rt, events).await;
+        let rebuilt = rebuild(&rt, events, options.clone()).await;
         println!(
             "| {pair} | {raw:.0} | {rebuilt:.0} | {:.2}x |",
             rebuilt / raw

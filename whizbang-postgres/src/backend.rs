@@ -75,8 +75,8 @@ pub struct PostgresOptions {
     pub sync_log_max_age: Option<Duration>,
     /// What a runner process does at start with a perspective whose
     /// `#[perspective(version = N)]` is above the version its live models
-    /// were built with (default [`VersionPolicy::Rebuild`]: rebuild it beside
-    /// live, in the background; [`VersionPolicy::Refuse`]: log an error
+    /// were built with (default [`VersionPolicy::Rebuild`](whizbang_core::perspective::rebuild::VersionPolicy::Rebuild): rebuild it beside
+    /// live, in the background; [`VersionPolicy::Refuse`](whizbang_core::perspective::rebuild::VersionPolicy::Refuse): log an error
     /// saying to run `whizbang rebuild`, and apply with the new code
     /// meanwhile). See `whizbang_core::perspective::rebuild`.
     pub on_version_bump: whizbang_core::perspective::rebuild::VersionPolicy,

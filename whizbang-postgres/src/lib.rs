@@ -76,6 +76,20 @@
 //! [`PostgresOptions::sync_log_keep`] rows (and
 //! [`PostgresOptions::sync_log_max_age`]).
 //!
+//! `0008` holds what rebuilds beside live and the operator's requests need
+//! (`whizbang_core::perspective::rebuild`): `wh_perspective_versions` (the
+//! `#[perspective(version = N)]` each perspective's live models were built
+//! with), `wh_rebuilds` (per perspective: the version rebuilt to, phase,
+//! events done and total, rate, time left, error) and
+//! `wh_operator_requests` (the `sync` and `rebuild` requests of the
+//! `whizbang` tool, claimed by a running service with a lease and `FOR
+//! UPDATE SKIP LOCKED`, woken by a NOTIFY on [`REQUESTS_CHANNEL`]). A
+//! rebuild's shadow models live in the perspective tables under the name
+//! `<perspective>~rebuild`; the swap that replaces the live models is one
+//! transaction holding `wh_perspective_cursors` in `share row exclusive`
+//! mode (applies wait, readers do not). A runner process checks the declared
+//! versions at start ([`PostgresOptions::on_version_bump`]).
+//!
 //! # Several services in one database
 //!
 //! [`PostgresOptions::schema`] puts a service's tables in a schema of its

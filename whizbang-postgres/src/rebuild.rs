@@ -20,12 +20,15 @@
 use crate::events::{db_error, to_i64, to_u64};
 use crate::perspectives::PgPerspectiveStore;
 use crate::wire;
+use serde_json::value::RawValue;
 use sqlx::{Connection as _, PgConnection, PgPool, Postgres, Transaction};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
-use whizbang_core::backend::{BoxFuture, ModelKey, ModelValue, ModelWrite};
+use whizbang_core::backend::{
+    BoxFuture, Checkpoint, ClaimedModel, ModelKey, ModelValue, ModelWrite, StoredEvent,
+};
 use whizbang_core::error::Stored;
 use whizbang_core::perspective::rebuild::{
     RebuildFence, RebuildPhase, RebuildProgress, RebuildStart, RebuildStore,
@@ -231,7 +234,96 @@ impl PgFence {
     }
 }
 
+impl PgFence {
+    /// See [`RebuildFence::behind`]: three statements in the fence's
+    /// transaction (the streams behind, the shadow's models, their events).
+    async fn behind_now(
+        &mut self,
+        shadow: &'static str,
+        types: &[&'static str],
+    ) -> Result<Vec<ClaimedModel>> {
+        let what = || format!("read what the shadow `{shadow}` lacks, fenced");
+        let tx = &mut *self.tx;
+        let behind: Vec<(Uuid, i64)> = sqlx::query_as(
+            "select s.stream_id, coalesce(c.version, 0)
+               from (select distinct stream_id from wh_events where event_type = any($2)) e
+               join wh_streams s on s.stream_id = e.stream_id
+               left join wh_perspective_cursors c
+                 on c.perspective = $1 and c.model_key = s.stream_id
+              where s.version > coalesce(c.version, 0)
+              order by s.stream_id",
+        )
+        .bind(shadow)
+        .bind(types)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error(what(), Stored::Nothing))?;
+        let keys: Vec<Uuid> = behind.iter().map(|(k, _)| *k).collect();
+        let after: Vec<i64> = behind.iter().map(|(_, v)| *v).collect();
+        let models: Vec<(Uuid, String)> = sqlx::query_as(
+            "select model_key, data::text from wh_perspective_rows
+              where perspective = $1 and model_key = any($2)",
+        )
+        .bind(shadow)
+        .bind(&keys)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error(what(), Stored::Nothing))?;
+        let rows: Vec<crate::events::EventRow> = sqlx::query_as(
+            "select e.global_position, e.event_id, e.stream_id, e.stream_version, e.event_type,
+                    e.data::text, e.metadata::text
+               from unnest($1::uuid[], $2::int8[]) as k(stream_id, after)
+               join wh_events e on e.stream_id = k.stream_id and e.stream_version > k.after
+              order by e.stream_id, e.stream_version",
+        )
+        .bind(&keys)
+        .bind(&after)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error(what(), Stored::Nothing))?;
+        let mut models: HashMap<Uuid, String> = models.into_iter().collect();
+        let mut events: HashMap<Uuid, Vec<Arc<StoredEvent>>> = HashMap::new();
+        for row in rows {
+            let event = crate::events::decode_event(row)
+                .map_err(|e| crate::perspectives::corrupt(what(), e))?;
+            events
+                .entry(event.stream_id.as_uuid())
+                .or_default()
+                .push(Arc::new(event));
+        }
+        behind
+            .into_iter()
+            .map(|(key, version)| {
+                let model = models
+                    .remove(&key)
+                    .map(RawValue::from_string)
+                    .transpose()
+                    .map_err(|e| crate::perspectives::corrupt(what(), e))?
+                    .map(ModelValue::Json);
+                let checkpoint = Checkpoint {
+                    version: to_u64(version),
+                    ..Checkpoint::default()
+                };
+                Ok(ClaimedModel::new(
+                    ModelKey::from(key),
+                    checkpoint,
+                    model,
+                    Some(events.remove(&key).unwrap_or_default()),
+                ))
+            })
+            .collect()
+    }
+}
+
 impl RebuildFence for PgFence {
+    fn behind<'a>(
+        &'a mut self,
+        shadow: &'static str,
+        event_types: &'a [&'static str],
+    ) -> BoxFuture<'a, Result<Option<Vec<ClaimedModel>>>> {
+        Box::pin(async move { self.behind_now(shadow, event_types).await.map(Some) })
+    }
+
     fn swap(
         self: Box<Self>,
         live: &'static str,

@@ -86,8 +86,13 @@ async fn serve(config: &Config, runtime: &WeakRuntime) {
     }
 }
 
+/// A listener on a connection of its own, outside the pool (a pooled one
+/// would be held for as long as the service runs).
 async fn listen(pool: &PgPool, channel: &str) -> Option<PgListener> {
-    let mut l = PgListener::connect_with(pool).await.ok()?;
+    let own = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_lazy_with((*pool.connect_options()).clone());
+    let mut l = PgListener::connect_with(&own).await.ok()?;
     l.listen(channel).await.ok()?;
     Some(l)
 }

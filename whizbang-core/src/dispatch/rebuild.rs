@@ -8,7 +8,7 @@ use super::Runtime;
 use crate::error::{Error, Result};
 use crate::perspective::rebuild::{
     shadow_registration, CatchUpReport, RebuildOptions, RebuildPhase, RebuildProgress,
-    RebuildReport, Rebuilder, VersionCheck, VersionPolicy,
+    RebuildReport, Rebuilder, Running, VersionCheck, VersionPolicy,
 };
 use crate::perspective::Perspective;
 use crate::store::rebuild::unsupported;
@@ -139,6 +139,7 @@ impl Runtime {
         let store = perspectives
             .rebuilds()
             .ok_or_else(|| unsupported(live.name))?;
+        let _running = Running::claim(perspectives, live.name)?;
         let span = tracing::info_span!(
             "whizbang.perspective.rebuild",
             perspective = live.name,

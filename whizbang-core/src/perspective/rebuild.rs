@@ -45,7 +45,7 @@ pub use crate::store::rebuild::{
     shadow_name, RebuildFence, RebuildPhase, RebuildProgress, RebuildStart, RebuildStore,
     SHADOW_SUFFIX,
 };
-use crate::store::PerspectiveStore;
+use crate::store::{ClaimedModel, PerspectiveStore};
 use crate::util::lock;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -217,6 +217,36 @@ pub(crate) async fn fold_chunk(
     Ok(())
 }
 
+/// The rebuilds running in this process, by (perspective store, name): a
+/// second rebuild of the same perspective on the same store is refused
+/// while the first runs (the store refuses one from another process).
+static RUNNING: Mutex<Vec<(usize, &'static str)>> = Mutex::new(Vec::new());
+
+/// Holds a perspective's entry in [`RUNNING`]; dropped with the rebuild's
+/// future, so a dropped rebuild can be started again at once.
+pub(crate) struct Running((usize, &'static str));
+
+impl Running {
+    pub(crate) fn claim(store: &dyn PerspectiveStore, live: &'static str) -> Result<Running> {
+        let key = (std::ptr::from_ref(store).cast::<()>() as usize, live);
+        let mut running = lock(&RUNNING);
+        if running.contains(&key) {
+            return Err(Error::InvalidInput(format!(
+                "rebuild perspective `{live}`: a rebuild of it is already running in this \
+                 process; wait for it to finish"
+            )));
+        }
+        running.push(key);
+        Ok(Running(key))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        lock(&RUNNING).retain(|k| *k != self.0);
+    }
+}
+
 /// One rebuild's state.
 pub(crate) struct Rebuilder<'r> {
     /// Folds into the shadow: its commits are heard by nobody.
@@ -376,26 +406,45 @@ impl Rebuilder<'_> {
 
     /// Fenced: the last events into the shadow, and the swap.
     pub(crate) async fn swap(&mut self) -> Result<(usize, Duration)> {
-        let fence = self.store.fence(self.live.name).await?;
+        // Read before the fence: under it, a store's connections may all be
+        // held by applies waiting on it.
+        let known = self.shadow_versions().await?;
+        let mut fence = self.store.fence(self.live.name).await?;
         let fenced_at = Instant::now();
         self.progress.phase = RebuildPhase::Swapping;
-        let todo = self.pass().await?;
-        let mut writes = Vec::with_capacity(todo.len());
-        for (stream, _, at) in todo {
-            let events = self.engine.events.read_stream(stream, at).await?;
-            let stored = self
-                .perspectives
-                .load_model(self.shadow.name, stream)
-                .await?
-                .map(|row| row.model);
-            let checkpoint = crate::store::Checkpoint {
-                version: at,
-                ..Default::default()
+        let claimed = match fence
+            .behind(self.shadow.name, self.live.event_types)
+            .await?
+        {
+            Some(claimed) => claimed,
+            None => {
+                let mut claimed = Vec::new();
+                for (stream, _, at) in self.pass().await? {
+                    let model = self
+                        .perspectives
+                        .load_model(self.shadow.name, stream)
+                        .await?
+                        .map(|row| row.model);
+                    let checkpoint = crate::store::Checkpoint {
+                        version: at,
+                        ..Default::default()
+                    };
+                    claimed.push(ClaimedModel::new(stream, checkpoint, model, None));
+                }
+                claimed
+            }
+        };
+        let mut writes = Vec::with_capacity(claimed.len());
+        for c in claimed {
+            let (stream, at) = (c.key, c.checkpoint.version);
+            let events = match c.events {
+                Some(events) => events,
+                None => self.engine.events.read_stream(stream, at).await?,
             };
-            let mut stored = stored;
+            let mut stored = c.model;
             let folded = fold(
                 self.shadow,
-                &checkpoint,
+                &c.checkpoint,
                 || decode_stored(self.shadow, stored.take()),
                 &events,
             );
@@ -426,7 +475,11 @@ impl Rebuilder<'_> {
         }
         // Events that arrived after the count were folded too.
         self.progress.total = self.progress.total.max(self.progress.done);
-        let models = self.shadow_versions().await?.len() + writes.len();
+        let models = known.len()
+            + writes
+                .iter()
+                .filter(|w| !known.contains_key(&w.key))
+                .count();
         let moved = fence
             .swap(self.live.name, self.shadow.name, writes, self.live.version)
             .await?;
@@ -472,7 +525,7 @@ impl Rebuilder<'_> {
         Ok(RebuildReport {
             perspective: self.live.name,
             version: self.live.version,
-            models: models.min(self.progress.total as usize),
+            models,
             events: self.progress.done,
             folded: self.folded,
             resumed: start == RebuildStart::Resume,

@@ -962,6 +962,23 @@ impl<M: Model> AnyModel for M {
 /// until [`swap`](Self::swap) commits or the fence is dropped, which lifts
 /// it and changes nothing.
 pub trait RebuildFence: Send {
+    /// Read under the fence, where the store can (in the fence's own
+    /// transaction): every stream holding one of `event_types` that the
+    /// shadow generation `shadow` is behind on, as a [`ClaimedModel`] with
+    /// the shadow's cursor, its model and the stream's events after it.
+    /// `None`, the default: the runtime reads them through the stores.
+    ///
+    /// # Errors
+    /// A backend error.
+    fn behind<'a>(
+        &'a mut self,
+        shadow: &'static str,
+        event_types: &'a [&'static str],
+    ) -> BoxFuture<'a, Result<Option<Vec<ClaimedModel>>>> {
+        let _ = (shadow, event_types);
+        Box::pin(async { Ok(None) })
+    }
+
     /// In one atomic step: writes `writes` to the shadow generation `shadow`
     /// (the last events, folded while fenced; each with the checkpoint it
     /// reaches), replaces every model and cursor of `live` with the

@@ -52,8 +52,8 @@ pub(crate) fn unsupported(perspective: &str) -> Error {
 #[derive(Default)]
 pub(crate) struct MemoryRebuilds {
     versions: HashMap<String, u32>,
-    /// Per live name: the target version and whether a rebuild is running.
-    running: HashMap<String, (u32, bool)>,
+    /// Per live name: the version of the unfinished rebuild its shadow holds.
+    running: HashMap<String, u32>,
     progress: HashMap<String, RebuildProgress>,
 }
 
@@ -118,23 +118,19 @@ impl RebuildStore for MemoryPerspectiveStore {
         shadow: &'static str,
         version: u32,
     ) -> BoxFuture<'a, Result<RebuildStart>> {
+        // One at a time per process is the runtime's guard; an in-process
+        // store has no other process to refuse.
         let mut book = lock(&self.rebuilds);
         let start = match book.running.get(live).copied() {
-            Some((_, true)) => Err(Error::InvalidInput(format!(
-                "rebuild perspective `{live}`: a rebuild of it is already running in this \
-                 process; wait for it to finish"
-            ))),
-            Some((target, false)) if target == version => Ok(RebuildStart::Resume),
+            Some(target) if target == version => RebuildStart::Resume,
             _ => {
                 lock(&self.slots).remove(shadow);
-                Ok(RebuildStart::Fresh)
+                RebuildStart::Fresh
             }
         };
-        if start.is_ok() {
-            book.running.insert(live.to_owned(), (version, true));
-        }
+        book.running.insert(live.to_owned(), version);
         drop(book);
-        Box::pin(async move { start })
+        Box::pin(async move { Ok(start) })
     }
 
     fn save_progress<'a>(&'a self, progress: &'a RebuildProgress) -> BoxFuture<'a, Result<()>> {
@@ -151,9 +147,6 @@ impl RebuildStore for MemoryPerspectiveStore {
 
     fn abandon<'a>(&'a self, live: &'static str, error: &'a str) -> BoxFuture<'a, Result<()>> {
         let mut book = lock(&self.rebuilds);
-        if let Some(entry) = book.running.get_mut(live) {
-            entry.1 = false;
-        }
         if let Some(p) = book.progress.get_mut(live) {
             p.phase = RebuildPhase::Failed;
             p.error = Some(error.to_owned());
