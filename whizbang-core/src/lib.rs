@@ -101,7 +101,7 @@ pub use message::{
     Command, Envelope, Event, EventId, ExpectedVersion, InstanceId, Message, MessageId,
     MessageKind, Metadata, StreamId, StreamKey,
 };
-pub use perspective::{Model, Perspective, PerspectiveMode, Versioned};
+pub use perspective::{strategy, Model, Perspective, PerspectiveMode, Versioned};
 pub use registry::{Registry, RegistryBuilder};
 pub use services::{FromServices, Services};
 pub use stage::{LifecycleStage, StageMode, StagePoint, SyncFire};
@@ -115,6 +115,7 @@ pub use whizbang_macros::{await_perspective_sync, fire_at, perspective, receptor
 pub mod __private {
     pub use crate::dispatch::{Receptor, Registered, SyncRequirement};
     pub use crate::message::{Command, Event, Message, MessageKind, StreamId, StreamKey};
+    pub use crate::perspective::strategy::{Batch, Realtime, Scheduled, SyncStrategy};
     pub use crate::perspective::{
         applied, event_payload, ApplyError, ApplyOutput, Perspective, PerspectiveMode,
     };
@@ -125,6 +126,7 @@ pub mod __private {
     pub use ::core::any::TypeId;
     pub use ::core::option::Option;
     pub use ::core::result::Result;
+    pub use ::core::time::Duration;
     pub use ::std::vec::Vec;
     pub use inventory;
 }

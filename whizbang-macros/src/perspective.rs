@@ -51,6 +51,8 @@ struct PerspectiveOptions {
     model: Option<Type>,
     name: Option<syn::LitStr>,
     mode: Mode,
+    /// `strategy = ..`, checked (async perspectives only).
+    strategy: Option<crate::strategy::Strategy>,
     krate: syn::Path,
 }
 
@@ -60,10 +62,11 @@ impl PerspectiveOptions {
         let mut name = Attr::none(cx, "name");
         let mut mode = Attr::none(cx, "mode");
         let mut krate = Attr::none(cx, "crate");
+        let mut strategy = Attr::none(cx, "strategy");
         attr::parse_args(
             cx,
             args,
-            &["model", "name", "mode", "crate"],
+            &["model", "name", "mode", "strategy", "crate"],
             |key, input| {
                 if key == "model" {
                     model.set(key, attr::value::<Type>(input)?);
@@ -83,6 +86,8 @@ impl PerspectiveOptions {
                         }
                     };
                     mode.set(key, parsed);
+                } else if key == "strategy" {
+                    strategy.set(key, crate::strategy::Strategy::parse(input)?);
                 } else {
                     krate.set(key, attr::value::<syn::Path>(input)?);
                 }
@@ -96,10 +101,20 @@ impl PerspectiveOptions {
                 "#[perspective] needs `model = YourModel`: the read model its methods fold events into",
             );
         }
+        let mode = mode.get().unwrap_or(Mode::Async);
+        let strategy = strategy.get();
+        if let (Mode::Inline, Some(strategy)) = (mode, &strategy) {
+            cx.error_at(
+                strategy.span,
+                "a strategy applies to async perspectives (the runner's schedule): an inline \
+                 perspective applies with the append; remove `strategy` or `mode = inline`",
+            );
+        }
         PerspectiveOptions {
             model,
             name: name.get(),
-            mode: mode.get().unwrap_or(Mode::Async),
+            mode,
+            strategy,
             krate: krate.get().unwrap_or_else(attr::default_crate_path),
         }
     }
@@ -263,12 +278,17 @@ impl<'a> PerspectiveModel<'a> {
             }
         });
         let type_name = attr::compact(self_ty);
+        let strategy = options.strategy.as_ref().map(|s| {
+            let value = s.expand(&p);
+            quote!(const STRATEGY: &'static dyn #p::SyncStrategy = #value;)
+        });
         quote! {
             const _: () = {
                 impl #p::Perspective for #self_ty {
                     type Model = #model;
                     const NAME: &'static str = #name;
                     const MODE: #p::PerspectiveMode = #mode;
+                    #strategy
                     const EVENT_TYPES: &'static [&'static str] = &[#(#names),*];
                     fn event_type_ids() -> #p::Vec<#p::TypeId> {
                         <[#p::TypeId]>::to_vec(&[#(#type_ids),*])

@@ -20,6 +20,7 @@ pub(crate) mod fold;
 pub(crate) mod inline;
 mod registration;
 pub mod runner;
+pub mod strategy;
 
 use crate::store::StoredEvent;
 use std::any::TypeId;
@@ -86,6 +87,9 @@ pub trait Perspective: Send + Sync + 'static {
     const NAME: &'static str;
     /// Inline or async.
     const MODE: PerspectiveMode;
+    /// When its runner applies pending events (async perspectives; declared
+    /// with `strategy = ..`, [`Realtime`](strategy::Realtime) by default).
+    const STRATEGY: &'static dyn strategy::SyncStrategy = &strategy::Realtime;
     /// Wire names of the event types it handles, in declaration order.
     const EVENT_TYPES: &'static [&'static str];
     /// The `TypeId`s of the event types it handles, in declaration order.

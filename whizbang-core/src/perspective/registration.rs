@@ -18,6 +18,8 @@ pub struct PerspectiveRegistration {
     pub module_path: &'static str,
     /// Inline or async.
     pub mode: PerspectiveMode,
+    /// When its runner applies pending events (see [`strategy`](super::strategy)).
+    pub strategy: &'static dyn super::strategy::SyncStrategy,
     /// Wire names of the event types it handles.
     pub event_types: &'static [&'static str],
     /// The `TypeId` of the perspective type.
@@ -58,6 +60,7 @@ impl PerspectiveRegistration {
             type_name,
             module_path,
             mode: P::MODE,
+            strategy: P::STRATEGY,
             event_types: P::EVENT_TYPES,
             perspective_type: TypeId::of::<P>,
             new_model: new_model::<P>,
