@@ -101,12 +101,15 @@ pub use message::{
     Command, Envelope, Event, EventId, ExpectedVersion, InstanceId, Message, MessageId,
     MessageKind, Metadata, StreamId, StreamKey,
 };
-pub use perspective::{strategy, Model, Perspective, PerspectiveMode, Versioned};
+pub use perspective::{
+    strategy, Model, Perspective, PerspectiveMode, PerspectiveStatus, Versioned,
+};
 pub use registry::{Registry, RegistryBuilder};
 pub use services::{FromServices, Services};
 pub use stage::{LifecycleStage, StageMode, StagePoint, SyncFire};
 pub use sync::{
-    PerspectiveSyncAwaiter, PerspectiveSyncOptions, SyncFilter, SyncOutcome, SyncResult,
+    PerspectiveSyncAwaiter, PerspectiveSyncOptions, StrategyRun, SyncFilter, SyncOutcome,
+    SyncResult,
 };
 pub use whizbang_macros::{await_perspective_sync, fire_at, perspective, receptor, Command, Event};
 

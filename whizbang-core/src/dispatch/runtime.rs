@@ -35,6 +35,8 @@ pub(crate) struct RuntimeInner {
     pub(crate) detached_failures: AtomicU64,
     /// Called on each detached receptor failure.
     pub(crate) on_detached_failure: Option<DetachedFailureHook>,
+    /// When each perspective last committed (for its status).
+    pub(crate) last_sync: Arc<crate::perspective::LastSync>,
 }
 
 /// The hook [`RuntimeBuilder::on_detached_failure`] installs.
@@ -646,6 +648,8 @@ impl RuntimeBuilder {
             ))
         });
         let mut listeners: Vec<Arc<dyn ApplyListener>> = vec![Arc::clone(&tracker) as _];
+        let last_sync = Arc::new(crate::perspective::LastSync::default());
+        listeners.push(Arc::clone(&last_sync) as _);
         listeners.extend(self.apply_listeners);
         let engine = Engine {
             events: event_store,
@@ -680,6 +684,7 @@ impl RuntimeBuilder {
                 has_flush_stage_receptors,
                 detached_failures: AtomicU64::new(0),
                 on_detached_failure: self.on_detached_failure,
+                last_sync,
             }),
         };
         for hook in self.on_start {

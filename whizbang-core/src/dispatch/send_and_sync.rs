@@ -267,6 +267,7 @@ impl Scope {
                         events_tracked: mine.len(),
                         perspective: reg.name,
                         timeout: options.timeout,
+                        run: crate::sync::strategy_run(reg, false),
                     }
                 }
             };

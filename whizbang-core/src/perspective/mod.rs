@@ -20,6 +20,7 @@ pub(crate) mod fold;
 pub(crate) mod inline;
 mod registration;
 pub mod runner;
+mod status;
 pub mod strategy;
 
 use crate::store::StoredEvent;
@@ -29,6 +30,8 @@ pub use crate::store::{AnyModel, Model};
 pub use engine::ApplyReport;
 pub use fold::Versioned;
 pub use registration::PerspectiveRegistration;
+pub(crate) use status::LastSync;
+pub use status::PerspectiveStatus;
 
 /// When a perspective applies its events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

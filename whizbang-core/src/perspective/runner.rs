@@ -3,7 +3,11 @@
 //! Signalled with (perspective, stream) pairs, it brings each up to date on a
 //! tokio task, at most `concurrency` at a time; different streams run in
 //! parallel, one stream's events always apply in order (the store's claim
-//! serialises them). It can be paused, and awaited until idle.
+//! serialises them). It can be paused, and awaited until idle. A
+//! perspective whose strategy is not realtime is held back per its
+//! [`SyncStrategy`](super::strategy::SyncStrategy) (see [`held`]).
+
+mod held;
 
 use super::engine::Engine;
 use crate::error::Error;
@@ -24,6 +28,8 @@ struct Shared {
     paused: watch::Sender<bool>,
     in_flight: watch::Sender<usize>,
     handle: tokio::runtime::Handle,
+    /// Work of perspectives whose strategy holds it back.
+    held: held::Held,
 }
 
 /// Handle to the async perspective runner of a [`Runtime`](crate::Runtime).
@@ -51,6 +57,7 @@ impl PerspectiveRunner {
                 paused: watch::Sender::new(false),
                 in_flight: watch::Sender::new(0),
                 handle,
+                held: held::Held::default(),
             }),
         }
     }
@@ -89,6 +96,9 @@ impl PerspectiveRunner {
 
     /// Asks the runner to bring (`reg`, `stream`) up to date.
     pub(crate) fn signal(&self, reg: &'static PerspectiveRegistration, stream: StreamId) {
+        if !reg.strategy.is_realtime() {
+            return self.hold(reg, stream, 0);
+        }
         let key = (reg.name, stream);
         if !lock(&self.shared.queued).insert(key) {
             return; // already queued and not yet started: it will see these events

@@ -23,7 +23,8 @@ pub(crate) async fn help_along(
     }
     let started = tokio::time::Instant::now();
     for (reg, stream) in touched {
-        if reg.mode != PerspectiveMode::Async {
+        // A strategy that holds work back is not run early (see `trigger`).
+        if reg.mode != PerspectiveMode::Async || super::holds_back(reg) {
             continue;
         }
         let Some(left) = budget.checked_sub(started.elapsed()) else {
