@@ -86,6 +86,7 @@ async fn migrations_create_the_tables_with_their_keys(pool: PgPool) {
             "wh_partition_leases",
             "wh_perspective_cursors",
             "wh_perspective_rows",
+            "wh_perspective_strategies",
             "wh_processed_messages",
             "wh_streams"
         ]

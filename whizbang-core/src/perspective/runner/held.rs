@@ -10,8 +10,10 @@
 //! up to `max_events` held streams and catches them up together (one
 //! transaction where the perspective store claims many models at once, else
 //! one by one). Held work counts towards
-//! [`PerspectiveRunner::wait_idle`]; a paused runner runs nothing. The task
-//! holds the runner weakly and ends with it.
+//! [`PerspectiveRunner::wait_idle`] once its run starts, not while it waits
+//! for its strategy (an hourly schedule must not hold `wait_idle` for an
+//! hour); a paused runner runs nothing. The task holds the runner weakly and
+//! ends with it.
 
 use super::{PerspectiveRunner, Shared, WorkGuard};
 use crate::error::Error;
@@ -53,8 +55,6 @@ struct State {
     oldest: Option<Instant>,
     /// When the last run started.
     last_run: Option<Instant>,
-    /// Keeps `wait_idle` waiting while work is held.
-    guard: Option<WorkGuard>,
 }
 
 impl PerspectiveRunner {
@@ -108,9 +108,6 @@ impl PerspectiveRunner {
             }
             state.pending += events.max(u64::from(new));
             state.oldest.get_or_insert_with(Instant::now);
-            if state.guard.is_none() {
-                state.guard = Some(self.track());
-            }
         }
         one.wake.notify_one();
         if new {
@@ -161,9 +158,14 @@ async fn run(shared: &Arc<Shared>, reg: &'static PerspectiveRegistration, one: &
     let Ok(_permit) = shared.permits.acquire().await else {
         return;
     };
+    // Counted towards `wait_idle` until the run ends.
+    let guard: WorkGuard = PerspectiveRunner {
+        shared: Arc::clone(shared),
+    }
+    .track();
     // Taken under the lock, so a signal arriving during the run is held for
-    // the next one (and its guard keeps `wait_idle` waiting).
-    let (streams, guard) = {
+    // the next one.
+    let streams = {
         let mut state = lock(&one.state);
         let take = state
             .streams
@@ -174,16 +176,14 @@ async fn run(shared: &Arc<Shared>, reg: &'static PerspectiveRegistration, one: &
             state.set.remove(s);
         }
         state.last_run = Some(Instant::now());
-        let guard = if state.streams.is_empty() {
+        if state.streams.is_empty() {
             state.pending = 0;
             state.oldest = None;
-            state.guard.take()
         } else {
             state.pending = state.pending.saturating_sub(streams.len() as u64);
             state.oldest = Some(Instant::now());
-            None
-        };
-        (streams, guard)
+        }
+        streams
     };
     // If this run is dropped half-way (the tokio runtime shutting down), its
     // streams are not lost: their events stay stored and unapplied, and any
