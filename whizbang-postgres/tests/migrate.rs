@@ -358,7 +358,7 @@ async fn connect_to_the_test_server_works(pool: PgPool) {
             .fetch_one(&pool)
             .await
             .unwrap();
-    assert_eq!(tables, 11);
+    assert_eq!(tables, 12);
 }
 
 #[sqlx::test(migrations = false)]
@@ -382,7 +382,7 @@ async fn a_backend_with_a_schema_migrates_in_it_and_twice_is_idempotent(pool: Pg
     .fetch_all(&pool)
     .await
     .unwrap();
-    assert_eq!(in_schema.len(), 11, "{in_schema:?}");
+    assert_eq!(in_schema.len(), 12, "{in_schema:?}");
     let in_public: i64 = sqlx::query_scalar(
         "select count(*) from pg_tables where schemaname = 'public' and tablename like 'wh\\_%'",
     )
