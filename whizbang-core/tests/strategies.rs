@@ -10,6 +10,7 @@ use common::bounded;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use uuid::Uuid;
+use whizbang_core::strategy::{Decision, PendingState, SyncStrategy};
 use whizbang_core::{
     perspective, receptor, Command, Context, Event, PerspectiveSyncOptions, Receptor, Result,
     Runtime, StrategyRun, SyncFilter, SyncOutcome,
@@ -65,6 +66,48 @@ impl Hourly {
 struct Live;
 #[perspective(model = Tally, name = "strategies.live")]
 impl Live {
+    fn counted(t: &mut Tally, _: &Counted) {
+        t.n += 1;
+    }
+}
+
+/// A user's strategy: runs at 2 pending, else waits an hour.
+struct Pairs;
+impl SyncStrategy for Pairs {
+    fn decide(&self, state: &PendingState) -> Decision {
+        if state.pending >= 2 {
+            Decision::Run { max_events: 2 }
+        } else {
+            Decision::Wait(Duration::from_secs(3600))
+        }
+    }
+    fn describe(&self) -> String {
+        "pairs".into()
+    }
+}
+
+struct Paired;
+#[perspective(model = Tally, name = "strategies.paired", strategy = Pairs)]
+impl Paired {
+    fn counted(t: &mut Tally, _: &Counted) {
+        t.n += 1;
+    }
+}
+
+/// A strategy that panics: the runner contains it and runs the work.
+struct Broken;
+impl SyncStrategy for Broken {
+    fn decide(&self, _: &PendingState) -> Decision {
+        panic!("this strategy is broken")
+    }
+    fn describe(&self) -> String {
+        "broken".into()
+    }
+}
+
+struct OnBroken;
+#[perspective(model = Tally, name = "strategies.broken", strategy = Broken)]
+impl OnBroken {
     fn counted(t: &mut Tally, _: &Counted) {
         t.n += 1;
     }
@@ -231,4 +274,51 @@ async fn futures_poll_once<F: std::future::Future + Unpin>(mut f: F) -> Option<F
         })
     })
     .await
+}
+
+#[tokio::test]
+async fn a_custom_strategy_decides_when_the_runner_applies() {
+    let rt = Runtime::in_memory().unwrap();
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    publish(&rt, a).await;
+    let one = bounded(rt.sync_awaiter().wait::<Paired>(short()))
+        .await
+        .unwrap();
+    assert_eq!(
+        (one.outcome, one.run),
+        (SyncOutcome::TimedOut, StrategyRun::NextRun)
+    );
+    publish(&rt, b).await;
+    let two = bounded(
+        rt.sync_awaiter()
+            .wait::<Paired>(PerspectiveSyncOptions::new(SyncFilter::all())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(two.outcome, SyncOutcome::Synced);
+    assert_eq!(
+        rt.perspective_status::<Paired>().await.unwrap().strategy,
+        "pairs"
+    );
+}
+
+#[tokio::test]
+async fn a_strategy_that_panics_does_not_strand_the_work() {
+    let rt = Runtime::in_memory().unwrap();
+    let id = Uuid::now_v7();
+    publish(&rt, id).await;
+    let done = bounded(
+        rt.sync_awaiter()
+            .wait::<OnBroken>(PerspectiveSyncOptions::new(SyncFilter::for_stream(id))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.outcome, SyncOutcome::Synced);
+    let (tally, _) = rt
+        .lens::<OnBroken>()
+        .get_versioned(id.into())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(tally.n, 1);
 }

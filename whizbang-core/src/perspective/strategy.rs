@@ -108,6 +108,26 @@ pub trait SyncStrategy: Send + Sync + std::panic::RefUnwindSafe + 'static {
     }
 }
 
+impl dyn SyncStrategy {
+    /// [`decide`](SyncStrategy::decide) for runners, with a panic in the
+    /// strategy contained: it is logged and the work runs
+    /// ([`DEFAULT_MAX_EVENTS`] at a time), so a broken strategy never
+    /// strands pending events.
+    #[must_use]
+    pub fn decide_guarded(&self, state: &PendingState) -> Decision {
+        let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.decide(state)));
+        decided.unwrap_or_else(|_| {
+            tracing::error!(
+                strategy = %self.describe(),
+                "a sync strategy panicked deciding; running the pending work"
+            );
+            Decision::Run {
+                max_events: DEFAULT_MAX_EVENTS,
+            }
+        })
+    }
+}
+
 impl std::fmt::Debug for dyn SyncStrategy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.describe())

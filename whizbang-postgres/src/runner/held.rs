@@ -95,7 +95,7 @@ impl Schedule {
             None => true,
             Some(due) if due <= now => true,
             Some(_) => matches!(
-                strategy.decide(&self.state(self.seen + self.wakes, now)),
+                strategy.decide_guarded(&self.state(self.seen + self.wakes, now)),
                 Decision::Run { .. }
             ),
         }
@@ -121,7 +121,7 @@ impl Schedule {
         }
         self.seen = pending;
         self.since.get_or_insert(now);
-        match strategy.decide(&self.state(pending, now)) {
+        match strategy.decide_guarded(&self.state(pending, now)) {
             Decision::Run { .. } => {
                 self.due = None;
                 true

@@ -38,6 +38,19 @@ pub(super) struct Held {
     perspectives: Mutex<HashMap<&'static str, Arc<One>>>,
 }
 
+impl Drop for Held {
+    /// Wakes every scheduler task, so each sees the runner gone and ends.
+    fn drop(&mut self) {
+        let all = self
+            .perspectives
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for one in all.values() {
+            one.wake.notify_one();
+        }
+    }
+}
+
 /// One perspective's held work and its scheduler's wake-up.
 struct One {
     state: Mutex<State>,
@@ -125,7 +138,7 @@ async fn schedule(weak: Weak<Shared>, reg: &'static PerspectiveRegistration, one
             let state = lock(&one.state);
             (!state.streams.is_empty()).then(|| {
                 let now = Instant::now();
-                reg.strategy.decide(&PendingState::new(
+                reg.strategy.decide_guarded(&PendingState::new(
                     state.pending.max(1),
                     state.oldest.map_or(std::time::Duration::ZERO, |t| now - t),
                     state.last_run.map(|t| now - t),
