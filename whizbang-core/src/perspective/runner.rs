@@ -5,7 +5,7 @@
 //! parallel, one stream's events always apply in order (the store's claim
 //! serialises them). It can be paused, and awaited until idle. A
 //! perspective whose strategy is not realtime is held back per its
-//! [`SyncStrategy`](super::strategy::SyncStrategy) (see [`held`]).
+//! [`SyncStrategy`](super::strategy::SyncStrategy) (a schedule task per perspective).
 
 mod held;
 
