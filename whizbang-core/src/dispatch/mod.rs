@@ -16,6 +16,7 @@
 
 mod context;
 mod flush;
+mod perspective_status;
 mod receive;
 mod runtime;
 mod scope;

@@ -97,7 +97,7 @@ impl PerspectiveRunner {
     /// Asks the runner to bring (`reg`, `stream`) up to date.
     pub(crate) fn signal(&self, reg: &'static PerspectiveRegistration, stream: StreamId) {
         if !reg.strategy.is_realtime() {
-            return self.hold(reg, stream, 0);
+            return held::hold(&self.shared, reg, stream, 0);
         }
         let key = (reg.name, stream);
         if !lock(&self.shared.queued).insert(key) {
@@ -108,6 +108,61 @@ impl PerspectiveRunner {
         let guard = self.track();
         let shared = Arc::clone(&self.shared);
         self.shared.handle.spawn(run(shared, reg, stream, guard));
+    }
+}
+
+impl PerspectiveRunner {
+    /// [`signal`](Self::signal) after a flush of `events`: for a held-back
+    /// perspective, its events among them count towards what its strategy
+    /// sees pending.
+    pub(crate) fn signal_flushed(
+        &self,
+        reg: &'static PerspectiveRegistration,
+        stream: StreamId,
+        events: &[Arc<crate::store::StoredEvent>],
+    ) {
+        if reg.strategy.is_realtime() {
+            return self.signal(reg, stream);
+        }
+        let n = held::flushed_for(reg, stream, events);
+        held::hold(&self.shared, reg, stream, n);
+    }
+}
+
+impl held::Runs for Shared {
+    fn held(&self) -> &held::Held {
+        &self.held
+    }
+
+    fn run(
+        &self,
+        reg: &'static PerspectiveRegistration,
+        streams: Vec<StreamId>,
+    ) -> crate::store::BoxFuture<'_, Vec<StreamId>> {
+        Box::pin(async move {
+            let mut paused = self.paused.subscribe();
+            let _ = paused.wait_for(|p| !*p).await;
+            let Ok(_permit) = self.permits.acquire().await else {
+                return streams;
+            };
+            self.in_flight.send_modify(|n| *n += 1);
+            // Released however the run ends (done, or dropped with the tokio runtime).
+            let _done = InFlight(&self.in_flight);
+            held::catch_up_held(&self.engine, reg, &streams).await
+        })
+    }
+
+    fn spawn(&self, task: crate::store::BoxFuture<'static, ()>) {
+        self.handle.spawn(task);
+    }
+}
+
+/// Counts one run in `in_flight` until dropped.
+struct InFlight<'a>(&'a watch::Sender<usize>);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
     }
 }
 

@@ -2,23 +2,22 @@
 //! this process, how far it is behind the head (events and seconds), and
 //! how many of its cursors failed.
 //!
-//! [`Runtime::perspective_status`] answers for one perspective,
-//! [`Runtime::perspective_statuses`] for every registered one. The lag is
-//! read from the stores (the backend's unapplied events plus those this
-//! process tracks), so it counts events other processes appended too.
+//! [`Runtime::perspective_status`](crate::Runtime::perspective_status)
+//! answers for one perspective,
+//! [`Runtime::perspective_statuses`](crate::Runtime::perspective_statuses)
+//! for every registered one (computed in dispatch, which sees the stores and
+//! the sync backend). This file holds the answer's type and the listener
+//! that records each perspective's last commit.
 
-use super::{Perspective, PerspectiveMode, PerspectiveRegistration};
-use crate::dispatch::Runtime;
-use crate::error::Result;
-use crate::message::{EventId, StreamId};
+use super::PerspectiveMode;
 use crate::perspective::engine::{ApplyListener, ApplyReport};
-use crate::sync::UnappliedQuery;
 use crate::util::lock;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-/// Where one perspective stands, from [`Runtime::perspective_status`].
+/// Where one perspective stands, from
+/// [`Runtime::perspective_status`](crate::Runtime::perspective_status).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PerspectiveStatus {
@@ -50,7 +49,8 @@ pub(crate) struct LastSync {
 }
 
 impl LastSync {
-    fn get(&self, perspective: &str) -> Option<SystemTime> {
+    /// When `perspective` last committed in this process.
+    pub(crate) fn get(&self, perspective: &str) -> Option<SystemTime> {
         lock(&self.at).get(perspective).copied()
     }
 }
@@ -58,100 +58,5 @@ impl LastSync {
 impl ApplyListener for LastSync {
     fn on_apply(&self, report: &ApplyReport) {
         lock(&self.at).insert(report.perspective, SystemTime::now());
-    }
-}
-
-impl Runtime {
-    /// Where perspective `P` stands: strategy, last sync in this process,
-    /// lag in events and in time behind the head, failed cursors.
-    ///
-    /// ```
-    /// # use serde::{Deserialize, Serialize};
-    /// # use whizbang_core::{perspective, Event, Runtime};
-    /// # #[derive(Event, Serialize, Deserialize)]
-    /// # struct Deposited { #[stream_key] account: uuid::Uuid }
-    /// # #[derive(Default, Clone, Serialize, Deserialize)] struct Count { n: u32 }
-    /// struct Hourly;
-    /// #[perspective(model = Count, strategy = scheduled("1h"))]
-    /// impl Hourly { fn deposited(c: &mut Count, _: &Deposited) { c.n += 1; } }
-    ///
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> whizbang_core::Result<()> {
-    /// let runtime = Runtime::in_memory()?;
-    /// let scope = runtime.scope();
-    /// scope.publish(Deposited { account: uuid::Uuid::now_v7() }).await?;
-    /// scope.complete().await?;
-    /// let status = runtime.perspective_status::<Hourly>().await?;
-    /// assert_eq!(status.strategy, "scheduled(1h)");
-    /// assert_eq!(status.lag_events, 1); // held for the next hourly run
-    /// assert_eq!(status.last_sync, None);
-    /// # Ok(()) }
-    /// ```
-    ///
-    /// # Errors
-    /// [`Error::UnknownPerspective`](crate::Error::UnknownPerspective) when
-    /// `P` is not registered; backend errors.
-    pub async fn perspective_status<P: Perspective>(&self) -> Result<PerspectiveStatus> {
-        let reg = self.inner.registry.perspective::<P>()?;
-        self.status_of(reg).await
-    }
-
-    /// [`perspective_status`](Self::perspective_status) of every registered
-    /// perspective, in registry order.
-    ///
-    /// # Errors
-    /// Backend errors.
-    pub async fn perspective_statuses(&self) -> Result<Vec<PerspectiveStatus>> {
-        let mut out = Vec::new();
-        for reg in self.inner.registry.perspectives() {
-            out.push(self.status_of(reg).await?);
-        }
-        Ok(out)
-    }
-
-    async fn status_of(&self, reg: &'static PerspectiveRegistration) -> Result<PerspectiveStatus> {
-        let sync = &self.inner.sync;
-        let query = UnappliedQuery::new(reg.name, reg.event_types);
-        let mut streams: Vec<StreamId> = Vec::new();
-        let mut seen: HashSet<StreamId> = HashSet::new();
-        let tracked = sync.tracker.pending_for(reg.name);
-        let stored = sync.backend.unapplied(&query).await?;
-        let located = tracked
-            .iter()
-            .map(|c| c.stream_id)
-            .chain(stored.iter().map(|l| l.stream_id));
-        for stream in located {
-            if seen.insert(stream) {
-                streams.push(stream);
-            }
-        }
-        let engine = &self.inner.engine;
-        let (mut lag_events, mut failed_cursors) = (0u64, 0u64);
-        let mut oldest: Option<SystemTime> = None;
-        let mut counted: HashSet<EventId> = HashSet::new();
-        for stream in streams {
-            let cursor = engine.perspectives.checkpoint(reg.name, stream).await?;
-            if cursor.failure.is_some() {
-                failed_cursors += 1;
-            }
-            for ev in engine.events.read_stream(stream, cursor.version).await? {
-                if reg.handles(&ev.event_type) && counted.insert(ev.event_id) {
-                    lag_events += 1;
-                    let at = ev.metadata.timestamp;
-                    oldest = Some(oldest.map_or(at, |o| o.min(at)));
-                }
-            }
-        }
-        let lag = oldest
-            .and_then(|o| SystemTime::now().duration_since(o).ok())
-            .unwrap_or_default();
-        Ok(PerspectiveStatus {
-            name: reg.name,
-            mode: reg.mode,
-            strategy: reg.strategy.describe(),
-            last_sync: self.inner.last_sync.get(reg.name),
-            lag_events,
-            lag,
-            failed_cursors,
-        })
     }
 }

@@ -9,19 +9,18 @@
 //! the oldest, the time since the last run) and sleeps or runs: a run takes
 //! up to `max_events` held streams and catches them up together (one
 //! transaction where the perspective store claims many models at once, else
-//! one by one). Held work counts towards
-//! [`PerspectiveRunner::wait_idle`] once its run starts, not while it waits
+//! one by one). Held work counts towards the runner's `wait_idle` once its
+//! run starts, not while it waits
 //! for its strategy (an hourly schedule must not hold `wait_idle` for an
 //! hour); a paused runner runs nothing. The task holds the runner weakly and
-//! ends with it.
+//! ends with it. This file knows the runner only through [`Runs`].
 
-use super::{PerspectiveRunner, Shared, WorkGuard};
 use crate::error::Error;
 use crate::message::StreamId;
 use crate::perspective::engine::Engine;
 use crate::perspective::strategy::{Decision, PendingState};
 use crate::perspective::PerspectiveRegistration;
-use crate::store::StoredEvent;
+use crate::store::{BoxFuture, StoredEvent};
 use crate::util::lock;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
@@ -31,6 +30,21 @@ use tracing::Instrument;
 
 /// The most streams one catch-up of a held run covers together.
 const MAX_TOGETHER: usize = 100;
+
+/// What the scheduler needs of the runner.
+pub(super) trait Runs: Send + Sync + 'static {
+    /// The held work.
+    fn held(&self) -> &Held;
+    /// Runs `reg` on `streams` now (waiting while paused, counted for
+    /// `wait_idle`); returns the streams to hold again (a backend error).
+    fn run(
+        &self,
+        reg: &'static PerspectiveRegistration,
+        streams: Vec<StreamId>,
+    ) -> BoxFuture<'_, Vec<StreamId>>;
+    /// Starts `task` on the runner's tokio runtime.
+    fn spawn(&self, task: BoxFuture<'static, ()>);
+}
 
 /// Held work of every held-back perspective.
 #[derive(Default)]
@@ -70,69 +84,61 @@ struct State {
     last_run: Option<Instant>,
 }
 
-impl PerspectiveRunner {
-    /// Asks the runner to bring (`reg`, `stream`) up to date after a flush
-    /// of `events`: for a held-back perspective, its events among them count
-    /// towards what its strategy sees pending.
-    pub(crate) fn signal_flushed(
-        &self,
-        reg: &'static PerspectiveRegistration,
-        stream: StreamId,
-        events: &[Arc<StoredEvent>],
-    ) {
-        if reg.strategy.is_realtime() {
-            return self.signal(reg, stream);
-        }
-        let n = events
-            .iter()
-            .filter(|e| e.stream_id == stream && reg.handles(&e.event_type))
-            .count();
-        self.hold(reg, stream, n as u64);
-    }
+/// How many of `events` (a flush) are `reg`'s on `stream`.
+pub(super) fn flushed_for(
+    reg: &PerspectiveRegistration,
+    stream: StreamId,
+    events: &[Arc<StoredEvent>],
+) -> u64 {
+    events
+        .iter()
+        .filter(|e| e.stream_id == stream && reg.handles(&e.event_type))
+        .count() as u64
+}
 
-    /// Holds (`reg`, `stream`) for `reg`'s strategy to run, counting
-    /// `events` more pending (at least one for a stream not held yet: a wait
-    /// that found stored work signals without knowing how much).
-    pub(super) fn hold(
-        &self,
-        reg: &'static PerspectiveRegistration,
-        stream: StreamId,
-        events: u64,
-    ) {
-        let (one, new) = {
-            let mut all = lock(&self.shared.held.perspectives);
-            match all.get(reg.name) {
-                Some(one) => (Arc::clone(one), false),
-                None => {
-                    let one = Arc::new(One {
-                        state: Mutex::new(State::default()),
-                        wake: Notify::new(),
-                    });
-                    all.insert(reg.name, Arc::clone(&one));
-                    (one, true)
-                }
+/// Holds (`reg`, `stream`) for `reg`'s strategy to run, counting `events`
+/// more pending (at least one for a stream not held yet: a wait that found
+/// stored work signals without knowing how much). The first hold of a
+/// perspective starts its scheduler.
+pub(super) fn hold<R: Runs>(
+    runner: &Arc<R>,
+    reg: &'static PerspectiveRegistration,
+    stream: StreamId,
+    events: u64,
+) {
+    let (one, new) = {
+        let mut all = lock(&runner.held().perspectives);
+        match all.get(reg.name) {
+            Some(one) => (Arc::clone(one), false),
+            None => {
+                let one = Arc::new(One {
+                    state: Mutex::new(State::default()),
+                    wake: Notify::new(),
+                });
+                all.insert(reg.name, Arc::clone(&one));
+                (one, true)
             }
-        };
-        {
-            let mut state = lock(&one.state);
-            let new = state.set.insert(stream);
-            if new {
-                state.streams.push(stream);
-            }
-            state.pending += events.max(u64::from(new));
-            state.oldest.get_or_insert_with(Instant::now);
         }
-        one.wake.notify_one();
-        if new {
-            let weak = Arc::downgrade(&self.shared);
-            self.shared.handle.spawn(schedule(weak, reg, one));
+    };
+    {
+        let mut state = lock(&one.state);
+        let added = state.set.insert(stream);
+        if added {
+            state.streams.push(stream);
         }
+        state.pending += events.max(u64::from(added));
+        state.oldest.get_or_insert_with(Instant::now);
+    }
+    one.wake.notify_one();
+    if new {
+        let weak = Arc::downgrade(runner);
+        runner.spawn(Box::pin(schedule(weak, reg, one)));
     }
 }
 
 /// The scheduler of one held-back perspective: asks its strategy, sleeps or
 /// runs, until the runner is gone.
-async fn schedule(weak: Weak<Shared>, reg: &'static PerspectiveRegistration, one: Arc<One>) {
+async fn schedule<R: Runs>(weak: Weak<R>, reg: &'static PerspectiveRegistration, one: Arc<One>) {
     loop {
         let decision = {
             let state = lock(&one.state);
@@ -154,8 +160,20 @@ async fn schedule(weak: Weak<Shared>, reg: &'static PerspectiveRegistration, one
                 }
             }
             Some(Decision::Run { max_events }) => {
-                let Some(shared) = weak.upgrade() else { return };
-                run(&shared, reg, &one, max_events).await;
+                let Some(runner) = weak.upgrade() else { return };
+                let streams = take(&one, max_events);
+                let span = tracing::debug_span!(
+                    "whizbang.perspective.held_run",
+                    perspective = reg.name,
+                    streams = streams.len(),
+                    strategy = %reg.strategy.describe(),
+                );
+                let retry = runner.run(reg, streams).instrument(span).await;
+                // A stream that failed for a reason other than its
+                // perspective (a backend error) is held again.
+                for stream in retry {
+                    hold(&runner, reg, stream, 1);
+                }
             }
         }
         if weak.strong_count() == 0 {
@@ -164,67 +182,33 @@ async fn schedule(weak: Weak<Shared>, reg: &'static PerspectiveRegistration, one
     }
 }
 
-/// One run: up to `max_events` held streams, caught up together.
-async fn run(shared: &Arc<Shared>, reg: &'static PerspectiveRegistration, one: &One, max: u32) {
-    let mut paused = shared.paused.subscribe();
-    let _ = paused.wait_for(|p| !*p).await;
-    let Ok(_permit) = shared.permits.acquire().await else {
-        return;
-    };
-    // Counted towards `wait_idle` until the run ends.
-    let guard: WorkGuard = PerspectiveRunner {
-        shared: Arc::clone(shared),
+/// Takes up to `max` held streams for a run, under the lock: a signal
+/// arriving during the run is held for the next one.
+fn take(one: &One, max: u32) -> Vec<StreamId> {
+    let mut state = lock(&one.state);
+    let n = state
+        .streams
+        .len()
+        .min(usize::try_from(max).unwrap_or(usize::MAX));
+    let streams: Vec<StreamId> = state.streams.drain(..n).collect();
+    for s in &streams {
+        state.set.remove(s);
     }
-    .track();
-    // Taken under the lock, so a signal arriving during the run is held for
-    // the next one.
-    let streams = {
-        let mut state = lock(&one.state);
-        let take = state
-            .streams
-            .len()
-            .min(usize::try_from(max).unwrap_or(usize::MAX));
-        let streams: Vec<StreamId> = state.streams.drain(..take).collect();
-        for s in &streams {
-            state.set.remove(s);
-        }
-        state.last_run = Some(Instant::now());
-        if state.streams.is_empty() {
-            state.pending = 0;
-            state.oldest = None;
-        } else {
-            state.pending = state.pending.saturating_sub(streams.len() as u64);
-            state.oldest = Some(Instant::now());
-        }
-        streams
-    };
-    // If this run is dropped half-way (the tokio runtime shutting down), its
-    // streams are not lost: their events stay stored and unapplied, and any
-    // later signal or wait finds them.
-    let span = tracing::debug_span!(
-        "whizbang.perspective.held_run",
-        perspective = reg.name,
-        streams = streams.len(),
-        strategy = %reg.strategy.describe(),
-    );
-    let retry = catch_up_held(&shared.engine, reg, &streams)
-        .instrument(span)
-        .await;
-    // A stream that failed for a reason other than its perspective (a
-    // backend error) is held again: the strategy runs it again.
-    let runner = PerspectiveRunner {
-        shared: Arc::clone(shared),
-    };
-    for stream in retry {
-        runner.hold(reg, stream, 1);
+    state.last_run = Some(Instant::now());
+    if state.streams.is_empty() {
+        state.pending = 0;
+        state.oldest = None;
+    } else {
+        state.pending = state.pending.saturating_sub(streams.len() as u64);
+        state.oldest = Some(Instant::now());
     }
-    drop(guard);
+    streams
 }
 
 /// Catches `streams` up, together where the store can; returns the streams
 /// that failed with a backend error (a failed cursor is recorded, not
 /// returned).
-async fn catch_up_held(
+pub(super) async fn catch_up_held(
     engine: &Engine,
     reg: &'static PerspectiveRegistration,
     streams: &[StreamId],
