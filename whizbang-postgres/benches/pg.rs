@@ -24,8 +24,8 @@
 //!   against a 100 ms polling awaiter in the same run (goal >= 15x at p50),
 //!   and a breakdown from a traced variant (send, then wait), with stamps the
 //!   child takes at apply and after its commit.
-//! - `strategy`: the same load (8 clients sending one-event commands over
-//!   1,000 streams) applied by a realtime perspective and by a
+//! - `strategy`: the same load (8 clients sending commands of 1, then of
+//!   10 events, over 1,000 streams) applied by a realtime perspective and by a
 //!   `batch(100, "50ms")` one, each on a fresh database, timed from the
 //!   first send until every event is applied; events per second and
 //!   PostgreSQL transactions per event (`pg_stat_database.xact_commit`
@@ -1021,6 +1021,7 @@ async fn xact_commit(admin_url: &str, name: &str) -> i64 {
 async fn strategy_run<P: whizbang_core::Perspective>(
     case: &str,
     events: usize,
+    per_command: usize,
     apply: bool,
 ) -> (f64, f64) {
     const CLIENTS: usize = 8;
@@ -1042,10 +1043,19 @@ async fn strategy_run<P: whizbang_core::Perspective>(
     for c in 0..CLIENTS {
         let (rt, streams) = (rt.clone(), Arc::clone(&streams));
         clients.spawn(async move {
-            for i in (c..events).step_by(CLIENTS) {
+            let commands = events / per_command;
+            for i in (c..commands).step_by(CLIENTS) {
                 let scope = rt.scope();
-                let stream = streams[i % streams.len()];
-                scope.send(Note { stream }).await.expect("send");
+                let at = i * per_command;
+                if per_command == 1 {
+                    let stream = streams[at % streams.len()];
+                    scope.send(Note { stream }).await.expect("send");
+                } else {
+                    let streams = (at..at + per_command)
+                        .map(|j| streams[j % streams.len()])
+                        .collect();
+                    scope.send(NoteMany { streams }).await.expect("send");
+                }
                 scope.complete().await.expect("complete");
             }
         });
@@ -1078,51 +1088,55 @@ async fn strategy_run<P: whizbang_core::Perspective>(
 async fn strategy(plan: &Plan, rows: &mut Vec<Row>) {
     let events = plan.n(10_000);
     let rounds = if plan.smoke { 1 } else { 3 };
-    let (mut realtime, mut batch, mut appends) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        realtime.push(strategy_run::<C0>("strategy_realtime", events, true).await);
-        batch.push(strategy_run::<BatchedCount>("strategy_batch", events, true).await);
-        appends.push(strategy_run::<C0>("strategy_appends", events, false).await);
+    for per_command in [1, 10] {
+        let (mut realtime, mut batch, mut appends) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let k = per_command;
+            realtime.push(strategy_run::<C0>("strategy_realtime", events, k, true).await);
+            batch.push(strategy_run::<BatchedCount>("strategy_batch", events, k, true).await);
+            appends.push(strategy_run::<C0>("strategy_appends", events, k, false).await);
+        }
+        let median = |v: &mut Vec<(f64, f64)>| {
+            v.sort_by(|a, b| a.0.total_cmp(&b.0));
+            v[v.len() / 2]
+        };
+        let (r, b, a) = (
+            median(&mut realtime),
+            median(&mut batch),
+            median(&mut appends),
+        );
+        let load = format!("{events} events, {per_command}/command, 8 clients");
+        row(
+            rows,
+            format!("strategy, {load}: appends alone events/s, xact/event"),
+            format!("{:.0}/s, {:.2}", a.0, a.1),
+            "",
+        );
+        row(
+            rows,
+            format!("strategy, {load}: realtime events/s, xact/event"),
+            format!("{:.0}/s, {:.2}", r.0, r.1),
+            "",
+        );
+        row(
+            rows,
+            format!("strategy, {load}: batch(100, 50ms) events/s, xact/event"),
+            format!("{:.0}/s, {:.2}", b.0, b.1),
+            "",
+        );
+        row(
+            rows,
+            format!("strategy, {load}: batch / realtime throughput"),
+            format!("{:.2}x", b.0 / r.0),
+            ">= 3x",
+        );
+        row(
+            rows,
+            format!("strategy, {load}: applying's own xact/event, realtime / batch"),
+            format!("{:.3} / {:.3}", r.1 - a.1, b.1 - a.1),
+            "",
+        );
     }
-    let median = |v: &mut Vec<(f64, f64)>| {
-        v.sort_by(|a, b| a.0.total_cmp(&b.0));
-        v[v.len() / 2]
-    };
-    let (r, b, a) = (
-        median(&mut realtime),
-        median(&mut batch),
-        median(&mut appends),
-    );
-    row(
-        rows,
-        format!("strategy, {events} events, 8 clients: appends alone events/s, xact/event"),
-        format!("{:.0}/s, {:.2}", a.0, a.1),
-        "",
-    );
-    row(
-        rows,
-        format!("strategy, {events} events, 8 clients: realtime events/s, xact/event"),
-        format!("{:.0}/s, {:.2}", r.0, r.1),
-        "",
-    );
-    row(
-        rows,
-        "strategy: batch(100, 50ms) events/s, xact/event",
-        format!("{:.0}/s, {:.2}", b.0, b.1),
-        "",
-    );
-    row(
-        rows,
-        "strategy: batch / realtime throughput (median of rounds)",
-        format!("{:.2}x", b.0 / r.0),
-        ">= 3x",
-    );
-    row(
-        rows,
-        "strategy: applying's own xact/event (minus appends alone), realtime / batch",
-        format!("{:.3} / {:.3}", r.1 - a.1, b.1 - a.1),
-        "",
-    );
 }
 
 // ----------------------------------------------------------------- main
