@@ -102,13 +102,16 @@ pub use message::{
     Command, Envelope, Event, EventId, ExpectedVersion, InstanceId, Message, MessageId,
     MessageKind, Metadata, StreamId, StreamKey,
 };
-pub use perspective::{IntoModelKey, Model, Perspective, PerspectiveMode, Versioned};
+pub use perspective::{
+    strategy, IntoModelKey, Model, Perspective, PerspectiveMode, PerspectiveStatus, Versioned,
+};
 pub use perspective::{ModelOp, SyncItem, SyncMode, SyncReport, SyncRun, Tombstone};
 pub use registry::{Registry, RegistryBuilder};
 pub use services::{FromServices, Services};
 pub use stage::{LifecycleStage, StageMode, StagePoint, SyncFire};
 pub use sync::{
-    PerspectiveSyncAwaiter, PerspectiveSyncOptions, SyncFilter, SyncOutcome, SyncResult,
+    PerspectiveSyncAwaiter, PerspectiveSyncOptions, StrategyRun, SyncFilter, SyncOutcome,
+    SyncResult,
 };
 pub use whizbang_macros::{await_perspective_sync, fire_at, perspective, receptor, Command, Event};
 
@@ -117,6 +120,7 @@ pub use whizbang_macros::{await_perspective_sync, fire_at, perspective, receptor
 pub mod __private {
     pub use crate::dispatch::{Receptor, Registered, SyncRequirement};
     pub use crate::message::{Command, Event, Message, MessageKind, StreamId, StreamKey};
+    pub use crate::perspective::strategy::{Batch, Realtime, Scheduled, SyncStrategy};
     pub use crate::perspective::{
         applied, applied_op, event_payload, ApplyError, ApplyOutput, IntoModelKey, ModelOp,
         Perspective, PerspectiveMode,
@@ -129,6 +133,7 @@ pub mod __private {
     pub use ::core::any::TypeId;
     pub use ::core::option::Option;
     pub use ::core::result::Result;
+    pub use ::core::time::Duration;
     pub use ::std::vec::Vec;
     pub use inventory;
 }

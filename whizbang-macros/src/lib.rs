@@ -19,6 +19,7 @@ mod message;
 mod perspective;
 mod receptor;
 mod relocate;
+mod strategy;
 
 #[cfg(test)]
 mod tests;

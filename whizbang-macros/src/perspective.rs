@@ -55,6 +55,8 @@ struct PerspectiveOptions {
     version: Option<syn::LitInt>,
     /// `key = field`: a keyed (multi-stream) perspective.
     key: Option<Ident>,
+    /// `strategy = ..`, checked (async perspectives only).
+    strategy: Option<crate::strategy::Strategy>,
     krate: syn::Path,
 }
 
@@ -66,10 +68,13 @@ impl PerspectiveOptions {
         let mut krate = Attr::none(cx, "crate");
         let mut version = Attr::none(cx, "version");
         let mut model_key = Attr::none(cx, "key");
+        let mut strategy = Attr::none(cx, "strategy");
         attr::parse_args(
             cx,
             args,
-            &["model", "name", "mode", "version", "key", "crate"],
+            &[
+                "model", "name", "mode", "version", "key", "strategy", "crate",
+            ],
             |key, input| {
                 if key == "model" {
                     model.set(key, attr::value::<Type>(input)?);
@@ -104,6 +109,8 @@ impl PerspectiveOptions {
                     input.parse::<syn::Token![=]>()?;
                     let field = input.call(Ident::parse_any)?;
                     model_key.set(key, field);
+                } else if key == "strategy" {
+                    strategy.set(key, crate::strategy::Strategy::parse(input)?);
                 } else {
                     krate.set(key, attr::value::<syn::Path>(input)?);
                 }
@@ -126,12 +133,28 @@ impl PerspectiveOptions {
                  runner: it cannot be `mode = inline`; remove `mode = inline`",
             );
         }
+        let strategy = strategy.get();
+        if let (Mode::Inline, Some(strategy)) = (mode, &strategy) {
+            cx.error_at(
+                strategy.span,
+                "a strategy applies to async perspectives (the runner's schedule): an inline \
+                 perspective applies with the append; remove `strategy` or `mode = inline`",
+            );
+        }
+        if let (Some(_), Some(strategy)) = (&key, &strategy) {
+            cx.error_at(
+                strategy.span,
+                "a keyed perspective (`key = ..`) is applied in realtime over the store's global \
+                 order: strategies are not supported for it yet; remove `strategy`",
+            );
+        }
         PerspectiveOptions {
             model,
             name: name.get(),
             mode,
             version: version.get(),
             key,
+            strategy,
             krate: krate.get().unwrap_or_else(attr::default_crate_path),
         }
     }
@@ -303,12 +326,17 @@ impl<'a> PerspectiveModel<'a> {
             .key
             .as_ref()
             .map(|field| expand_key(&p, field, routes));
+        let strategy = options.strategy.as_ref().map(|s| {
+            let value = s.expand(&p);
+            quote!(const STRATEGY: &'static dyn #p::SyncStrategy = #value;)
+        });
         quote! {
             const _: () = {
                 impl #p::Perspective for #self_ty {
                     type Model = #model;
                     const NAME: &'static str = #name;
                     const MODE: #p::PerspectiveMode = #mode;
+                    #strategy
                     const EVENT_TYPES: &'static [&'static str] = &[#(#names),*];
                     #version
                     fn event_type_ids() -> #p::Vec<#p::TypeId> {

@@ -175,6 +175,21 @@ fn keyed_perspective_takes_each_events_key_field() {
 }
 
 #[test]
+fn perspective_strategy_becomes_a_const_with_durations_parsed() {
+    let out = expand_perspective(
+        quote!(model = OrderView, strategy = batch(100, "50ms")),
+        quote! {
+            impl OrderViews {
+                fn created(view: &mut OrderView, e: &OrderCreated) {
+                    view.total = e.total;
+                }
+            }
+        },
+    );
+    insta::assert_snapshot!(pretty(out));
+}
+
+#[test]
 fn errors_are_collected_and_the_item_is_kept() {
     let out = expand_perspective(
         quote!(name = "", colour = blue, mode = inline, mode = async),

@@ -24,6 +24,13 @@
 //!   against a 100 ms polling awaiter in the same run (goal >= 15x at p50),
 //!   and a breakdown from a traced variant (send, then wait), with stamps the
 //!   child takes at apply and after its commit.
+//! - `strategy`: the same load (8 clients sending commands of 1, then of
+//!   10 events, over 1,000 streams) applied by a realtime perspective and by a
+//!   `batch(100, "50ms")` one, each on a fresh database, timed from the
+//!   first send until every event is applied; events per second and
+//!   PostgreSQL transactions per event (`pg_stat_database.xact_commit`
+//!   before and after, read once the runtime's connections closed). Ratio
+//!   batch / realtime throughput (goal >= 3x).
 
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgPoolOptions;
@@ -982,6 +989,156 @@ async fn ryw(plan: &Plan, rows: &mut Vec<Row>) {
     db.drop_now().await;
 }
 
+// ------------------------------------------------------------ 5. strategy
+
+/// The realtime counter's twin, applied in batches.
+struct BatchedCount;
+
+#[perspective(model = Count, name = "bench.pg.batched", strategy = batch(100, "50ms"))]
+impl BatchedCount {
+    fn noted(c: &mut Count, e: &Noted) {
+        c.n += e.n;
+    }
+}
+
+/// Committed transactions in database `name` so far (every session's
+/// counts are in once it closed).
+async fn xact_commit(admin_url: &str, name: &str) -> i64 {
+    let mut admin = sqlx::PgConnection::connect(admin_url)
+        .await
+        .expect("admin connection");
+    let n: i64 = sqlx::query_scalar("select xact_commit from pg_stat_database where datname = $1")
+        .bind(name)
+        .fetch_one(&mut admin)
+        .await
+        .expect("read pg_stat_database");
+    let _ = admin.close().await;
+    n
+}
+
+/// One variant on a fresh database: (events per second, transactions per
+/// event). With `apply` off, `P` is not registered: the appends alone.
+async fn strategy_run<P: whizbang_core::Perspective>(
+    case: &str,
+    events: usize,
+    per_command: usize,
+    apply: bool,
+) -> (f64, f64) {
+    const CLIENTS: usize = 8;
+    let db = Db::fresh(case).await;
+    let registry = Registry::builder().receptors_of::<Desk>();
+    let registry = if apply {
+        registry.perspective::<P>()
+    } else {
+        registry
+    };
+    let registry = registry.build().expect("registry");
+    // Let the setup sessions' counts land before the first reading.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = xact_commit(&db.admin_url, &db.name).await;
+    let (rt, pg) = runtime_on(&db.url, registry, PostgresOptions::default()).await;
+    let streams: Arc<Vec<Uuid>> = Arc::new((0..1000).map(|_| Uuid::now_v7()).collect());
+    let started = Instant::now();
+    let mut clients = tokio::task::JoinSet::new();
+    for c in 0..CLIENTS {
+        let (rt, streams) = (rt.clone(), Arc::clone(&streams));
+        clients.spawn(async move {
+            let commands = events / per_command;
+            for i in (c..commands).step_by(CLIENTS) {
+                let scope = rt.scope();
+                let at = i * per_command;
+                if per_command == 1 {
+                    let stream = streams[at % streams.len()];
+                    scope.send(Note { stream }).await.expect("send");
+                } else {
+                    let streams = (at..at + per_command)
+                        .map(|j| streams[j % streams.len()])
+                        .collect();
+                    scope.send(NoteMany { streams }).await.expect("send");
+                }
+                scope.complete().await.expect("complete");
+            }
+        });
+    }
+    while let Some(done) = clients.join_next().await {
+        done.expect("a client");
+    }
+    if apply {
+        let options = SyncFilter::all().with_timeout(Duration::from_secs(120));
+        let synced = rt
+            .sync_awaiter()
+            .wait::<P>(options)
+            .await
+            .expect("wait for every apply");
+        assert!(
+            synced.is_synced(),
+            "{case}: not every event applied: {synced:?}"
+        );
+    }
+    let elapsed = started.elapsed();
+    drop(rt);
+    pg.close().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = xact_commit(&db.admin_url, &db.name).await;
+    db.drop_now().await;
+    let n = events as f64;
+    (n / elapsed.as_secs_f64(), (after - before) as f64 / n)
+}
+
+async fn strategy(plan: &Plan, rows: &mut Vec<Row>) {
+    let events = plan.n(10_000);
+    let rounds = if plan.smoke { 1 } else { 3 };
+    for per_command in [1, 10] {
+        let (mut realtime, mut batch, mut appends) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let k = per_command;
+            realtime.push(strategy_run::<C0>("strategy_realtime", events, k, true).await);
+            batch.push(strategy_run::<BatchedCount>("strategy_batch", events, k, true).await);
+            appends.push(strategy_run::<C0>("strategy_appends", events, k, false).await);
+        }
+        let median = |v: &mut Vec<(f64, f64)>| {
+            v.sort_by(|a, b| a.0.total_cmp(&b.0));
+            v[v.len() / 2]
+        };
+        let (r, b, a) = (
+            median(&mut realtime),
+            median(&mut batch),
+            median(&mut appends),
+        );
+        let load = format!("{events} events, {per_command}/command, 8 clients");
+        row(
+            rows,
+            format!("strategy, {load}: appends alone events/s, xact/event"),
+            format!("{:.0}/s, {:.2}", a.0, a.1),
+            "",
+        );
+        row(
+            rows,
+            format!("strategy, {load}: realtime events/s, xact/event"),
+            format!("{:.0}/s, {:.2}", r.0, r.1),
+            "",
+        );
+        row(
+            rows,
+            format!("strategy, {load}: batch(100, 50ms) events/s, xact/event"),
+            format!("{:.0}/s, {:.2}", b.0, b.1),
+            "",
+        );
+        row(
+            rows,
+            format!("strategy, {load}: batch / realtime throughput"),
+            format!("{:.2}x", b.0 / r.0),
+            ">= 3x",
+        );
+        row(
+            rows,
+            format!("strategy, {load}: applying's own xact/event, realtime / batch"),
+            format!("{:.3} / {:.3}", r.1 - a.1, b.1 - a.1),
+            "",
+        );
+    }
+}
+
 // ----------------------------------------------------------------- main
 
 static CASES: AtomicU64 = AtomicU64::new(0);
@@ -1031,10 +1188,14 @@ fn main() {
             ryw(&plan, &mut rows).await;
             CASES.fetch_add(1, Ordering::Relaxed);
         }
+        if runs("strategy") {
+            strategy(&plan, &mut rows).await;
+            CASES.fetch_add(1, Ordering::Relaxed);
+        }
     });
     assert!(
         CASES.load(Ordering::Relaxed) > 0,
-        "no case named {only:?}: use append, perspectives, e2e or ryw"
+        "no case named {only:?}: use append, perspectives, e2e, ryw or strategy"
     );
     println!(
         "whizbang PostgreSQL bench ({}; 2-worker tokio runtime; load {load_before} before, {} after)",

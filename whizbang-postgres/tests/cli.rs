@@ -255,6 +255,10 @@ async fn failed_cursors_are_listed_then_skipped_and_retried_and_the_runner_appli
     assert_eq!(picky["streams"], 3, "{status:#}");
     // The skipped stream is two events behind its head, the retried one one.
     assert_eq!(picky["lag_events"], 3, "{status:#}");
+    // The strategy the runner declared at start; the oldest unapplied
+    // event's age.
+    assert_eq!(picky["strategy"], "realtime", "{status:#}");
+    assert!(picky["lag_seconds"].as_f64().unwrap() >= 0.0, "{status:#}");
     let instances = status["instances"].as_array().unwrap();
     assert_eq!(instances.len(), 1, "{status:#}");
     assert_eq!(
@@ -273,6 +277,10 @@ async fn failed_cursors_are_listed_then_skipped_and_retried_and_the_runner_appli
     // The table names them too.
     let table = ok(&url, &["status"]).await;
     assert!(table.contains("pg_cli.picky") && table.contains(&retried.to_string()));
+    assert!(
+        table.contains("STRATEGY") && table.contains("realtime"),
+        "{table}"
+    );
     let listed = ok(&url, &["failed"]).await;
     assert!(listed.contains(&skipped.to_string()) && listed.contains("13 cents is unlucky"));
     let listed = ok_json(&url, &["failed"]).await;

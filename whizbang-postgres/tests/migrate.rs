@@ -88,6 +88,7 @@ async fn migrations_create_the_tables_with_their_keys(pool: PgPool) {
             "wh_partition_leases",
             "wh_perspective_cursors",
             "wh_perspective_rows",
+            "wh_perspective_strategies",
             "wh_perspective_versions",
             "wh_processed_messages",
             "wh_rebuilds",
@@ -362,7 +363,7 @@ async fn connect_to_the_test_server_works(pool: PgPool) {
             .fetch_one(&pool)
             .await
             .unwrap();
-    assert_eq!(tables, 16);
+    assert_eq!(tables, 17);
 }
 
 #[sqlx::test(migrations = false)]
@@ -386,7 +387,7 @@ async fn a_backend_with_a_schema_migrates_in_it_and_twice_is_idempotent(pool: Pg
     .fetch_all(&pool)
     .await
     .unwrap();
-    assert_eq!(in_schema.len(), 16, "{in_schema:?}");
+    assert_eq!(in_schema.len(), 17, "{in_schema:?}");
     let in_public: i64 = sqlx::query_scalar(
         "select count(*) from pg_tables where schemaname = 'public' and tablename like 'wh\\_%'",
     )

@@ -317,7 +317,7 @@ pub(super) async fn flush_perspectives(
                     first_error.get_or_insert(e);
                 }
             }
-            PerspectiveMode::Async => rt.runner.signal(reg, stream),
+            PerspectiveMode::Async => rt.runner.signal_flushed(reg, stream, events),
         }
     }
     first_error.map_or(Ok(()), Err)

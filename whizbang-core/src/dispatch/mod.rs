@@ -17,6 +17,7 @@
 mod context;
 mod explicit_sync;
 mod flush;
+mod perspective_status;
 mod rebuild;
 mod receive;
 mod runtime;

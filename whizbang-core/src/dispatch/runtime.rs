@@ -37,6 +37,8 @@ pub(crate) struct RuntimeInner {
     pub(crate) on_detached_failure: Option<DetachedFailureHook>,
     /// Where sync runs are recorded.
     pub(crate) sync_log: Arc<dyn crate::perspective::SyncLog>,
+    /// When each perspective last committed (for its status).
+    pub(crate) last_sync: Arc<crate::perspective::LastSync>,
 }
 
 /// The hook [`RuntimeBuilder::on_detached_failure`] installs.
@@ -659,6 +661,8 @@ impl RuntimeBuilder {
             ))
         });
         let mut listeners: Vec<Arc<dyn ApplyListener>> = vec![Arc::clone(&tracker) as _];
+        let last_sync = Arc::new(crate::perspective::LastSync::default());
+        listeners.push(Arc::clone(&last_sync) as _);
         listeners.extend(self.apply_listeners);
         let engine = Engine {
             events: event_store,
@@ -696,6 +700,7 @@ impl RuntimeBuilder {
                 sync_log: self
                     .sync_log
                     .unwrap_or_else(|| Arc::new(crate::perspective::MemorySyncLog::default())),
+                last_sync,
             }),
         };
         for hook in self.on_start {

@@ -187,6 +187,14 @@ impl Scope {
     /// nothing is lost), the help-along, and the waits on every perspective
     /// together. The budget across perspectives is counted on the wall clock.
     ///
+    /// The help-along runs realtime perspectives only: a perspective whose
+    /// [strategy](crate::strategy) holds work back (batch, scheduled, custom)
+    /// is not run early, and the wait on it waits for its next run
+    /// ([`StrategyRun::NextRun`](crate::StrategyRun::NextRun)), unless the
+    /// options say [`trigger(true)`](PerspectiveSyncOptions::trigger): then
+    /// its events are applied now and the result says
+    /// [`StrategyRun::Triggered`](crate::StrategyRun::Triggered).
+    ///
     /// # Errors
     /// As [`send`](Self::send): only when the send failed and nothing was stored.
     pub async fn send_and_sync_with<C: Command>(
@@ -267,6 +275,7 @@ impl Scope {
                         events_tracked: mine.len(),
                         perspective: reg.name,
                         timeout: options.timeout,
+                        run: crate::sync::strategy_run(reg, false),
                     }
                 }
             };

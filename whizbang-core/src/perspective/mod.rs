@@ -24,6 +24,8 @@ pub(crate) mod keyed;
 pub mod rebuild;
 mod registration;
 pub mod runner;
+mod status;
+pub mod strategy;
 mod sync_log;
 mod tombstone;
 
@@ -36,6 +38,8 @@ pub use explicit::{SyncItem, SyncMode, SyncReport, SyncTotals, DEFAULT_SYNC_CHUN
 pub use fold::Versioned;
 pub use key::{IntoModelKey, KEYED_CURSOR};
 pub use registration::PerspectiveRegistration;
+pub(crate) use status::LastSync;
+pub use status::PerspectiveStatus;
 pub use sync_log::{MemorySyncLog, SyncLog, SyncRun, SyncRunOutcome, DEFAULT_SYNC_LOG_CAPACITY};
 pub use tombstone::Tombstone;
 
@@ -118,6 +122,9 @@ pub trait Perspective: Send + Sync + 'static {
     const NAME: &'static str;
     /// Inline or async.
     const MODE: PerspectiveMode;
+    /// When its runner applies pending events (async perspectives; declared
+    /// with `strategy = ..`, [`Realtime`](strategy::Realtime) by default).
+    const STRATEGY: &'static dyn strategy::SyncStrategy = &strategy::Realtime;
     /// Wire names of the event types it handles, in declaration order.
     const EVENT_TYPES: &'static [&'static str];
     /// The version of its apply code (`#[perspective(model = M, version = 2)]`;

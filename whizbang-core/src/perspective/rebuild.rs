@@ -195,6 +195,7 @@ pub(crate) fn shadow_registration(
         decode_model: reg.decode_model,
         apply: reg.apply,
         key_of: reg.key_of,
+        strategy: reg.strategy,
     }));
     all.push(leaked);
     leaked

@@ -21,6 +21,8 @@ pub struct PerspectiveRegistration {
     pub module_path: &'static str,
     /// Inline or async.
     pub mode: PerspectiveMode,
+    /// When its runner applies pending events (see [`strategy`](super::strategy)).
+    pub strategy: &'static dyn super::strategy::SyncStrategy,
     /// Wire names of the event types it handles.
     pub event_types: &'static [&'static str],
     /// The version of its apply code ([`Perspective::VERSION`]).
@@ -65,6 +67,7 @@ impl PerspectiveRegistration {
             type_name,
             module_path,
             mode: P::MODE,
+            strategy: P::STRATEGY,
             event_types: P::EVENT_TYPES,
             version: P::VERSION,
             perspective_type: TypeId::of::<P>,

@@ -3,7 +3,11 @@
 //! Signalled with (perspective, stream) pairs, it brings each up to date on a
 //! tokio task, at most `concurrency` at a time; different streams run in
 //! parallel, one stream's events always apply in order (the store's claim
-//! serialises them). It can be paused, and awaited until idle.
+//! serialises them). It can be paused, and awaited until idle. A
+//! perspective whose strategy is not realtime is held back per its
+//! [`SyncStrategy`](super::strategy::SyncStrategy) (a schedule task per perspective).
+
+mod held;
 
 use super::engine::Engine;
 use crate::error::Error;
@@ -24,6 +28,8 @@ struct Shared {
     paused: watch::Sender<bool>,
     in_flight: watch::Sender<usize>,
     handle: tokio::runtime::Handle,
+    /// Work of perspectives whose strategy holds it back.
+    held: held::Held,
 }
 
 /// Handle to the async perspective runner of a [`Runtime`](crate::Runtime).
@@ -51,6 +57,7 @@ impl PerspectiveRunner {
                 paused: watch::Sender::new(false),
                 in_flight: watch::Sender::new(0),
                 handle,
+                held: held::Held::default(),
             }),
         }
     }
@@ -95,6 +102,10 @@ impl PerspectiveRunner {
         } else {
             stream
         };
+        // A keyed perspective (one cursor over the global order) runs realtime.
+        if !reg.strategy.is_realtime() && !reg.is_keyed() {
+            return held::hold(&self.shared, reg, stream, 0);
+        }
         let key = (reg.name, stream);
         if !lock(&self.shared.queued).insert(key) {
             return; // already queued and not yet started: it will see these events
@@ -104,6 +115,61 @@ impl PerspectiveRunner {
         let guard = self.track();
         let shared = Arc::clone(&self.shared);
         self.shared.handle.spawn(run(shared, reg, stream, guard));
+    }
+}
+
+impl PerspectiveRunner {
+    /// [`signal`](Self::signal) after a flush of `events`: for a held-back
+    /// perspective, its events among them count towards what its strategy
+    /// sees pending.
+    pub(crate) fn signal_flushed(
+        &self,
+        reg: &'static PerspectiveRegistration,
+        stream: StreamId,
+        events: &[Arc<crate::store::StoredEvent>],
+    ) {
+        if reg.strategy.is_realtime() {
+            return self.signal(reg, stream);
+        }
+        let n = held::flushed_for(reg, stream, events);
+        held::hold(&self.shared, reg, stream, n);
+    }
+}
+
+impl held::Runs for Shared {
+    fn held(&self) -> &held::Held {
+        &self.held
+    }
+
+    fn run(
+        &self,
+        reg: &'static PerspectiveRegistration,
+        streams: Vec<StreamId>,
+    ) -> crate::store::BoxFuture<'_, Vec<StreamId>> {
+        Box::pin(async move {
+            let mut paused = self.paused.subscribe();
+            let _ = paused.wait_for(|p| !*p).await;
+            let Ok(_permit) = self.permits.acquire().await else {
+                return streams;
+            };
+            self.in_flight.send_modify(|n| *n += 1);
+            // Released however the run ends (done, or dropped with the tokio runtime).
+            let _done = InFlight(&self.in_flight);
+            held::catch_up_held(&self.engine, reg, &streams).await
+        })
+    }
+
+    fn spawn(&self, task: crate::store::BoxFuture<'static, ()>) {
+        self.handle.spawn(task);
+    }
+}
+
+/// Counts one run in `in_flight` until dropped.
+struct InFlight<'a>(&'a watch::Sender<usize>);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
     }
 }
 

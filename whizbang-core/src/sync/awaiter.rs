@@ -372,15 +372,23 @@ impl PerspectiveSyncAwaiter {
         reg: &'static PerspectiveRegistration,
         targets: Vec<Target>,
         options: &PerspectiveSyncOptions,
-        timer: ActiveTimer,
+        mut timer: ActiveTimer,
         events_emitted: usize,
         events_tracked: usize,
     ) -> Started {
+        let triggered = if crate::sync::may_trigger(reg, options) && !targets.is_empty() {
+            let streams = crate::sync::target_streams(&targets);
+            let run = crate::sync::trigger_run(&self.sync, reg, &streams);
+            bounded(&mut timer, options.timeout, run).await == Some(true)
+        } else {
+            false
+        };
         let meta = Meta {
             perspective: reg,
             events_emitted,
             events_tracked,
             timeout: options.timeout,
+            triggered,
         };
         if targets.is_empty() {
             return Started::Done(Some(Box::new(meta.result(
@@ -435,6 +443,8 @@ struct Meta {
     events_emitted: usize,
     events_tracked: usize,
     timeout: Duration,
+    /// Whether the wait ran the perspective itself (options' `trigger`).
+    triggered: bool,
 }
 
 impl Meta {
@@ -447,6 +457,7 @@ impl Meta {
             events_tracked: self.events_tracked,
             perspective: self.perspective.name,
             timeout: self.timeout,
+            run: crate::sync::strategy_run(self.perspective, self.triggered),
         }
     }
 }
@@ -548,6 +559,7 @@ fn timed_out_result(
         events_tracked,
         perspective: reg.name,
         timeout,
+        run: crate::sync::strategy_run(reg, false),
     }
 }
 

@@ -249,6 +249,9 @@ pub struct PerspectiveSyncOptions {
     pub debugger_aware: bool,
     pub(crate) clock: Option<Arc<dyn SyncClock>>,
     pub(crate) reask: (Duration, Duration),
+    /// Run a perspective whose strategy holds work back now, on the
+    /// waiting task, rather than wait for its next run (see [`trigger`](Self::trigger)).
+    pub trigger: bool,
 }
 
 impl std::fmt::Debug for PerspectiveSyncOptions {
@@ -258,6 +261,7 @@ impl std::fmt::Debug for PerspectiveSyncOptions {
             .field("timeout", &self.timeout)
             .field("debugger_aware", &self.debugger_aware)
             .field("reask_backoff", &self.reask)
+            .field("trigger", &self.trigger)
             .finish_non_exhaustive()
     }
 }
@@ -294,6 +298,7 @@ impl PerspectiveSyncOptions {
             debugger_aware: true,
             clock: None,
             reask: DEFAULT_REASK,
+            trigger: false,
         }
     }
 
@@ -333,6 +338,19 @@ impl PerspectiveSyncOptions {
     #[must_use]
     pub fn reask_backoff(mut self, first: Duration, max: Duration) -> Self {
         self.reask = (first, max);
+        self
+    }
+
+    /// On a perspective whose [strategy](crate::strategy) holds work back
+    /// (batch, scheduled, custom): `true` runs the perspective on the awaited
+    /// events' streams now, on the waiting task, instead of waiting for the
+    /// strategy's next run (default `false`: wait for it, however long the
+    /// schedule is, within the timeout). The result's
+    /// [`run`](crate::SyncResult::run) says which happened. No effect on
+    /// inline and realtime perspectives, which never hold work back.
+    #[must_use]
+    pub fn trigger(mut self, on: bool) -> Self {
+        self.trigger = on;
         self
     }
 

@@ -24,7 +24,8 @@ pub(crate) async fn help_along(
     let started = tokio::time::Instant::now();
     let mut keyed_done: Vec<&'static str> = Vec::new();
     for (reg, stream) in touched {
-        if reg.mode != PerspectiveMode::Async {
+        // A strategy that holds work back is not run early (see `trigger`).
+        if reg.mode != PerspectiveMode::Async || super::holds_back(reg) {
             continue;
         }
         if reg.is_keyed() {

@@ -24,6 +24,7 @@ mod outcome;
 mod scope;
 mod table;
 mod tracker;
+mod trigger;
 mod waiters;
 
 pub use awaiter::{PerspectiveList, PerspectiveSyncAwaiter};
@@ -31,7 +32,7 @@ pub use clock::{ManualClock, SyncClock, TokioClock};
 pub(crate) use filter::Candidate;
 pub use filter::{EventTypeList, PerspectiveSyncOptions, SyncFilter};
 pub(crate) use help::help_along;
-pub use outcome::{SyncOutcome, SyncResult};
+pub use outcome::{StrategyRun, SyncOutcome, SyncResult};
 
 pub use inquiry::{
     keyed_status, EventSyncStatus, StoreSyncBackend, SyncBackend, SyncInquiry, SyncInquiryResult,
@@ -40,3 +41,4 @@ pub use inquiry::{
 pub(crate) use scope::SyncScope;
 pub(crate) use tracker::SyncRuntime;
 pub use tracker::{ScopedEventTracker, SyncEventTracker, WakeupSink};
+pub(crate) use trigger::{holds_back, may_trigger, strategy_run, target_streams, trigger_run};

@@ -25,6 +25,26 @@ pub enum SyncOutcome {
     },
 }
 
+/// How a wait met its perspective's
+/// [strategy](crate::strategy): whether it waited for the runner's next
+/// run or ran the perspective itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StrategyRun {
+    /// The perspective applies as soon as work is seen (inline, or async
+    /// with the realtime strategy): there was no schedule to wait for.
+    #[default]
+    Immediate,
+    /// The strategy holds work back (batch, scheduled, custom) and the wait
+    /// waited for its next run.
+    NextRun,
+    /// The wait asked for it
+    /// ([`PerspectiveSyncOptions::trigger`](crate::PerspectiveSyncOptions::trigger))
+    /// and ran the perspective on its events now, not waiting for the
+    /// schedule.
+    Triggered,
+}
+
 /// What a wait found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SyncResult {
@@ -42,6 +62,8 @@ pub struct SyncResult {
     pub perspective: &'static str,
     /// The wait's timeout (what [`into_result`](Self::into_result) reports).
     pub timeout: Duration,
+    /// Whether it waited for the strategy's next run or triggered one.
+    pub run: StrategyRun,
 }
 
 impl SyncResult {
@@ -61,7 +83,7 @@ impl SyncResult {
     /// As described.
     ///
     /// ```
-    /// # use whizbang_core::{Error, SyncOutcome, SyncResult};
+    /// # use whizbang_core::{Error, StrategyRun, SyncOutcome, SyncResult};
     /// # use std::time::Duration;
     /// let r = SyncResult {
     ///     outcome: SyncOutcome::TimedOut,
@@ -71,6 +93,7 @@ impl SyncResult {
     ///     events_tracked: 1,
     ///     perspective: "orders",
     ///     timeout: Duration::from_millis(150),
+    ///     run: StrategyRun::Immediate,
     /// };
     /// assert!(matches!(r.into_result(), Err(Error::PerspectiveSyncTimeout { .. })));
     /// ```

@@ -305,9 +305,13 @@ async fn check_migrations(db: &Db) -> Outcome<()> {
 #[derive(Serialize)]
 struct PerspectiveStatus {
     name: String,
+    /// As the runner declared it at start (`None`: no runner has yet).
+    strategy: Option<String>,
     streams: i64,
     applied_events: i64,
     lag_events: i64,
+    /// Age of the oldest event not yet applied (0 when none).
+    lag_seconds: f64,
     last_applied_at: Option<String>,
     failed: Vec<FailedCursor>,
 }
@@ -369,22 +373,30 @@ async fn failed_cursors(db: &Db) -> Outcome<Vec<FailedCursor>> {
 }
 
 async fn status(db: &Db, as_json: bool) -> Outcome<()> {
-    type PerspectiveRow = (String, i64, i64, i64, Option<String>);
+    type PerspectiveRow = (String, Option<String>, i64, i64, i64, f64, Option<String>);
     let rows: Vec<PerspectiveRow> = sqlx::query_as(
         "with names as (
              select perspective from wh_perspective_cursors
              union select perspective from wh_partition_leases
              union select perspective from wh_feed_checkpoints
+             union select perspective from wh_perspective_strategies
          )
          select n.perspective,
+                (select strategy from wh_perspective_strategies d
+                  where d.perspective = n.perspective),
                 count(c.model_key),
                 coalesce(sum(c.version), 0)::int8,
                 coalesce(sum(greatest(s.version - c.version, 0)), 0)::int8,
+                coalesce(extract(epoch from now() - min(o.oldest)), 0)::float8,
                 to_char(max(c.updated_at) filter (where c.failed_version is null)
                         at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')
            from names n
            left join wh_perspective_cursors c on c.perspective = n.perspective
            left join wh_streams s on s.stream_id = c.model_key
+           left join lateral (
+                select min(e.created_at) as oldest from wh_events e
+                 where e.stream_id = c.model_key and e.stream_version > c.version
+                ) o on s.version > c.version
           group by n.perspective
           order by n.perspective",
     )
@@ -393,19 +405,23 @@ async fn status(db: &Db, as_json: bool) -> Outcome<()> {
     let mut failed = failed_cursors(db).await?;
     let perspectives: Vec<PerspectiveStatus> = rows
         .into_iter()
-        .map(|(name, streams, applied_events, lag_events, last)| {
-            let (mine, rest): (Vec<_>, Vec<_>) =
-                failed.drain(..).partition(|f| f.perspective == name);
-            failed = rest;
-            PerspectiveStatus {
-                name,
-                streams,
-                applied_events,
-                lag_events,
-                last_applied_at: last,
-                failed: mine,
-            }
-        })
+        .map(
+            |(name, strategy, streams, applied_events, lag_events, lag, last)| {
+                let (mine, rest): (Vec<_>, Vec<_>) =
+                    failed.drain(..).partition(|f| f.perspective == name);
+                failed = rest;
+                PerspectiveStatus {
+                    name,
+                    strategy,
+                    streams,
+                    applied_events,
+                    lag_events,
+                    lag_seconds: (lag * 10.0).round() / 10.0,
+                    last_applied_at: last,
+                    failed: mine,
+                }
+            },
+        )
         .collect();
 
     let (queued, leased, dead): (i64, i64, i64) = sqlx::query_as(
@@ -473,18 +489,22 @@ async fn status(db: &Db, as_json: bool) -> Outcome<()> {
     println!("Perspectives (schema {})", db.schema);
     let mut table = Table::new(&[
         "PERSPECTIVE",
+        "STRATEGY",
         "STREAMS",
         "APPLIED",
         "LAG",
+        "LAG SECONDS",
         "FAILED",
         "LAST APPLIED",
     ]);
     for p in &perspectives {
         table.row(vec![
             p.name.clone(),
+            p.strategy.clone().unwrap_or_else(|| "-".into()),
             p.streams.to_string(),
             p.applied_events.to_string(),
             p.lag_events.to_string(),
+            format!("{:.1}", p.lag_seconds),
             p.failed.len().to_string(),
             p.last_applied_at.clone().unwrap_or_else(|| "-".into()),
         ]);

@@ -30,6 +30,8 @@ pub(crate) struct Batch {
     pub(crate) last: Option<Position>,
     /// Events read (the cap reached means more may follow).
     pub(crate) events: usize,
+    /// Events read that the perspective handles and has not applied.
+    pub(crate) pending: usize,
 }
 
 /// One batch read from the feed of several partitions, per partition.
@@ -119,8 +121,11 @@ pub(crate) async fn read_many(
             continue;
         };
         batch.events += 1;
-        if pending == Some(true) && !batch.streams.contains(&stream) {
-            batch.streams.push(stream);
+        if pending == Some(true) {
+            batch.pending += 1;
+            if !batch.streams.contains(&stream) {
+                batch.streams.push(stream);
+            }
         }
         // The furthest row read (branches of a `union all` are not
         // guaranteed to come back in order).

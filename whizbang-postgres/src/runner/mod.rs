@@ -16,6 +16,7 @@
 //! dropped, and then releases its leases.
 
 pub(crate) mod feed;
+mod held;
 pub(crate) mod lease;
 
 use crate::listen::{gone, Dirty, Gone, Wakeups};
@@ -42,6 +43,9 @@ pub(crate) struct Config {
 struct Job {
     name: &'static str,
     handled: Vec<&'static str>,
+    /// When it runs (see [`held`]).
+    strategy: &'static dyn whizbang_core::strategy::SyncStrategy,
+    schedule: held::Schedule,
 }
 
 struct Runner {
@@ -55,6 +59,18 @@ struct Runner {
 /// Runs until the runtime behind `runtime` is dropped, then releases the
 /// instance's leases.
 pub(crate) async fn run(config: Config, runtime: WeakRuntime, wakeups: Arc<Wakeups>, stop: Gone) {
+    let declared = runtime.upgrade().map(|rt| {
+        rt.registry()
+            .perspectives()
+            .iter()
+            .map(|p| (p.name, p.mode, p.strategy.describe()))
+            .collect::<Vec<_>>()
+    });
+    if let Some(declared) = declared {
+        if let Err(error) = held::declare(&config.pool, config.instance_id, &declared).await {
+            tracing::warn!(%error, "recording the perspectives' strategies failed (status shows none)");
+        }
+    }
     let Some(jobs) = runtime.upgrade().map(|rt| {
         rt.registry()
             .perspectives()
@@ -62,6 +78,8 @@ pub(crate) async fn run(config: Config, runtime: WeakRuntime, wakeups: Arc<Wakeu
             .map(|p| Job {
                 name: p.name,
                 handled: p.event_types.to_vec(),
+                strategy: p.strategy,
+                schedule: held::Schedule::default(),
             })
             .collect::<Vec<_>>()
     }) else {
@@ -116,14 +134,19 @@ impl Runner {
             } else {
                 (recheck * 2).min(options.rescan_interval)
             };
+            let due = self.jobs.iter().filter_map(|j| j.schedule.due).min();
             dirty = tokio::select! {
                 _ = beat.tick() => {
                     let acquired = self.maintain_if_due().await;
                     Dirty { partitions: acquired, all: false }
                 }
                 _ = rescan.tick() => Dirty { all: true, ..Dirty::default() },
-                () = wakeups.notified() => wakeups.take(),
+                () = wakeups.notified() => {
+                    self.jobs.iter_mut().for_each(|j| j.schedule.woke());
+                    wakeups.take()
+                }
                 () = tokio::time::sleep(delay), if held != 0 => Dirty::default(),
+                () = sleep_until(due), if due.is_some() => Dirty { all: true, ..Dirty::default() },
             };
             dirty.partitions |= held;
         }
@@ -201,10 +224,19 @@ impl Runner {
         let mut held = 0u32;
         for job in 0..self.jobs.len() {
             let name = self.jobs[job].name;
+            let Job {
+                strategy, schedule, ..
+            } = &self.jobs[job];
+            if !strategy.is_realtime() && !schedule.should_read(*strategy, Instant::now()) {
+                continue;
+            }
+            // A held-back perspective counts what is pending over all its
+            // partitions: every one is read.
+            let all = dirty.all || !strategy.is_realtime();
             let mut targets: Vec<Lease> = self
                 .leases
                 .iter()
-                .filter(|l| l.perspective == name && dirty.has(l.partition))
+                .filter(|l| l.perspective == name && (all || dirty.has(l.partition)))
                 .copied()
                 .collect();
             while !targets.is_empty() {
@@ -260,11 +292,22 @@ impl Runner {
             .flat_map(|b| b.streams.iter().copied())
             .collect();
         let events: usize = read.batches.values().map(|b| b.events).sum();
+        let held_back = Step {
+            more: Vec::new(),
+            held_back: read.held_back,
+        };
         if events == 0 {
-            return Ok(Step {
-                more: Vec::new(),
-                held_back: read.held_back,
-            });
+            return Ok(held_back);
+        }
+        let Job {
+            strategy, schedule, ..
+        } = &mut self.jobs[job];
+        if !strategy.is_realtime() {
+            let pending: usize = read.batches.values().map(|b| b.pending).sum();
+            let held = read.held_back != 0;
+            if !schedule.run_now(*strategy, pending as u64, held, Instant::now()) {
+                return Ok(held_back);
+            }
         }
         let span = tracing::debug_span!(
             "whizbang.postgres.batch",
@@ -318,7 +361,7 @@ impl Runner {
             streams = streams.len(),
             "feed batch consumed"
         );
-        let more = leases
+        let more: Vec<Lease> = leases
             .iter()
             .filter(|l| {
                 moved.contains(&l.partition)
@@ -329,6 +372,11 @@ impl Runner {
             })
             .copied()
             .collect();
+        if !self.jobs[job].strategy.is_realtime() {
+            self.jobs[job]
+                .schedule
+                .ran(Instant::now(), !more.is_empty());
+        }
         Ok(Step {
             more,
             held_back: read.held_back,
@@ -342,6 +390,14 @@ struct Step {
     more: Vec<Lease>,
     /// Partitions with events the horizon held back (a bit each).
     held_back: u32,
+}
+
+/// Sleeps until `due` (for ever when `None`: its branch is disabled then).
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The first delay before a held-back partition is read again.

@@ -1,0 +1,324 @@
+//! Sync strategies on the in-memory backend: a batch perspective applies at
+//! n pending, a scheduled one at its next run; waits wait for that run, or
+//! trigger one when asked and say which; `send_and_sync` does not turn a
+//! held-back perspective into a realtime one; a dropped triggered wait
+//! loses nothing; and the status reports strategy, lag and last sync.
+
+mod common;
+use common::bounded;
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use uuid::Uuid;
+use whizbang_core::strategy::{Decision, PendingState, SyncStrategy};
+use whizbang_core::{
+    perspective, receptor, Command, Context, Event, PerspectiveSyncOptions, Receptor, Result,
+    Runtime, StrategyRun, SyncFilter, SyncOutcome,
+};
+
+#[derive(Event, Serialize, Deserialize, Debug, Clone)]
+#[event(name = "strategies.counted")]
+struct Counted {
+    #[stream_key]
+    id: Uuid,
+}
+
+#[derive(Command, Serialize, Deserialize)]
+#[command(output = Uuid)]
+struct Count;
+
+#[derive(Default)]
+struct Counter;
+
+#[receptor]
+impl Receptor<Count> for Counter {
+    async fn handle(&self, _: Count, cx: &mut Context) -> Result<Uuid> {
+        let id = Uuid::now_v7();
+        cx.emit(Counted { id })?;
+        Ok(id)
+    }
+}
+
+#[derive(Default, Clone, Serialize, Deserialize, Debug, PartialEq)]
+struct Tally {
+    n: u64,
+}
+
+/// Applies at 5 pending; the wait bound is an hour, so only the count can
+/// make it run in a test.
+struct Batched;
+#[perspective(model = Tally, name = "strategies.batched", strategy = batch(5, "1h"))]
+impl Batched {
+    fn counted(t: &mut Tally, _: &Counted) {
+        t.n += 1;
+    }
+}
+
+/// Runs hourly: never by itself within a test.
+struct Hourly;
+#[perspective(model = Tally, name = "strategies.hourly", strategy = scheduled("1h"))]
+impl Hourly {
+    fn counted(t: &mut Tally, _: &Counted) {
+        t.n += 1;
+    }
+}
+
+struct Live;
+#[perspective(model = Tally, name = "strategies.live")]
+impl Live {
+    fn counted(t: &mut Tally, _: &Counted) {
+        t.n += 1;
+    }
+}
+
+/// A user's strategy: runs at 2 pending, else waits an hour.
+struct Pairs;
+impl SyncStrategy for Pairs {
+    fn decide(&self, state: &PendingState) -> Decision {
+        if state.pending >= 2 {
+            Decision::Run { max_events: 2 }
+        } else {
+            Decision::Wait(Duration::from_secs(3600))
+        }
+    }
+    fn describe(&self) -> String {
+        "pairs".into()
+    }
+}
+
+struct Paired;
+#[perspective(model = Tally, name = "strategies.paired", strategy = Pairs)]
+impl Paired {
+    fn counted(t: &mut Tally, _: &Counted) {
+        t.n += 1;
+    }
+}
+
+/// A strategy that panics: the runner contains it and runs the work.
+struct Broken;
+impl SyncStrategy for Broken {
+    fn decide(&self, _: &PendingState) -> Decision {
+        panic!("this strategy is broken")
+    }
+    fn describe(&self) -> String {
+        "broken".into()
+    }
+}
+
+struct OnBroken;
+#[perspective(model = Tally, name = "strategies.broken", strategy = Broken)]
+impl OnBroken {
+    fn counted(t: &mut Tally, _: &Counted) {
+        t.n += 1;
+    }
+}
+
+async fn publish(rt: &Runtime, id: Uuid) {
+    let scope = rt.scope();
+    scope.publish(Counted { id }).await.unwrap();
+    scope.complete().await.unwrap();
+}
+
+fn short() -> PerspectiveSyncOptions {
+    PerspectiveSyncOptions::new(SyncFilter::all()).timeout(Duration::from_millis(30))
+}
+
+#[tokio::test]
+async fn batch_holds_work_until_n_are_pending_then_applies_them_all() {
+    let rt = Runtime::in_memory().unwrap();
+    let ids: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
+    for id in &ids[..4] {
+        publish(&rt, *id).await;
+    }
+    // Four pending of five: held, not applied.
+    let status = rt.perspective_status::<Batched>().await.unwrap();
+    assert_eq!(status.strategy, "batch(5, 1h)");
+    assert_eq!(status.lag_events, 4);
+    assert_eq!(status.last_sync, None);
+    let lens = rt.lens::<Batched>();
+    assert_eq!(lens.get_versioned(ids[0].into()).await.unwrap(), None);
+    let held = bounded(rt.sync_awaiter().wait::<Batched>(short()))
+        .await
+        .unwrap();
+    assert_eq!(held.outcome, SyncOutcome::TimedOut);
+    assert_eq!(held.run, StrategyRun::NextRun);
+
+    // The fifth fills the batch: every stream is applied in that run.
+    publish(&rt, ids[4]).await;
+    let synced = bounded(
+        rt.sync_awaiter()
+            .wait::<Batched>(PerspectiveSyncOptions::new(SyncFilter::all())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(synced.outcome, SyncOutcome::Synced);
+    assert_eq!(synced.run, StrategyRun::NextRun);
+    for id in &ids {
+        let (tally, version) = lens.get_versioned((*id).into()).await.unwrap().unwrap();
+        assert_eq!((tally.n, version), (1, 1));
+    }
+    let status = rt.perspective_status::<Batched>().await.unwrap();
+    assert_eq!((status.lag_events, status.failed_cursors), (0, 0));
+    assert!(status.last_sync.is_some());
+}
+
+#[tokio::test]
+async fn a_wait_on_a_schedule_waits_for_its_run_or_triggers_it_and_says_which() {
+    let rt = Runtime::in_memory().unwrap();
+    let id = Uuid::now_v7();
+    publish(&rt, id).await;
+    let waited = bounded(rt.sync_awaiter().wait::<Hourly>(short()))
+        .await
+        .unwrap();
+    assert_eq!(waited.outcome, SyncOutcome::TimedOut);
+    assert_eq!(waited.run, StrategyRun::NextRun);
+    let status = rt.perspective_status::<Hourly>().await.unwrap();
+    assert_eq!(
+        (status.strategy.as_str(), status.lag_events),
+        ("scheduled(1h)", 1)
+    );
+
+    let triggered = bounded(rt.sync_awaiter().wait::<Hourly>(short().trigger(true)))
+        .await
+        .unwrap();
+    assert_eq!(triggered.outcome, SyncOutcome::Synced);
+    assert_eq!(triggered.run, StrategyRun::Triggered);
+    let (tally, _) = rt
+        .lens::<Hourly>()
+        .get_versioned(id.into())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(tally.n, 1);
+    let status = rt.perspective_status::<Hourly>().await.unwrap();
+    assert_eq!(status.lag_events, 0);
+    assert_eq!(status.lag, Duration::ZERO);
+    assert!(status.last_sync.is_some());
+}
+
+#[tokio::test]
+async fn send_and_sync_leaves_a_scheduled_perspective_to_its_schedule_unless_triggered() {
+    let rt = Runtime::in_memory().unwrap();
+    let scope = rt.scope();
+    let options = PerspectiveSyncOptions::default().timeout(Duration::from_millis(30));
+    let sent = bounded(scope.send_and_sync_with(Count, options.clone()))
+        .await
+        .unwrap();
+    let of = |name: &str| sent.results.iter().find(|r| r.perspective == name).unwrap();
+    // The realtime perspective is helped along; the hourly one is not.
+    assert_eq!(of("strategies.live").outcome, SyncOutcome::Synced);
+    assert_eq!(of("strategies.live").run, StrategyRun::Immediate);
+    assert_eq!(of("strategies.hourly").outcome, SyncOutcome::TimedOut);
+    assert_eq!(of("strategies.hourly").run, StrategyRun::NextRun);
+    let (tally, _) = rt
+        .lens::<Hourly>()
+        .get_versioned(sent.output.into())
+        .await
+        .unwrap()
+        .map_or((Tally::default(), 0), |v| v);
+    assert_eq!(tally.n, 0, "the hourly perspective ran early");
+
+    let sent = bounded(scope.send_and_sync_with(Count, options.trigger(true)))
+        .await
+        .unwrap();
+    let of = |name: &str| sent.results.iter().find(|r| r.perspective == name).unwrap();
+    assert_eq!(of("strategies.hourly").outcome, SyncOutcome::Synced);
+    assert_eq!(of("strategies.hourly").run, StrategyRun::Triggered);
+    let (tally, _) = rt
+        .lens::<Hourly>()
+        .get_versioned(sent.output.into())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(tally.n, 1);
+    scope.complete().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_triggered_wait_dropped_mid_way_applies_nothing_twice() {
+    let rt = Runtime::in_memory().unwrap();
+    let id = Uuid::now_v7();
+    publish(&rt, id).await;
+    publish(&rt, id).await;
+    let options = PerspectiveSyncOptions::new(SyncFilter::for_stream(id)).trigger(true);
+    // Dropped at its first await, then at successive ones.
+    for _ in 0..20 {
+        let awaiter = rt.sync_awaiter();
+        let mut wait = Box::pin(awaiter.wait::<Hourly>(options.clone()));
+        let _ = futures_poll_once(wait.as_mut()).await;
+        drop(wait);
+    }
+    let done = bounded(rt.sync_awaiter().wait::<Hourly>(options))
+        .await
+        .unwrap();
+    assert!(done.is_synced());
+    let (tally, version) = rt
+        .lens::<Hourly>()
+        .get_versioned(id.into())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (tally.n, version),
+        (2, 2),
+        "each event applied exactly once"
+    );
+}
+
+/// Polls `f` once (then the caller drops it).
+async fn futures_poll_once<F: std::future::Future + Unpin>(mut f: F) -> Option<F::Output> {
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match std::pin::Pin::new(&mut f).poll(cx) {
+            std::task::Poll::Ready(v) => Some(v),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_custom_strategy_decides_when_the_runner_applies() {
+    let rt = Runtime::in_memory().unwrap();
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    publish(&rt, a).await;
+    let one = bounded(rt.sync_awaiter().wait::<Paired>(short()))
+        .await
+        .unwrap();
+    assert_eq!(
+        (one.outcome, one.run),
+        (SyncOutcome::TimedOut, StrategyRun::NextRun)
+    );
+    publish(&rt, b).await;
+    let two = bounded(
+        rt.sync_awaiter()
+            .wait::<Paired>(PerspectiveSyncOptions::new(SyncFilter::all())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(two.outcome, SyncOutcome::Synced);
+    assert_eq!(
+        rt.perspective_status::<Paired>().await.unwrap().strategy,
+        "pairs"
+    );
+}
+
+#[tokio::test]
+async fn a_strategy_that_panics_does_not_strand_the_work() {
+    let rt = Runtime::in_memory().unwrap();
+    let id = Uuid::now_v7();
+    publish(&rt, id).await;
+    let done = bounded(
+        rt.sync_awaiter()
+            .wait::<OnBroken>(PerspectiveSyncOptions::new(SyncFilter::for_stream(id))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.outcome, SyncOutcome::Synced);
+    let (tally, _) = rt
+        .lens::<OnBroken>()
+        .get_versioned(id.into())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(tally.n, 1);
+}
