@@ -32,7 +32,7 @@
 //!
 //! Versions: `#[perspective(model = M, version = 2)]` declares the version of
 //! the apply code ([`Perspective::VERSION`](crate::Perspective::VERSION)).
-//! [`Runtime::check_perspective_versions`](crate::Runtime::check_perspective_versions)
+//! [`Runtime::check_perspective_versions`](crate::Runtime::check_perspective_versions)(crate::Runtime::check_perspective_versions)
 //! compares each with the version the store recorded and, per
 //! [`VersionPolicy`], rebuilds the ones that are behind or refuses to go on.
 
@@ -145,7 +145,7 @@ pub struct RebuildReport {
     pub fenced: Duration,
 }
 
-/// What [`Runtime::check_perspective_versions`] does with a perspective whose
+/// What [`Runtime::check_perspective_versions`](crate::Runtime::check_perspective_versions) does with a perspective whose
 /// declared version is above the recorded one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -157,7 +157,7 @@ pub enum VersionPolicy {
     Refuse,
 }
 
-/// What [`Runtime::check_perspective_versions`] found for one perspective.
+/// What [`Runtime::check_perspective_versions`](crate::Runtime::check_perspective_versions) found for one perspective.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum VersionCheck {
@@ -536,7 +536,7 @@ impl Rebuilder<'_> {
     }
 }
 
-/// What [`Runtime::catch_up_to_head`] did.
+/// What [`Runtime::catch_up_to_head`](crate::Runtime::catch_up_to_head) did.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct CatchUpReport {

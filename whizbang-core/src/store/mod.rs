@@ -1000,11 +1000,11 @@ pub trait RebuildFence: Send {
 }
 
 /// What a perspective store offers for rebuilds beside live
-/// ([`PerspectiveStore::rebuilds`](PerspectiveStore::rebuilds)).
+/// ([`PerspectiveStore::rebuilds`]).
 pub trait RebuildStore: Send + Sync {
     /// Starts (or resumes) the rebuild of `live` to `version`, as the only
     /// one running for it: a store shared by processes refuses a second one
-    /// while the first is alive ([`Error::InvalidInput`] naming it) and lets
+    /// while the first is alive ([`Error::InvalidInput`](crate::Error::InvalidInput) naming it) and lets
     /// a new one take over a rebuild whose process died. A shadow left by a
     /// rebuild to another version is discarded.
     ///

@@ -97,7 +97,7 @@ impl RebuildProgress {
     }
 }
 
-/// What [`RebuildStore::begin`] found.
+/// What [`RebuildStore::begin`](super::RebuildStore::begin) found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RebuildStart {

@@ -183,7 +183,7 @@ impl PgOutbox {
     /// returns less than `batch`.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] for a batch outside 1..=[`limits::MAX_BATCH`];
+    /// [`Error::InvalidInput`](whizbang_core::Error::InvalidInput) for a batch outside 1..=[`limits::MAX_BATCH`];
     /// a backend failure.
     pub async fn prune_published(&self, older_than: Duration, batch: usize) -> Result<usize> {
         limits::check_batch("prune_published", batch)?;
