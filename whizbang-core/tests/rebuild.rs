@@ -140,6 +140,18 @@ async fn a_rebuild_under_load_ends_with_every_model_equal_to_a_fresh_fold() {
     assert_eq!(last.done, last.total);
     assert!(last.rate > 0.0);
     assert_models_equal_fresh_fold(&rt, &all).await;
+    // The run is in the sync log, like an explicit sync's.
+    let logged = rt.sync_log(10).await.unwrap();
+    let run = logged
+        .iter()
+        .find(|r| r.mode == "rebuild")
+        .unwrap_or_else(|| panic!("no rebuild in the sync log: {logged:?}"));
+    assert_eq!(run.perspective, "Balances");
+    assert_eq!(run.applied, report.models as u64);
+    assert_eq!(
+        run.outcome,
+        whizbang_core::perspective::SyncRunOutcome::Succeeded
+    );
     // The shadow is gone: its models moved to the live name.
     let store = rt.services().perspective_store();
     assert!(store

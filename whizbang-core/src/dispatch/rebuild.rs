@@ -59,7 +59,8 @@ impl Runtime {
             started: Instant::now(),
             folded: 0,
         };
-        async {
+        let started_at = std::time::SystemTime::now();
+        let result: Result<CatchUpReport> = async {
             let todo = run.pass().await?;
             let streams = todo.len();
             run.send();
@@ -75,7 +76,14 @@ impl Runtime {
             })
         }
         .instrument(span)
-        .await
+        .await;
+        let (streams, error) = match &result {
+            Ok(report) => (report.streams as u64, None),
+            Err(e) => (0, Some(e.to_string())),
+        };
+        self.log_operator_run(live.name, "catch_up", started_at, streams, error)
+            .await;
+        result
     }
 
     /// Rebuilds perspective `P`'s read models beside the live ones and swaps
@@ -160,7 +168,14 @@ impl Runtime {
             started: Instant::now(),
             folded: 0,
         };
+        let started_at = std::time::SystemTime::now();
         let result = rebuilder.run().instrument(span).await;
+        let (models, error) = match &result {
+            Ok(report) => (report.models as u64, None),
+            Err(e) => (0, Some(e.to_string())),
+        };
+        self.log_operator_run(live.name, "rebuild", started_at, models, error)
+            .await;
         match &result {
             Ok(report) => tracing::info!(
                 perspective = live.name,
@@ -244,5 +259,32 @@ impl Runtime {
             checks.push((reg.name, check));
         }
         Ok(checks)
+    }
+
+    /// Records a rebuild or a catch-up to the head in the sync log (and its
+    /// metrics), as an explicit sync's run is: `streams` the models it
+    /// brought up to date, `error` why it failed as a whole.
+    async fn log_operator_run(
+        &self,
+        perspective: &str,
+        mode: &str,
+        started_at: std::time::SystemTime,
+        streams: u64,
+        error: Option<String>,
+    ) {
+        let duration = started_at.elapsed().unwrap_or_default();
+        let run = crate::perspective::SyncRun::new(
+            perspective,
+            mode,
+            "all streams",
+            started_at,
+            duration,
+            (streams, 0, 0),
+        );
+        let run = match error {
+            Some(e) => run.with_error(e),
+            None => run,
+        };
+        self.record_sync_run(&run).await;
     }
 }
