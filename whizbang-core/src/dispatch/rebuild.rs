@@ -33,16 +33,7 @@ impl Runtime {
         name: &str,
         options: RebuildOptions,
     ) -> Result<CatchUpReport> {
-        let live =
-            self.registry()
-                .perspective_named(name)
-                .ok_or_else(|| Error::UnknownPerspective {
-                    name: name.to_owned(),
-                })?;
-        let perspectives = &*self.inner.engine.perspectives;
-        let store = perspectives
-            .rebuilds()
-            .ok_or_else(|| unsupported(live.name))?;
+        let (live, perspectives, store) = self.rebuild_target(name)?;
         let span = tracing::info_span!(
             "whizbang.perspective.catch_up_to_head",
             perspective = live.name
@@ -137,16 +128,7 @@ impl Runtime {
         name: &str,
         options: RebuildOptions,
     ) -> Result<RebuildReport> {
-        let live =
-            self.registry()
-                .perspective_named(name)
-                .ok_or_else(|| Error::UnknownPerspective {
-                    name: name.to_owned(),
-                })?;
-        let perspectives = &*self.inner.engine.perspectives;
-        let store = perspectives
-            .rebuilds()
-            .ok_or_else(|| unsupported(live.name))?;
+        let (live, perspectives, store) = self.rebuild_target(name)?;
         let _running = Running::claim(perspectives, live.name)?;
         let span = tracing::info_span!(
             "whizbang.perspective.rebuild",
@@ -286,5 +268,28 @@ impl Runtime {
             None => run,
         };
         self.record_sync_run(&run).await;
+    }
+
+    /// The registered perspective `name`, the perspective store and its
+    /// rebuild support.
+    fn rebuild_target(
+        &self,
+        name: &str,
+    ) -> Result<(
+        &'static crate::perspective::PerspectiveRegistration,
+        &dyn crate::store::PerspectiveStore,
+        &dyn crate::store::RebuildStore,
+    )> {
+        let live =
+            self.registry()
+                .perspective_named(name)
+                .ok_or_else(|| Error::UnknownPerspective {
+                    name: name.to_owned(),
+                })?;
+        let perspectives = &*self.inner.engine.perspectives;
+        let store = perspectives
+            .rebuilds()
+            .ok_or_else(|| unsupported(live.name))?;
+        Ok((live, perspectives, store))
     }
 }
