@@ -297,8 +297,8 @@ pub struct MemoryPerspectiveStore {
     pub(super) slots: Arc<Mutex<HashMap<&'static str, IdMap<ModelKey, SlotRef>>>>,
     format: ModelFormat,
     /// Per perspective: every claim holds its read side, a rebuild's fence its write side.
-    gates: super::rebuild::Gates,
-    pub(super) rebuilds: Arc<Mutex<super::rebuild::MemoryRebuilds>>,
+    gates: Gates,
+    pub(super) rebuilds: Arc<Mutex<MemoryRebuilds>>,
 }
 
 impl Default for MemoryPerspectiveStore {
@@ -527,7 +527,7 @@ impl PerspectiveStore for MemoryPerspectiveStore {
         self.format
     }
 
-    fn rebuilds(&self) -> Option<&dyn super::rebuild::RebuildStore> {
+    fn rebuilds(&self) -> Option<&dyn super::RebuildStore> {
         Some(self)
     }
 
@@ -630,3 +630,15 @@ impl PerspectiveStore for MemoryPerspectiveStore {
         Box::pin(async move { Ok(rows) })
     }
 }
+
+/// The memory store's rebuild records.
+#[derive(Default)]
+pub(crate) struct MemoryRebuilds {
+    pub(crate) versions: HashMap<String, u32>,
+    /// Per live name: the version of the unfinished rebuild its shadow holds.
+    pub(crate) running: HashMap<String, u32>,
+    pub(crate) progress: HashMap<String, super::RebuildProgress>,
+}
+
+/// Shared gate per perspective (the memory store's fence).
+pub(crate) type Gates = Arc<Mutex<HashMap<&'static str, Arc<tokio::sync::RwLock<()>>>>>;

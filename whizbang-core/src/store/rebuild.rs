@@ -16,8 +16,7 @@ use super::{BoxFuture, Checkpoint, ModelKey, ModelValue, ModelWrite};
 pub use super::{RebuildFence, RebuildPhase, RebuildProgress, RebuildStart, RebuildStore};
 use crate::error::{Error, Result};
 use crate::util::lock;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// The name of the shadow generation of perspective `live`: `<live>~rebuild`.
@@ -46,15 +45,6 @@ pub(crate) fn unsupported(perspective: &str) -> Error {
          live (PerspectiveStore::rebuilds is None); use the memory or PostgreSQL store, or \
          implement RebuildStore for yours"
     ))
-}
-
-/// The memory store's rebuild records.
-#[derive(Default)]
-pub(crate) struct MemoryRebuilds {
-    versions: HashMap<String, u32>,
-    /// Per live name: the version of the unfinished rebuild its shadow holds.
-    running: HashMap<String, u32>,
-    progress: HashMap<String, RebuildProgress>,
 }
 
 struct MemoryFence {
@@ -193,6 +183,3 @@ pub(crate) fn final_write(key: ModelKey, model: Option<ModelValue>, version: u64
         },
     )
 }
-
-/// Shared gate per perspective (the memory store's fence).
-pub(crate) type Gates = Arc<Mutex<HashMap<&'static str, Arc<tokio::sync::RwLock<()>>>>>;
