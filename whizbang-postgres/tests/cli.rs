@@ -332,14 +332,23 @@ async fn failed_cursors_are_listed_then_skipped_and_retried_and_the_runner_appli
     // Fix the cause, retry: the runner applies the event; a waiter ends Synced.
     UNLUCKY.store(false, Ordering::SeqCst);
     let partition = partition_of(retried.into());
-    let (owner, fence): (Uuid, i64) = sqlx::query_as(
-        "select owner, fence from wh_partition_leases
-          where perspective = 'pg_cli.picky' and partition = $1",
-    )
-    .bind(partition)
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    // The skip released this partition's lease (it may be the same one):
+    // wait until the runner holds it again.
+    let (owner, fence): (Uuid, i64) = eventually("the partition leased again", || {
+        let pool = pool.clone();
+        async move {
+            let row: Option<(Option<Uuid>, i64)> = sqlx::query_as(
+                "select owner, fence from wh_partition_leases
+                  where perspective = 'pg_cli.picky' and partition = $1",
+            )
+            .bind(partition)
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+            row.and_then(|(owner, fence)| owner.map(|o| (o, fence)))
+        }
+    })
+    .await;
     ok(&url, &["retry", "pg_cli.picky", &retried.to_string()]).await;
     // A batch the runner read before the retry (at the old fence) can no
     // longer move the checkpoint forward over the retried stream.
