@@ -828,3 +828,28 @@ async fn an_event_the_perspective_does_not_handle_leaves_a_deleted_model_deleted
     assert_eq!(model::<Carts>(&rt, cart).await, None);
     assert_eq!(cursor(&rt, "xsync.carts", cart).await.version, 3);
 }
+
+#[tokio::test]
+async fn a_tombstone_before_a_failing_event_stands_and_the_cursor_fails_after_it() {
+    let rt = runtime::<Carts>();
+    let cart = StreamId::new();
+    add(&rt, cart, &[5]).await;
+    close(&rt, cart, true).await;
+    // Version 3 does not decode: `n` is not a number.
+    let bad = serde_json::json!({ "id": cart, "n": "five" });
+    append(&rt, cart, vec![new_event(cart, "xsync.added", bad)]).await;
+
+    let report = bounded(rt.sync::<Carts>().streams([cart]).run())
+        .await
+        .unwrap();
+    assert!(
+        matches!(report.item(cart), Some(SyncItem::Failed { .. })),
+        "{report:?}"
+    );
+    // The model is deleted as of version 2 (not a `Default` one), and the
+    // cursor stands after the tombstone, failed at version 3.
+    assert_eq!(model::<Carts>(&rt, cart).await, None);
+    let at = cursor(&rt, "xsync.carts", cart).await;
+    assert_eq!(at.version, 2);
+    assert_eq!(at.failure.map(|f| f.version), Some(3));
+}

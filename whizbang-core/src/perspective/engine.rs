@@ -298,6 +298,16 @@ pub(crate) fn fold(
     }
 }
 
+/// What a failed cursor's commit does with the model.
+enum Settled {
+    /// Leaves the stored model as it is.
+    Keep,
+    /// Writes the model as of just before the failing event.
+    Write(ModelValue),
+    /// Deletes it: a tombstone applied before the failing event.
+    Delete,
+}
+
 /// What a failure at `ev` commits: the model as of just before it
 /// (`replayed`: `None` when the batch had not changed the model, so the
 /// stored one stands), the cursor version, the events moved past, and the
@@ -670,19 +680,29 @@ impl Engine {
         // from the start: no copy is paid on the hot path. When nothing was
         // applied to the model in this batch, the stored model is already that
         // state and stays as it is.
+        let mut deleted_before = false;
         let replayed = if progress.dirty {
             Some(
                 self.rebuild(reg, stream, progress.version, &checkpoint)
                     .await
-                    .and_then(|m| encode(self.model_format, reg, m)),
+                    .and_then(|(m, deleted)| {
+                        deleted_before = deleted;
+                        encode(self.model_format, reg, m)
+                    }),
             )
         } else {
             None
         };
         let (good, version, applied, failure) =
             settle_failure(&checkpoint, progress, ev, message, replayed);
+        // A tombstone before the failing event stands: the model is deleted.
+        let settled = match good {
+            Some(_) if deleted_before => Settled::Delete,
+            Some(model) => Settled::Write(model),
+            None => Settled::Keep,
+        };
         self.commit_failure(
-            reg, stream, unit, good, checkpoint, version, applied, failure,
+            reg, stream, unit, settled, checkpoint, version, applied, failure,
         )
         .await
     }
@@ -696,22 +716,22 @@ impl Engine {
         reg: &'static PerspectiveRegistration,
         stream: StreamId,
         unit: Box<dyn PerspectiveUnit>,
-        model: Option<ModelValue>,
+        model: Settled,
         checkpoint: Checkpoint,
         version: u64,
         applied: Vec<EventId>,
         failure: CheckpointFailure,
     ) -> Error {
-        let committed = unit
-            .commit(
-                model,
-                Checkpoint {
-                    version,
-                    failure: Some(failure.clone()),
-                    skipped: checkpoint.skipped,
-                },
-            )
-            .await;
+        let checkpoint = Checkpoint {
+            version,
+            failure: Some(failure.clone()),
+            skipped: checkpoint.skipped,
+        };
+        let committed = match model {
+            Settled::Keep => unit.commit(None, checkpoint).await,
+            Settled::Write(model) => unit.commit(Some(model), checkpoint).await,
+            Settled::Delete => unit.commit_delete(checkpoint).await,
+        };
         if let Err(e) = committed {
             return e;
         }
@@ -743,7 +763,7 @@ impl Engine {
             reg,
             stream,
             unit,
-            None,
+            Settled::Keep,
             checkpoint,
             version,
             Vec::new(),
@@ -760,13 +780,14 @@ impl Engine {
         stream: StreamId,
         upto: u64,
         checkpoint: &Checkpoint,
-    ) -> std::result::Result<Box<dyn AnyModel>, String> {
+    ) -> std::result::Result<(Box<dyn AnyModel>, bool), String> {
         let events = self
             .events
             .read_stream(stream, 0)
             .await
             .map_err(|e| e.to_string())?;
         let mut model = new_model(reg)?;
+        let mut deleted = false;
         for ev in events {
             if ev.stream_version > upto {
                 break;
@@ -774,12 +795,22 @@ impl Engine {
             if is_skipped(checkpoint, ev.stream_version) {
                 continue;
             }
-            if apply_guarded(reg, &mut *model, &ev)? == Some(ModelOp::Delete) {
-                // Deleted before the failing event: it starts from `Default`.
-                model = new_model(reg)?;
+            match apply_guarded(reg, &mut *model, &ev)? {
+                Some(ModelOp::Delete) => {
+                    // Deleted: a later event starts from `Default`.
+                    model = new_model(reg)?;
+                    deleted = true;
+                }
+                Some(ModelOp::Keep) => deleted = false,
+                // Not handled: a deleted model stays deleted.
+                None => {
+                    if deleted {
+                        model = new_model(reg)?;
+                    }
+                }
             }
         }
-        Ok(model)
+        Ok((model, deleted))
     }
 
     /// The model in the form the store keeps (see [`encode`]).

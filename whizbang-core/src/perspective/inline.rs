@@ -138,11 +138,12 @@ impl InlineFold {
             || decode_borrowed(reg, stored.as_ref()),
             &events,
         );
-        let (model, version, applied, failure) = match failed {
+        let (model, version, applied, failure, deleted) = match failed {
             Some((at, message)) => {
                 // The model may be half-mutated: replay the batch up to the
                 // failing event on the stored model (apply functions are
                 // pure; the store handed no events before the cursor).
+                let mut deleted_before = false;
                 let replayed = progress.dirty.then(|| {
                     let before = fold(
                         reg,
@@ -150,6 +151,7 @@ impl InlineFold {
                         || decode_borrowed(reg, stored.as_ref()),
                         &events[..at],
                     );
+                    deleted_before = before.deleted && before.failed.is_none();
                     match (before.failed, before.model) {
                         (Some((_, message)), _) => Err(message),
                         (None, Some(m)) => encode(self.format, reg, m),
@@ -159,13 +161,15 @@ impl InlineFold {
                 });
                 let (model, version, applied, failure) =
                     settle_failure(&checkpoint, progress, &events[at], message, replayed);
-                (model, version, applied, Some(failure))
+                // A tombstone before the failing event stands.
+                let deleted = deleted_before && model.is_some();
+                (model, version, applied, Some(failure), deleted)
             }
             None => match model.map(|m| encode(self.format, reg, m)).transpose() {
-                Ok(model) => (model, progress.version, progress.applied, None),
+                Ok(model) => (model, progress.version, progress.applied, None, deleted),
                 Err(message) => {
                     let failure = unencodable_failure(&checkpoint, message);
-                    (None, checkpoint.version, Vec::new(), Some(failure))
+                    (None, checkpoint.version, Vec::new(), Some(failure), false)
                 }
             },
         };
@@ -184,8 +188,9 @@ impl InlineFold {
             failure,
             skipped: checkpoint.skipped,
         };
-        // A tombstone stands only when the whole batch applied.
-        let write = if deleted && checkpoint.failure.is_none() {
+        // A tombstone stands when it is the last event applied (before a
+        // failure, too).
+        let write = if deleted {
             ModelWrite::deleting(key, checkpoint)
         } else {
             ModelWrite::new(key, model, checkpoint)
