@@ -121,6 +121,7 @@ pub mod __private {
     pub use crate::dispatch::{Receptor, Registered, SyncRequirement};
     pub use crate::message::{Command, Event, Message, MessageKind, StreamId, StreamKey};
     pub use crate::perspective::strategy::{Batch, Realtime, Scheduled, SyncStrategy};
+    pub use crate::perspective::BulkBatch;
     pub use crate::perspective::{
         applied, applied_op, event_payload, ApplyError, ApplyOutput, IntoModelKey, ModelOp,
         Perspective, PerspectiveMode,
@@ -129,11 +130,12 @@ pub mod __private {
     pub use crate::stage::names as stage;
     pub use crate::stage::{LifecycleStage, SyncFire};
     pub use crate::store::ModelKey;
-    pub use crate::store::StoredEvent;
+    pub use crate::store::{BoxFuture, StoredEvent};
     pub use ::core::any::TypeId;
     pub use ::core::option::Option;
     pub use ::core::result::Result;
     pub use ::core::time::Duration;
+    pub use ::std::boxed::Box;
     pub use ::std::vec::Vec;
     pub use inventory;
 }

@@ -27,7 +27,21 @@ pub(crate) fn expand_perspective(args: TokenStream, item: TokenStream) -> TokenS
             Err(err) => ctx::item_with_errors(item, &err),
         };
     };
-    let skipped = take_skip_attrs(&cx, &mut item_impl);
+    let mut skipped = take_skip_attrs(&cx, &mut item_impl);
+    let mut options = options;
+    // The bulk hook, when a method of the impl, is not an apply method:
+    // `bulk = f` names the impl's `f` when it has one, else a function `f`
+    // in scope.
+    if let Some(path) = &mut options.bulk {
+        if let Some(ident) = path.get_ident().cloned() {
+            if has_method(&item_impl, &ident) {
+                *path = syn::parse_quote_spanned!(ident.span()=> Self::#ident);
+            }
+        }
+        if let Some(method) = bulk_method(path) {
+            skipped.push(method.clone());
+        }
+    }
     let model = PerspectiveModel::from_ast(&cx, options, &item_impl, &skipped);
     match (cx.check(), model) {
         (Ok(()), Some(model)) => {
@@ -57,6 +71,9 @@ struct PerspectiveOptions {
     key: Option<Ident>,
     /// `strategy = ..`, checked (async perspectives only).
     strategy: Option<crate::strategy::Strategy>,
+    /// `bulk = f` (a method of the impl) or `bulk = path::to_fn`: the bulk
+    /// apply hook.
+    bulk: Option<syn::Path>,
     krate: syn::Path,
 }
 
@@ -69,11 +86,12 @@ impl PerspectiveOptions {
         let mut version = Attr::none(cx, "version");
         let mut model_key = Attr::none(cx, "key");
         let mut strategy = Attr::none(cx, "strategy");
+        let mut bulk = Attr::none(cx, "bulk");
         attr::parse_args(
             cx,
             args,
             &[
-                "model", "name", "mode", "version", "key", "strategy", "crate",
+                "model", "name", "mode", "version", "key", "strategy", "bulk", "crate",
             ],
             |key, input| {
                 if key == "model" {
@@ -111,6 +129,8 @@ impl PerspectiveOptions {
                     model_key.set(key, field);
                 } else if key == "strategy" {
                     strategy.set(key, crate::strategy::Strategy::parse(input)?);
+                } else if key == "bulk" {
+                    bulk.set(key, attr::value::<syn::Path>(input)?);
                 } else {
                     krate.set(key, attr::value::<syn::Path>(input)?);
                 }
@@ -148,7 +168,17 @@ impl PerspectiveOptions {
                  order: strategies are not supported for it yet; remove `strategy`",
             );
         }
+        let bulk = bulk.get();
+        if let (Some(path), Mode::Inline) = (&bulk, mode) {
+            cx.error_spanned_by(
+                path,
+                "a bulk hook (`bulk = ..`) runs over the runner's batches: an inline perspective \
+                 applies inside the append's transaction, where no hook may run; remove `bulk` \
+                 or `mode = inline`",
+            );
+        }
         PerspectiveOptions {
+            bulk,
             model,
             name: name.get(),
             mode,
@@ -158,6 +188,22 @@ impl PerspectiveOptions {
             krate: krate.get().unwrap_or_else(attr::default_crate_path),
         }
     }
+}
+
+/// The method of the impl a `bulk = Self::f` path names.
+fn bulk_method(path: &syn::Path) -> Option<&Ident> {
+    let segments: Vec<&syn::PathSegment> = path.segments.iter().collect();
+    match segments.as_slice() {
+        [this, f] if this.ident == "Self" && path.leading_colon.is_none() => Some(&f.ident),
+        _ => None,
+    }
+}
+
+/// Whether the impl has a method named `ident`.
+fn has_method(item: &ItemImpl, ident: &Ident) -> bool {
+    item.items
+        .iter()
+        .any(|i| matches!(i, ImplItem::Fn(f) if f.sig.ident == *ident))
 }
 
 /// Removes `#[perspective(skip)]` from methods (it is not a macro of its own)
@@ -330,6 +376,20 @@ impl<'a> PerspectiveModel<'a> {
             let value = s.expand(&p);
             quote!(const STRATEGY: &'static dyn #p::SyncStrategy = #value;)
         });
+        let bulk = options.bulk.as_ref().map(|path| {
+            let call = match bulk_method(path) {
+                Some(method) => quote_spanned!(path.span()=> Self::#method(batch)),
+                None => quote_spanned!(path.span()=> #path(batch)),
+            };
+            quote! {
+                const BULK: bool = true;
+                fn bulk(
+                    batch: #p::BulkBatch<'_, #model>,
+                ) -> #p::BoxFuture<'_, #p::Result<(), #p::ApplyError>> {
+                    #p::Box::pin(async move { #p::ApplyOutput::into_apply_result(#call.await) })
+                }
+            }
+        });
         quote! {
             const _: () = {
                 impl #p::Perspective for #self_ty {
@@ -337,6 +397,7 @@ impl<'a> PerspectiveModel<'a> {
                     const NAME: &'static str = #name;
                     const MODE: #p::PerspectiveMode = #mode;
                     #strategy
+                    #bulk
                     const EVENT_TYPES: &'static [&'static str] = &[#(#names),*];
                     #version
                     fn event_type_ids() -> #p::Vec<#p::TypeId> {

@@ -3,10 +3,12 @@
 
 use crate::error::{Error, Result};
 use crate::message::{EventId, StreamId};
+use crate::perspective::bulk::{run_hook, Change};
 use crate::perspective::{ModelOp, PerspectiveRegistration};
+use crate::store::rebuild::SHADOW_SUFFIX;
 use crate::store::AnyModel;
 use crate::store::{
-    Checkpoint, CheckpointFailure, EventStore, ModelFormat, ModelValue, ModelWrite,
+    Checkpoint, CheckpointFailure, EventStore, ModelFormat, ModelKey, ModelValue, ModelWrite,
     PerspectiveStore, PerspectiveUnit, SkippedEvent, StoredEvent,
 };
 use std::sync::Arc;
@@ -372,6 +374,75 @@ pub(crate) fn encode(
     }
 }
 
+/// One model a batch is about to write, before the perspective's bulk hook
+/// and encoding (see [`finish`]).
+pub(crate) struct Finishing<'e> {
+    /// Its key.
+    pub(crate) key: ModelKey,
+    /// The folded model; `None` when the batch deletes it, or applied nothing
+    /// to it (the stored one stands).
+    pub(crate) model: Option<Box<dyn AnyModel>>,
+    /// Whether the batch deletes it (a tombstone).
+    pub(crate) deleted: bool,
+    /// The events of the batch for it, in order.
+    pub(crate) events: Vec<&'e StoredEvent>,
+}
+
+impl<'e> Finishing<'e> {
+    /// A stream's model after `folded`, whose events are `events`.
+    pub(crate) fn of(
+        key: ModelKey,
+        model: Option<Box<dyn AnyModel>>,
+        deleted: bool,
+        events: &'e [Arc<StoredEvent>],
+    ) -> Self {
+        Finishing {
+            key,
+            model,
+            deleted,
+            events: events.iter().map(|e| &**e).collect(),
+        }
+    }
+}
+
+/// What every path that writes models of `reg` does last: runs the
+/// perspective's bulk hook (if it has one) over the changed models, then
+/// encodes each for the store. Returns, per item in order, the value to
+/// write (`None`: deleted, or the stored model stands). `Err` (the hook
+/// failed or panicked, or a model does not serialise) is the sentence the
+/// caller records; nothing of the batch may be committed then.
+pub(crate) async fn finish(
+    format: ModelFormat,
+    reg: &'static PerspectiveRegistration,
+    items: Vec<Finishing<'_>>,
+) -> std::result::Result<Vec<Option<ModelValue>>, String> {
+    if let Some(hook) = reg.bulk {
+        // A rebuild folds under the shadow's name: the hook hears the
+        // perspective's own, and that the batch is a rebuild's.
+        let (name, rebuild) = match reg.name.strip_suffix(SHADOW_SUFFIX) {
+            Some(live) => (live, true),
+            None => (reg.name, false),
+        };
+        let changes: Vec<Change<'_>> = items
+            .iter()
+            .filter(|i| i.deleted || i.model.is_some())
+            .map(|i| Change {
+                key: i.key,
+                model: if i.deleted { None } else { i.model.as_deref() },
+                events: i.events.clone(),
+            })
+            .collect();
+        run_hook(hook, name, &changes, rebuild).await?;
+    }
+    items
+        .into_iter()
+        .map(|i| match (i.deleted, i.model) {
+            (false, Some(m)) => encode(format, reg, m).map(Some),
+            _ => Ok(None),
+        })
+        .collect()
+}
+
 /// The model as the perspective works on it, from a stored form it
 /// borrows (a JSON model is decoded, a typed one copied; a new one when
 /// there is none): the inline fold keeps the stored form for a replay.
@@ -475,8 +546,8 @@ impl Engine {
             let Some(mut batch) = self.perspectives.claim_many(reg.name, streams).await? else {
                 return Ok(None);
             };
-            let mut writes = Vec::new();
-            let mut reports = Vec::new();
+            // Fold every stream first: the bulk hook sees the batch at once.
+            let mut staged = Vec::new();
             for claimed in batch.take_claimed() {
                 if claimed.checkpoint.failure.is_some() {
                     continue;
@@ -502,25 +573,37 @@ impl Engine {
                 if folded.failed.is_some() {
                     return Ok(None);
                 }
-                let (model, version, applied) = (
-                    folded.model,
-                    folded.progress.version,
-                    folded.progress.applied,
-                );
-                let Ok(model) = model.map(|m| self.encode(reg, m)).transpose() else {
-                    return Ok(None);
-                };
+                staged.push((claimed.key, claimed.checkpoint.skipped, events, folded));
+            }
+            let finishing = staged
+                .iter_mut()
+                .map(|(key, _, events, folded)| {
+                    Finishing::of(*key, folded.model.take(), folded.deleted, events)
+                })
+                .collect();
+            let Ok(values) = finish(self.model_format, reg, finishing).await else {
+                return Ok(None);
+            };
+            let mut writes = Vec::with_capacity(staged.len());
+            let mut reports = Vec::with_capacity(staged.len());
+            for ((key, skipped, _, folded), model) in staged.into_iter().zip(values) {
+                let version = folded.progress.version;
                 writes.push(ModelWrite {
-                    key: claimed.key,
+                    key,
                     model,
                     checkpoint: Checkpoint {
                         version,
                         failure: None,
-                        skipped: claimed.checkpoint.skipped,
+                        skipped,
                     },
                     delete: folded.deleted,
                 });
-                reports.push(ApplyReport::new(reg.name, claimed.key, version, applied));
+                reports.push(ApplyReport::new(
+                    reg.name,
+                    key,
+                    version,
+                    folded.progress.applied,
+                ));
             }
             if writes.is_empty() {
                 return Ok(Some(Vec::new()));
@@ -622,41 +705,32 @@ impl Engine {
                     unit,
                     checkpoint,
                     progress,
-                    &events[at],
+                    &events[..=at],
                     message,
                 )
                 .await);
         }
         let version = progress.version;
         let applied = progress.applied;
-        if deleted {
-            unit.commit_delete(Checkpoint {
-                version,
-                failure: None,
-                skipped: checkpoint.skipped,
-            })
-            .await?;
-            let report = ApplyReport::new(reg.name, stream, version, applied);
-            self.notify(&report);
-            return Ok(report);
-        }
-        let model = match model.map(|m| self.encode(reg, m)).transpose() {
-            Ok(m) => m,
+        let finishing = vec![Finishing::of(stream, model, deleted, events)];
+        let model = match finish(self.model_format, reg, finishing).await {
+            Ok(mut values) => values.pop().flatten(),
             Err(message) => {
                 return Err(self
-                    .fail_unencodable(reg, stream, unit, checkpoint, message)
+                    .fail_unfinished(reg, stream, unit, checkpoint, message)
                     .await)
             }
         };
-        unit.commit(
-            model,
-            Checkpoint {
-                version,
-                failure: None,
-                skipped: checkpoint.skipped,
-            },
-        )
-        .await?;
+        let checkpoint = Checkpoint {
+            version,
+            failure: None,
+            skipped: checkpoint.skipped,
+        };
+        if deleted {
+            unit.commit_delete(checkpoint).await?;
+        } else {
+            unit.commit(model, checkpoint).await?;
+        }
         let report = ApplyReport::new(reg.name, stream, version, applied);
         self.notify(&report);
         Ok(report)
@@ -672,24 +746,51 @@ impl Engine {
         unit: Box<dyn PerspectiveUnit>,
         checkpoint: Checkpoint,
         progress: Progress,
-        ev: &StoredEvent,
+        upto_failing: &[Arc<StoredEvent>],
         message: String,
     ) -> Error {
+        let Some((ev, before)) = upto_failing.split_last() else {
+            return Error::Invariant(format!(
+                "perspective `{}` failed on stream {stream} with no failing event",
+                reg.name
+            ));
+        };
         // The model may be half-mutated. Apply functions are pure, so the state
         // "everything before the failing event" is rebuilt by replaying the stream
         // from the start: no copy is paid on the hot path. When nothing was
         // applied to the model in this batch, the stored model is already that
         // state and stays as it is.
+        // What applied before it is committed like any batch: through the
+        // bulk hook, then encoded.
         let mut deleted_before = false;
         let replayed = if progress.dirty {
-            Some(
-                self.rebuild(reg, stream, progress.version, &checkpoint)
-                    .await
-                    .and_then(|(m, deleted)| {
-                        deleted_before = deleted;
-                        encode(self.model_format, reg, m)
-                    }),
-            )
+            let good = match self
+                .rebuild(reg, stream, progress.version, &checkpoint)
+                .await
+            {
+                Ok((m, true)) => {
+                    deleted_before = true;
+                    // The hook sees the deletion; the fresh model only marks
+                    // the replay good (the deletion is what is committed).
+                    let finishing = vec![Finishing::of(stream, None, true, before)];
+                    match finish(self.model_format, reg, finishing).await {
+                        Ok(_) => encode(self.model_format, reg, m),
+                        Err(e) => Err(e),
+                    }
+                }
+                Ok((m, false)) => {
+                    let finishing = vec![Finishing::of(stream, Some(m), false, before)];
+                    finish(self.model_format, reg, finishing)
+                        .await
+                        .and_then(|mut values| {
+                            values.pop().flatten().ok_or_else(|| {
+                                format!("perspective `{}`: a replayed model was not kept", reg.name)
+                            })
+                        })
+                }
+                Err(e) => Err(e),
+            };
+            Some(good)
         } else {
             None
         };
@@ -746,10 +847,11 @@ impl Engine {
         }
     }
 
-    /// A batch applied but its model does not serialise for the JSON store:
-    /// commits nothing of the batch, marks the cursor failed at the batch's
-    /// first event, wakes the listeners, and returns the error.
-    async fn fail_unencodable(
+    /// A batch applied but its model does not serialise for the JSON store,
+    /// or the perspective's bulk hook failed on it: commits nothing of the
+    /// batch, marks the cursor failed at the batch's first event, wakes the
+    /// listeners, and returns the error.
+    async fn fail_unfinished(
         &self,
         reg: &'static PerspectiveRegistration,
         stream: StreamId,
@@ -811,15 +913,6 @@ impl Engine {
             }
         }
         Ok((model, deleted))
-    }
-
-    /// The model in the form the store keeps (see [`encode`]).
-    fn encode(
-        &self,
-        reg: &'static PerspectiveRegistration,
-        model: Box<dyn AnyModel>,
-    ) -> std::result::Result<ModelValue, String> {
-        encode(self.model_format, reg, model)
     }
 
     pub(crate) fn notify(&self, report: &ApplyReport) {

@@ -12,11 +12,11 @@
 //!
 //! [`PerspectiveStore::claim_many`]: crate::store::PerspectiveStore::claim_many
 
-use super::engine::{decode_stored, encode, fold, new_model, Engine, Folded, Recovery};
+use super::engine::{decode_stored, finish, fold, new_model, Engine, Finishing, Folded, Recovery};
 use super::{ApplyReport, PerspectiveRegistration};
 use crate::error::{Error, Result};
 use crate::message::StreamId;
-use crate::store::{Checkpoint, ClaimedModel, ModelWrite, StoredEvent};
+use crate::store::{AnyModel, Checkpoint, ClaimedModel, ModelWrite, StoredEvent};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -219,13 +219,35 @@ pub(crate) struct Options {
 enum Plan {
     /// Nothing to apply.
     Skip,
-    /// Write this, in the batch.
-    Write(ModelWrite, ApplyReport, u64),
+    /// Write this, in the batch (from this cursor version).
+    Write(Staged, u64),
     /// The cursor failed and stays failed.
     Failed(Error),
     /// Sync it on its own after the batch (a failure to record, a failed
     /// cursor to retry).
     Alone,
+}
+
+/// A model to write, folded but not yet through the bulk hook and encoded.
+struct Staged {
+    /// The write, its model still `None`.
+    write: ModelWrite,
+    /// The folded model (`None`: deleted, or the stored one stands).
+    model: Option<Box<dyn AnyModel>>,
+    /// The events folded into it.
+    events: Vec<Arc<StoredEvent>>,
+    report: ApplyReport,
+}
+
+impl Staged {
+    fn finishing(&mut self) -> Finishing<'_> {
+        Finishing::of(
+            self.write.key,
+            self.model.take(),
+            self.write.delete,
+            &self.events,
+        )
+    }
 }
 
 impl Engine {
@@ -250,8 +272,7 @@ impl Engine {
             }
             return;
         };
-        let mut writes = Vec::new();
-        let mut done: Vec<(ApplyReport, u64, bool)> = Vec::new();
+        let mut staged: Vec<(Staged, u64)> = Vec::new();
         let mut alone = Vec::new();
         let mut planned = Vec::with_capacity(streams.len());
         for claimed in batch.take_claimed() {
@@ -264,11 +285,23 @@ impl Engine {
                 Plan::Skip => planned.push(SyncItem::Skipped { stream }),
                 Plan::Failed(e) => planned.push(SyncItem::failed(stream, e)),
                 Plan::Alone => alone.push(stream),
-                Plan::Write(write, report, from) => {
-                    done.push((report, from, write.delete));
-                    writes.push(write);
+                Plan::Write(write, from) => staged.push((write, from)),
+            }
+        }
+        // The bulk hook sees the batch's models at once; when it (or an
+        // encoding) fails, each is synced on its own, which records it.
+        let mut writes = Vec::with_capacity(staged.len());
+        let mut done: Vec<(ApplyReport, u64, bool)> = Vec::with_capacity(staged.len());
+        let finishing = staged.iter_mut().map(|(s, _)| s.finishing()).collect();
+        match finish(self.model_format, reg, finishing).await {
+            Ok(values) => {
+                for ((mut s, from), model) in staged.into_iter().zip(values) {
+                    s.write.model = model;
+                    done.push((s.report, from, s.write.delete));
+                    writes.push(s.write);
                 }
             }
+            Err(_) => alone.extend(staged.iter().map(|(s, _)| s.write.key)),
         }
         if writes.is_empty() {
             drop(batch);
@@ -314,12 +347,10 @@ impl Engine {
         if options.full {
             let events = self.events.read_stream(claimed.key, 0).await?;
             return Ok(
-                match refold(self, reg, claimed.key, &claimed.checkpoint, &events) {
+                match refold(reg, claimed.key, &claimed.checkpoint, events) {
                     Refold::Nothing => Plan::Skip,
                     Refold::Failed(_) => Plan::Alone,
-                    Refold::Write(write, report) => {
-                        Plan::Write(write, report, claimed.checkpoint.version)
-                    }
+                    Refold::Write(staged) => Plan::Write(staged, claimed.checkpoint.version),
                 },
             );
         }
@@ -351,9 +382,6 @@ impl Engine {
             // Caught up alone, which commits what applied and records the failure.
             return Ok(Plan::Alone);
         }
-        let Ok(model) = model.map(|m| encode(self.model_format, reg, m)).transpose() else {
-            return Ok(Plan::Alone);
-        };
         let checkpoint = Checkpoint {
             version: progress.version,
             failure: None,
@@ -362,10 +390,16 @@ impl Engine {
         let write = if deleted {
             ModelWrite::deleting(claimed.key, checkpoint)
         } else {
-            ModelWrite::new(claimed.key, model, checkpoint)
+            ModelWrite::new(claimed.key, None, checkpoint)
         };
         let report = ApplyReport::new(reg.name, claimed.key, progress.version, progress.applied);
-        Ok(Plan::Write(write, report, claimed.checkpoint.version))
+        let staged = Staged {
+            write,
+            model,
+            events,
+            report,
+        };
+        Ok(Plan::Write(staged, claimed.checkpoint.version))
     }
 
     /// Syncs one stream under its own claim.
@@ -423,11 +457,26 @@ impl Engine {
             }
         }
         let events = self.events.read_stream(stream, 0).await?;
-        match refold(self, reg, stream, &checkpoint, &events) {
+        match refold(reg, stream, &checkpoint, events) {
             Refold::Nothing => Ok(SyncItem::Skipped { stream }),
             // The unit drops uncommitted: model and cursor stay as they were.
             Refold::Failed(e) => Err(e),
-            Refold::Write(write, report) => {
+            Refold::Write(mut staged) => {
+                let finishing = vec![staged.finishing()];
+                let values = finish(self.model_format, reg, finishing).await;
+                let mut write = staged.write;
+                write.model = match values {
+                    Ok(mut values) => values.pop().flatten(),
+                    Err(message) => {
+                        return Err(Error::FoldFailed {
+                            perspective: reg.name,
+                            stream,
+                            version: staged.report.version,
+                            message,
+                        })
+                    }
+                };
+                let report = staged.report;
                 let deleted = write.delete;
                 if deleted {
                     unit.commit_delete(write.checkpoint).await?;
@@ -479,17 +528,16 @@ enum Refold {
     /// The fold failed (nothing is written).
     Failed(Error),
     /// The model and cursor to write in place of the old ones.
-    Write(ModelWrite, ApplyReport),
+    Write(Staged),
 }
 
 /// Folds every event of `stream` into a fresh model, leaving out the events
 /// `checkpoint` records as skipped; the cursor's failure is cleared.
 fn refold(
-    engine: &Engine,
     reg: &'static PerspectiveRegistration,
     stream: StreamId,
     checkpoint: &Checkpoint,
-    events: &[Arc<StoredEvent>],
+    events: Vec<Arc<StoredEvent>>,
 ) -> Refold {
     let Some(last) = events.last() else {
         return Refold::Nothing;
@@ -504,7 +552,7 @@ fn refold(
         progress,
         failed,
         deleted,
-    } = fold(reg, &from_zero, || new_model(reg), events);
+    } = fold(reg, &from_zero, || new_model(reg), &events);
     let fold_failed = |version: u64, message: String| {
         Refold::Failed(Error::FoldFailed {
             perspective: reg.name,
@@ -523,15 +571,23 @@ fn refold(
     };
     let report = ApplyReport::new(reg.name, stream, cursor.version, progress.applied);
     if deleted {
-        return Refold::Write(ModelWrite::deleting(stream, cursor), report);
+        let write = ModelWrite::deleting(stream, cursor);
+        return Refold::Write(Staged {
+            write,
+            model: None,
+            events,
+            report,
+        });
     }
     // No event applied (all skipped): the model is a fresh one.
     let model = match model.map_or_else(|| new_model(reg), Ok) {
         Ok(m) => m,
         Err(message) => return fold_failed(0, message),
     };
-    match encode(engine.model_format, reg, model) {
-        Ok(value) => Refold::Write(ModelWrite::new(stream, Some(value), cursor), report),
-        Err(message) => fold_failed(progress.version, message),
-    }
+    Refold::Write(Staged {
+        write: ModelWrite::new(stream, None, cursor),
+        model: Some(model),
+        events,
+        report,
+    })
 }

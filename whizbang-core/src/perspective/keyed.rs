@@ -22,7 +22,7 @@
 //! wake.
 
 use super::engine::{
-    apply_guarded, decode_borrowed, encode, guarded, new_model, ApplyReport, Engine,
+    apply_guarded, decode_borrowed, finish, guarded, new_model, ApplyReport, Engine, Finishing,
 };
 use super::key::KEYED_CURSOR;
 use super::ModelOp;
@@ -282,33 +282,42 @@ impl Engine {
                 }
             };
             let mut writes = Vec::with_capacity(models.len() + 1);
-            for (key, (model, position, deleted)) in models {
-                if deleted {
-                    writes.push(ModelWrite::deleting(
-                        key,
-                        Checkpoint {
-                            version: position,
-                            ..Checkpoint::default()
-                        },
-                    ));
-                    continue;
+            // The events of each model, for the bulk hook (when there is one).
+            let mut of_key: HashMap<ModelKey, Vec<&StoredEvent>> = HashMap::new();
+            if reg.has_bulk_hook() {
+                for r in routed.iter().take_while(|r| r.at < upto) {
+                    of_key.entry(r.key).or_default().push(&events[r.at]);
                 }
-                match encode(self.model_format, reg, model) {
-                    Ok(value) => writes.push(ModelWrite::new(
-                        key,
-                        Some(value),
-                        Checkpoint {
+            }
+            let mut meta = Vec::with_capacity(models.len());
+            let mut finishing = Vec::with_capacity(models.len());
+            for (key, (model, position, deleted)) in models {
+                meta.push((key, position, deleted));
+                finishing.push(Finishing {
+                    key,
+                    model: (!deleted).then_some(model),
+                    deleted,
+                    events: of_key.remove(&key).unwrap_or_default(),
+                });
+            }
+            match finish(self.model_format, reg, finishing).await {
+                Ok(values) => {
+                    for ((key, position, deleted), value) in meta.into_iter().zip(values) {
+                        let checkpoint = Checkpoint {
                             version: position,
                             ..Checkpoint::default()
-                        },
-                    )),
-                    Err(message) => {
-                        // Nothing of the batch: the cursor fails at its first event.
-                        writes.clear();
-                        upto = 0;
-                        failure = Some((0, message));
-                        break;
+                        };
+                        writes.push(if deleted {
+                            ModelWrite::deleting(key, checkpoint)
+                        } else {
+                            ModelWrite::new(key, value, checkpoint)
+                        });
                     }
+                }
+                Err(message) => {
+                    // Nothing of the batch: the cursor fails at its first event.
+                    upto = 0;
+                    failure = Some((0, message));
                 }
             }
             let version = match upto {

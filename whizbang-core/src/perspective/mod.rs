@@ -15,6 +15,8 @@
 //! [`Runtime::retry_perspective`](crate::Runtime::retry_perspective) or
 //! [`Runtime::skip_failed_event`](crate::Runtime::skip_failed_event).
 
+pub(crate) mod bulk;
+mod bulk_batch;
 pub(crate) mod engine;
 pub(crate) mod explicit;
 pub(crate) mod fold;
@@ -33,6 +35,7 @@ use crate::store::{ModelKey, StoredEvent};
 use std::any::TypeId;
 
 pub use crate::store::{AnyModel, Model};
+pub use bulk_batch::{BulkBatch, BulkItem};
 pub use engine::ApplyReport;
 pub use explicit::{SyncItem, SyncMode, SyncReport, SyncTotals, DEFAULT_SYNC_CHUNK};
 pub use fold::Versioned;
@@ -153,6 +156,22 @@ pub trait Perspective: Send + Sync + 'static {
         event: &StoredEvent,
     ) -> Result<Option<ModelOp>, ApplyError> {
         Self::apply(model, event).map(|handled| handled.then_some(ModelOp::Keep))
+    }
+
+    /// Whether it has a bulk apply hook (`#[perspective(model = M, bulk = f)]`,
+    /// see [`BulkBatch`]).
+    const BULK: bool = false;
+    /// Its bulk apply hook: called with each batch of models its events
+    /// changed, before the batch commits. The default does nothing (and is
+    /// never called unless [`BULK`](Self::BULK) is `true`).
+    ///
+    /// # Errors
+    /// The hook's own error: nothing of the batch is committed.
+    fn bulk(
+        batch: BulkBatch<'_, Self::Model>,
+    ) -> crate::store::BoxFuture<'_, Result<(), ApplyError>> {
+        drop(batch);
+        Box::pin(std::future::ready(Ok(())))
     }
 
     /// Whether its models are keyed by a value taken from each event

@@ -36,7 +36,7 @@
 //! compares each with the version the store recorded and, per
 //! [`VersionPolicy`], rebuilds the ones that are behind or refuses to go on.
 
-use super::engine::{decode_stored, encode, fold, ApplyReport, Engine};
+use super::engine::{decode_stored, finish, fold, ApplyReport, Engine, Finishing};
 use super::PerspectiveRegistration;
 use crate::error::{Error, Result};
 use crate::message::StreamId;
@@ -196,6 +196,7 @@ pub(crate) fn shadow_registration(
         apply: reg.apply,
         key_of: reg.key_of,
         strategy: reg.strategy,
+        bulk: reg.bulk,
     }));
     all.push(leaked);
     leaked
@@ -435,7 +436,8 @@ impl Rebuilder<'_> {
                 claimed
             }
         };
-        let mut writes = Vec::with_capacity(claimed.len());
+        // Fold every stream, then the bulk hook over them all, then encode.
+        let mut staged = Vec::with_capacity(claimed.len());
         for c in claimed {
             let (stream, at) = (c.key, c.checkpoint.version);
             let events = match c.events {
@@ -457,22 +459,38 @@ impl Rebuilder<'_> {
                     message,
                 }));
             }
-            let model = folded
-                .model
-                .map(|m| encode(self.engine.model_format, self.shadow, m))
-                .transpose()
-                .map_err(|message| {
-                    self.failed(Error::PerspectiveFailed {
+            staged.push((stream, at, events, folded));
+        }
+        let finishing = staged
+            .iter_mut()
+            .map(|(stream, _, events, folded)| {
+                Finishing::of(*stream, folded.model.take(), folded.deleted, events)
+            })
+            .collect();
+        let values = match finish(self.engine.model_format, self.shadow, finishing).await {
+            Ok(values) => values,
+            Err(message) => {
+                let error = match staged.first() {
+                    Some((stream, at, ..)) => Error::PerspectiveFailed {
                         perspective: self.shadow.name,
-                        stream,
+                        stream: *stream,
                         version: at + 1,
                         message,
-                    })
-                })?;
+                    },
+                    None => Error::Invariant(message),
+                };
+                return Err(self.failed(error));
+            }
+        };
+        let mut writes = Vec::with_capacity(staged.len());
+        for ((stream, at, _, folded), model) in staged.into_iter().zip(values) {
             let n = folded.progress.version - at;
             self.folded += n;
             self.progress.done += n;
-            writes.push(final_write(stream, model, folded.progress.version));
+            let mut write = final_write(stream, model, folded.progress.version);
+            // A tombstone among the last events deletes the shadow model.
+            write.delete = folded.deleted;
+            writes.push(write);
         }
         // Events that arrived after the count were folded too.
         self.progress.total = self.progress.total.max(self.progress.done);

@@ -34,6 +34,8 @@ pub struct PerspectiveRegistration {
     pub(crate) apply: fn(&mut dyn AnyModel, &StoredEvent) -> Result<Option<ModelOp>, ApplyError>,
     /// For a keyed perspective: the key of the model an event folds into.
     pub(crate) key_of: Option<KeyOf>,
+    /// Its bulk apply hook, when it has one.
+    pub(crate) bulk: Option<super::bulk::BulkFn>,
 }
 
 fn new_model<P: Perspective>() -> Box<dyn AnyModel> {
@@ -75,6 +77,11 @@ impl PerspectiveRegistration {
             decode_model: decode_model::<P>,
             apply: erased_apply::<P>,
             key_of: if P::KEYED { Some(P::model_key) } else { None },
+            bulk: if P::BULK {
+                Some(super::bulk::erased_bulk::<P>)
+            } else {
+                None
+            },
         }
     }
 
@@ -84,6 +91,12 @@ impl PerspectiveRegistration {
     #[must_use]
     pub fn is_keyed(&self) -> bool {
         self.key_of.is_some()
+    }
+
+    /// Whether it has a bulk apply hook (see [`BulkBatch`](super::BulkBatch)).
+    #[must_use]
+    pub fn has_bulk_hook(&self) -> bool {
+        self.bulk.is_some()
     }
 
     /// Whether it handles events with this wire name.
