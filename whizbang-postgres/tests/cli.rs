@@ -1,8 +1,9 @@
 //! The `whizbang` operator tool, run as a process on a fresh database per
 //! test prepared through the library: a runtime whose perspective fails on a
 //! poison event (status and failed list the cursor; skip and retry recover
-//! it, the partitioned runner applies and waiters wake), dead letters listed
-//! and replayed, and clear errors with a non-zero exit code.
+//! it, the partitioned runner applies and waiters wake), a rebuild shown as
+//! the rebuild of its perspective, dead letters listed and replayed, and
+//! clear errors with a non-zero exit code.
 
 mod support;
 
@@ -422,6 +423,98 @@ async fn failed_cursors_are_listed_then_skipped_and_retried_and_the_runner_appli
 }
 
 #[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn a_rebuild_in_progress_is_shown_as_the_rebuild_of_its_perspective(pool: PgPool) {
+    let url = url_of(&pool);
+    let pg = backend(&pool, fast_options()).await;
+    let rt = service_of::<Ledger>(&pg);
+    let accounts: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    for account in &accounts {
+        deposit(&rt, *account, 2).await;
+    }
+    ledger_equals_fresh_fold(&rt, &accounts).await;
+    shut_down(rt, pg).await;
+    // A rebuild to version 2 half-way, as its process leaves it: the progress
+    // row, and a shadow generation with two streams, one of them failed.
+    sqlx::query(
+        "insert into wh_rebuilds (perspective, version, phase, done, total)
+         values ('pg_cli.ledger', 2, 'building', 2, 3)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "insert into wh_perspective_cursors
+                (perspective, model_key, version, failed_version, failure_message, attempts)
+         values ('pg_cli.ledger~rebuild', $1, 1, null, null, 0),
+                ('pg_cli.ledger~rebuild', $2, 0, 1, 'the new apply failed', 1)",
+    )
+    .bind(accounts[0])
+    .bind(accounts[1])
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let status = ok_json(&url, &["status"]).await;
+    let perspectives = status["perspectives"].as_array().unwrap();
+    let names: Vec<&str> = perspectives
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["pg_cli.ledger"], "{status:#}");
+    let ledger = &perspectives[0];
+    // The live generation alone in the perspective's own figures.
+    assert_eq!(ledger["streams"], 3, "{status:#}");
+    assert_eq!(ledger["applied_events"], 3, "{status:#}");
+    assert_eq!(ledger["lag_events"], 0, "{status:#}");
+    assert_eq!(ledger["failed"].as_array().unwrap().len(), 0, "{status:#}");
+    let rebuild = &ledger["rebuild"];
+    assert_eq!(rebuild["version"], 2, "{status:#}");
+    assert_eq!(rebuild["phase"], "building", "{status:#}");
+    assert_eq!(
+        (&rebuild["done"], &rebuild["total"]),
+        (&2.into(), &3.into())
+    );
+    assert_eq!(rebuild["shadow_streams"], 2, "{status:#}");
+    assert_eq!(rebuild["shadow_applied_events"], 1, "{status:#}");
+    let failed = rebuild["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{status:#}");
+    assert_eq!(failed[0]["stream"], accounts[1].to_string());
+
+    let table = ok(&url, &["status"]).await;
+    let rows: Vec<&str> = table
+        .lines()
+        .skip_while(|l| !l.starts_with("PERSPECTIVE"))
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    assert_eq!(rows.len(), 1, "{table}");
+    assert!(rows[0].starts_with("pg_cli.ledger "), "{table}");
+    assert!(
+        rows[0].ends_with("building v2 2/3, 1 failed"),
+        "the REBUILD column: {table}"
+    );
+    assert!(table.contains("REBUILD"), "{table}");
+    assert!(table.contains("the new apply failed"), "{table}");
+
+    // Once swapped (the shadow gone, the row done), no rebuild is shown.
+    sqlx::query("delete from wh_perspective_cursors where perspective = 'pg_cli.ledger~rebuild'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("update wh_rebuilds set phase = 'done', done = 3")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let table = ok(&url, &["status"]).await;
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("pg_cli.ledger"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(row.ends_with(" -"), "{table}");
+    assert!(!table.contains("~rebuild"), "{table}");
+}
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
 async fn dead_letters_are_listed_and_replayed(pool: PgPool) {
     let url = url_of(&pool);
     let queue = PgMessageQueue::with_options(pool.clone(), QueueOptions::default().max_attempts(1));
@@ -646,5 +739,19 @@ async fn a_request_nobody_serves_or_that_fails_exits_non_zero_with_the_reason(po
     assert!(error
         .unwrap()
         .contains("live models were left as they were"));
+    // status: the failed rebuild is grumpy's, not a perspective of its own.
+    let status = ok_json(&url, &["status"]).await;
+    let perspectives = status["perspectives"].as_array().unwrap();
+    assert!(
+        perspectives
+            .iter()
+            .all(|p| !p["name"].as_str().unwrap().contains("~rebuild")),
+        "{status:#}"
+    );
+    let grumpy = perspectives
+        .iter()
+        .find(|p| p["name"] == "pg_cli.grumpy")
+        .unwrap_or_else(|| panic!("{status:#}"));
+    assert_eq!(grumpy["rebuild"]["phase"], "failed", "{status:#}");
     shut_down(rt, pg).await;
 }
