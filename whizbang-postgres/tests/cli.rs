@@ -1,8 +1,9 @@
 //! The `whizbang` operator tool, run as a process on a fresh database per
 //! test prepared through the library: a runtime whose perspective fails on a
 //! poison event (status and failed list the cursor; skip and retry recover
-//! it, the partitioned runner applies and waiters wake), a rebuild shown as
-//! the rebuild of its perspective, dead letters listed and replayed, and
+//! it, the partitioned runner applies and waiters wake), lag counted on
+//! streams without a cursor too, a rebuild shown as the rebuild of its
+//! perspective, dead letters listed and replayed, and
 //! clear errors with a non-zero exit code.
 
 mod support;
@@ -18,8 +19,8 @@ use support::{backend, bounded, eventually, fast_options, shut_down};
 use uuid::Uuid;
 use whizbang_core::queue::{MessageQueue as _, QueueOptions, QueuedMessage};
 use whizbang_core::{
-    perspective, receptor, Command, Context, Event, InstanceId, Receptor, Registry, Result,
-    Runtime, SyncFilter, SyncOutcome,
+    perspective, receptor, Command, Context, Event, InstanceId, PerspectiveSyncOptions, Receptor,
+    Registry, Result, Runtime, StrategyRun, SyncFilter, SyncOutcome,
 };
 use whizbang_postgres::__private::{advance_checkpoint, partition_of};
 use whizbang_postgres::{PgMessageQueue, Postgres};
@@ -419,6 +420,97 @@ async fn failed_cursors_are_listed_then_skipped_and_retried_and_the_runner_appli
         "has no cursor on stream",
     )
     .await;
+    shut_down(rt, pg).await;
+}
+
+/// Runs hourly: the runner reads its feed but never applies within a test,
+/// so its streams stay without a cursor unless a wait triggers a run.
+struct Hourly;
+#[perspective(model = Balance, name = "pg_cli.hourly", strategy = scheduled("1h"))]
+impl Hourly {
+    fn deposited(b: &mut Balance, e: &Deposited) {
+        b.cents += e.cents;
+        b.deposits += 1;
+    }
+}
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn streams_without_a_cursor_count_in_the_lag(pool: PgPool) {
+    let url = url_of(&pool);
+    let pg = backend(&pool, fast_options()).await;
+    let rt = service_of::<Hourly>(&pg);
+    // A paused runner runs no triggered wait; an hourly one runs nothing
+    // else within the test.
+    rt.runner().resume();
+    eventually("the runner declared the handled event types", || async {
+        let types: Option<Vec<String>> = sqlx::query_scalar(
+            "select event_types from wh_perspective_strategies where perspective = 'pg_cli.hourly'",
+        )
+        .fetch_optional(&pool)
+        .await
+        .unwrap()
+        .flatten();
+        (types == Some(vec!["pg_cli.deposited".to_owned()])).then_some(())
+    })
+    .await;
+    let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    // a: applied once by a triggered wait (its cursor), then one more behind.
+    deposit(&rt, a, 1).await;
+    let triggered = bounded(
+        rt.sync_awaiter().wait::<Hourly>(
+            PerspectiveSyncOptions::new(SyncFilter::for_stream(a))
+                .timeout(Duration::from_secs(8))
+                .trigger(true),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (triggered.outcome, triggered.run),
+        (SyncOutcome::Synced, StrategyRun::Triggered)
+    );
+    deposit(&rt, a, 1).await;
+    // b: two deposits the schedule holds, no cursor.
+    deposit(&rt, b, 2).await;
+    deposit(&rt, b, 2).await;
+    // c: a deposit appended an hour ago (as an import would have), no cursor.
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("insert into wh_streams (stream_id, version, partition) values ($1, 1, $2)")
+        .bind(c)
+        .bind(partition_of(c.into()))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(
+        "insert into wh_events (partition, event_id, stream_id, stream_version, event_type, data,
+                                created_at)
+         values ($2, $3, $1, 1, 'pg_cli.deposited',
+                 jsonb_build_object('account', $1::text, 'cents', 3),
+                 now() - interval '1 hour')",
+    )
+    .bind(c)
+    .bind(partition_of(c.into()))
+    .bind(Uuid::now_v7())
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let status = ok_json(&url, &["status"]).await;
+    let hourly = status["perspectives"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "pg_cli.hourly")
+        .unwrap_or_else(|| panic!("{status:#}"))
+        .clone();
+    assert_eq!(hourly["strategy"], "scheduled(1h)", "{status:#}");
+    assert_eq!(hourly["streams"], 1, "only a has a cursor: {status:#}");
+    // a: 1 behind its cursor; b: 2 and c: 1 without a cursor.
+    assert_eq!(hourly["lag_events"], 4, "{status:#}");
+    // The oldest unapplied event is c's, an hour old.
+    let lag = hourly["lag_seconds"].as_f64().unwrap();
+    assert!((3599.0..3700.0).contains(&lag), "{status:#}");
     shut_down(rt, pg).await;
 }
 

@@ -24,6 +24,7 @@ use uuid::Uuid;
 use whizbang_core::perspective::rebuild::SHADOW_SUFFIX;
 use whizbang_core::queue::MessageQueue as _;
 use whizbang_core::MessageId;
+use whizbang_postgres::__private::PARTITIONS;
 use whizbang_postgres::{PgMessageQueue, SchemaName, MIGRATOR, QUEUE_CHANNEL};
 
 /// The NOTIFY channel the runners listen on for new events (payload: the
@@ -432,6 +433,58 @@ async fn failed_cursors(db: &Db) -> Outcome<Vec<FailedCursor>> {
         .collect())
 }
 
+/// The lag of streams a perspective has no cursor on yet, by perspective:
+/// (events, age in seconds of the oldest), for each perspective whose runner
+/// declared the event types it handles. Such a stream's handled events all
+/// lie after the perspective's feed checkpoint of its partition (the runner
+/// writes a cursor for every handled stream it reads before the checkpoint
+/// moves past it; a triggered or explicit sync writes one too), so the
+/// count reads only the unread tail of each partition's feed (one ordered
+/// range of `wh_events_feed_idx` per partition, as the runner reads it),
+/// never each stream's events.
+async fn uncursored_lag(db: &Db) -> Outcome<std::collections::HashMap<String, (i64, f64)>> {
+    let declared: Vec<(String, Vec<String>)> = sqlx::query_as(
+        "select perspective, event_types from wh_perspective_strategies
+          where event_types is not null and cardinality(event_types) > 0",
+    )
+    .fetch_all(&db.pool)
+    .await?;
+    // A branch per partition: a lateral join over the partitions would let
+    // the planner read whole partitions (see the runner's feed read).
+    let branches: Vec<String> = (0..PARTITIONS)
+        .map(|p| {
+            format!(
+                "(select e.created_at from wh_events e
+                   where e.partition = {p}
+                     and (e.tx_id, e.global_position) >
+                         (coalesce((select tx_id from wh_feed_checkpoints
+                                     where perspective = $1 and partition = {p}), '0'::xid8),
+                          coalesce((select global_position from wh_feed_checkpoints
+                                     where perspective = $1 and partition = {p}), 0))
+                     and e.event_type = any($2)
+                     and not exists (select 1 from wh_perspective_cursors c
+                                      where c.perspective = $1 and c.model_key = e.stream_id))"
+            )
+        })
+        .collect();
+    let sql = format!(
+        "select count(*)::int8,
+                coalesce(extract(epoch from now() - min(created_at)), 0)::float8
+           from ({}) unread",
+        branches.join(" union all ")
+    );
+    let mut out = std::collections::HashMap::new();
+    for (perspective, types) in declared {
+        let (events, age): (i64, f64) = sqlx::query_as(&sql)
+            .bind(&perspective)
+            .bind(&types)
+            .fetch_one(&db.pool)
+            .await?;
+        out.insert(perspective, (events, age));
+    }
+    Ok(out)
+}
+
 /// Each perspective's rebuild, by the live perspective's name: the progress
 /// rows and the shadow generations' cursors.
 async fn rebuilds(db: &Db) -> Outcome<std::collections::HashMap<String, RebuildStatus>> {
@@ -508,6 +561,7 @@ async fn status(db: &Db, as_json: bool) -> Outcome<()> {
     .bind(SHADOW_SUFFIX)
     .fetch_all(&db.pool)
     .await?;
+    let mut uncursored = uncursored_lag(db).await?;
     let mut rebuilds = rebuilds(db).await?;
     let mut failed = failed_cursors(db).await?;
     let perspectives: Vec<PerspectiveStatus> = rows
@@ -524,13 +578,14 @@ async fn status(db: &Db, as_json: bool) -> Outcome<()> {
                 if !shadows.is_empty() {
                     rebuild.get_or_insert_with(RebuildStatus::empty).failed = shadows;
                 }
+                let (new_events, new_lag) = uncursored.remove(&name).unwrap_or((0, 0.0));
                 PerspectiveStatus {
                     name,
                     strategy,
                     streams,
                     applied_events,
-                    lag_events,
-                    lag_seconds: (lag * 10.0).round() / 10.0,
+                    lag_events: lag_events + new_events,
+                    lag_seconds: (lag.max(new_lag) * 10.0).round() / 10.0,
                     last_applied_at: last,
                     failed: mine,
                     rebuild,
