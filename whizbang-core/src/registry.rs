@@ -536,6 +536,11 @@ pub struct SyncRequirement {
     pub timeout_ms: u64,
     /// Run on success only, or always.
     pub fire: SyncFire,
+    /// Run a perspective whose strategy holds work back (batch, scheduled,
+    /// custom) now, on the waiting task, instead of waiting for its next run
+    /// (`trigger = true`; see
+    /// [`PerspectiveSyncOptions::trigger`](crate::PerspectiveSyncOptions::trigger)).
+    pub trigger: bool,
 }
 
 impl SyncRequirement {
@@ -554,6 +559,16 @@ impl SyncRequirement {
             event_types,
             timeout_ms: crate::stage::sync_timeout_ms(timeout_ms),
             fire,
+            trigger: false,
         }
+    }
+
+    /// The same requirement, triggering a held-back perspective's run when
+    /// `on` (`trigger = true`). For generated code.
+    #[doc(hidden)]
+    #[must_use]
+    pub const fn trigger(mut self, on: bool) -> Self {
+        self.trigger = on;
+        self
     }
 }

@@ -2,18 +2,21 @@
 //! n pending, a scheduled one at its next run; waits wait for that run, or
 //! trigger one when asked and say which; `send_and_sync` does not turn a
 //! held-back perspective into a realtime one; a dropped triggered wait
-//! loses nothing; and the status reports strategy, lag and last sync.
+//! loses nothing; `#[await_perspective_sync(.., trigger = true)]` triggers
+//! the run for a receptor; and the status reports strategy, lag and last sync.
 
 mod common;
 use common::bounded;
 
 use serde::{Deserialize, Serialize};
+use std::sync::OnceLock;
 use std::time::Duration;
+use tokio::sync::mpsc;
 use uuid::Uuid;
 use whizbang_core::strategy::{Decision, PendingState, SyncStrategy};
 use whizbang_core::{
-    perspective, receptor, Command, Context, Event, PerspectiveSyncOptions, Receptor, Result,
-    Runtime, StrategyRun, SyncFilter, SyncOutcome,
+    await_perspective_sync, perspective, receptor, Command, Context, Event, PerspectiveSyncOptions,
+    Receptor, Result, Runtime, StrategyRun, SyncFilter, SyncOutcome, SyncResult,
 };
 
 #[derive(Event, Serialize, Deserialize, Debug, Clone)]
@@ -110,6 +113,71 @@ struct OnBroken;
 impl OnBroken {
     fn counted(t: &mut Tally, _: &Counted) {
         t.n += 1;
+    }
+}
+
+/// Rung on a bell: the `Ringer` receptor awaits `Belfry` and triggers it.
+#[derive(Event, Serialize, Deserialize, Debug, Clone)]
+#[event(name = "strategies.rung")]
+struct Rung {
+    #[stream_key]
+    id: Uuid,
+}
+
+/// Knocked on a door: the `Knocker` receptor awaits `Belfry` without a trigger.
+#[derive(Event, Serialize, Deserialize, Debug, Clone)]
+#[event(name = "strategies.knocked")]
+struct Knocked {
+    #[stream_key]
+    id: Uuid,
+}
+
+/// Runs hourly, like `Hourly`, over its own events (so no other test's
+/// receptor triggers it).
+struct Belfry;
+#[perspective(model = Tally, name = "strategies.belfry", strategy = scheduled("1h"))]
+impl Belfry {
+    fn rung(t: &mut Tally, _: &Rung) {
+        t.n += 1;
+    }
+    fn knocked(t: &mut Tally, _: &Knocked) {
+        t.n += 1;
+    }
+}
+
+/// Where the awaiting receptors report the wait they saw: (receptor, stream, result).
+static AWAITED: OnceLock<mpsc::UnboundedSender<(&'static str, Uuid, SyncResult)>> = OnceLock::new();
+
+fn report_awaited(receptor: &'static str, id: Uuid, cx: &Context) {
+    let result = cx.sync_result::<Belfry>().cloned();
+    if let (Some(tx), Some(result)) = (AWAITED.get(), result) {
+        let _ = tx.send((receptor, id, result));
+    }
+}
+
+/// Awaits the hourly `Belfry` with a minute's timeout, triggering its run.
+#[derive(Default)]
+struct Ringer;
+
+#[await_perspective_sync(Belfry, timeout_ms = 60_000, trigger = true, fire = always)]
+#[receptor]
+impl Receptor<Rung> for Ringer {
+    async fn handle(&self, e: Rung, cx: &mut Context) -> Result<()> {
+        report_awaited("Ringer", e.id, cx);
+        Ok(())
+    }
+}
+
+/// Awaits the hourly `Belfry` briefly, leaving it to its schedule.
+#[derive(Default)]
+struct Knocker;
+
+#[await_perspective_sync(Belfry, timeout_ms = 30, fire = always)]
+#[receptor]
+impl Receptor<Knocked> for Knocker {
+    async fn handle(&self, e: Knocked, cx: &mut Context) -> Result<()> {
+        report_awaited("Knocker", e.id, cx);
+        Ok(())
     }
 }
 
@@ -232,6 +300,41 @@ async fn send_and_sync_leaves_a_scheduled_perspective_to_its_schedule_unless_tri
         .unwrap();
     assert_eq!(tally.n, 1);
     scope.complete().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_attribute_wait_with_trigger_runs_a_scheduled_perspective_promptly() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    AWAITED.set(tx).unwrap();
+    let rt = Runtime::in_memory().unwrap();
+    let lens = rt.lens::<Belfry>();
+
+    // Without `trigger`: the receptor's wait is left to the hourly schedule.
+    let door = Uuid::now_v7();
+    let scope = rt.scope();
+    scope.publish(Knocked { id: door }).await.unwrap();
+    scope.complete().await.unwrap();
+    let (receptor, id, knocked) = bounded(rx.recv()).await.unwrap();
+    assert_eq!((receptor, id), ("Knocker", door));
+    assert_eq!(knocked.outcome, SyncOutcome::TimedOut);
+    assert_eq!(knocked.run, StrategyRun::NextRun);
+    assert_eq!(lens.get_versioned(door.into()).await.unwrap(), None);
+
+    // With `trigger = true`: synced long before the minute's timeout (the
+    // bound below is half of it), by a run the wait triggered.
+    let bell = Uuid::now_v7();
+    let scope = rt.scope();
+    scope.publish(Rung { id: bell }).await.unwrap();
+    scope.complete().await.unwrap();
+    let (receptor, id, rung) = bounded(rx.recv()).await.unwrap();
+    assert_eq!((receptor, id), ("Ringer", bell));
+    assert_eq!(rung.outcome, SyncOutcome::Synced);
+    assert_eq!(rung.run, StrategyRun::Triggered);
+    assert!(rung.elapsed < Duration::from_secs(30), "{:?}", rung.elapsed);
+    let (tally, version) = lens.get_versioned(bell.into()).await.unwrap().unwrap();
+    assert_eq!((tally.n, version), (1, 1));
+    // Only the awaited stream was run: the knocked one still waits its hour.
+    assert_eq!(lens.get_versioned(door.into()).await.unwrap(), None);
 }
 
 #[tokio::test]

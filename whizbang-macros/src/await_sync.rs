@@ -1,4 +1,4 @@
-//! `#[await_perspective_sync(P, event_types = [..], timeout_ms = .., fire = ..)]`:
+//! `#[await_perspective_sync(P, event_types = [..], timeout_ms = .., fire = .., trigger = ..)]`:
 //! the parser of one wait, and the `SyncRequirement` it becomes. The default
 //! timeout is applied by `whizbang_core` (`timeout_ms: None`), not here.
 
@@ -11,7 +11,7 @@ use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::{Attribute, Expr, ExprLit, ExprUnary, Ident, Lit, Token, Type, TypePath, UnOp};
 
-const AWAIT_KEYS: &[&str] = &["event_types", "timeout_ms", "fire"];
+const AWAIT_KEYS: &[&str] = &["event_types", "timeout_ms", "fire", "trigger"];
 
 /// `fire = ..` of `#[await_perspective_sync]`.
 #[derive(Clone, Copy)]
@@ -29,6 +29,9 @@ pub(crate) struct AwaitSync {
     /// `timeout_ms = ..`; `None` takes core's default.
     pub(crate) timeout_ms: Option<u64>,
     pub(crate) fire: Fire,
+    /// `trigger = true`: run a held-back perspective now rather than wait
+    /// for its strategy's next run.
+    pub(crate) trigger: bool,
 }
 
 impl AwaitSync {
@@ -49,6 +52,7 @@ impl AwaitSync {
         let mut event_types = Attr::none(cx, "event_types");
         let mut timeout_ms = Attr::none(cx, "timeout_ms");
         let mut fire = Attr::none(cx, "fire");
+        let mut trigger = Attr::none(cx, "trigger");
         let parser = |input: ParseStream<'_>| -> syn::Result<(TypePath, TokenStream)> {
             if input.peek(Ident) && input.peek2(Token![=]) {
                 return Err(input.error(expected));
@@ -80,6 +84,17 @@ impl AwaitSync {
                         timeout_ms.set(key, ms);
                     }
                 }
+                "trigger" => {
+                    if input.is_empty() || input.peek(Token![,]) {
+                        return Err(syn::Error::new(
+                            key.span(),
+                            "`trigger` takes a value: `trigger = true` or `trigger = false`",
+                        ));
+                    }
+                    if let Some(on) = trigger_value(cx, &attr::value::<Expr>(input)?) {
+                        trigger.set(key, on);
+                    }
+                }
                 _ => {
                     let value: Ident = attr::value(input)?;
                     let parsed = if value == "on_success" {
@@ -104,6 +119,7 @@ impl AwaitSync {
             event_types: event_types.get().unwrap_or_default(),
             timeout_ms: timeout_ms.get(),
             fire: fire.get().unwrap_or(Fire::OnSuccess),
+            trigger: trigger.get().unwrap_or(false),
         };
         (cx.error_count() == errors_before).then_some(parsed)
     }
@@ -132,10 +148,26 @@ impl AwaitSync {
             Fire::OnSuccess => quote!(OnSuccess),
             Fire::Always => quote!(Always),
         };
+        let trigger = self.trigger.then(|| quote!(.trigger(true)));
         quote! {
-            #of(&[#(#names),*], #timeout, #krate::__private::SyncFire::#fire)
+            #of(&[#(#names),*], #timeout, #krate::__private::SyncFire::#fire) #trigger
         }
     }
+}
+
+/// `trigger = true` or `trigger = false`, nothing else.
+fn trigger_value(cx: &Ctxt, expr: &Expr) -> Option<bool> {
+    if let Expr::Lit(ExprLit {
+        lit: Lit::Bool(on), ..
+    }) = expr
+    {
+        return Some(on.value);
+    }
+    cx.error_spanned_by(
+        expr,
+        "`trigger` must be `true` or `false`, as in `trigger = true`",
+    );
+    None
 }
 
 /// `timeout_ms = <integer literal>`, never negative.

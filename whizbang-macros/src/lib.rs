@@ -188,6 +188,11 @@ pub fn fire_at(args: TokenStream, item: TokenStream) -> TokenStream {
 /// - `fire = on_success | always`: run only when the perspective synced
 ///   (default; otherwise the dispatch fails with a timeout error), or always,
 ///   reading the outcome with `Context::sync_results`.
+/// - `trigger = true | false`: on a perspective whose strategy holds work
+///   back (batch, scheduled, custom), `true` runs it now on the awaited
+///   events' streams, on the waiting task, instead of waiting for its next
+///   run (default `false`); the `SyncResult`'s `run` says `Triggered`. No
+///   effect on inline and realtime perspectives.
 ///
 /// A receptor that awaits runs detached (`PostDistributeDetached` unless
 /// `#[fire_at]` says otherwise): `#[fire_at]` with an inline stage is a
@@ -202,6 +207,7 @@ pub fn fire_at(args: TokenStream, item: TokenStream) -> TokenStream {
 ///
 /// #[await_perspective_sync(OrderViews, event_types = [OrderCreated], timeout_ms = 2000)]
 /// #[await_perspective_sync(Stock, fire = always)]
+/// #[await_perspective_sync(NightlyTotals, trigger = true)]
 /// #[receptor]
 /// impl Receptor<OrderCreated> for Invoicer {
 ///     async fn handle(&self, e: OrderCreated, cx: &mut Context) -> Result<()> {

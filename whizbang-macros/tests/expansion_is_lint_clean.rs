@@ -101,7 +101,7 @@ struct Welcomer;
 #[fire_at(PostPerspectiveDetached)]
 #[await_perspective_sync(AccountViews, event_types = [AccountOpened], timeout_ms = 20_000)]
 #[receptor]
-#[await_perspective_sync(AccountViews, fire = always)]
+#[await_perspective_sync(AccountViews, fire = always, trigger = true)]
 impl Receptor<AccountOpened> for Welcomer {
     async fn handle(&self, _: AccountOpened, _: &mut Context) -> Result<()> {
         Ok(())
@@ -132,6 +132,8 @@ fn generated_impls_name_and_route_every_message() {
     assert_eq!(welcomer.sync[0].event_types, ["accounts.opened"]);
     assert_eq!(welcomer.sync[0].timeout_ms, 20_000);
     assert_eq!(welcomer.sync[1].fire, SyncFire::Always);
+    assert!(!welcomer.sync[0].trigger);
+    assert!(welcomer.sync[1].trigger);
     assert_eq!(registry.perspectives().len(), 2);
     const { assert!(OwnersByAccount::KEYED) };
     const { assert!(!AccountViews::KEYED) };

@@ -151,6 +151,9 @@ pub mod __private {
     use uuid::Uuid;
     use whizbang_core::StreamId;
 
+    /// How many partitions the event feed has (numbered from 0).
+    pub const PARTITIONS: i16 = crate::wire::PARTITIONS;
+
     /// The partition a stream's events are stored in.
     #[must_use]
     pub fn partition_of(stream: StreamId) -> i16 {

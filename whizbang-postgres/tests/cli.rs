@@ -1,8 +1,10 @@
 //! The `whizbang` operator tool, run as a process on a fresh database per
 //! test prepared through the library: a runtime whose perspective fails on a
 //! poison event (status and failed list the cursor; skip and retry recover
-//! it, the partitioned runner applies and waiters wake), dead letters listed
-//! and replayed, and clear errors with a non-zero exit code.
+//! it, the partitioned runner applies and waiters wake), lag counted on
+//! streams without a cursor too, a rebuild shown as the rebuild of its
+//! perspective, dead letters listed and replayed, and
+//! clear errors with a non-zero exit code.
 
 mod support;
 
@@ -17,8 +19,8 @@ use support::{backend, bounded, eventually, fast_options, shut_down};
 use uuid::Uuid;
 use whizbang_core::queue::{MessageQueue as _, QueueOptions, QueuedMessage};
 use whizbang_core::{
-    perspective, receptor, Command, Context, Event, InstanceId, Receptor, Registry, Result,
-    Runtime, SyncFilter, SyncOutcome,
+    perspective, receptor, Command, Context, Event, InstanceId, PerspectiveSyncOptions, Receptor,
+    Registry, Result, Runtime, StrategyRun, SyncFilter, SyncOutcome,
 };
 use whizbang_postgres::__private::{advance_checkpoint, partition_of};
 use whizbang_postgres::{PgMessageQueue, Postgres};
@@ -421,6 +423,189 @@ async fn failed_cursors_are_listed_then_skipped_and_retried_and_the_runner_appli
     shut_down(rt, pg).await;
 }
 
+/// Runs hourly: the runner reads its feed but never applies within a test,
+/// so its streams stay without a cursor unless a wait triggers a run.
+struct Hourly;
+#[perspective(model = Balance, name = "pg_cli.hourly", strategy = scheduled("1h"))]
+impl Hourly {
+    fn deposited(b: &mut Balance, e: &Deposited) {
+        b.cents += e.cents;
+        b.deposits += 1;
+    }
+}
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn streams_without_a_cursor_count_in_the_lag(pool: PgPool) {
+    let url = url_of(&pool);
+    let pg = backend(&pool, fast_options()).await;
+    let rt = service_of::<Hourly>(&pg);
+    // A paused runner runs no triggered wait; an hourly one runs nothing
+    // else within the test.
+    rt.runner().resume();
+    eventually("the runner declared the handled event types", || async {
+        let types: Option<Vec<String>> = sqlx::query_scalar(
+            "select event_types from wh_perspective_strategies where perspective = 'pg_cli.hourly'",
+        )
+        .fetch_optional(&pool)
+        .await
+        .unwrap()
+        .flatten();
+        (types == Some(vec!["pg_cli.deposited".to_owned()])).then_some(())
+    })
+    .await;
+    let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    // a: applied once by a triggered wait (its cursor), then one more behind.
+    deposit(&rt, a, 1).await;
+    let triggered = bounded(
+        rt.sync_awaiter().wait::<Hourly>(
+            PerspectiveSyncOptions::new(SyncFilter::for_stream(a))
+                .timeout(Duration::from_secs(8))
+                .trigger(true),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (triggered.outcome, triggered.run),
+        (SyncOutcome::Synced, StrategyRun::Triggered)
+    );
+    deposit(&rt, a, 1).await;
+    // b: two deposits the schedule holds, no cursor.
+    deposit(&rt, b, 2).await;
+    deposit(&rt, b, 2).await;
+    // c: a deposit appended an hour ago (as an import would have), no cursor.
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("insert into wh_streams (stream_id, version, partition) values ($1, 1, $2)")
+        .bind(c)
+        .bind(partition_of(c.into()))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(
+        "insert into wh_events (partition, event_id, stream_id, stream_version, event_type, data,
+                                created_at)
+         values ($2, $3, $1, 1, 'pg_cli.deposited',
+                 jsonb_build_object('account', $1::text, 'cents', 3),
+                 now() - interval '1 hour')",
+    )
+    .bind(c)
+    .bind(partition_of(c.into()))
+    .bind(Uuid::now_v7())
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let status = ok_json(&url, &["status"]).await;
+    let hourly = status["perspectives"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "pg_cli.hourly")
+        .unwrap_or_else(|| panic!("{status:#}"))
+        .clone();
+    assert_eq!(hourly["strategy"], "scheduled(1h)", "{status:#}");
+    assert_eq!(hourly["streams"], 1, "only a has a cursor: {status:#}");
+    // a: 1 behind its cursor; b: 2 and c: 1 without a cursor.
+    assert_eq!(hourly["lag_events"], 4, "{status:#}");
+    // The oldest unapplied event is c's, an hour old.
+    let lag = hourly["lag_seconds"].as_f64().unwrap();
+    assert!((3599.0..3700.0).contains(&lag), "{status:#}");
+    shut_down(rt, pg).await;
+}
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn a_rebuild_in_progress_is_shown_as_the_rebuild_of_its_perspective(pool: PgPool) {
+    let url = url_of(&pool);
+    let pg = backend(&pool, fast_options()).await;
+    let rt = service_of::<Ledger>(&pg);
+    let accounts: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    for account in &accounts {
+        deposit(&rt, *account, 2).await;
+    }
+    ledger_equals_fresh_fold(&rt, &accounts).await;
+    shut_down(rt, pg).await;
+    // A rebuild to version 2 half-way, as its process leaves it: the progress
+    // row, and a shadow generation with two streams, one of them failed.
+    sqlx::query(
+        "insert into wh_rebuilds (perspective, version, phase, done, total)
+         values ('pg_cli.ledger', 2, 'building', 2, 3)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "insert into wh_perspective_cursors
+                (perspective, model_key, version, failed_version, failure_message, attempts)
+         values ('pg_cli.ledger~rebuild', $1, 1, null, null, 0),
+                ('pg_cli.ledger~rebuild', $2, 0, 1, 'the new apply failed', 1)",
+    )
+    .bind(accounts[0])
+    .bind(accounts[1])
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let status = ok_json(&url, &["status"]).await;
+    let perspectives = status["perspectives"].as_array().unwrap();
+    let names: Vec<&str> = perspectives
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["pg_cli.ledger"], "{status:#}");
+    let ledger = &perspectives[0];
+    // The live generation alone in the perspective's own figures.
+    assert_eq!(ledger["streams"], 3, "{status:#}");
+    assert_eq!(ledger["applied_events"], 3, "{status:#}");
+    assert_eq!(ledger["lag_events"], 0, "{status:#}");
+    assert_eq!(ledger["failed"].as_array().unwrap().len(), 0, "{status:#}");
+    let rebuild = &ledger["rebuild"];
+    assert_eq!(rebuild["version"], 2, "{status:#}");
+    assert_eq!(rebuild["phase"], "building", "{status:#}");
+    assert_eq!(
+        (&rebuild["done"], &rebuild["total"]),
+        (&2.into(), &3.into())
+    );
+    assert_eq!(rebuild["shadow_streams"], 2, "{status:#}");
+    assert_eq!(rebuild["shadow_applied_events"], 1, "{status:#}");
+    let failed = rebuild["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{status:#}");
+    assert_eq!(failed[0]["stream"], accounts[1].to_string());
+
+    let table = ok(&url, &["status"]).await;
+    let rows: Vec<&str> = table
+        .lines()
+        .skip_while(|l| !l.starts_with("PERSPECTIVE"))
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    assert_eq!(rows.len(), 1, "{table}");
+    assert!(rows[0].starts_with("pg_cli.ledger "), "{table}");
+    assert!(
+        rows[0].ends_with("building v2 2/3, 1 failed"),
+        "the REBUILD column: {table}"
+    );
+    assert!(table.contains("REBUILD"), "{table}");
+    assert!(table.contains("the new apply failed"), "{table}");
+
+    // Once swapped (the shadow gone, the row done), no rebuild is shown.
+    sqlx::query("delete from wh_perspective_cursors where perspective = 'pg_cli.ledger~rebuild'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("update wh_rebuilds set phase = 'done', done = 3")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let table = ok(&url, &["status"]).await;
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("pg_cli.ledger"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(row.ends_with(" -"), "{table}");
+    assert!(!table.contains("~rebuild"), "{table}");
+}
+
 #[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
 async fn dead_letters_are_listed_and_replayed(pool: PgPool) {
     let url = url_of(&pool);
@@ -646,5 +831,19 @@ async fn a_request_nobody_serves_or_that_fails_exits_non_zero_with_the_reason(po
     assert!(error
         .unwrap()
         .contains("live models were left as they were"));
+    // status: the failed rebuild is grumpy's, not a perspective of its own.
+    let status = ok_json(&url, &["status"]).await;
+    let perspectives = status["perspectives"].as_array().unwrap();
+    assert!(
+        perspectives
+            .iter()
+            .all(|p| !p["name"].as_str().unwrap().contains("~rebuild")),
+        "{status:#}"
+    );
+    let grumpy = perspectives
+        .iter()
+        .find(|p| p["name"] == "pg_cli.grumpy")
+        .unwrap_or_else(|| panic!("{status:#}"));
+    assert_eq!(grumpy["rebuild"]["phase"], "failed", "{status:#}");
     shut_down(rt, pg).await;
 }

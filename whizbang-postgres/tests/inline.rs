@@ -5,7 +5,8 @@
 //! concurrent append changes no model, a send dropped at any point leaves
 //! events and models together or neither, concurrent sends and catch-ups
 //! (and the runner) apply each event once, a lagging cursor is folded over
-//! the older events in the append, and with a perspective-stage receptor
+//! the older events in the append, a tombstone before a failing event of
+//! the same append stands, and with a perspective-stage receptor
 //! registered inline perspectives apply at completion instead.
 //!
 //! Every runtime here runs with the partitioned runner off and its in-process
@@ -23,7 +24,7 @@ use support::{backend, bounded, fast_options, shut_down};
 use uuid::Uuid;
 use whizbang_core::{
     perspective, receptor, Command, Context, Error, Event, ExpectedVersion, Perspective, Receptor,
-    Registry, Result, Runtime, StreamId,
+    Registry, Result, Runtime, StreamId, Tombstone,
 };
 use whizbang_postgres::Postgres;
 
@@ -66,7 +67,57 @@ struct Ledger {
     deposits: Vec<i64>,
 }
 
+/// Closes an account between two deposits, all in one append.
+#[derive(Command, Serialize, Deserialize)]
+#[command(output = ())]
+struct Churn {
+    account: Uuid,
+    /// The deposit after the close.
+    then: i64,
+}
+
+#[derive(Event, Serialize, Deserialize, Debug, Clone)]
+#[event(name = "pg_inline.closed")]
+struct Closed {
+    #[stream_key]
+    account: Uuid,
+}
+
+#[derive(Default)]
+struct Churner;
+
+#[receptor]
+impl Receptor<Churn> for Churner {
+    async fn handle(&self, cmd: Churn, cx: &mut Context) -> Result<()> {
+        let account = cmd.account;
+        cx.emit(Deposited { account, cents: 5 })?;
+        cx.emit(Closed { account })?;
+        cx.emit(Deposited {
+            account,
+            cents: cmd.then,
+        })?;
+        Ok(())
+    }
+}
+
 // ---- perspectives ---------------------------------------------------------------------
+
+/// Deletes the model on a close; a deposit of 13 cents always fails.
+struct Closing;
+#[perspective(model = Ledger, name = "pg_inline.closing", mode = inline)]
+impl Closing {
+    fn deposited(l: &mut Ledger, e: &Deposited) -> std::result::Result<(), String> {
+        if e.cents == 13 {
+            return Err("13 cents is unlucky".to_owned());
+        }
+        l.cents += e.cents;
+        l.deposits.push(e.cents);
+        Ok(())
+    }
+    fn closed(_: &mut Ledger, _: &Closed) -> Tombstone {
+        Tombstone
+    }
+}
 
 struct Balances;
 #[perspective(model = Ledger, name = "pg_inline.balances", mode = inline)]
@@ -368,6 +419,87 @@ async fn a_failing_inline_apply_keeps_the_append_marks_its_cursor_failed_and_oth
         .unwrap();
     assert_is_fresh_fold::<Picky>(&rt, &pool, account).await;
     UNLUCKY.store(true, Ordering::SeqCst);
+    shut_down(rt, pg).await;
+}
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn a_tombstone_before_a_failing_event_of_the_same_append_stands(pool: PgPool) {
+    let pg = backend(&pool, options()).await;
+    let rt = runtime(
+        &pg,
+        registry(|r| r.receptors_of::<Churner>().perspective::<Closing>()),
+    );
+    // `fresh`: no model before the append; `stored`: a model from an earlier one.
+    let (fresh, stored) = (Uuid::now_v7(), Uuid::now_v7());
+    let scope = rt.scope();
+    bounded(scope.send(Deposit {
+        account: stored,
+        cents: 4,
+    }))
+    .await
+    .unwrap();
+    assert_eq!(
+        model::<Closing>(&rt, stored).await,
+        Some(Ledger {
+            cents: 4,
+            deposits: vec![4]
+        })
+    );
+    bounded(scope.complete()).await.unwrap();
+
+    for (account, before) in [(fresh, 0), (stored, 1)] {
+        // One append: deposit 5, close (tombstone), deposit 13 (fails).
+        let scope = rt.scope();
+        bounded(scope.send(Churn { account, then: 13 }))
+            .await
+            .unwrap();
+        let events = rt
+            .event_store()
+            .read_stream(StreamId::from(account), 0)
+            .await
+            .unwrap();
+        assert_eq!(events.len(), before + 3, "the append stands");
+        let appends: i64 = sqlx::query_scalar(
+            "select count(distinct xmin::text) from wh_events
+              where stream_id = $1 and stream_version > $2",
+        )
+        .bind(account)
+        .bind(before as i64)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(appends, 1, "the three events are one append");
+        // Deleted as of the close (no row, not a `Default` one), the cursor
+        // after the close, failed at the deposit after it, all written by
+        // the append's transaction.
+        assert_eq!(model::<Closing>(&rt, account).await, None, "{account}");
+        let row: Option<String> = sqlx::query_scalar(
+            "select data::text from wh_perspective_rows
+              where perspective = 'pg_inline.closing' and model_key = $1",
+        )
+        .bind(account)
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+        assert_eq!(row, None, "{account}: a row was left");
+        let close = before as i64 + 2;
+        let (at, failed, message) = cursor(&pool, "pg_inline.closing", account).await.unwrap();
+        assert_eq!((at, failed), (close, Some(close + 1)), "{account}");
+        assert!(message.unwrap().contains("13 cents is unlucky"));
+        let (event, row, cur) = writers(&pool, "pg_inline.closing", account).await;
+        assert_eq!((row.as_str(), cur), ("none", event));
+        match bounded(scope.complete()).await {
+            Err(Error::PerspectiveFailed {
+                perspective,
+                version,
+                ..
+            }) => assert_eq!(
+                (perspective, version),
+                ("pg_inline.closing", close as u64 + 1)
+            ),
+            other => panic!("expected PerspectiveFailed, got {other:?}"),
+        }
+    }
     shut_down(rt, pg).await;
 }
 

@@ -97,7 +97,9 @@ impl ScopeShared {
                 candidates.push(Candidate::stored(ev));
             }
             let timeout = Duration::from_millis(req.timeout_ms);
-            let options = PerspectiveSyncOptions::default().timeout(timeout);
+            let options = PerspectiveSyncOptions::default()
+                .timeout(timeout)
+                .trigger(req.trigger);
             let result = awaiter
                 .await_events(perspective, &filter, candidates, &options, emitted.len())
                 .await?;

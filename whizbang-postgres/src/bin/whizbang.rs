@@ -2,8 +2,8 @@
 //! database (build with `--features cli`).
 //!
 //! It reads and repairs what the library stores, without the services'
-//! code: `status` (perspectives, their lag and failed cursors, the message
-//! queue, the outbox, live instances and their partition leases), `failed`,
+//! code: `status` (perspectives, their lag, failed cursors and rebuilds, the
+//! message queue, the outbox, live instances and their partition leases), `failed`,
 //! `retry` and `skip` for a failed perspective cursor, `dead-letters`
 //! `list` and `replay` for the message queue, and `sync` and `rebuild`,
 //! which a running service carries out (with a progress bar). A readable table by default,
@@ -21,8 +21,10 @@ use sqlx::{Connection as _, PgConnection, PgPool};
 use std::process::ExitCode;
 use std::time::Duration;
 use uuid::Uuid;
+use whizbang_core::perspective::rebuild::SHADOW_SUFFIX;
 use whizbang_core::queue::MessageQueue as _;
 use whizbang_core::MessageId;
+use whizbang_postgres::__private::PARTITIONS;
 use whizbang_postgres::{PgMessageQueue, SchemaName, MIGRATOR, QUEUE_CHANNEL};
 
 /// The NOTIFY channel the runners listen on for new events (payload: the
@@ -51,8 +53,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Perspectives (streams, applied events, lag, failed cursors), the
-    /// message queue, the outbox, live instances and their partitions.
+    /// Perspectives (streams, applied events, lag, failed cursors, a rebuild
+    /// under way), the message queue, the outbox, live instances and their
+    /// partitions.
     Status,
     /// The failed perspective cursors.
     Failed,
@@ -314,6 +317,64 @@ struct PerspectiveStatus {
     lag_seconds: f64,
     last_applied_at: Option<String>,
     failed: Vec<FailedCursor>,
+    /// Its rebuild beside live, when one was started (the shadow generation
+    /// `<name>~rebuild` is shown here, never as a perspective of its own).
+    rebuild: Option<RebuildStatus>,
+}
+
+/// A perspective's rebuild: its progress row (`wh_rebuilds`) and its shadow
+/// generation's cursors.
+#[derive(Serialize)]
+struct RebuildStatus {
+    /// The version rebuilt to (`None`: a shadow without a progress row).
+    version: Option<i32>,
+    /// starting, building, swapping, done or failed (`None`: no progress row).
+    phase: Option<String>,
+    /// Events the shadow reflects, of `total`.
+    done: i64,
+    total: i64,
+    error: Option<String>,
+    /// The shadow generation: its cursors (streams) and the events they applied.
+    shadow_streams: i64,
+    shadow_applied_events: i64,
+    /// The shadow's failed cursors.
+    failed: Vec<FailedCursor>,
+}
+
+impl RebuildStatus {
+    fn empty() -> Self {
+        RebuildStatus {
+            version: None,
+            phase: None,
+            done: 0,
+            total: 0,
+            error: None,
+            shadow_streams: 0,
+            shadow_applied_events: 0,
+            failed: Vec::new(),
+        }
+    }
+
+    /// The REBUILD cell: `-` when none is under way (none, or done).
+    fn cell(&self) -> String {
+        let phase = self.phase.as_deref().unwrap_or("shadow");
+        if phase == "done" && self.failed.is_empty() {
+            return "-".into();
+        }
+        let mut out = match self.version {
+            Some(v) => format!("{phase} v{v}"),
+            None => phase.to_owned(),
+        };
+        if self.total > 0 || self.phase.is_some() {
+            out.push_str(&format!(" {}/{}", self.done, self.total));
+        } else {
+            out.push_str(&format!(" ({} streams)", self.shadow_streams));
+        }
+        if !self.failed.is_empty() {
+            out.push_str(&format!(", {} failed", self.failed.len()));
+        }
+        out
+    }
 }
 
 #[derive(Serialize)]
@@ -372,14 +433,111 @@ async fn failed_cursors(db: &Db) -> Outcome<Vec<FailedCursor>> {
         .collect())
 }
 
+/// The lag of streams a perspective has no cursor on yet, by perspective:
+/// (events, age in seconds of the oldest), for each perspective whose runner
+/// declared the event types it handles. Such a stream's handled events all
+/// lie after the perspective's feed checkpoint of its partition (the runner
+/// writes a cursor for every handled stream it reads before the checkpoint
+/// moves past it; a triggered or explicit sync writes one too), so the
+/// count reads only the unread tail of each partition's feed (one ordered
+/// range of `wh_events_feed_idx` per partition, as the runner reads it),
+/// never each stream's events.
+async fn uncursored_lag(db: &Db) -> Outcome<std::collections::HashMap<String, (i64, f64)>> {
+    let declared: Vec<(String, Vec<String>)> = sqlx::query_as(
+        "select perspective, event_types from wh_perspective_strategies
+          where event_types is not null and cardinality(event_types) > 0",
+    )
+    .fetch_all(&db.pool)
+    .await?;
+    // A branch per partition: a lateral join over the partitions would let
+    // the planner read whole partitions (see the runner's feed read).
+    let branches: Vec<String> = (0..PARTITIONS)
+        .map(|p| {
+            format!(
+                "(select e.created_at from wh_events e
+                   where e.partition = {p}
+                     and (e.tx_id, e.global_position) >
+                         (coalesce((select tx_id from wh_feed_checkpoints
+                                     where perspective = $1 and partition = {p}), '0'::xid8),
+                          coalesce((select global_position from wh_feed_checkpoints
+                                     where perspective = $1 and partition = {p}), 0))
+                     and e.event_type = any($2)
+                     and not exists (select 1 from wh_perspective_cursors c
+                                      where c.perspective = $1 and c.model_key = e.stream_id))"
+            )
+        })
+        .collect();
+    let sql = format!(
+        "select count(*)::int8,
+                coalesce(extract(epoch from now() - min(created_at)), 0)::float8
+           from ({}) unread",
+        branches.join(" union all ")
+    );
+    let mut out = std::collections::HashMap::new();
+    for (perspective, types) in declared {
+        let (events, age): (i64, f64) = sqlx::query_as(&sql)
+            .bind(&perspective)
+            .bind(&types)
+            .fetch_one(&db.pool)
+            .await?;
+        out.insert(perspective, (events, age));
+    }
+    Ok(out)
+}
+
+/// Each perspective's rebuild, by the live perspective's name: the progress
+/// rows and the shadow generations' cursors.
+async fn rebuilds(db: &Db) -> Outcome<std::collections::HashMap<String, RebuildStatus>> {
+    type RebuildRow = (String, i32, String, i64, i64, Option<String>);
+    let progress: Vec<RebuildRow> =
+        sqlx::query_as("select perspective, version, phase, done, total, error from wh_rebuilds")
+            .fetch_all(&db.pool)
+            .await?;
+    let shadows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "select left(perspective, -length($1)), count(*), coalesce(sum(version), 0)::int8
+           from wh_perspective_cursors
+          where right(perspective, length($1)) = $1
+          group by perspective",
+    )
+    .bind(SHADOW_SUFFIX)
+    .fetch_all(&db.pool)
+    .await?;
+    let mut out = std::collections::HashMap::new();
+    for (name, version, phase, done, total, error) in progress {
+        out.insert(
+            name,
+            RebuildStatus {
+                version: Some(version),
+                phase: Some(phase),
+                done,
+                total,
+                error,
+                ..RebuildStatus::empty()
+            },
+        );
+    }
+    for (name, streams, applied) in shadows {
+        let rebuild = out.entry(name).or_insert_with(RebuildStatus::empty);
+        rebuild.shadow_streams = streams;
+        rebuild.shadow_applied_events = applied;
+    }
+    Ok(out)
+}
+
 async fn status(db: &Db, as_json: bool) -> Outcome<()> {
     type PerspectiveRow = (String, Option<String>, i64, i64, i64, f64, Option<String>);
+    // A rebuild's shadow generation (`<name>~rebuild`, $1 the suffix) is
+    // not a perspective: its cursors are counted as the rebuild of `<name>`.
     let rows: Vec<PerspectiveRow> = sqlx::query_as(
         "with names as (
-             select perspective from wh_perspective_cursors
+             select case when right(perspective, length($1)) = $1
+                         then left(perspective, -length($1)) else perspective end
+                    as perspective
+               from wh_perspective_cursors
              union select perspective from wh_partition_leases
              union select perspective from wh_feed_checkpoints
              union select perspective from wh_perspective_strategies
+             union select perspective from wh_rebuilds
          )
          select n.perspective,
                 (select strategy from wh_perspective_strategies d
@@ -400,25 +558,37 @@ async fn status(db: &Db, as_json: bool) -> Outcome<()> {
           group by n.perspective
           order by n.perspective",
     )
+    .bind(SHADOW_SUFFIX)
     .fetch_all(&db.pool)
     .await?;
+    let mut uncursored = uncursored_lag(db).await?;
+    let mut rebuilds = rebuilds(db).await?;
     let mut failed = failed_cursors(db).await?;
     let perspectives: Vec<PerspectiveStatus> = rows
         .into_iter()
         .map(
             |(name, strategy, streams, applied_events, lag_events, lag, last)| {
+                let shadow = format!("{name}{SHADOW_SUFFIX}");
                 let (mine, rest): (Vec<_>, Vec<_>) =
                     failed.drain(..).partition(|f| f.perspective == name);
+                let (shadows, rest): (Vec<_>, Vec<_>) =
+                    rest.into_iter().partition(|f| f.perspective == shadow);
                 failed = rest;
+                let mut rebuild = rebuilds.remove(&name);
+                if !shadows.is_empty() {
+                    rebuild.get_or_insert_with(RebuildStatus::empty).failed = shadows;
+                }
+                let (new_events, new_lag) = uncursored.remove(&name).unwrap_or((0, 0.0));
                 PerspectiveStatus {
                     name,
                     strategy,
                     streams,
                     applied_events,
-                    lag_events,
-                    lag_seconds: (lag * 10.0).round() / 10.0,
+                    lag_events: lag_events + new_events,
+                    lag_seconds: (lag.max(new_lag) * 10.0).round() / 10.0,
                     last_applied_at: last,
                     failed: mine,
+                    rebuild,
                 }
             },
         )
@@ -496,6 +666,7 @@ async fn status(db: &Db, as_json: bool) -> Outcome<()> {
         "LAG SECONDS",
         "FAILED",
         "LAST APPLIED",
+        "REBUILD",
     ]);
     for p in &perspectives {
         table.row(vec![
@@ -507,10 +678,20 @@ async fn status(db: &Db, as_json: bool) -> Outcome<()> {
             format!("{:.1}", p.lag_seconds),
             p.failed.len().to_string(),
             p.last_applied_at.clone().unwrap_or_else(|| "-".into()),
+            p.rebuild
+                .as_ref()
+                .map_or_else(|| "-".into(), RebuildStatus::cell),
         ]);
     }
     table.print();
-    let all_failed: Vec<&FailedCursor> = perspectives.iter().flat_map(|p| &p.failed).collect();
+    let all_failed: Vec<&FailedCursor> = perspectives
+        .iter()
+        .flat_map(|p| {
+            p.failed
+                .iter()
+                .chain(p.rebuild.iter().flat_map(|r| &r.failed))
+        })
+        .collect();
     if !all_failed.is_empty() {
         println!("\nFailed cursors");
         print_failed(all_failed.into_iter());

@@ -18,17 +18,28 @@ use uuid::Uuid;
 use whizbang_core::strategy::{Decision, PendingState, SyncStrategy};
 use whizbang_core::PerspectiveMode;
 
-/// Records each perspective's mode and strategy text in
+/// What the runner declares of one perspective for the operator tool.
+pub(crate) struct Declared {
+    pub(crate) name: &'static str,
+    pub(crate) mode: PerspectiveMode,
+    /// `SyncStrategy::describe`.
+    pub(crate) strategy: String,
+    /// The event types it handles; `None` for a keyed perspective (its
+    /// cursor is not per stream, so the tool does not count its lag by stream).
+    pub(crate) event_types: Option<Vec<&'static str>>,
+}
+
+/// Records each perspective's mode, strategy text and handled event types in
 /// `wh_perspective_strategies`, for the operator tool's `status`.
 pub(crate) async fn declare(
     pool: &PgPool,
     me: Uuid,
-    perspectives: &[(&'static str, PerspectiveMode, String)],
+    perspectives: &[Declared],
 ) -> Result<(), sqlx::Error> {
-    let names: Vec<&str> = perspectives.iter().map(|p| p.0).collect();
+    let names: Vec<&str> = perspectives.iter().map(|p| p.name).collect();
     let modes: Vec<&str> = perspectives
         .iter()
-        .map(|p| match p.1 {
+        .map(|p| match p.mode {
             PerspectiveMode::Inline => "inline",
             _ => "async",
         })
@@ -36,20 +47,36 @@ pub(crate) async fn declare(
     // Bounded as the column is: a custom strategy's text is the user's.
     let texts: Vec<String> = perspectives
         .iter()
-        .map(|p| p.2.chars().take(100).collect())
+        .map(|p| p.strategy.chars().take(100).collect())
+        .collect();
+    // One JSON array (or null) per perspective: unnest cannot take an
+    // array of arrays of different lengths.
+    let types: Vec<Option<String>> = perspectives
+        .iter()
+        .map(|p| {
+            p.event_types
+                .as_ref()
+                .map(|t| serde_json::Value::from(t.clone()).to_string())
+        })
         .collect();
     sqlx::query(
-        "insert into wh_perspective_strategies (perspective, mode, strategy, declared_by)
-         select p, m, case when s = '' then '?' else s end, $4
-           from unnest($1::text[], $2::text[], $3::text[]) as d(p, m, s)
+        "insert into wh_perspective_strategies
+                (perspective, mode, strategy, declared_by, event_types)
+         select p, m, case when s = '' then '?' else s end, $4,
+                case when ty is not null then coalesce(
+                    (select array_agg(t) from jsonb_array_elements_text(ty::jsonb) as t),
+                    '{}') end
+           from unnest($1::text[], $2::text[], $3::text[], $5::text[]) as d(p, m, s, ty)
          on conflict (perspective) do update
             set mode = excluded.mode, strategy = excluded.strategy,
+                event_types = excluded.event_types,
                 declared_by = excluded.declared_by, updated_at = now()",
     )
     .bind(&names)
     .bind(&modes)
     .bind(&texts)
     .bind(me)
+    .bind(&types)
     .execute(pool)
     .await?;
     Ok(())

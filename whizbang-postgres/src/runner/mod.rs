@@ -63,7 +63,12 @@ pub(crate) async fn run(config: Config, runtime: WeakRuntime, wakeups: Arc<Wakeu
         rt.registry()
             .perspectives()
             .iter()
-            .map(|p| (p.name, p.mode, p.strategy.describe()))
+            .map(|p| held::Declared {
+                name: p.name,
+                mode: p.mode,
+                strategy: p.strategy.describe(),
+                event_types: (!p.is_keyed()).then(|| p.event_types.to_vec()),
+            })
             .collect::<Vec<_>>()
     });
     if let Some(declared) = declared {

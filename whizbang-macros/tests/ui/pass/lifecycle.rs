@@ -55,7 +55,7 @@ struct Mailer;
 #[whizbang_core::receptor]
 #[whizbang_core::await_perspective_sync(OrderViews, fire = always)]
 #[whizbang_core::fire_at(PostAllPerspectivesDetached)]
-#[await_perspective_sync(Stock, timeout_ms = 0, event_types = [OrderShipped], fire = on_success)]
+#[await_perspective_sync(Stock, timeout_ms = 0, event_types = [OrderShipped], fire = on_success, trigger = true)]
 impl Receptor<OrderShipped> for Mailer {
     async fn handle(&self, _: OrderShipped, _: &mut Context) -> Result<()> {
         Ok(())
@@ -71,7 +71,7 @@ struct Auditor;
 #[allow(clippy::unused_async)]
 #[whizbang_core::await_perspective_sync(OrderViews)]
 #[receptor]
-#[await_perspective_sync(Stock, timeout_ms = 10)]
+#[await_perspective_sync(Stock, timeout_ms = 10, trigger = false)]
 impl Receptor<OrderShipped> for Auditor {
     async fn handle(&self, _: OrderShipped, _: &mut Context) -> Result<()> {
         Ok(())
@@ -106,6 +106,7 @@ fn main() {
     assert_eq!(invoicer.sync[0].event_types, ["orders.created", "OrderShipped"]);
     assert_eq!(invoicer.sync[0].timeout_ms, 2000);
     assert_eq!(invoicer.sync[0].fire, SyncFire::OnSuccess);
+    assert!(!invoicer.sync[0].trigger);
 
     let mailer = find("Mailer");
     assert_eq!(mailer.stage, Some(LifecycleStage::PostAllPerspectivesDetached));
@@ -118,12 +119,15 @@ fn main() {
     assert_eq!(mailer.sync[1].event_types, ["OrderShipped"]);
     assert_eq!(mailer.sync[1].timeout_ms, 0);
     assert_eq!(mailer.sync[1].fire, SyncFire::OnSuccess);
+    assert!(!mailer.sync[0].trigger);
+    assert!(mailer.sync[1].trigger);
 
     let auditor = find("Auditor");
     assert_eq!(auditor.stage, None);
     assert_eq!(auditor.effective_stage(), LifecycleStage::PostDistributeDetached);
     let awaited: Vec<_> = auditor.sync.iter().map(|s| (s.perspective, s.timeout_ms)).collect();
     assert_eq!(awaited, [("Stock", 5000), ("order-views", 5000), ("Stock", 10)]);
+    assert!(auditor.sync.iter().all(|s| !s.trigger));
 
     let plain = find("Plain");
     assert_eq!(plain.stage, None);
