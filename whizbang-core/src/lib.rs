@@ -105,7 +105,7 @@ pub use message::{
 pub use perspective::{
     strategy, IntoModelKey, Model, Perspective, PerspectiveMode, PerspectiveStatus, Versioned,
 };
-pub use perspective::{ModelOp, SyncItem, SyncMode, SyncReport, SyncRun, Tombstone};
+pub use perspective::{ModelOp, SyncCondition, SyncItem, SyncMode, SyncReport, SyncRun, Tombstone};
 pub use registry::{Registry, RegistryBuilder};
 pub use services::{FromServices, Services};
 pub use stage::{LifecycleStage, StageMode, StagePoint, SyncFire};

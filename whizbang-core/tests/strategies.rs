@@ -425,3 +425,43 @@ async fn a_strategy_that_panics_does_not_strand_the_work() {
         .unwrap();
     assert_eq!(tally.n, 1);
 }
+
+#[tokio::test]
+async fn a_conditional_sync_runs_only_when_its_condition_holds() {
+    use whizbang_core::SyncCondition;
+    let rt = Runtime::in_memory().unwrap();
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let tally = |id: Uuid| {
+        let lens = rt.lens::<Hourly>();
+        async move { lens.get_by_key(id).await.unwrap().map(|t| t.n) }
+    };
+    publish(&rt, a).await;
+    // One event behind an hourly schedule: a sync that wants two does
+    // nothing, and says why.
+    let wants_two = SyncCondition::LagAtLeast(2);
+    let report = rt.sync::<Hourly>().when(wants_two).run().await.unwrap();
+    assert_eq!(report.not_needed, Some(wants_two));
+    assert!(report.items.is_empty());
+    assert_eq!(tally(a).await, None);
+
+    publish(&rt, b).await;
+    let report = rt.sync::<Hourly>().when(wants_two).run().await.unwrap();
+    assert_eq!(report.not_needed, None);
+    assert_eq!(report.totals().applied, 2);
+    assert_eq!((tally(a).await, tally(b).await), (Some(1), Some(1)));
+
+    // Just synced: one that wants an hour since the last sync does nothing;
+    // one that wants any lag at all runs.
+    publish(&rt, a).await;
+    let hourly = SyncCondition::LastSyncOlderThan(Duration::from_secs(3600));
+    let report = rt.sync::<Hourly>().when(hourly).run().await.unwrap();
+    assert_eq!(report.not_needed, Some(hourly));
+    assert_eq!(tally(a).await, Some(1));
+    let any_lag = SyncCondition::LagOlderThan(Duration::ZERO);
+    let report = rt.sync::<Hourly>().when(any_lag).run().await.unwrap();
+    assert_eq!(report.totals().applied, 1);
+    assert_eq!(tally(a).await, Some(2));
+    // Nothing behind: even "any lag" does nothing.
+    let report = rt.sync::<Hourly>().when(any_lag).run().await.unwrap();
+    assert_eq!(report.not_needed, Some(any_lag));
+}

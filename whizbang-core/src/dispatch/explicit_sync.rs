@@ -18,7 +18,8 @@ use crate::error::{Error, Result};
 use crate::message::StreamId;
 use crate::perspective::explicit::Options;
 use crate::perspective::{
-    Perspective, PerspectiveRegistration, SyncMode, SyncReport, SyncRun, DEFAULT_SYNC_CHUNK,
+    Perspective, PerspectiveRegistration, SyncCondition, SyncMode, SyncReport, SyncRun,
+    DEFAULT_SYNC_CHUNK,
 };
 use std::future::Future;
 use std::pin::Pin;
@@ -47,6 +48,7 @@ pub struct PerspectiveSync {
     full: bool,
     retry_failed: bool,
     chunk: usize,
+    condition: Option<SyncCondition>,
 }
 
 impl std::fmt::Debug for PerspectiveSync {
@@ -57,6 +59,7 @@ impl std::fmt::Debug for PerspectiveSync {
             .field("full", &self.full)
             .field("retry_failed", &self.retry_failed)
             .field("chunk", &self.chunk)
+            .field("condition", &self.condition)
             .finish()
     }
 }
@@ -103,6 +106,31 @@ impl PerspectiveSync {
     /// [`DEFAULT_SYNC_CHUNK`]). `0` is refused when the sync runs.
     pub fn chunk_size(mut self, n: usize) -> Self {
         self.chunk = n;
+        self
+    }
+
+    /// Runs only when `condition` holds on the perspective's status when
+    /// the sync starts (its lag, or the time since it last applied); else
+    /// the sync does nothing and its report's
+    /// [`not_needed`](SyncReport::not_needed) says why. For a read model
+    /// that needs to be fresh only to a point:
+    ///
+    /// ```
+    /// # async fn doc(runtime: whizbang_core::Runtime) -> whizbang_core::Result<()> {
+    /// use std::time::Duration;
+    /// use whizbang_core::SyncCondition;
+    /// let report = runtime
+    ///     .sync_named("reports.daily")
+    ///     .when(SyncCondition::LagOlderThan(Duration::from_secs(60)))
+    ///     .run()
+    ///     .await?;
+    /// if report.not_needed.is_some() {
+    ///     // less than a minute behind: nothing ran
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn when(mut self, condition: SyncCondition) -> Self {
+        self.condition = Some(condition);
         self
     }
 
@@ -171,6 +199,19 @@ impl PerspectiveSync {
             )));
         }
         let mode = self.mode();
+        if let Some(condition) = self.condition {
+            let status = self.runtime.perspective_status_of(reg).await?;
+            if !condition.holds(&status, SystemTime::now()) {
+                tracing::debug!(perspective = reg.name, ?condition, "sync not needed");
+                return Ok(SyncReport {
+                    perspective: reg.name,
+                    mode,
+                    items: Vec::new(),
+                    duration: started.elapsed(),
+                    not_needed: Some(condition),
+                });
+            }
+        }
         let engine = &self.runtime.inner.engine;
         let streams = match self.target {
             Target::Streams(mut ids) => {
@@ -200,6 +241,7 @@ impl PerspectiveSync {
             mode,
             items,
             duration: started.elapsed(),
+            not_needed: None,
         })
     }
 
@@ -307,6 +349,7 @@ impl Runtime {
             target: Target::All,
             full: false,
             retry_failed: false,
+            condition: None,
             chunk: DEFAULT_SYNC_CHUNK,
         }
     }

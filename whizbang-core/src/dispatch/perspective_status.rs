@@ -57,6 +57,13 @@ impl Runtime {
         Ok(out)
     }
 
+    pub(crate) async fn perspective_status_of(
+        &self,
+        reg: &'static PerspectiveRegistration,
+    ) -> Result<PerspectiveStatus> {
+        self.status_of(reg).await
+    }
+
     async fn status_of(&self, reg: &'static PerspectiveRegistration) -> Result<PerspectiveStatus> {
         let sync = &self.inner.sync;
         let query = UnappliedQuery::new(reg.name, reg.event_types);

@@ -150,6 +150,40 @@ pub struct SyncReport {
     pub items: Vec<SyncItem>,
     /// How long the run took.
     pub duration: Duration,
+    /// The [`SyncCondition`] the sync was given, when it did not hold: the
+    /// sync ran nothing and `items` is empty.
+    pub not_needed: Option<SyncCondition>,
+}
+
+/// When a conditional explicit sync
+/// ([`PerspectiveSync::when`](crate::PerspectiveSync::when)) runs: judged
+/// on the perspective's [`PerspectiveStatus`](super::PerspectiveStatus)
+/// when the sync starts. A condition that does not hold makes the sync a
+/// no-op whose report says so ([`SyncReport::not_needed`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SyncCondition {
+    /// At least this many events are not applied yet.
+    LagAtLeast(u64),
+    /// The oldest event not applied yet is at least this old.
+    LagOlderThan(Duration),
+    /// The perspective last applied at least this long ago (or never).
+    LastSyncOlderThan(Duration),
+}
+
+impl SyncCondition {
+    /// Whether the condition holds for `status` (read at `now`).
+    #[must_use]
+    pub fn holds(&self, status: &super::PerspectiveStatus, now: std::time::SystemTime) -> bool {
+        match *self {
+            SyncCondition::LagAtLeast(n) => status.lag_events >= n.max(1),
+            SyncCondition::LagOlderThan(age) => status.lag_events > 0 && status.lag >= age,
+            SyncCondition::LastSyncOlderThan(age) => status
+                .last_sync
+                .and_then(|at| now.duration_since(at).ok())
+                .is_none_or(|since| since >= age),
+        }
+    }
 }
 
 impl SyncReport {

@@ -37,7 +37,7 @@ use std::any::TypeId;
 pub use crate::store::{AnyModel, Model};
 pub use bulk_batch::{BulkBatch, BulkItem};
 pub use engine::ApplyReport;
-pub use explicit::{SyncItem, SyncMode, SyncReport, SyncTotals, DEFAULT_SYNC_CHUNK};
+pub use explicit::{SyncCondition, SyncItem, SyncMode, SyncReport, SyncTotals, DEFAULT_SYNC_CHUNK};
 pub use fold::Versioned;
 pub use key::{IntoModelKey, KEYED_CURSOR};
 pub use registration::PerspectiveRegistration;
