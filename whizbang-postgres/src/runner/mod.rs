@@ -285,6 +285,11 @@ impl Runner {
             &self.jobs[job].handled,
             cap,
         )
+        .instrument(tracing::debug_span!(
+            "whizbang.postgres.feed_read",
+            perspective,
+            partitions = partitions.len(),
+        ))
         .await?;
         let streams: Vec<Uuid> = read
             .batches
@@ -338,6 +343,11 @@ impl Runner {
             self.config.instance_id,
             &moves,
         )
+        .instrument(tracing::debug_span!(
+            "whizbang.postgres.checkpoint",
+            perspective,
+            partitions = moves.len(),
+        ))
         .await?;
         for (partition, fence, _) in &moves {
             if !moved.contains(partition) {
