@@ -31,6 +31,18 @@
 //!   PostgreSQL transactions per event (`pg_stat_database.xact_commit`
 //!   before and after, read once the runtime's connections closed). Ratio
 //!   batch / realtime throughput (goal >= 3x).
+//! - `strategy_feed`: the same comparison on a load the appends do not
+//!   bound. Another process (this binary re-executed with `--child-append`,
+//!   no runtime) appends one event per append over 1,000 streams at a steady
+//!   rate (`WHIZBANG_BENCH_FEED_RATE`, default 300/s, in bursts every
+//!   10 ms) while this process runs a runtime holding only the perspective
+//!   and its partitioned runner; then a backlog (appends of 100 first, the
+//!   runtime started after). Per variant: events per second, the runner's
+//!   CPU (this process and its PostgreSQL backends, from `/proc`; above a
+//!   floor run that only listens), transactions per event (the database's,
+//!   minus one per append) and the runner's own statements counted from its
+//!   spans (feed reads, claim transactions, checkpoint moves). Ratio batch /
+//!   realtime events per runner CPU second (goal >= 3x).
 
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgPoolOptions;
@@ -1139,6 +1151,594 @@ async fn strategy(plan: &Plan, rows: &mut Vec<Row>) {
     }
 }
 
+// ------------------------------------------------------- 6. strategy_feed
+
+/// Count and wall time of the runner's spans, by name: feed reads, the
+/// catch-ups of a feed batch, the claim transactions inside them, the
+/// checkpoint moves. A subscriber of its own (no tracing-subscriber in the
+/// workspace), enabled for those four spans only.
+mod spans {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Mutex, MutexGuard, OnceLock};
+    use std::time::{Duration, Instant};
+    use tracing::span::{Attributes, Id, Record};
+    use tracing::{Event, Metadata, Subscriber};
+
+    /// Feed reads (one statement over the perspective's partitions).
+    pub(crate) const FEED_READ: &str = "whizbang.postgres.feed_read";
+    /// Every catch-up of one feed batch (tasks at the runner concurrency).
+    pub(crate) const CATCH_UP: &str = "whizbang.postgres.batch";
+    /// One claim transaction over many streams (`catch_up_together`).
+    pub(crate) const CLAIM: &str = "whizbang.perspective.apply_batch";
+    /// One claim transaction over one stream (`catch_up`).
+    pub(crate) const APPLY: &str = "whizbang.perspective.apply";
+    /// One fenced checkpoint move (every partition of a batch).
+    pub(crate) const CHECKPOINT: &str = "whizbang.postgres.checkpoint";
+    const NAMES: [&str; 5] = [FEED_READ, CATCH_UP, CLAIM, APPLY, CHECKPOINT];
+
+    #[derive(Default)]
+    struct Timer {
+        next: AtomicU64,
+        open: Mutex<HashMap<u64, (&'static str, Instant, usize)>>,
+        totals: Mutex<HashMap<&'static str, (u64, Duration)>>,
+    }
+
+    static TIMER: OnceLock<Timer> = OnceLock::new();
+
+    fn timer() -> &'static Timer {
+        TIMER.get_or_init(Timer::default)
+    }
+
+    fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Installs the subscriber (once per process).
+    pub(crate) fn install() {
+        let _ = tracing::subscriber::set_global_default(Spans);
+    }
+
+    /// The totals since the last call: (spans closed, their summed wall time).
+    pub(crate) fn take() -> HashMap<&'static str, (u64, Duration)> {
+        std::mem::take(&mut *locked(&timer().totals))
+    }
+
+    struct Spans;
+
+    impl Subscriber for Spans {
+        fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+            metadata.is_span() && NAMES.contains(&metadata.name())
+        }
+        fn new_span(&self, span: &Attributes<'_>) -> Id {
+            let t = timer();
+            let id = t.next.fetch_add(1, Ordering::Relaxed) + 1;
+            locked(&t.open).insert(id, (span.metadata().name(), Instant::now(), 1));
+            Id::from_u64(id)
+        }
+        fn clone_span(&self, id: &Id) -> Id {
+            if let Some(open) = locked(&timer().open).get_mut(&id.into_u64()) {
+                open.2 += 1;
+            }
+            id.clone()
+        }
+        fn try_close(&self, id: Id) -> bool {
+            let t = timer();
+            let closed = {
+                let mut open = locked(&t.open);
+                match open.get_mut(&id.into_u64()) {
+                    Some(o) if o.2 > 1 => {
+                        o.2 -= 1;
+                        None
+                    }
+                    Some(_) => open.remove(&id.into_u64()),
+                    None => None,
+                }
+            };
+            let Some((name, started, _)) = closed else {
+                return false;
+            };
+            let mut totals = locked(&t.totals);
+            let total = totals.entry(name).or_default();
+            total.0 += 1;
+            total.1 += started.elapsed();
+            true
+        }
+        fn record(&self, _: &Id, _: &Record<'_>) {}
+        fn record_follows_from(&self, _: &Id, _: &Id) {}
+        fn event(&self, _: &Event<'_>) {}
+        fn enter(&self, _: &Id) {}
+        fn exit(&self, _: &Id) {}
+    }
+}
+
+/// CPU time (user + system, clock ticks) of process `pid` (`"self"` for
+/// this one), from `/proc`; 0 when it is gone.
+fn cpu_ticks(pid: &str) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the command's closing parenthesis start at field 3;
+    // utime and stime are fields 14 and 15.
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return 0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+    field(14).unwrap_or(0) + field(15).unwrap_or(0)
+}
+
+/// Clock ticks per second of `/proc`'s CPU times (`USER_HZ`, 100 on Linux).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// CPU ticks of this process and of the PostgreSQL backends serving the
+/// runner's runtime (its pool and LISTEN connections, `application_name`
+/// `whizbang...`) in database `name`, by backend pid (the server is on this
+/// machine).
+async fn runner_cpu(admin_url: &str, name: &str) -> (u64, HashMap<i32, u64>) {
+    let mut admin = sqlx::PgConnection::connect(admin_url)
+        .await
+        .expect("admin connection");
+    let pids: Vec<i32> = sqlx::query_scalar(
+        "select pid from pg_stat_activity where datname = $1 and application_name like 'whizbang%'",
+    )
+    .bind(name)
+    .fetch_all(&mut admin)
+    .await
+    .expect("read pg_stat_activity");
+    let _ = admin.close().await;
+    let backends = pids
+        .into_iter()
+        .map(|pid| (pid, cpu_ticks(&pid.to_string())))
+        .collect();
+    (cpu_ticks("self"), backends)
+}
+
+/// CPU seconds between two [`runner_cpu`] readings: (this process, its
+/// backends). A backend opened in between counts from zero.
+fn cpu_between(before: &(u64, HashMap<i32, u64>), after: &(u64, HashMap<i32, u64>)) -> (f64, f64) {
+    let own = after.0.saturating_sub(before.0) as f64 / TICKS_PER_SECOND;
+    let backends: u64 = after
+        .1
+        .iter()
+        .map(|(pid, t)| t.saturating_sub(before.1.get(pid).copied().unwrap_or(0)))
+        .sum();
+    (own, backends as f64 / TICKS_PER_SECOND)
+}
+
+/// The appender process (`--child-append URL EVENTS RATE`): no runtime and
+/// no perspective, `PgEventStore::append` on a pool of 8 over 1,000 streams,
+/// one event per stream per append. `RATE` > 0: every 10 ms a burst of
+/// `RATE / 100` appends of one event each, sent at once; `RATE` 0: appends of
+/// 100 events on 100 streams, back to back (a backlog). Prints
+/// `appended APPENDS SECONDS` (each append is one transaction).
+async fn append_child(url: String, events: usize, rate: usize) {
+    const STREAMS: usize = 1_000;
+    let pool = raw_pool(&url, 8).await;
+    let store = Arc::new(PgEventStore::new(pool.clone()));
+    let streams: Arc<Vec<StreamId>> = Arc::new((0..STREAMS).map(|_| StreamId::new()).collect());
+    let one = |at: usize| StreamAppend {
+        stream_id: streams[at % STREAMS],
+        expected: ExpectedVersion::Any,
+        events: vec![new_event(streams[at % STREAMS], at as u64)],
+    };
+    let started = Instant::now();
+    let mut appends = 0u64;
+    if rate == 0 {
+        for at in (0..events).step_by(100) {
+            let batch = (at..(at + 100).min(events)).map(one).collect();
+            store.append(batch).await.expect("append");
+            appends += 1;
+        }
+    } else {
+        let per_tick = (rate / 100).max(1);
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next = 0;
+        while next < events {
+            tick.tick().await;
+            let burst = per_tick.min(events - next);
+            let mut sent = tokio::task::JoinSet::new();
+            for at in next..next + burst {
+                let (store, append) = (Arc::clone(&store), one(at));
+                sent.spawn(async move { store.append(vec![append]).await.map(drop) });
+            }
+            while let Some(done) = sent.join_next().await {
+                done.expect("an append task").expect("append");
+                appends += 1;
+            }
+            next += burst;
+        }
+    }
+    let took = started.elapsed().as_secs_f64();
+    pool.close().await;
+    println!("appended {appends} {took}");
+}
+
+/// Events this runtime's runner committed for one perspective; `done`
+/// once `target` are in.
+#[derive(Default)]
+struct AppliedCount {
+    n: AtomicU64,
+    target: AtomicU64,
+    done: tokio::sync::Notify,
+}
+
+/// One run of the `strategy_feed` case.
+#[derive(Clone, Copy, Default)]
+struct FeedRun {
+    /// Events applied per second, from the first append (trickle) or the
+    /// runner's start (backlog) until the last is committed.
+    wall_eps: f64,
+    /// Appends' own rate (trickle), events per second.
+    offered_eps: f64,
+    /// Seconds from the appender's end until the last event is committed.
+    lag_s: f64,
+    /// Runner CPU seconds: this process and its PostgreSQL backends.
+    cpu_own: f64,
+    cpu_backends: f64,
+    /// Transactions per event: the database's, minus the appender's one
+    /// per append (so including the LISTEN backends' own, one per
+    /// notification they take in).
+    xact: f64,
+    /// The runner's statements and transactions per event, from its spans:
+    /// feed reads, claim transactions (many streams or one), checkpoint
+    /// moves.
+    work: f64,
+    /// Per 1,000 events: feed reads, claim transactions over many streams,
+    /// over one stream, checkpoint moves.
+    reads: f64,
+    claims: f64,
+    singles: f64,
+    checkpoints: f64,
+    /// Milliseconds per 1,000 events of span wall time: feed reads,
+    /// catch-ups, checkpoint moves.
+    read_ms: f64,
+    catch_up_ms: f64,
+    checkpoint_ms: f64,
+}
+
+/// One variant of `strategy_feed` on a fresh database: the appender is
+/// another process; this one runs a runtime whose registry holds only `P`,
+/// with the partitioned runner. `rate` > 0: the appender trickles at that
+/// rate while the runner applies; `rate` 0: it appends everything first and
+/// the runtime starts after. With `apply` off the registry holds nothing:
+/// the runtime only listens (the floor every variant pays per append), and
+/// the run ends with the appender.
+async fn strategy_feed_run<P: whizbang_core::Perspective>(
+    case: &str,
+    events: usize,
+    rate: usize,
+    apply: bool,
+) -> FeedRun {
+    let db = Db::fresh(case).await;
+    let backlog = rate == 0;
+    let spawn_appender = || {
+        let exe = std::env::current_exe().expect("the bench binary's path");
+        tokio::process::Command::new(exe)
+            .args([
+                "--child-append",
+                &db.url,
+                &events.to_string(),
+                &rate.to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn the appender process")
+    };
+    let finished = |out: std::process::Output| -> (u64, f64) {
+        assert!(
+            out.status.success(),
+            "the appender failed: {:?}",
+            out.status
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix("appended "))
+            .expect("the appender's report");
+        let mut parts = line.split_whitespace();
+        let appends = parts.next().and_then(|p| p.parse().ok()).expect("appends");
+        let took = parts.next().and_then(|p| p.parse().ok()).expect("seconds");
+        (appends, took)
+    };
+    let mut appended = None;
+    if backlog {
+        let out = tokio::time::timeout(
+            Duration::from_secs(300),
+            spawn_appender().wait_with_output(),
+        )
+        .await
+        .expect("the backlog appended within 300 s")
+        .expect("the appender's output");
+        appended = Some(finished(out));
+    }
+    let registry = if apply {
+        Registry::builder().perspective::<P>()
+    } else {
+        // A receptor only: a registry must hold something.
+        Registry::builder().receptors_of::<Desk>()
+    };
+    let registry = registry.build().expect("registry");
+    let applied = Arc::new(AppliedCount::default());
+    applied.target.store(events as u64, Ordering::Relaxed);
+    let listener = {
+        let applied = Arc::clone(&applied);
+        move |report: &ApplyReport| {
+            if report.perspective == P::NAME {
+                let n = report.applied.len() as u64;
+                let now = applied.n.fetch_add(n, Ordering::Relaxed) + n;
+                if now >= applied.target.load(Ordering::Relaxed) {
+                    applied.done.notify_one();
+                }
+            }
+        }
+    };
+    let start_runtime = || async {
+        let pg = Postgres::connect_with(&db.url, PostgresOptions::default())
+            .await
+            .expect("connect the backend");
+        let rt = Runtime::builder()
+            .registry(Arc::new(registry))
+            .backend(pg.clone())
+            .apply_listener(listener)
+            .build()
+            .expect("build the runtime");
+        (rt, pg)
+    };
+    let (rt, pg, before, cpu_before, started, child);
+    if backlog {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        before = xact_commit(&db.admin_url, &db.name).await;
+        cpu_before = (cpu_ticks("self"), HashMap::new());
+        started = Instant::now();
+        (rt, pg) = start_runtime().await;
+        child = None;
+    } else {
+        (rt, pg) = start_runtime().await;
+        // Every partition leased before the appends start.
+        let probe = raw_pool(&db.url, 1).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        if apply {
+            loop {
+                let held: i64 = sqlx::query_scalar(
+                    "select count(*) from wh_partition_leases where perspective = $1 and owner is not null and expires_at > now()",
+                )
+                .bind(P::NAME)
+                .fetch_one(&probe)
+                .await
+                .expect("count leases");
+                if held >= 16 {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{case}: partitions not leased in 30 s"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        probe.close().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        before = xact_commit(&db.admin_url, &db.name).await;
+        cpu_before = runner_cpu(&db.admin_url, &db.name).await;
+        started = Instant::now();
+        child = Some(spawn_appender());
+    }
+    let _ = spans::take();
+    let mut child = child;
+    if !apply {
+        // Nothing applies: the run is the appends.
+        let out = tokio::time::timeout(
+            Duration::from_secs(300),
+            child.take().expect("a trickle").wait_with_output(),
+        )
+        .await
+        .expect("the appender ended")
+        .expect("the appender's output");
+        appended = Some(finished(out));
+    }
+    let waited = tokio::time::timeout(Duration::from_secs(300), async {
+        while apply && applied.n.load(Ordering::Relaxed) < events as u64 {
+            applied.done.notified().await;
+        }
+    })
+    .await;
+    let synced = started.elapsed();
+    let cpu_after = runner_cpu(&db.admin_url, &db.name).await;
+    let split = spans::take();
+    assert!(
+        waited.is_ok(),
+        "{case}: {} of {events} events applied in 300 s",
+        applied.n.load(Ordering::Relaxed)
+    );
+    if let Some(child) = child {
+        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .expect("the appender ended")
+            .expect("the appender's output");
+        appended = Some(finished(out));
+    }
+    let (appends, append_s) = appended.expect("the appender reported");
+    drop(rt);
+    pg.close().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = xact_commit(&db.admin_url, &db.name).await;
+    db.drop_now().await;
+    let n = events as f64;
+    let (cpu_own, cpu_backends) = cpu_between(&cpu_before, &cpu_after);
+    let per_k = |name: &str| split.get(name).map_or(0.0, |s| s.0 as f64 * 1e3 / n);
+    let ms_k = |name: &str| split.get(name).map_or(0.0, |s| ms(s.1) * 1e3 / n);
+    let runner_xacts = if backlog {
+        after - before
+    } else {
+        after - before - appends as i64
+    };
+    FeedRun {
+        wall_eps: n / synced.as_secs_f64(),
+        offered_eps: if backlog { 0.0 } else { n / append_s },
+        lag_s: if backlog {
+            0.0
+        } else {
+            (synced.as_secs_f64() - append_s).max(0.0)
+        },
+        cpu_own,
+        cpu_backends,
+        xact: runner_xacts as f64 / n,
+        work: [
+            spans::FEED_READ,
+            spans::CLAIM,
+            spans::APPLY,
+            spans::CHECKPOINT,
+        ]
+        .iter()
+        .map(|s| per_k(s))
+        .sum::<f64>()
+            / 1e3,
+        reads: per_k(spans::FEED_READ),
+        claims: per_k(spans::CLAIM),
+        singles: per_k(spans::APPLY),
+        checkpoints: per_k(spans::CHECKPOINT),
+        read_ms: ms_k(spans::FEED_READ),
+        catch_up_ms: ms_k(spans::CATCH_UP),
+        checkpoint_ms: ms_k(spans::CHECKPOINT),
+    }
+}
+
+/// The median of each field over the runs (each field on its own).
+fn median_run(runs: &[FeedRun]) -> FeedRun {
+    let m = |f: fn(&FeedRun) -> f64| pct(&sorted(runs.iter().map(f).collect()), 0.5);
+    FeedRun {
+        wall_eps: m(|r| r.wall_eps),
+        offered_eps: m(|r| r.offered_eps),
+        lag_s: m(|r| r.lag_s),
+        cpu_own: m(|r| r.cpu_own),
+        cpu_backends: m(|r| r.cpu_backends),
+        xact: m(|r| r.xact),
+        work: m(|r| r.work),
+        reads: m(|r| r.reads),
+        claims: m(|r| r.claims),
+        singles: m(|r| r.singles),
+        checkpoints: m(|r| r.checkpoints),
+        read_ms: m(|r| r.read_ms),
+        catch_up_ms: m(|r| r.catch_up_ms),
+        checkpoint_ms: m(|r| r.checkpoint_ms),
+    }
+}
+
+async fn strategy_feed(plan: &Plan, rows: &mut Vec<Row>) {
+    spans::install();
+    let events = plan.n(4_000);
+    let rounds = if plan.smoke { 1 } else { 3 };
+    let rate = std::env::var("WHIZBANG_BENCH_FEED_RATE")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(300);
+    for rate in [rate, 0] {
+        let trickle = rate != 0;
+        let (mut realtime, mut batch, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            realtime.push(strategy_feed_run::<C0>("feed_realtime", events, rate, true).await);
+            batch.push(strategy_feed_run::<BatchedCount>("feed_batch", events, rate, true).await);
+            if trickle {
+                floor.push(strategy_feed_run::<C0>("feed_floor", events, rate, false).await);
+            }
+        }
+        let load = if trickle {
+            format!("strategy_feed, {events} at {rate}/s (appends of 1)")
+        } else {
+            format!("strategy_feed, backlog of {events} (appends of 100)")
+        };
+        let cpu = |runs: &[FeedRun]| {
+            pct(
+                &sorted(runs.iter().map(|x| x.cpu_own + x.cpu_backends).collect()),
+                0.5,
+            )
+        };
+        let floor_cpu = if trickle { cpu(&floor) } else { 0.0 };
+        if trickle {
+            let f = median_run(&floor);
+            row(
+                rows,
+                format!("{load}: floor (listening, nothing registered): CPU s (process + backends); xact/event"),
+                format!(
+                    "{:.2} ({:.2} + {:.2}); {:.3}",
+                    floor_cpu, f.cpu_own, f.cpu_backends, f.xact
+                ),
+                "",
+            );
+        }
+        for (name, runs) in [("realtime", &realtime), ("batch(100, 50ms)", &batch)] {
+            let v = median_run(runs);
+            row(
+                rows,
+                format!("{load}: {name}: events/s wall; offered; lag after the last append"),
+                format!(
+                    "{:.0}/s; {:.0}/s; {:.2} s",
+                    v.wall_eps, v.offered_eps, v.lag_s
+                ),
+                "",
+            );
+            let total = cpu(runs);
+            row(
+                rows,
+                format!("{load}: {name}: runner CPU s (process + backends); above the floor: events per CPU s"),
+                format!(
+                    "{total:.2} ({:.2} + {:.2}); {:.0}/s",
+                    v.cpu_own,
+                    v.cpu_backends,
+                    events as f64 / (total - floor_cpu).max(0.01)
+                ),
+                "",
+            );
+            row(
+                rows,
+                format!("{load}: {name}: xact/event (all; runner's work); per 1k events: feed reads, claims of many, of one, checkpoints"),
+                format!(
+                    "{:.3}; {:.3}; {:.0}, {:.0}, {:.0}, {:.0}",
+                    v.xact, v.work, v.reads, v.claims, v.singles, v.checkpoints
+                ),
+                "",
+            );
+            row(
+                rows,
+                format!("{load}: {name}: ms per 1k events in feed reads, catch-ups, checkpoints"),
+                format!(
+                    "{:.0}, {:.0}, {:.0}",
+                    v.read_ms, v.catch_up_ms, v.checkpoint_ms
+                ),
+                "",
+            );
+        }
+        let (r, b) = (median_run(&realtime), median_run(&batch));
+        let own = |runs: &[FeedRun]| (cpu(runs) - floor_cpu).max(0.01);
+        row(
+            rows,
+            format!("{load}: batch / realtime events per runner CPU s, above the floor (all)"),
+            format!(
+                "{:.2}x ({:.2}x)",
+                own(&realtime) / own(&batch),
+                cpu(&realtime) / cpu(&batch)
+            ),
+            ">= 3x",
+        );
+        row(
+            rows,
+            format!("{load}: batch / realtime: wall events/s; runner's work xact/event"),
+            format!(
+                "{:.2}x; {:.3} / {:.3} = {:.2}x fewer",
+                b.wall_eps / r.wall_eps,
+                r.work,
+                b.work,
+                r.work / b.work.max(1e-9)
+            ),
+            "",
+        );
+    }
+}
+
 // ----------------------------------------------------------------- main
 
 static CASES: AtomicU64 = AtomicU64::new(0);
@@ -1150,6 +1750,17 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    if let Some(i) = args.iter().position(|a| a == "--child-append") {
+        let arg = |k: usize| {
+            args.get(i + k)
+                .cloned()
+                .expect("--child-append URL EVENTS RATE")
+        };
+        let events = arg(2).parse().expect("EVENTS");
+        let rate = arg(3).parse().expect("RATE");
+        tokio.block_on(append_child(arg(1), events, rate));
+        return;
+    }
     if let Some(i) = args.iter().position(|a| a == "--child-ryw") {
         let url = args.get(i + 1).cloned().expect("--child-ryw URL");
         tokio.block_on(ryw_child(url));
@@ -1192,10 +1803,14 @@ fn main() {
             strategy(&plan, &mut rows).await;
             CASES.fetch_add(1, Ordering::Relaxed);
         }
+        if runs("strategy_feed") {
+            strategy_feed(&plan, &mut rows).await;
+            CASES.fetch_add(1, Ordering::Relaxed);
+        }
     });
     assert!(
         CASES.load(Ordering::Relaxed) > 0,
-        "no case named {only:?}: use append, perspectives, e2e, ryw or strategy"
+        "no case named {only:?}: use append, perspectives, e2e, ryw, strategy or strategy_feed"
     );
     println!(
         "whizbang PostgreSQL bench ({}; 2-worker tokio runtime; load {load_before} before, {} after)",

@@ -290,6 +290,11 @@ impl Runner {
             &self.jobs[job].handled,
             cap,
         )
+        .instrument(tracing::debug_span!(
+            "whizbang.postgres.feed_read",
+            perspective,
+            partitions = partitions.len(),
+        ))
         .await?;
         let streams: Vec<Uuid> = read
             .batches
@@ -343,6 +348,11 @@ impl Runner {
             self.config.instance_id,
             &moves,
         )
+        .instrument(tracing::debug_span!(
+            "whizbang.postgres.checkpoint",
+            perspective,
+            partitions = moves.len(),
+        ))
         .await?;
         for (partition, fence, _) in &moves {
             if !moved.contains(partition) {
