@@ -472,7 +472,15 @@ impl Engine {
             streams = streams.len(),
         );
         async move {
-            let Some(mut batch) = self.perspectives.claim_many(reg.name, streams).await? else {
+            // Nothing here reads the events' metadata but the apply code.
+            let claimed = if reg.reads_metadata {
+                self.perspectives.claim_many(reg.name, streams).await?
+            } else {
+                self.perspectives
+                    .claim_many_payloads(reg.name, streams)
+                    .await?
+            };
+            let Some(mut batch) = claimed else {
                 return Ok(None);
             };
             let mut writes = Vec::new();
