@@ -400,6 +400,8 @@ impl<'a> PerspectiveModel<'a> {
                     #bulk
                     const EVENT_TYPES: &'static [&'static str] = &[#(#names),*];
                     #version
+                    // The methods see the payload alone.
+                    const READS_METADATA: bool = false;
                     fn event_type_ids() -> #p::Vec<#p::TypeId> {
                         <[#p::TypeId]>::to_vec(&[#(#type_ids),*])
                     }

@@ -416,6 +416,33 @@ pub(crate) type EventRow = (i64, Uuid, Uuid, i64, String, String, String);
 
 pub(crate) fn decode_event(row: EventRow) -> std::result::Result<StoredEvent, serde_json::Error> {
     let (position, event_id, stream_id, version, event_type, data, metadata) = row;
+    decode_event_row((
+        position,
+        event_id,
+        stream_id,
+        version,
+        event_type,
+        data,
+        Some(metadata),
+    ))
+}
+
+/// An event row whose metadata may not have been read (`None`): the event
+/// then carries empty metadata (nil correlation id, no causation, the
+/// epoch, no extra), for applies that never read it.
+pub(crate) fn decode_event_row(
+    row: (i64, Uuid, Uuid, i64, String, String, Option<String>),
+) -> std::result::Result<StoredEvent, serde_json::Error> {
+    let (position, event_id, stream_id, version, event_type, data, metadata) = row;
+    let metadata = match metadata {
+        Some(json) => decode_metadata(&json)?,
+        None => EventMetadata {
+            correlation_id: MessageId::from(Uuid::nil()),
+            causation_id: None,
+            timestamp: UNIX_EPOCH,
+            extra: Metadata::default(),
+        },
+    };
     Ok(StoredEvent {
         position: to_u64(position),
         event_id: EventId::from(event_id),
@@ -423,7 +450,7 @@ pub(crate) fn decode_event(row: EventRow) -> std::result::Result<StoredEvent, se
         stream_version: to_u64(version),
         event_type: Cow::Owned(event_type),
         data: serde_json::value::RawValue::from_string(data)?,
-        metadata: decode_metadata(&metadata)?,
+        metadata,
         typed: None,
     })
 }

@@ -543,7 +543,15 @@ impl Engine {
             streams = streams.len(),
         );
         async move {
-            let Some(mut batch) = self.perspectives.claim_many(reg.name, streams).await? else {
+            // Nothing here reads the events' metadata but the apply code.
+            let claimed = if reg.reads_metadata {
+                self.perspectives.claim_many(reg.name, streams).await?
+            } else {
+                self.perspectives
+                    .claim_many_payloads(reg.name, streams)
+                    .await?
+            };
+            let Some(mut batch) = claimed else {
                 return Ok(None);
             };
             // Fold every stream first: the bulk hook sees the batch at once.

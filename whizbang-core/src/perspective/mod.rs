@@ -135,6 +135,13 @@ pub trait Perspective: Send + Sync + 'static {
     /// remembers the version its live models were built with rebuilds them
     /// (see [`rebuild`]).
     const VERSION: u32 = 1;
+    /// Whether its apply code reads an event's
+    /// [`metadata`](StoredEvent::metadata) (default `true`). `#[perspective]`
+    /// generates `false`: its methods see the payload alone. When `false`, a
+    /// store may hand its applies events whose metadata was not read (left
+    /// empty), which spares a database reading and decoding it
+    /// ([`PerspectiveStore::claim_many_payloads`](crate::store::PerspectiveStore::claim_many_payloads)).
+    const READS_METADATA: bool = true;
     /// The `TypeId`s of the event types it handles, in declaration order.
     fn event_type_ids() -> Vec<TypeId>;
     /// Applies one event. `Ok(false)` when it does not handle this event type.

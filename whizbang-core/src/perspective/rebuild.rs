@@ -191,6 +191,7 @@ pub(crate) fn shadow_registration(
         event_types: reg.event_types,
         version: reg.version,
         perspective_type: reg.perspective_type,
+        reads_metadata: reg.reads_metadata,
         new_model: reg.new_model,
         decode_model: reg.decode_model,
         apply: reg.apply,

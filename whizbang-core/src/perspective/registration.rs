@@ -29,6 +29,8 @@ pub struct PerspectiveRegistration {
     pub version: u32,
     /// The `TypeId` of the perspective type.
     pub perspective_type: fn() -> TypeId,
+    /// Whether its apply code reads events' metadata ([`Perspective::READS_METADATA`]).
+    pub reads_metadata: bool,
     pub(crate) new_model: fn() -> Box<dyn AnyModel>,
     pub(crate) decode_model: fn(&RawValue) -> Result<Box<dyn AnyModel>, serde_json::Error>,
     pub(crate) apply: fn(&mut dyn AnyModel, &StoredEvent) -> Result<Option<ModelOp>, ApplyError>,
@@ -73,6 +75,7 @@ impl PerspectiveRegistration {
             event_types: P::EVENT_TYPES,
             version: P::VERSION,
             perspective_type: TypeId::of::<P>,
+            reads_metadata: P::READS_METADATA,
             new_model: new_model::<P>,
             decode_model: decode_model::<P>,
             apply: erased_apply::<P>,

@@ -656,6 +656,21 @@ pub trait PerspectiveStore: Send + Sync + 'static {
         Box::pin(async { Ok(None) })
     }
 
+    /// [`claim_many`](Self::claim_many) for a perspective whose apply code
+    /// never reads an event's metadata
+    /// ([`Perspective::READS_METADATA`](crate::Perspective::READS_METADATA)
+    /// is `false`): the claimed events' [`StoredEvent::metadata`] may be left
+    /// empty (nil ids, the epoch, no extra) instead of read, which spares a
+    /// database store reading and decoding it. The default is
+    /// [`claim_many`](Self::claim_many).
+    fn claim_many_payloads<'a>(
+        &'a self,
+        perspective: &'static str,
+        keys: &'a [ModelKey],
+    ) -> BoxFuture<'a, Result<Option<Box<dyn PerspectiveBatch>>>> {
+        self.claim_many(perspective, keys)
+    }
+
     /// The last committed checkpoint of (`perspective`, `key`); the default
     /// checkpoint (version 0) when none was committed. Never waits for a claim.
     fn checkpoint<'a>(
