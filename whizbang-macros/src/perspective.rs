@@ -390,6 +390,7 @@ impl<'a> PerspectiveModel<'a> {
                 }
             }
         });
+        let reads_metadata = options.bulk.is_some();
         quote! {
             const _: () = {
                 impl #p::Perspective for #self_ty {
@@ -400,8 +401,9 @@ impl<'a> PerspectiveModel<'a> {
                     #bulk
                     const EVENT_TYPES: &'static [&'static str] = &[#(#names),*];
                     #version
-                    // The methods see the payload alone.
-                    const READS_METADATA: bool = false;
+                    // The methods see the payload alone (a bulk hook sees
+                    // the events whole).
+                    const READS_METADATA: bool = #reads_metadata;
                     fn event_type_ids() -> #p::Vec<#p::TypeId> {
                         <[#p::TypeId]>::to_vec(&[#(#type_ids),*])
                     }
