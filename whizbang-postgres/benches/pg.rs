@@ -36,8 +36,8 @@
 //!   no runtime) appends one event per append over 1,000 streams at a steady
 //!   rate (`WHIZBANG_BENCH_FEED_RATE`, default 300/s, in bursts every
 //!   10 ms) while this process runs a runtime holding only the perspective
-//!   and its partitioned runner; then a backlog (appends of 100 first, the
-//!   runtime started after). Per variant: events per second, the runner's
+//!   and its partitioned runner; then a backlog of ten times as many events
+//!   (appends of 100 first, the runtime started after). Per variant: events per second, the runner's
 //!   CPU (this process and its PostgreSQL backends, from `/proc`; above a
 //!   floor run that only listens), transactions per event (the database's,
 //!   minus one per append) and the runner's own statements counted from its
@@ -1638,6 +1638,8 @@ async fn strategy_feed(plan: &Plan, rows: &mut Vec<Row>) {
         .unwrap_or(300);
     for rate in [rate, 0] {
         let trickle = rate != 0;
+        // A backlog ten times the trickle: long enough to time.
+        let events = if trickle { events } else { events * 10 };
         let (mut realtime, mut batch, mut floor) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
             realtime.push(strategy_feed_run::<C0>("feed_realtime", events, rate, true).await);

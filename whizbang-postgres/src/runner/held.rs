@@ -6,9 +6,13 @@
 //! say run: after a read that found work and a `Wait(d)`, it sets a due
 //! time and skips the perspective until then, unless enough wake-ups came
 //! in meanwhile (each NOTIFY is at least one event) that the strategy would
-//! run on them. A read whose strategy says run applies the batch like a
-//! realtime one: every stream of the read, in transactions of up to
-//! [`MAX_TOGETHER`](super) streams; the feed checkpoint moves only then, so
+//! run on them. Once the perspective is idle (its last read found nothing,
+//! or its last run took everything), the read a wake-up starts covers only
+//! the partitions the wake-ups named (nothing is pending elsewhere); reads
+//! while work is held cover every partition, to count it all. A read whose
+//! strategy says run applies the batch in transactions of up to
+//! [`MAX_TOGETHER`](super) streams each (one claim and one commit for a run
+//! of up to that many streams); the feed checkpoint moves only then, so
 //! held work is never skipped, whoever runs it (another process, a
 //! triggered wait).
 
@@ -99,6 +103,11 @@ pub(crate) struct Schedule {
     /// transaction was open): read again at the next recheck, whatever the
     /// wake-ups say, as their NOTIFYs were already counted.
     reread: bool,
+    /// Nothing known pending: the last read found nothing (and the horizon
+    /// held nothing back) or the last run took everything. New work is then
+    /// in the partitions the wake-ups name: the read that starts the
+    /// strategy's clock covers those only (a rescan still reads them all).
+    idle: bool,
 }
 
 impl Schedule {
@@ -128,6 +137,12 @@ impl Schedule {
         }
     }
 
+    /// Whether nothing is known pending (see [`Schedule::idle`]): the next
+    /// read need only cover the partitions a wake-up named.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.idle
+    }
+
     /// After a read that found `pending` events to apply (and, `held_back`,
     /// saw committed events the horizon held back): whether to apply them
     /// now (else the due time is set).
@@ -144,8 +159,10 @@ impl Schedule {
             self.seen = 0;
             self.since = None;
             self.due = None;
+            self.idle = !held_back;
             return true;
         }
+        self.idle = false;
         self.seen = pending;
         self.since.get_or_insert(now);
         match strategy.decide_guarded(&self.state(pending, now)) {
@@ -165,6 +182,7 @@ impl Schedule {
         self.last_run = Some(now);
         self.seen = 0;
         self.since = more.then_some(now);
+        self.idle = !more && !self.reread;
     }
 }
 
@@ -210,5 +228,29 @@ mod tests {
         }
         assert!(!s.should_read(&every, now));
         assert!(s.should_read(&every, now + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn a_batch_is_idle_once_nothing_is_pending() {
+        let batch = Batch {
+            max_events: 10,
+            max_wait: Duration::from_millis(50),
+        };
+        let now = Instant::now();
+        let later = now + Duration::from_millis(50);
+        let mut s = Schedule::default();
+        assert!(!s.is_idle(), "the first read covers every partition");
+        assert!(s.run_now(&batch, 0, false, now));
+        assert!(s.is_idle());
+        assert!(!s.run_now(&batch, 2, false, now));
+        assert!(!s.is_idle(), "work held: every partition is counted");
+        assert!(s.run_now(&batch, 2, false, later));
+        s.ran(later, true);
+        assert!(!s.is_idle(), "the read filled its cap: more may wait");
+        assert!(s.run_now(&batch, 10, true, later));
+        s.ran(later, false);
+        assert!(!s.is_idle(), "events held back are pending");
+        assert!(s.run_now(&batch, 0, false, later));
+        assert!(s.is_idle());
     }
 }

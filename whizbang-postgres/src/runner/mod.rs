@@ -236,8 +236,9 @@ impl Runner {
                 continue;
             }
             // A held-back perspective counts what is pending over all its
-            // partitions: every one is read.
-            let all = dirty.all || !strategy.is_realtime();
+            // partitions: every one is read, unless nothing was pending
+            // (then new work is where the wake-ups say).
+            let all = dirty.all || !strategy.is_realtime() && !schedule.is_idle();
             let mut targets: Vec<Lease> = self
                 .leases
                 .iter()
@@ -306,18 +307,20 @@ impl Runner {
             more: Vec::new(),
             held_back: read.held_back,
         };
-        if events == 0 {
-            return Ok(held_back);
-        }
         let Job {
             strategy, schedule, ..
         } = &mut self.jobs[job];
+        // A held-back perspective's schedule hears of every read, an empty
+        // one too (it is idle then, unless the horizon held events back).
         if !strategy.is_realtime() {
             let pending: usize = read.batches.values().map(|b| b.pending).sum();
             let held = read.held_back != 0;
             if !schedule.run_now(*strategy, pending as u64, held, Instant::now()) {
                 return Ok(held_back);
             }
+        }
+        if events == 0 {
+            return Ok(held_back);
         }
         let span = tracing::debug_span!(
             "whizbang.postgres.batch",
@@ -328,7 +331,8 @@ impl Runner {
         );
         let runtime = runtime.upgrade().ok_or(BatchError::RuntimeGone)?;
         let limit = self.config.options.effective_runner_concurrency();
-        let failed = catch_up_all(&runtime, perspective, &streams, limit)
+        let held = !self.jobs[job].strategy.is_realtime();
+        let failed = catch_up_all(&runtime, perspective, &streams, limit, held)
             .instrument(span)
             .await;
         drop(runtime);
@@ -434,6 +438,10 @@ const MAX_TOGETHER: usize = 100;
 /// once, each catching a share of the streams up in one transaction
 /// ([`Runtime::catch_up_together`]), or one by one when that commits nothing
 /// (an event failed to apply: the one-by-one path records the failure).
+/// A realtime perspective spreads the streams over the tasks (the latency of
+/// a batch is the slowest share); a `held` one (its strategy batches) takes
+/// shares of [`MAX_TOGETHER`] streams, so a run of up to that many streams
+/// is one claim and one commit.
 /// Returns the partitions of the streams that did not catch up: a failed
 /// cursor (the store recorded it) counts as caught up and does not stop the
 /// others; any other error, or a task that panicked or was cancelled (it has
@@ -444,11 +452,16 @@ async fn catch_up_all(
     perspective: &'static str,
     streams: &[Uuid],
     limit: usize,
+    held: bool,
 ) -> BTreeSet<i16> {
     type Outcome = Vec<(StreamId, Result<(), Error>)>;
     type Joined = Option<std::result::Result<(Id, Outcome), tokio::task::JoinError>>;
     let limit = limit.max(1);
-    let share = streams.len().div_ceil(limit).clamp(1, MAX_TOGETHER);
+    let share = if held {
+        MAX_TOGETHER
+    } else {
+        streams.len().div_ceil(limit).clamp(1, MAX_TOGETHER)
+    };
     // A keyed perspective has one cursor: one catch-up covers every stream.
     let keyed = runtime
         .registry()
