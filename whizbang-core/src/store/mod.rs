@@ -199,8 +199,12 @@ pub trait EventStore: Send + Sync + 'static {
     }
 
     /// Every stream holding an event of one of `event_types`, with its
-    /// current version (all its events counted), ordered by stream: what a
-    /// rebuild covers ([`Runtime::rebuild`](crate::Runtime::rebuild)).
+    /// current version (all its events counted), each once: what a rebuild
+    /// covers ([`Runtime::rebuild`](crate::Runtime::rebuild)), in the order
+    /// its chunks take them. Any order is correct; a store returns the one
+    /// it reads fastest in chunks of neighbours (PostgreSQL: by where each
+    /// stream's first event lies, so streams written together, whose events
+    /// share pages, are read together; the memory store: by stream).
     ///
     /// # Errors
     /// The default: [`Error::Unsupported`](crate::Error::Unsupported) (the
