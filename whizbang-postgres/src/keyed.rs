@@ -1,7 +1,7 @@
 //! Keyed (multi-stream) perspectives on PostgreSQL: the global order they
 //! consume and the sync answers from their one cursor.
 //!
-//! The order is `wh_event_order` (migration 0009): the feed's safe order
+//! The order is `wh_event_order` (migrations 0009 and 0011): the feed's safe order
 //! (`(tx_id, global_position)` below the snapshot xmin horizon) numbered
 //! without gaps by a sequencer. [`read_global`] numbers what became safe
 //! since the last run (under an exclusive lock on the order, so two runs
@@ -10,6 +10,8 @@
 //! number. An event is in the order only once every transaction that could
 //! commit an event before it has ended: a cursor on the number never skips
 //! one. The events read carry their number as [`StoredEvent::position`].
+//! Numbering writes nothing to `wh_events` (no foreign key: its check
+//! locked every numbered event row), so it never waits on a writer there.
 //!
 //! The core engine does the rest: it claims the cursor (the cursor row of
 //! [`KEYED_CURSOR`]) and the keys' models in one
