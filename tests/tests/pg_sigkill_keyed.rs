@@ -428,6 +428,13 @@ async fn killing_keyed_runners_loses_no_order_applies_none_twice_and_waits_see_t
         kills.backlog.first().map(|b| b.0) < kills.backlog.last().map(|b| b.0),
         "orders kept flowing during the kills"
     );
+    assert!(
+        kills
+            .backlog
+            .iter()
+            .any(|&(appended, at)| u64::try_from(at).unwrap_or(0) < appended),
+        "no kill left orders unapplied behind it: the runners had no work in hand"
+    );
 
     let Kills {
         cluster,
