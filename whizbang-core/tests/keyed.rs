@@ -583,3 +583,49 @@ async fn a_store_without_a_global_order_refuses_keyed_perspectives_with_a_typed_
         "{err:?}"
     );
 }
+
+/// The cursor positions of the commits a runtime reported for
+/// [`CustomerTotals`] (every report of one commit carries its position).
+#[derive(Clone, Default)]
+struct Commits(Arc<std::sync::Mutex<std::collections::BTreeSet<u64>>>);
+
+impl whizbang_core::backend::ApplyListener for Commits {
+    fn on_apply(&self, report: &whizbang_core::backend::ApplyReport) {
+        if report.perspective == CustomerTotals::NAME {
+            self.0.lock().unwrap().insert(report.version);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_keyed_catch_up_commits_up_to_4096_events_per_transaction() {
+    let (events, models) = stores();
+    let commits = Commits::default();
+    let rt = Runtime::builder()
+        .event_store(events.clone())
+        .perspective_store(models.clone())
+        .apply_listener(commits.clone())
+        .build()
+        .unwrap();
+    rt.runner().pause();
+    let customers: Vec<Uuid> = (0..10).map(|_| Uuid::now_v7()).collect();
+    // 2,000 orders of three events each: 6,000 in the global order.
+    publish_orders(&rt, &customers, 2000, 0).await;
+    bounded(rt.catch_up(CustomerTotals::NAME, KEYED_CURSOR))
+        .await
+        .unwrap();
+    let positions: Vec<u64> = commits.0.lock().unwrap().iter().copied().collect();
+    assert_eq!(
+        positions,
+        vec![4096, 6000],
+        "two transactions: a full batch of 4,096 events, then the rest"
+    );
+    assert_eq!(cursor::<CustomerTotals>(&models).await.version, 6000);
+    let expected = fresh_fold(&events);
+    for customer in &customers {
+        assert_eq!(
+            totals(&rt, *customer).await.as_ref(),
+            expected.get(customer)
+        );
+    }
+}

@@ -1,15 +1,17 @@
 //! Keyed (multi-stream) perspectives on PostgreSQL: the global order they
 //! consume and the sync answers from their one cursor.
 //!
-//! The order is `wh_event_order` (migration 0009): the feed's safe order
+//! The order is `wh_event_order` (migrations 0009 and 0011): the feed's safe order
 //! (`(tx_id, global_position)` below the snapshot xmin horizon) numbered
 //! without gaps by a sequencer. [`read_global`] numbers what became safe
 //! since the last run (under an exclusive lock on the order, so two runs
 //! never number the same event; readers never wait) when the numbered
 //! events after the cursor do not fill a page, then reads the page by
-//! number. An event is in the order only once every transaction that could
+//! number, once. An event is in the order only once every transaction that could
 //! commit an event before it has ended: a cursor on the number never skips
 //! one. The events read carry their number as [`StoredEvent::position`].
+//! Numbering writes nothing to `wh_events` (no foreign key: its check
+//! locked every numbered event row), so it never waits on a writer there.
 //!
 //! The core engine does the rest: it claims the cursor (the cursor row of
 //! [`KEYED_CURSOR`]) and the keys' models in one
@@ -117,8 +119,20 @@ async fn read_page(pool: &PgPool, after: i64, limit: i64) -> Result<Vec<Arc<Stor
         .collect()
 }
 
+/// The last number given in the global order (0: none yet).
+async fn last_numbered(pool: &PgPool) -> Result<i64> {
+    sqlx::query_scalar("select coalesce(max(feed_seq), 0) from wh_event_order")
+        .fetch_one(pool)
+        .await
+        .map_err(db_error(
+            "read the last number of the global order".to_owned(),
+            Stored::Nothing,
+        ))
+}
+
 /// Up to `limit` events after number `after` in the global order (see the
-/// module docs), numbering newly safe events first when the page is short.
+/// module docs), numbering newly safe events first when the numbered ones
+/// after `after` do not fill the page (so the page is read once).
 pub(crate) async fn read_global(
     pool: &PgPool,
     after: u64,
@@ -126,12 +140,8 @@ pub(crate) async fn read_global(
 ) -> Result<Vec<Arc<StoredEvent>>> {
     let after = i64::try_from(after).unwrap_or(i64::MAX);
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let page = read_page(pool, after, limit).await?;
-    if i64::try_from(page.len()).unwrap_or(i64::MAX) >= limit {
-        return Ok(page);
-    }
-    if sequence(pool).await? == 0 {
-        return Ok(page);
+    if last_numbered(pool).await?.saturating_sub(after) < limit {
+        sequence(pool).await?;
     }
     read_page(pool, after, limit).await
 }

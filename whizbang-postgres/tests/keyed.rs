@@ -2,7 +2,8 @@
 //! contracts of the conformance suite, customer totals folded from many
 //! order streams by concurrent appenders and two runtimes (each event
 //! exactly once, equal to a fresh fold), a wait in one process ended by
-//! another process's apply, and a catch-up dropped mid-way.
+//! another process's apply, a catch-up dropped mid-way, and numbering
+//! that takes no lock on the events it numbers.
 
 mod support;
 
@@ -417,5 +418,43 @@ async fn an_open_ended_wait_on_a_keyed_perspective_lists_only_its_backlog(pool: 
     assert_eq!(totals(&rt, customer).await.unwrap().seqs.len(), 3);
     assert!(bounded(sync.unapplied(&query)).await.unwrap().is_empty());
     shut_down(applier, applier_pg).await;
+    shut_down(rt, pg).await;
+}
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn numbering_events_takes_no_lock_on_them(pool: PgPool) {
+    let pg = backend(&pool, fast_options().runner(false)).await;
+    let rt = runtime(&pg);
+    rt.runner().pause();
+    let customer = Uuid::now_v7();
+    publish_orders(&rt, &[customer], 3, 0).await;
+
+    // Another transaction holds the stored events' rows FOR UPDATE. The
+    // sequencer reads them and numbers them all the same: numbering writes
+    // nothing to wh_events (a foreign key's check would take a KEY SHARE lock
+    // on each, and wait for this transaction).
+    let mut holder = pool.begin().await.unwrap();
+    let held: Vec<Uuid> = sqlx::query_scalar(
+        "select event_id from wh_events where event_type = 'pg_keyed.order_placed' for update",
+    )
+    .fetch_all(&mut *holder)
+    .await
+    .unwrap();
+    assert_eq!(held.len(), 3);
+    let events = PgEventStore::new(pool.clone());
+    let page = bounded_within(
+        HORIZON,
+        eventually_within(HORIZON, "the held events are numbered", || async {
+            let page = events.read_global(0, 100).await.unwrap().unwrap();
+            (page.len() == 3).then_some(page)
+        }),
+    )
+    .await;
+    let mut numbered: Vec<Uuid> = page.iter().map(|e| e.event_id.as_uuid()).collect();
+    numbered.sort_unstable();
+    let mut held = held;
+    held.sort_unstable();
+    assert_eq!(numbered, held);
+    holder.rollback().await.unwrap();
     shut_down(rt, pg).await;
 }

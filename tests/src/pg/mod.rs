@@ -41,6 +41,10 @@
 //! `tests/pg_zombie.rs` and `tests/pg_restart_runners.rs` follow this;
 //! `tests/pg_cross_process_sync.rs` pairs a runner with `pg_appender sync`,
 //! a process that appends and waits with its runner off.
+//!
+//! Keyed perspectives: [`pg_keyed_totals!`](crate::pg_keyed_totals) declares
+//! customer totals folded from many order streams; `pg_keyed_runner` runs
+//! it (`tests/pg_sigkill_keyed.rs`).
 
 pub mod appenders;
 pub mod cluster;
@@ -155,6 +159,114 @@ macro_rules! pg_inline_totals {
             fn added(m: &mut Totals, e: &Added) {
                 m.add(e.seq, e.amount);
             }
+        }
+    };
+}
+
+/// Declares, in the calling binary, a keyed (multi-stream) perspective over
+/// many order streams: the event `OrderPlaced` (`#[stream_key] order`, a
+/// `customer`, an `amount` the test makes unique per event), the model
+/// `CustomerTotals { count, sum, squares }` and the keyed perspective
+/// `KeyedTotals` (`key = customer`, named by `KEYED_TOTALS`), plus
+/// `order_placed(order, customer, amount)`, the event as the store takes it
+/// (so a test appends without applying anything), and `fold_customer`, the
+/// test's own fold of a stored event's data.
+///
+/// Amounts are unique, so a model equal to a fresh fold (same count, same
+/// sum, same sum of squares) applied each of its events exactly once: an
+/// event applied twice raises the count, one lost lowers it, and a swap of
+/// one for another changes the sums.
+#[macro_export]
+macro_rules! pg_keyed_totals {
+    () => {
+        #[derive(
+            ::whizbang_core::Event, ::serde::Serialize, ::serde::Deserialize, Debug, Clone,
+        )]
+        #[event(name = "pg_keyed.order_placed")]
+        struct OrderPlaced {
+            #[stream_key]
+            order: ::uuid::Uuid,
+            customer: ::uuid::Uuid,
+            /// Unique per event.
+            amount: u64,
+        }
+
+        #[derive(Default, Clone, ::serde::Serialize, ::serde::Deserialize, Debug, PartialEq)]
+        struct CustomerTotals {
+            count: u64,
+            sum: u64,
+            /// The sum of the squares of the amounts (wrapping).
+            squares: u64,
+        }
+
+        impl CustomerTotals {
+            /// Folds one event's amount (the perspective and the test's
+            /// fold share this).
+            fn add(&mut self, amount: u64) {
+                self.count += 1;
+                self.sum += amount;
+                self.squares = self.squares.wrapping_add(amount.wrapping_mul(amount));
+            }
+        }
+
+        struct KeyedTotals;
+
+        /// The name `KeyedTotals` is registered under.
+        #[allow(dead_code)]
+        const KEYED_TOTALS: &str = "pg_keyed.customer_totals";
+
+        #[::whizbang_core::perspective(
+            model = CustomerTotals,
+            key = customer,
+            name = "pg_keyed.customer_totals"
+        )]
+        impl KeyedTotals {
+            fn placed(m: &mut CustomerTotals, e: &OrderPlaced) {
+                m.add(e.amount);
+            }
+        }
+
+        /// `OrderPlaced` as the event store takes it.
+        #[allow(dead_code)]
+        fn order_placed(
+            order: ::uuid::Uuid,
+            customer: ::uuid::Uuid,
+            amount: u64,
+        ) -> ::whizbang_core::backend::NewEvent {
+            let data =
+                ::serde_json::json!({ "order": order, "customer": customer, "amount": amount });
+            ::whizbang_core::backend::NewEvent {
+                event_id: ::whizbang_core::EventId::new(),
+                stream_id: ::whizbang_core::StreamId::from(order),
+                event_type: "pg_keyed.order_placed",
+                data: ::serde_json::value::to_raw_value(&data)
+                    .expect("an object of two strings and a number serialises"),
+                metadata: ::whizbang_core::backend::EventMetadata {
+                    correlation_id: ::whizbang_core::MessageId::new(),
+                    causation_id: None,
+                    timestamp: ::std::time::SystemTime::now(),
+                    extra: ::whizbang_core::Metadata::default(),
+                },
+                typed: None,
+                outbound: false,
+            }
+        }
+
+        /// The test's own fold: the customer an event's data names and the
+        /// model with it folded in.
+        #[allow(dead_code)]
+        fn fold_customer(
+            models: &mut ::std::collections::BTreeMap<::uuid::Uuid, CustomerTotals>,
+            data: &::serde_json::Value,
+        ) {
+            let customer = data["customer"]
+                .as_str()
+                .and_then(|s| s.parse::<::uuid::Uuid>().ok())
+                .unwrap_or_default();
+            models
+                .entry(customer)
+                .or_default()
+                .add(data["amount"].as_u64().unwrap_or(0));
         }
     };
 }

@@ -37,8 +37,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use tracing::Instrument;
 
-/// Events read from the global feed, at most, per transaction.
-const BATCH: usize = 512;
+/// Events read from the global feed, at most, per transaction. A batch's
+/// fixed cost (the cursor's claim, the claim and commit of every model it
+/// touches) is paid per batch whatever its size, while its models are few
+/// (a key gathers many streams): on PostgreSQL, 4,096 a batch caught up
+/// 50,000 orders of 100 customers in 0.97 s where 512 took 1.60 s.
+const BATCH: usize = 4096;
 
 /// A handled event of a batch (its index) and the key of its model.
 struct Routed {
