@@ -120,6 +120,7 @@ pub use whizbang_macros::{await_perspective_sync, fire_at, perspective, receptor
 pub mod __private {
     pub use crate::dispatch::{Receptor, Registered, SyncRequirement};
     pub use crate::message::{Command, Event, Message, MessageKind, StreamId, StreamKey};
+    pub use crate::perspective::bulk::bulk_hook;
     pub use crate::perspective::strategy::{Batch, Realtime, Scheduled, SyncStrategy};
     pub use crate::perspective::BulkBatch;
     pub use crate::perspective::{

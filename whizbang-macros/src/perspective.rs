@@ -386,7 +386,7 @@ impl<'a> PerspectiveModel<'a> {
                 fn bulk(
                     batch: #p::BulkBatch<'_, #model>,
                 ) -> #p::BoxFuture<'_, #p::Result<(), #p::ApplyError>> {
-                    #p::Box::pin(async move { #p::ApplyOutput::into_apply_result(#call.await) })
+                    #p::bulk_hook(#call)
                 }
             }
         });

@@ -31,6 +31,36 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+/// What a bulk hook's call returns: a `Send` future whose output is `()` or
+/// `Result<(), E: Display>`. Used by generated code; not part of the public
+/// API.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "a bulk hook must be an `async fn` returning `()` or `Result<(), E>` with `E: Display`, whose future is `Send`",
+    label = "this call is not such a future",
+    note = "declare it `async fn hook(batch: BulkBatch<'_, Model>) -> Result<(), MyError>`"
+)]
+pub trait BulkHookFuture: Future<Output = Self::Done> + Send {
+    /// The hook's output.
+    type Done: super::ApplyOutput;
+}
+
+impl<F> BulkHookFuture for F
+where
+    F: Future + Send,
+    F::Output: super::ApplyOutput,
+{
+    type Done = F::Output;
+}
+
+/// A bulk hook's call as the erased future a registration keeps, checked
+/// at compile time with a message that says what a hook must be. Used by
+/// generated code.
+#[doc(hidden)]
+pub fn bulk_hook<'a, F: BulkHookFuture + 'a>(call: F) -> BoxFuture<'a, Result<(), ApplyError>> {
+    Box::pin(async move { super::ApplyOutput::into_apply_result(call.await) })
+}
+
 /// One changed model, erased, as the engine hands it to a registration.
 pub(crate) struct Change<'a> {
     pub(crate) key: ModelKey,
