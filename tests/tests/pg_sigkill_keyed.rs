@@ -9,8 +9,9 @@
 //! applies nothing): every 100 ms a round of 80 orders spread over 400 order
 //! streams of 100 customers, 20 streams per transaction, each event with an
 //! amount no other event has. The test kills one runner at a time with
-//! SIGKILL right after it reported a commit, 10 times, alternating, and
-//! starts a new one in its place.
+//! SIGKILL once it reported a few commits and stored events lie beyond the
+//! cursor (work in hand), 10 times, alternating, and starts a new one in its
+//! place.
 //!
 //! Read-your-writes, from a third runtime in the test process (runner off,
 //! in-process runner paused): an order of a probe customer nobody else
@@ -241,8 +242,9 @@ struct Kills {
     labels: Vec<String>,
     /// The killed runners' lines, by label (`runner <i>#<generation>`).
     lines: Vec<(String, Vec<String>)>,
-    /// At each kill: events appended, and the cursor's position.
-    backlog: Vec<(u64, i64)>,
+    /// Just after each kill: events stored (orders and probes), and the
+    /// cursor's position.
+    backlog: Vec<(i64, i64)>,
 }
 
 /// Starts the runners (ending the first probe's wait) and kills one
@@ -253,7 +255,6 @@ fn kill_loop(
     pool: &sqlx::PgPool,
     url: &str,
     prober: &mut Prober,
-    appended: &AtomicU64,
 ) -> Kills {
     let mut cluster = Cluster::spawn(RUNNERS, |_| runner(url));
     let ready = |cluster: &mut Cluster, i: usize| {
@@ -285,16 +286,33 @@ fn kill_loop(
                 Err(e) => panic!("runner {i} applied nothing: {e}"),
             }
         }
+        // Then, so that the kill lands with work in hand, wait until stored
+        // events lie beyond the cursor (the appender keeps adding them).
+        let deadline = std::time::Instant::now() + BOUND;
+        loop {
+            let (at, failure, stored, _) = rt
+                .block_on(progress(pool))
+                .expect("the progress query runs");
+            assert_eq!(failure, None, "the keyed cursor failed");
+            if at < stored {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "runner {i} kept up with every append for {BOUND:?}: no kill with work in hand"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
         cluster[i].kill();
         let status = cluster[i]
             .wait_timeout(BOUND)
             .expect("the killed runner exits");
         assert_eq!(status.signal(), Some(9), "runner {i}: {status}");
-        let (at, failure, _, _) = rt
+        let (at, failure, stored, _) = rt
             .block_on(progress(pool))
             .expect("the progress query runs");
         assert_eq!(failure, None, "the keyed cursor failed");
-        backlog.push((appended.load(Ordering::SeqCst), at));
+        backlog.push((stored, at));
         let seen = cluster[i]
             .read_to_end(BOUND)
             .expect("stdout closes")
@@ -378,14 +396,13 @@ async fn killing_keyed_runners_loses_no_order_applies_none_twice_and_waits_see_t
     // (the probe customer's model must then hold both probe orders).
 
     let appender = Appender::start(PgEventStore::new(db.pool.clone()), customers.clone());
-    let appended = appender.appended.clone();
     let (pool, url) = (db.pool.clone(), db.url.clone());
     let handle = tokio::runtime::Handle::current();
     let started = std::time::Instant::now();
     let (kills, prober) = tokio::time::timeout(
         BOUND * 5,
         tokio::task::spawn_blocking(move || {
-            let kills = kill_loop(&handle, &pool, &url, &mut prober, &appended);
+            let kills = kill_loop(&handle, &pool, &url, &mut prober);
             (kills, prober)
         }),
     )
@@ -419,7 +436,7 @@ async fn killing_keyed_runners_loses_no_order_applies_none_twice_and_waits_see_t
         "every order appended and every probe is stored once"
     );
     eprintln!(
-        "{KILLS} kills while {appended} orders were appended (appended, cursor at each kill: \
+        "{KILLS} kills while {appended} orders were appended (stored, cursor at each kill: \
          {:?}); all {stored} applied after {:?}",
         kills.backlog,
         started.elapsed()
@@ -429,10 +446,7 @@ async fn killing_keyed_runners_loses_no_order_applies_none_twice_and_waits_see_t
         "orders kept flowing during the kills"
     );
     assert!(
-        kills
-            .backlog
-            .iter()
-            .any(|&(appended, at)| u64::try_from(at).unwrap_or(0) < appended),
+        kills.backlog.iter().any(|&(stored, at)| at < stored),
         "no kill left orders unapplied behind it: the runners had no work in hand"
     );
 
