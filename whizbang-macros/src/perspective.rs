@@ -161,13 +161,6 @@ impl PerspectiveOptions {
                  perspective applies with the append; remove `strategy` or `mode = inline`",
             );
         }
-        if let (Some(_), Some(strategy)) = (&key, &strategy) {
-            cx.error_at(
-                strategy.span,
-                "a keyed perspective (`key = ..`) is applied in realtime over the store's global \
-                 order: strategies are not supported for it yet; remove `strategy`",
-            );
-        }
         let bulk = bulk.get();
         if let (Some(path), Mode::Inline) = (&bulk, mode) {
             cx.error_spanned_by(

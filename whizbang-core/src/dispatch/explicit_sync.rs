@@ -213,6 +213,22 @@ impl PerspectiveSync {
             }
         }
         let engine = &self.runtime.inner.engine;
+        let options = Options {
+            full: self.full,
+            retry_failed: self.retry_failed,
+        };
+        if reg.is_keyed() {
+            // One cursor covers every stream: one catch-up, one item.
+            let item = engine.sync_keyed(reg, options).await?;
+            tracing::Span::current().record("streams", 1);
+            return Ok(SyncReport {
+                perspective: reg.name,
+                mode,
+                items: vec![item],
+                duration: started.elapsed(),
+                not_needed: None,
+            });
+        }
         let streams = match self.target {
             Target::Streams(mut ids) => {
                 ids.sort_unstable();
@@ -228,10 +244,6 @@ impl PerspectiveSync {
             }
         };
         tracing::Span::current().record("streams", streams.len());
-        let options = Options {
-            full: self.full,
-            retry_failed: self.retry_failed,
-        };
         let mut items = Vec::with_capacity(streams.len());
         for chunk in streams.chunks(self.chunk) {
             engine.sync_chunk(reg, chunk, options, &mut items).await;

@@ -13,6 +13,7 @@
 //! [`PerspectiveStore::claim_many`]: crate::store::PerspectiveStore::claim_many
 
 use super::engine::{decode_stored, finish, fold, new_model, Engine, Finishing, Folded, Recovery};
+use super::key::KEYED_CURSOR;
 use super::{ApplyReport, PerspectiveRegistration};
 use crate::error::{Error, Result};
 use crate::message::StreamId;
@@ -521,6 +522,58 @@ impl Engine {
                 Ok(SyncItem::applied(&report, checkpoint.version, deleted))
             }
         }
+    }
+}
+
+impl Engine {
+    /// Syncs keyed perspective `reg` (incremental): it has one cursor over
+    /// the store's global order, so whatever streams were named, everything
+    /// stored is applied, in order, exactly once (the cursor's claim), with
+    /// waiters told of each commit. One item, keyed by [`KEYED_CURSOR`]:
+    /// applied from the cursor before to the cursor after, skipped when
+    /// nothing was behind, failed when the cursor is failed (or failed on
+    /// an event now: what came before it is committed). `retry_failed`
+    /// clears a failure first, as [`Engine::recover`] does.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a full sync (refolding a keyed
+    /// perspective from scratch is not an explicit sync); a backend error
+    /// reading the cursor.
+    pub(crate) async fn sync_keyed(
+        &self,
+        reg: &'static PerspectiveRegistration,
+        options: Options,
+    ) -> Result<SyncItem> {
+        if options.full {
+            return Err(Error::InvalidInput(format!(
+                "explicit sync of keyed perspective `{}`: a full sync refolds per stream, but a \
+                 keyed perspective folds many streams into each model over one cursor; sync it \
+                 incrementally (without `.full()`)",
+                reg.name
+            )));
+        }
+        let before = self.perspectives.checkpoint(reg.name, KEYED_CURSOR).await?;
+        let result = if options.retry_failed && before.failure.is_some() {
+            self.recover(reg, KEYED_CURSOR, Recovery::Retry)
+                .await
+                .map(|report| report.version)
+        } else {
+            self.catch_up_keyed(reg)
+                .await
+                .map(|reports| reports.last().map_or(before.version, |r| r.version))
+        };
+        Ok(match result {
+            Ok(to) if to == before.version => SyncItem::Skipped {
+                stream: KEYED_CURSOR,
+            },
+            Ok(to) => SyncItem::Applied {
+                stream: KEYED_CURSOR,
+                from: before.version,
+                to,
+                deleted: false,
+            },
+            Err(e) => SyncItem::failed(KEYED_CURSOR, e),
+        })
     }
 }
 

@@ -96,14 +96,11 @@ impl PerspectiveRunner {
 
     /// Asks the runner to bring (`reg`, `stream`) up to date.
     pub(crate) fn signal(&self, reg: &'static PerspectiveRegistration, stream: StreamId) {
-        // A keyed perspective has one cursor: one queued run covers every stream.
-        let stream = if reg.is_keyed() {
-            crate::perspective::KEYED_CURSOR
-        } else {
-            stream
-        };
-        // A keyed perspective (one cursor over the global order) runs realtime.
-        if !reg.strategy.is_realtime() && !reg.is_keyed() {
+        let stream = run_key(reg, stream);
+        // Held back by its strategy, keyed or not: a wait that found stored
+        // work signals here, and must not run the perspective early (only
+        // `trigger` does, on the waiting task).
+        if !reg.strategy.is_realtime() {
             return held::hold(&self.shared, reg, stream, 0);
         }
         let key = (reg.name, stream);
@@ -132,7 +129,21 @@ impl PerspectiveRunner {
             return self.signal(reg, stream);
         }
         let n = held::flushed_for(reg, stream, events);
-        held::hold(&self.shared, reg, stream, n);
+        held::hold(&self.shared, reg, run_key(reg, stream), n);
+    }
+}
+
+/// What the runner queues or holds for (`reg`, `stream`): the stream, or,
+/// for a keyed perspective, its one cursor
+/// ([`KEYED_CURSOR`](crate::perspective::KEYED_CURSOR)): one run covers every
+/// stream, and its held work is counted in one place (a wait that finds
+/// events held must find them under the key the flush held them under, or
+/// it would count them again and make its strategy run early).
+fn run_key(reg: &PerspectiveRegistration, stream: StreamId) -> StreamId {
+    if reg.is_keyed() {
+        crate::perspective::KEYED_CURSOR
+    } else {
+        stream
     }
 }
 

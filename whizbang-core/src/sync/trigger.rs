@@ -62,6 +62,9 @@ pub(crate) async fn trigger_run(
         perspective = reg.name,
         streams = streams.len(),
     );
+    // A keyed perspective has one cursor: one catch-up covers every stream.
+    let keyed = [crate::perspective::KEYED_CURSOR];
+    let streams = if reg.is_keyed() { &keyed[..] } else { streams };
     async move {
         for stream in streams {
             if let Err(e) = rt.engine.catch_up(reg, *stream).await {

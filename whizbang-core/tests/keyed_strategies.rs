@@ -1,0 +1,282 @@
+//! Keyed (multi-stream) perspectives with sync strategies, in memory: a
+//! batch perspective holds its events until n are pending then applies them
+//! in one run, a scheduled one applies on its interval, a wait on held events
+//! waits for the run (timing out) or triggers it and says which, an
+//! open-ended wait is never synced while anything it covers is held, and an
+//! explicit sync catches a held perspective up.
+
+mod common;
+use common::bounded;
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use uuid::Uuid;
+use whizbang_core::backend::{MemoryEventStore, MemoryPerspectiveStore, PerspectiveStore};
+use whizbang_core::perspective::KEYED_CURSOR;
+use whizbang_core::{
+    perspective, Event, Perspective, PerspectiveSyncOptions, Runtime, StrategyRun, SyncFilter,
+    SyncOutcome,
+};
+
+#[derive(Event, Serialize, Deserialize, Debug, Clone)]
+#[event(name = "keyed_strategies.order_placed")]
+struct OrderPlaced {
+    #[stream_key]
+    order: Uuid,
+    customer: Uuid,
+    amount: u64,
+}
+
+#[derive(Default, Clone, Serialize, Deserialize, Debug, PartialEq)]
+struct Totals {
+    orders: u64,
+    amount: u64,
+}
+
+/// Applies at 3 pending events; the wait bound is an hour, so only the
+/// count makes it run within a test.
+struct Batched;
+#[perspective(model = Totals, key = customer, name = "keyed_strategies.batched", strategy = batch(3, "1h"))]
+impl Batched {
+    fn placed(t: &mut Totals, e: &OrderPlaced) {
+        t.orders += 1;
+        t.amount += e.amount;
+    }
+}
+
+/// Runs hourly: never by itself within a test.
+struct Hourly;
+#[perspective(model = Totals, key = customer, name = "keyed_strategies.hourly", strategy = scheduled("1h"))]
+impl Hourly {
+    fn placed(t: &mut Totals, e: &OrderPlaced) {
+        t.orders += 1;
+        t.amount += e.amount;
+    }
+}
+
+/// Runs every 100 ms.
+struct Often;
+#[perspective(model = Totals, key = customer, name = "keyed_strategies.often", strategy = scheduled("100ms"))]
+impl Often {
+    fn placed(t: &mut Totals, e: &OrderPlaced) {
+        t.orders += 1;
+        t.amount += e.amount;
+    }
+}
+
+/// Places one order of `amount` for `customer` on a new order stream.
+async fn place(rt: &Runtime, customer: Uuid, amount: u64) -> Uuid {
+    let order = Uuid::now_v7();
+    let scope = rt.scope();
+    scope
+        .publish(OrderPlaced {
+            order,
+            customer,
+            amount,
+        })
+        .await
+        .unwrap();
+    bounded(scope.complete()).await.unwrap();
+    order
+}
+
+async fn totals<P: Perspective>(rt: &Runtime, customer: Uuid) -> Option<Totals>
+where
+    P: Perspective<Model = Totals>,
+{
+    rt.lens::<P>().get_by_key(customer).await.unwrap()
+}
+
+/// A runtime over in-memory stores, with its perspective store.
+fn runtime() -> (Runtime, MemoryPerspectiveStore) {
+    let models = MemoryPerspectiveStore::new();
+    let rt = Runtime::builder()
+        .event_store(MemoryEventStore::new())
+        .perspective_store(models.clone())
+        .build()
+        .unwrap();
+    (rt, models)
+}
+
+async fn cursor<P: Perspective>(models: &MemoryPerspectiveStore) -> u64 {
+    models
+        .checkpoint(P::NAME, KEYED_CURSOR)
+        .await
+        .unwrap()
+        .version
+}
+
+fn short(filter: SyncFilter) -> PerspectiveSyncOptions {
+    PerspectiveSyncOptions::new(filter).timeout(Duration::from_millis(50))
+}
+
+#[tokio::test]
+async fn a_batch_holds_until_n_events_then_applies_them_in_one_run() {
+    let (rt, models) = runtime();
+    let (ada, bob) = (Uuid::now_v7(), Uuid::now_v7());
+    place(&rt, ada, 1).await;
+    place(&rt, bob, 2).await;
+    // Two of three: held, whatever waits on them.
+    let held = bounded(rt.sync_awaiter().wait::<Batched>(short(SyncFilter::all())))
+        .await
+        .unwrap();
+    assert_eq!(held.outcome, SyncOutcome::TimedOut);
+    assert_eq!(held.run, StrategyRun::NextRun);
+    assert_eq!(totals::<Batched>(&rt, ada).await, None);
+    assert_eq!(cursor::<Batched>(&models).await, 0);
+
+    // The third fills the batch: all three apply in that run.
+    place(&rt, ada, 4).await;
+    let synced = bounded(
+        rt.sync_awaiter()
+            .wait::<Batched>(PerspectiveSyncOptions::new(SyncFilter::all())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(synced.outcome, SyncOutcome::Synced);
+    assert_eq!(synced.run, StrategyRun::NextRun);
+    assert_eq!(
+        totals::<Batched>(&rt, ada).await,
+        Some(Totals {
+            orders: 2,
+            amount: 5
+        })
+    );
+    assert_eq!(
+        totals::<Batched>(&rt, bob).await,
+        Some(Totals {
+            orders: 1,
+            amount: 2
+        })
+    );
+    assert_eq!(cursor::<Batched>(&models).await, 3);
+    let status = rt.perspective_status::<Batched>().await.unwrap();
+    assert_eq!(status.strategy, "batch(3, 1h)");
+    assert_eq!(status.lag_events, 0);
+}
+
+#[tokio::test]
+async fn an_open_ended_wait_is_not_synced_while_anything_it_covers_is_held() {
+    let (rt, _) = runtime();
+    let ada = Uuid::now_v7();
+    place(&rt, ada, 1).await;
+    place(&rt, ada, 2).await;
+    for filter in [
+        SyncFilter::all(),
+        SyncFilter::for_event_types::<OrderPlaced>(),
+    ] {
+        for _ in 0..3 {
+            let waited = bounded(rt.sync_awaiter().wait::<Batched>(short(filter.clone())))
+                .await
+                .unwrap();
+
+            assert_eq!(waited.outcome, SyncOutcome::TimedOut, "{filter:?}");
+            assert_eq!(totals::<Batched>(&rt, ada).await, None);
+        }
+    }
+    let waited = bounded(rt.sync_awaiter().wait::<Hourly>(short(SyncFilter::all())))
+        .await
+        .unwrap();
+    assert_eq!(waited.outcome, SyncOutcome::TimedOut);
+    assert_eq!(totals::<Hourly>(&rt, ada).await, None);
+}
+
+#[tokio::test]
+async fn a_wait_on_held_events_times_out_without_trigger_and_is_synced_with_it() {
+    let (rt, _) = runtime();
+    let ada = Uuid::now_v7();
+    let order = place(&rt, ada, 7).await;
+    let waited = bounded(
+        rt.sync_awaiter()
+            .wait::<Hourly>(short(SyncFilter::for_stream(order))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(waited.outcome, SyncOutcome::TimedOut);
+    assert_eq!(waited.run, StrategyRun::NextRun);
+    assert_eq!(totals::<Hourly>(&rt, ada).await, None);
+
+    let triggered = bounded(
+        rt.sync_awaiter().wait::<Hourly>(
+            PerspectiveSyncOptions::new(SyncFilter::for_stream(order))
+                .timeout(Duration::from_secs(10))
+                .trigger(true),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(triggered.outcome, SyncOutcome::Synced);
+    assert_eq!(triggered.run, StrategyRun::Triggered);
+    assert_eq!(
+        totals::<Hourly>(&rt, ada).await,
+        Some(Totals {
+            orders: 1,
+            amount: 7
+        })
+    );
+}
+
+#[tokio::test]
+async fn an_open_ended_wait_with_trigger_runs_the_held_perspective() {
+    let (rt, _) = runtime();
+    let (ada, bob) = (Uuid::now_v7(), Uuid::now_v7());
+    place(&rt, ada, 1).await;
+    place(&rt, bob, 2).await;
+    let triggered = bounded(
+        rt.sync_awaiter().wait::<Hourly>(
+            PerspectiveSyncOptions::new(SyncFilter::all())
+                .timeout(Duration::from_secs(10))
+                .trigger(true),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(triggered.outcome, SyncOutcome::Synced);
+    assert_eq!(triggered.run, StrategyRun::Triggered);
+    assert_eq!(totals::<Hourly>(&rt, ada).await.unwrap().amount, 1);
+    assert_eq!(totals::<Hourly>(&rt, bob).await.unwrap().amount, 2);
+}
+
+#[tokio::test]
+async fn a_scheduled_keyed_perspective_applies_on_its_interval() {
+    let (rt, _) = runtime();
+    let ada = Uuid::now_v7();
+    place(&rt, ada, 3).await;
+    place(&rt, ada, 4).await;
+    // No trigger: only the schedule can apply them.
+    let synced = bounded(rt.sync_awaiter().wait::<Often>(
+        PerspectiveSyncOptions::new(SyncFilter::all()).timeout(Duration::from_secs(10)),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(synced.outcome, SyncOutcome::Synced);
+    assert_eq!(synced.run, StrategyRun::NextRun);
+    assert_eq!(
+        totals::<Often>(&rt, ada).await,
+        Some(Totals {
+            orders: 2,
+            amount: 7
+        })
+    );
+    let status = rt.perspective_status::<Often>().await.unwrap();
+    assert_eq!(status.strategy, "scheduled(100ms)");
+    assert!(status.last_sync.is_some());
+}
+
+#[tokio::test]
+async fn an_explicit_sync_catches_a_held_keyed_perspective_up() {
+    let (rt, models) = runtime();
+    let (ada, bob) = (Uuid::now_v7(), Uuid::now_v7());
+    place(&rt, ada, 1).await;
+    place(&rt, bob, 2).await;
+    assert_eq!(totals::<Hourly>(&rt, ada).await, None);
+    let report = bounded(rt.sync::<Hourly>().run()).await.unwrap();
+    assert_eq!(report.totals().failed, 0);
+    assert_eq!(totals::<Hourly>(&rt, ada).await.unwrap().amount, 1);
+    assert_eq!(totals::<Hourly>(&rt, bob).await.unwrap().amount, 2);
+    assert_eq!(cursor::<Hourly>(&models).await, 2);
+    let after = bounded(rt.sync_awaiter().wait::<Hourly>(short(SyncFilter::all())))
+        .await
+        .unwrap();
+    assert_eq!(after.outcome, SyncOutcome::NoPendingEvents);
+}
