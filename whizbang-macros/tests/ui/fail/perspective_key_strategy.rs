@@ -16,7 +16,9 @@ struct Totals {
 
 struct Customers;
 
-#[perspective(model = Totals, key = customer_id, strategy = batch(10, "1s"))]
+// A keyed perspective takes a strategy, but neither a keyed perspective nor
+// a strategy can be inline: both errors are reported.
+#[perspective(model = Totals, key = customer_id, strategy = batch(10, "1s"), mode = inline)]
 impl Customers {
     fn placed(m: &mut Totals, _: &OrderPlaced) {
         m.orders += 1;
