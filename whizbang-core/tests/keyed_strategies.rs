@@ -124,6 +124,9 @@ async fn a_batch_holds_until_n_events_then_applies_them_in_one_run() {
     assert_eq!(held.run, StrategyRun::NextRun);
     assert_eq!(totals::<Batched>(&rt, ada).await, None);
     assert_eq!(cursor::<Batched>(&models).await, 0);
+    let status = rt.perspective_status::<Batched>().await.unwrap();
+    assert_eq!((status.lag_events, status.failed_cursors), (2, 0));
+    assert!(status.last_sync.is_none());
 
     // The third fills the batch: all three apply in that run.
     place(&rt, ada, 4).await;

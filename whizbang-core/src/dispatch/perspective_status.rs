@@ -6,7 +6,7 @@ use super::Runtime;
 use crate::error::Result;
 use crate::message::{EventId, StreamId};
 use crate::perspective::{Perspective, PerspectiveRegistration, PerspectiveStatus};
-use crate::sync::UnappliedQuery;
+use crate::sync::{EventSyncStatus, SyncInquiry, UnappliedQuery};
 use std::collections::HashSet;
 use std::time::SystemTime;
 
@@ -65,6 +65,9 @@ impl Runtime {
     }
 
     async fn status_of(&self, reg: &'static PerspectiveRegistration) -> Result<PerspectiveStatus> {
+        if reg.is_keyed() {
+            return self.keyed_status_of(reg).await;
+        }
         let sync = &self.inner.sync;
         let query = UnappliedQuery::new(reg.name, reg.event_types);
         let mut streams: Vec<StreamId> = Vec::new();
@@ -108,6 +111,89 @@ impl Runtime {
             lag_events,
             lag,
             failed_cursors,
+        })
+    }
+
+    /// The status of a keyed perspective: its lag is the handled events
+    /// its one cursor has not passed (those the backend lists plus those
+    /// this process tracks, each asked of the backend as a wait would ask),
+    /// and its failed cursor is that one cursor.
+    async fn keyed_status_of(
+        &self,
+        reg: &'static PerspectiveRegistration,
+    ) -> Result<PerspectiveStatus> {
+        let sync = &self.inner.sync;
+        let engine = &self.inner.engine;
+        let cursor = engine
+            .perspectives
+            .checkpoint(reg.name, crate::perspective::KEYED_CURSOR)
+            .await?;
+        let query = UnappliedQuery::new(reg.name, reg.event_types).keyed();
+        let mut ids: Vec<EventId> = Vec::new();
+        let mut seen: HashSet<EventId> = HashSet::new();
+        let tracked = sync.tracker.pending_for(reg.name);
+        let stored = sync.backend.unapplied(&query).await?;
+        for id in tracked
+            .iter()
+            .map(|c| c.event_id)
+            .chain(stored.iter().map(|l| l.event_id))
+        {
+            if seen.insert(id) {
+                ids.push(id);
+            }
+        }
+        // Each stream's unapplied events, from the first one.
+        let mut from: Vec<(StreamId, u64)> = Vec::new();
+        let mut pending: HashSet<EventId> = HashSet::new();
+        if !ids.is_empty() {
+            let inquiry = SyncInquiry {
+                perspective: reg.name,
+                handled: reg.event_types,
+                event_ids: ids,
+                keyed: true,
+            };
+            let answers = sync.backend.inquire(std::slice::from_ref(&inquiry)).await?;
+            for (id, status) in answers.iter().flat_map(|a| &a.statuses) {
+                let (EventSyncStatus::Pending { stream, version }
+                | EventSyncStatus::Failed {
+                    stream, version, ..
+                }) = status
+                else {
+                    continue;
+                };
+                pending.insert(*id);
+                match from.iter_mut().find(|(s, _)| s == stream) {
+                    Some((_, v)) => *v = (*v).min(*version),
+                    None => from.push((*stream, *version)),
+                }
+            }
+        }
+        let mut oldest: Option<SystemTime> = None;
+        let mut lag_events = 0u64;
+        for (stream, version) in from {
+            for ev in engine
+                .events
+                .read_stream(stream, version.saturating_sub(1))
+                .await?
+            {
+                if pending.remove(&ev.event_id) {
+                    lag_events += 1;
+                    let at = ev.metadata.timestamp;
+                    oldest = Some(oldest.map_or(at, |o| o.min(at)));
+                }
+            }
+        }
+        let lag = oldest
+            .and_then(|o| SystemTime::now().duration_since(o).ok())
+            .unwrap_or_default();
+        Ok(PerspectiveStatus {
+            name: reg.name,
+            mode: reg.mode,
+            strategy: reg.strategy.describe(),
+            last_sync: self.inner.last_sync.get(reg.name),
+            lag_events,
+            lag,
+            failed_cursors: u64::from(cursor.failure.is_some()),
         })
     }
 }
