@@ -44,6 +44,15 @@ impl Batched {
     }
 }
 
+/// A customer joined: on the customer's own stream, so the stream's id is
+/// also the key of the customer's model.
+#[derive(Event, Serialize, Deserialize, Debug, Clone)]
+#[event(name = "keyed_strategies.joined")]
+struct Joined {
+    #[stream_key]
+    customer: Uuid,
+}
+
 /// Runs hourly: never by itself within a test.
 struct Hourly;
 #[perspective(model = Totals, key = customer, name = "keyed_strategies.hourly", strategy = scheduled("1h"))]
@@ -51,6 +60,9 @@ impl Hourly {
     fn placed(t: &mut Totals, e: &OrderPlaced) {
         t.orders += 1;
         t.amount += e.amount;
+    }
+    fn joined(t: &mut Totals, _: &Joined) {
+        t.amount += 100;
     }
 }
 
@@ -90,12 +102,22 @@ where
 /// A runtime over in-memory stores, with its perspective store.
 fn runtime() -> (Runtime, MemoryPerspectiveStore) {
     let models = MemoryPerspectiveStore::new();
-    let rt = Runtime::builder()
-        .event_store(MemoryEventStore::new())
+    (over(&MemoryEventStore::new(), &models), models)
+}
+
+/// A runtime over these stores.
+fn over(events: &MemoryEventStore, models: &MemoryPerspectiveStore) -> Runtime {
+    Runtime::builder()
+        .event_store(events.clone())
         .perspective_store(models.clone())
         .build()
-        .unwrap();
-    (rt, models)
+        .unwrap()
+}
+
+async fn join(rt: &Runtime, customer: Uuid) {
+    let scope = rt.scope();
+    scope.publish(Joined { customer }).await.unwrap();
+    bounded(scope.complete()).await.unwrap();
 }
 
 async fn cursor<P: Perspective>(models: &MemoryPerspectiveStore) -> u64 {
@@ -282,4 +304,82 @@ async fn an_explicit_sync_catches_a_held_keyed_perspective_up() {
         .await
         .unwrap();
     assert_eq!(after.outcome, SyncOutcome::NoPendingEvents);
+}
+
+#[tokio::test]
+async fn a_stream_wait_on_a_stream_whose_id_is_also_a_model_key_reads_the_one_cursor() {
+    let (events, models) = (MemoryEventStore::new(), MemoryPerspectiveStore::new());
+    let (rt, other) = (over(&events, &models), over(&events, &models));
+    let ada = Uuid::now_v7();
+    join(&rt, ada).await;
+    place(&rt, ada, 1).await;
+    place(&rt, ada, 2).await;
+    bounded(rt.sync::<Hourly>().run()).await.unwrap();
+    // The model of ada (the key of stream ada) reflects global position 3.
+    assert_eq!(totals::<Hourly>(&rt, ada).await.unwrap().amount, 103);
+    assert_eq!(cursor::<Hourly>(&models).await, 3);
+
+    // Another runtime appends version 2 of stream ada: this one does not
+    // track it, and its model's checkpoint (3) is above that version.
+    join(&other, ada).await;
+    let waited = bounded(
+        rt.sync_awaiter()
+            .wait::<Hourly>(short(SyncFilter::for_stream(ada))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(waited.outcome, SyncOutcome::TimedOut, "{waited:?}");
+    assert_eq!(waited.events_awaited, 1);
+    let synced = bounded(
+        rt.sync_awaiter().wait::<Hourly>(
+            PerspectiveSyncOptions::new(SyncFilter::for_stream(ada))
+                .timeout(Duration::from_secs(10))
+                .trigger(true),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (synced.outcome, synced.run),
+        (SyncOutcome::Synced, StrategyRun::Triggered)
+    );
+    assert_eq!(totals::<Hourly>(&rt, ada).await.unwrap().amount, 203);
+}
+
+#[tokio::test]
+async fn an_open_ended_wait_covers_held_events_another_runtime_appended() {
+    let (events, models) = (MemoryEventStore::new(), MemoryPerspectiveStore::new());
+    let (rt, other) = (over(&events, &models), over(&events, &models));
+    let (ada, bob) = (Uuid::now_v7(), Uuid::now_v7());
+    place(&rt, ada, 1).await;
+    bounded(rt.sync::<Hourly>().run()).await.unwrap();
+    // Held in the other runtime; this one never tracked it.
+    place(&other, bob, 2).await;
+    for filter in [
+        SyncFilter::all(),
+        SyncFilter::for_event_types::<OrderPlaced>(),
+    ] {
+        let waited = bounded(rt.sync_awaiter().wait::<Hourly>(short(filter.clone())))
+            .await
+            .unwrap();
+        assert_eq!(waited.outcome, SyncOutcome::TimedOut, "{filter:?}");
+        assert_eq!(waited.events_awaited, 1, "{filter:?}");
+    }
+    assert_eq!(totals::<Hourly>(&rt, bob).await, None);
+    let status = rt.perspective_status::<Hourly>().await.unwrap();
+    assert_eq!(status.lag_events, 1);
+    let synced = bounded(
+        rt.sync_awaiter().wait::<Hourly>(
+            PerspectiveSyncOptions::new(SyncFilter::all())
+                .timeout(Duration::from_secs(10))
+                .trigger(true),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (synced.outcome, synced.run, synced.events_awaited),
+        (SyncOutcome::Synced, StrategyRun::Triggered, 1)
+    );
+    assert_eq!(totals::<Hourly>(&rt, bob).await.unwrap().amount, 2);
 }

@@ -265,8 +265,50 @@ impl PerspectiveSyncAwaiter {
         stream: StreamId,
     ) -> Result<Vec<Arc<crate::store::StoredEvent>>> {
         let engine = &self.sync.engine;
+        if reg.is_keyed() {
+            return self.unapplied_keyed(reg, stream).await;
+        }
         let cursor = engine.perspectives.checkpoint(reg.name, stream).await?;
         engine.events.read_stream(stream, cursor.version).await
+    }
+
+    /// The events of `stream` a keyed perspective has not applied: those
+    /// its one cursor has not passed in the global order (or that have no
+    /// place in it yet). Its checkpoint under the stream's id is not a
+    /// cursor on the stream: it is the model of that key, if any, and its
+    /// version is a global position, not the stream's.
+    async fn unapplied_keyed(
+        &self,
+        reg: &'static PerspectiveRegistration,
+        stream: StreamId,
+    ) -> Result<Vec<Arc<crate::store::StoredEvent>>> {
+        let engine = &self.sync.engine;
+        let cursor = engine
+            .perspectives
+            .checkpoint(reg.name, crate::perspective::KEYED_CURSOR)
+            .await?;
+        let mut events = engine.events.read_stream(stream, 0).await?;
+        events.retain(|e| reg.handles(&e.event_type));
+        if events.is_empty() {
+            return Ok(events);
+        }
+        let ids: Vec<EventId> = events.iter().map(|e| e.event_id).collect();
+        let positions: std::collections::HashMap<EventId, u64> = engine
+            .events
+            .global_positions(&ids)
+            .await?
+            .ok_or(Error::KeyedUnsupported {
+                perspective: reg.name,
+                missing: "an event store with a global order",
+            })?
+            .into_iter()
+            .collect();
+        events.retain(|e| {
+            positions
+                .get(&e.event_id)
+                .is_none_or(|p| *p > cursor.version)
+        });
+        Ok(events)
     }
 
     /// The unapplied events of every stream the filter names, read from the

@@ -359,4 +359,57 @@ impl SyncBackend for StoreSyncBackend {
             Ok(out)
         })
     }
+
+    /// For a keyed perspective, the handled events after its one cursor in
+    /// the event store's global order (read in pages): exact whoever
+    /// appended them, which matters most while a strategy holds the
+    /// perspective back. For a perspective keyed by stream, nothing beyond
+    /// what the process tracks (the trait's default).
+    fn unapplied<'a>(
+        &'a self,
+        query: &'a UnappliedQuery,
+    ) -> BoxFuture<'a, Result<Vec<crate::store::EventLocation>>> {
+        Box::pin(async move {
+            if !query.keyed || query.handled.is_empty() {
+                return Ok(Vec::new());
+            }
+            let cursor = self
+                .perspectives
+                .checkpoint(query.perspective, crate::perspective::KEYED_CURSOR)
+                .await?;
+            let mut after = cursor.version;
+            let mut out = Vec::new();
+            loop {
+                let page = self
+                    .events
+                    .read_global(after, UNAPPLIED_PAGE)
+                    .await?
+                    .ok_or(crate::Error::KeyedUnsupported {
+                        perspective: query.perspective,
+                        missing: "an event store with a global order",
+                    })?;
+                let Some(last) = page.last() else {
+                    return Ok(out);
+                };
+                after = last.position;
+                out.extend(
+                    page.iter()
+                        .filter(|e| query.handled.contains(&&*e.event_type))
+                        .map(|e| crate::store::EventLocation {
+                            event_id: e.event_id,
+                            stream_id: e.stream_id,
+                            stream_version: e.stream_version,
+                            event_type: e.event_type.clone(),
+                        }),
+                );
+                if page.len() < UNAPPLIED_PAGE {
+                    return Ok(out);
+                }
+            }
+        })
+    }
 }
+
+/// Events read per page of the global order when listing a keyed
+/// perspective's unapplied events.
+const UNAPPLIED_PAGE: usize = 4096;
