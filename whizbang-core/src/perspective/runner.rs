@@ -103,6 +103,19 @@ impl PerspectiveRunner {
         if !reg.strategy.is_realtime() {
             return held::hold(&self.shared, reg, stream, 0);
         }
+        self.queue(reg, stream);
+    }
+
+    /// Runs (`reg`, `stream`) now whatever its strategy says (a wait that
+    /// triggers runs found its events still pending): one catch-up queued
+    /// at a time, as for a realtime perspective; a paused runner runs it
+    /// once resumed.
+    pub(crate) fn run_now(&self, reg: &'static PerspectiveRegistration, stream: StreamId) {
+        self.queue(reg, run_key(reg, stream));
+    }
+
+    /// Queues a catch-up of (`reg`, `stream`) unless one is queued already.
+    fn queue(&self, reg: &'static PerspectiveRegistration, stream: StreamId) {
         let key = (reg.name, stream);
         if !lock(&self.shared.queued).insert(key) {
             return; // already queued and not yet started: it will see these events

@@ -445,10 +445,14 @@ impl PerspectiveSyncAwaiter {
             events = targets.len(),
             timeout_ms = u64::try_from(options.timeout.as_millis()).unwrap_or(u64::MAX),
         );
-        let registered =
-            self.sync
-                .tracker
-                .register_wait(&self.sync, reg, targets, timer, options.timeout);
+        let registered = self.sync.tracker.register_wait(
+            &self.sync,
+            reg,
+            targets,
+            timer,
+            options.timeout,
+            triggered,
+        );
         registered.first_round(&self.sync).instrument(span).await;
         Started::Waiting(Waiting::new(registered, meta))
     }

@@ -56,6 +56,12 @@ pub(super) struct Registration {
     pub(super) alarm: Option<AlarmKey>,
     /// Streams whose runner this wait has signalled (async perspectives).
     pub(super) signalled: Few<StreamId>,
+    /// Whether the wait runs the perspective itself (its options'
+    /// `trigger`, on a perspective whose strategy holds work back): then
+    /// events it still finds pending are run now, in every round, not held
+    /// for the strategy (a keyed perspective's events may have had no place
+    /// in the global order yet when the wait's first run ran).
+    pub(super) trigger: bool,
     pub(super) awaited: usize,
     pub(super) state: State,
     /// The waiting task, once its future was polled: woken when the

@@ -138,6 +138,7 @@ impl SyncEventTracker {
         targets: Vec<(EventId, Option<StreamId>)>,
         timer: ActiveTimer,
         timeout: Duration,
+        trigger: bool,
     ) -> Registered {
         let _ = self.runtime.set(Arc::downgrade(runtime));
         let id = self.next_id();
@@ -154,6 +155,7 @@ impl SyncEventTracker {
             planned: Duration::ZERO,
             alarm: None,
             signalled: Few::Empty,
+            trigger,
             awaited: targets.len(),
             state: State::InFlight { again: false },
             waker: None,
@@ -343,7 +345,7 @@ async fn round(tracker: Arc<SyncEventTracker>, runtime: Arc<SyncRuntime>, batch:
             break answer;
         }
     };
-    let mut signals: Vec<(&'static PerspectiveRegistration, StreamId)> = Vec::new();
+    let mut signals: Vec<Signal> = Vec::new();
     let mut look = false;
     {
         let mut t = lock(&tracker.waiters);
@@ -386,10 +388,18 @@ async fn round(tracker: Arc<SyncEventTracker>, runtime: Arc<SyncRuntime>, batch:
     if look {
         tracker.rearm.notify_one();
     }
-    for (reg, stream) in signals {
-        runtime.runner.signal(reg, stream);
+    for (reg, stream, now) in signals {
+        if now {
+            runtime.runner.run_now(reg, stream);
+        } else {
+            runtime.runner.signal(reg, stream);
+        }
     }
 }
+
+/// A runner signal a round sends once decided: (perspective, stream, run
+/// now whatever the strategy says: a triggering wait's).
+type Signal = (&'static PerspectiveRegistration, StreamId, bool);
 
 /// Puts the members of a round dropped half-way (its task cancelled) back in
 /// the due list, so that they are asked again.
@@ -442,12 +452,7 @@ impl Statuses<'_> {
     }
 }
 
-fn decide(
-    t: &mut Table,
-    id: u64,
-    statuses: &Statuses<'_>,
-    signals: &mut Vec<(&'static PerspectiveRegistration, StreamId)>,
-) -> bool {
+fn decide(t: &mut Table, id: u64, statuses: &Statuses<'_>, signals: &mut Vec<Signal>) -> bool {
     let Table { regs, index } = t;
     let Some(r) = regs.get_mut(&id) else {
         return false;
@@ -468,9 +473,12 @@ fn decide(
                 // The runner learns of stored work from the wait, not only from
                 // a flush: an event appended by a scope still open, or by
                 // another process, is applied all the same.
-                if is_async && !r.signalled.contains(stream) {
+                if is_async && r.trigger {
+                    // Every round: the runner queues one run at a time.
+                    signals.push((r.perspective, *stream, true));
+                } else if is_async && !r.signalled.contains(stream) {
                     r.signalled.push(*stream);
-                    signals.push((r.perspective, *stream));
+                    signals.push((r.perspective, *stream, false));
                 }
                 learned |= index.watch_stream(id, r, *stream);
             }

@@ -1,0 +1,359 @@
+//! Keyed (multi-stream) perspectives with sync strategies on a real
+//! database: a batch perspective is held until n events are pending, by the
+//! partitioned runner and by the in-process runner alike, then applied in
+//! one run; a scheduled one applies on its interval; a wait on held events
+//! times out without trigger and is synced with it, the model reflecting
+//! the writes; an open-ended wait is not synced while anything it covers is
+//! held, another process's events included; an explicit sync catches a
+//! held keyed perspective up.
+//!
+//! Each test builds its runtime on a registry of its own perspective.
+
+mod support;
+
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::time::Duration;
+use support::{backend, bounded, bounded_within, fast_options, shut_down};
+use uuid::Uuid;
+use whizbang_core::{
+    perspective, Event, Perspective, PerspectiveSyncOptions, Registry, Runtime, StrategyRun,
+    SyncFilter, SyncItem, SyncOutcome,
+};
+use whizbang_postgres::Postgres;
+
+#[derive(Event, Serialize, Deserialize, Debug, Clone)]
+#[event(name = "pg_keyed_strategies.order_placed")]
+struct OrderPlaced {
+    #[stream_key]
+    order: Uuid,
+    customer: Uuid,
+    amount: i64,
+}
+
+#[derive(Default, Clone, Serialize, Deserialize, Debug, PartialEq)]
+struct Totals {
+    orders: u64,
+    amount: i64,
+}
+
+/// Applies at 3 pending; the hour bound never fires within a test.
+struct Batched;
+#[perspective(model = Totals, key = customer, name = "pg_keyed_strategies.batched", strategy = batch(3, "1h"))]
+impl Batched {
+    fn placed(t: &mut Totals, e: &OrderPlaced) {
+        t.orders += 1;
+        t.amount += e.amount;
+    }
+}
+
+/// Runs hourly: never by itself within a test.
+struct Hourly;
+#[perspective(model = Totals, key = customer, name = "pg_keyed_strategies.hourly", strategy = scheduled("1h"))]
+impl Hourly {
+    fn placed(t: &mut Totals, e: &OrderPlaced) {
+        t.orders += 1;
+        t.amount += e.amount;
+    }
+}
+
+/// Runs every 200 ms.
+struct Often;
+#[perspective(model = Totals, key = customer, name = "pg_keyed_strategies.often", strategy = scheduled("200ms"))]
+impl Often {
+    fn placed(t: &mut Totals, e: &OrderPlaced) {
+        t.orders += 1;
+        t.amount += e.amount;
+    }
+}
+
+/// The bound of a step that waits for events to become safe to consume:
+/// the snapshot horizon is the server's, so any transaction open on it (a
+/// `CREATE DATABASE` of a parallel test) holds them back meanwhile.
+const HORIZON: Duration = Duration::from_secs(60);
+
+/// A wait's timeout, within [`HORIZON`].
+const WAIT: Duration = Duration::from_secs(50);
+
+fn runtime_of<P: Perspective>(pg: &Postgres) -> Runtime {
+    let registry = Registry::builder().perspective::<P>().build().unwrap();
+    Runtime::builder()
+        .registry(Arc::new(registry))
+        .backend(pg.clone())
+        .build()
+        .unwrap()
+}
+
+/// Places one order of `amount` for `customer` on a new order stream.
+async fn place(rt: &Runtime, customer: Uuid, amount: i64) {
+    let scope = rt.scope();
+    bounded(scope.publish(OrderPlaced {
+        order: Uuid::now_v7(),
+        customer,
+        amount,
+    }))
+    .await
+    .unwrap();
+    bounded(scope.complete()).await.unwrap();
+}
+
+async fn totals<P: Perspective<Model = Totals>>(rt: &Runtime, customer: Uuid) -> Option<Totals> {
+    bounded(rt.lens::<P>().get_by_key(customer)).await.unwrap()
+}
+
+/// The keyed cursor's row, when the perspective ever committed.
+async fn cursor(pool: &PgPool, perspective: &str) -> Option<i64> {
+    sqlx::query_scalar(
+        "select version from wh_perspective_cursors
+          where perspective = $1 and model_key = '00000000-0000-0000-0000-000000000000'",
+    )
+    .bind(perspective)
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+}
+
+fn short(filter: SyncFilter) -> PerspectiveSyncOptions {
+    PerspectiveSyncOptions::new(filter).timeout(Duration::from_millis(200))
+}
+
+fn long(filter: SyncFilter) -> PerspectiveSyncOptions {
+    PerspectiveSyncOptions::new(filter).timeout(WAIT)
+}
+
+/// Holds two orders, then applies three in one run once the third arrives:
+/// the runtime given applies through one runner only.
+async fn batch_holds_then_applies(rt: &Runtime, pool: &PgPool) {
+    let (ada, bob) = (Uuid::now_v7(), Uuid::now_v7());
+    place(rt, ada, 1).await;
+    place(rt, bob, 2).await;
+    let held = bounded(rt.sync_awaiter().wait::<Batched>(short(SyncFilter::all())))
+        .await
+        .unwrap();
+    assert_eq!(held.outcome, SyncOutcome::TimedOut);
+    assert_eq!(held.run, StrategyRun::NextRun);
+    assert_eq!(held.events_awaited, 2);
+    assert_eq!(totals::<Batched>(rt, ada).await, None);
+    assert_eq!(cursor(pool, Batched::NAME).await, None, "nothing applied");
+    let status = bounded(rt.perspective_status::<Batched>()).await.unwrap();
+    assert_eq!(
+        (status.strategy.as_str(), status.lag_events),
+        ("batch(3, 1h)", 2)
+    );
+
+    place(rt, ada, 4).await;
+    let synced = bounded_within(
+        HORIZON,
+        rt.sync_awaiter().wait::<Batched>(long(SyncFilter::all())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(synced.outcome, SyncOutcome::Synced);
+    assert_eq!(synced.run, StrategyRun::NextRun);
+    assert_eq!(
+        totals::<Batched>(rt, ada).await,
+        Some(Totals {
+            orders: 2,
+            amount: 5
+        })
+    );
+    assert_eq!(
+        totals::<Batched>(rt, bob).await,
+        Some(Totals {
+            orders: 1,
+            amount: 2
+        })
+    );
+    assert_eq!(cursor(pool, Batched::NAME).await, Some(3), "one run of 3");
+    let status = bounded(rt.perspective_status::<Batched>()).await.unwrap();
+    assert_eq!((status.lag_events, status.failed_cursors), (0, 0));
+}
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn the_partitioned_runner_holds_a_keyed_batch_until_n_then_applies_it(pool: PgPool) {
+    let pg = backend(&pool, fast_options()).await;
+    let rt = runtime_of::<Batched>(&pg);
+    // Only the partitioned runner applies.
+    rt.runner().pause();
+    batch_holds_then_applies(&rt, &pool).await;
+    shut_down(rt, pg).await;
+}
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn the_in_process_runner_holds_a_keyed_batch_until_n_then_applies_it(pool: PgPool) {
+    let pg = backend(&pool, fast_options().runner(false)).await;
+    let rt = runtime_of::<Batched>(&pg);
+    batch_holds_then_applies(&rt, &pool).await;
+    shut_down(rt, pg).await;
+}
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn a_scheduled_keyed_perspective_applies_on_its_interval(pool: PgPool) {
+    let pg = backend(&pool, fast_options()).await;
+    let rt = runtime_of::<Often>(&pg);
+    let ada = Uuid::now_v7();
+    place(&rt, ada, 3).await;
+    place(&rt, ada, 4).await;
+    // No trigger: only the schedule applies them.
+    let synced = bounded_within(
+        HORIZON,
+        rt.sync_awaiter().wait::<Often>(long(SyncFilter::all())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (synced.outcome, synced.run),
+        (SyncOutcome::Synced, StrategyRun::NextRun)
+    );
+    assert_eq!(
+        totals::<Often>(&rt, ada).await,
+        Some(Totals {
+            orders: 2,
+            amount: 7
+        })
+    );
+    assert_eq!(cursor(&pool, Often::NAME).await, Some(2));
+    shut_down(rt, pg).await;
+}
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn a_wait_on_held_keyed_events_times_out_without_trigger_and_is_synced_with_it(pool: PgPool) {
+    let pg = backend(&pool, fast_options()).await;
+    let rt = runtime_of::<Hourly>(&pg);
+    let ada = Uuid::now_v7();
+    let scope = rt.scope();
+    let order = Uuid::now_v7();
+    bounded(scope.publish(OrderPlaced {
+        order,
+        customer: ada,
+        amount: 7,
+    }))
+    .await
+    .unwrap();
+    bounded(scope.complete()).await.unwrap();
+    for filter in [SyncFilter::for_stream(order), SyncFilter::all()] {
+        let waited = bounded(rt.sync_awaiter().wait::<Hourly>(short(filter.clone())))
+            .await
+            .unwrap();
+        assert_eq!(waited.outcome, SyncOutcome::TimedOut, "{filter:?}");
+        assert_eq!(waited.run, StrategyRun::NextRun);
+        assert_eq!(waited.events_awaited, 1);
+    }
+    assert_eq!(totals::<Hourly>(&rt, ada).await, None);
+
+    let triggered = bounded_within(
+        HORIZON,
+        rt.sync_awaiter()
+            .wait::<Hourly>(long(SyncFilter::for_stream(order)).trigger(true)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (triggered.outcome, triggered.run),
+        (SyncOutcome::Synced, StrategyRun::Triggered)
+    );
+    assert_eq!(
+        totals::<Hourly>(&rt, ada).await,
+        Some(Totals {
+            orders: 1,
+            amount: 7
+        })
+    );
+    shut_down(rt, pg).await;
+}
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn an_open_ended_wait_is_not_synced_while_anything_it_covers_is_held(pool: PgPool) {
+    let pg = backend(&pool, fast_options()).await;
+    let rt = runtime_of::<Hourly>(&pg);
+    // Another process: its own backend, its own runtime and tracker.
+    let pg2 = backend(&pool, fast_options()).await;
+    let other = runtime_of::<Hourly>(&pg2);
+    let (ada, bob) = (Uuid::now_v7(), Uuid::now_v7());
+    place(&rt, ada, 1).await;
+    let report = bounded_within(HORIZON, async {
+        loop {
+            let report = rt.sync::<Hourly>().run().await.unwrap();
+            if cursor(&pool, Hourly::NAME).await == Some(1) {
+                return report;
+            }
+            // Not yet safe to consume (the server's horizon): again.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(report.totals().failed, 0);
+    assert_eq!(totals::<Hourly>(&rt, ada).await.unwrap().amount, 1);
+
+    // Held: one order placed here, one by the other process.
+    place(&rt, ada, 2).await;
+    place(&other, bob, 3).await;
+    for filter in [
+        SyncFilter::all(),
+        SyncFilter::for_event_types::<OrderPlaced>(),
+    ] {
+        for _ in 0..3 {
+            let waited = bounded(rt.sync_awaiter().wait::<Hourly>(short(filter.clone())))
+                .await
+                .unwrap();
+            assert_eq!(waited.outcome, SyncOutcome::TimedOut, "{filter:?}");
+            assert_eq!(waited.events_awaited, 2, "{filter:?}");
+        }
+    }
+    assert_eq!(totals::<Hourly>(&rt, bob).await, None);
+    assert_eq!(totals::<Hourly>(&rt, ada).await.unwrap().amount, 1);
+
+    let synced = bounded_within(
+        HORIZON,
+        rt.sync_awaiter()
+            .wait::<Hourly>(long(SyncFilter::all()).trigger(true)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (synced.outcome, synced.run, synced.events_awaited),
+        (SyncOutcome::Synced, StrategyRun::Triggered, 2)
+    );
+    assert_eq!(totals::<Hourly>(&rt, ada).await.unwrap().amount, 3);
+    assert_eq!(totals::<Hourly>(&rt, bob).await.unwrap().amount, 3);
+    shut_down(other, pg2).await;
+    shut_down(rt, pg).await;
+}
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn an_explicit_sync_catches_a_held_keyed_perspective_up(pool: PgPool) {
+    let pg = backend(&pool, fast_options()).await;
+    let rt = runtime_of::<Hourly>(&pg);
+    let (ada, bob) = (Uuid::now_v7(), Uuid::now_v7());
+    place(&rt, ada, 1).await;
+    place(&rt, bob, 2).await;
+    assert_eq!(totals::<Hourly>(&rt, ada).await, None);
+    // Until both are safe to consume (the server's horizon), a sync may
+    // apply fewer: sync until the cursor passed both.
+    let mut applied = Vec::new();
+    bounded_within(HORIZON, async {
+        while cursor(&pool, Hourly::NAME).await != Some(2) {
+            let report = rt.sync::<Hourly>().run().await.unwrap();
+            assert_eq!(report.totals().failed, 0);
+            applied.extend(report.items);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(applied
+        .iter()
+        .any(|i| matches!(i, SyncItem::Applied { to: 2, .. })));
+    assert_eq!(totals::<Hourly>(&rt, ada).await.unwrap().amount, 1);
+    assert_eq!(totals::<Hourly>(&rt, bob).await.unwrap().amount, 2);
+    let after = bounded(rt.sync_awaiter().wait::<Hourly>(short(SyncFilter::all())))
+        .await
+        .unwrap();
+    assert_eq!(after.outcome, SyncOutcome::NoPendingEvents);
+    let full = rt.sync::<Hourly>().full().run().await;
+    assert!(
+        matches!(&full, Err(whizbang_core::Error::InvalidInput(m)) if m.contains("keyed")),
+        "{full:?}"
+    );
+    shut_down(rt, pg).await;
+}
