@@ -76,6 +76,19 @@ impl Often {
     }
 }
 
+/// Applies at 4 pending or after 20 ms: runs often while orders flow.
+struct Quick;
+#[perspective(model = Seqs, key = customer, name = "keyed_strategies.quick", strategy = batch(4, "20ms"))]
+impl Quick {
+    fn placed(t: &mut Seqs, e: &OrderPlaced) {
+        t.0.push(e.amount);
+    }
+}
+
+/// Every amount folded into a customer's model, in order.
+#[derive(Default, Clone, Serialize, Deserialize, Debug, PartialEq)]
+struct Seqs(Vec<u64>);
+
 /// Places one order of `amount` for `customer` on a new order stream.
 async fn place(rt: &Runtime, customer: Uuid, amount: u64) -> Uuid {
     let order = Uuid::now_v7();
@@ -382,4 +395,91 @@ async fn an_open_ended_wait_covers_held_events_another_runtime_appended() {
         (SyncOutcome::Synced, StrategyRun::Triggered, 1)
     );
     assert_eq!(totals::<Hourly>(&rt, bob).await.unwrap().amount, 2);
+}
+
+/// Many writers, each waiting for its own order and for everything placed
+/// before its wait began, on a keyed batch perspective (some waits
+/// triggering): a `Synced` wait always finds the model holding what it
+/// awaited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_synced_wait_on_a_keyed_batch_always_finds_what_it_awaited_in_the_model() {
+    use std::sync::{Arc, Mutex};
+    let (rt, _) = runtime();
+    let customers: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    // Amounts placed (their scope completed), by customer.
+    let placed: Arc<Mutex<Vec<(Uuid, u64)>>> = Arc::default();
+    let mut writers = Vec::new();
+    for w in 0..4u64 {
+        let (rt, customers, placed) = (rt.clone(), customers.clone(), Arc::clone(&placed));
+        writers.push(tokio::spawn(async move {
+            let mut synced = 0;
+            for i in 0..40u64 {
+                let amount = w * 1000 + i;
+                let customer = customers[usize::try_from(amount).unwrap() % customers.len()];
+                let scope = rt.scope();
+                scope
+                    .publish(OrderPlaced {
+                        order: Uuid::now_v7(),
+                        customer,
+                        amount,
+                    })
+                    .await
+                    .unwrap();
+                let own = scope
+                    .sync_awaiter()
+                    .wait::<Quick>(
+                        PerspectiveSyncOptions::new(SyncFilter::current_scope())
+                            .timeout(Duration::from_secs(10))
+                            .trigger(i % 3 == 0),
+                    )
+                    .await
+                    .unwrap();
+                if own.outcome == SyncOutcome::Synced {
+                    let model = rt.lens::<Quick>().get_by_key(customer).await.unwrap();
+                    assert!(
+                        model.is_some_and(|m| m.0.contains(&amount)),
+                        "synced before the model held order {amount}"
+                    );
+                    synced += 1;
+                }
+                bounded(scope.complete()).await.unwrap();
+                placed.lock().unwrap().push((customer, amount));
+                let before = placed.lock().unwrap().clone();
+                let all = rt
+                    .sync_awaiter()
+                    .wait::<Quick>(
+                        PerspectiveSyncOptions::new(SyncFilter::all())
+                            .timeout(Duration::from_secs(10))
+                            .trigger(i % 4 == 1),
+                    )
+                    .await
+                    .unwrap();
+                if all.outcome == SyncOutcome::Synced {
+                    for (customer, amount) in before {
+                        let model = rt.lens::<Quick>().get_by_key(customer).await.unwrap();
+                        assert!(
+                            model.is_some_and(|m| m.0.contains(&amount)),
+                            "an all() wait synced before the model held order {amount}"
+                        );
+                    }
+                }
+            }
+            synced
+        }));
+    }
+    let mut synced = 0;
+    for w in writers {
+        synced += bounded(w).await.unwrap();
+    }
+    assert!(synced > 0, "no wait ended synced");
+    // Every order applied exactly once.
+    bounded(rt.sync::<Quick>().run()).await.unwrap();
+    let mut all: Vec<u64> = Vec::new();
+    for c in &customers {
+        all.extend(rt.lens::<Quick>().get_by_key(*c).await.unwrap().unwrap().0);
+    }
+    all.sort_unstable();
+    let mut expected: Vec<u64> = placed.lock().unwrap().iter().map(|(_, a)| *a).collect();
+    expected.sort_unstable();
+    assert_eq!(all, expected);
 }

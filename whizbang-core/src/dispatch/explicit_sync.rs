@@ -38,7 +38,12 @@ enum Target {
 /// [`run`](Self::run) or [`deferred`](Self::deferred).
 ///
 /// Without [`streams`](Self::streams) it syncs every stream
-/// ([`all`](Self::all)).
+/// ([`all`](Self::all)). A keyed perspective has one cursor over the
+/// store's global order: any incremental sync of it catches that cursor up
+/// on everything stored (one [`SyncItem`](crate::SyncItem) keyed
+/// [`KEYED_CURSOR`](crate::perspective::KEYED_CURSOR)), and a
+/// [`full`](Self::full) sync of it is refused with
+/// [`Error::InvalidInput`].
 #[must_use = "a sync does nothing until `.run().await` or `.deferred()`"]
 #[derive(Clone)]
 pub struct PerspectiveSync {

@@ -9,7 +9,10 @@
 //! the oldest, the time since the last run) and sleeps or runs: a run takes
 //! up to `max_events` held streams and catches them up together (one
 //! transaction where the perspective store claims many models at once, else
-//! one by one). Held work counts towards the runner's `wait_idle` once its
+//! one by one). A keyed perspective's work is held under its one cursor
+//! ([`KEYED_CURSOR`](crate::perspective::KEYED_CURSOR)), whatever stream a
+//! flush or a wait signalled: its run catches the cursor up on everything
+//! stored. Held work counts towards the runner's `wait_idle` once its
 //! run starts, not while it waits
 //! for its strategy (an hourly schedule must not hold `wait_idle` for an
 //! hour); a paused runner runs nothing. The task holds the runner weakly and
