@@ -357,3 +357,43 @@ async fn an_explicit_sync_catches_a_held_keyed_perspective_up(pool: PgPool) {
     );
     shut_down(rt, pg).await;
 }
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn a_triggering_wait_runs_again_once_its_events_have_a_place_in_the_global_order(
+    pool: PgPool,
+) {
+    let pg = backend(&pool, fast_options()).await;
+    let rt = runtime_of::<Hourly>(&pg);
+    let ada = Uuid::now_v7();
+    // An open transaction with an id holds the horizon: the order placed
+    // after it is stored but gets no place in the global order until it ends.
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("select pg_current_xact_id()")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    place(&rt, ada, 5).await;
+    let awaiter = rt.sync_awaiter();
+    let wait = tokio::spawn(async move {
+        awaiter
+            .wait::<Hourly>(long(SyncFilter::all()).trigger(true))
+            .await
+    });
+    // Registered: its first run (before registering) found nothing to apply.
+    let tracker = Arc::clone(rt.sync_tracker());
+    support::eventually("the wait is registered", || {
+        let tracker = Arc::clone(&tracker);
+        async move { (tracker.waiter_count() > 0).then_some(()) }
+    })
+    .await;
+    assert_eq!(cursor(&pool, Hourly::NAME).await, None);
+    holder.rollback().await.unwrap();
+    // The hourly schedule never runs in a test: only the wait's own runs can.
+    let waited = bounded_within(HORIZON, wait).await.unwrap().unwrap();
+    assert_eq!(
+        (waited.outcome, waited.run),
+        (SyncOutcome::Synced, StrategyRun::Triggered)
+    );
+    assert_eq!(totals::<Hourly>(&rt, ada).await.unwrap().amount, 5);
+    shut_down(rt, pg).await;
+}

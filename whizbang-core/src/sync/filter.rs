@@ -346,8 +346,13 @@ impl PerspectiveSyncOptions {
     /// events' streams now, on the waiting task, instead of waiting for the
     /// strategy's next run (default `false`: wait for it, however long the
     /// schedule is, within the timeout). The result's
-    /// [`run`](crate::SyncResult::run) says which happened. No effect on
-    /// inline and realtime perspectives, which never hold work back.
+    /// [`run`](crate::SyncResult::run) says which happened. A keyed
+    /// perspective is run as a whole (its one cursor catches up on
+    /// everything stored). Events the wait still finds pending after that
+    /// run (not yet in a keyed perspective's global order, or appended
+    /// meanwhile) are run again by the runner in each round that finds them,
+    /// never left to the strategy. No effect on inline and realtime
+    /// perspectives, which never hold work back.
     #[must_use]
     pub fn trigger(mut self, on: bool) -> Self {
         self.trigger = on;
