@@ -105,10 +105,7 @@ async fn place(rt: &Runtime, customer: Uuid, amount: u64) -> Uuid {
     order
 }
 
-async fn totals<P: Perspective>(rt: &Runtime, customer: Uuid) -> Option<Totals>
-where
-    P: Perspective<Model = Totals>,
-{
+async fn totals<P: Perspective<Model = Totals>>(rt: &Runtime, customer: Uuid) -> Option<Totals> {
     rt.lens::<P>().get_by_key(customer).await.unwrap()
 }
 
