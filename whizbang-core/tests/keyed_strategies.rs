@@ -14,8 +14,8 @@ use uuid::Uuid;
 use whizbang_core::backend::{MemoryEventStore, MemoryPerspectiveStore, PerspectiveStore};
 use whizbang_core::perspective::KEYED_CURSOR;
 use whizbang_core::{
-    perspective, Event, Perspective, PerspectiveSyncOptions, Runtime, StrategyRun, SyncFilter,
-    SyncOutcome,
+    perspective, Error, Event, Perspective, PerspectiveSyncOptions, Runtime, StrategyRun,
+    SyncFilter, SyncItem, SyncOutcome,
 };
 
 #[derive(Event, Serialize, Deserialize, Debug, Clone)]
@@ -307,9 +307,44 @@ async fn an_explicit_sync_catches_a_held_keyed_perspective_up() {
     assert_eq!(totals::<Hourly>(&rt, ada).await, None);
     let report = bounded(rt.sync::<Hourly>().run()).await.unwrap();
     assert_eq!(report.totals().failed, 0);
+    assert!(matches!(
+        report.items.as_slice(),
+        [SyncItem::Applied {
+            stream: KEYED_CURSOR,
+            from: 0,
+            to: 2,
+            deleted: false
+        }]
+    ));
     assert_eq!(totals::<Hourly>(&rt, ada).await.unwrap().amount, 1);
     assert_eq!(totals::<Hourly>(&rt, bob).await.unwrap().amount, 2);
     assert_eq!(cursor::<Hourly>(&models).await, 2);
+    // The customers' models only: none under an order stream's id.
+    let mut keys: Vec<Uuid> = models
+        .list_models(Hourly::NAME)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.id.as_uuid())
+        .collect();
+    keys.sort_unstable();
+    let mut expected = vec![ada, bob];
+    expected.sort_unstable();
+    assert_eq!(keys, expected);
+    let again = bounded(rt.sync::<Hourly>().streams([ada]).run())
+        .await
+        .unwrap();
+    assert!(matches!(
+        again.items.as_slice(),
+        [SyncItem::Skipped {
+            stream: KEYED_CURSOR
+        }]
+    ));
+    let full = rt.sync::<Hourly>().full().run().await;
+    assert!(
+        matches!(&full, Err(Error::InvalidInput(m)) if m.contains("keyed")),
+        "{full:?}"
+    );
     let after = bounded(rt.sync_awaiter().wait::<Hourly>(short(SyncFilter::all())))
         .await
         .unwrap();
