@@ -13,6 +13,7 @@
 //! [`PerspectiveStore::claim_many`]: crate::store::PerspectiveStore::claim_many
 
 use super::engine::{decode_stored, finish, fold, new_model, Engine, Finishing, Folded, Recovery};
+use super::key::KEYED_CURSOR;
 use super::{ApplyReport, PerspectiveRegistration};
 use crate::error::{Error, Result};
 use crate::message::StreamId;
@@ -289,6 +290,55 @@ impl Engine {
     /// store claims many at once (else one by one), appending an item per
     /// stream to `items`. Never fails as a whole: a backend error fails the
     /// chunk's streams.
+    /// An explicit sync of keyed perspective `reg` (incremental: a full
+    /// one is a rebuild, refused before this): its one cursor caught up to
+    /// the head, in batches of the global order. One item per stream whose
+    /// events the cursor passed (`from`/`to` are the cursor's global
+    /// positions); a named stream it did not pass is skipped, or failed
+    /// when the run stopped at a failure, which is reported for
+    /// [`KEYED_CURSOR`] too.
+    pub(crate) async fn sync_keyed_items(
+        &self,
+        reg: &'static PerspectiveRegistration,
+        named: Option<&[StreamId]>,
+        options: Options,
+        items: &mut Vec<SyncItem>,
+    ) -> Result<()> {
+        let (from, reports, failed) = self.sync_keyed(reg, options.retry_failed).await?;
+        // The last report of a stream carries the cursor it reached.
+        let mut last: std::collections::HashMap<StreamId, usize> = std::collections::HashMap::new();
+        for (i, report) in reports.iter().enumerate() {
+            if report.failure.is_none() {
+                last.insert(report.stream, i);
+            }
+        }
+        let mut passed: Vec<usize> = last.values().copied().collect();
+        passed.sort_unstable();
+        for &i in &passed {
+            items.push(SyncItem::applied(&reports[i], from, false));
+        }
+        let failed = failed.map(Arc::new);
+        for &stream in named.unwrap_or_default() {
+            if last.contains_key(&stream) {
+                continue;
+            }
+            items.push(match &failed {
+                Some(error) => SyncItem::Failed {
+                    stream,
+                    error: Arc::clone(error),
+                },
+                None => SyncItem::Skipped { stream },
+            });
+        }
+        if let Some(error) = failed {
+            items.push(SyncItem::Failed {
+                stream: KEYED_CURSOR,
+                error,
+            });
+        }
+        Ok(())
+    }
+
     pub(crate) async fn sync_chunk(
         &self,
         reg: &'static PerspectiveRegistration,
