@@ -629,3 +629,260 @@ async fn a_keyed_catch_up_commits_up_to_4096_events_per_transaction() {
         );
     }
 }
+
+// ------------------------------------------- explicit sync and status, keyed
+
+/// Whether any stored model of `P` is keyed by one of the order streams
+/// (a stream-by-stream fold would write such models).
+async fn a_model_per_order_stream(rt: &Runtime, events: &MemoryEventStore) -> Vec<StreamId> {
+    let mut found = Vec::new();
+    for ev in events.all_events() {
+        if ev.event_type.as_ref() == "keyed.order_placed"
+            && rt
+                .lens::<CustomerTotals>()
+                .get_by_key(ev.stream_id.as_uuid())
+                .await
+                .unwrap()
+                .is_some()
+        {
+            found.push(ev.stream_id);
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn explicit_sync_of_a_keyed_perspective_catches_its_one_cursor_up() {
+    let (events, models) = stores();
+    let rt = runtime(&events, &models);
+    rt.runner().pause();
+    let customers: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    publish_orders(&rt, &customers, 6, 1).await;
+    assert_eq!(
+        totals(&rt, customers[0]).await,
+        None,
+        "the runner is paused"
+    );
+    let order = events.all_events()[0].stream_id;
+    let stranger = StreamId::new();
+
+    // Named streams: the cursor catches up to the head (every key), the
+    // named stream is applied, an unknown one skipped.
+    let report = bounded(
+        rt.sync::<CustomerTotals>()
+            .streams([order, stranger, order])
+            .run(),
+    )
+    .await
+    .unwrap();
+    let head = events.all_events().len() as u64;
+    assert_eq!(report.totals().applied, 6, "{report:?}");
+    assert_eq!(report.totals().skipped, 1, "{report:?}");
+    assert_eq!(report.totals().failed, 0, "{report:?}");
+    for item in &report.items {
+        if let whizbang_core::SyncItem::Applied {
+            from, to, deleted, ..
+        } = item
+        {
+            assert_eq!((*from, *to, *deleted), (0, head, false), "{item:?}");
+        }
+    }
+    assert!(report.items.iter().any(|i| i.stream() == order));
+    let fold = fresh_fold(&events);
+    for c in &customers {
+        assert_eq!(totals(&rt, *c).await.as_ref(), fold.get(c), "customer {c}");
+    }
+    assert_eq!(a_model_per_order_stream(&rt, &events).await, Vec::new());
+    assert_eq!(cursor::<CustomerTotals>(&models).await.version, head);
+
+    // Everything: what was appended since; then nothing to do.
+    publish_orders(&rt, &customers, 2, 100).await;
+    let report = bounded(rt.sync::<CustomerTotals>().all().run())
+        .await
+        .unwrap();
+    assert_eq!(report.totals().applied, 2, "{report:?}");
+    let report = bounded(rt.sync::<CustomerTotals>().all().run())
+        .await
+        .unwrap();
+    assert!(report.items.is_empty(), "{report:?}");
+    let fold = fresh_fold(&events);
+    for c in &customers {
+        assert_eq!(totals(&rt, *c).await.as_ref(), fold.get(c), "customer {c}");
+    }
+    assert_eq!(a_model_per_order_stream(&rt, &events).await, Vec::new());
+}
+
+#[tokio::test]
+async fn a_full_sync_of_a_keyed_perspective_is_refused_and_points_to_a_rebuild() {
+    let (events, models) = stores();
+    let rt = runtime(&events, &models);
+    rt.runner().pause();
+    let customers = [Uuid::now_v7()];
+    publish_orders(&rt, &customers, 2, 1).await;
+    for sync in [
+        rt.sync::<CustomerTotals>().all().full(),
+        rt.sync::<CustomerTotals>()
+            .streams([events.all_events()[0].stream_id])
+            .full(),
+    ] {
+        let refused = bounded(sync.run()).await;
+        let Err(Error::InvalidInput(message)) = &refused else {
+            panic!("expected InvalidInput, got {refused:?}");
+        };
+        assert!(message.contains("rebuild"), "{message}");
+    }
+    assert_eq!(totals(&rt, customers[0]).await, None, "nothing was changed");
+    assert_eq!(cursor::<CustomerTotals>(&models).await.version, 0);
+}
+
+#[tokio::test]
+async fn explicit_sync_of_a_failing_keyed_perspective_reports_the_failure_and_keeps_what_applied() {
+    let (events, models) = stores();
+    let rt = runtime(&events, &models);
+    rt.runner().pause();
+    let customer = Uuid::now_v7();
+    let scope = rt.scope();
+    let orders: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    for (i, amount) in [1, POISON, 3].into_iter().enumerate() {
+        scope
+            .publish(placed(orders[i], customer, amount, i as u64 + 1))
+            .await
+            .unwrap();
+    }
+    bounded(scope.complete()).await.unwrap();
+    let report = bounded(
+        rt.sync::<Picky>()
+            .streams(orders.iter().map(|&o| StreamId::from(o)))
+            .run(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.totals().applied, 1, "{report:?}");
+    // The two streams at and after the failure, and the cursor itself.
+    assert_eq!(report.totals().failed, 3, "{report:?}");
+    let failed: Vec<StreamId> = report
+        .items
+        .iter()
+        .filter(|i| matches!(i, whizbang_core::SyncItem::Failed { .. }))
+        .map(|i| i.stream())
+        .collect();
+    assert!(failed.contains(&KEYED_CURSOR), "{failed:?}");
+    assert!(failed.contains(&StreamId::from(orders[1])), "{failed:?}");
+    let got = rt
+        .lens::<Picky>()
+        .get_by_key(customer)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        got.seqs,
+        vec![1],
+        "what came before the failure is committed"
+    );
+
+    // The status counts the failed cursor and the two events behind it.
+    let status = rt.perspective_status::<Picky>().await.unwrap();
+    assert_eq!(
+        (status.lag_events, status.failed_cursors),
+        (2, 1),
+        "{status:?}"
+    );
+
+    // Retrying fails again (the cause is in the event); after a skip an
+    // explicit sync has nothing left.
+    let retried = bounded(rt.sync::<Picky>().all().retry_failed().run())
+        .await
+        .unwrap();
+    assert_eq!(retried.totals().failed, 1, "{retried:?}");
+    rt.skip_failed_event::<Picky>(KEYED_CURSOR, "bad amount")
+        .await
+        .unwrap();
+    let got = rt
+        .lens::<Picky>()
+        .get_by_key(customer)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.seqs, vec![1, 3]);
+    let status = rt.perspective_status::<Picky>().await.unwrap();
+    assert_eq!(
+        (status.lag_events, status.failed_cursors),
+        (0, 0),
+        "{status:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_status_of_a_keyed_perspective_counts_only_what_its_cursor_has_not_passed() {
+    let (events, models) = stores();
+    let rt = runtime(&events, &models);
+    let customers: Vec<Uuid> = (0..2).map(|_| Uuid::now_v7()).collect();
+    publish_orders(&rt, &customers, 4, 1).await;
+    bounded(rt.wait_idle()).await;
+    let status = rt.perspective_status::<CustomerTotals>().await.unwrap();
+    assert_eq!(status.lag_events, 0, "{status:?}");
+    assert_eq!(status.lag, std::time::Duration::ZERO, "{status:?}");
+
+    // Two more events on an order stream whose first events are applied,
+    // and one unhandled: the lag is the two, not the stream's history.
+    rt.runner().pause();
+    let first = events.all_events()[0].clone();
+    let placed_first: OrderPlaced = serde_json::from_str(first.data.get()).unwrap();
+    let scope = rt.scope();
+    scope
+        .publish(OrderRefunded {
+            order: placed_first.order,
+            customer: placed_first.customer.into(),
+            amount: 1,
+            seq: 1_000,
+        })
+        .await
+        .unwrap();
+    scope
+        .publish(Noise {
+            order: placed_first.order,
+        })
+        .await
+        .unwrap();
+    scope
+        .publish(OrderRefunded {
+            order: placed_first.order,
+            customer: placed_first.customer.into(),
+            amount: 1,
+            seq: 1_001,
+        })
+        .await
+        .unwrap();
+    bounded(scope.complete()).await.unwrap();
+    let status = rt.perspective_status::<CustomerTotals>().await.unwrap();
+    assert_eq!(
+        (status.lag_events, status.failed_cursors),
+        (2, 0),
+        "{status:?}"
+    );
+    rt.runner().resume();
+    bounded(rt.wait_idle()).await;
+    let status = rt.perspective_status::<CustomerTotals>().await.unwrap();
+    assert_eq!(status.lag_events, 0, "{status:?}");
+}
+
+#[tokio::test]
+async fn a_rebuild_of_a_keyed_perspective_is_refused_and_changes_nothing() {
+    let (events, models) = stores();
+    let rt = runtime(&events, &models);
+    let customers: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    publish_orders(&rt, &customers, 6, 1).await;
+    bounded(rt.wait_idle()).await;
+    let before = cursor::<CustomerTotals>(&models).await;
+    let refused = bounded(rt.rebuild::<CustomerTotals>()).await;
+    let Err(Error::Unsupported(message)) = &refused else {
+        panic!("expected Unsupported, got {refused:?}");
+    };
+    assert!(message.contains("new name"), "{message}");
+    let fold = fresh_fold(&events);
+    for c in &customers {
+        assert_eq!(totals(&rt, *c).await.as_ref(), fold.get(c), "customer {c}");
+    }
+    assert_eq!(a_model_per_order_stream(&rt, &events).await, Vec::new());
+    assert_eq!(cursor::<CustomerTotals>(&models).await, before);
+}

@@ -306,16 +306,12 @@ async fn an_explicit_sync_catches_a_held_keyed_perspective_up() {
     place(&rt, bob, 2).await;
     assert_eq!(totals::<Hourly>(&rt, ada).await, None);
     let report = bounded(rt.sync::<Hourly>().run()).await.unwrap();
-    assert_eq!(report.totals().failed, 0);
-    assert!(matches!(
-        report.items.as_slice(),
-        [SyncItem::Applied {
-            stream: KEYED_CURSOR,
-            from: 0,
-            to: 2,
-            deleted: false
-        }]
-    ));
+    let totals_ = report.totals();
+    assert_eq!((totals_.applied, totals_.failed), (2, 0), "{report:?}");
+    assert!(report
+        .items
+        .iter()
+        .all(|i| matches!(i, SyncItem::Applied { from: 0, to: 2, .. })));
     assert_eq!(totals::<Hourly>(&rt, ada).await.unwrap().amount, 1);
     assert_eq!(totals::<Hourly>(&rt, bob).await.unwrap().amount, 2);
     assert_eq!(cursor::<Hourly>(&models).await, 2);
@@ -334,12 +330,10 @@ async fn an_explicit_sync_catches_a_held_keyed_perspective_up() {
     let again = bounded(rt.sync::<Hourly>().streams([ada]).run())
         .await
         .unwrap();
-    assert!(matches!(
-        again.items.as_slice(),
-        [SyncItem::Skipped {
-            stream: KEYED_CURSOR
-        }]
-    ));
+    assert!(
+        matches!(again.items.as_slice(), [SyncItem::Skipped { .. }]),
+        "{again:?}"
+    );
     let full = rt.sync::<Hourly>().full().run().await;
     assert!(
         matches!(&full, Err(Error::InvalidInput(m)) if m.contains("keyed")),

@@ -3,7 +3,8 @@
 //! poison event (status and failed list the cursor; skip and retry recover
 //! it, the partitioned runner applies and waiters wake), lag counted on
 //! streams without a cursor too, a rebuild shown as the rebuild of its
-//! perspective, dead letters listed and replayed, and
+//! perspective, a keyed perspective's lag counted from its one cursor,
+//! dead letters listed and replayed, and
 //! clear errors with a non-zero exit code.
 
 mod support;
@@ -845,5 +846,66 @@ async fn a_request_nobody_serves_or_that_fails_exits_non_zero_with_the_reason(po
         .find(|p| p["name"] == "pg_cli.grumpy")
         .unwrap_or_else(|| panic!("{status:#}"));
     assert_eq!(grumpy["rebuild"]["phase"], "failed", "{status:#}");
+    shut_down(rt, pg).await;
+}
+
+/// Balances keyed by account through one cursor over the global order.
+struct KeyedBalances;
+#[perspective(model = Balance, key = account, name = "pg_cli.keyed")]
+impl KeyedBalances {
+    fn deposited(b: &mut Balance, e: &Deposited) {
+        b.cents += e.cents;
+        b.deposits += 1;
+    }
+}
+
+/// The status entry of perspective `name`.
+fn entry(status: &Value, name: &str) -> Value {
+    status["perspectives"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("{status:#}"))
+        .clone()
+}
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn a_keyed_perspective_lags_by_what_its_one_cursor_has_not_passed(pool: PgPool) {
+    let url = url_of(&pool);
+    let pg = backend(&pool, fast_options()).await;
+    let rt = service_of::<KeyedBalances>(&pg);
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    deposit(&rt, a, 1).await;
+    deposit(&rt, a, 2).await;
+    deposit(&rt, b, 3).await;
+    eventually("the runner applied the three deposits", || {
+        let url = url.clone();
+        async move {
+            let keyed = entry(&ok_json(&url, &["status"]).await, "pg_cli.keyed");
+            (keyed["lag_events"] == 0 && keyed["applied_events"].as_i64() >= Some(3))
+                .then_some(keyed)
+        }
+    })
+    .await;
+    shut_down(rt, pg).await;
+
+    // Nobody applies now: two more deposits on a (a stream whose earlier
+    // events are applied) and one on c.
+    let pg = backend(&pool, fast_options().runner(false)).await;
+    let rt = service_of::<KeyedBalances>(&pg);
+    let c = Uuid::now_v7();
+    deposit(&rt, a, 4).await;
+    deposit(&rt, a, 5).await;
+    deposit(&rt, c, 6).await;
+    let keyed = entry(&ok_json(&url, &["status"]).await, "pg_cli.keyed");
+    assert_eq!(keyed["keyed"], true, "{keyed:#}");
+    assert_eq!(keyed["streams"], 2, "the models of a and b: {keyed:#}");
+    assert_eq!(
+        keyed["applied_events"], 3,
+        "the cursor's position: {keyed:#}"
+    );
+    assert_eq!(keyed["lag_events"], 3, "{keyed:#}");
+    assert_eq!(keyed["failed"], Value::Array(Vec::new()), "{keyed:#}");
     shut_down(rt, pg).await;
 }

@@ -458,3 +458,75 @@ async fn numbering_events_takes_no_lock_on_them(pool: PgPool) {
     holder.rollback().await.unwrap();
     shut_down(rt, pg).await;
 }
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn explicit_sync_and_status_of_a_keyed_perspective_follow_its_one_cursor(pool: PgPool) {
+    let pg = backend(&pool, fast_options().runner(false)).await;
+    let rt = runtime(&pg);
+    rt.runner().pause();
+    let customers: Vec<Uuid> = (0..2).map(|_| Uuid::now_v7()).collect();
+    publish_orders(&rt, &customers, 6, 0).await;
+
+    // Another process (its own runtime, nothing tracked) sees the backlog
+    // in the status and catches it up with one explicit sync.
+    let other_pg = backend(&pool, fast_options().runner(false)).await;
+    let other = runtime(&other_pg);
+    other.runner().pause();
+    let status = bounded(other.perspective_status::<CustomerTotals>())
+        .await
+        .unwrap();
+    assert_eq!(
+        (status.lag_events, status.failed_cursors),
+        (6, 0),
+        "{status:?}"
+    );
+    assert!(status.lag > Duration::ZERO, "{status:?}");
+    // The horizon is the server's: an explicit sync applies what is safe
+    // to number now, so repeat until everything is applied.
+    let want = fresh_fold(&pool).await;
+    let deadline = tokio::time::Instant::now() + HORIZON;
+    let mut applied = 0;
+    loop {
+        let report = bounded(other.sync::<CustomerTotals>().all().run())
+            .await
+            .unwrap();
+        assert_eq!(report.totals().failed, 0, "{report:?}");
+        applied += report.totals().applied;
+        let mut got = BTreeMap::new();
+        for c in want.keys() {
+            if let Some(t) = totals(&other, *c).await {
+                got.insert(*c, t);
+            }
+        }
+        if got == want {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "explicit syncs did not apply every order within {HORIZON:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(applied, 6, "one item per order stream, each applied once");
+    let (per_stream,): (i64,) = sqlx::query_as(
+        "select count(*) from wh_perspective_rows r
+          where r.perspective = $1
+            and exists (select 1 from wh_events e where e.stream_id = r.model_key)",
+    )
+    .bind(CustomerTotals::NAME)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(per_stream, 0, "no model is keyed by an order stream");
+    let status = bounded(other.perspective_status::<CustomerTotals>())
+        .await
+        .unwrap();
+    assert_eq!(status.lag_events, 0, "{status:?}");
+    let full = bounded(other.sync::<CustomerTotals>().all().full().run()).await;
+    assert!(
+        matches!(&full, Err(whizbang_core::Error::InvalidInput(m)) if m.contains("rebuild")),
+        "{full:?}"
+    );
+    shut_down(other, other_pg).await;
+    shut_down(rt, pg).await;
+}

@@ -38,12 +38,7 @@ enum Target {
 /// [`run`](Self::run) or [`deferred`](Self::deferred).
 ///
 /// Without [`streams`](Self::streams) it syncs every stream
-/// ([`all`](Self::all)). A keyed perspective has one cursor over the
-/// store's global order: any incremental sync of it catches that cursor up
-/// on everything stored (one [`SyncItem`](crate::SyncItem) keyed
-/// [`KEYED_CURSOR`](crate::perspective::KEYED_CURSOR)), and a
-/// [`full`](Self::full) sync of it is refused with
-/// [`Error::InvalidInput`].
+/// ([`all`](Self::all)).
 #[must_use = "a sync does nothing until `.run().await` or `.deferred()`"]
 #[derive(Clone)]
 pub struct PerspectiveSync {
@@ -73,6 +68,14 @@ impl PerspectiveSync {
     /// Syncs these streams (incremental unless [`full`](Self::full)), as
     /// one batch. Ids given twice are synced once; an empty list is a no-op
     /// run with an empty report.
+    ///
+    /// For a keyed perspective (`key = ..`), whose models gather events of
+    /// many streams under one cursor, no stream can be synced alone: the
+    /// cursor is caught up to the head, and the report lists every stream
+    /// it passed (`from`/`to` are the cursor's global positions), each
+    /// named one it did not pass as skipped (or failed, when the run
+    /// stopped at a failure, which is also reported for
+    /// [`KEYED_CURSOR`](crate::perspective::KEYED_CURSOR)).
     pub fn streams<I>(mut self, ids: I) -> Self
     where
         I: IntoIterator,
@@ -94,6 +97,10 @@ impl PerspectiveSync {
     /// into a fresh model and committed in place of the old one (a model
     /// whose fold fails keeps its old state and cursor, and is reported
     /// failed). For the named streams, or all.
+    ///
+    /// A keyed perspective's models gather events of many streams, so a
+    /// full sync of one is refused with [`Error::InvalidInput`]: rebuild it
+    /// with [`Runtime::rebuild`] instead.
     pub fn full(mut self) -> Self {
         self.full = true;
         self
@@ -157,7 +164,8 @@ impl PerspectiveSync {
     ///
     /// # Errors
     /// [`Error::UnknownPerspective`] when the perspective is not registered
-    /// in this runtime; [`Error::InvalidInput`] for a chunk size of 0; a
+    /// in this runtime; [`Error::InvalidInput`] for a chunk size of 0 or a
+    /// full sync of a keyed perspective; a
     /// backend error listing the streams for [`all`](Self::all). Per-stream
     /// failures (a failed cursor, an apply error, a backend error on one
     /// chunk) are not errors: they are [`SyncItem::Failed`](crate::SyncItem::Failed) in the report.
@@ -218,21 +226,8 @@ impl PerspectiveSync {
             }
         }
         let engine = &self.runtime.inner.engine;
-        let options = Options {
-            full: self.full,
-            retry_failed: self.retry_failed,
-        };
         if reg.is_keyed() {
-            // One cursor covers every stream: one catch-up, one item.
-            let item = engine.sync_keyed(reg, options).await?;
-            tracing::Span::current().record("streams", 1);
-            return Ok(SyncReport {
-                perspective: reg.name,
-                mode,
-                items: vec![item],
-                duration: started.elapsed(),
-                not_needed: None,
-            });
+            return self.run_keyed(reg, started).await;
         }
         let streams = match self.target {
             Target::Streams(mut ids) => {
@@ -249,10 +244,61 @@ impl PerspectiveSync {
             }
         };
         tracing::Span::current().record("streams", streams.len());
+        let options = Options {
+            full: self.full,
+            retry_failed: self.retry_failed,
+        };
         let mut items = Vec::with_capacity(streams.len());
         for chunk in streams.chunks(self.chunk) {
             engine.sync_chunk(reg, chunk, options, &mut items).await;
         }
+        Ok(SyncReport {
+            perspective: reg.name,
+            mode,
+            items,
+            duration: started.elapsed(),
+            not_needed: None,
+        })
+    }
+
+    /// The explicit sync of a keyed perspective: its models gather events
+    /// of many streams under one cursor, so an incremental sync catches
+    /// that cursor up (for named streams as for everything) and a full one
+    /// is a rebuild.
+    async fn run_keyed(
+        self,
+        reg: &'static PerspectiveRegistration,
+        started: Instant,
+    ) -> Result<SyncReport> {
+        let mode = self.mode();
+        if self.full {
+            return Err(Error::InvalidInput(format!(
+                "a full sync of keyed perspective `{}` would refold models that gather events \
+                 of many streams, so no stream can be refolded alone: rebuild it instead with \
+                 `runtime.rebuild::<P>()` (or `whizbang rebuild {}`), which refolds every model \
+                 beside the live ones and swaps them in atomically; nothing was changed",
+                reg.name, reg.name
+            )));
+        }
+        let options = Options {
+            full: false,
+            retry_failed: self.retry_failed,
+        };
+        let named = match self.target {
+            Target::Streams(mut ids) => {
+                ids.sort_unstable();
+                ids.dedup();
+                Some(ids)
+            }
+            Target::All => None,
+        };
+        let mut items = Vec::new();
+        self.runtime
+            .inner
+            .engine
+            .sync_keyed_items(reg, named.as_deref(), options, &mut items)
+            .await?;
+        tracing::Span::current().record("streams", items.len());
         Ok(SyncReport {
             perspective: reg.name,
             mode,

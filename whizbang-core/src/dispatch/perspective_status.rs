@@ -5,10 +5,10 @@
 use super::Runtime;
 use crate::error::Result;
 use crate::message::{EventId, StreamId};
-use crate::perspective::{Perspective, PerspectiveRegistration, PerspectiveStatus};
+use crate::perspective::{Perspective, PerspectiveRegistration, PerspectiveStatus, KEYED_CURSOR};
 use crate::sync::{EventSyncStatus, SyncInquiry, UnappliedQuery};
-use std::collections::HashSet;
-use std::time::SystemTime;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, SystemTime};
 
 impl Runtime {
     /// Where perspective `P` stands: strategy, last sync in this process,
@@ -65,9 +65,99 @@ impl Runtime {
     }
 
     async fn status_of(&self, reg: &'static PerspectiveRegistration) -> Result<PerspectiveStatus> {
-        if reg.is_keyed() {
-            return self.keyed_status_of(reg).await;
+        let (lag_events, lag, failed_cursors) = if reg.is_keyed() {
+            self.keyed_lag(reg).await?
+        } else {
+            self.stream_lag(reg).await?
+        };
+        Ok(PerspectiveStatus {
+            name: reg.name,
+            mode: reg.mode,
+            strategy: reg.strategy.describe(),
+            last_sync: self.inner.last_sync.get(reg.name),
+            lag_events,
+            lag,
+            failed_cursors,
+        })
+    }
+
+    /// The lag of a keyed perspective: the handled events its one cursor
+    /// has not passed (asked of the sync backend, as a wait would), and
+    /// whether that cursor failed.
+    async fn keyed_lag(
+        &self,
+        reg: &'static PerspectiveRegistration,
+    ) -> Result<(u64, Duration, u64)> {
+        let sync = &self.inner.sync;
+        let query = UnappliedQuery::new(reg.name, reg.event_types).keyed();
+        let mut ids: Vec<EventId> = sync
+            .tracker
+            .pending_for(reg.name)
+            .iter()
+            .map(|c| c.event_id)
+            .collect();
+        ids.extend(
+            sync.backend
+                .unapplied(&query)
+                .await?
+                .iter()
+                .map(|l| l.event_id),
+        );
+        ids.sort_unstable();
+        ids.dedup();
+        let engine = &self.inner.engine;
+        let cursor = engine
+            .perspectives
+            .checkpoint(reg.name, KEYED_CURSOR)
+            .await?;
+        let failed_cursors = u64::from(cursor.failure.is_some());
+        if ids.is_empty() {
+            return Ok((0, Duration::ZERO, failed_cursors));
         }
+        let inquiry = SyncInquiry {
+            perspective: reg.name,
+            handled: reg.event_types,
+            event_ids: ids,
+            keyed: true,
+        };
+        let answers = sync.backend.inquire(std::slice::from_ref(&inquiry)).await?;
+        // Per stream, the first version not applied and the ids to count.
+        let mut first: HashMap<StreamId, u64> = HashMap::new();
+        let mut behind: HashSet<EventId> = HashSet::new();
+        for (id, status) in answers.iter().flat_map(|a| &a.statuses) {
+            if let EventSyncStatus::Pending { stream, version }
+            | EventSyncStatus::Failed {
+                stream, version, ..
+            } = status
+            {
+                behind.insert(*id);
+                let at = first.entry(*stream).or_insert(*version);
+                *at = (*at).min(*version);
+            }
+        }
+        let mut oldest: Option<SystemTime> = None;
+        for (stream, version) in first {
+            for ev in engine
+                .events
+                .read_stream(stream, version.saturating_sub(1))
+                .await?
+            {
+                if behind.contains(&ev.event_id) {
+                    let at = ev.metadata.timestamp;
+                    oldest = Some(oldest.map_or(at, |o| o.min(at)));
+                }
+            }
+        }
+        Ok((behind.len() as u64, since(oldest), failed_cursors))
+    }
+
+    /// The lag of a perspective keyed by stream: the handled events after
+    /// its cursor on each stream with unapplied events, and its failed
+    /// cursors among those streams.
+    async fn stream_lag(
+        &self,
+        reg: &'static PerspectiveRegistration,
+    ) -> Result<(u64, Duration, u64)> {
         let sync = &self.inner.sync;
         let query = UnappliedQuery::new(reg.name, reg.event_types);
         let mut streams: Vec<StreamId> = Vec::new();
@@ -100,100 +190,14 @@ impl Runtime {
                 }
             }
         }
-        let lag = oldest
-            .and_then(|o| SystemTime::now().duration_since(o).ok())
-            .unwrap_or_default();
-        Ok(PerspectiveStatus {
-            name: reg.name,
-            mode: reg.mode,
-            strategy: reg.strategy.describe(),
-            last_sync: self.inner.last_sync.get(reg.name),
-            lag_events,
-            lag,
-            failed_cursors,
-        })
+        Ok((lag_events, since(oldest), failed_cursors))
     }
+}
 
-    /// The status of a keyed perspective: its lag is the handled events
-    /// its one cursor has not passed (those the backend lists plus those
-    /// this process tracks, each asked of the backend as a wait would ask),
-    /// and its failed cursor is that one cursor.
-    async fn keyed_status_of(
-        &self,
-        reg: &'static PerspectiveRegistration,
-    ) -> Result<PerspectiveStatus> {
-        let sync = &self.inner.sync;
-        let engine = &self.inner.engine;
-        let cursor = engine
-            .perspectives
-            .checkpoint(reg.name, crate::perspective::KEYED_CURSOR)
-            .await?;
-        let query = UnappliedQuery::new(reg.name, reg.event_types).keyed();
-        let mut ids: Vec<EventId> = Vec::new();
-        let mut seen: HashSet<EventId> = HashSet::new();
-        let tracked = sync.tracker.pending_for(reg.name);
-        let stored = sync.backend.unapplied(&query).await?;
-        for id in tracked
-            .iter()
-            .map(|c| c.event_id)
-            .chain(stored.iter().map(|l| l.event_id))
-        {
-            if seen.insert(id) {
-                ids.push(id);
-            }
-        }
-        // Each stream's unapplied events, from the first one.
-        let mut from: Vec<(StreamId, u64)> = Vec::new();
-        let mut pending: HashSet<EventId> = HashSet::new();
-        if !ids.is_empty() {
-            let inquiry = SyncInquiry {
-                perspective: reg.name,
-                handled: reg.event_types,
-                event_ids: ids,
-                keyed: true,
-            };
-            let answers = sync.backend.inquire(std::slice::from_ref(&inquiry)).await?;
-            for (id, status) in answers.iter().flat_map(|a| &a.statuses) {
-                let (EventSyncStatus::Pending { stream, version }
-                | EventSyncStatus::Failed {
-                    stream, version, ..
-                }) = status
-                else {
-                    continue;
-                };
-                pending.insert(*id);
-                match from.iter_mut().find(|(s, _)| s == stream) {
-                    Some((_, v)) => *v = (*v).min(*version),
-                    None => from.push((*stream, *version)),
-                }
-            }
-        }
-        let mut oldest: Option<SystemTime> = None;
-        let mut lag_events = 0u64;
-        for (stream, version) in from {
-            for ev in engine
-                .events
-                .read_stream(stream, version.saturating_sub(1))
-                .await?
-            {
-                if pending.remove(&ev.event_id) {
-                    lag_events += 1;
-                    let at = ev.metadata.timestamp;
-                    oldest = Some(oldest.map_or(at, |o| o.min(at)));
-                }
-            }
-        }
-        let lag = oldest
-            .and_then(|o| SystemTime::now().duration_since(o).ok())
-            .unwrap_or_default();
-        Ok(PerspectiveStatus {
-            name: reg.name,
-            mode: reg.mode,
-            strategy: reg.strategy.describe(),
-            last_sync: self.inner.last_sync.get(reg.name),
-            lag_events,
-            lag,
-            failed_cursors: u64::from(cursor.failure.is_some()),
-        })
-    }
+/// How long ago `oldest` was (zero when there is none, or it is ahead of
+/// this clock).
+fn since(oldest: Option<SystemTime>) -> Duration {
+    oldest
+        .and_then(|o| SystemTime::now().duration_since(o).ok())
+        .unwrap_or_default()
 }

@@ -290,6 +290,55 @@ impl Engine {
     /// store claims many at once (else one by one), appending an item per
     /// stream to `items`. Never fails as a whole: a backend error fails the
     /// chunk's streams.
+    /// An explicit sync of keyed perspective `reg` (incremental: a full
+    /// one is a rebuild, refused before this): its one cursor caught up to
+    /// the head, in batches of the global order. One item per stream whose
+    /// events the cursor passed (`from`/`to` are the cursor's global
+    /// positions); a named stream it did not pass is skipped, or failed
+    /// when the run stopped at a failure, which is reported for
+    /// [`KEYED_CURSOR`] too.
+    pub(crate) async fn sync_keyed_items(
+        &self,
+        reg: &'static PerspectiveRegistration,
+        named: Option<&[StreamId]>,
+        options: Options,
+        items: &mut Vec<SyncItem>,
+    ) -> Result<()> {
+        let (from, reports, failed) = self.sync_keyed(reg, options.retry_failed).await?;
+        // The last report of a stream carries the cursor it reached.
+        let mut last: std::collections::HashMap<StreamId, usize> = std::collections::HashMap::new();
+        for (i, report) in reports.iter().enumerate() {
+            if report.failure.is_none() {
+                last.insert(report.stream, i);
+            }
+        }
+        let mut passed: Vec<usize> = last.values().copied().collect();
+        passed.sort_unstable();
+        for &i in &passed {
+            items.push(SyncItem::applied(&reports[i], from, false));
+        }
+        let failed = failed.map(Arc::new);
+        for &stream in named.unwrap_or_default() {
+            if last.contains_key(&stream) {
+                continue;
+            }
+            items.push(match &failed {
+                Some(error) => SyncItem::Failed {
+                    stream,
+                    error: Arc::clone(error),
+                },
+                None => SyncItem::Skipped { stream },
+            });
+        }
+        if let Some(error) = failed {
+            items.push(SyncItem::Failed {
+                stream: KEYED_CURSOR,
+                error,
+            });
+        }
+        Ok(())
+    }
+
     pub(crate) async fn sync_chunk(
         &self,
         reg: &'static PerspectiveRegistration,
@@ -522,58 +571,6 @@ impl Engine {
                 Ok(SyncItem::applied(&report, checkpoint.version, deleted))
             }
         }
-    }
-}
-
-impl Engine {
-    /// Syncs keyed perspective `reg` (incremental): it has one cursor over
-    /// the store's global order, so whatever streams were named, everything
-    /// stored is applied, in order, exactly once (the cursor's claim), with
-    /// waiters told of each commit. One item, keyed by [`KEYED_CURSOR`]:
-    /// applied from the cursor before to the cursor after, skipped when
-    /// nothing was behind, failed when the cursor is failed (or failed on
-    /// an event now: what came before it is committed). `retry_failed`
-    /// clears a failure first, as [`Engine::recover`] does.
-    ///
-    /// # Errors
-    /// [`Error::InvalidInput`] for a full sync (refolding a keyed
-    /// perspective from scratch is not an explicit sync); a backend error
-    /// reading the cursor.
-    pub(crate) async fn sync_keyed(
-        &self,
-        reg: &'static PerspectiveRegistration,
-        options: Options,
-    ) -> Result<SyncItem> {
-        if options.full {
-            return Err(Error::InvalidInput(format!(
-                "explicit sync of keyed perspective `{}`: a full sync refolds per stream, but a \
-                 keyed perspective folds many streams into each model over one cursor; sync it \
-                 incrementally (without `.full()`)",
-                reg.name
-            )));
-        }
-        let before = self.perspectives.checkpoint(reg.name, KEYED_CURSOR).await?;
-        let result = if options.retry_failed && before.failure.is_some() {
-            self.recover(reg, KEYED_CURSOR, Recovery::Retry)
-                .await
-                .map(|report| report.version)
-        } else {
-            self.catch_up_keyed(reg)
-                .await
-                .map(|reports| reports.last().map_or(before.version, |r| r.version))
-        };
-        Ok(match result {
-            Ok(to) if to == before.version => SyncItem::Skipped {
-                stream: KEYED_CURSOR,
-            },
-            Ok(to) => SyncItem::Applied {
-                stream: KEYED_CURSOR,
-                from: before.version,
-                to,
-                deleted: false,
-            },
-            Err(e) => SyncItem::failed(KEYED_CURSOR, e),
-        })
     }
 }
 

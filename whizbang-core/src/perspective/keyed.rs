@@ -178,6 +178,13 @@ fn failed(reg: &'static PerspectiveRegistration, failure: &CheckpointFailure) ->
     }
 }
 
+/// What one keyed batch committed, and the failure it stopped at (what
+/// came before the failing event is committed).
+struct KeyedStep {
+    reports: Vec<ApplyReport>,
+    failed: Option<Error>,
+}
+
 /// One report per stream whose events the cursor passed (in order of
 /// their first event), carrying the cursor's position.
 fn reports(
@@ -216,8 +223,11 @@ impl Engine {
         let span = tracing::debug_span!("whizbang.perspective.apply_keyed", perspective = reg.name);
         async move {
             let mut all = Vec::new();
-            while let Some(mut reports) = self.keyed_batch(reg).await? {
-                all.append(&mut reports);
+            while let Some(step) = self.keyed_batch(reg).await? {
+                all.extend(step.reports);
+                if let Some(error) = step.failed {
+                    return Err(error);
+                }
             }
             Ok(all)
         }
@@ -225,12 +235,48 @@ impl Engine {
         .await
     }
 
+    /// An explicit sync of keyed perspective `reg`: its one cursor caught
+    /// up to the head (a keyed model gathers events of many streams, so no
+    /// stream can be caught up alone). With `retry_failed`, a failed cursor
+    /// is cleared first. Returns the cursor's position before, the reports
+    /// of what was committed (one per stream whose events the cursor
+    /// passed, also those committed before a failure) and the failure it
+    /// stopped at.
+    pub(crate) async fn sync_keyed(
+        &self,
+        reg: &'static PerspectiveRegistration,
+        retry_failed: bool,
+    ) -> Result<(u64, Vec<ApplyReport>, Option<Error>)> {
+        let before = self.perspectives.checkpoint(reg.name, KEYED_CURSOR).await?;
+        if retry_failed && before.failure.is_some() {
+            self.clear_keyed_failure(reg, None).await?;
+        }
+        let mut all = Vec::new();
+        loop {
+            match self.keyed_batch(reg).await {
+                Ok(Some(step)) => {
+                    all.extend(step.reports);
+                    if let Some(error) = step.failed {
+                        return Ok((before.version, all, Some(error)));
+                    }
+                }
+                Ok(None) => return Ok((before.version, all, None)),
+                // A cursor failed before the run (or by another runner
+                // meanwhile): what was committed stands, the rest waits.
+                Err(error @ Error::PerspectiveFailed { .. }) => {
+                    return Ok((before.version, all, Some(error)))
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
     /// Applies one batch of the feed after the cursor and commits it.
     /// `None`: the feed holds nothing after the cursor.
     async fn keyed_batch(
         &self,
         reg: &'static PerspectiveRegistration,
-    ) -> Result<Option<Vec<ApplyReport>>> {
+    ) -> Result<Option<KeyedStep>> {
         loop {
             let cursor = self.perspectives.checkpoint(reg.name, KEYED_CURSOR).await?;
             if let Some(f) = &cursor.failure {
@@ -367,10 +413,10 @@ impl Engine {
             for report in &reports {
                 self.notify(report);
             }
-            return match failure {
-                Some((_, f)) => Err(failed(reg, &f)),
-                None => Ok(Some(reports)),
-            };
+            return Ok(Some(KeyedStep {
+                reports,
+                failed: failure.map(|(_, f)| failed(reg, &f)),
+            }));
         }
     }
 
@@ -383,6 +429,21 @@ impl Engine {
         reg: &'static PerspectiveRegistration,
         skip: Option<String>,
     ) -> Result<ApplyReport> {
+        let version = self.clear_keyed_failure(reg, skip).await?;
+        let reports = self.catch_up_keyed(reg).await?;
+        let version = reports.last().map_or(version, |r| r.version);
+        let applied = reports.into_iter().flat_map(|r| r.applied).collect();
+        Ok(ApplyReport::new(reg.name, KEYED_CURSOR, version, applied))
+    }
+
+    /// Clears the failure of keyed perspective `reg`'s cursor (recording the
+    /// failing event as skipped with `skip`'s reason); returns the cursor's
+    /// position.
+    async fn clear_keyed_failure(
+        &self,
+        reg: &'static PerspectiveRegistration,
+        skip: Option<String>,
+    ) -> Result<u64> {
         // A unit, not a batch: only a unit's commit clears a failure.
         let unit = self.perspectives.claim(reg.name, KEYED_CURSOR).await?;
         let mut cursor = unit.checkpoint().clone();
@@ -424,9 +485,6 @@ impl Engine {
         }
         let version = cursor.version;
         unit.commit(None, cursor).await?;
-        let reports = self.catch_up_keyed(reg).await?;
-        let version = reports.last().map_or(version, |r| r.version);
-        let applied = reports.into_iter().flat_map(|r| r.applied).collect();
-        Ok(ApplyReport::new(reg.name, KEYED_CURSOR, version, applied))
+        Ok(version)
     }
 }

@@ -22,6 +22,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 use uuid::Uuid;
 use whizbang_core::perspective::rebuild::SHADOW_SUFFIX;
+use whizbang_core::perspective::KEYED_CURSOR;
 use whizbang_core::queue::MessageQueue as _;
 use whizbang_core::MessageId;
 use whizbang_postgres::__private::PARTITIONS;
@@ -310,6 +311,10 @@ struct PerspectiveStatus {
     name: String,
     /// As the runner declared it at start (`None`: no runner has yet).
     strategy: Option<String>,
+    /// A keyed perspective (one cursor over the global order): `streams`
+    /// counts its models (keys), `applied_events` is the cursor's position
+    /// in the global order, `lag_events` the handled events after it.
+    keyed: bool,
     streams: i64,
     applied_events: i64,
     lag_events: i64,
@@ -485,6 +490,50 @@ async fn uncursored_lag(db: &Db) -> Outcome<std::collections::HashMap<String, (i
     Ok(out)
 }
 
+/// The lag of each keyed perspective (its one cursor is the row of
+/// [`KEYED_CURSOR`], a position in `wh_event_order`): (events, age in
+/// seconds of the oldest) of the handled types after that position, and
+/// those not numbered yet (after the last numbered event in feed order).
+/// Without declared event types every event counts.
+async fn keyed_lag(db: &Db) -> Outcome<std::collections::HashMap<String, (i64, i64, f64)>> {
+    let cursors: Vec<(String, i64, Option<Vec<String>>)> = sqlx::query_as(
+        "select c.perspective, c.version, d.event_types
+           from wh_perspective_cursors c
+           left join wh_perspective_strategies d on d.perspective = c.perspective
+          where c.model_key = $1",
+    )
+    .bind(KEYED_CURSOR.as_uuid())
+    .fetch_all(&db.pool)
+    .await?;
+    let mut out = std::collections::HashMap::new();
+    for (perspective, at, types) in cursors {
+        let (events, age): (i64, f64) = sqlx::query_as(
+            "with last as (
+                 select tx_id, global_position from wh_event_order
+                  order by feed_seq desc limit 1
+             )
+             select count(*)::int8,
+                    coalesce(extract(epoch from now() - min(created_at)), 0)::float8
+               from (select e.created_at
+                       from wh_event_order o join wh_events e on e.event_id = o.event_id
+                      where o.feed_seq > $1
+                        and ($2::text[] is null or e.event_type = any($2))
+                     union all
+                     select e.created_at from wh_events e
+                      where (e.tx_id, e.global_position) >
+                            (coalesce((select tx_id from last), '0'::xid8),
+                             coalesce((select global_position from last), 0))
+                        and ($2::text[] is null or e.event_type = any($2))) behind",
+        )
+        .bind(at)
+        .bind(types.filter(|t| !t.is_empty()))
+        .fetch_one(&db.pool)
+        .await?;
+        out.insert(perspective, (at, events, age));
+    }
+    Ok(out)
+}
+
 /// Each perspective's rebuild, by the live perspective's name: the progress
 /// rows and the shadow generations' cursors.
 async fn rebuilds(db: &Db) -> Outcome<std::collections::HashMap<String, RebuildStatus>> {
@@ -562,6 +611,7 @@ async fn status(db: &Db, as_json: bool) -> Outcome<()> {
     .fetch_all(&db.pool)
     .await?;
     let mut uncursored = uncursored_lag(db).await?;
+    let mut keyed = keyed_lag(db).await?;
     let mut rebuilds = rebuilds(db).await?;
     let mut failed = failed_cursors(db).await?;
     let perspectives: Vec<PerspectiveStatus> = rows
@@ -579,13 +629,28 @@ async fn status(db: &Db, as_json: bool) -> Outcome<()> {
                     rebuild.get_or_insert_with(RebuildStatus::empty).failed = shadows;
                 }
                 let (new_events, new_lag) = uncursored.remove(&name).unwrap_or((0, 0.0));
+                // A keyed perspective's lag is what its one cursor has not
+                // passed; streams have no cursors of their own there.
+                let keyed = keyed.remove(&name);
+                let (streams, applied_events, lag_events, lag) = match keyed {
+                    // Its models' rows, less the cursor's; the cursor's
+                    // position in the global order.
+                    Some((at, behind, age)) => ((streams - 1).max(0), at, behind, age),
+                    None => (
+                        streams,
+                        applied_events,
+                        lag_events + new_events,
+                        lag.max(new_lag),
+                    ),
+                };
                 PerspectiveStatus {
                     name,
                     strategy,
+                    keyed: keyed.is_some(),
                     streams,
                     applied_events,
-                    lag_events: lag_events + new_events,
-                    lag_seconds: (lag.max(new_lag) * 10.0).round() / 10.0,
+                    lag_events,
+                    lag_seconds: (lag * 10.0).round() / 10.0,
                     last_applied_at: last,
                     failed: mine,
                     rebuild,
