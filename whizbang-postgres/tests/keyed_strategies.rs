@@ -68,6 +68,19 @@ impl Often {
     }
 }
 
+/// Every amount folded into a customer's model, in order.
+#[derive(Default, Clone, Serialize, Deserialize, Debug, PartialEq)]
+struct Amounts(Vec<i64>);
+
+/// Applies at 4 pending or after 50 ms: runs often while orders flow.
+struct Quick;
+#[perspective(model = Amounts, key = customer, name = "pg_keyed_strategies.quick", strategy = batch(4, "50ms"))]
+impl Quick {
+    fn placed(t: &mut Amounts, e: &OrderPlaced) {
+        t.0.push(e.amount);
+    }
+}
+
 /// The bound of a step that waits for events to become safe to consume:
 /// the snapshot horizon is the server's, so any transaction open on it (a
 /// `CREATE DATABASE` of a parallel test) holds them back meanwhile.
@@ -395,5 +408,102 @@ async fn a_triggering_wait_runs_again_once_its_events_have_a_place_in_the_global
         (SyncOutcome::Synced, StrategyRun::Triggered)
     );
     assert_eq!(totals::<Hourly>(&rt, ada).await.unwrap().amount, 5);
+    shut_down(rt, pg).await;
+}
+
+/// Writers in two processes, each waiting for its own order and for
+/// everything placed before its wait began, on a keyed batch perspective
+/// (some waits triggering): a `Synced` wait always finds the model holding
+/// what it awaited, and every order is applied exactly once.
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn a_synced_wait_on_a_keyed_batch_always_finds_what_it_awaited_in_the_model(pool: PgPool) {
+    use std::sync::Mutex;
+    let (pg, pg2) = (
+        backend(&pool, fast_options()).await,
+        backend(&pool, fast_options()).await,
+    );
+    let runtimes = [runtime_of::<Quick>(&pg), runtime_of::<Quick>(&pg2)];
+    let customers: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    // Amounts placed (their scope completed), with their customer.
+    let placed: Arc<Mutex<Vec<(Uuid, i64)>>> = Arc::default();
+    let mut writers = Vec::new();
+    for w in 0..4i64 {
+        let rt = runtimes[usize::try_from(w).unwrap() % 2].clone();
+        let (customers, placed) = (customers.clone(), Arc::clone(&placed));
+        writers.push(tokio::spawn(async move {
+            let mut synced = 0;
+            for i in 0..12i64 {
+                let amount = w * 1000 + i;
+                let customer = customers[usize::try_from(amount).unwrap() % customers.len()];
+                let scope = rt.scope();
+                scope
+                    .publish(OrderPlaced {
+                        order: Uuid::now_v7(),
+                        customer,
+                        amount,
+                    })
+                    .await
+                    .unwrap();
+                let own = scope
+                    .sync_awaiter()
+                    .wait::<Quick>(long(SyncFilter::current_scope()).trigger(i % 3 == 0))
+                    .await
+                    .unwrap();
+                if own.outcome == SyncOutcome::Synced {
+                    let model = rt.lens::<Quick>().get_by_key(customer).await.unwrap();
+                    assert!(
+                        model.is_some_and(|m| m.0.contains(&amount)),
+                        "synced before the model held order {amount}"
+                    );
+                    synced += 1;
+                }
+                scope.complete().await.unwrap();
+                placed.lock().unwrap().push((customer, amount));
+                let before = placed.lock().unwrap().clone();
+                let all = rt
+                    .sync_awaiter()
+                    .wait::<Quick>(long(SyncFilter::all()).trigger(i % 4 == 1))
+                    .await
+                    .unwrap();
+                if all.outcome == SyncOutcome::Synced {
+                    for (customer, amount) in before {
+                        let model = rt.lens::<Quick>().get_by_key(customer).await.unwrap();
+                        assert!(
+                            model.is_some_and(|m| m.0.contains(&amount)),
+                            "an all() wait synced before the model held order {amount}"
+                        );
+                    }
+                }
+            }
+            synced
+        }));
+    }
+    let mut synced = 0;
+    for w in writers {
+        synced += bounded_within(Duration::from_secs(120), w).await.unwrap();
+    }
+    assert!(synced > 0, "no wait ended synced");
+    let [rt, rt2] = runtimes;
+    // Every order applied exactly once.
+    let everything = bounded_within(
+        HORIZON,
+        rt.sync_awaiter()
+            .wait::<Quick>(long(SyncFilter::all()).trigger(true)),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        everything.outcome,
+        SyncOutcome::Synced | SyncOutcome::NoPendingEvents
+    ));
+    let mut all: Vec<i64> = Vec::new();
+    for c in &customers {
+        all.extend(rt.lens::<Quick>().get_by_key(*c).await.unwrap().unwrap().0);
+    }
+    all.sort_unstable();
+    let mut expected: Vec<i64> = placed.lock().unwrap().iter().map(|(_, a)| *a).collect();
+    expected.sort_unstable();
+    assert_eq!(all, expected);
+    shut_down(rt2, pg2).await;
     shut_down(rt, pg).await;
 }
