@@ -70,9 +70,11 @@ impl RebuildFence for MemoryFence {
             for w in writes {
                 let slot = rebuilt.entry(w.key).or_default();
                 let mut committed = lock(&slot.committed);
-                if let Some(model) = w.model {
-                    committed.model = Some(model);
-                }
+                // A write without a model deletes it (a tombstone among the
+                // last events), as a database store's swap does: keeping the
+                // shadow's older model would leave it stale under a cursor
+                // already past the tombstone.
+                committed.model = if w.delete { None } else { w.model };
                 committed.checkpoint = w.checkpoint;
             }
             let old = slots.get(live);
