@@ -866,23 +866,92 @@ async fn the_status_of_a_keyed_perspective_counts_only_what_its_cursor_has_not_p
     assert_eq!(status.lag_events, 0, "{status:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_perspective_rebuilt_while_orders_flow_equals_a_fresh_fold() {
+    for attempt in 0..3 {
+        let (events, models) = stores();
+        let rt = runtime(&events, &models);
+        let customers: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
+        publish_orders(&rt, &customers, 40, 1).await;
+        bounded(rt.wait_idle()).await;
+        let writer = {
+            let rt = rt.clone();
+            let customers = customers.clone();
+            tokio::spawn(async move {
+                for round in 0..10 {
+                    publish_orders(&rt, &customers, 5, 1_000 + round * 10).await;
+                }
+            })
+        };
+        let options =
+            whizbang_core::perspective::rebuild::RebuildOptions::default().fence_below(10);
+        let report = bounded(rt.rebuild_named(CustomerTotals::NAME, options))
+            .await
+            .unwrap();
+        bounded(writer).await.unwrap();
+        bounded(rt.wait_idle()).await;
+        assert!(report.folded >= 120, "attempt {attempt}: {report:?}");
+        assert_eq!(
+            report.models,
+            customers.len(),
+            "attempt {attempt}: {report:?}"
+        );
+        let fold = fresh_fold(&events);
+        for c in &customers {
+            assert_eq!(
+                totals(&rt, *c).await.as_ref(),
+                fold.get(c),
+                "attempt {attempt}: customer {c}"
+            );
+        }
+        assert_eq!(a_model_per_order_stream(&rt, &events).await, Vec::new());
+        assert_eq!(
+            cursor::<CustomerTotals>(&models).await.version,
+            events.all_events().len() as u64,
+            "attempt {attempt}"
+        );
+        // Nothing of the shadow is left.
+        let shadow = whizbang_core::perspective::rebuild::shadow_name(CustomerTotals::NAME);
+        assert!(models.list_models(shadow).await.unwrap().is_empty());
+    }
+}
+
 #[tokio::test]
-async fn a_rebuild_of_a_keyed_perspective_is_refused_and_changes_nothing() {
+async fn a_keyed_rebuild_whose_code_fails_swaps_nothing() {
     let (events, models) = stores();
     let rt = runtime(&events, &models);
-    let customers: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
-    publish_orders(&rt, &customers, 6, 1).await;
-    bounded(rt.wait_idle()).await;
-    let before = cursor::<CustomerTotals>(&models).await;
-    let refused = bounded(rt.rebuild::<CustomerTotals>()).await;
-    let Err(Error::Unsupported(message)) = &refused else {
-        panic!("expected Unsupported, got {refused:?}");
-    };
-    assert!(message.contains("new name"), "{message}");
-    let fold = fresh_fold(&events);
-    for c in &customers {
-        assert_eq!(totals(&rt, *c).await.as_ref(), fold.get(c), "customer {c}");
+    let customer = Uuid::now_v7();
+    let scope = rt.scope();
+    for (i, amount) in [1, POISON, 3].into_iter().enumerate() {
+        scope
+            .publish(placed(Uuid::now_v7(), customer, amount, i as u64 + 1))
+            .await
+            .unwrap();
     }
-    assert_eq!(a_model_per_order_stream(&rt, &events).await, Vec::new());
-    assert_eq!(cursor::<CustomerTotals>(&models).await, before);
+    bounded(scope.complete()).await.unwrap();
+    bounded(rt.wait_idle()).await;
+    let before = cursor::<Picky>(&models).await;
+    assert!(
+        before.failure.is_some(),
+        "the live cursor failed on the poison"
+    );
+    let failed = bounded(rt.rebuild::<Picky>()).await;
+    let Err(Error::PerspectiveFailed {
+        perspective,
+        message,
+        ..
+    }) = &failed
+    else {
+        panic!("expected PerspectiveFailed, got {failed:?}");
+    };
+    assert_eq!(*perspective, Picky::NAME);
+    assert!(message.contains("poisoned amount"), "{message}");
+    let got = rt
+        .lens::<Picky>()
+        .get_by_key(customer)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.seqs, vec![1], "the live model is as it was");
+    assert_eq!(cursor::<Picky>(&models).await, before);
 }

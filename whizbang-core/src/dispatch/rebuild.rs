@@ -119,8 +119,7 @@ impl Runtime {
     ///
     /// # Errors
     /// [`Error::UnknownPerspective`] for a name not registered;
-    /// [`Error::Unsupported`] when a store offers no rebuild, or for a
-    /// keyed perspective (`key = ..`: not supported yet);
+    /// [`Error::Unsupported`] when a store offers no rebuild;
     /// [`Error::InvalidInput`] when another rebuild of it runs;
     /// [`Error::PerspectiveFailed`] when the apply code fails on a stream
     /// (nothing is swapped); a backend error.
@@ -287,19 +286,6 @@ impl Runtime {
                 .ok_or_else(|| Error::UnknownPerspective {
                     name: name.to_owned(),
                 })?;
-        if live.is_keyed() {
-            // The rebuild folds stream by stream; a keyed model gathers
-            // events of many streams under one cursor.
-            return Err(Error::Unsupported(format!(
-                "rebuilding keyed perspective `{}` (its models gather events of many streams \
-                 under one cursor over the global order) is not supported yet; nothing was \
-                 changed. To fold it again from scratch, register the new code under a new name \
-                 (`#[perspective(.., name = \"{}.v2\")]`): a keyed perspective added later \
-                 catches up from the start of the store's global order while the old one keeps \
-                 serving",
-                live.name, live.name
-            )));
-        }
         let perspectives = &*self.inner.engine.perspectives;
         let store = perspectives
             .rebuilds()

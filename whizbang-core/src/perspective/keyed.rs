@@ -271,6 +271,127 @@ impl Engine {
         }
     }
 
+    /// The writes of the models a batch folded (each with the global
+    /// position it reflects; a tombstoned one deleted), through the bulk
+    /// hook when the perspective has one. `Err`: the hook or an encoding
+    /// failed (nothing of the batch may be written).
+    async fn model_writes(
+        &self,
+        reg: &'static PerspectiveRegistration,
+        routed: &[Routed],
+        events: &[Arc<StoredEvent>],
+        upto: usize,
+        models: Folded,
+    ) -> std::result::Result<Vec<ModelWrite>, String> {
+        // The events of each model, for the bulk hook (when there is one).
+        let mut of_key: HashMap<ModelKey, Vec<&StoredEvent>> = HashMap::new();
+        if reg.has_bulk_hook() {
+            for r in routed.iter().take_while(|r| r.at < upto) {
+                of_key.entry(r.key).or_default().push(&events[r.at]);
+            }
+        }
+        let mut meta = Vec::with_capacity(models.len());
+        let mut finishing = Vec::with_capacity(models.len());
+        for (key, (model, position, deleted)) in models {
+            meta.push((key, position, deleted));
+            finishing.push(Finishing {
+                key,
+                model: (!deleted).then_some(model),
+                deleted,
+                events: of_key.remove(&key).unwrap_or_default(),
+            });
+        }
+        let values = finish(self.model_format, reg, finishing).await?;
+        Ok(meta
+            .into_iter()
+            .zip(values)
+            .map(|((key, position, deleted), value)| {
+                let checkpoint = Checkpoint {
+                    version: position,
+                    ..Checkpoint::default()
+                };
+                if deleted {
+                    ModelWrite::deleting(key, checkpoint)
+                } else {
+                    ModelWrite::new(key, value, checkpoint)
+                }
+            })
+            .collect())
+    }
+
+    /// The last events of keyed perspective `reg` (a rebuild's shadow
+    /// generation, while the live perspective is fenced), folded without a
+    /// claim: the events after its cursor in global order, each model read
+    /// as stored. Returns the writes that bring every touched model and the
+    /// cursor to the head, and how many events were read. A failure is
+    /// [`Error::PerspectiveFailed`] at the failing event's global position
+    /// (nothing is written).
+    pub(crate) async fn keyed_tail(
+        &self,
+        reg: &'static PerspectiveRegistration,
+    ) -> Result<(Vec<ModelWrite>, u64)> {
+        let cursor = self.perspectives.checkpoint(reg.name, KEYED_CURSOR).await?;
+        if let Some(f) = &cursor.failure {
+            return Err(failed(reg, f));
+        }
+        let mut events: Vec<Arc<StoredEvent>> = Vec::new();
+        let mut at = cursor.version;
+        loop {
+            let Some(page) = self.events.read_global(at, BATCH).await? else {
+                return Err(unsupported(reg, "an event store with a global order"));
+            };
+            let Some(last) = page.last() else { break };
+            at = last.position;
+            events.extend(page);
+        }
+        if events.is_empty() {
+            return Ok((Vec::new(), 0));
+        }
+        let failed_at = |i: usize, message: String| {
+            let ev = &events[i];
+            Error::PerspectiveFailed {
+                perspective: reg.name,
+                stream: KEYED_CURSOR,
+                version: ev.position,
+                message: format!(
+                    "{message} (event {} of stream {} at version {}, global position {})",
+                    ev.event_id, ev.stream_id, ev.stream_version, ev.position
+                ),
+            }
+        };
+        let (routed, key_failed) = route(reg, &cursor, &events);
+        if let Some((i, message)) = key_failed {
+            return Err(failed_at(i, message));
+        }
+        let mut keys: Vec<ModelKey> = routed.iter().map(|r| r.key).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut stored: HashMap<ModelKey, ModelValue> = HashMap::new();
+        for key in keys {
+            if let Some(row) = self.perspectives.load_model(reg.name, key).await? {
+                stored.insert(key, row.model);
+            }
+        }
+        let (models, fold_failed) = fold_upto(reg, &routed, &events, &stored, events.len());
+        if let Some((i, message)) = fold_failed {
+            return Err(failed_at(i, message));
+        }
+        let mut writes = self
+            .model_writes(reg, &routed, &events, events.len(), models)
+            .await
+            .map_err(|message| failed_at(0, message))?;
+        writes.push(ModelWrite::new(
+            KEYED_CURSOR,
+            None,
+            Checkpoint {
+                version: at,
+                failure: None,
+                skipped: cursor.skipped,
+            },
+        ));
+        Ok((writes, events.len() as u64))
+    }
+
     /// Applies one batch of the feed after the cursor and commits it.
     /// `None`: the feed holds nothing after the cursor.
     async fn keyed_batch(
@@ -332,38 +453,8 @@ impl Engine {
                 }
             };
             let mut writes = Vec::with_capacity(models.len() + 1);
-            // The events of each model, for the bulk hook (when there is one).
-            let mut of_key: HashMap<ModelKey, Vec<&StoredEvent>> = HashMap::new();
-            if reg.has_bulk_hook() {
-                for r in routed.iter().take_while(|r| r.at < upto) {
-                    of_key.entry(r.key).or_default().push(&events[r.at]);
-                }
-            }
-            let mut meta = Vec::with_capacity(models.len());
-            let mut finishing = Vec::with_capacity(models.len());
-            for (key, (model, position, deleted)) in models {
-                meta.push((key, position, deleted));
-                finishing.push(Finishing {
-                    key,
-                    model: (!deleted).then_some(model),
-                    deleted,
-                    events: of_key.remove(&key).unwrap_or_default(),
-                });
-            }
-            match finish(self.model_format, reg, finishing).await {
-                Ok(values) => {
-                    for ((key, position, deleted), value) in meta.into_iter().zip(values) {
-                        let checkpoint = Checkpoint {
-                            version: position,
-                            ..Checkpoint::default()
-                        };
-                        writes.push(if deleted {
-                            ModelWrite::deleting(key, checkpoint)
-                        } else {
-                            ModelWrite::new(key, value, checkpoint)
-                        });
-                    }
-                }
+            match self.model_writes(reg, &routed, &events, upto, models).await {
+                Ok(mut models) => writes.append(&mut models),
                 Err(message) => {
                     // Nothing of the batch: the cursor fails at its first event.
                     upto = 0;
@@ -439,7 +530,7 @@ impl Engine {
     /// Clears the failure of keyed perspective `reg`'s cursor (recording the
     /// failing event as skipped with `skip`'s reason); returns the cursor's
     /// position.
-    async fn clear_keyed_failure(
+    pub(crate) async fn clear_keyed_failure(
         &self,
         reg: &'static PerspectiveRegistration,
         skip: Option<String>,

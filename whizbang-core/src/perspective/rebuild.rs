@@ -37,6 +37,7 @@
 //! [`VersionPolicy`], rebuilds the ones that are behind or refuses to go on.
 
 use super::engine::{decode_stored, finish, fold, ApplyReport, Engine, Finishing};
+use super::key::KEYED_CURSOR;
 use super::PerspectiveRegistration;
 use crate::error::{Error, Result};
 use crate::message::StreamId;
@@ -518,6 +519,9 @@ impl Rebuilder<'_> {
             .store
             .begin(self.live.name, self.shadow.name, self.live.version)
             .await?;
+        if self.live.is_keyed() {
+            return self.run_keyed(start).await;
+        }
         self.progress.phase = RebuildPhase::Building;
         let mut todo = self.pass().await?;
         self.progress.resumed_from = self.progress.done;
@@ -542,6 +546,88 @@ impl Rebuilder<'_> {
         if let Some(tx) = &self.options.progress {
             tx.send_replace(self.progress.clone());
         }
+        Ok(RebuildReport {
+            perspective: self.live.name,
+            version: self.live.version,
+            models,
+            events: self.progress.done,
+            folded: self.folded,
+            resumed: start == RebuildStart::Resume,
+            elapsed: self.started.elapsed(),
+            fenced,
+        })
+    }
+}
+
+impl Rebuilder<'_> {
+    /// The rebuild of a keyed perspective: its shadow generation follows
+    /// the store's global order with a cursor of its own (keyed batches,
+    /// each committed with that cursor, as the live perspective applies),
+    /// pass after pass while events keep coming; then, fenced, the last
+    /// events are folded into the shadow's stored models (read, not
+    /// claimed: the fence holds the cursors) and swapped in. Progress is in
+    /// global positions: `done` is the shadow cursor's, `total` the head's
+    /// as far as it has read. A shadow cursor left failed by an earlier
+    /// attempt is retried.
+    async fn run_keyed(&mut self, start: RebuildStart) -> Result<RebuildReport> {
+        let shadow = self.shadow;
+        let cursor = self
+            .perspectives
+            .checkpoint(shadow.name, KEYED_CURSOR)
+            .await?;
+        if cursor.failure.is_some() {
+            self.engine.clear_keyed_failure(shadow, None).await?;
+        }
+        self.progress.phase = RebuildPhase::Building;
+        self.progress.done = cursor.version;
+        self.progress.total = cursor.version;
+        self.progress.resumed_from = cursor.version;
+        self.publish().await?;
+        let mut passes = 0;
+        loop {
+            let reports = match self.engine.catch_up_keyed(shadow).await {
+                Ok(reports) => reports,
+                Err(e) => return Err(self.failed(e)),
+            };
+            let folded: u64 = reports.iter().map(|r| r.applied.len() as u64).sum();
+            self.folded += folded;
+            let at = reports.last().map_or(self.progress.done, |r| r.version);
+            self.progress.done = at;
+            self.progress.total = self.progress.total.max(at);
+            self.publish().await?;
+            passes += 1;
+            if folded <= self.options.fence_below || passes >= self.options.max_passes {
+                break;
+            }
+        }
+        let fence = self.store.fence(self.live.name).await?;
+        let fenced_at = Instant::now();
+        self.progress.phase = RebuildPhase::Swapping;
+        let (writes, read) = match self.engine.keyed_tail(shadow).await {
+            Ok(tail) => tail,
+            Err(e) => return Err(self.failed(e)),
+        };
+        self.folded += read;
+        if let Some(cursor) = writes.iter().find(|w| w.key == KEYED_CURSOR) {
+            self.progress.done = cursor.checkpoint.version;
+        }
+        self.progress.total = self.progress.total.max(self.progress.done);
+        let moved = fence
+            .swap(self.live.name, shadow.name, writes, self.live.version)
+            .await?;
+        let fenced = fenced_at.elapsed();
+        for (key, version) in moved {
+            self.notify
+                .notify(&ApplyReport::new(self.live.name, key, version, Vec::new()));
+        }
+        let models = self.perspectives.list_models(self.live.name).await?.len();
+        self.progress.phase = RebuildPhase::Done;
+        let secs = self.started.elapsed().as_secs_f64();
+        if secs > 0.0 {
+            self.progress.rate = self.folded as f64 / secs;
+        }
+        self.progress.eta = Some(Duration::ZERO);
+        self.send();
         Ok(RebuildReport {
             perspective: self.live.name,
             version: self.live.version,
