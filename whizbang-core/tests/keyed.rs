@@ -955,3 +955,45 @@ async fn a_keyed_rebuild_whose_code_fails_swaps_nothing() {
     assert_eq!(got.seqs, vec![1], "the live model is as it was");
     assert_eq!(cursor::<Picky>(&models).await, before);
 }
+
+#[tokio::test]
+async fn a_keyed_rebuild_dropped_at_any_await_leaves_the_live_models_and_resumes() {
+    let (events, models) = stores();
+    let rt = runtime(&events, &models);
+    let customers: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
+    publish_orders(&rt, &customers, 30, 1).await;
+    bounded(rt.wait_idle()).await;
+    let fold = fresh_fold(&events);
+    let mut completed = None;
+    for polls in 1..40 {
+        let mut rebuild = Box::pin(rt.rebuild::<CustomerTotals>());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        for _ in 0..polls {
+            if let std::task::Poll::Ready(done) =
+                std::future::Future::poll(rebuild.as_mut(), &mut cx)
+            {
+                completed = Some((polls, done.unwrap()));
+                break;
+            }
+        }
+        drop(rebuild);
+        // Whatever the rebuild got to, readers see whole models.
+        for c in &customers {
+            assert_eq!(
+                totals(&rt, *c).await.as_ref(),
+                fold.get(c),
+                "{polls} polls: {c}"
+            );
+        }
+        if completed.is_some() {
+            break;
+        }
+    }
+    let (polls, report) = completed.expect("a rebuild completed within 40 polls");
+    assert!(polls > 1, "the rebuild yielded at least once: {report:?}");
+    assert_eq!(a_model_per_order_stream(&rt, &events).await, Vec::new());
+    assert_eq!(
+        cursor::<CustomerTotals>(&models).await.version,
+        events.all_events().len() as u64
+    );
+}
