@@ -537,16 +537,19 @@ impl Rebuilder<'_> {
             todo = self.pass().await?;
         }
         let (models, fenced) = self.swap().await?;
+        Ok(self.done(start, models, fenced))
+    }
+
+    /// The report of a rebuild swapped in; the last progress sent.
+    fn done(&mut self, start: RebuildStart, models: usize, fenced: Duration) -> RebuildReport {
         self.progress.phase = RebuildPhase::Done;
         let secs = self.started.elapsed().as_secs_f64();
         if secs > 0.0 {
             self.progress.rate = self.folded as f64 / secs;
         }
         self.progress.eta = Some(Duration::ZERO);
-        if let Some(tx) = &self.options.progress {
-            tx.send_replace(self.progress.clone());
-        }
-        Ok(RebuildReport {
+        self.send();
+        RebuildReport {
             perspective: self.live.name,
             version: self.live.version,
             models,
@@ -555,7 +558,7 @@ impl Rebuilder<'_> {
             resumed: start == RebuildStart::Resume,
             elapsed: self.started.elapsed(),
             fenced,
-        })
+        }
     }
 }
 
@@ -621,23 +624,7 @@ impl Rebuilder<'_> {
                 .notify(&ApplyReport::new(self.live.name, key, version, Vec::new()));
         }
         let models = self.perspectives.list_models(self.live.name).await?.len();
-        self.progress.phase = RebuildPhase::Done;
-        let secs = self.started.elapsed().as_secs_f64();
-        if secs > 0.0 {
-            self.progress.rate = self.folded as f64 / secs;
-        }
-        self.progress.eta = Some(Duration::ZERO);
-        self.send();
-        Ok(RebuildReport {
-            perspective: self.live.name,
-            version: self.live.version,
-            models,
-            events: self.progress.done,
-            folded: self.folded,
-            resumed: start == RebuildStart::Resume,
-            elapsed: self.started.elapsed(),
-            fenced,
-        })
+        Ok(self.done(start, models, fenced))
     }
 }
 
