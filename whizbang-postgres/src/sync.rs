@@ -66,6 +66,30 @@ fn status(inquiry: &SyncInquiry, answer: Answer) -> EventSyncStatus {
 }
 
 impl SyncBackend for PgSyncBackend {
+    /// The latest `updated_at` of the perspective's cursors (every commit
+    /// of a cursor sets it, whichever process made it).
+    fn last_applied<'a>(
+        &'a self,
+        perspective: &'a str,
+    ) -> BoxFuture<'a, Result<Option<std::time::SystemTime>>> {
+        Box::pin(async move {
+            let at: Option<f64> = sqlx::query_scalar(
+                "select extract(epoch from max(updated_at))::float8
+                   from wh_perspective_cursors where perspective = $1",
+            )
+            .bind(perspective)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error(
+                format!("read when perspective `{perspective}` last committed"),
+                Stored::Nothing,
+            ))?;
+            Ok(at
+                .filter(|secs| secs.is_finite() && *secs >= 0.0)
+                .map(|secs| std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(secs)))
+        })
+    }
+
     /// One statement for the whole batch: the asked (perspective, id) pairs
     /// are unnested with their position, left-joined to `wh_events` by
     /// primary key and to the perspective's cursor on the event's stream by

@@ -396,6 +396,14 @@ async fn an_open_ended_wait_on_a_keyed_perspective_lists_only_its_backlog(pool: 
     let query = UnappliedQuery::new(CustomerTotals::NAME, CustomerTotals::EVENT_TYPES).keyed();
     // Before anything is numbered or applied: all three.
     assert_eq!(bounded(sync.unapplied(&query)).await.unwrap().len(), 3);
+    let status = bounded(rt.perspective_status::<CustomerTotals>())
+        .await
+        .unwrap();
+    assert_eq!(
+        (status.last_sync, status.lag_events),
+        (None, 3),
+        "{status:?}"
+    );
 
     // An `all()` wait begun on that backlog ends Synced once another
     // process's runner applies it.
@@ -417,6 +425,16 @@ async fn an_open_ended_wait_on_a_keyed_perspective_lists_only_its_backlog(pool: 
     assert_eq!(waited.outcome, SyncOutcome::Synced);
     assert_eq!(totals(&rt, customer).await.unwrap().seqs.len(), 3);
     assert!(bounded(sync.unapplied(&query)).await.unwrap().is_empty());
+    // This process applied nothing; its status still says when the other
+    // one last did.
+    let status = bounded(rt.perspective_status::<CustomerTotals>())
+        .await
+        .unwrap();
+    assert_eq!(status.lag_events, 0, "{status:?}");
+    let last = status
+        .last_sync
+        .expect("the other process's commits are recorded");
+    assert!(last.elapsed().unwrap_or_default() < HORIZON, "{status:?}");
     shut_down(applier, applier_pg).await;
     shut_down(rt, pg).await;
 }

@@ -74,7 +74,11 @@ impl Runtime {
             name: reg.name,
             mode: reg.mode,
             strategy: reg.strategy.describe(),
-            last_sync: self.inner.last_sync.get(reg.name),
+            last_sync: self
+                .inner
+                .last_sync
+                .get(reg.name)
+                .max(self.inner.sync.backend.last_applied(reg.name).await?),
             lag_events,
             lag,
             failed_cursors,

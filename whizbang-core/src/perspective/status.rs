@@ -28,8 +28,11 @@ pub struct PerspectiveStatus {
     /// Its strategy, as [`SyncStrategy::describe`](super::strategy::SyncStrategy::describe)
     /// reads it (`"realtime"`, `"batch(100, 50ms)"`, ..).
     pub strategy: String,
-    /// When this process last committed for it (an apply, a failure, a
-    /// recovery); `None` when it has not since the runtime was built.
+    /// When it was last committed for (an apply, a failure, a recovery):
+    /// by this process, or by any process sharing the store when the sync
+    /// backend records it (PostgreSQL does:
+    /// [`SyncBackend::last_applied`](crate::backend::SyncBackend::last_applied));
+    /// `None` when nothing was committed for it that either knows of.
     pub last_sync: Option<SystemTime>,
     /// Events it handles that are stored and not yet applied (failed
     /// streams' included).

@@ -186,6 +186,23 @@ pub trait SyncBackend: Send + Sync + 'static {
         let _ = query;
         Box::pin(async { Ok(Vec::new()) })
     }
+
+    /// When any process last committed for `perspective` (an apply, a
+    /// failure, a recovery), as the store recorded it, for
+    /// [`PerspectiveStatus::last_sync`](crate::perspective::PerspectiveStatus::last_sync).
+    ///
+    /// The default answers `None` ("not recorded"): right for a store only
+    /// this process commits to (the in-memory one), whose commits the
+    /// runtime hears itself. A store shared by several processes should
+    /// answer, so that a process that runs no runner still sees when the
+    /// others last applied.
+    fn last_applied<'a>(
+        &'a self,
+        perspective: &'a str,
+    ) -> BoxFuture<'a, Result<Option<std::time::SystemTime>>> {
+        let _ = perspective;
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// Answers inquiries from an event store and a perspective store: it locates
