@@ -94,12 +94,16 @@ async fn sequence(pool: &PgPool) -> Result<u64> {
     Ok(numbered)
 }
 
-async fn read_page(pool: &PgPool, after: i64, limit: i64) -> Result<Vec<Arc<StoredEvent>>> {
+async fn read_page<'e>(
+    exec: impl sqlx::PgExecutor<'e>,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<Arc<StoredEvent>>> {
     let what = || format!("read events in global order after {after}");
     let rows: Vec<EventRow> = sqlx::query_as(READ_ORDERED)
         .bind(after)
         .bind(limit)
-        .fetch_all(pool)
+        .fetch_all(exec)
         .await
         .map_err(db_error(what(), Stored::Nothing))?;
     rows.into_iter()
@@ -144,6 +148,40 @@ pub(crate) async fn read_global(
         sequence(pool).await?;
     }
     read_page(pool, after, limit).await
+}
+
+/// Every event after number `after` in the global order, read on `conn`
+/// inside its transaction (a rebuild's fence): what became safe is numbered
+/// first, under the order's exclusive lock, which the transaction keeps.
+pub(crate) async fn read_all_after(
+    conn: &mut sqlx::PgConnection,
+    after: u64,
+) -> Result<Vec<Arc<StoredEvent>>> {
+    let what = || "number the events that became safe to consume in global order".to_owned();
+    sqlx::query("lock table wh_event_order in exclusive mode")
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error(what(), Stored::Nothing))?;
+    loop {
+        let numbered = sqlx::query(SEQUENCE)
+            .bind(SEQUENCE_CAP)
+            .execute(&mut *conn)
+            .await
+            .map_err(db_error(what(), Stored::Nothing))?
+            .rows_affected();
+        if numbered < u64::try_from(SEQUENCE_CAP).unwrap_or(u64::MAX) {
+            break;
+        }
+    }
+    let mut at = i64::try_from(after).unwrap_or(i64::MAX);
+    let mut events = Vec::new();
+    loop {
+        let page = read_page(&mut *conn, at, SEQUENCE_CAP).await?;
+        let Some(last) = page.last() else { break };
+        at = i64::try_from(last.position).unwrap_or(i64::MAX);
+        events.extend(page);
+    }
+    Ok(events)
 }
 
 /// The number of each id in the global order; ids stored but not numbered

@@ -135,7 +135,8 @@ pub(crate) fn corrupt(operation: String, source: serde_json::Error) -> Error {
     )
 }
 
-const SELECT_CURSOR: &str = "select version, failed_version, failure_message, skipped::text
+pub(crate) const SELECT_CURSOR: &str =
+    "select version, failed_version, failure_message, skipped::text
                                from wh_perspective_cursors
                               where perspective = $1 and model_key = $2";
 

@@ -33,6 +33,7 @@ use whizbang_core::error::Stored;
 use whizbang_core::perspective::rebuild::{
     RebuildFence, RebuildPhase, RebuildProgress, RebuildStart, RebuildStore,
 };
+use whizbang_core::perspective::KEYED_CURSOR;
 use whizbang_core::{Error, Result};
 
 /// The connections holding a rebuild's advisory lock, per perspective.
@@ -316,6 +317,60 @@ impl PgFence {
 }
 
 impl RebuildFence for PgFence {
+    /// In the fence's transaction: the shadow's cursor, then the order
+    /// numbered and read after it (the fence keeps the order's lock).
+    fn keyed_behind<'a>(
+        &'a mut self,
+        shadow: &'static str,
+    ) -> BoxFuture<'a, Result<Option<(Checkpoint, Vec<Arc<StoredEvent>>)>>> {
+        Box::pin(async move {
+            let what = || format!("read the cursor of the shadow `{shadow}`, fenced");
+            let row: Option<crate::perspectives::CursorRow> =
+                sqlx::query_as(crate::perspectives::SELECT_CURSOR)
+                    .bind(shadow)
+                    .bind(KEYED_CURSOR.as_uuid())
+                    .fetch_optional(&mut *self.tx)
+                    .await
+                    .map_err(db_error(what(), Stored::Nothing))?;
+            let cursor = row
+                .map(crate::perspectives::decode_cursor)
+                .transpose()
+                .map_err(|e| crate::perspectives::corrupt(what(), e))?
+                .unwrap_or_default();
+            let events = crate::keyed::read_all_after(&mut self.tx, cursor.version).await?;
+            Ok(Some((cursor, events)))
+        })
+    }
+
+    /// One statement in the fence's transaction.
+    fn models<'a>(
+        &'a mut self,
+        shadow: &'static str,
+        keys: &'a [ModelKey],
+    ) -> BoxFuture<'a, Result<Option<HashMap<ModelKey, ModelValue>>>> {
+        Box::pin(async move {
+            let what = || format!("read the models of the shadow `{shadow}`, fenced");
+            let uuids: Vec<Uuid> = keys.iter().map(|k| k.as_uuid()).collect();
+            let rows: Vec<(Uuid, String)> = sqlx::query_as(
+                "select model_key, data::text from wh_perspective_rows
+                  where perspective = $1 and model_key = any($2)",
+            )
+            .bind(shadow)
+            .bind(&uuids)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(db_error(what(), Stored::Nothing))?;
+            rows.into_iter()
+                .map(|(key, data)| {
+                    let value = RawValue::from_string(data)
+                        .map_err(|e| crate::perspectives::corrupt(what(), e))?;
+                    Ok((ModelKey::from(key), ModelValue::Json(value)))
+                })
+                .collect::<Result<HashMap<_, _>>>()
+                .map(Some)
+        })
+    }
+
     fn behind<'a>(
         &'a mut self,
         shadow: &'static str,

@@ -597,3 +597,54 @@ async fn a_keyed_perspective_rebuilt_while_orders_flow_equals_a_fresh_fold(pool:
     assert_eq!((per_stream, shadow), (0, 0));
     shut_down(rt, pg).await;
 }
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn a_keyed_rebuild_swaps_on_a_pool_the_blocked_applies_fill(pool: PgPool) {
+    // Two connections: the fence's, and the runner's apply that waits on
+    // it. The last step reads inside the fence, so it needs no third.
+    let pg = backend(&pool, fast_options().pool_size(2)).await;
+    let rt = runtime(&pg);
+    let writer_pg = backend(&pool, fast_options().runner(false)).await;
+    let writer_rt = runtime(&writer_pg);
+    writer_rt.runner().pause();
+    let customers: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    publish_orders(&writer_rt, &customers, 30, 0).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (rt, customers, stop) = (writer_rt.clone(), customers.clone(), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let mut seq = 1_000;
+            while !stop.load(Ordering::SeqCst) {
+                publish_orders(&rt, &customers, 3, seq).await;
+                seq += 3;
+            }
+        })
+    };
+    for _ in 0..3 {
+        let options =
+            whizbang_core::perspective::rebuild::RebuildOptions::default().fence_below(1_000);
+        bounded_within(
+            Duration::from_secs(20),
+            rt.rebuild_named(CustomerTotals::NAME, options),
+        )
+        .await
+        .unwrap();
+    }
+    stop.store(true, Ordering::SeqCst);
+    bounded_within(HORIZON, writer).await.unwrap();
+    let want = fresh_fold(&pool).await;
+    eventually_within(HORIZON, "the totals equal a fresh fold", || {
+        let (rt, want) = (&rt, &want);
+        async move {
+            for (c, t) in want {
+                if totals(rt, *c).await.as_ref() != Some(t) {
+                    return None;
+                }
+            }
+            Some(())
+        }
+    })
+    .await;
+    shut_down(writer_rt, writer_pg).await;
+    shut_down(rt, pg).await;
+}

@@ -30,8 +30,8 @@ use super::PerspectiveRegistration;
 use crate::error::{Error, Result};
 use crate::message::{EventId, StreamId};
 use crate::store::{
-    AnyModel, Checkpoint, CheckpointFailure, ModelKey, ModelValue, ModelWrite, SkippedEvent,
-    StoredEvent,
+    AnyModel, Checkpoint, CheckpointFailure, ModelKey, ModelValue, ModelWrite, RebuildFence,
+    SkippedEvent, StoredEvent,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -329,24 +329,31 @@ impl Engine {
     pub(crate) async fn keyed_tail(
         &self,
         reg: &'static PerspectiveRegistration,
+        fence: &mut dyn RebuildFence,
     ) -> Result<(Vec<ModelWrite>, u64)> {
-        let cursor = self.perspectives.checkpoint(reg.name, KEYED_CURSOR).await?;
+        let (cursor, events) = match fence.keyed_behind(reg.name).await? {
+            Some(read) => read,
+            None => {
+                let cursor = self.perspectives.checkpoint(reg.name, KEYED_CURSOR).await?;
+                let mut events: Vec<Arc<StoredEvent>> = Vec::new();
+                let mut at = cursor.version;
+                loop {
+                    let Some(page) = self.events.read_global(at, BATCH).await? else {
+                        return Err(unsupported(reg, "an event store with a global order"));
+                    };
+                    let Some(last) = page.last() else { break };
+                    at = last.position;
+                    events.extend(page);
+                }
+                (cursor, events)
+            }
+        };
         if let Some(f) = &cursor.failure {
             return Err(failed(reg, f));
         }
-        let mut events: Vec<Arc<StoredEvent>> = Vec::new();
-        let mut at = cursor.version;
-        loop {
-            let Some(page) = self.events.read_global(at, BATCH).await? else {
-                return Err(unsupported(reg, "an event store with a global order"));
-            };
-            let Some(last) = page.last() else { break };
-            at = last.position;
-            events.extend(page);
-        }
-        if events.is_empty() {
+        let Some(at) = events.last().map(|e| e.position) else {
             return Ok((Vec::new(), 0));
-        }
+        };
         let failed_at = |i: usize, message: String| {
             let ev = &events[i];
             Error::PerspectiveFailed {
@@ -366,12 +373,18 @@ impl Engine {
         let mut keys: Vec<ModelKey> = routed.iter().map(|r| r.key).collect();
         keys.sort_unstable();
         keys.dedup();
-        let mut stored: HashMap<ModelKey, ModelValue> = HashMap::new();
-        for key in keys {
-            if let Some(row) = self.perspectives.load_model(reg.name, key).await? {
-                stored.insert(key, row.model);
+        let stored = match fence.models(reg.name, &keys).await? {
+            Some(stored) => stored,
+            None => {
+                let mut stored: HashMap<ModelKey, ModelValue> = HashMap::new();
+                for key in keys {
+                    if let Some(row) = self.perspectives.load_model(reg.name, key).await? {
+                        stored.insert(key, row.model);
+                    }
+                }
+                stored
             }
-        }
+        };
         let (models, fold_failed) = fold_upto(reg, &routed, &events, &stored, events.len());
         if let Some((i, message)) = fold_failed {
             return Err(failed_at(i, message));

@@ -603,10 +603,10 @@ impl Rebuilder<'_> {
                 break;
             }
         }
-        let fence = self.store.fence(self.live.name).await?;
+        let mut fence = self.store.fence(self.live.name).await?;
         let fenced_at = Instant::now();
         self.progress.phase = RebuildPhase::Swapping;
-        let (writes, read) = match self.engine.keyed_tail(shadow).await {
+        let (writes, read) = match self.engine.keyed_tail(shadow, &mut *fence).await {
             Ok(tail) => tail,
             Err(e) => return Err(self.failed(e)),
         };

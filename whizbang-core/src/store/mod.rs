@@ -22,6 +22,7 @@ use crate::message::{EventId, ExpectedVersion, MessageId, Metadata, StreamId};
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::value::RawValue;
 use std::any::Any;
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -995,6 +996,40 @@ pub trait RebuildFence: Send {
         event_types: &'a [&'static str],
     ) -> BoxFuture<'a, Result<Option<Vec<ClaimedModel>>>> {
         let _ = (shadow, event_types);
+        Box::pin(async { Ok(None) })
+    }
+
+    /// A keyed perspective's shadow `shadow`, read inside the fence: its
+    /// one cursor (the checkpoint of
+    /// [`KEYED_CURSOR`](crate::perspective::KEYED_CURSOR)) and every event
+    /// after it in the global order (newly safe ones numbered first).
+    /// `None` (the default): the fence holds nothing to read with; the
+    /// rebuild reads through the stores (the in-memory fence). A store whose
+    /// fence blocks the applies that hold its connections should answer, so
+    /// that the last step never waits for a connection.
+    ///
+    /// # Errors
+    /// A backend error.
+    fn keyed_behind<'a>(
+        &'a mut self,
+        shadow: &'static str,
+    ) -> BoxFuture<'a, Result<Option<(Checkpoint, Vec<Arc<StoredEvent>>)>>> {
+        let _ = shadow;
+        Box::pin(async { Ok(None) })
+    }
+
+    /// The stored models of `keys` in the shadow `shadow`, read inside the
+    /// fence (see [`keyed_behind`](Self::keyed_behind)); `None` (the
+    /// default): read them through the stores.
+    ///
+    /// # Errors
+    /// A backend error.
+    fn models<'a>(
+        &'a mut self,
+        shadow: &'static str,
+        keys: &'a [ModelKey],
+    ) -> BoxFuture<'a, Result<Option<HashMap<ModelKey, ModelValue>>>> {
+        let _ = (shadow, keys);
         Box::pin(async { Ok(None) })
     }
 
