@@ -31,7 +31,7 @@ use whizbang_core::backend::{
 };
 use whizbang_core::error::Stored;
 use whizbang_core::perspective::rebuild::{
-    RebuildFence, RebuildPhase, RebuildProgress, RebuildStart, RebuildStore,
+    KeyedBehind, RebuildFence, RebuildPhase, RebuildProgress, RebuildStart, RebuildStore,
 };
 use whizbang_core::perspective::KEYED_CURSOR;
 use whizbang_core::{Error, Result};
@@ -322,7 +322,7 @@ impl RebuildFence for PgFence {
     fn keyed_behind<'a>(
         &'a mut self,
         shadow: &'static str,
-    ) -> BoxFuture<'a, Result<Option<(Checkpoint, Vec<Arc<StoredEvent>>)>>> {
+    ) -> BoxFuture<'a, Result<Option<KeyedBehind>>> {
         Box::pin(async move {
             let what = || format!("read the cursor of the shadow `{shadow}`, fenced");
             let row: Option<crate::perspectives::CursorRow> =

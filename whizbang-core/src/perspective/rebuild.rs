@@ -43,8 +43,8 @@ use crate::error::{Error, Result};
 use crate::message::StreamId;
 use crate::store::rebuild::final_write;
 pub use crate::store::rebuild::{
-    shadow_name, RebuildFence, RebuildPhase, RebuildProgress, RebuildStart, RebuildStore,
-    SHADOW_SUFFIX,
+    shadow_name, KeyedBehind, RebuildFence, RebuildPhase, RebuildProgress, RebuildStart,
+    RebuildStore, SHADOW_SUFFIX,
 };
 use crate::store::{ClaimedModel, PerspectiveStore};
 use crate::util::lock;

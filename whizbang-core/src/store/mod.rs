@@ -978,6 +978,11 @@ impl<M: Model> AnyModel for M {
     }
 }
 
+/// What a fence reads of a keyed perspective's shadow
+/// ([`RebuildFence::keyed_behind`]): its one cursor and every event after it
+/// in the global order.
+pub type KeyedBehind = (Checkpoint, Vec<Arc<StoredEvent>>);
+
 /// The live perspective fenced: no apply of it commits (its claims wait)
 /// until [`swap`](Self::swap) commits or the fence is dropped, which lifts
 /// it and changes nothing.
@@ -1013,7 +1018,7 @@ pub trait RebuildFence: Send {
     fn keyed_behind<'a>(
         &'a mut self,
         shadow: &'static str,
-    ) -> BoxFuture<'a, Result<Option<(Checkpoint, Vec<Arc<StoredEvent>>)>>> {
+    ) -> BoxFuture<'a, Result<Option<KeyedBehind>>> {
         let _ = shadow;
         Box::pin(async { Ok(None) })
     }

@@ -13,7 +13,9 @@
 
 use super::memory::MemoryPerspectiveStore;
 use super::{BoxFuture, Checkpoint, ModelKey, ModelValue, ModelWrite};
-pub use super::{RebuildFence, RebuildPhase, RebuildProgress, RebuildStart, RebuildStore};
+pub use super::{
+    KeyedBehind, RebuildFence, RebuildPhase, RebuildProgress, RebuildStart, RebuildStore,
+};
 use crate::error::{Error, Result};
 use crate::util::lock;
 use std::sync::Mutex;
