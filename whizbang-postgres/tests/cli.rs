@@ -909,3 +909,91 @@ async fn a_keyed_perspective_lags_by_what_its_one_cursor_has_not_passed(pool: Pg
     assert_eq!(keyed["failed"], Value::Array(Vec::new()), "{keyed:#}");
     shut_down(rt, pg).await;
 }
+
+/// Balances keyed by account, refusing deposits of 13 cents, always.
+struct KeyedPicky;
+#[perspective(model = Balance, key = account, name = "pg_cli.keyed_picky")]
+impl KeyedPicky {
+    fn deposited(b: &mut Balance, e: &Deposited) -> std::result::Result<(), String> {
+        if e.cents == 13 {
+            return Err("13 cents is unlucky".to_owned());
+        }
+        b.cents += e.cents;
+        b.deposits += 1;
+        Ok(())
+    }
+}
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn a_keyed_perspective_failed_on_an_event_is_listed_and_skipped_past(pool: PgPool) {
+    let url = url_of(&pool);
+    let pg = backend(&pool, fast_options()).await;
+    let rt = service_of::<KeyedPicky>(&pg);
+    let account = Uuid::now_v7();
+    deposit(&rt, account, 2).await;
+    deposit(&rt, account, 13).await;
+    deposit(&rt, account, 5).await;
+    let cursor = whizbang_core::perspective::KEYED_CURSOR
+        .as_uuid()
+        .to_string();
+    let failed = eventually("the keyed cursor is listed failed", || {
+        let url = url.clone();
+        async move {
+            let failed = ok_json(&url, &["failed"]).await;
+            failed
+                .as_array()
+                .and_then(|all| {
+                    all.iter()
+                        .find(|f| f["perspective"] == "pg_cli.keyed_picky")
+                })
+                .cloned()
+        }
+    })
+    .await;
+    assert_eq!(failed["stream"], cursor.as_str(), "{failed:#}");
+    let message = failed["message"].as_str().unwrap_or_default();
+    assert!(message.contains("13 cents is unlucky"), "{failed:#}");
+
+    // A retry cannot help (the cause is in the event); a skip moves past
+    // it, and the runner applies the rest.
+    let out = ok_json(
+        &url,
+        &[
+            "skip",
+            "pg_cli.keyed_picky",
+            &cursor,
+            "--reason",
+            "known bad deposit",
+        ],
+    )
+    .await;
+    assert_eq!(out["action"], "skip", "{out:#}");
+    let model = eventually("the deposit after the skipped one applied", || {
+        let lens = rt.lens::<KeyedPicky>();
+        async move {
+            let model = lens.get_by_key(account).await.unwrap()?;
+            (model.deposits == 2).then_some(model)
+        }
+    })
+    .await;
+    assert_eq!(
+        model,
+        Balance {
+            cents: 7,
+            deposits: 2
+        }
+    );
+    let (failed_version, reason): (Option<i64>, String) = sqlx::query_as(
+        "select failed_version, skipped->0->>'reason' from wh_perspective_cursors
+          where perspective = 'pg_cli.keyed_picky' and model_key = $1",
+    )
+    .bind(whizbang_core::perspective::KEYED_CURSOR.as_uuid())
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (failed_version, reason.as_str()),
+        (None, "known bad deposit")
+    );
+    shut_down(rt, pg).await;
+}

@@ -65,7 +65,9 @@ enum Command {
     Retry {
         /// The perspective's registered name.
         perspective: String,
-        /// The stream (model key) whose cursor failed.
+        /// The stream (model key) whose cursor failed; for a keyed
+        /// perspective its one cursor, the nil UUID
+        /// (`00000000-0000-0000-0000-000000000000`, as `failed` lists it).
         stream: Uuid,
     },
     /// Records the failing event as skipped (with a reason) so the runner
@@ -73,7 +75,9 @@ enum Command {
     Skip {
         /// The perspective's registered name.
         perspective: String,
-        /// The stream (model key) whose cursor failed.
+        /// The stream (model key) whose cursor failed; for a keyed
+        /// perspective its one cursor, the nil UUID
+        /// (`00000000-0000-0000-0000-000000000000`, as `failed` lists it).
         stream: Uuid,
         /// Why the event is skipped (kept in the cursor).
         #[arg(long)]
@@ -904,14 +908,24 @@ async fn recover(
              version {version}); nothing was changed"
         )));
     };
+    // A keyed perspective's one cursor counts positions in the global order
+    // (`wh_event_order`), not versions of a stream.
+    let keyed = stream == KEYED_CURSOR.as_uuid();
     if let Some(reason) = reason {
-        let event: Option<Uuid> = sqlx::query_scalar(
-            "select event_id from wh_events where stream_id = $1 and stream_version = $2",
-        )
-        .bind(stream)
-        .bind(failed_version)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let event: Option<Uuid> = if keyed {
+            sqlx::query_scalar("select event_id from wh_event_order where feed_seq = $1")
+                .bind(failed_version)
+                .fetch_optional(&mut *tx)
+                .await?
+        } else {
+            sqlx::query_scalar(
+                "select event_id from wh_events where stream_id = $1 and stream_version = $2",
+            )
+            .bind(stream)
+            .bind(failed_version)
+            .fetch_optional(&mut *tx)
+            .await?
+        };
         let Some(event_id) = event.filter(|_| failed_version > version) else {
             return Err(Failure(format!(
                 "perspective `{perspective}` failed on stream {stream} at version \
@@ -948,17 +962,30 @@ async fn recover(
     .await?;
     // The first event the cursor has not reached: where the feed must be
     // read again from.
-    let next: Option<(i16, String, i64)> = sqlx::query_as(
-        "select partition, tx_id::text, global_position
-           from wh_events
-          where stream_id = $1 and stream_version > $2
-          order by stream_version
-          limit 1",
-    )
-    .bind(stream)
-    .bind(version)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let next: Option<(i16, String, i64)> = if keyed {
+        sqlx::query_as(
+            "select e.partition, e.tx_id::text, e.global_position
+               from wh_event_order o join wh_events e on e.event_id = o.event_id
+              where o.feed_seq > $1
+              order by o.feed_seq
+              limit 1",
+        )
+        .bind(version)
+        .fetch_optional(&mut *tx)
+        .await?
+    } else {
+        sqlx::query_as(
+            "select partition, tx_id::text, global_position
+               from wh_events
+              where stream_id = $1 and stream_version > $2
+              order by stream_version
+              limit 1",
+        )
+        .bind(stream)
+        .bind(version)
+        .fetch_optional(&mut *tx)
+        .await?
+    };
     let mut rewound = false;
     if let Some((partition, tx_id, position)) = &next {
         rewound = sqlx::query(
