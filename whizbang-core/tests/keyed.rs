@@ -997,3 +997,93 @@ async fn a_keyed_rebuild_dropped_at_any_await_leaves_the_live_models_and_resumes
         events.all_events().len() as u64
     );
 }
+
+/// What the keyed bulk hook saw: per call, each key's placed total.
+static KEYED_BULK: std::sync::Mutex<Vec<Vec<(Uuid, u64, usize)>>> =
+    std::sync::Mutex::new(Vec::new());
+
+struct BulkTotals;
+
+#[perspective(model = Totals, key = customer, name = "keyed.bulk_totals", bulk = mirror)]
+impl BulkTotals {
+    fn placed(t: &mut Totals, e: &OrderPlaced) {
+        t.placed += e.amount;
+        t.seqs.push(e.seq);
+    }
+    async fn mirror(
+        batch: whizbang_core::perspective::BulkBatch<'_, Totals>,
+    ) -> std::result::Result<(), String> {
+        let seen = batch
+            .iter()
+            .map(|i| {
+                (
+                    i.key().as_uuid(),
+                    i.model().map_or(0, |m| m.placed),
+                    i.events().len(),
+                )
+            })
+            .collect();
+        KEYED_BULK.lock().unwrap().push(seen);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_keyed_perspectives_bulk_hook_sees_each_customer_once_per_batch_with_its_events() {
+    let (events, models) = stores();
+    let rt = Runtime::builder()
+        .event_store(events.clone())
+        .perspective_store(models.clone())
+        .registry(std::sync::Arc::new(
+            whizbang_core::Registry::builder()
+                .receptors_of::<Orders>()
+                .perspective::<BulkTotals>()
+                .build()
+                .unwrap(),
+        ))
+        .build()
+        .unwrap();
+    rt.runner().pause();
+    let customers: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    let scope = rt.scope();
+    for i in 0..9u64 {
+        scope
+            .publish(placed(
+                Uuid::now_v7(),
+                customers[(i % 3) as usize],
+                i + 1,
+                i,
+            ))
+            .await
+            .unwrap();
+    }
+    bounded(scope.complete()).await.unwrap();
+    let report = bounded(rt.sync::<BulkTotals>().all().run()).await.unwrap();
+    assert_eq!(report.totals().applied, 9, "{report:?}");
+    let calls = KEYED_BULK.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1, "one batch, one call: {calls:?}");
+    let mut seen = calls[0].clone();
+    seen.sort_unstable();
+    let mut want: Vec<(Uuid, u64, usize)> = customers
+        .iter()
+        .enumerate()
+        .map(|(c, id)| {
+            let amounts: u64 = (0..9u64)
+                .filter(|i| (i % 3) as usize == c)
+                .map(|i| i + 1)
+                .sum();
+            (*id, amounts, 3)
+        })
+        .collect();
+    want.sort_unstable();
+    assert_eq!(seen, want);
+    for (id, placed, _) in want {
+        let got = rt
+            .lens::<BulkTotals>()
+            .get_by_key(id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.placed, placed);
+    }
+}
