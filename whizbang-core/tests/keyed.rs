@@ -1087,3 +1087,27 @@ async fn a_keyed_perspectives_bulk_hook_sees_each_customer_once_per_batch_with_i
         assert_eq!(got.placed, placed);
     }
 }
+
+#[tokio::test]
+async fn a_catch_up_to_the_head_of_a_keyed_perspective_moves_its_one_cursor() {
+    let (events, models) = stores();
+    let rt = runtime(&events, &models);
+    rt.runner().pause();
+    let customers: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    publish_orders(&rt, &customers, 5, 1).await;
+    let (options, progress) =
+        whizbang_core::perspective::rebuild::RebuildOptions::default().watch();
+    let report = bounded(rt.catch_up_to_head(CustomerTotals::NAME, options))
+        .await
+        .unwrap();
+    let stored = events.all_events().len() as u64;
+    assert_eq!((report.streams, report.events), (5, stored), "{report:?}");
+    let last = progress.borrow().clone();
+    assert_eq!((last.done, last.total), (stored, stored), "{last:?}");
+    let fold = fresh_fold(&events);
+    for c in &customers {
+        assert_eq!(totals(&rt, *c).await.as_ref(), fold.get(c), "customer {c}");
+    }
+    assert_eq!(a_model_per_order_stream(&rt, &events).await, Vec::new());
+    assert_eq!(cursor::<CustomerTotals>(&models).await.version, stored);
+}

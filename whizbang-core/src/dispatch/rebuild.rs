@@ -52,6 +52,26 @@ impl Runtime {
         };
         let started_at = std::time::SystemTime::now();
         let result: Result<CatchUpReport> = async {
+            if live.is_keyed() {
+                // One cursor over the global order: one catch-up covers
+                // every stream; progress in global positions.
+                let reports = run.engine.catch_up_keyed(live).await?;
+                let streams: std::collections::HashSet<_> =
+                    reports.iter().map(|r| r.stream).collect();
+                run.folded = reports.iter().map(|r| r.applied.len() as u64).sum();
+                let at = reports.last().map_or(0, |r| r.version);
+                run.progress.done = at;
+                run.progress.total = at;
+                run.progress.phase = RebuildPhase::Done;
+                run.measure();
+                run.send();
+                return Ok(CatchUpReport {
+                    perspective: live.name,
+                    streams: streams.len(),
+                    events: run.folded,
+                    elapsed: run.started.elapsed(),
+                });
+            }
             let todo = run.pass().await?;
             let streams = todo.len();
             run.send();
