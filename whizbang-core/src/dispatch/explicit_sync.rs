@@ -72,9 +72,10 @@ impl PerspectiveSync {
     /// For a keyed perspective (`key = ..`), whose models gather events of
     /// many streams under one cursor, no stream can be synced alone: the
     /// cursor is caught up to the head, and the report lists every stream
-    /// it passed (`from`/`to` are the cursor's global positions), each
-    /// named one it did not pass as skipped (or failed, when the run
-    /// stopped at a failure, which is also reported for
+    /// it passed (`from`/`to` are the cursor's global positions); a named
+    /// id that is a model key the run wrote is applied (`to` the position
+    /// its model reflects), any other named id skipped (or failed, when the
+    /// run stopped at a failure, which is also reported for
     /// [`KEYED_CURSOR`](crate::perspective::KEYED_CURSOR)).
     pub fn streams<I>(mut self, ids: I) -> Self
     where

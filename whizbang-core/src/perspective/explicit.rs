@@ -294,9 +294,10 @@ impl Engine {
     /// one is a rebuild, refused before this): its one cursor caught up to
     /// the head, in batches of the global order. One item per stream whose
     /// events the cursor passed (`from`/`to` are the cursor's global
-    /// positions); a named stream it did not pass is skipped, or failed
-    /// when the run stopped at a failure, which is reported for
-    /// [`KEYED_CURSOR`] too.
+    /// positions). A named id the cursor did not pass as a stream is
+    /// applied when it names a model the run wrote (a model key, `to` the
+    /// position it reflects), else skipped, or failed when the run stopped
+    /// at a failure, which is reported for [`KEYED_CURSOR`] too.
     pub(crate) async fn sync_keyed_items(
         &self,
         reg: &'static PerspectiveRegistration,
@@ -304,10 +305,11 @@ impl Engine {
         options: Options,
         items: &mut Vec<SyncItem>,
     ) -> Result<()> {
-        let (from, reports, failed) = self.sync_keyed(reg, options.retry_failed).await?;
+        let done = self.sync_keyed(reg, options.retry_failed).await?;
+        let from = done.from;
         // The last report of a stream carries the cursor it reached.
         let mut last: std::collections::HashMap<StreamId, usize> = std::collections::HashMap::new();
-        for (i, report) in reports.iter().enumerate() {
+        for (i, report) in done.reports.iter().enumerate() {
             if report.failure.is_none() {
                 last.insert(report.stream, i);
             }
@@ -315,19 +317,31 @@ impl Engine {
         let mut passed: Vec<usize> = last.values().copied().collect();
         passed.sort_unstable();
         for &i in &passed {
-            items.push(SyncItem::applied(&reports[i], from, false));
+            items.push(SyncItem::applied(&done.reports[i], from, false));
         }
-        let failed = failed.map(Arc::new);
+        // The last write of each model.
+        let models: std::collections::HashMap<StreamId, (u64, bool)> = done
+            .keys
+            .iter()
+            .map(|&(key, to, deleted)| (key, (to, deleted)))
+            .collect();
+        let failed = done.failed.map(Arc::new);
         for &stream in named.unwrap_or_default() {
             if last.contains_key(&stream) {
                 continue;
             }
-            items.push(match &failed {
-                Some(error) => SyncItem::Failed {
+            items.push(match (models.get(&stream), &failed) {
+                (Some(&(to, deleted)), _) => SyncItem::Applied {
+                    stream,
+                    from,
+                    to,
+                    deleted,
+                },
+                (None, Some(error)) => SyncItem::Failed {
                     stream,
                     error: Arc::clone(error),
                 },
-                None => SyncItem::Skipped { stream },
+                (None, None) => SyncItem::Skipped { stream },
             });
         }
         if let Some(error) = failed {

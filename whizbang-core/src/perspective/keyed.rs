@@ -182,7 +182,24 @@ fn failed(reg: &'static PerspectiveRegistration, failure: &CheckpointFailure) ->
 /// came before the failing event is committed).
 struct KeyedStep {
     reports: Vec<ApplyReport>,
+    /// The models it wrote: key, the global position each reflects, and
+    /// whether it deleted it.
+    keys: Vec<(ModelKey, u64, bool)>,
     failed: Option<Error>,
+}
+
+/// What an explicit sync of a keyed perspective did
+/// ([`Engine::sync_keyed`]).
+pub(crate) struct KeyedSync {
+    /// The cursor's position before.
+    pub(crate) from: u64,
+    /// One per stream whose events the cursor passed, in order (also those
+    /// committed before a failure).
+    pub(crate) reports: Vec<ApplyReport>,
+    /// The models written: key, the global position it reflects, deleted.
+    pub(crate) keys: Vec<(ModelKey, u64, bool)>,
+    /// The failure it stopped at.
+    pub(crate) failed: Option<Error>,
 }
 
 /// One report per stream whose events the cursor passed (in order of
@@ -238,33 +255,38 @@ impl Engine {
     /// An explicit sync of keyed perspective `reg`: its one cursor caught
     /// up to the head (a keyed model gathers events of many streams, so no
     /// stream can be caught up alone). With `retry_failed`, a failed cursor
-    /// is cleared first. Returns the cursor's position before, the reports
-    /// of what was committed (one per stream whose events the cursor
-    /// passed, also those committed before a failure) and the failure it
-    /// stopped at.
+    /// is cleared first.
     pub(crate) async fn sync_keyed(
         &self,
         reg: &'static PerspectiveRegistration,
         retry_failed: bool,
-    ) -> Result<(u64, Vec<ApplyReport>, Option<Error>)> {
+    ) -> Result<KeyedSync> {
         let before = self.perspectives.checkpoint(reg.name, KEYED_CURSOR).await?;
         if retry_failed && before.failure.is_some() {
             self.clear_keyed_failure(reg, None).await?;
         }
-        let mut all = Vec::new();
+        let mut done = KeyedSync {
+            from: before.version,
+            reports: Vec::new(),
+            keys: Vec::new(),
+            failed: None,
+        };
         loop {
             match self.keyed_batch(reg).await {
                 Ok(Some(step)) => {
-                    all.extend(step.reports);
-                    if let Some(error) = step.failed {
-                        return Ok((before.version, all, Some(error)));
+                    done.reports.extend(step.reports);
+                    done.keys.extend(step.keys);
+                    if step.failed.is_some() {
+                        done.failed = step.failed;
+                        return Ok(done);
                     }
                 }
-                Ok(None) => return Ok((before.version, all, None)),
+                Ok(None) => return Ok(done),
                 // A cursor failed before the run (or by another runner
                 // meanwhile): what was committed stands, the rest waits.
                 Err(error @ Error::PerspectiveFailed { .. }) => {
-                    return Ok((before.version, all, Some(error)))
+                    done.failed = Some(error);
+                    return Ok(done);
                 }
                 Err(error) => return Err(error),
             }
@@ -488,6 +510,11 @@ impl Engine {
                     skipped: cursor.skipped.clone(),
                 },
             ));
+            let keys: Vec<(ModelKey, u64, bool)> = writes
+                .iter()
+                .filter(|w| w.key != KEYED_CURSOR)
+                .map(|w| (w.key, w.checkpoint.version, w.delete))
+                .collect();
             batch.commit(writes).await?;
             if let Some((_, f)) = &failure {
                 // A batch records no failure: mark the cursor failed in a
@@ -519,6 +546,7 @@ impl Engine {
             }
             return Ok(Some(KeyedStep {
                 reports,
+                keys,
                 failed: failure.map(|(_, f)| failed(reg, &f)),
             }));
         }
