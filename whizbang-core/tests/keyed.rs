@@ -651,6 +651,29 @@ async fn a_model_per_order_stream(rt: &Runtime, events: &MemoryEventStore) -> Ve
     found
 }
 
+/// Every customer's totals equal a fresh fold of the stored events, and no
+/// model is keyed by an order stream (`what` names the moment).
+async fn totals_are_a_fresh_fold(
+    rt: &Runtime,
+    events: &MemoryEventStore,
+    customers: &[Uuid],
+    what: &str,
+) {
+    let fold = fresh_fold(events);
+    for c in customers {
+        assert_eq!(
+            totals(rt, *c).await.as_ref(),
+            fold.get(c),
+            "{what}: customer {c}"
+        );
+    }
+    assert_eq!(
+        a_model_per_order_stream(rt, events).await,
+        Vec::new(),
+        "{what}"
+    );
+}
+
 #[tokio::test]
 async fn explicit_sync_of_a_keyed_perspective_catches_its_one_cursor_up() {
     let (events, models) = stores();
@@ -688,11 +711,7 @@ async fn explicit_sync_of_a_keyed_perspective_catches_its_one_cursor_up() {
         }
     }
     assert!(report.items.iter().any(|i| i.stream() == order));
-    let fold = fresh_fold(&events);
-    for c in &customers {
-        assert_eq!(totals(&rt, *c).await.as_ref(), fold.get(c), "customer {c}");
-    }
-    assert_eq!(a_model_per_order_stream(&rt, &events).await, Vec::new());
+    totals_are_a_fresh_fold(&rt, &events, &customers, "after the sync").await;
     assert_eq!(cursor::<CustomerTotals>(&models).await.version, head);
 
     // Everything: what was appended since; then nothing to do.
@@ -705,11 +724,7 @@ async fn explicit_sync_of_a_keyed_perspective_catches_its_one_cursor_up() {
         .await
         .unwrap();
     assert!(report.items.is_empty(), "{report:?}");
-    let fold = fresh_fold(&events);
-    for c in &customers {
-        assert_eq!(totals(&rt, *c).await.as_ref(), fold.get(c), "customer {c}");
-    }
-    assert_eq!(a_model_per_order_stream(&rt, &events).await, Vec::new());
+    totals_are_a_fresh_fold(&rt, &events, &customers, "after the sync").await;
 }
 
 #[tokio::test]
@@ -896,15 +911,7 @@ async fn a_keyed_perspective_rebuilt_while_orders_flow_equals_a_fresh_fold() {
             customers.len(),
             "attempt {attempt}: {report:?}"
         );
-        let fold = fresh_fold(&events);
-        for c in &customers {
-            assert_eq!(
-                totals(&rt, *c).await.as_ref(),
-                fold.get(c),
-                "attempt {attempt}: customer {c}"
-            );
-        }
-        assert_eq!(a_model_per_order_stream(&rt, &events).await, Vec::new());
+        totals_are_a_fresh_fold(&rt, &events, &customers, &format!("attempt {attempt}")).await;
         assert_eq!(
             cursor::<CustomerTotals>(&models).await.version,
             events.all_events().len() as u64,
@@ -1112,10 +1119,6 @@ async fn a_catch_up_to_the_head_of_a_keyed_perspective_moves_its_one_cursor() {
     assert_eq!((report.streams, report.events), (5, stored), "{report:?}");
     let last = progress.borrow().clone();
     assert_eq!((last.done, last.total), (stored, stored), "{last:?}");
-    let fold = fresh_fold(&events);
-    for c in &customers {
-        assert_eq!(totals(&rt, *c).await.as_ref(), fold.get(c), "customer {c}");
-    }
-    assert_eq!(a_model_per_order_stream(&rt, &events).await, Vec::new());
+    totals_are_a_fresh_fold(&rt, &events, &customers, "after the sync").await;
     assert_eq!(cursor::<CustomerTotals>(&models).await.version, stored);
 }
