@@ -149,6 +149,24 @@ fn stores(pool: &PgPool) -> Stores {
     .with_sync_backend(PgSyncBackend::new(pool.clone()))
 }
 
+/// Waits until every customer's totals (as `rt` reads them) equal a
+/// fresh fold of the stored events.
+async fn totals_become_a_fresh_fold(pool: &PgPool, rt: &Runtime) {
+    let want = fresh_fold(pool).await;
+    eventually_within(HORIZON, "the totals equal a fresh fold", || {
+        let want = &want;
+        async move {
+            for (c, t) in want {
+                if totals(rt, *c).await.as_ref() != Some(t) {
+                    return None;
+                }
+            }
+            Some(())
+        }
+    })
+    .await;
+}
+
 // ---- tests ------------------------------------------------------------------------------
 
 #[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
@@ -571,19 +589,7 @@ async fn a_keyed_perspective_rebuilt_while_orders_flow_equals_a_fresh_fold(pool:
     eprintln!("{report:?}");
     // Once the runner caught up: every customer's totals equal a fresh
     // fold, and no model is keyed by an order stream.
-    let want = fresh_fold(&pool).await;
-    eventually_within(HORIZON, "the totals equal a fresh fold", || {
-        let (rt, want) = (&rt, &want);
-        async move {
-            for (c, t) in want {
-                if totals(rt, *c).await.as_ref() != Some(t) {
-                    return None;
-                }
-            }
-            Some(())
-        }
-    })
-    .await;
+    totals_become_a_fresh_fold(&pool, &rt).await;
     let (per_stream, shadow): (i64, i64) = sqlx::query_as(
         "select (select count(*) from wh_perspective_rows r
                   where r.perspective = $1
@@ -632,19 +638,7 @@ async fn a_keyed_rebuild_swaps_on_a_pool_the_blocked_applies_fill(pool: PgPool) 
     }
     stop.store(true, Ordering::SeqCst);
     bounded_within(HORIZON, writer).await.unwrap();
-    let want = fresh_fold(&pool).await;
-    eventually_within(HORIZON, "the totals equal a fresh fold", || {
-        let (rt, want) = (&rt, &want);
-        async move {
-            for (c, t) in want {
-                if totals(rt, *c).await.as_ref() != Some(t) {
-                    return None;
-                }
-            }
-            Some(())
-        }
-    })
-    .await;
+    totals_become_a_fresh_fold(&pool, &rt).await;
     shut_down(writer_rt, writer_pg).await;
     shut_down(rt, pg).await;
 }
