@@ -84,12 +84,15 @@ type FeedRow = (
 /// checkpoint on it that are safe to consume, in one statement (one
 /// snapshot, one horizon); the streams named are those with an event of a
 /// type the perspective handles that its cursor has not reached.
+/// `count_held`: count the pending events the horizon holds back
+/// ([`Batch::held`]); otherwise only whether any event is held back.
 pub(crate) async fn read_many(
     pool: &PgPool,
     perspective: &str,
     partitions: &[i16],
     handled: &[&'static str],
     cap: u32,
+    count_held: bool,
 ) -> Result<Batches, sqlx::Error> {
     // One ordered scan of `wh_events_feed_idx` per partition, stopping at
     // the cap: a branch per partition (a lateral join over the partitions
@@ -97,11 +100,29 @@ pub(crate) async fn read_many(
     // and sort it), all in one statement and so one snapshot: the horizon
     // (`pg_snapshot_xmin`) is the same in every branch. Every event counts
     // towards the cap; only events of handled types name a stream to catch
-    // up. One more row per partition counts the committed events at or
-    // above the horizon (held back by an older open transaction), and those
-    // of them that would name their stream, up to the cap: a held-back
-    // perspective counts them as pending, so the NOTIFYs it already took in
-    // for them need not make it read again.
+    // up. One more row per partition says whether committed events sit at or
+    // above the horizon (held back by an older open transaction); with
+    // `count_held`, it counts them and those of them that would name their
+    // stream, up to the cap: a held-back perspective counts them as pending,
+    // so the NOTIFYs it already took in for them need not make it read
+    // again.
+    let held_row = if count_held {
+        "select $2[{i}], count(*), null, null, null, null, count(*) filter (where h.pending)
+           from (select h.event_type = any($3) and h.stream_version > coalesce(
+                            (select c.version from wh_perspective_cursors c
+                              where c.perspective = $1 and c.model_key = h.stream_id), 0)
+                        as pending
+                   from wh_events h
+                  where h.partition = $2[{i}]
+                    and h.tx_id >= pg_snapshot_xmin(pg_current_snapshot())
+                  limit $4) h"
+    } else {
+        "select $2[{i}], case when exists (select 1 from wh_events h
+                                            where h.partition = $2[{i}]
+                                              and h.tx_id >= pg_snapshot_xmin(pg_current_snapshot()))
+                              then 1::int8 else 0::int8 end,
+                null, null, null, null, null"
+    };
     let mut sql = String::new();
     for i in 1..=partitions.len() {
         if i > 1 {
@@ -125,15 +146,8 @@ pub(crate) async fn read_many(
                order by e.tx_id, e.global_position
                limit $4)
              union all
-             select $2[{i}], count(*), null, null, null, null, count(*) filter (where h.pending)
-               from (select h.event_type = any($3) and h.stream_version > coalesce(
-                                (select c.version from wh_perspective_cursors c
-                                  where c.perspective = $1 and c.model_key = h.stream_id), 0)
-                            as pending
-                       from wh_events h
-                      where h.partition = $2[{i}]
-                        and h.tx_id >= pg_snapshot_xmin(pg_current_snapshot())
-                      limit $4) h"
+             {}",
+            held_row.replace("{i}", &i.to_string())
         ));
     }
     let rows: Vec<FeedRow> = sqlx::query_as(&sql)
@@ -148,7 +162,7 @@ pub(crate) async fn read_many(
         if held > 0 && (0..32).contains(&partition) {
             out.held_back |= 1 << partition;
         }
-        if held >= i64::from(cap) {
+        if count_held && held >= i64::from(cap) {
             out.held_uncounted = true;
         }
         let batch = out.batches.entry(partition).or_default();

@@ -300,6 +300,7 @@ impl Runner {
             &partitions,
             &self.jobs[job].handled,
             cap,
+            !self.jobs[job].strategy.is_realtime(),
         )
         .instrument(tracing::debug_span!(
             "whizbang.postgres.feed_read",
