@@ -178,11 +178,7 @@ macro_rules! pg_batched_totals {
         #[allow(dead_code)]
         const BATCHED_TOTALS: &str = "pg_totals.batched";
 
-        #[::whizbang_core::perspective(
-                            model = Totals,
-                            name = "pg_totals.batched",
-                            strategy = batch(30, "20ms")
-                        )]
+        #[::whizbang_core::perspective(model = Totals, name = "pg_totals.batched", strategy = batch(30, "20ms"))]
         impl BatchedTotals {
             fn added(m: &mut Totals, e: &Added) {
                 m.add(e.seq, e.amount);
