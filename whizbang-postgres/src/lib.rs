@@ -181,6 +181,33 @@ pub mod __private {
         };
         crate::runner::feed::advance(pool, perspective, partition, owner, fence, &to).await
     }
+
+    /// Runs `work` as the runner runs the claim of a held-back
+    /// perspective's run: the batch commit of `perspective` that `work`
+    /// makes moves each `(partition, fence, tx_id, global_position)`
+    /// checkpoint in its transaction, fenced on `owner`'s lease. Returns
+    /// `work`'s output and the partitions whose checkpoint moved with a
+    /// commit (`None`: no commit took the move).
+    pub async fn with_checkpoint_ride<F: std::future::Future>(
+        perspective: &'static str,
+        owner: Uuid,
+        moves: Vec<(i16, i64, String, i64)>,
+        work: F,
+    ) -> (F::Output, Option<Vec<i16>>) {
+        let moves = moves
+            .into_iter()
+            .map(|(partition, fence, tx_id, global_position)| {
+                let to = crate::runner::feed::Position {
+                    tx_id,
+                    global_position,
+                };
+                (partition, fence, to)
+            })
+            .collect();
+        let ride = crate::runner::feed::Ride::new(perspective, owner, moves);
+        let out = crate::runner::feed::Ride::scope(std::sync::Arc::clone(&ride), work).await;
+        (out, ride.moved())
+    }
 }
 
 /// The whizbang schema migrations, embedded from the top-level `migrations/`

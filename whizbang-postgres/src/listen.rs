@@ -30,6 +30,8 @@ pub(crate) struct Dirty {
     pub(crate) partitions: u32,
     /// Rescan every leased partition.
     pub(crate) all: bool,
+    /// Notifications of new events taken in (each is at least one event).
+    pub(crate) notices: u64,
 }
 
 impl Dirty {
@@ -49,6 +51,7 @@ impl Wakeups {
     /// Marks `partitions` as having new events and wakes the runner.
     pub(crate) fn partitions(&self, partitions: &[i16]) {
         let mut dirty = self.lock();
+        dirty.notices += 1;
         for p in partitions {
             if (0..32).contains(p) {
                 dirty.partitions |= 1 << p;

@@ -2,6 +2,7 @@
 //! read models in `wh_perspective_rows`.
 
 use crate::events::{db_error, to_i64, to_u64, BACKEND};
+use crate::runner::feed::Ride;
 use crate::wire;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -489,10 +490,19 @@ impl PgBatch {
                     .to_owned(),
             ));
         }
+        // The partitioned runner's feed checkpoint, when it rides with this
+        // commit: one commit for the run.
+        let ride = Ride::take(perspective, &mut self.tx)
+            .await
+            .map_err(db_error(what(), Stored::Nothing))?;
         self.tx
             .commit()
             .await
-            .map_err(db_error(what(), Stored::Unknown))
+            .map_err(db_error(what(), Stored::Unknown))?;
+        if let Some(ride) = ride {
+            ride.committed();
+        }
+        Ok(())
     }
 }
 

@@ -20,7 +20,7 @@ use whizbang_core::{
     perspective, receptor, Command, Context, Event, Receptor, Registry, Result, Runtime, StreamId,
     SyncFilter, SyncOutcome,
 };
-use whizbang_postgres::__private::{advance_checkpoint, partition_of};
+use whizbang_postgres::__private::{advance_checkpoint, partition_of, with_checkpoint_ride};
 use whizbang_postgres::Postgres;
 
 // ---- messages -------------------------------------------------------------------------
@@ -104,6 +104,16 @@ impl Counted {
 struct TakenOver;
 #[perspective(model = Balance, name = "pg_runner.taken_over")]
 impl TakenOver {
+    fn deposited(b: &mut Balance, e: &Deposited) {
+        b.cents += e.cents;
+        b.deposits += 1;
+    }
+}
+
+/// Held for an hour: only the test's own catch-ups apply it.
+struct Ridden;
+#[perspective(model = Balance, name = "pg_runner.ridden", strategy = batch(1000, "1h"))]
+impl Ridden {
     fn deposited(b: &mut Balance, e: &Deposited) {
         b.cents += e.cents;
         b.deposits += 1;
@@ -715,4 +725,100 @@ async fn a_claim_held_past_the_lease_is_ended_by_the_server_and_its_late_commit_
     assert_eq!(cursor.version, 2);
     zombie_pg.close().await;
     live_pg.close().await;
+}
+
+/// The last event of `stream`: (transaction id, global position).
+async fn last_event(pool: &PgPool, stream: Uuid) -> (String, i64) {
+    sqlx::query_as(
+        "select tx_id::text, global_position from wh_events
+          where stream_id = $1 order by stream_version desc limit 1",
+    )
+    .bind(stream)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
+async fn a_checkpoint_riding_a_claim_moves_in_its_commit_only_while_the_lease_holds(pool: PgPool) {
+    let pg = backend(&pool, fast_options()).await;
+    let rt = runtime(&pg, registry_with::<Ridden>());
+    let account = Uuid::now_v7();
+    let partition = partition_of(account.into());
+    let (owner, fence): (Uuid, i64) = eventually("the partition is leased", || async {
+        sqlx::query_as(
+            "select owner, fence from wh_partition_leases
+              where perspective = 'pg_runner.ridden' and partition = $1
+                and owner is not null and expires_at > now()",
+        )
+        .bind(partition)
+        .fetch_optional(&pool)
+        .await
+        .unwrap()
+    })
+    .await;
+    let deposits = |rt: &Runtime| {
+        let lens = rt.lens::<Ridden>();
+        async move {
+            lens.get_versioned(account.into())
+                .await
+                .unwrap()
+                .map_or(0, |(b, _)| b.deposits)
+        }
+    };
+
+    // A stale fence: the models commit (fenced on their cursors), the
+    // checkpoint stays.
+    deposit(&rt, account, 5).await;
+    let (tx_id, position) = last_event(&pool, account).await;
+    let (caught, moved) = with_checkpoint_ride(
+        "pg_runner.ridden",
+        owner,
+        vec![(partition, fence - 1, tx_id.clone(), position)],
+        rt.catch_up_together("pg_runner.ridden", &[account.into()]),
+    )
+    .await;
+    assert_eq!(caught.unwrap().map(|r| r.len()), Some(1));
+    assert_eq!(
+        moved,
+        Some(vec![]),
+        "the commit took the move, the fence refused it"
+    );
+    assert_eq!(checkpoint(&pool, "pg_runner.ridden", partition).await, None);
+    assert_eq!(deposits(&rt).await, 1);
+
+    // The holder: the checkpoint moves with the models.
+    deposit(&rt, account, 7).await;
+    let (tx_id, position) = last_event(&pool, account).await;
+    let (caught, moved) = with_checkpoint_ride(
+        "pg_runner.ridden",
+        owner,
+        vec![(partition, fence, tx_id.clone(), position)],
+        rt.catch_up_together("pg_runner.ridden", &[account.into()]),
+    )
+    .await;
+    assert_eq!(caught.unwrap().map(|r| r.len()), Some(1));
+    assert_eq!(moved, Some(vec![partition]));
+    assert_eq!(
+        checkpoint(&pool, "pg_runner.ridden", partition).await,
+        Some((tx_id.clone(), position))
+    );
+    assert_eq!(deposits(&rt).await, 2);
+
+    // Nothing to commit: no commit takes the move (the runner then moves
+    // the checkpoint on its own).
+    let (caught, moved) = with_checkpoint_ride(
+        "pg_runner.ridden",
+        owner,
+        vec![(partition, fence, tx_id.clone(), position + 1)],
+        rt.catch_up_together("pg_runner.ridden", &[account.into()]),
+    )
+    .await;
+    assert_eq!(caught.unwrap().map(|r| r.len()), Some(0));
+    assert_eq!(moved, None);
+    assert_eq!(
+        checkpoint(&pool, "pg_runner.ridden", partition).await,
+        Some((tx_id, position))
+    );
+    shut_down(rt, pg).await;
 }

@@ -27,6 +27,9 @@
 //!   applied stream versions `from..=to` (`failed <stream> <version>
 //!   <message>` when an apply failed), and stops cleanly (releasing its
 //!   leases) when its stdin closes, printing `stopped`.
+//! - `pg_appender runner-batched <url> <lease_ms> <batch_size>`: the same,
+//!   registering only the held-back `BatchedTotals`
+//!   (`pg_batched_totals!`). (`tests/pg_sigkill_batch_runners.rs`)
 //! - `pg_appender sync <url> <timeout_ms>`: process A of
 //!   `tests/pg_cross_process_sync.rs`. The runner off and the in-process
 //!   runner paused, with a second perspective (`AccountAudit`) that a runner
@@ -59,6 +62,7 @@ use whizbang_tests::child::{outcome_label, say};
 
 whizbang_tests::pg_totals!();
 whizbang_tests::pg_inline_totals!();
+whizbang_tests::pg_batched_totals!();
 
 /// A second view of the same events, registered only by the `sync` role:
 /// no runner child runs it, so a wait on it cannot succeed.
@@ -109,6 +113,7 @@ const USAGE: &str = "usage: pg_appender append <url> <events> <stream>... | \
                      pg_appender append-only <url> <events> <stream>... | \
                      pg_appender append-inline <url> <events> <stream>... | \
                      pg_appender runner <url> <lease_ms> <batch_size> | \
+                     pg_appender runner-batched <url> <lease_ms> <batch_size> | \
                      pg_appender sync <url> <timeout_ms> | \
                      pg_appender wait <url> <timeout_ms>";
 
@@ -125,6 +130,8 @@ enum Role {
         url: String,
         lease: Duration,
         batch: u32,
+        /// `BatchedTotals` instead of `AccountTotals`.
+        batched: bool,
     },
     Sync {
         url: String,
@@ -159,11 +166,12 @@ fn parse(args: &[String]) -> Result<Role, String> {
                 inline: *mode == "append-inline",
             })
         }
-        ["runner", url, lease_ms, batch] => Ok(Role::Runner {
+        [mode @ ("runner" | "runner-batched"), url, lease_ms, batch] => Ok(Role::Runner {
             url: (*url).to_owned(),
             lease: Duration::from_millis(number("lease_ms", lease_ms)?),
             batch: u32::try_from(number("batch_size", batch)?)
                 .map_err(|_| format!("batch_size is too large; {USAGE}"))?,
+            batched: *mode == "runner-batched",
         }),
         ["sync", url, timeout_ms] => Ok(Role::Sync {
             url: (*url).to_owned(),
@@ -188,7 +196,12 @@ async fn main() -> ExitCode {
             runner,
             inline,
         }) => append(&url, events, &streams, runner, inline).await,
-        Ok(Role::Runner { url, lease, batch }) => run_runner(&url, lease, batch).await,
+        Ok(Role::Runner {
+            url,
+            lease,
+            batch,
+            batched,
+        }) => run_runner(&url, lease, batch, batched).await,
         Ok(Role::Sync { url, timeout }) => sync(&url, timeout).await,
         Ok(Role::Wait { url, timeout }) => wait(&url, timeout).await,
         Err(e) => Err(e),
@@ -331,10 +344,19 @@ impl ApplyListener for Reporter {
     }
 }
 
-async fn run_runner(url: &str, lease: Duration, batch: u32) -> Result<(), String> {
+async fn run_runner(url: &str, lease: Duration, batch: u32, batched: bool) -> Result<(), String> {
     let pg = connect(url, options(lease).batch_size(batch).runner(true)).await?;
+    let registry = if batched {
+        Registry::builder()
+            .perspective::<BatchedTotals>()
+            .build()
+            .map(Arc::new)
+            .map_err(|e| e.to_string())?
+    } else {
+        totals_only()?
+    };
     let rt = Runtime::builder()
-        .registry(totals_only()?)
+        .registry(registry)
         .backend(pg.clone())
         .apply_listener(Reporter)
         .build()

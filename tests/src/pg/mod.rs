@@ -163,6 +163,30 @@ macro_rules! pg_inline_totals {
     };
 }
 
+/// A held-back perspective over `pg_totals!`'s events and model (use it
+/// after `pg_totals!()`): `BatchedTotals`, registered as `pg_totals.batched`
+/// (`BATCHED_TOTALS`) with the strategy `batch(30, "20ms")`, so the
+/// partitioned runner applies it in runs, each run's feed checkpoint moving
+/// in the run's claim transaction. Its models are checked against
+/// `fold_totals` as `AccountTotals`' are.
+#[macro_export]
+macro_rules! pg_batched_totals {
+    () => {
+        struct BatchedTotals;
+
+        /// The name `BatchedTotals` is registered under.
+        #[allow(dead_code)]
+        const BATCHED_TOTALS: &str = "pg_totals.batched";
+
+        #[::whizbang_core::perspective(model = Totals, name = "pg_totals.batched", strategy = batch(30, "20ms"))]
+        impl BatchedTotals {
+            fn added(m: &mut Totals, e: &Added) {
+                m.add(e.seq, e.amount);
+            }
+        }
+    };
+}
+
 /// Declares, in the calling binary, a keyed (multi-stream) perspective over
 /// many order streams: the event `OrderPlaced` (`#[stream_key] order`, a
 /// `customer`, an `amount` the test makes unique per event), the model

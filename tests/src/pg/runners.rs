@@ -22,8 +22,20 @@ use whizbang_core::{Error, EventId, ExpectedVersion, MessageId, Metadata, Stream
 /// The command that starts a runner child: `<program> runner <url>
 /// <lease_ms> <batch_size>` (`program` is `env!("CARGO_BIN_EXE_pg_appender")`).
 pub fn runner_command(program: &str, url: &str, lease: Duration, batch: u32) -> Command {
+    runner_command_as("runner", program, url, lease, batch)
+}
+
+/// [`runner_command`] for role `role` (`runner`, or `runner-batched` for
+/// the held-back `BatchedTotals`).
+pub fn runner_command_as(
+    role: &str,
+    program: &str,
+    url: &str,
+    lease: Duration,
+    batch: u32,
+) -> Command {
     let mut cmd = Command::new(program);
-    cmd.arg("runner")
+    cmd.arg(role)
         .arg(url)
         .arg(lease.as_millis().to_string())
         .arg(batch.to_string());

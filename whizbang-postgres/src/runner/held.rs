@@ -6,15 +6,22 @@
 //! say run: after a read that found work and a `Wait(d)`, it sets a due
 //! time and skips the perspective until then, unless enough wake-ups came
 //! in meanwhile (each NOTIFY is at least one event) that the strategy would
-//! run on them. Once the perspective is idle (its last read found nothing,
+//! run on them. A read also counts the pending events the snapshot horizon
+//! holds back (committed behind an older open transaction): they are
+//! pending, so the NOTIFYs already taken in for them need not make it read
+//! again; only when they alone would make the strategy run is the feed read
+//! again at the next recheck, until they are visible. After a run, the
+//! clock of the events its read saw held back starts at once, with no read
+//! of its own. Once the perspective is idle (its last read found nothing,
 //! or its last run took everything), the read a wake-up starts covers only
 //! the partitions the wake-ups named (nothing is pending elsewhere); reads
 //! while work is held cover every partition, to count it all. A read whose
 //! strategy says run applies the batch in transactions of up to
 //! [`MAX_TOGETHER`](super) streams each (one claim and one commit for a run
-//! of up to that many streams); the feed checkpoint moves only then, so
-//! held work is never skipped, whoever runs it (another process, a
-//! triggered wait).
+//! of up to that many streams), with the feed checkpoint moving in that
+//! claim's transaction ([`Ride`](super::feed::Ride)); the checkpoint moves
+//! only then, so held work is never skipped, whoever runs it (another
+//! process, a triggered wait).
 
 use sqlx::PgPool;
 use std::time::{Duration, Instant};
@@ -89,8 +96,11 @@ pub(crate) async fn declare(
 /// One perspective's schedule.
 #[derive(Debug, Default)]
 pub(crate) struct Schedule {
-    /// Pending events the last read found.
+    /// Pending events the last read found, those the horizon held back
+    /// included (after a run: those held back, still pending).
     seen: u64,
+    /// Of `seen`, the events the horizon held back at the last read.
+    held: u64,
     /// Wake-ups since that read.
     wakes: u64,
     /// When pending work was first seen.
@@ -99,14 +109,16 @@ pub(crate) struct Schedule {
     last_run: Option<Instant>,
     /// Read again no earlier than this (unless the wake-ups say run).
     pub(crate) due: Option<Instant>,
-    /// The last read saw committed events the horizon held back (an older
-    /// transaction was open): read again at the next recheck, whatever the
-    /// wake-ups say, as their NOTIFYs were already counted.
+    /// Read again at the next recheck, whatever the wake-ups say: the
+    /// strategy would run on the events counted, but some of them the
+    /// horizon held back (an older transaction was open), so they cannot be
+    /// applied yet; or the last read could not count all the events held
+    /// back.
     reread: bool,
-    /// Nothing known pending: the last read found nothing (and the horizon
-    /// held nothing back) or the last run took everything. New work is then
-    /// in the partitions the wake-ups name: the read that starts the
-    /// strategy's clock covers those only (a rescan still reads them all).
+    /// Nothing known pending: the last read found nothing or the last run
+    /// took everything. New work is then in the partitions the wake-ups
+    /// name: the read that starts the strategy's clock covers those only (a
+    /// rescan still reads them all).
     idle: bool,
 }
 
@@ -119,19 +131,41 @@ impl Schedule {
         )
     }
 
-    /// Counts a wake-up (new events somewhere).
-    pub(crate) fn woke(&mut self) {
-        self.wakes += 1;
+    fn runs(&self, strategy: &dyn SyncStrategy, pending: u64, now: Instant) -> Decision {
+        strategy.decide_guarded(&self.state(pending, now))
     }
 
-    /// Whether to read the feed now.
-    pub(crate) fn should_read(&self, strategy: &dyn SyncStrategy, now: Instant) -> bool {
+    /// Counts `notices` notifications of new events (each at least one
+    /// event).
+    pub(crate) fn woke(&mut self, notices: u64) {
+        self.wakes += notices;
+    }
+
+    /// Whether to read the feed now; `rescan`: at the runner's rescan
+    /// timer, which reads a perspective that heard of new events since its
+    /// last read, if more events could make its strategy run (a
+    /// notification may stand for several events, so the count of them may
+    /// fall short of what the strategy would run on: this bounds the wait by
+    /// the rescan interval, not by the strategy's).
+    pub(crate) fn should_read(
+        &self,
+        strategy: &dyn SyncStrategy,
+        now: Instant,
+        rescan: bool,
+    ) -> bool {
         match self.due {
             _ if self.reread => true,
             None => true,
             Some(due) if due <= now => true,
+            Some(_)
+                if rescan
+                    && self.wakes > 0
+                    && matches!(self.runs(strategy, u64::MAX, now), Decision::Run { .. }) =>
+            {
+                true
+            }
             Some(_) => matches!(
-                strategy.decide_guarded(&self.state(self.seen + self.wakes, now)),
+                self.runs(strategy, self.seen + self.wakes, now),
                 Decision::Run { .. }
             ),
         }
@@ -143,46 +177,79 @@ impl Schedule {
         self.idle
     }
 
-    /// After a read that found `pending` events to apply (and, `held_back`,
-    /// saw committed events the horizon held back): whether to apply them
-    /// now (else the due time is set).
+    /// After a read that found `pending` events to apply and `held` more
+    /// that the horizon held back (`uncounted`: maybe more than that):
+    /// whether to apply the `pending` ones now (else the due time is set,
+    /// or, when only the held-back ones would make the strategy run, the
+    /// feed is read again at the next recheck).
+    ///
+    /// The held-back events count as pending: the wake-ups for them came
+    /// before this read, so the count must not wait for another read.
     pub(crate) fn run_now(
         &mut self,
         strategy: &dyn SyncStrategy,
         pending: u64,
-        held_back: bool,
+        held: u64,
+        uncounted: bool,
         now: Instant,
     ) -> bool {
         self.wakes = 0;
-        self.reread = held_back;
-        if pending == 0 {
+        self.reread = uncounted;
+        self.held = held;
+        let total = pending + held;
+        if total == 0 {
             self.seen = 0;
             self.since = None;
             self.due = None;
-            self.idle = !held_back;
+            self.idle = !uncounted;
             return true;
         }
         self.idle = false;
-        self.seen = pending;
+        self.seen = total;
         self.since.get_or_insert(now);
-        match strategy.decide_guarded(&self.state(pending, now)) {
-            Decision::Run { .. } => {
+        match self.runs(strategy, total, now) {
+            Decision::Wait(d) => {
+                self.due = Some(now + d);
+                false
+            }
+            // Applied now: what is visible makes the run.
+            Decision::Run { .. }
+                if held == 0
+                    || pending > 0
+                        && matches!(self.runs(strategy, pending, now), Decision::Run { .. }) =>
+            {
                 self.due = None;
                 true
             }
-            Decision::Wait(d) => {
-                self.due = Some(now + d);
+            // Only with the held-back events would it run: wait for the
+            // horizon to pass them.
+            Decision::Run { .. } => {
+                self.due = None;
+                self.reread = true;
                 false
             }
         }
     }
 
-    /// After a run: `more` when the read filled its cap (more may wait).
-    pub(crate) fn ran(&mut self, now: Instant, more: bool) {
+    /// After a run of the last read: `more` when the read filled its cap
+    /// (more may wait). The events that read saw held back are still
+    /// pending: the strategy's clock for them starts now, with no read.
+    pub(crate) fn ran(&mut self, strategy: &dyn SyncStrategy, now: Instant, more: bool) {
         self.last_run = Some(now);
-        self.seen = 0;
-        self.since = more.then_some(now);
-        self.idle = !more && !self.reread;
+        self.seen = self.held;
+        self.due = None;
+        if more || self.held > 0 || self.reread {
+            self.since = Some(now);
+            self.idle = false;
+            if !more && !self.reread {
+                if let Decision::Wait(d) = self.runs(strategy, self.held, now) {
+                    self.due = Some(now + d);
+                }
+            }
+        } else {
+            self.since = None;
+            self.idle = true;
+        }
     }
 }
 
@@ -199,17 +266,17 @@ mod tests {
         };
         let now = Instant::now();
         let mut s = Schedule::default();
-        assert!(s.should_read(&batch, now));
-        assert!(!s.run_now(&batch, 4, false, now));
-        assert!(!s.should_read(&batch, now));
+        assert!(s.should_read(&batch, now, false));
+        assert!(!s.run_now(&batch, 4, 0, false, now));
+        assert!(!s.should_read(&batch, now, false));
         for _ in 0..5 {
-            s.woke();
+            s.woke(1);
         }
-        assert!(!s.should_read(&batch, now), "9 < 10: not yet");
-        s.woke();
-        assert!(s.should_read(&batch, now));
-        assert!(s.run_now(&batch, 10, false, now));
-        s.ran(now, false);
+        assert!(!s.should_read(&batch, now, false), "9 < 10: not yet");
+        s.woke(1);
+        assert!(s.should_read(&batch, now, false));
+        assert!(s.run_now(&batch, 10, 0, false, now));
+        s.ran(&batch, now, false);
         assert!(s.due.is_none());
     }
 
@@ -220,14 +287,116 @@ mod tests {
         };
         let now = Instant::now();
         let mut s = Schedule::default();
-        assert!(!s.run_now(&every, 1, true, now));
-        assert!(s.should_read(&every, now), "events held back: read again");
-        assert!(!s.run_now(&every, 1, false, now));
+        assert!(!s.run_now(&every, 1, 3, false, now));
+        assert!(
+            !s.should_read(&every, now, false),
+            "events held back are counted: no read before the schedule"
+        );
+        assert!(!s.run_now(&every, 1, 0, true, now));
+        assert!(
+            s.should_read(&every, now, false),
+            "held-back events not all counted: read again"
+        );
+        assert!(!s.run_now(&every, 1, 0, false, now));
         for _ in 0..1000 {
-            s.woke();
+            s.woke(1);
         }
-        assert!(!s.should_read(&every, now));
-        assert!(s.should_read(&every, now + Duration::from_secs(60)));
+        assert!(!s.should_read(&every, now, false));
+        assert!(s.should_read(&every, now + Duration::from_secs(60), false));
+    }
+
+    #[test]
+    fn a_rescan_reads_a_batch_that_heard_of_new_events() {
+        let batch = Batch {
+            max_events: 10,
+            max_wait: Duration::from_secs(3600),
+        };
+        let every = Scheduled {
+            interval: Duration::from_secs(60),
+        };
+        let now = Instant::now();
+        let (mut b, mut e) = (Schedule::default(), Schedule::default());
+        assert!(!b.run_now(&batch, 4, 0, false, now));
+        assert!(!e.run_now(&every, 4, 0, false, now));
+        assert!(
+            !b.should_read(&batch, now, true),
+            "nothing new since the read"
+        );
+        b.woke(1);
+        e.woke(1);
+        assert!(!b.should_read(&batch, now, false), "5 < 10");
+        assert!(
+            b.should_read(&batch, now, true),
+            "one notification may be several events: the rescan counts them"
+        );
+        assert!(
+            !e.should_read(&every, now, true),
+            "no count makes a schedule run early"
+        );
+    }
+
+    #[test]
+    fn held_back_events_count_towards_the_batch_without_a_read() {
+        let batch = Batch {
+            max_events: 5,
+            max_wait: Duration::from_secs(3600),
+        };
+        let now = Instant::now();
+        let mut s = Schedule::default();
+        assert!(!s.run_now(&batch, 3, 1, false, now));
+        assert!(
+            !s.should_read(&batch, now, false),
+            "4 < 5 and nothing to wait for"
+        );
+        s.woke(1);
+        assert!(
+            s.should_read(&batch, now, false),
+            "3 read, 1 held back, 1 woken"
+        );
+    }
+
+    #[test]
+    fn a_batch_made_only_by_held_back_events_waits_for_the_horizon() {
+        let batch = Batch {
+            max_events: 5,
+            max_wait: Duration::from_secs(3600),
+        };
+        let now = Instant::now();
+        let mut s = Schedule::default();
+        assert!(
+            !s.run_now(&batch, 4, 1, false, now),
+            "the fifth is not visible yet: nothing runs"
+        );
+        assert!(
+            s.should_read(&batch, now, false),
+            "read again at the recheck"
+        );
+        assert!(s.run_now(&batch, 5, 0, false, now));
+        s.ran(&batch, now, false);
+        assert!(s.is_idle());
+    }
+
+    #[test]
+    fn a_run_leaves_held_back_events_on_a_running_clock() {
+        let batch = Batch {
+            max_events: 100,
+            max_wait: Duration::from_millis(50),
+        };
+        let now = Instant::now();
+        let later = now + Duration::from_millis(50);
+        let mut s = Schedule::default();
+        assert!(!s.run_now(&batch, 3, 0, false, now));
+        assert!(
+            s.run_now(&batch, 15, 2, false, later),
+            "due: what is visible runs"
+        );
+        s.ran(&batch, later, false);
+        assert!(!s.is_idle(), "the two held back are pending");
+        assert!(
+            !s.should_read(&batch, later, false),
+            "their clock started with the run: no read to start it"
+        );
+        assert!(s.should_read(&batch, later + Duration::from_millis(50), false));
     }
 
     #[test]
@@ -240,17 +409,20 @@ mod tests {
         let later = now + Duration::from_millis(50);
         let mut s = Schedule::default();
         assert!(!s.is_idle(), "the first read covers every partition");
-        assert!(s.run_now(&batch, 0, false, now));
+        assert!(s.run_now(&batch, 0, 0, false, now));
         assert!(s.is_idle());
-        assert!(!s.run_now(&batch, 2, false, now));
+        assert!(!s.run_now(&batch, 2, 0, false, now));
         assert!(!s.is_idle(), "work held: every partition is counted");
-        assert!(s.run_now(&batch, 2, false, later));
-        s.ran(later, true);
+        assert!(s.run_now(&batch, 2, 0, false, later));
+        s.ran(&batch, later, true);
         assert!(!s.is_idle(), "the read filled its cap: more may wait");
-        assert!(s.run_now(&batch, 10, true, later));
-        s.ran(later, false);
-        assert!(!s.is_idle(), "events held back are pending");
-        assert!(s.run_now(&batch, 0, false, later));
+        assert!(s.run_now(&batch, 10, 0, true, later));
+        s.ran(&batch, later, false);
+        assert!(
+            !s.is_idle(),
+            "events held back, not all counted, may be pending"
+        );
+        assert!(s.run_now(&batch, 0, 0, false, later));
         assert!(s.is_idle());
     }
 }

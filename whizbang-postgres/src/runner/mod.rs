@@ -9,7 +9,9 @@
 //! [`Runtime::catch_up`](whizbang_core::Runtime::catch_up) (the perspective
 //! store's claim and fenced cursor make each event apply exactly once, in
 //! order, whoever else runs it), then move the checkpoint with a statement
-//! fenced on the lease. Leases and heartbeats are [`lease`]'s.
+//! fenced on the lease (for a held-back perspective whose run is one claim,
+//! in that claim's transaction: [`feed::Ride`]). Leases and heartbeats are
+//! [`lease`]'s.
 //!
 //! Woken by the LISTEN task (new events in a partition, a reconnect) and by
 //! the rescan timer. Holds the runtime weakly: it stops when the runtime is
@@ -123,13 +125,14 @@ impl Runner {
             ..Dirty::default()
         };
         let mut recheck = FIRST_RECHECK;
+        let mut rescanning = true;
         loop {
             // Partitions whose new events the horizon held back (a
             // transaction older than theirs was still open) are read again
             // soon, backing off to the rescan interval, not only at the next
             // rescan: a short transaction elsewhere must not delay a wake-up
             // by a whole interval.
-            let held = self.scan(runtime, dirty).await;
+            let held = self.scan(runtime, dirty, rescanning).await;
             if runtime.upgrade().is_none() {
                 return;
             }
@@ -140,15 +143,21 @@ impl Runner {
                 (recheck * 2).min(options.rescan_interval)
             };
             let due = self.jobs.iter().filter_map(|j| j.schedule.due).min();
+            rescanning = false;
             dirty = tokio::select! {
                 _ = beat.tick() => {
                     let acquired = self.maintain_if_due().await;
-                    Dirty { partitions: acquired, all: false }
+                    Dirty { partitions: acquired, ..Dirty::default() }
                 }
-                _ = rescan.tick() => Dirty { all: true, ..Dirty::default() },
+                _ = rescan.tick() => {
+                    rescanning = true;
+                    Dirty { all: true, ..Dirty::default() }
+                }
                 () = wakeups.notified() => {
-                    self.jobs.iter_mut().for_each(|j| j.schedule.woke());
-                    wakeups.take()
+                    let woken = wakeups.take();
+                    let notices = woken.notices.max(1);
+                    self.jobs.iter_mut().for_each(|j| j.schedule.woke(notices));
+                    woken
                 }
                 () = tokio::time::sleep(delay), if held != 0 => Dirty::default(),
                 () = sleep_until(due), if due.is_some() => Dirty { all: true, ..Dirty::default() },
@@ -223,16 +232,17 @@ impl Runner {
     }
 
     /// Drains the feeds of the leased partitions `dirty` names, every
-    /// partition of a perspective together. Returns the partitions whose
-    /// new events the horizon held back (a bit each).
-    async fn scan(&mut self, runtime: &WeakRuntime, dirty: Dirty) -> u32 {
+    /// partition of a perspective together (`rescan`: at the rescan timer).
+    /// Returns the partitions whose new events the horizon held back (a bit
+    /// each).
+    async fn scan(&mut self, runtime: &WeakRuntime, dirty: Dirty, rescan: bool) -> u32 {
         let mut held = 0u32;
         for job in 0..self.jobs.len() {
             let name = self.jobs[job].name;
             let Job {
                 strategy, schedule, ..
             } = &self.jobs[job];
-            if !strategy.is_realtime() && !schedule.should_read(*strategy, Instant::now()) {
+            if !strategy.is_realtime() && !schedule.should_read(*strategy, Instant::now(), rescan) {
                 continue;
             }
             // A held-back perspective counts what is pending over all its
@@ -290,6 +300,7 @@ impl Runner {
             &partitions,
             &self.jobs[job].handled,
             cap,
+            !self.jobs[job].strategy.is_realtime(),
         )
         .instrument(tracing::debug_span!(
             "whizbang.postgres.feed_read",
@@ -313,9 +324,14 @@ impl Runner {
         // A held-back perspective's schedule hears of every read, an empty
         // one too (it is idle then, unless the horizon held events back).
         if !strategy.is_realtime() {
-            let pending: usize = read.batches.values().map(|b| b.pending).sum();
-            let held = read.held_back != 0;
-            if !schedule.run_now(*strategy, pending as u64, held, Instant::now()) {
+            let (pending, held) = (read.pending() as u64, read.held() as u64);
+            if !schedule.run_now(
+                *strategy,
+                pending,
+                held,
+                read.held_uncounted,
+                Instant::now(),
+            ) {
                 return Ok(held_back);
             }
         }
@@ -332,7 +348,25 @@ impl Runner {
         let runtime = runtime.upgrade().ok_or(BatchError::RuntimeGone)?;
         let limit = self.config.options.effective_runner_concurrency();
         let held = !self.jobs[job].strategy.is_realtime();
-        let failed = catch_up_all(&runtime, perspective, &streams, limit, held)
+        // A held-back perspective's run of up to `MAX_TOGETHER` streams is
+        // one claim: the checkpoint moves in its transaction (when the claim
+        // commits nothing, or fails, it moves on its own below).
+        let keyed = runtime
+            .registry()
+            .perspective_named(perspective)
+            .is_some_and(|r| r.is_keyed());
+        let ride =
+            (held && !keyed && !streams.is_empty() && streams.len() <= MAX_TOGETHER).then(|| {
+                let moves = leases
+                    .iter()
+                    .filter_map(|l| {
+                        let last = read.batches.get(&l.partition)?.last.clone()?;
+                        Some((l.partition, l.fence, last))
+                    })
+                    .collect();
+                feed::Ride::new(perspective, self.config.instance_id, moves)
+            });
+        let failed = catch_up_all(&runtime, perspective, &streams, limit, held, ride.clone())
             .instrument(span)
             .await;
         drop(runtime);
@@ -346,18 +380,24 @@ impl Runner {
                 Some((l.partition, l.fence, last))
             })
             .collect();
-        let moved = feed::advance_many(
-            &self.config.pool,
-            perspective,
-            self.config.instance_id,
-            &moves,
-        )
-        .instrument(tracing::debug_span!(
-            "whizbang.postgres.checkpoint",
-            perspective,
-            partitions = moves.len(),
-        ))
-        .await?;
+        let moved = match ride.and_then(|r| r.moved()) {
+            // Every stream caught up in the claim that moved the checkpoint.
+            Some(moved) => moved,
+            None => {
+                feed::advance_many(
+                    &self.config.pool,
+                    perspective,
+                    self.config.instance_id,
+                    &moves,
+                )
+                .instrument(tracing::debug_span!(
+                    "whizbang.postgres.checkpoint",
+                    perspective,
+                    partitions = moves.len(),
+                ))
+                .await?
+            }
+        };
         for (partition, fence, _) in &moves {
             if !moved.contains(partition) {
                 tracing::warn!(
@@ -391,10 +431,11 @@ impl Runner {
             })
             .copied()
             .collect();
-        if !self.jobs[job].strategy.is_realtime() {
-            self.jobs[job]
-                .schedule
-                .ran(Instant::now(), !more.is_empty());
+        let Job {
+            strategy, schedule, ..
+        } = &mut self.jobs[job];
+        if !strategy.is_realtime() {
+            schedule.ran(*strategy, Instant::now(), !more.is_empty());
         }
         Ok(Step {
             more,
@@ -453,6 +494,7 @@ async fn catch_up_all(
     streams: &[Uuid],
     limit: usize,
     held: bool,
+    ride: Option<Arc<feed::Ride>>,
 ) -> BTreeSet<i16> {
     type Outcome = Vec<(StreamId, Result<(), Error>)>;
     type Joined = Option<std::result::Result<(Id, Outcome), tokio::task::JoinError>>;
@@ -511,6 +553,8 @@ async fn catch_up_all(
             }
         }
     };
+    // The checkpoint rides only with a claim of every stream.
+    let mut ride = ride.filter(|_| streams.len() <= share);
     for chunk in streams.chunks(share) {
         while running.len() >= limit {
             collect(running.join_next_with_id().await, &mut started);
@@ -518,8 +562,12 @@ async fn catch_up_all(
         let runtime = runtime.clone();
         let chunk: Vec<StreamId> = chunk.iter().copied().map(StreamId::from).collect();
         let streams = chunk.clone();
-        let task = running.spawn(async move {
-            if streams.len() > 1 {
+        let ride = ride.take();
+        let riding = ride.is_some();
+        let work = async move {
+            // One stream of a ride is claimed as a batch too: the batch
+            // commit is the one that takes the checkpoint along.
+            if streams.len() > 1 || riding {
                 match runtime.catch_up_together(perspective, &streams).await {
                     Ok(Some(_)) => return streams.into_iter().map(|s| (s, Ok(()))).collect(),
                     Ok(None) => {}
@@ -535,7 +583,11 @@ async fn catch_up_all(
                 outcome.push((stream, result));
             }
             outcome
-        });
+        };
+        let task = match ride {
+            Some(ride) => running.spawn(feed::Ride::scope(ride, work)),
+            None => running.spawn(work),
+        };
         started.insert(task.id(), chunk);
     }
     while !running.is_empty() {
