@@ -29,7 +29,7 @@
 //!   leases) when its stdin closes, printing `stopped`.
 //! - `pg_appender runner-batched <url> <lease_ms> <batch_size>`: the same,
 //!   registering only the held-back `BatchedTotals`
-//!   (`pg_batched_totals!`). (`tests/pg_sigkill_batch_runners.rs`)
+//!   (`pg_batched_totals!`). (`tests/pg_sigkill_runners.rs`)
 //! - `pg_appender sync <url> <timeout_ms>`: process A of
 //!   `tests/pg_cross_process_sync.rs`. The runner off and the in-process
 //!   runner paused, with a second perspective (`AccountAudit`) that a runner
