@@ -135,6 +135,13 @@ fn long(filter: SyncFilter) -> PerspectiveSyncOptions {
     PerspectiveSyncOptions::new(filter).timeout(WAIT)
 }
 
+/// One test at a time. The in-process runner catches a keyed perspective
+/// up on what is numbered in the global order when its run starts and,
+/// without the partitioned runner's re-reads, picks up events the horizon
+/// held back (behind another test's open transaction on this server) only
+/// at its next signal; and one test holds the horizon on purpose.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Holds two orders, then applies three in one run once the third arrives:
 /// the runtime given applies through one runner only.
 async fn batch_holds_then_applies(rt: &Runtime, pool: &PgPool) {
@@ -185,6 +192,7 @@ async fn batch_holds_then_applies(rt: &Runtime, pool: &PgPool) {
 
 #[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
 async fn the_partitioned_runner_holds_a_keyed_batch_until_n_then_applies_it(pool: PgPool) {
+    let _serial = SERIAL.lock().await;
     let pg = backend(&pool, fast_options()).await;
     let rt = runtime_of::<Batched>(&pg);
     // Only the partitioned runner applies.
@@ -195,6 +203,7 @@ async fn the_partitioned_runner_holds_a_keyed_batch_until_n_then_applies_it(pool
 
 #[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
 async fn the_in_process_runner_holds_a_keyed_batch_until_n_then_applies_it(pool: PgPool) {
+    let _serial = SERIAL.lock().await;
     let pg = backend(&pool, fast_options().runner(false)).await;
     let rt = runtime_of::<Batched>(&pg);
     batch_holds_then_applies(&rt, &pool).await;
@@ -203,6 +212,7 @@ async fn the_in_process_runner_holds_a_keyed_batch_until_n_then_applies_it(pool:
 
 #[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
 async fn a_scheduled_keyed_perspective_applies_on_its_interval(pool: PgPool) {
+    let _serial = SERIAL.lock().await;
     let pg = backend(&pool, fast_options()).await;
     let rt = runtime_of::<Often>(&pg);
     let ada = Uuid::now_v7();
@@ -232,6 +242,7 @@ async fn a_scheduled_keyed_perspective_applies_on_its_interval(pool: PgPool) {
 
 #[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
 async fn a_wait_on_held_keyed_events_times_out_without_trigger_and_is_synced_with_it(pool: PgPool) {
+    let _serial = SERIAL.lock().await;
     let pg = backend(&pool, fast_options()).await;
     let rt = runtime_of::<Hourly>(&pg);
     let ada = Uuid::now_v7();
@@ -278,6 +289,7 @@ async fn a_wait_on_held_keyed_events_times_out_without_trigger_and_is_synced_wit
 
 #[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
 async fn an_open_ended_wait_is_not_synced_while_anything_it_covers_is_held(pool: PgPool) {
+    let _serial = SERIAL.lock().await;
     let pg = backend(&pool, fast_options()).await;
     let rt = runtime_of::<Hourly>(&pg);
     // Another process: its own backend, its own runtime and tracker.
@@ -336,6 +348,7 @@ async fn an_open_ended_wait_is_not_synced_while_anything_it_covers_is_held(pool:
 
 #[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
 async fn an_explicit_sync_catches_a_held_keyed_perspective_up(pool: PgPool) {
+    let _serial = SERIAL.lock().await;
     let pg = backend(&pool, fast_options()).await;
     let rt = runtime_of::<Hourly>(&pg);
     let (ada, bob) = (Uuid::now_v7(), Uuid::now_v7());
@@ -375,6 +388,7 @@ async fn an_explicit_sync_catches_a_held_keyed_perspective_up(pool: PgPool) {
 async fn a_triggering_wait_runs_again_once_its_events_have_a_place_in_the_global_order(
     pool: PgPool,
 ) {
+    let _serial = SERIAL.lock().await;
     let pg = backend(&pool, fast_options()).await;
     let rt = runtime_of::<Hourly>(&pg);
     let ada = Uuid::now_v7();
@@ -417,6 +431,7 @@ async fn a_triggering_wait_runs_again_once_its_events_have_a_place_in_the_global
 /// what it awaited, and every order is applied exactly once.
 #[sqlx::test(migrator = "whizbang_postgres::MIGRATOR")]
 async fn a_synced_wait_on_a_keyed_batch_always_finds_what_it_awaited_in_the_model(pool: PgPool) {
+    let _serial = SERIAL.lock().await;
     use std::sync::Mutex;
     let (pg, pg2) = (
         backend(&pool, fast_options()).await,
