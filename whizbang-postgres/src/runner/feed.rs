@@ -215,33 +215,19 @@ pub(crate) async fn advance_many(
     advance_with(&mut conn, ADVANCE_ALONE, perspective, owner, moves).await
 }
 
-/// The checkpoint move of [`advance_many`] in a transaction of its own.
-const ADVANCE_ALONE: &str = "with relaxed as materialized (
-         select set_config('synchronous_commit', 'off', true)
-     )
-     insert into wh_feed_checkpoints (perspective, partition, tx_id, global_position)
+/// A checkpoint move, fenced on the lease: `$with` goes before the insert,
+/// `$from` before the moves in its `from` list. The lease must not have
+/// expired by the statement (in a transaction of its own, that is its start;
+/// riding another, not the transaction's start).
+macro_rules! advance_sql {
+    ($with:literal, $from:literal) => {
+        concat!(
+            $with,
+            "insert into wh_feed_checkpoints (perspective, partition, tx_id, global_position)
      select $1, m.partition, m.tx_id::xid8, m.global_position
-       from relaxed,
-            unnest($2::int2[], $3::int8[], $4::text[], $5::int8[])
-            as m(partition, fence, tx_id, global_position)
-       join wh_partition_leases l
-         on l.perspective = $1 and l.partition = m.partition
-        and l.owner = $6 and l.fence = m.fence and l.expires_at > now()
-      order by m.partition
-     on conflict (perspective, partition) do update
-        set tx_id = excluded.tx_id, global_position = excluded.global_position,
-            updated_at = now()
-      where (wh_feed_checkpoints.tx_id, wh_feed_checkpoints.global_position)
-          < (excluded.tx_id, excluded.global_position)
-     returning partition";
-
-/// The checkpoint move of a [`Ride`], inside another transaction: that
-/// transaction's commit stays as durable as it is, and the lease must not
-/// have expired by this statement (`now()` is the transaction's start).
-const ADVANCE_RIDING: &str =
-    "insert into wh_feed_checkpoints (perspective, partition, tx_id, global_position)
-     select $1, m.partition, m.tx_id::xid8, m.global_position
-       from unnest($2::int2[], $3::int8[], $4::text[], $5::int8[])
+       from ",
+            $from,
+            "unnest($2::int2[], $3::int8[], $4::text[], $5::int8[])
             as m(partition, fence, tx_id, global_position)
        join wh_partition_leases l
          on l.perspective = $1 and l.partition = m.partition
@@ -252,7 +238,25 @@ const ADVANCE_RIDING: &str =
             updated_at = now()
       where (wh_feed_checkpoints.tx_id, wh_feed_checkpoints.global_position)
           < (excluded.tx_id, excluded.global_position)
-     returning partition";
+     returning partition"
+        )
+    };
+}
+
+/// The checkpoint move of [`advance_many`] in a transaction of its own
+/// (whose commit need not wait for the disk: a lost move is read again).
+const ADVANCE_ALONE: &str = advance_sql!(
+    "with relaxed as materialized (
+         select set_config('synchronous_commit', 'off', true)
+     )
+     ",
+    "relaxed,
+            "
+);
+
+/// The checkpoint move of a [`Ride`], inside another transaction: that
+/// transaction's commit stays as durable as it is.
+const ADVANCE_RIDING: &str = advance_sql!("", "");
 
 async fn advance_with(
     conn: &mut PgConnection,
